@@ -1,0 +1,119 @@
+"""Planner wall time as a ratio to one epoch of full fine-tuning, same data, same machine, one run.
+
+    python benchmarks/plan_cost.py [--threads 2] [--out benchmarks/results]
+
+Model: all-MiniLM-L6-v2; data: BBC news train split (80%, seed 0); max_length 128.
+Full fine-tuning = every block + head trained with AdamW (embeddings frozen, as the
+planner's cut 0; training them too would only make the epoch slower and the ratio
+smaller). Each planner runs on the same loaded model; the epoch is timed end to end
+(tokenization, forward, backward, optimizer step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from edgetune.api import load_model, plan
+from edgetune.data import stratified_split
+from edgetune.datasets import bbc_news, minilm_path
+from edgetune.io import atomic_write_json
+from edgetune.modeling import SequenceClassifier
+from edgetune.report import save_figure
+
+
+def full_finetune_epoch(backbone, encoder, dataset, batch_size: int, seed: int = 0) -> float:
+    torch.manual_seed(seed)
+    label_map = dataset.label_map()
+    labels = torch.from_numpy(dataset.encoded_labels(label_map))
+    clf = SequenceClassifier(backbone, len(label_map))
+    for p in backbone.embeddings.parameters():
+        p.requires_grad_(False)
+    params = [p for p in clf.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-5)
+    clf.train()
+    order = torch.randperm(len(dataset)).numpy()
+    start = time.perf_counter()
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        ids, mask = encoder([dataset.texts[j] for j in idx])
+        logits = clf(torch.from_numpy(ids), torch.from_numpy(mask))
+        loss = torch.nn.functional.cross_entropy(logits, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    clf.eval()
+    for p in backbone.model.parameters():
+        p.requires_grad_(True)
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    train, _ = stratified_split(bbc_news(), 0.2, seed=0)
+    planners = ["salf", "gradnorm", "topk", "random", "full"]
+    # Planners first on a pristine model (full fine-tuning changes the weights).
+    backbone, encoder = load_model(minilm_path(), args.max_length)
+    planner_seconds = {}
+    picks = {}
+    for name in planners:
+        start = time.perf_counter()
+        p = plan((backbone, encoder), train, planner=name, batch_size=args.batch_size, progress=False)
+        planner_seconds[name] = time.perf_counter() - start
+        picks[name] = p.cut
+        print(f"{name:9s} cut {p.cut}  {planner_seconds[name]:.1f}s", flush=True)
+
+    epoch = full_finetune_epoch(backbone, encoder, train, args.batch_size)
+    print(f"full fine-tuning epoch: {epoch:.1f}s over {len(train)} examples", flush=True)
+    ratios = {k: v / epoch for k, v in planner_seconds.items()}
+    result = {
+        "benchmark": "plan_cost",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads},
+        "torch": torch.__version__,
+        "model": "all-MiniLM-L6-v2",
+        "data": f"BBC news train split, {len(train)} examples",
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "full_finetune_epoch_seconds": epoch,
+        "planner_seconds": planner_seconds,
+        "planner_cut": picks,
+        "ratio_to_epoch": ratios,
+        "target_salf_ratio": 0.05,
+        "salf_meets_target": ratios["salf"] <= 0.05,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "plan_cost.json", result)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    names = list(ratios)
+    ax.bar(names, [100 * ratios[n] for n in names], color=["C3" if n == "salf" else "C0" for n in names])
+    ax.axhline(5, color="grey", ls="--", lw=1, label="target for SALF: 5%")
+    for i, n in enumerate(names):
+        ax.text(i, 100 * ratios[n], f"{planner_seconds[n]:.1f}s", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("planner time, % of one full fine-tuning epoch")
+    ax.set_title(f"Planner cost on MiniLM-L6 + BBC news ({args.threads} CPU threads; epoch {epoch:.0f}s)")
+    ax.legend()
+    save_figure(fig, args.out / "plan_cost.png")
+    print(json.dumps({k: f"{v:.2%}" for k, v in ratios.items()}))
+
+
+if __name__ == "__main__":
+    main()

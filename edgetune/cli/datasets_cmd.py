@@ -1,0 +1,37 @@
+"""``edgetune datasets``: write the bundled real corpus as CSV files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    from edgetune.cli import handle_errors
+
+    group = typer.Typer(help="Bundled real data (installed with the 'examples' extra).", no_args_is_help=True)
+    app.add_typer(group, name="datasets")
+
+    @group.command("bbc-news")
+    @handle_errors
+    def bbc_news_command(
+        out: Annotated[Path, typer.Option("--out", help="Directory for train.csv and test.csv.")] = Path("data/bbc"),
+        test_size: Annotated[float, typer.Option(help="Fraction held out for test.csv.")] = 0.2,
+        seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    ) -> None:
+        """BBC news (2225 articles, 5 topics) as a stratified train/test split."""
+        from edgetune.cli import console
+        from edgetune.datasets import write_bbc_news
+
+        train, test = write_bbc_news(out, test_size, seed)
+        console.print(f"wrote {train} and {test}")
+
+    @group.command("minilm-path")
+    @handle_errors
+    def minilm_path_command() -> None:
+        """Print the directory of the bundled all-MiniLM-L6-v2 model."""
+        from edgetune.datasets import minilm_path
+
+        typer.echo(str(minilm_path()))

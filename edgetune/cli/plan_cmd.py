@@ -1,0 +1,105 @@
+"""``edgetune plan``: decide where to fine-tune, under an optional budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgetune.cli.common import print_plan_table
+
+PLANNER_CHOICES = ("salf", "topk", "gradnorm", "random", "full")
+
+
+def register(app: typer.Typer) -> None:
+    from edgetune.cli import handle_errors
+
+    @app.command("plan")
+    @handle_errors
+    def plan_command(
+        model: Annotated[Path, typer.Option("--model", help="Hugging Face model directory (or hub id).")],
+        data: Annotated[Path, typer.Option("--data", help="Training data: CSV with a header, or JSONL.")],
+        out: Annotated[Path, typer.Option("--out", help="Where to write plan.json.")],
+        planner: Annotated[
+            str, typer.Option(help=f"Planner: {', '.join(PLANNER_CHOICES)}. SALF reads latent traces (no training).")
+        ] = "salf",
+        text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+        label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+        max_length: Annotated[int, typer.Option(help="Tokens per example (truncation).")] = 128,
+        batch_size: Annotated[int, typer.Option(help="Training batch size assumed by the cost model.")] = 16,
+        epochs: Annotated[int, typer.Option(help="Training epochs assumed by the cost model.")] = 3,
+        sample_size: Annotated[int, typer.Option(help="SALF calibration sample size.")] = 256,
+        min_trainable_layers: Annotated[
+            int, typer.Option(help="SALF/random: keep at least this many top blocks trainable.")
+        ] = 1,
+        k: Annotated[int, typer.Option("--k", help="topk planner: number of top blocks to train.")] = 2,
+        max_backward_frac: Annotated[
+            float | None, typer.Option(help="Budget: max backward FLOPs as a fraction of full fine-tuning (0-1].")
+        ] = None,
+        max_train_memory_mb: Annotated[
+            float | None, typer.Option(help="Budget: max estimated training memory in MB.")
+        ] = None,
+        max_device_seconds: Annotated[
+            float | None, typer.Option(help="Budget: max estimated job time in seconds at --device-gflops.")
+        ] = None,
+        device_gflops: Annotated[float, typer.Option(help="Sustained GFLOP/s of the target device.")] = 20.0,
+        tuner: Annotated[str, typer.Option(help="How to train the chosen layers: full or lora.")] = "full",
+        seed: Annotated[int, typer.Option(help="Seed for sampling and splits: same seed, same plan.")] = 0,
+        report: Annotated[
+            Path | None, typer.Option(help="Write a PNG report: deviation/gain per layer, cost per cut.")
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+    ) -> None:
+        """Read the frozen model's latent traces on your data and pick the cheapest top layers worth training."""
+        from edgetune.api import load_model, plan
+        from edgetune.cli import console
+        from edgetune.data import load_dataset
+        from edgetune.planner import Budget, CostConfig
+        from edgetune.report import plot_plan
+
+        if planner not in PLANNER_CHOICES:
+            raise typer.BadParameter(f"choose one of {', '.join(PLANNER_CHOICES)}", param_hint="--planner")
+        if max_backward_frac is not None and not 0 < max_backward_frac <= 1:
+            raise typer.BadParameter("must be in (0, 1]", param_hint="--max-backward-frac")
+        dataset = load_dataset(data, text_column, label_column)  # fail on bad data before loading the model
+        budget = Budget(max_backward_frac, max_train_memory_mb, max_device_seconds)
+        params: dict = {}
+        if planner == "salf":
+            params = {"sample_size": sample_size, "min_trainable_layers": min_trainable_layers}
+        elif planner == "random":
+            params = {"min_trainable_layers": min_trainable_layers}
+        elif planner == "topk":
+            params = {"k": k}
+        backbone, encoder = load_model(model, max_length)
+        cost = CostConfig(
+            seq_len=encoder.max_length,
+            batch_size=batch_size,
+            num_examples=len(dataset),
+            epochs=epochs,
+            device_gflops=device_gflops,
+        )
+        result = plan(
+            (backbone, encoder),
+            dataset,
+            planner=planner,
+            budget=budget,
+            cost=cost,
+            planner_params=params,
+            tuner=tuner,
+            text_column=text_column,
+            label_column=label_column,
+            seed=seed,
+            progress=not quiet,
+        )
+        result.save(out)
+        if not quiet:
+            print_plan_table(result)
+        msg = (
+            f"plan: cut {result.cut} -> train blocks {result.trainable_layers or 'none'} + head "
+            f"({result.chosen.backward_frac:.0%} of full backward FLOPs); wrote {out} in {result.seconds:.1f}s"
+        )
+        if report is not None:
+            plot_plan(result, report)
+            msg += f"; report {report}"
+        console.print(msg, highlight=False)

@@ -1,0 +1,201 @@
+"""A sequence classifier that can be cut anywhere between its blocks.
+
+``SequenceClassifier`` = HF backbone + pooling + linear head. Its forward is
+literally ``top(cut)(trunk(cut)(input_ids, mask), mask)`` for any cut, which
+is what makes frozen-trunk feature caching exact: the cached trunk output fed
+to the top model gives the same logits as the whole model.
+
+``TopModel`` (blocks cut+1..L, final norm, pooling, head) can be built either
+as a view sharing modules with a full classifier (server side) or from a JSON
+spec alone (device side: it never needs the trunk's weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgetune.backbones import Backbone, Family, family_for, last_token_pool, mean_pool
+from edgetune.io import atomic_directory
+
+
+def _config_from_dict(model_type: str, values: dict[str, Any]) -> Any:
+    from transformers import CONFIG_MAPPING
+
+    config = CONFIG_MAPPING[model_type].from_dict(values)
+    config._attn_implementation = values.get("_attn_implementation_internal") or "sdpa"
+    return config
+
+
+class TopModel(nn.Module):
+    """Blocks ``cut..L-1`` (0-based) + final norm + pooling + linear head."""
+
+    def __init__(
+        self,
+        family: Family,
+        config: Any,
+        blocks: nn.ModuleList,
+        norm: nn.Module | None,
+        rotary: nn.Module | None,
+        head: nn.Linear,
+        cut: int,
+        spec: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.family = family
+        self.config = config
+        self.blocks = blocks
+        self.norm = norm if norm is not None else nn.Identity()
+        self.rotary = rotary
+        self.head = head
+        self.cut = cut
+        self.spec = spec
+
+    @property
+    def num_layers(self) -> int:
+        return self.spec["num_layers"]
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(hidden, attention_mask))
+
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled, normed representation that the head reads (the 'embedding' of a text)."""
+        if len(self.blocks):
+            kwargs = self.family.block_inputs(self.config, hidden, attention_mask, self.rotary)
+            for block in self.blocks:
+                hidden = self.family.run_block(block, hidden, kwargs)
+        hidden = self.norm(hidden)
+        if self.family.pooling == "last":
+            return last_token_pool(hidden, attention_mask)
+        return mean_pool(hidden, attention_mask)
+
+    # -- persistence (device side) -----------------------------------------
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> TopModel:
+        """Build an untrained top (random init) from a spec written by :meth:`spec`."""
+        family = family_for(spec["model_type"])
+        config = _config_from_dict(spec["model_type"], spec["hf_config"])
+        blocks = nn.ModuleList(
+            family.build_block(spec["block_class"], config, layer_idx=i) for i in range(spec["cut"], spec["num_layers"])
+        )
+        norm = family.build_norm(spec["norm_class"], config)
+        rotary = family.build_rotary(spec["rotary_class"], config)
+        head = nn.Linear(spec["hidden_size"], spec["num_labels"])
+        return cls(family, config, blocks, norm, rotary, head, spec["cut"], spec)
+
+    def save(self, directory: str | Path, name: str = "top") -> list[Path]:
+        """``<name>.safetensors`` (weights) + ``<name>.json`` (spec) in ``directory``."""
+        directory = Path(directory)
+        weights = directory / f"{name}.safetensors"
+        spec_path = directory / f"{name}.json"
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        from edgetune.io import atomic_write_bytes, atomic_write_json
+
+        atomic_write_bytes(weights, _safetensors_bytes(tensors))
+        atomic_write_json(spec_path, self.spec)
+        return [weights, spec_path]
+
+    @classmethod
+    def load(cls, directory: str | Path, name: str = "top") -> TopModel:
+        directory = Path(directory)
+        spec = json.loads((directory / f"{name}.json").read_text())
+        top = cls.from_spec(spec)
+        state = load_file(str(directory / f"{name}.safetensors"))
+        missing, unexpected = top.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("rotary.")]
+        if missing or unexpected:
+            raise ValueError(f"{directory}/{name}.safetensors: missing {missing}, unexpected {unexpected}")
+        return top
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors)
+
+
+class SequenceClassifier(nn.Module):
+    """A backbone with a linear head on pooled features, splittable at any cut."""
+
+    def __init__(self, backbone: Backbone, num_labels: int, labels: list[str] | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.model = backbone.model  # registered so .parameters()/.to() see it
+        self.head = nn.Linear(backbone.hidden_size, num_labels)
+        self.labels = list(labels) if labels is not None else [str(i) for i in range(num_labels)]
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.num_layers
+
+    @property
+    def num_labels(self) -> int:
+        return self.head.out_features
+
+    def trunk_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+        """h_cut: embeddings followed by blocks 1..cut."""
+        hidden = self.backbone.embed(input_ids, attention_mask)
+        return self.backbone.run_layers(hidden, attention_mask, 0, cut)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone.embed(input_ids, attention_mask)
+        hidden = self.backbone.run_layers(hidden, attention_mask)
+        return self.head(self.backbone.pool(self.backbone.norm(hidden), attention_mask))
+
+    def top_spec(self, cut: int) -> dict[str, Any]:
+        b = self.backbone
+        return {
+            "model_type": b.config.model_type,
+            **b.top_spec(),
+            "hf_config": b.config.to_dict(),
+            "cut": int(cut),
+            "num_layers": b.num_layers,
+            "hidden_size": b.hidden_size,
+            "num_labels": self.num_labels,
+            "labels": self.labels,
+            "pooling": b.pooling,
+        }
+
+    def top(self, cut: int) -> TopModel:
+        """A TopModel view sharing this classifier's modules (training it trains them)."""
+        if not 0 <= cut <= self.num_layers:
+            raise ValueError(f"cut must be in 0..{self.num_layers}, got {cut}")
+        b = self.backbone
+        blocks = nn.ModuleList(list(b.blocks)[cut:])
+        return TopModel(b.family, b.config, blocks, b.final_norm, b.rotary, self.head, cut, self.top_spec(cut))
+
+    def detached_top(self, cut: int) -> TopModel:
+        """An independent deep copy of the top (for export or per-user training)."""
+        return copy.deepcopy(self.top(cut))
+
+    # -- persistence (server side) -----------------------------------------
+    def save_pretrained(self, directory: str | Path, encoder: Any | None = None) -> Path:
+        """HF backbone + ``head.safetensors`` + ``edgetune.json``, written atomically."""
+        with atomic_directory(directory) as tmp:
+            self.model.save_pretrained(tmp / "backbone", safe_serialization=True)
+            save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "head.safetensors"))
+            meta = {"labels": self.labels, "num_labels": self.num_labels, "model_type": self.backbone.config.model_type}
+            (tmp / "edgetune.json").write_text(json.dumps(meta, indent=2))
+            if encoder is not None:
+                encoder.save(tmp / "backbone")
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> SequenceClassifier:
+        """Load a classifier written by :meth:`save_pretrained`, or wrap a plain HF model directory
+        with a freshly initialized head (``labels`` must then be set by the caller)."""
+        directory = Path(directory)
+        meta_path = directory / "edgetune.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory}: not an edgetune classifier (no edgetune.json)")
+        meta = json.loads(meta_path.read_text())
+        backbone = Backbone.from_pretrained(directory / "backbone")
+        clf = cls(backbone, meta["num_labels"], meta["labels"])
+        clf.head.load_state_dict(load_file(str(directory / "head.safetensors")))
+        return clf

@@ -1,0 +1,210 @@
+"""Cost model: FLOPs and memory of training above each cut.
+
+A *cut* k freezes the embeddings and blocks 1..k and trains blocks k+1..L,
+the final norm and the head (k = 0: everything but the embeddings; k = L: the
+head only). Per example of sequence length n:
+
+* block forward FLOPs  F_l = 2 * P_l * n + 4 * n^2 * d
+  (2 FLOPs per multiply-add of every weight, plus the QK^T and AV products);
+* head forward FLOPs   F_head = 2 * d * C  (pooling is negligible);
+* backward = 2 x forward for every trained module and 0 below the cut:
+  B(k) = 2 * (sum_{l>k} F_l + F_head); backward fraction = B(k) / B(0).
+
+Training memory for cut k (bytes):
+
+* trainable parameters P_top(k): weights + gradients + 2 Adam states, all fp32
+  -> 16 bytes per parameter;
+* frozen weights: 4 bytes per parameter in *naive* mode (the trunk runs every
+  step); 0 in *cached* mode (the trunk ran once, only its output is kept);
+* activations kept for backward by each trained block, per token:
+  ``a_h * d + a_i * I`` fp32 values (+ ``2 * heads * n`` if attention
+  probabilities are materialized, i.e. eager attention), times batch x n;
+  a_h = 8 (block input, Q/K/V, attention output, two norm inputs, MLP input),
+  a_i = 2 for a GELU MLP (pre- and post-activation) and 4 for a gated MLP;
+* cached trunk features (cached mode, in memory): N_examples * n * d * bytes.
+
+The constants are checked against measured numbers in ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MB = 1024.0 * 1024.0
+
+
+@dataclass(frozen=True)
+class ArchSummary:
+    """What the cost model needs to know about a backbone (no weights)."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    block_params: tuple[int, ...]
+    embedding_params: int
+    norm_params: int
+    num_labels: int
+    gated_mlp: bool = False
+
+    @property
+    def head_params(self) -> int:
+        return self.hidden_size * self.num_labels + self.num_labels
+
+    @classmethod
+    def from_backbone(cls, backbone: Any, num_labels: int) -> ArchSummary:
+        cfg = backbone.config
+        d = backbone.hidden_size
+        inter = (
+            getattr(cfg, "intermediate_size", None)
+            or getattr(cfg, "hidden_dim", None)
+            or getattr(cfg, "n_inner", None)
+            or 4 * d
+        )
+        heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or cfg.n_head
+        norm = 0 if backbone.final_norm is None else sum(p.numel() for p in backbone.final_norm.parameters())
+        return cls(
+            num_layers=backbone.num_layers,
+            hidden_size=d,
+            intermediate_size=int(inter),
+            num_heads=int(heads),
+            block_params=tuple(backbone.block_param_counts()),
+            embedding_params=backbone.embedding_param_count(),
+            norm_params=norm,
+            num_labels=num_labels,
+            gated_mlp=backbone.family.name == "llama",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["block_params"] = list(self.block_params)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSummary:
+        return cls(**{**d, "block_params": tuple(d["block_params"])})
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """The training job the costs describe."""
+
+    seq_len: int = 128
+    batch_size: int = 16
+    num_examples: int = 1000
+    epochs: int = 3
+    cached: bool = True
+    cache_in_memory: bool = True
+    feature_bytes: int = 4
+    attention_probs_stored: bool = False
+    device_gflops: float = 20.0  # sustained fp32 GFLOP/s of the target device
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CutCost:
+    cut: int
+    trainable_params: int
+    forward_flops: float  # per example, whole model
+    backward_flops: float  # per example
+    backward_frac: float
+    train_step_flops: float  # per example, one training step (mode-dependent)
+    memory_bytes: dict[str, float] = field(default_factory=dict)
+    device_seconds: float = 0.0
+
+    @property
+    def train_memory_mb(self) -> float:
+        return sum(self.memory_bytes.values()) / MB
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["train_memory_mb"] = self.train_memory_mb
+        return d
+
+
+def block_forward_flops(params: int, seq_len: int, hidden: int) -> float:
+    return 2.0 * params * seq_len + 4.0 * seq_len * seq_len * hidden
+
+
+def activation_bytes_per_block(arch: ArchSummary, cfg: CostConfig) -> float:
+    a_i = 4 if arch.gated_mlp else 2
+    per_token = 8 * arch.hidden_size + a_i * arch.intermediate_size
+    if cfg.attention_probs_stored:
+        per_token += 2 * arch.num_heads * cfg.seq_len
+    return 4.0 * per_token * cfg.seq_len * cfg.batch_size
+
+
+def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int) -> CutCost:
+    L, n, d = arch.num_layers, cfg.seq_len, arch.hidden_size
+    if not 0 <= cut <= L:
+        raise ValueError(f"cut must be in 0..{L}, got {cut}")
+    fwd = [block_forward_flops(p, n, d) for p in arch.block_params]
+    head_fwd = 2.0 * d * arch.num_labels
+    forward = sum(fwd) + head_fwd
+    backward = 2.0 * (sum(fwd[cut:]) + head_fwd)
+    full_backward = 2.0 * (sum(fwd) + head_fwd)
+    top_forward = sum(fwd[cut:]) + head_fwd
+    step = (top_forward if cfg.cached else forward) + backward
+
+    trainable = sum(arch.block_params[cut:]) + arch.norm_params + arch.head_params
+    frozen = sum(arch.block_params[:cut]) + arch.embedding_params
+    memory = {
+        "trainable_weights": 4.0 * trainable,
+        "gradients": 4.0 * trainable,
+        "adam_states": 8.0 * trainable,
+        "frozen_weights": 0.0 if cfg.cached else 4.0 * frozen,
+        "activations": activation_bytes_per_block(arch, cfg) * (L - cut),
+        "cached_features": (
+            float(cfg.num_examples * n * d * cfg.feature_bytes) if cfg.cached and cfg.cache_in_memory else 0.0
+        ),
+    }
+    trunk_once = (sum(fwd[:cut])) * cfg.num_examples if cfg.cached else 0.0
+    job_flops = trunk_once + step * cfg.num_examples * cfg.epochs
+    return CutCost(
+        cut=cut,
+        trainable_params=int(trainable),
+        forward_flops=forward,
+        backward_flops=backward,
+        backward_frac=backward / full_backward,
+        train_step_flops=step,
+        memory_bytes=memory,
+        device_seconds=job_flops / (cfg.device_gflops * 1e9),
+    )
+
+
+def estimate_all(arch: ArchSummary, cfg: CostConfig) -> list[CutCost]:
+    """Costs of every cut 0..L."""
+    return [estimate_cut(arch, cfg, k) for k in range(arch.num_layers + 1)]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits a cut must respect; ``None`` means unlimited."""
+
+    max_backward_frac: float | None = None
+    max_train_memory_mb: float | None = None
+    max_device_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value is not None and value <= 0:
+                raise ValueError(f"budget {name} must be positive, got {value}")
+
+    def violations(self, cost: CutCost) -> list[str]:
+        out = []
+        if self.max_backward_frac is not None and cost.backward_frac > self.max_backward_frac + 1e-12:
+            out.append(f"backward FLOPs {cost.backward_frac:.1%} > {self.max_backward_frac:.1%}")
+        if self.max_train_memory_mb is not None and cost.train_memory_mb > self.max_train_memory_mb:
+            out.append(f"train memory {cost.train_memory_mb:.0f} MB > {self.max_train_memory_mb:.0f} MB")
+        if self.max_device_seconds is not None and cost.device_seconds > self.max_device_seconds:
+            out.append(f"device time {cost.device_seconds:.0f} s > {self.max_device_seconds:.0f} s")
+        return out
+
+    def fits(self, cost: CutCost) -> bool:
+        return not self.violations(cost)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,160 @@
+"""Tiny random-config models and a synthetic labelled corpus; no downloads, ever."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+LABELS = ("alpha", "beta", "gamma")
+TOPIC_WORDS = {
+    "alpha": ["apple", "orange", "pear", "fruit", "juice"],
+    "beta": ["goal", "match", "team", "score", "league"],
+    "gamma": ["vote", "party", "minister", "law", "election"],
+}
+FILLER = ["the", "a", "of", "and", "today", "said", "new", "big", "report", "after", "city", "year"]
+VOCAB = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(FILLER) | set(LABELS))
+FAMILIES = ("bert", "roberta", "distilbert", "gpt2", "llama", "qwen2", "mistral")
+
+
+def synthetic_rows(n: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> list[tuple[str, str]]:
+    """Texts whose topic words reveal their label, padded with filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 9))]
+        words += [rng.choice(TOPIC_WORDS[label]) for _ in range(rng.randint(1, 3))]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def build_tokenizer(family: str):
+    """A word-level fast tokenizer over the synthetic vocabulary, with the family's special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    decoder = family in ("gpt2", "llama", "qwen2", "mistral")
+    specials = ["<pad>", "<unk>", "<s>", "</s>"] if decoder else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if decoder:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+        )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def tiny_config(family: str, layers: int = 3, hidden: int = 32):
+    import transformers as tf
+
+    vocab = len(VOCAB) + 8
+    common = {"vocab_size": vocab}
+    if family == "bert":
+        return tf.BertConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            **common,
+        )
+    if family == "roberta":
+        return tf.RobertaConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=70,
+            pad_token_id=0,
+            **common,
+        )
+    if family == "distilbert":
+        return tf.DistilBertConfig(
+            dim=hidden,
+            n_layers=layers,
+            n_heads=2,
+            hidden_dim=2 * hidden,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            **common,
+        )
+    if family == "gpt2":
+        return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=2, n_positions=64, **common)
+    cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family]
+    return cls(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        **common,
+    )
+
+
+def build_model(family: str, layers: int = 3, hidden: int = 32, seed: int = 0):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(family, layers, hidden)
+    auto = AutoModelForCausalLM if family in ("gpt2", "llama", "qwen2", "mistral") else AutoModel
+    return auto.from_config(config, attn_implementation="sdpa").eval()
+
+
+def save_tiny_model(directory: Path, family: str, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
+    model = build_model(family, layers, hidden, seed)
+    model.save_pretrained(directory)
+    build_tokenizer(family).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(family)`` -> a saved model + tokenizer directory (cached per session)."""
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str = "bert", layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
+        key = (family, layers, hidden, seed)
+        if key not in cache:
+            cache[key] = save_tiny_model(tmp_path_factory.mktemp(f"{family}{layers}"), family, layers, hidden, seed)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture()
+def train_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "train.csv", synthetic_rows(90))

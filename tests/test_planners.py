@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgetune.api import load_model, plan
+from edgetune.data import load_dataset
+from edgetune.planner import Budget, Plan, PlanError, get_planner
+from edgetune.planner.baselines import gradient_mass_cut
+
+
+@pytest.fixture()
+def bert(tiny_model_dir):
+    return load_model(tiny_model_dir("bert", layers=4), max_length=16)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "gpt2", "llama", "qwen2", "mistral"])
+def test_salf_plans_every_family(family, tiny_model_dir, train_csv, tmp_path):
+    model = load_model(tiny_model_dir(family), max_length=16)
+    p = plan(model, train_csv, planner_params={"sample_size": 60}, progress=False)
+    assert 1 <= p.cut <= 2  # SALF picks a layer and keeps >= 1 block trainable
+    assert len(p.rows) == 4
+    devs = [r.deviation for r in p.rows]
+    assert all(d is not None and d >= 0 for d in devs)
+    fitted = p.planner_params["fitted"]
+    assert fitted["basis"] == ("readout" if family in ("gpt2", "llama", "qwen2", "mistral") else "probe")
+    p.save(tmp_path / "plan.json")
+    again = Plan.load(tmp_path / "plan.json")
+    assert again.to_dict() == json.loads((tmp_path / "plan.json").read_text())
+
+
+def test_same_seed_same_plan(bert, train_csv):
+    a = plan(bert, train_csv, planner_params={"sample_size": 45}, seed=7, progress=False).to_dict()
+    b = plan(bert, train_csv, planner_params={"sample_size": 45}, seed=7, progress=False).to_dict()
+    for d in (a, b):
+        d.pop("seconds"), d.pop("created_at")
+        for key in ("trace_seconds", "analysis_seconds"):
+            d["planner_params"]["fitted"].pop(key)
+    assert a == b
+
+
+def test_budget_is_respected(bert, train_csv):
+    free = plan(bert, train_csv, planner="full", progress=False)
+    assert free.cut == 0
+    limited = plan(bert, train_csv, planner="full", budget=Budget(max_backward_frac=0.55), progress=False)
+    assert limited.chosen.backward_frac <= 0.55 and limited.chosen.fits_budget
+    # the fitting cut closest to full fine-tuning
+    assert limited.cut == min(r.cut for r in limited.rows if r.backward_frac <= 0.55)
+    mem = [r.train_memory_mb for r in free.rows]
+    tight = plan(
+        bert,
+        train_csv,
+        budget=Budget(max_train_memory_mb=mem[3] + 1e-3),
+        progress=False,
+        planner_params={"sample_size": 45},
+    )
+    assert tight.chosen.train_memory_mb <= mem[3] + 1e-3
+    for row in tight.rows:
+        assert row.fits_budget == (row.train_memory_mb <= mem[3] + 1e-3)
+
+
+def test_impossible_budget_is_a_clear_error(bert, train_csv):
+    with pytest.raises(PlanError, match="no cut fits the budget"):
+        plan(
+            bert, train_csv, budget=Budget(max_train_memory_mb=1e-6), progress=False, planner_params={"sample_size": 45}
+        )
+
+
+def test_topk_full_random(bert, train_csv):
+    assert plan(bert, train_csv, planner="topk", planner_params={"k": 1}, progress=False).cut == 3
+    assert plan(bert, train_csv, planner="topk", planner_params={"k": 9}, progress=False).cut == 0
+    cuts = {plan(bert, train_csv, planner="random", seed=s, progress=False).cut for s in range(12)}
+    assert cuts <= {0, 1, 2, 3} and len(cuts) > 1
+    same = {plan(bert, train_csv, planner="random", seed=5, progress=False).cut for _ in range(3)}
+    assert len(same) == 1
+
+
+def test_gradnorm_runs_and_restores_the_model(bert, train_csv):
+    backbone, _ = bert
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    flags = [p.requires_grad for p in backbone.model.parameters()]
+    p = plan(bert, train_csv, planner="gradnorm", planner_params={"steps": 2, "batch_size": 8}, progress=False)
+    norms = p.planner_params["fitted"]["grad_norm_per_param"]
+    assert len(norms) == 4 and all(n > 0 for n in norms)
+    assert 0 <= p.cut <= 3
+    assert flags == [q.requires_grad for q in backbone.model.parameters()]
+    for n, q in backbone.model.named_parameters():
+        assert torch.equal(before[n], q) and q.grad is None
+
+
+def test_gradient_mass_cut_by_hand():
+    assert gradient_mass_cut(np.array([1.0, 1.0, 1.0, 7.0]), 0.5) == 3
+    assert gradient_mass_cut(np.array([4.0, 1.0, 1.0, 4.0]), 0.6) == 0
+    assert gradient_mass_cut(np.array([1.0, 1.0, 1.0, 1.0]), 1.0) == 0
+
+
+def test_unknown_planner():
+    with pytest.raises(ValueError, match="unknown planner 'nope'"):
+        get_planner("nope")
+
+
+def test_single_label_data_is_refused(bert, tmp_path):
+    from tests.conftest import write_csv
+
+    path = write_csv(tmp_path / "one.csv", [("apple pear", "alpha")] * 5)
+    with pytest.raises(PlanError, match="at least 2 labels"):
+        plan(bert, load_dataset(path), progress=False)
+
+
+def test_plan_json_errors(tmp_path, bert, train_csv):
+    p = plan(bert, train_csv, planner="topk", progress=False)
+    path = p.save(tmp_path / "plan.json")
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="schema version 99"):
+        Plan.load(path)
+    path.write_text("{not json")
+    with pytest.raises(PlanError, match="not a valid plan JSON"):
+        Plan.load(path)
+    data["schema_version"] = 1
+    del data["cut"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="missing fields \\['cut'\\]"):
+        Plan.load(path)
+    with pytest.raises(PlanError, match="not found"):
+        Plan.load(tmp_path / "nope.json")
+
+
+def test_label_words_for_readout_basis(tiny_model_dir, train_csv):
+    model = load_model(tiny_model_dir("gpt2"), max_length=16)
+    p = plan(model, train_csv, planner_params={"sample_size": 30}, progress=False)
+    tokens = p.planner_params["fitted"]["label_tokens"]
+    assert len(set(tokens)) == 3
+    with pytest.raises(PlanError, match="share their first token"):
+        plan(
+            model,
+            train_csv,
+            progress=False,
+            planner_params={"sample_size": 30, "label_words": {"alpha": "apple", "beta": "apple"}},
+        )
