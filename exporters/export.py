@@ -35,7 +35,7 @@ import numpy as np
 
 from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
 from edgetune.io import atomic_directory, atomic_write_json
-from edgetune.modeling import SequenceClassifier
+from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.planner.plan import Plan
 from edgetune.tokenization import TextEncoder
 from exporters import manifest as mf
@@ -45,6 +45,7 @@ from exporters.onnx_trunk import (
     DEFAULT_ATOL,
     DEFAULT_OPSET,
     DEFAULT_VERIFY_TEXTS,
+    OnnxExport,
     export_top_onnx,
     export_trunk,
     verification_batches,
@@ -108,11 +109,16 @@ def load_source(model: str | Path, plan: Plan) -> Source:
         meta = json.loads((path / "edgetune.json").read_text(encoding="utf-8"))
         classifier = SequenceClassifier.from_pretrained(path)
         backbone_dir = path / "backbone"
-        if (backbone_dir / "encoder.json").is_file():
+        if (backbone_dir / "encoder.json").is_file() and (backbone_dir / "tokenizer.json").is_file():
             saved = TextEncoder.from_dir(backbone_dir)
             encoder = TextEncoder(saved.tokenizer, plan.max_length, saved.pad_id, saved.pad_token)
-        else:
+        elif (backbone_dir / "tokenizer_config.json").is_file():
             encoder = TextEncoder.from_pretrained(backbone_dir, plan.max_length)
+        else:
+            raise FileNotFoundError(
+                f"{backbone_dir}: no tokenizer (encoder.json + tokenizer.json, or a Hugging Face tokenizer); "
+                "save the checkpoint with its encoder"
+            )
         return Source(classifier, encoder, "checkpoint", meta, str(path))
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -222,6 +228,84 @@ def _package_accuracy(
     return accuracy(logits, data.encoded_labels(LabelMap(tuple(labels)))), logits
 
 
+def _prepare_head(
+    source: Source,
+    plan: Plan,
+    fit_data: TextDataset | None,
+    val: TextDataset | None,
+    options: ExportOptions,
+    progress: bool,
+    warnings: list[str],
+) -> tuple[dict[str, Any], TextDataset | None]:
+    """Keep a trained head; fit a probe (or zero) the head of a plain model. Returns (head info, validation data)."""
+    if source.kind != "huggingface":
+        init = "checkpoint" if source.kind == "checkpoint" else "given"
+        return {"init": init}, val if val is not None else fit_data
+    if fit_data is None:
+        zero_head(source.classifier)
+        warnings.append(
+            "the model has no trained head and no --data was given: the head is zero-initialized, so the "
+            "package scores every text the same until it is trained on the device"
+        )
+        return {"init": "zeros"}, val
+    if val is None and options.val_fraction > 0 and len(fit_data) >= 4 * len(plan.labels):
+        fit_data, val = stratified_split(fit_data, options.val_fraction, options.seed)
+    info = init_head_from_probe(
+        source.classifier, source.encoder, fit_data, options.probe_c, options.seed, options.batch_size, progress
+    )
+    return {"init": "probe", "data": fit_data.source, **info}, val
+
+
+def _write_top_onnx(
+    tmp: Path, top: TopModel, session: Any, encoder: TextEncoder, texts: list[str], options: ExportOptions
+) -> dict[str, Any]:
+    exported = export_top_onnx(top, tmp / TOP_ONNX_FILE, options.opset, options.external_data)
+    hidden = [(run_trunk(session, ids, mask), mask) for ids, mask in verification_batches(encoder, texts)]
+    parity = verify_top_onnx(top, exported.path, hidden, options.atol, options.threads)
+    files = [f.name for f in exported.files]
+    return {"file": TOP_ONNX_FILE, "files": files, "opset": exported.opset, **exported.io(), "parity": parity.to_dict()}
+
+
+def _write_int8(
+    tmp: Path,
+    trunk: OnnxExport,
+    top: TopModel,
+    encoder: TextEncoder,
+    val: TextDataset | None,
+    baseline: tuple[float, np.ndarray] | None,
+    labels: list[str],
+    options: ExportOptions,
+    progress: bool,
+) -> dict[str, Any]:
+    """Quantize the trunk; measure its size and, with labelled data, its accuracy against the fp32 package."""
+    files = quantize_trunk(trunk.path, tmp / TRUNK_INT8_FILE, options.int8_config, len(trunk.files) > 1)
+    size, fp32_size = size_of(files), size_of(trunk.files)
+    entry = {
+        "file": TRUNK_INT8_FILE,
+        "files": [f.name for f in files],
+        "precision": "int8",
+        "opset": trunk.opset,
+        **trunk.io(),
+        "quantization": options.int8_config.to_dict(),
+        "size": size,
+        "size_ratio": size / fp32_size,
+        "accuracy": None,
+    }
+    if val is not None and baseline is not None:
+        session = ort_session(tmp / TRUNK_INT8_FILE, options.threads)
+        acc, logits = _package_accuracy(session, top, encoder, val, labels, options, progress)
+        fp32_acc, fp32_logits = baseline
+        entry["accuracy"] = {
+            "data": val.source,
+            "num_examples": len(val),
+            "fp32": fp32_acc,
+            "int8": acc,
+            "delta_points": 100 * (acc - fp32_acc),
+            "agreement": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
+        }
+    return entry
+
+
 def export_package(
     model: str | Path | tuple[SequenceClassifier, TextEncoder],
     plan: Plan | str | Path,
@@ -255,95 +339,42 @@ def export_package(
     fingerprint = check_plan(source, plan)
     classifier, encoder = source.classifier.eval(), source.encoder
     say(f"model: {source.kind} {source.path} ({plan.model_type}, {plan.num_layers} layers), cut {plan.cut}")
-
-    head: dict[str, Any] = {"init": {"checkpoint": "checkpoint", "in-memory": "given"}.get(source.kind, "zeros")}
-    if source.kind == "huggingface":
-        if fit_data is not None:
-            if val is None and options.val_fraction > 0 and len(fit_data) >= 4 * len(plan.labels):
-                fit_data, val = stratified_split(fit_data, options.val_fraction, options.seed)
-            head = {
-                "init": "probe",
-                **init_head_from_probe(
-                    classifier, encoder, fit_data, options.probe_c, options.seed, options.batch_size, progress
-                ),
-            }
-            say(f"head: logistic probe on {len(fit_data)} examples (train accuracy {head['train_accuracy']:.3f})")
-        else:
-            zero_head(classifier)
-            warnings.append(
-                "the model has no trained head and no --data was given: the head is zero-initialized, so the "
-                "package scores every text the same until it is trained on the device"
-            )
-    elif val is None:
-        val = fit_data
+    head, val = _prepare_head(source, plan, fit_data, val, options, progress, warnings)
+    if head["init"] == "probe":
+        say(f"head: logistic probe on {head['num_examples']} examples (train accuracy {head['train_accuracy']:.3f})")
 
     top = classifier.detached_top(plan.cut).eval()
     verify_texts = _verify_texts([fit_data, val], encoder)
-    manifest: dict[str, Any] = {}
     with _staging(out, options.tar) as tmp:
         trunk = export_trunk(
             classifier, plan.cut, tmp / TRUNK_FILE, options.opset, options.external_data, encoder.pad_id
         )
         parity = verify_trunk(classifier, plan.cut, trunk.path, encoder, verify_texts, options.atol, options.threads)
-        trunk_size = size_of(trunk.files)
         say(
-            f"trunk: {TRUNK_FILE} {trunk_size / 1e6:.1f} MB, parity max abs diff {parity.max_abs_diff:.2e} "
-            f"(tolerance {options.atol:g}) in {trunk.seconds:.1f}s"
+            f"trunk: {TRUNK_FILE} {size_of(trunk.files) / 1e6:.1f} MB, parity max abs diff "
+            f"{parity.max_abs_diff:.2e} (tolerance {options.atol:g}) in {trunk.seconds:.1f}s"
         )
         top.save(tmp, TOP_NAME)
         encoder.save(tmp)
         session = ort_session(trunk.path, options.threads)
 
-        top_onnx = None
-        if options.top_onnx:
-            exported = export_top_onnx(top, tmp / TOP_ONNX_FILE, options.opset, options.external_data)
-            hidden = [(run_trunk(session, i, m), m) for i, m in verification_batches(encoder, verify_texts)]
-            top_parity = verify_top_onnx(top, exported.path, hidden, options.atol, options.threads)
-            top_onnx = {
-                "file": TOP_ONNX_FILE,
-                "files": [f.name for f in exported.files],
-                "opset": exported.opset,
-                **exported.io(),
-                "parity": top_parity.to_dict(),
-            }
-            say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_parity.max_abs_diff:.2e}")
+        top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if options.top_onnx else None
+        if top_onnx:
+            say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
 
-        validation = None
+        validation, baseline = None, None
         if val is not None:
-            fp32_acc, fp32_logits = _package_accuracy(session, top, encoder, val, plan.labels, options, progress)
-            validation = {"data": val.source, "num_examples": len(val), "accuracy": fp32_acc}
-            say(f"validation: package accuracy {fp32_acc:.4f} on {len(val)} examples")
+            baseline = _package_accuracy(session, top, encoder, val, plan.labels, options, progress)
+            validation = {"data": val.source, "num_examples": len(val), "accuracy": baseline[0]}
+            say(f"validation: package accuracy {baseline[0]:.4f} on {len(val)} examples")
 
         trunk_int8 = None
         if options.int8:
-            int8_files = quantize_trunk(trunk.path, tmp / TRUNK_INT8_FILE, options.int8_config, len(trunk.files) > 1)
-            int8_size = size_of(int8_files)
-            trunk_int8 = {
-                "file": TRUNK_INT8_FILE,
-                "files": [f.name for f in int8_files],
-                "precision": "int8",
-                "opset": trunk.opset,
-                **trunk.io(),
-                "quantization": options.int8_config.to_dict(),
-                "size": int8_size,
-                "size_ratio": int8_size / trunk_size,
-                "accuracy": None,
-            }
-            msg = f"int8: {TRUNK_INT8_FILE} {int8_size / 1e6:.1f} MB ({int8_size / trunk_size:.2f}x fp32)"
-            if val is not None:
-                int8_session = ort_session(tmp / TRUNK_INT8_FILE, options.threads)
-                int8_acc, int8_logits = _package_accuracy(
-                    int8_session, top, encoder, val, plan.labels, options, progress
-                )
-                trunk_int8["accuracy"] = {
-                    "data": val.source,
-                    "num_examples": len(val),
-                    "fp32": fp32_acc,
-                    "int8": int8_acc,
-                    "delta_points": 100 * (int8_acc - fp32_acc),
-                    "agreement": float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean()),
-                }
-                msg += f", accuracy {fp32_acc:.4f} -> {int8_acc:.4f} ({100 * (int8_acc - fp32_acc):+.2f} points)"
+            trunk_int8 = _write_int8(tmp, trunk, top, encoder, val, baseline, plan.labels, options, progress)
+            msg = f"int8: {TRUNK_INT8_FILE} {trunk_int8['size'] / 1e6:.1f} MB ({trunk_int8['size_ratio']:.2f}x fp32)"
+            if trunk_int8["accuracy"]:
+                a = trunk_int8["accuracy"]
+                msg += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
             else:
                 warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
             say(msg)
@@ -379,7 +410,7 @@ def export_package(
                 "exporter": "torch.onnx.export(dynamo=True)",
                 **trunk.io(),
                 "parity": parity.to_dict(),
-                "size": trunk_size,
+                "size": size_of(trunk.files),
             },
             "trunk_int8": trunk_int8,
             "top": {
