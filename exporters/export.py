@@ -331,6 +331,9 @@ def export_package(
     out = _check_out(Path(out), options.tar)
     fit_data = _as_dataset(data, plan, options)  # bad data fails before the model is loaded
     val = _as_dataset(val_data, plan, options)
+    for dataset in (fit_data, val):
+        if dataset is not None:
+            dataset.encoded_labels(LabelMap(tuple(plan.labels)))  # a label the plan does not know names its row
 
     if isinstance(model, tuple):
         source = Source(model[0], model[1], "in-memory", {}, model[0].backbone.model_id)

@@ -89,3 +89,14 @@ def test_wrong_plan_is_one_red_line(exported, tiny_model_dir, tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "pkg").exists()
     plan = json.loads((root / "plan.json").read_text())
     assert plan["model_id"] in result.output.replace("\n", "")
+
+
+def test_bad_data_fails_before_any_work(exported, tmp_path):
+    root, _ = exported
+    bad = write_csv(tmp_path / "bad.csv", [("apple juice", "alpha"), ("hello", "omega")])
+    args = ["export", "--model", str(tmp_path / "no-model"), "--plan", str(root / "plan.json")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "pkg"), "--data", str(bad)])
+    assert result.exit_code == 2
+    assert "row 3: label 'omega'" in result.output and not (tmp_path / "pkg").exists()
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "pkg"), "--val-fraction", "1.5"])
+    assert result.exit_code == 2 and "--val-fraction" in result.output
