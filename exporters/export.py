@@ -1,6 +1,6 @@
 """``export_package``: a model + a plan -> a verified device package.
 
-Steps (each one measured, any failure leaves nothing behind):
+Steps (a failure at any of them leaves nothing behind):
 
 1. Load the model: an edgetune classifier checkpoint (``edgetune.json``) or a
    plain Hugging Face model directory; refuse a plan made for another model.
