@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -255,6 +256,7 @@ def main() -> None:
     print(json.dumps(results["targets"], indent=2))
     print(f"wrote {args.out / 'export_ort.json'} and {args.out / 'export_ort.png'} in {results['seconds']:.0f}s")
     pkg.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def plot(results: dict, path: Path) -> None:
