@@ -9,13 +9,19 @@ head only). Per example of sequence length n:
 * head forward FLOPs   F_head = 2 * d * C  (pooling is negligible);
 * backward = 2 x forward for every trained module and 0 below the cut:
   B(k) = 2 * (sum_{l>k} F_l + F_head); backward fraction = B(k) / B(0).
+  A tuner that freezes the base weights of the trained blocks (LoRA) skips
+  their weight gradients: a trained block's backward is
+  2 P_l n (1 + w) + 8 n^2 d + 4 A n, with w the share of its weights that get
+  a weight gradient (1: full, 0: LoRA) and A its adapter parameters (forward
+  2 A n). The fraction is always relative to full fine-tuning at cut 0.
 
 Training memory for cut k (bytes):
 
 * trainable parameters P_top(k): weights + gradients + 2 Adam states, all fp32
   -> 16 bytes per parameter;
 * frozen weights: 4 bytes per parameter in *naive* mode (the trunk runs every
-  step); 0 in *cached* mode (the trunk ran once, only its output is kept);
+  step); 0 in *cached* mode (the trunk ran once, only its output is kept),
+  plus the frozen base weights inside the trained blocks (LoRA) in both modes;
 * activations kept for backward by each trained block, per token:
   ``a_h * d + a_i * I`` fp32 values (+ ``2 * heads * n`` if attention
   probabilities are materialized, i.e. eager attention), times batch x n;
@@ -104,6 +110,25 @@ class CostConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TunerCost:
+    """How a tuner trains each block above the cut (the default is full fine-tuning).
+
+    ``weight_grad_fraction``: share of a block's weights that get a weight
+    gradient and optimizer state (1 for ``full``, 0 for LoRA, whose base weights
+    stay frozen). ``adapter_params``: extra trainable parameters per trained
+    block (LoRA: r (in + out) per targeted module). Built by a tuner's
+    ``cost_profile``.
+    """
+
+    weight_grad_fraction: float = 1.0
+    adapter_params: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight_grad_fraction <= 1.0:
+            raise ValueError(f"weight_grad_fraction must be in [0, 1], got {self.weight_grad_fraction}")
+
+
 @dataclass
 class CutCost:
     cut: int
@@ -137,25 +162,37 @@ def activation_bytes_per_block(arch: ArchSummary, cfg: CostConfig) -> float:
     return 4.0 * per_token * cfg.seq_len * cfg.batch_size
 
 
-def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int) -> CutCost:
+def block_backward_flops(params: int, seq_len: int, hidden: int, tuner: TunerCost) -> float:
+    """Input gradients through every weight, weight gradients for the trained share, attention, adapters."""
+    n = seq_len
+    weights = 2.0 * params * n * (1.0 + tuner.weight_grad_fraction)
+    return weights + 8.0 * n * n * hidden + 4.0 * tuner.adapter_params * n
+
+
+def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int, tuner: TunerCost | None = None) -> CutCost:
+    tuner = tuner or TunerCost()
     L, n, d = arch.num_layers, cfg.seq_len, arch.hidden_size
     if not 0 <= cut <= L:
         raise ValueError(f"cut must be in 0..{L}, got {cut}")
     fwd = [block_forward_flops(p, n, d) for p in arch.block_params]
+    adapter_fwd = 2.0 * tuner.adapter_params * n
     head_fwd = 2.0 * d * arch.num_labels
-    forward = sum(fwd) + head_fwd
-    backward = 2.0 * (sum(fwd[cut:]) + head_fwd)
+    top_forward = sum(fwd[cut:]) + adapter_fwd * (L - cut) + head_fwd
+    forward = sum(fwd[:cut]) + top_forward
+    backward = sum(block_backward_flops(p, n, d, tuner) for p in arch.block_params[cut:]) + 2.0 * head_fwd
     full_backward = 2.0 * (sum(fwd) + head_fwd)
-    top_forward = sum(fwd[cut:]) + head_fwd
     step = (top_forward if cfg.cached else forward) + backward
 
-    trainable = sum(arch.block_params[cut:]) + arch.norm_params + arch.head_params
-    frozen = sum(arch.block_params[:cut]) + arch.embedding_params
+    top_params = sum(arch.block_params[cut:])
+    adapters = tuner.adapter_params * (L - cut)
+    trainable = tuner.weight_grad_fraction * top_params + adapters + arch.norm_params + arch.head_params
+    frozen_in_top = (1.0 - tuner.weight_grad_fraction) * top_params
+    frozen_below = sum(arch.block_params[:cut]) + arch.embedding_params
     memory = {
         "trainable_weights": 4.0 * trainable,
         "gradients": 4.0 * trainable,
         "adam_states": 8.0 * trainable,
-        "frozen_weights": 0.0 if cfg.cached else 4.0 * frozen,
+        "frozen_weights": 4.0 * (frozen_in_top + (0.0 if cfg.cached else frozen_below)),
         "activations": activation_bytes_per_block(arch, cfg) * (L - cut),
         "cached_features": (
             float(cfg.num_examples * n * d * cfg.feature_bytes) if cfg.cached and cfg.cache_in_memory else 0.0
@@ -165,7 +202,7 @@ def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int) -> CutCost:
     job_flops = trunk_once + step * cfg.num_examples * cfg.epochs
     return CutCost(
         cut=cut,
-        trainable_params=int(trainable),
+        trainable_params=int(round(trainable)),
         forward_flops=forward,
         backward_flops=backward,
         backward_frac=backward / full_backward,
@@ -175,9 +212,9 @@ def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int) -> CutCost:
     )
 
 
-def estimate_all(arch: ArchSummary, cfg: CostConfig) -> list[CutCost]:
+def estimate_all(arch: ArchSummary, cfg: CostConfig, tuner: TunerCost | None = None) -> list[CutCost]:
     """Costs of every cut 0..L."""
-    return [estimate_cut(arch, cfg, k) for k in range(arch.num_layers + 1)]
+    return [estimate_cut(arch, cfg, k, tuner) for k in range(arch.num_layers + 1)]
 
 
 @dataclass(frozen=True)
