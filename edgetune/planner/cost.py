@@ -7,8 +7,12 @@ head only). Per example of sequence length n:
 * block forward FLOPs  F_l = 2 * P_l * n + 4 * n^2 * d
   (2 FLOPs per multiply-add of every weight, plus the QK^T and AV products);
 * head forward FLOPs   F_head = 2 * d * C  (pooling is negligible);
-* backward = 2 x forward for every trained module and 0 below the cut:
-  B(k) = 2 * (sum_{l>k} F_l + F_head); backward fraction = B(k) / B(0).
+* backward = 2 x forward for every trained module and 0 below the cut, less
+  the input gradient of the lowest trained block, which nothing needs (the
+  trunk below it is frozen): its input projections (Q, K, V: P_in weights)
+  skip 2 * P_in * n FLOPs, unless a trained pre-norm (GPT-2, Llama) sits in
+  front of them and needs them for its weight gradient.
+  B(k) = 2 * (sum_{l>k} F_l + F_head) - 2 * P_in * n; fraction B(k) / B(0).
   A tuner that freezes the base weights of the trained blocks (LoRA) skips
   their weight gradients: a trained block's backward is
   2 P_l n (1 + w) + 8 n^2 d + 4 A n, with w the share of its weights that get
@@ -22,14 +26,22 @@ Training memory for cut k (bytes):
 * frozen weights: 4 bytes per parameter in *naive* mode (the trunk runs every
   step); 0 in *cached* mode (the trunk ran once, only its output is kept),
   plus the frozen base weights inside the trained blocks (LoRA) in both modes;
-* activations kept for backward by each trained block, per token:
-  ``a_h * d + a_i * I`` fp32 values (+ ``2 * heads * n`` if attention
-  probabilities are materialized, i.e. eager attention), times batch x n;
-  a_h = 8 (block input, Q/K/V, attention output, two norm inputs, MLP input),
-  a_i = 2 for a GELU MLP (pre- and post-activation) and 4 for a gated MLP;
+* activations kept for backward by each trained block, per token,
+  ``a_h * d + a_i * I + a_p * heads * n`` fp32 values, times batch x n.
+  The constants were measured by recording every tensor autograd saves
+  (``torch.autograd.graph.saved_tensors_hooks``) in training mode on CPU with
+  the sdpa attention edgetune loads models with (:func:`activation_profile`):
+  a_h = 8 for BERT-style blocks, 10 for GPT-2, 12 for Llama-style blocks
+  (norm inputs and statistics, Q/K/V, attention output, residual inputs),
+  plus one fp32 mask per hidden dropout (2 for BERT/RoBERTa/GPT-2, 1 for
+  DistilBERT); a_i = 2 for an erf-GELU MLP, 5 for GPT-2's tanh GELU, 4 for a
+  gated MLP; a_p = 3 when attention dropout is on (sdpa falls back to the math
+  kernel and keeps the probabilities, their dropout mask and the dropped
+  probabilities), 1 for eager attention without dropout, 0 for fused kernels;
 * cached trunk features (cached mode, in memory): N_examples * n * d * bytes.
 
-The constants are checked against measured numbers in ``benchmarks/``.
+``benchmarks/where_to_finetune.py`` checks these numbers against measurements
+on all-MiniLM-L6-v2 (torch.utils.flop_counter.FlopCounterMode for FLOPs).
 """
 
 from __future__ import annotations
@@ -53,6 +65,11 @@ class ArchSummary:
     norm_params: int
     num_labels: int
     gated_mlp: bool = False
+    act_hidden: float = 8.0  # a_h: fp32 values of width d saved per token by a trained block
+    act_intermediate: float | None = None  # a_i; None: 4 for a gated MLP, else 2
+    act_probs: float = 0.0  # a_p: attention probabilities kept per token, in units of heads * n
+    input_proj_params: int = 0  # P_in: weights of the Q, K, V projections of one block
+    pre_norm: bool = False  # blocks normalize their input before Q/K/V (GPT-2, Llama) rather than after
 
     @property
     def head_params(self) -> int:
@@ -70,6 +87,8 @@ class ArchSummary:
         )
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or cfg.n_head
         norm = 0 if backbone.final_norm is None else sum(p.numel() for p in backbone.final_norm.parameters())
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        a_h, a_i, a_p = activation_profile(backbone.family.name, cfg)
         return cls(
             num_layers=backbone.num_layers,
             hidden_size=d,
@@ -80,6 +99,11 @@ class ArchSummary:
             norm_params=norm,
             num_labels=num_labels,
             gated_mlp=backbone.family.name == "llama",
+            act_hidden=a_h,
+            act_intermediate=a_i,
+            act_probs=a_p,
+            input_proj_params=int(d * (d + 2 * d * kv_heads // heads)),
+            pre_norm=backbone.is_decoder,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +127,9 @@ class CostConfig:
     cached: bool = True
     cache_in_memory: bool = True
     feature_bytes: int = 4
-    attention_probs_stored: bool = False
+    # None: as the architecture keeps them in CPU training (see activation_profile);
+    # False: a fused attention kernel (e.g. flash attention on a GPU) keeps none.
+    attention_probs_stored: bool | None = None
     device_gflops: float = 20.0  # sustained fp32 GFLOP/s of the target device
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,11 +180,41 @@ def block_forward_flops(params: int, seq_len: int, hidden: int) -> float:
     return 2.0 * params * seq_len + 4.0 * seq_len * seq_len * hidden
 
 
+# family -> (a_h without dropout, extra a_h per active hidden dropout, a_i); see the module docstring
+_ACTIVATIONS = {
+    "bert": (8.0, 2.0, 2.0),
+    "roberta": (8.0, 2.0, 2.0),
+    "distilbert": (8.0, 1.0, 2.0),
+    "gpt2": (10.0, 2.0, 5.0),
+    "llama": (12.0, 0.0, 4.0),
+}
+
+
+def _config_value(config: Any, *names: str) -> float:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
+def activation_profile(family: str, config: Any) -> tuple[float, float, float]:
+    """(a_h, a_i, a_p) of one trained block of ``family`` under ``config``, as measured in training mode."""
+    base, per_dropout, a_i = _ACTIVATIONS.get(family, (8.0, 2.0, 2.0))
+    hidden_dropout = _config_value(config, "hidden_dropout_prob", "resid_pdrop", "dropout", "hidden_dropout")
+    attention_dropout = _config_value(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
+    a_h = base + (per_dropout if hidden_dropout > 0 else 0.0)
+    if attention_dropout > 0:
+        a_p = 3.0
+    else:
+        a_p = 1.0 if getattr(config, "_attn_implementation", "sdpa") == "eager" else 0.0
+    return a_h, a_i, a_p
+
+
 def activation_bytes_per_block(arch: ArchSummary, cfg: CostConfig) -> float:
-    a_i = 4 if arch.gated_mlp else 2
-    per_token = 8 * arch.hidden_size + a_i * arch.intermediate_size
-    if cfg.attention_probs_stored:
-        per_token += 2 * arch.num_heads * cfg.seq_len
+    a_i = arch.act_intermediate if arch.act_intermediate is not None else (4.0 if arch.gated_mlp else 2.0)
+    a_p = arch.act_probs if cfg.attention_probs_stored is None else (3.0 if cfg.attention_probs_stored else 0.0)
+    per_token = arch.act_hidden * arch.hidden_size + a_i * arch.intermediate_size + a_p * arch.num_heads * cfg.seq_len
     return 4.0 * per_token * cfg.seq_len * cfg.batch_size
 
 
@@ -167,6 +223,18 @@ def block_backward_flops(params: int, seq_len: int, hidden: int, tuner: TunerCos
     n = seq_len
     weights = 2.0 * params * n * (1.0 + tuner.weight_grad_fraction)
     return weights + 8.0 * n * n * hidden + 4.0 * tuner.adapter_params * n
+
+
+def skipped_input_grad(arch: ArchSummary, seq_len: int, tuner: TunerCost) -> float:
+    """FLOPs the lowest trained block saves because its input needs no gradient (the trunk is frozen).
+
+    A post-norm block feeds its input straight into Q/K/V, so their input
+    gradients are skipped. A pre-norm block feeds Q/K/V from its input norm;
+    when the norm is trained (full tuning) its weight gradient needs them anyway.
+    """
+    if arch.pre_norm and tuner.weight_grad_fraction > 0:
+        return 0.0
+    return 2.0 * arch.input_proj_params * seq_len
 
 
 def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int, tuner: TunerCost | None = None) -> CutCost:
@@ -180,7 +248,8 @@ def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int, tuner: TunerCost 
     top_forward = sum(fwd[cut:]) + adapter_fwd * (L - cut) + head_fwd
     forward = sum(fwd[:cut]) + top_forward
     backward = sum(block_backward_flops(p, n, d, tuner) for p in arch.block_params[cut:]) + 2.0 * head_fwd
-    full_backward = 2.0 * (sum(fwd) + head_fwd)
+    backward -= skipped_input_grad(arch, n, tuner) if cut < L else 0.0
+    full_backward = 2.0 * (sum(fwd) + head_fwd) - (skipped_input_grad(arch, n, TunerCost()) if L > 0 else 0.0)
     step = (top_forward if cfg.cached else forward) + backward
 
     top_params = sum(arch.block_params[cut:])
