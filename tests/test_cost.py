@@ -24,6 +24,10 @@ def test_flops_formula_by_hand():
     assert c.backward_flops == 2 * (f + head)
     assert c.backward_frac == pytest.approx((f + head) / (4 * f + head))
     assert c.trainable_params == 100 + 16 + 8 * 3 + 3
+    # head only: its input needs a gradient only for a trained final norm
+    assert estimate_cut(ARCH, cfg, 4).backward_flops == 2 * head
+    no_norm = ArchSummary(**{**ARCH.to_dict(), "block_params": ARCH.block_params, "norm_params": 0})
+    assert estimate_cut(no_norm, cfg, 4).backward_flops == head
 
 
 def test_costs_fall_monotonically_with_the_cut():

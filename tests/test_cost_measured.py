@@ -32,16 +32,18 @@ def _measure(family: str, tuner_name: str, cut: int):
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "llama"])
-@pytest.mark.parametrize(("tuner", "cut"), [("full", 0), ("full", 2), ("lora", 1)])
+@pytest.mark.parametrize(("tuner", "cut"), [("full", 0), ("full", 2), ("full", 3), ("lora", 1)])
 def test_flops_and_activations_match_measurements(family, tuner, cut):
     measured, predicted, trunk = _measure(family, tuner, cut)
     top_forward = predicted.train_step_flops - predicted.backward_flops  # cached mode: the top's forward
     assert measured.forward_flops == pytest.approx(top_forward, rel=0.05)
     assert trunk + measured.forward_flops == pytest.approx(predicted.forward_flops, rel=0.05)
     assert measured.backward_flops == pytest.approx(predicted.backward_flops, rel=0.10)
-    # LoRA's frozen layers need not keep their inputs: the model is an upper bound for it
-    tolerance = 0.10 if tuner == "full" else 0.25
-    assert measured.activation_bytes <= 1.10 * predicted.memory_bytes["activations"]
+    # The activation constants were measured with as many K/V heads as query heads; the tiny Llama shares
+    # K/V heads (GQA) and keeps less. LoRA's frozen layers need not keep their inputs. In both cases the
+    # model is an upper bound.
+    tolerance = 0.35 if tuner == "lora" else (0.15 if family == "llama" else 0.06)
+    assert measured.activation_bytes <= 1.05 * predicted.memory_bytes["activations"]
     assert measured.activation_bytes == pytest.approx(predicted.memory_bytes["activations"], rel=tolerance)
     assert measured.trainable_bytes == predicted.memory_bytes["trainable_weights"]
     assert measured.gradient_bytes == predicted.memory_bytes["gradients"]

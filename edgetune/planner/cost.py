@@ -6,7 +6,8 @@ head only). Per example of sequence length n:
 
 * block forward FLOPs  F_l = 2 * P_l * n + 4 * n^2 * d
   (2 FLOPs per multiply-add of every weight, plus the QK^T and AV products);
-* head forward FLOPs   F_head = 2 * d * C  (pooling is negligible);
+* head forward FLOPs   F_head = 2 * d * C  (pooling is negligible); its backward
+  is F_head (weight gradient) when nothing below it trains, else 2 F_head;
 * backward = 2 x forward for every trained module and 0 below the cut, less
   the input gradient of the lowest trained block, which nothing needs (the
   trunk below it is frozen): its input projections (Q, K, V: P_in weights)
@@ -27,7 +28,9 @@ Training memory for cut k (bytes):
   step); 0 in *cached* mode (the trunk ran once, only its output is kept),
   plus the frozen base weights inside the trained blocks (LoRA) in both modes;
 * activations kept for backward by each trained block, per token,
-  ``a_h * d + a_i * I + a_p * heads * n`` fp32 values, times batch x n.
+  ``a_h * d + a_i * I + a_p * heads * n`` fp32 values, times batch x n
+  (plus the final norm's input and output, 2 x batch x n x d, in decoders,
+  and the head's pooled input, batch x d);
   The constants were measured by recording every tensor autograd saves
   (``torch.autograd.graph.saved_tensors_hooks``) in training mode on CPU with
   the sdpa attention edgetune loads models with (:func:`activation_profile`):
@@ -37,7 +40,10 @@ Training memory for cut k (bytes):
   DistilBERT); a_i = 2 for an erf-GELU MLP, 5 for GPT-2's tanh GELU, 4 for a
   gated MLP; a_p = 3 when attention dropout is on (sdpa falls back to the math
   kernel and keeps the probabilities, their dropout mask and the dropped
-  probabilities), 1 for eager attention without dropout, 0 for fused kernels;
+  probabilities), 1 for eager attention without dropout, 0 for fused kernels.
+  Measured with as many K/V heads as query heads and full tuning; models that
+  share K/V heads (GQA) and LoRA (frozen layers need not keep their inputs)
+  keep less, so for them the numbers are an upper bound;
 * cached trunk features (cached mode, in memory): N_examples * n * d * bytes.
 
 ``benchmarks/where_to_finetune.py`` checks these numbers against measurements
@@ -211,6 +217,13 @@ def activation_profile(family: str, config: Any) -> tuple[float, float, float]:
     return a_h, a_i, a_p
 
 
+def top_extra_activations(arch: ArchSummary, cfg: CostConfig) -> float:
+    """Bytes the top keeps besides its blocks: the final norm's input and output (2 x batch x n x d values,
+    measured; decoders only) and the head's pooled input (batch x d)."""
+    norm = 2.0 * cfg.batch_size * cfg.seq_len * arch.hidden_size if arch.norm_params > 0 else 0.0
+    return 4.0 * (norm + cfg.batch_size * arch.hidden_size)
+
+
 def activation_bytes_per_block(arch: ArchSummary, cfg: CostConfig) -> float:
     a_i = arch.act_intermediate if arch.act_intermediate is not None else (4.0 if arch.gated_mlp else 2.0)
     a_p = arch.act_probs if cfg.attention_probs_stored is None else (3.0 if cfg.attention_probs_stored else 0.0)
@@ -247,7 +260,9 @@ def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int, tuner: TunerCost 
     head_fwd = 2.0 * d * arch.num_labels
     top_forward = sum(fwd[cut:]) + adapter_fwd * (L - cut) + head_fwd
     forward = sum(fwd[:cut]) + top_forward
-    backward = sum(block_backward_flops(p, n, d, tuner) for p in arch.block_params[cut:]) + 2.0 * head_fwd
+    # the head's input gradient is needed only when something below it trains (a block or the final norm)
+    head_bwd = 2.0 * head_fwd if cut < L or arch.norm_params > 0 else head_fwd
+    backward = sum(block_backward_flops(p, n, d, tuner) for p in arch.block_params[cut:]) + head_bwd
     backward -= skipped_input_grad(arch, n, tuner) if cut < L else 0.0
     full_backward = 2.0 * (sum(fwd) + head_fwd) - (skipped_input_grad(arch, n, TunerCost()) if L > 0 else 0.0)
     step = (top_forward if cfg.cached else forward) + backward
@@ -262,7 +277,7 @@ def estimate_cut(arch: ArchSummary, cfg: CostConfig, cut: int, tuner: TunerCost 
         "gradients": 4.0 * trainable,
         "adam_states": 8.0 * trainable,
         "frozen_weights": 4.0 * (frozen_in_top + (0.0 if cfg.cached else frozen_below)),
-        "activations": activation_bytes_per_block(arch, cfg) * (L - cut),
+        "activations": activation_bytes_per_block(arch, cfg) * (L - cut) + top_extra_activations(arch, cfg),
         "cached_features": (
             float(cfg.num_examples * n * d * cfg.feature_bytes) if cfg.cached and cfg.cache_in_memory else 0.0
         ),
