@@ -18,12 +18,13 @@ checkpoint of the same identity in its output directory resumes from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class TrainConfig:
     cache_dtype: str = "float32"
     cache_batch_size: int = 64
     checkpoint_steps: int | None = None  # also checkpoint every N steps (always at each epoch's end)
+    release_trunk: bool = False  # cached mode: free the trunk's weights while the top trains
     max_length: int | None = None  # None: the plan's
     device: str | None = None  # None: Accelerate's choice (a GPU when there is one); "cpu"; "cuda"
     mixed_precision: str = "no"
@@ -91,11 +93,13 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.patience is not None and (self.patience < 1 or self.val_fraction == 0):
             raise ValueError("patience needs val_fraction > 0 and must be >= 1")
+        if self.release_trunk and self.mode != "cached":
+            raise ValueError("release_trunk needs mode='cached' (naive mode runs the trunk every step)")
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the result (a checkpoint resumes only under the same ones)."""
         # naive and cached mode give the same result, so a run may resume in the other mode
-        skip = {"mode", "progress", "checkpoint_steps", "cache", "cache_batch_size", "device"}
+        skip = {"mode", "progress", "checkpoint_steps", "cache", "cache_batch_size", "device", "release_trunk"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -288,10 +292,7 @@ class Trainer:
             place = "memory" if nbytes <= 0.25 * psutil.virtual_memory().available else "mmap"
         if place == "memory":
             return None
-        if self.cache_dir is None:
-            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="edgetune-cache-")
-            self.cache_dir = Path(self._tmp.name)
-        return self.cache_dir / name
+        return self._scratch() / name
 
     # -- evaluation ----------------------------------------------------------------
     @torch.no_grad()
@@ -336,11 +337,40 @@ class Trainer:
         val_labels: np.ndarray | None = None,
     ) -> TrainResult:
         """Train on ``train`` (texts, or a prebuilt source with ``train_labels``); validate on ``val``."""
-        cfg, acc = self.config, self.accelerator
+        cfg = self.config
         start = time.perf_counter()
         train_src, y_train = self._as_source(train, train_labels, "train")
         val_src, y_val = (None, None) if val is None else self._as_source(val, val_labels, "val")
         cache_seconds = time.perf_counter() - start
+        release = cfg.release_trunk and self.cut > 0
+        with trunk_released(self.classifier, self.cut, self._scratch()) if release else contextlib.nullcontext():
+            state, best = self._train_loop(train_src, y_train, val_src, y_val)
+
+        if best is not None:
+            self.tuner.load_delta(self.top, best)
+        delta = self.tuner.delta_state(self.top)
+        trainable = self.tuner.num_trainable(self.top)
+        self.tuner.merge(self.top)
+        self.classifier.eval()
+        return TrainResult(
+            classifier=self.classifier,
+            encoder=self.encoder,
+            tuner=self.tuner,
+            cut=self.cut,
+            history=state.history,
+            best_epoch=state.best_epoch,
+            stopped_early=state.stopped_early,
+            trainable_params=trainable,
+            cache_seconds=cache_seconds,
+            cache_bytes=train_src.nbytes if isinstance(train_src, FeatureCache) else 0,
+            config=cfg,
+            delta=delta,
+        )
+
+    def _train_loop(
+        self, train_src: Source, y_train: np.ndarray, val_src: Source | None, y_val: np.ndarray | None
+    ) -> tuple[TrainState, dict | None]:
+        cfg, acc = self.config, self.accelerator
         identity = self.identity(train_src)
 
         steps_per_epoch = math.ceil(len(train_src) / cfg.batch_size)
@@ -388,27 +418,7 @@ class Trainer:
             state.history.append(row)
             state.epoch, state.step_in_epoch = epoch + 1, 0
             self.save_checkpoint(identity, state, best, optimizer, scheduler)
-
-        if best is not None:
-            self.tuner.load_delta(self.top, best)
-        delta = self.tuner.delta_state(self.top)
-        trainable = self.tuner.num_trainable(self.top)
-        self.tuner.merge(self.top)
-        self.classifier.eval()
-        return TrainResult(
-            classifier=self.classifier,
-            encoder=self.encoder,
-            tuner=self.tuner,
-            cut=self.cut,
-            history=state.history,
-            best_epoch=state.best_epoch,
-            stopped_early=state.stopped_early,
-            trainable_params=trainable,
-            cache_seconds=cache_seconds,
-            cache_bytes=train_src.nbytes if isinstance(train_src, FeatureCache) else 0,
-            config=cfg,
-            delta=delta,
-        )
+        return state, best
 
     def _step(self, model, optimizer, scheduler, params, idx, source, labels, state: TrainState, total: int) -> float:
         cfg, acc = self.config, self.accelerator
@@ -479,10 +489,57 @@ class Trainer:
         set_rng_state(ckpt.rng)
         return ckpt.state, ckpt.best
 
+    def _scratch(self) -> Path:
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            return self.cache_dir
+        self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="edgetune-cache-")
+        return Path(self._tmp.name)
+
     def cleanup(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+@contextlib.contextmanager
+def trunk_released(classifier: SequenceClassifier, cut: int, scratch: Path) -> Iterator[None]:
+    """Free the frozen trunk's weights while only the top trains (cached mode needs no trunk), then restore them.
+
+    The embeddings and blocks 1..cut are parked in a safetensors file and moved
+    to the meta device; afterwards they are rebuilt bit for bit. Tied readout
+    weights are re-tied.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from edgetune.freeze import embedding_modules
+
+    backbone = classifier.backbone
+    modules = [*embedding_modules(backbone.family, classifier.model), *list(backbone.blocks)[:cut]]
+    device = next(modules[0].parameters()).device
+    path = scratch / "trunk.safetensors"
+    tensors = {}
+    for i, m in enumerate(modules):
+        tensors.update({f"{i}/p/{n}": t.detach().cpu().contiguous() for n, t in m.named_parameters()})
+        tensors.update({f"{i}/b/{n}": t.detach().cpu().contiguous() for n, t in m.named_buffers()})
+    save_file(tensors, str(path))
+    del tensors
+    for m in modules:
+        m.to("meta")
+    try:
+        yield
+    finally:
+        state = load_file(str(path))
+        with torch.no_grad():
+            for i, m in enumerate(modules):
+                m.to_empty(device=device)
+                for n, t in m.named_parameters():
+                    t.copy_(state[f"{i}/p/{n}"])
+                for n, t in m.named_buffers():
+                    t.copy_(state[f"{i}/b/{n}"])
+        if hasattr(classifier.model, "tie_weights"):
+            classifier.model.tie_weights()
+        path.unlink(missing_ok=True)
 
 
 def _skip(loader: Any, batches: int, epoch: int) -> Any:

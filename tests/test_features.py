@@ -67,3 +67,17 @@ def test_a_crash_while_caching_leaves_no_cache(trunk, tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="dtype"):
         FeatureCache.build(fn, ids, mask, dtype="int8", progress=False)
+
+
+def test_encoder_tokenizes_in_chunks_with_the_same_result(tiny_model_dir):
+    from tests.conftest import synthetic_rows
+
+    _, encoder = load_model(tiny_model_dir("bert"), max_length=12)
+    texts = [t for t, _ in synthetic_rows(600)] + ["apple " * 40]
+    ids, mask = encoder(texts)
+    assert ids.shape == (601, 12) and mask[-1].sum() == 12
+    for i in (0, 255, 256, 599):  # rows on both sides of a chunk boundary match one-by-one encoding
+        one_ids, one_mask = encoder([texts[i]])
+        n = one_mask.sum()
+        assert np.array_equal(ids[i, :n], one_ids[0, :n]) and mask[i].sum() == n
+    assert np.array_equal(encoder.lengths(texts), mask.sum(axis=1))

@@ -187,3 +187,28 @@ def test_early_stopping_keeps_the_best_epoch(setup):
     assert all("val_macro_f1" in h for h in frozen.history)
     with pytest.raises(ValueError, match="patience"):
         cfg(patience=2)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_released_trunk_frees_its_weights_and_comes_back_bit_for_bit(setup, family):
+    model, p, train, _ = setup(family)
+    kept = finetune(model, p, train, config=cfg())
+    backbone, encoder = load_model(model, 16)
+    seen = []
+
+    def check(event):
+        trunk = [
+            *backbone.embeddings.parameters(),
+            *(q for b in list(backbone.blocks)[: p.cut] for q in b.parameters()),
+        ]
+        seen.append({q.device.type for q in trunk})
+
+    released = finetune((backbone, encoder), p, train, config=cfg(release_trunk=True), callbacks=[check])
+    assert seen and all(devices == {"meta"} for devices in seen)  # freed while the top trained
+    assert _same(kept.delta, released.delta, atol=0)
+    ids = torch.randint(5, 30, (2, 6))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.equal(kept.classifier(ids, mask), released.classifier(ids, mask))
+    with pytest.raises(ValueError, match="release_trunk"):
+        cfg(mode="naive", release_trunk=True)
