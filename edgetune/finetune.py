@@ -30,12 +30,13 @@ from safetensors.torch import save_file
 
 from edgetune.api import load_model
 from edgetune.backbones import Backbone
+from edgetune.batches import split_validation
 from edgetune.data import LabelMap, TextDataset, load_dataset
 from edgetune.freeze import check_structure
 from edgetune.io import atomic_directory
 from edgetune.planner.plan import Plan, PlanError
 from edgetune.tokenization import TextEncoder
-from edgetune.train import StepEvent, TrainConfig, Trainer, TrainError, TrainResult, split_validation
+from edgetune.train import StepEvent, TrainConfig, Trainer, TrainError, TrainResult
 from edgetune.tuners import Tuner, get_tuner
 
 CHECKPOINT = "checkpoint"

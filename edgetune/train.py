@@ -21,24 +21,24 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader
 
 from edgetune.backbones import Backbone
+from edgetune.batches import EpochSampler, Source, TrunkBatches, collate_indices, trunk_released
 from edgetune.checkpoint import Checkpoint, TrainState, identity_mismatch, load_checkpoint, rng_state, set_rng_state
 from edgetune.checkpoint import save_checkpoint as write_checkpoint
-from edgetune.data import DataError, LabelMap, TextDataset, stratified_split
+from edgetune.data import LabelMap, TextDataset
 from edgetune.evaluation import METRICS, classification_metrics
-from edgetune.features import FeatureCache, TrunkFn, batch_width, data_digest
+from edgetune.features import FeatureCache, data_digest
 from edgetune.modeling import SequenceClassifier
 from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
@@ -148,52 +148,6 @@ class TrainResult:
             "cache_bytes": self.cache_bytes,
             "metrics": self.metrics,
         }
-
-
-class TrunkBatches:
-    """Naive freezing: the frozen trunk runs on every batch, under ``no_grad``."""
-
-    def __init__(self, trunk: TrunkFn, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
-        self.trunk = trunk
-        self.input_ids = input_ids
-        self.mask = attention_mask
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def batch(
-        self, indices: Sequence[int] | np.ndarray, device: torch.device | str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(indices, dtype=np.int64)
-        mask = self.mask[idx]
-        width = batch_width(mask)
-        ids_t = torch.from_numpy(self.input_ids[idx, :width]).to(device)
-        mask_t = torch.from_numpy(mask[:, :width].astype(np.int64)).to(device)
-        with torch.no_grad():
-            return self.trunk(ids_t, mask_t), mask_t
-
-
-Source = FeatureCache | TrunkBatches
-
-
-class EpochSampler(Sampler[int]):
-    """A permutation drawn from (seed, epoch): the same batches in any mode, and after a resume."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
-
-
-def _collate(indices: list[int]) -> torch.Tensor:
-    return torch.tensor(indices, dtype=torch.int64)
 
 
 def param_groups(params: dict[str, torch.nn.Parameter], lr: float, head_lr: float, weight_decay: float) -> list[dict]:
@@ -384,7 +338,7 @@ class Trainer:
         loader = DataLoader(
             range(len(train_src)),
             batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=False),
-            collate_fn=_collate,
+            collate_fn=collate_indices,
             generator=torch.Generator(),  # DataLoader iterators draw a seed: keep it off the global RNG
         )
         model, optimizer, loader, scheduler = acc.prepare(self.top, optimizer, loader, scheduler)
@@ -502,62 +456,9 @@ class Trainer:
             self._tmp = None
 
 
-@contextlib.contextmanager
-def trunk_released(classifier: SequenceClassifier, cut: int, scratch: Path) -> Iterator[None]:
-    """Free the frozen trunk's weights while only the top trains (cached mode needs no trunk), then restore them.
-
-    The embeddings and blocks 1..cut are parked in a safetensors file and moved
-    to the meta device; afterwards they are rebuilt bit for bit. Tied readout
-    weights are re-tied.
-    """
-    from safetensors.torch import load_file, save_file
-
-    from edgetune.freeze import embedding_modules
-
-    backbone = classifier.backbone
-    modules = [*embedding_modules(backbone.family, classifier.model), *list(backbone.blocks)[:cut]]
-    device = next(modules[0].parameters()).device
-    path = scratch / "trunk.safetensors"
-    tensors = {}
-    for i, m in enumerate(modules):
-        tensors.update({f"{i}/p/{n}": t.detach().cpu().contiguous() for n, t in m.named_parameters()})
-        tensors.update({f"{i}/b/{n}": t.detach().cpu().contiguous() for n, t in m.named_buffers()})
-    save_file(tensors, str(path))
-    del tensors
-    for m in modules:
-        m.to("meta")
-    try:
-        yield
-    finally:
-        state = load_file(str(path))
-        with torch.no_grad():
-            for i, m in enumerate(modules):
-                m.to_empty(device=device)
-                for n, t in m.named_parameters():
-                    t.copy_(state[f"{i}/p/{n}"])
-                for n, t in m.named_buffers():
-                    t.copy_(state[f"{i}/b/{n}"])
-        if hasattr(classifier.model, "tie_weights"):
-            classifier.model.tie_weights()
-        path.unlink(missing_ok=True)
-
-
 def _skip(loader: Any, batches: int, epoch: int) -> Any:
     from accelerate import skip_first_batches
 
     skipped = skip_first_batches(loader, batches)
     skipped.set_epoch(epoch)
     return skipped
-
-
-def split_validation(dataset: TextDataset, fraction: float, seed: int) -> tuple[TextDataset, TextDataset | None]:
-    if fraction <= 0:
-        return dataset, None
-    try:
-        return stratified_split(dataset, fraction, seed=seed)
-    except ValueError as err:
-        raise DataError(f"{dataset.source}: cannot hold out {fraction:.0%} for validation ({err})") from None
-
-
-def remove_checkpoint(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
