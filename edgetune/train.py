@@ -253,7 +253,8 @@ class Trainer:
     def predict(self, source: Source, batch_size: int = 64) -> np.ndarray:
         """Logits of the top on every example of ``source``, in order."""
         top = self.top
-        was_training = top.training
+        # Restore each submodule's own mode: frozen parts of the top stay in eval mode.
+        modes = [(module, module.training) for module in top.modules()]
         top.eval()
         out = []
         try:
@@ -262,7 +263,8 @@ class Trainer:
                 with self.accelerator.autocast():
                     out.append(top(hidden, mask).float().cpu().numpy())
         finally:
-            top.train(was_training)
+            for module, training in modes:
+                module.training = training
         return np.concatenate(out)
 
     def evaluate(self, source: Source, labels: np.ndarray) -> dict[str, Any]:

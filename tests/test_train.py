@@ -78,6 +78,8 @@ def test_training_learns_the_task(setup, tmp_path):
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < 0.5 * losses[0]
     assert result.metrics["accuracy"] >= 0.9 and result.metrics["macro_f1"] >= 0.9
+    # evaluating on held-out data does not leave dropout switched on in the returned model
+    assert not any(module.training for module in result.classifier.modules())
     # the saved model gives the same metrics through the full forward pass
     clf, encoder = load_trained(tmp_path / "out")
     again = evaluate_classifier(clf, encoder, load_dataset(test), progress=False)
