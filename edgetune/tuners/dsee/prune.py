@@ -103,24 +103,35 @@ def prune_attention_heads(top: TopModel, ratio: float) -> dict[int, list[int]]:
 
 
 def inference_flops(top: TopModel, seq_len: int) -> dict[str, Any]:
-    """Forward FLOPs per example of the trained blocks: dense (executed) and non-zero (theoretical)."""
+    """Forward FLOPs per example of the trained blocks: dense (executed) and non-zero (theoretical).
+
+    ``linear`` is the projections' share alone (what a profiler that does not
+    price the fused attention kernel measures).
+    """
     n = seq_len
     blocks = []
     for block in top.blocks:
-        dense = nonzero = 0.0
+        linear = linear_nonzero = 0.0
         for module in block.modules():
             if is_dense_layer(module):
                 w = weight_out_in(module)
-                dense += 2.0 * w.numel() * n
-                nonzero += 2.0 * int(torch.count_nonzero(w)) * n
+                linear += 2.0 * w.numel() * n
+                linear_nonzero += 2.0 * int(torch.count_nonzero(w)) * n
         slices = head_slices(block, top.family.name)
-        width = slices.num_heads * slices.head_dim
-        masked = len(masked_heads(slices))
-        dense += 4.0 * n * n * width
-        nonzero += 4.0 * n * n * (slices.num_heads - masked) * slices.head_dim
-        blocks.append({"dense": dense, "nonzero": nonzero, "heads": slices.num_heads - masked})
+        alive = slices.num_heads - len(masked_heads(slices))
+        attention = 4.0 * n * n * slices.num_heads * slices.head_dim
+        attention_nonzero = 4.0 * n * n * alive * slices.head_dim
+        blocks.append(
+            {
+                "linear": linear,
+                "dense": linear + attention,
+                "nonzero": linear_nonzero + attention_nonzero,
+                "heads": alive,
+            }
+        )
     return {
         "seq_len": n,
+        "linear": sum(b["linear"] for b in blocks),
         "dense": sum(b["dense"] for b in blocks),
         "nonzero": sum(b["nonzero"] for b in blocks),
         "blocks": blocks,
