@@ -147,6 +147,7 @@ class TrainResult:
             "cache_seconds": self.cache_seconds,
             "cache_bytes": self.cache_bytes,
             "metrics": self.metrics,
+            "tuner_report": getattr(self.tuner, "report", None),  # e.g. DSEE's pruning: sparsity and FLOPs
         }
 
 

@@ -80,6 +80,7 @@ def test_dsee_prunes_on_merge_and_the_saved_model_reloads(planned, tmp_path):
     assert report["flops_nonzero_after"] < report["flops_dense_after"] < report["flops_before"]
     assert report["weight_sparsity"] == pytest.approx(0.3, abs=1e-3)
     assert result.metrics["accuracy"] > 0.4
+    assert json.loads((tmp_path / "out" / "train.json").read_text())["tuner_report"] == report
     classifier, encoder = load_trained(tmp_path / "out")  # pruned heads come back from the saved config
     saved = result.classifier.state_dict()
     reloaded = classifier.state_dict()
@@ -111,6 +112,9 @@ def test_cli_trains_and_plans_with_the_new_tuners(planned, tmp_path):
     result = runner.invoke(app, [*args, "--tuner-param", "target_density=0.5"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "tuner.json").read_text())["params"]["target_density"] == 0.5
+    dsee = [*args[:-4], "--tuner", "dsee", "--tuner-param", "head_prune_ratio=0.5", "--overwrite"]
+    result = runner.invoke(app, dsee)
+    assert result.exit_code == 0 and "pruned: weight sparsity" in result.output, result.output
     for bad, message in (
         (["--tuner-param", "target_density=2"], "target_density"),
         (["--tuner-param", "density"], "KEY=VALUE"),

@@ -134,6 +134,15 @@ def register(app: typer.Typer) -> None:
         if result.metrics is not None:
             msg += f"; held-out accuracy {result.metrics['accuracy']:.2%}, macro-F1 {result.metrics['macro_f1']:.2%}"
         console.print(f"{msg}; wrote {out}", highlight=False)
+        report = getattr(result.tuner, "report", None)
+        if report:
+            before = report["flops_before"]
+            console.print(
+                f"pruned: weight sparsity {report['weight_sparsity']:.1%}, inference FLOPs of the trained blocks "
+                f"-{1 - report['flops_dense_after'] / before:.1%} (dense kernels), "
+                f"-{1 - report['flops_nonzero_after'] / before:.1%} (non-zero weights only, theoretical)",
+                highlight=False,
+            )
 
     @app.command("evaluate")
     @handle_errors
