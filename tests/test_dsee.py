@@ -144,12 +144,18 @@ def test_unstructured_pruning_hits_the_exact_ratio():
 
 
 def _block_flops(top: TopModel, hidden, mask) -> float:
-    """FLOPs of the trained blocks as torch's profiler counts them (the fused CPU attention is not priced)."""
+    """FLOPs of the trained blocks as torch's profiler counts them."""
     kwargs = top.family.block_inputs(top.config, hidden, mask, top.rotary)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         for block in top.blocks:
             hidden = top.family.run_block(block, hidden, kwargs)
     return counter.get_total_flops()
+
+
+def _profiled(measured: float, counted: dict, batch: int = 2) -> bool:
+    """Whether torch's profiler prices the fused CPU attention kernel depends on what the process ran before:
+    it must then match the projections alone or projections + attention, exactly."""
+    return measured in (batch * counted["linear"], batch * counted["dense"])
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "distilbert"])
@@ -162,7 +168,7 @@ def test_removing_heads_removes_parameters_and_measured_flops(family):
     weakest = {1 + i: [int(head_importance(head_slices(b, family)).argmin())] for i, b in enumerate(top.blocks)}
     params = sum(p.numel() for p in top.blocks.parameters())
     counted = inference_flops(top, 16)
-    assert _block_flops(top, hidden, mask) == 2 * counted["linear"]  # batch of 2 examples of 16 tokens
+    assert _profiled(_block_flops(top, hidden, mask), counted)  # batch of 2 examples of 16 tokens
 
     assert prune_attention_heads(top, 0.5) == weakest
     assert top.config.pruned_heads == weakest and top.spec["hf_config"]["pruned_heads"] == {
@@ -171,7 +177,7 @@ def test_removing_heads_removes_parameters_and_measured_flops(family):
     }
     assert sum(p.numel() for p in top.blocks.parameters()) < params
     after = inference_flops(top, 16)
-    assert _block_flops(top, hidden, mask) == 2 * after["linear"]  # the profiler sees the smaller projections
+    assert _profiled(_block_flops(top, hidden, mask), after)  # the profiler sees the smaller projections
     assert after["dense"] == after["nonzero"] < counted["dense"]
     assert after["dense"] - after["linear"] == 0.5 * (counted["dense"] - counted["linear"])  # half the heads attend
     assert [b["heads"] for b in after["blocks"]] == [1, 1]
@@ -188,7 +194,7 @@ def test_llama_heads_are_masked_and_counted_honestly():
     removed = prune_attention_heads(top, 0.5)
     after = inference_flops(top, 16)
     assert after["dense"] == before["dense"] and after["nonzero"] < before["nonzero"]  # dense kernels still run it
-    assert _block_flops(top, hidden, mask) == 2 * before["linear"]
+    assert _profiled(_block_flops(top, hidden, mask), before)
     attention = top.blocks[0].self_attn
     head, other = removed[1][0], 1 - removed[1][0]
     with torch.no_grad():
