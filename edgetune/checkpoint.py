@@ -7,6 +7,8 @@ leaves the previous checkpoint):
 * ``best.safetensors``      — the best-on-validation tensors so far (when validating);
 * ``optimizer.pt``          — optimizer and LR-scheduler state dicts (tensors and
   numbers only; read back with ``torch.load(weights_only=True)``);
+* ``tuner.safetensors``     — the tuner's extra state (e.g. RoseLoRA's importance
+  averages), when it keeps any;
 * ``rng.safetensors``       — torch RNG states (CPU and each CUDA device), so dropout
   after a resume draws the masks an uninterrupted run would have drawn;
 * ``state.json``            — progress (epoch, step, history, best epoch) and the
@@ -50,6 +52,7 @@ class Checkpoint:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, torch.Tensor]
+    tuner_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -75,6 +78,8 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
             save_file(ckpt.best, str(tmp / "best.safetensors"))
         torch.save({"optimizer": ckpt.optimizer, "scheduler": ckpt.scheduler}, tmp / "optimizer.pt")
         save_file({k: v.contiguous() for k, v in ckpt.rng.items()}, str(tmp / "rng.safetensors"))
+        if ckpt.tuner_state:
+            save_file(ckpt.tuner_state, str(tmp / "tuner.safetensors"))
         meta = {"identity": ckpt.identity, "state": asdict(ckpt.state)}
         (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     return Path(directory)
@@ -87,6 +92,7 @@ def load_checkpoint(directory: str | Path) -> Checkpoint | None:
         return None
     meta = json.loads((directory / "state.json").read_text())
     best_path = directory / "best.safetensors"
+    tuner_path = directory / "tuner.safetensors"
     opt = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
     return Checkpoint(
         state=TrainState(**meta["state"]),
@@ -96,6 +102,7 @@ def load_checkpoint(directory: str | Path) -> Checkpoint | None:
         optimizer=opt["optimizer"],
         scheduler=opt["scheduler"],
         rng=load_file(str(directory / "rng.safetensors")),
+        tuner_state=load_file(str(tuner_path)) if tuner_path.exists() else {},
     )
 
 

@@ -147,6 +147,7 @@ class TrainResult:
             "cache_seconds": self.cache_seconds,
             "cache_bytes": self.cache_bytes,
             "metrics": self.metrics,
+            "tuner_report": getattr(self.tuner, "report", None),  # e.g. DSEE's pruning: sparsity and FLOPs
         }
 
 
@@ -425,6 +426,7 @@ class Trainer:
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 rng=rng_state(),
+                tuner_state=self.tuner.extra_state(self.top),
             )
             write_checkpoint(self.checkpoint_dir, ckpt)
         acc.wait_for_everyone()
@@ -440,6 +442,7 @@ class Trainer:
                 "use another output directory or overwrite it"
             )
         self.tuner.load_delta(self.top, ckpt.trainable)
+        self.tuner.load_extra_state(self.top, ckpt.tuner_state)
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
         set_rng_state(ckpt.rng)

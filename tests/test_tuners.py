@@ -31,7 +31,7 @@ def _lora_module_layers(clf: SequenceClassifier) -> set[int]:
 
 
 def test_registry_and_errors():
-    assert set(TUNERS) == {"full", "lora"}
+    assert set(TUNERS) == {"full", "lora", "roselora", "dsee"}
     assert get_tuner("lora", r=4).config.r == 4
     assert tuner_from_dict(get_tuner("lora", r=2, layers=[4, 3]).to_dict()).config.layers == [3, 4]
     with pytest.raises(ValueError, match="unknown tuner"):

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from edgetune.cli.common import print_plan_table
+from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
 
 PLANNER_CHOICES = ("salf", "topk", "gradnorm", "random", "full")
 
@@ -44,7 +45,10 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option(help="Budget: max estimated job time in seconds at --device-gflops.")
         ] = None,
         device_gflops: Annotated[float, typer.Option(help="Sustained GFLOP/s of the target device.")] = 20.0,
-        tuner: Annotated[str, typer.Option(help="How to train the chosen layers: full or lora.")] = "full",
+        tuner: Annotated[
+            str, typer.Option(help="How to train the chosen layers: full, lora, roselora or dsee (priced per cut).")
+        ] = "full",
+        tuner_param: Annotated[list[str] | None, typer.Option(help=TUNER_PARAM_HELP)] = None,
         seed: Annotated[int, typer.Option(help="Seed for sampling and splits: same seed, same plan.")] = 0,
         report: Annotated[
             Path | None, typer.Option(help="Write a PNG report: deviation/gain per layer, cost per cut.")
@@ -62,6 +66,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"choose one of {', '.join(PLANNER_CHOICES)}", param_hint="--planner")
         if max_backward_frac is not None and not 0 < max_backward_frac <= 1:
             raise typer.BadParameter("must be in (0, 1]", param_hint="--max-backward-frac")
+        tuner, tuner_params = tuner_options(tuner, None, None, tuner_param)
         dataset = load_dataset(data, text_column, label_column)  # fail on bad data before loading the model
         budget = Budget(max_backward_frac, max_train_memory_mb, max_device_seconds)
         params: dict = {}
@@ -87,6 +92,7 @@ def register(app: typer.Typer) -> None:
             cost=cost,
             planner_params=params,
             tuner=tuner,
+            tuner_params=tuner_params,
             text_column=text_column,
             label_column=label_column,
             seed=seed,

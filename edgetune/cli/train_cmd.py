@@ -7,18 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
 from edgetune.train import CACHE_PLACES, MODES
-
-TUNER_CHOICES = ("full", "lora")
-
-
-def _tuner_args(tuner: str | None, lora_r: int | None, lora_alpha: float | None) -> tuple[str | None, dict | None]:
-    if tuner is not None and tuner not in TUNER_CHOICES:
-        raise typer.BadParameter(f"choose one of {', '.join(TUNER_CHOICES)}", param_hint="--tuner")
-    lora = {k: v for k, v in (("r", lora_r), ("alpha", lora_alpha)) if v is not None}
-    if lora and tuner != "lora":
-        raise typer.BadParameter("LoRA options need --tuner lora", param_hint="--lora-r/--lora-alpha")
-    return tuner, (lora if tuner == "lora" else None)
 
 
 def print_history(history: list[dict[str, Any]]) -> None:
@@ -66,9 +56,14 @@ def register(app: typer.Typer) -> None:
         mode: Annotated[
             str, typer.Option(help="cached: run the frozen trunk once and train on its output; naive: every step.")
         ] = "cached",
-        tuner: Annotated[str | None, typer.Option(help="full or lora (default: the plan's tuner).")] = None,
-        lora_r: Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora).")] = None,
-        lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (with --tuner lora).")] = None,
+        tuner: Annotated[
+            str | None, typer.Option(help="full, lora, roselora or dsee (default: the plan's tuner).")
+        ] = None,
+        lora_r: Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora, roselora or dsee).")] = None,
+        lora_alpha: Annotated[
+            float | None, typer.Option(help="LoRA alpha (with --tuner lora, roselora or dsee).")
+        ] = None,
+        tuner_param: Annotated[list[str] | None, typer.Option(help=TUNER_PARAM_HELP)] = None,
         epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
         batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
         lr: Annotated[float, typer.Option(help="Learning rate of the trained blocks.")] = 5e-5,
@@ -98,7 +93,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
         if cache not in CACHE_PLACES:
             raise typer.BadParameter(f"choose one of {', '.join(CACHE_PLACES)}", param_hint="--cache")
-        tuner_name, tuner_params = _tuner_args(tuner, lora_r, lora_alpha)
+        tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         try:
             config = TrainConfig(
                 mode=mode,
@@ -139,6 +134,15 @@ def register(app: typer.Typer) -> None:
         if result.metrics is not None:
             msg += f"; held-out accuracy {result.metrics['accuracy']:.2%}, macro-F1 {result.metrics['macro_f1']:.2%}"
         console.print(f"{msg}; wrote {out}", highlight=False)
+        report = getattr(result.tuner, "report", None)
+        if report:
+            before = report["flops_before"]
+            console.print(
+                f"pruned: weight sparsity {report['weight_sparsity']:.1%}, inference FLOPs of the trained blocks "
+                f"-{1 - report['flops_dense_after'] / before:.1%} (dense kernels), "
+                f"-{1 - report['flops_nonzero_after'] / before:.1%} (non-zero weights only, theoretical)",
+                highlight=False,
+            )
 
     @app.command("evaluate")
     @handle_errors

@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from edgetune.tuners.base import Tuner, TunerConfig, as_top
+from edgetune.tuners.dsee import DseeConfig, DseeTuner
 from edgetune.tuners.full import FullConfig, FullTuner
 from edgetune.tuners.lora import LoraConfig, LoraTuner
+from edgetune.tuners.roselora import RoseLoraConfig, RoseLoraTuner
 
-TUNERS: dict[str, type[Tuner]] = {cls.name: cls for cls in (FullTuner, LoraTuner)}
+TUNERS: dict[str, type[Tuner]] = {cls.name: cls for cls in (FullTuner, LoraTuner, RoseLoraTuner, DseeTuner)}
 
 
 def get_tuner(name: str | Tuner, **params: Any) -> Tuner:
@@ -36,10 +38,14 @@ def tuner_from_dict(d: dict[str, Any]) -> Tuner:
 
 __all__ = [
     "TUNERS",
+    "DseeConfig",
+    "DseeTuner",
     "FullConfig",
     "FullTuner",
     "LoraConfig",
     "LoraTuner",
+    "RoseLoraConfig",
+    "RoseLoraTuner",
     "Tuner",
     "TunerConfig",
     "as_top",

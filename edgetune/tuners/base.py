@@ -109,6 +109,15 @@ class Tuner(ABC):
                     )
                 p.copy_(state[name].to(p.device, p.dtype))
 
+    def extra_state(self, top: TopModel) -> dict[str, torch.Tensor]:
+        """Tensors besides the delta that an exact resume needs (e.g. RoseLoRA's importance averages)."""
+        return {}
+
+    def load_extra_state(self, top: TopModel, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`extra_state` (after :meth:`load_delta`)."""
+        if state:
+            raise ValueError(f"{self.name} keeps no extra state, got {sorted(state)[:5]}")
+
     def merge(self, top: TopModel) -> TopModel:
         """Fold adapters into the plain weights (no-op for tuners that train the weights themselves)."""
         return top

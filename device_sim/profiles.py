@@ -1,0 +1,79 @@
+"""Device profiles: what a device can spend on personalization.
+
+A profile bounds threads, memory and time. Before any work, the cost model
+(:mod:`edgetune.planner.cost`) prices the job; a job that will not fit the
+memory budget is refused with the numbers and the lowest cut that would fit,
+instead of being killed by the OS halfway through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from edgetune.planner.cost import ArchSummary, CostConfig, estimate_cut
+
+
+class ProfileError(ValueError):
+    """A personalization job does not fit the device profile."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    threads: int
+    memory_mb: float  # budget for the personalization job (features cache + training)
+    time_budget_s: float  # wall-clock budget, checked against the cost model's estimate
+    gflops: float  # sustained fp32 GFLOP/s, used to estimate time
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.memory_mb <= 0 or self.time_budget_s <= 0 or self.gflops <= 0:
+            raise ValueError(f"invalid device profile {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, DeviceProfile] = {
+    p.name: p
+    for p in (
+        DeviceProfile("phone-low", threads=2, memory_mb=300, time_budget_s=60, gflops=10),
+        DeviceProfile("phone-high", threads=4, memory_mb=800, time_budget_s=60, gflops=40),
+        DeviceProfile("edge-box", threads=8, memory_mb=4000, time_budget_s=300, gflops=150),
+    )
+}
+
+
+def get_profile(name: str, **overrides: float) -> DeviceProfile:
+    """A named profile, optionally with some fields overridden (custom profile from flags)."""
+    if name not in PROFILES:
+        raise ProfileError(f"unknown device profile {name!r}; choose one of {', '.join(PROFILES)}")
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    return replace(PROFILES[name], name=name if not fields else f"{name}+custom", **fields)
+
+
+def _problems(profile: DeviceProfile, arch: ArchSummary, cost: CostConfig, cut: int) -> list[str]:
+    estimate = estimate_cut(arch, cost, cut)
+    problems = []
+    if estimate.train_memory_mb > profile.memory_mb:
+        problems.append(f"needs ~{estimate.train_memory_mb:.0f} MB > {profile.memory_mb:.0f} MB")
+    if estimate.device_seconds > profile.time_budget_s:
+        problems.append(f"needs ~{estimate.device_seconds:.0f} s > {profile.time_budget_s:.0f} s")
+    return problems
+
+
+def check_job(profile: DeviceProfile, arch: ArchSummary, cost: CostConfig, cut: int) -> None:
+    """Raise ProfileError if training above ``cut`` needs more memory or time than ``profile`` allows.
+
+    The message gives the estimate, the budget and the lowest higher cut that would fit, if any.
+    """
+    cost = replace(cost, device_gflops=profile.gflops)
+    problems = _problems(profile, arch, cost, cut)
+    if not problems:
+        return
+    fitting = [k for k in range(cut + 1, arch.num_layers + 1) if not _problems(profile, arch, cost, k)]
+    hint = (
+        f"a higher cut fits: {fitting[0]} (train blocks {fitting[0] + 1}..{arch.num_layers} + head)"
+        if fitting
+        else "no cut fits; use fewer examples, a shorter max length or a larger profile"
+    )
+    raise ProfileError(f"profile '{profile.name}': training above cut {cut} " + " and ".join(problems) + f"; {hint}")
