@@ -285,3 +285,23 @@ def test_device_without_personal_state_predicts_like_the_package(device, device_
     copy = shutil.copytree(device_packages["main"], device_packages["main"].parent / "copy", dirs_exist_ok=True)
     with Device(copy) as same:  # a byte-identical copy elsewhere is the same package
         assert same.labels == device.labels
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_a_higher_cut_inside_the_top_composes(family):
+    """Blocks cut+1..K run frozen, then the view above K: the same logits as the whole top."""
+    from edgetune.backbones import Backbone
+    from edgetune.modeling import SequenceClassifier
+    from tests.conftest import build_model
+
+    clf = SequenceClassifier(Backbone(build_model(family, layers=4)), 3).eval()
+    top = clf.detached_top(1).eval()
+    hidden, mask = torch.randn(2, 7, 32), torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        whole = top(hidden, mask)
+        for k in (1, 2, 4):
+            view = top.above(k)
+            assert view.cut == k and len(view.blocks) == 4 - k and view.head is top.head
+            assert torch.allclose(view(top.hidden_at(hidden, mask, k), mask), whole, atol=1e-5)
+    with pytest.raises(ValueError, match="cut must be in 1..4"):
+        top.above(0)
