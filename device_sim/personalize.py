@@ -316,7 +316,8 @@ class _Job:
 def _prepare(
     package: DevicePackage, data: str | Path | TextDataset, config: PersonalizeConfig, profile: DeviceProfile | None
 ) -> _Job:
-    """Steps 1-2 of the module docstring: read, tokenize, split, price; refuse what does not fit."""
+    """Steps 1-2 of the module docstring: read, tokenize, split, price, refuse what does not fit; then prepare
+    the top for its tuner (adapters drawn from the seed; the trunk pass draws no random numbers)."""
     dataset = read_user_data(package, data, config)
     y = dataset.encoded_labels(LabelMap(tuple(package.labels)))
     cut = resolve_cut(package, config.cut)
@@ -336,6 +337,13 @@ def _prepare(
     arch, cost, tuner_cost, estimate = price(place == "memory")
     if profile is not None:
         check_job(profile, arch, cost, cut, tuner_cost)
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)  # adapters are initialized from the seed
+    try:
+        tuner.prepare(trained)
+    except ValueError as err:  # e.g. LoRA layers below the device's cut
+        raise TrainError(f"tuner {tuner.name}: {err}") from None
     train_config = config.train_config(validating=len(val_idx) > 0)
     return _Job(dataset, y, ids, mask, train_idx, val_idx, cut, top, trained, tuner, train_config, place, estimate)
 
@@ -392,8 +400,6 @@ def personalize(
     ``profile`` bounds the job (refused before any work when the cost model says it will not fit) and sets
     the thread count unless ``threads`` is given. ``callbacks`` run after every optimizer step.
     """
-    from accelerate.utils import set_seed
-
     config = config or PersonalizeConfig()
     start = time.perf_counter()
     out = Path(out)
@@ -408,8 +414,6 @@ def personalize(
         train_cache, val_cache = _cache_features(package, job, work, identity["package"], config, threads)
         cached = time.perf_counter()
 
-        set_seed(config.seed)  # adapters are initialized from the seed
-        job.tuner.prepare(job.trained)
         trainer = TopTrainer(
             job.trained,
             job.tuner,

@@ -200,9 +200,16 @@ def test_profile_refuses_a_job_that_does_not_fit_and_a_higher_cut_runs(device_pa
         device.personalize(data, out, fast())
 
 
-def test_cut_below_the_package_trunk_is_refused(device, tmp_path):
+def test_impossible_settings_are_refused_before_any_work(device, tmp_path):
     with pytest.raises(TrainError, match="trunk ends at block 1"):
         device.personalize(user_data(60, seed=3), tmp_path / "p", fast(cut=0))
+    with pytest.raises(TrainError, match=r"LoRA layers \[2\] are not among the trained blocks \[3\]"):
+        device.personalize(
+            user_data(60, seed=3), tmp_path / "p", fast(cut=2, tuner="lora", tuner_params={"layers": [2]})
+        )
+    with pytest.raises(TrainError, match="unknown tuner 'rose'"):
+        device.personalize(user_data(60, seed=3), tmp_path / "p", fast(tuner="rose"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lora_state_holds_only_adapters_and_head(device, tmp_path):

@@ -142,6 +142,11 @@ def register(app: typer.Typer) -> None:
                 if err.suggested_cut is None:
                     raise
                 raise ProfileError(f"{err}; run again with --cut {err.suggested_cut}", err.suggested_cut) from None
+            except KeyboardInterrupt:
+                from edgetune.cli import err_console
+
+                err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
+                raise typer.Exit(code=130) from None
         if not quiet:
             print_history(result.history)
         from device_sim.profiles import trains
