@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from edgetune.planner.cost import ArchSummary, CostConfig, estimate_cut
+from edgetune.planner.cost import ArchSummary, CostConfig, TunerCost, estimate_cut
 
 
 class ProfileError(ValueError):
-    """A personalization job does not fit the device profile."""
+    """A personalization job does not fit the device profile; ``suggested_cut`` is the lowest higher cut that
+    would (``None`` if none does)."""
+
+    def __init__(self, message: str, suggested_cut: int | None = None) -> None:
+        super().__init__(message)
+        self.suggested_cut = suggested_cut
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,10 @@ def get_profile(name: str, **overrides: float) -> DeviceProfile:
     return replace(PROFILES[name], name=name if not fields else f"{name}+custom", **fields)
 
 
-def _problems(profile: DeviceProfile, arch: ArchSummary, cost: CostConfig, cut: int) -> list[str]:
-    estimate = estimate_cut(arch, cost, cut)
+def _problems(
+    profile: DeviceProfile, arch: ArchSummary, cost: CostConfig, cut: int, tuner: TunerCost | None
+) -> list[str]:
+    estimate = estimate_cut(arch, cost, cut, tuner)
     problems = []
     if estimate.train_memory_mb > profile.memory_mb:
         problems.append(f"needs ~{estimate.train_memory_mb:.0f} MB > {profile.memory_mb:.0f} MB")
@@ -61,19 +68,31 @@ def _problems(profile: DeviceProfile, arch: ArchSummary, cost: CostConfig, cut: 
     return problems
 
 
-def check_job(profile: DeviceProfile, arch: ArchSummary, cost: CostConfig, cut: int) -> None:
+def trains(cut: int, num_layers: int) -> str:
+    """What training above ``cut`` trains, in words."""
+    return "the head only" if cut >= num_layers else f"blocks {cut + 1}..{num_layers} + head"
+
+
+def check_job(
+    profile: DeviceProfile, arch: ArchSummary, cost: CostConfig, cut: int, tuner: TunerCost | None = None
+) -> None:
     """Raise ProfileError if training above ``cut`` needs more memory or time than ``profile`` allows.
 
-    The message gives the estimate, the budget and the lowest higher cut that would fit, if any.
+    ``tuner`` prices how the trained blocks are trained (full by default). The
+    message gives the estimate, the budget and the lowest higher cut that would
+    fit, if any (also as ``ProfileError.suggested_cut``).
     """
     cost = replace(cost, device_gflops=profile.gflops)
-    problems = _problems(profile, arch, cost, cut)
+    problems = _problems(profile, arch, cost, cut, tuner)
     if not problems:
         return
-    fitting = [k for k in range(cut + 1, arch.num_layers + 1) if not _problems(profile, arch, cost, k)]
+    fitting = [k for k in range(cut + 1, arch.num_layers + 1) if not _problems(profile, arch, cost, k, tuner)]
     hint = (
-        f"a higher cut fits: {fitting[0]} (train blocks {fitting[0] + 1}..{arch.num_layers} + head)"
+        f"a higher cut fits: {fitting[0]} (train {trains(fitting[0], arch.num_layers)})"
         if fitting
         else "no cut fits; use fewer examples, a shorter max length or a larger profile"
     )
-    raise ProfileError(f"profile '{profile.name}': training above cut {cut} " + " and ".join(problems) + f"; {hint}")
+    raise ProfileError(
+        f"profile '{profile.name}': training above cut {cut} " + " and ".join(problems) + f"; {hint}",
+        fitting[0] if fitting else None,
+    )

@@ -75,6 +75,32 @@ class TopModel(nn.Module):
             return last_token_pool(hidden, attention_mask)
         return mean_pool(hidden, attention_mask)
 
+    # -- a higher cut inside the top ------------------------------------------
+    def above(self, cut: int) -> TopModel:
+        """The part of this top above ``cut`` (blocks cut+1..L, norm, head) as a view sharing its modules.
+
+        Training or adapting the view changes this top; a device uses it to train
+        fewer blocks than its package ships (see :meth:`hidden_at`).
+        """
+        if not self.cut <= cut <= self.num_layers:
+            raise ValueError(f"cut must be in {self.cut}..{self.num_layers} for a top that starts at {self.cut}")
+        if cut == self.cut:
+            return self
+        blocks = nn.ModuleList(list(self.blocks)[cut - self.cut :])
+        spec = {**self.spec, "cut": int(cut)}
+        return TopModel(self.family, self.config, blocks, self.norm, self.rotary, self.head, cut, spec)
+
+    def hidden_at(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+        """h_cut from this top's input h_{self.cut}: runs blocks self.cut+1..cut (none when ``cut == self.cut``)."""
+        if not self.cut <= cut <= self.num_layers:
+            raise ValueError(f"cut must be in {self.cut}..{self.num_layers} for a top that starts at {self.cut}")
+        if cut == self.cut:
+            return hidden
+        kwargs = self.family.block_inputs(self.config, hidden, attention_mask, self.rotary)
+        for block in list(self.blocks)[: cut - self.cut]:
+            hidden = self.family.run_block(block, hidden, kwargs)
+        return hidden
+
     # -- persistence (device side) -----------------------------------------
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> TopModel:

@@ -14,6 +14,12 @@ they differ only by float rounding in the trunk. The loop runs through HF
 Accelerate: ``accelerate launch`` runs the same code on several GPUs (DDP/FSDP).
 Checkpoints (:mod:`edgetune.checkpoint`) are atomic; a run that finds a
 checkpoint of the same identity in its output directory resumes from it.
+
+:class:`TopTrainer` is the loop itself: it trains an already prepared top on
+feature sources and knows nothing of where the features came from.
+:class:`Trainer` adds the server side (the whole classifier, its torch trunk,
+the cache). A device builds its feature cache with onnxruntime and drives a
+:class:`TopTrainer` directly (:mod:`device_sim.personalize`).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from edgetune.checkpoint import save_checkpoint as write_checkpoint
 from edgetune.data import LabelMap, TextDataset
 from edgetune.evaluation import METRICS, classification_metrics
 from edgetune.features import FeatureCache, data_digest
-from edgetune.modeling import SequenceClassifier
+from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
 from edgetune.tuners import Tuner
@@ -151,6 +157,15 @@ class TrainResult:
         }
 
 
+@dataclass
+class TopFit:
+    """What :meth:`TopTrainer.fit_sources` returns: progress, and the trained (best) tensors, unmerged."""
+
+    state: TrainState
+    delta: dict[str, torch.Tensor]
+    trainable_params: int
+
+
 def param_groups(params: dict[str, torch.nn.Parameter], lr: float, head_lr: float, weight_decay: float) -> list[dict]:
     """AdamW groups: the head and final norm at ``head_lr``; no weight decay on biases and norm weights."""
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
@@ -170,84 +185,38 @@ def make_accelerator(config: TrainConfig) -> Any:
     return accelerator
 
 
-class Trainer:
-    """Trains the top of a classifier above ``cut`` with ``tuner``; see the module docstring."""
+class TopTrainer:
+    """Trains a prepared top (see :meth:`Tuner.prepare`) on feature sources; see the module docstring.
+
+    ``model_hash`` and ``cut`` identify what the features are of: a checkpoint
+    resumes only under the same ones (with the same data, tuner and settings).
+    """
 
     def __init__(
         self,
-        backbone: Backbone,
-        encoder: TextEncoder,
-        cut: int,
-        label_map: LabelMap,
+        top: TopModel,
         tuner: Tuner,
+        label_map: LabelMap,
         config: TrainConfig | None = None,
         checkpoint_dir: str | Path | None = None,
-        cache_dir: str | Path | None = None,
         callbacks: Sequence[Callable[[StepEvent], None]] = (),
-        model_hash: str | None = None,
+        model_hash: str = "",
+        cut: int | None = None,
+        accelerator: Any | None = None,
     ) -> None:
-        from accelerate.utils import set_seed
-
         self.config = config or TrainConfig()
-        self.accelerator = make_accelerator(self.config)
-        self.encoder, self.cut, self.label_map, self.tuner = encoder, cut, label_map, tuner
+        self.accelerator = accelerator or make_accelerator(self.config)
+        self.top, self.tuner, self.label_map = top, tuner, label_map
+        self.cut = top.cut if cut is None else cut
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.callbacks = list(callbacks)
-        self.model_hash = model_hash or backbone.fingerprint()
-        set_seed(self.config.seed)
-        self.classifier = SequenceClassifier(backbone, len(label_map), list(label_map.labels))
-        self.top = tuner.prepare(self.classifier, cut)
-        self.classifier.to(self.accelerator.device).eval()
+        self.model_hash = model_hash
+        self.cache_dir: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
-
-    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier.trunk_forward(input_ids, attention_mask, self.cut)
-
-    # -- data ----------------------------------------------------------------------
-    def source(self, dataset: TextDataset, name: str = "train") -> Source:
-        """Batches of h_cut for ``dataset``: a feature cache (cached mode) or the live trunk (naive)."""
-        ids, mask = self.encoder(dataset.texts)
-        if self.config.mode == "naive":
-            return TrunkBatches(self.trunk, ids, mask)
-        return self.build_cache(ids, mask, name)
-
-    def build_cache(self, input_ids: np.ndarray, attention_mask: np.ndarray, name: str = "train") -> FeatureCache:
-        cfg = self.config
-        key = {"model_hash": self.model_hash, "cut": self.cut, "data": data_digest(input_ids, attention_mask)}
-        key["dtype"] = cfg.cache_dtype
-        path = self._cache_path(input_ids.shape, name)
-        if path is not None:
-            found = FeatureCache.open(path, expect=key)
-            if found is not None:
-                return found
-        return FeatureCache.build(
-            self.trunk,
-            input_ids,
-            attention_mask,
-            batch_size=cfg.cache_batch_size,
-            dtype=cfg.cache_dtype,
-            path=path,
-            key=key,
-            device=self.device,
-            progress=cfg.progress,
-        )
-
-    def _cache_path(self, shape: tuple[int, ...], name: str) -> Path | None:
-        cfg = self.config
-        place = cfg.cache
-        if place == "auto":
-            import psutil
-
-            nbytes = shape[0] * shape[1] * self.classifier.backbone.hidden_size * np.dtype(cfg.cache_dtype).itemsize
-            place = "memory" if nbytes <= 0.25 * psutil.virtual_memory().available else "mmap"
-        if place == "memory":
-            return None
-        return self._scratch() / name
 
     # -- evaluation ----------------------------------------------------------------
     @torch.no_grad()
@@ -286,43 +255,17 @@ class Trainer:
         }
         return json.loads(json.dumps(current))
 
-    def fit(
-        self,
-        train: TextDataset | Source,
-        train_labels: np.ndarray | None = None,
-        val: TextDataset | Source | None = None,
-        val_labels: np.ndarray | None = None,
-    ) -> TrainResult:
-        """Train on ``train`` (texts, or a prebuilt source with ``train_labels``); validate on ``val``."""
-        cfg = self.config
-        start = time.perf_counter()
-        train_src, y_train = self._as_source(train, train_labels, "train")
-        val_src, y_val = (None, None) if val is None else self._as_source(val, val_labels, "val")
-        cache_seconds = time.perf_counter() - start
-        release = cfg.release_trunk and self.cut > 0
-        with trunk_released(self.classifier, self.cut, self._scratch()) if release else contextlib.nullcontext():
-            state, best = self._train_loop(train_src, y_train, val_src, y_val)
-
+    def fit_sources(
+        self, train: Source, train_labels: np.ndarray, val: Source | None = None, val_labels: np.ndarray | None = None
+    ) -> TopFit:
+        """Train on feature sources; validate on ``val`` (early stopping, best epoch kept). The top ends with the
+        best weights loaded, adapters not merged."""
+        y_train = np.asarray(train_labels, dtype=np.int64)
+        y_val = None if val_labels is None else np.asarray(val_labels, dtype=np.int64)
+        state, best = self._train_loop(train, y_train, val, y_val)
         if best is not None:
             self.tuner.load_delta(self.top, best)
-        delta = self.tuner.delta_state(self.top)
-        trainable = self.tuner.num_trainable(self.top)
-        self.tuner.merge(self.top)
-        self.classifier.eval()
-        return TrainResult(
-            classifier=self.classifier,
-            encoder=self.encoder,
-            tuner=self.tuner,
-            cut=self.cut,
-            history=state.history,
-            best_epoch=state.best_epoch,
-            stopped_early=state.stopped_early,
-            trainable_params=trainable,
-            cache_seconds=cache_seconds,
-            cache_bytes=train_src.nbytes if isinstance(train_src, FeatureCache) else 0,
-            config=cfg,
-            delta=delta,
-        )
+        return TopFit(state, self.tuner.delta_state(self.top), self.tuner.num_trainable(self.top))
 
     def _train_loop(
         self, train_src: Source, y_train: np.ndarray, val_src: Source | None, y_val: np.ndarray | None
@@ -404,13 +347,6 @@ class Trainer:
             state.stopped_early = True
         return best
 
-    def _as_source(self, data: TextDataset | Source, labels: np.ndarray | None, name: str) -> tuple[Source, np.ndarray]:
-        if isinstance(data, TextDataset):
-            return self.source(data, name), data.encoded_labels(self.label_map)
-        if labels is None:
-            raise ValueError("pass the labels of a prebuilt feature source")
-        return data, np.asarray(labels, dtype=np.int64)
-
     # -- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, identity, state: TrainState, best, optimizer, scheduler) -> None:
         acc = self.accelerator
@@ -459,6 +395,120 @@ class Trainer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+class Trainer(TopTrainer):
+    """The server side: a whole classifier whose top is trained above ``cut``, its trunk run by torch."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        encoder: TextEncoder,
+        cut: int,
+        label_map: LabelMap,
+        tuner: Tuner,
+        config: TrainConfig | None = None,
+        checkpoint_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        callbacks: Sequence[Callable[[StepEvent], None]] = (),
+        model_hash: str | None = None,
+    ) -> None:
+        from accelerate.utils import set_seed
+
+        config = config or TrainConfig()
+        accelerator = make_accelerator(config)
+        model_hash = model_hash or backbone.fingerprint()
+        set_seed(config.seed)
+        self.encoder = encoder
+        self.classifier = SequenceClassifier(backbone, len(label_map), list(label_map.labels))
+        top = tuner.prepare(self.classifier, cut)
+        self.classifier.to(accelerator.device).eval()
+        super().__init__(top, tuner, label_map, config, checkpoint_dir, callbacks, model_hash, cut, accelerator)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier.trunk_forward(input_ids, attention_mask, self.cut)
+
+    # -- data ----------------------------------------------------------------------
+    def source(self, dataset: TextDataset, name: str = "train") -> Source:
+        """Batches of h_cut for ``dataset``: a feature cache (cached mode) or the live trunk (naive)."""
+        ids, mask = self.encoder(dataset.texts)
+        if self.config.mode == "naive":
+            return TrunkBatches(self.trunk, ids, mask)
+        return self.build_cache(ids, mask, name)
+
+    def build_cache(self, input_ids: np.ndarray, attention_mask: np.ndarray, name: str = "train") -> FeatureCache:
+        cfg = self.config
+        key = {"model_hash": self.model_hash, "cut": self.cut, "data": data_digest(input_ids, attention_mask)}
+        key["dtype"] = cfg.cache_dtype
+        path = self._cache_path(input_ids.shape, name)
+        if path is not None:
+            found = FeatureCache.open(path, expect=key)
+            if found is not None:
+                return found
+        return FeatureCache.build(
+            self.trunk,
+            input_ids,
+            attention_mask,
+            batch_size=cfg.cache_batch_size,
+            dtype=cfg.cache_dtype,
+            path=path,
+            key=key,
+            device=self.device,
+            progress=cfg.progress,
+        )
+
+    def _cache_path(self, shape: tuple[int, ...], name: str) -> Path | None:
+        cfg = self.config
+        place = cfg.cache
+        if place == "auto":
+            import psutil
+
+            nbytes = shape[0] * shape[1] * self.classifier.backbone.hidden_size * np.dtype(cfg.cache_dtype).itemsize
+            place = "memory" if nbytes <= 0.25 * psutil.virtual_memory().available else "mmap"
+        if place == "memory":
+            return None
+        return self._scratch() / name
+
+    def fit(
+        self,
+        train: TextDataset | Source,
+        train_labels: np.ndarray | None = None,
+        val: TextDataset | Source | None = None,
+        val_labels: np.ndarray | None = None,
+    ) -> TrainResult:
+        """Train on ``train`` (texts, or a prebuilt source with ``train_labels``); validate on ``val``."""
+        cfg = self.config
+        start = time.perf_counter()
+        train_src, y_train = self._as_source(train, train_labels, "train")
+        val_src, y_val = (None, None) if val is None else self._as_source(val, val_labels, "val")
+        cache_seconds = time.perf_counter() - start
+        release = cfg.release_trunk and self.cut > 0
+        with trunk_released(self.classifier, self.cut, self._scratch()) if release else contextlib.nullcontext():
+            fit = self.fit_sources(train_src, y_train, val_src, y_val)
+        self.tuner.merge(self.top)
+        self.classifier.eval()
+        return TrainResult(
+            classifier=self.classifier,
+            encoder=self.encoder,
+            tuner=self.tuner,
+            cut=self.cut,
+            history=fit.state.history,
+            best_epoch=fit.state.best_epoch,
+            stopped_early=fit.state.stopped_early,
+            trainable_params=fit.trainable_params,
+            cache_seconds=cache_seconds,
+            cache_bytes=train_src.nbytes if isinstance(train_src, FeatureCache) else 0,
+            config=cfg,
+            delta=fit.delta,
+        )
+
+    def _as_source(self, data: TextDataset | Source, labels: np.ndarray | None, name: str) -> tuple[Source, np.ndarray]:
+        if isinstance(data, TextDataset):
+            return self.source(data, name), data.encoded_labels(self.label_map)
+        if labels is None:
+            raise ValueError("pass the labels of a prebuilt feature source")
+        return data, np.asarray(labels, dtype=np.int64)
 
 
 def _skip(loader: Any, batches: int, epoch: int) -> Any:

@@ -381,6 +381,13 @@ class DevicePackage:
         return [self.labels[i] for i in logits.argmax(axis=1)]
 
     # -- lifetime ------------------------------------------------------------------------------------------------
+    def release_sessions(self) -> None:
+        """Drop the onnxruntime sessions (their weights and arenas); a later call creates them again.
+
+        A device that has cached the trunk's output trains without the trunk, so it can give the memory back.
+        """
+        self._sessions.clear()
+
     def close(self) -> None:
         self._sessions.clear()
         if self._tmp is not None:

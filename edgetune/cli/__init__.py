@@ -45,6 +45,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
         errors.append(PackageError)
     except ImportError:
         pass
+    try:
+        from device_sim.personal import PersonalStateError
+        from device_sim.profiles import ProfileError
+
+        errors += [PersonalStateError, ProfileError]
+    except ImportError:
+        pass
     return tuple(errors)
 
 
@@ -63,9 +70,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from edgetune.cli import datasets_cmd, export_cmd, plan_cmd, train_cmd
+    from edgetune.cli import datasets_cmd, device_cmd, export_cmd, plan_cmd, train_cmd
 
-    for module in (plan_cmd, train_cmd, export_cmd, datasets_cmd):
+    for module in (plan_cmd, train_cmd, export_cmd, device_cmd, datasets_cmd):
         module.register(app)
 
 

@@ -147,27 +147,64 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     @handle_errors
     def evaluate_command(
-        model: Annotated[Path, typer.Option("--model", help="A trained model directory (from `edgetune train`).")],
         data: Annotated[Path, typer.Option("--data", help="Labelled held-out data: CSV with a header, or JSONL.")],
-        text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
-        label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+        model: Annotated[
+            Path | None, typer.Option("--model", help="A trained model directory (from `edgetune train`).")
+        ] = None,
+        package: Annotated[
+            Path | None, typer.Option("--package", help="A device package (instead of --model).")
+        ] = None,
+        personal: Annotated[
+            Path | None, typer.Option("--personal", help="A personal state for --package (`edgetune personalize`).")
+        ] = None,
+        text_column: Annotated[
+            str | None, typer.Option(help="Column holding the text (default: text, or the plan's).")
+        ] = None,
+        label_column: Annotated[
+            str | None, typer.Option(help="Column holding the label (default: label, or the plan's).")
+        ] = None,
         batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+        int8: Annotated[bool, typer.Option("--int8", help="With --package: run its int8 trunk.")] = False,
+        threads: Annotated[int | None, typer.Option(help="With --package: CPU threads.")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
     ) -> None:
-        """Accuracy and macro-F1 of a trained model on labelled data."""
+        """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
+        optional personal state (--package [--personal])."""
         from edgetune.cli import console
-        from edgetune.data import load_dataset
-        from edgetune.evaluation import evaluate_classifier, load_trained
         from edgetune.io import atomic_write_json
 
-        dataset = load_dataset(data, text_column, label_column)
-        classifier, encoder = load_trained(model)
-        metrics = evaluate_classifier(classifier, encoder, dataset, batch_size=batch_size, progress=not quiet)
+        if (model is None) == (package is None):
+            raise typer.BadParameter("give exactly one of --model or --package", param_hint="--model/--package")
+        if personal is not None and package is None:
+            raise typer.BadParameter("--personal applies to a --package", param_hint="--personal")
+        if package is not None:
+            from device_sim.device import Device
+
+            with Device(package, threads=threads) as device:
+                metrics = device.evaluate(
+                    data,
+                    personal,
+                    batch_size=batch_size,
+                    precision="int8" if int8 else "fp32",
+                    text_column=text_column,
+                    label_column=label_column,
+                    progress=not quiet,
+                )
+            source: dict[str, Any] = {"package": str(package), "personal": None if personal is None else str(personal)}
+            name = f"{package}" + (f" + {personal}" if personal is not None else "")
+        else:
+            from edgetune.data import load_dataset
+            from edgetune.evaluation import evaluate_classifier, load_trained
+
+            dataset = load_dataset(data, text_column or "text", label_column or "label")
+            classifier, encoder = load_trained(model)
+            metrics = evaluate_classifier(classifier, encoder, dataset, batch_size=batch_size, progress=not quiet)
+            source, name = {"model": str(model)}, str(model)
         if out is not None:
-            atomic_write_json(out, {"model": str(model), "data": str(data), **metrics})
+            atomic_write_json(out, {**source, "data": str(data), **metrics})
         if not quiet:
-            print_metrics(metrics, f"{model} on {data}")
+            print_metrics(metrics, f"{name} on {data}")
         console.print(
             f"accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.2%} "
             f"on {metrics['num_examples']} examples",

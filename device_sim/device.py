@@ -1,0 +1,215 @@
+"""``Device``: one device holding one package, personalizing it and predicting with it.
+
+A device loads a package once (verified, see :mod:`exporters.package`), then:
+
+* ``personalize(data, out)`` trains the package's top on the user's texts and
+  writes a personal state (:mod:`device_sim.personalize`);
+* ``predict`` / ``evaluate`` / ``features`` run the trunk in onnxruntime and
+  the top in torch, the package's own top or a personal one;
+* ``predictor(personal)`` keeps the (personal) top loaded and answers one text
+  at a time, for streaming input.
+
+A personal state is applied by rebuilding the package's top, preparing the part
+above the state's cut with the state's tuner, loading the tensors and merging
+adapters: the result is a plain :class:`~edgetune.modeling.TopModel` that
+reads the package's trunk output. A state trained for another package is
+refused (:class:`~device_sim.personal.PersonalStateError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from device_sim.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
+from device_sim.personalize import PersonalizeConfig, PersonalizeResult, personalize, torch_threads
+from device_sim.profiles import DeviceProfile, get_profile
+from edgetune.data import LabelMap, TextDataset, load_dataset
+from edgetune.modeling import TopModel
+from edgetune.train import StepEvent
+from edgetune.tuners import tuner_from_dict
+from exporters.package import DevicePackage, PackageError, load_package
+from exporters.runtime import run_trunk, torch_top_fn
+
+Personal = PersonalState | str | Path | None
+
+
+@dataclass
+class Prediction:
+    """One text's answer: the label, its softmax probability, and every label's probability."""
+
+    label: str
+    confidence: float
+    scores: dict[str, float]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Predictor:
+    """A loaded (personal) top over the package's trunk: batch or one-text-at-a-time prediction."""
+
+    def __init__(self, package: DevicePackage, top: TopModel, precision: str = "fp32", threads: int | None = None):
+        self.package = package
+        self.labels = package.labels
+        self.threads = threads
+        session = package.trunk_session(precision, threads)
+        self._fn = torch_top_fn(top, lambda ids, mask: run_trunk(session, ids, mask))
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Logits ``(n, labels)`` in input order (texts batched by length)."""
+        from exporters.runtime import map_batches
+
+        with torch_threads(self.threads):
+            return map_batches(self.package.encoder, list(texts), self._fn, batch_size, progress, "predict")
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[Prediction]:
+        return [self._prediction(row) for row in softmax(self.logits(texts, batch_size, progress))]
+
+    def __call__(self, text: str) -> Prediction:
+        """One text, alone (batch of one, no padding): what a streaming consumer calls per line."""
+        with torch_threads(self.threads):
+            ids, mask = self.package.encode([text])
+            return self._prediction(softmax(self._fn(ids, mask))[0])
+
+    def stream(self, texts: Iterable[str]) -> Iterator[Prediction]:
+        """Predictions for texts as they arrive (e.g. lines of stdin), one at a time."""
+        for text in texts:
+            yield self(text)
+
+    def _prediction(self, probs: np.ndarray) -> Prediction:
+        i = int(probs.argmax())
+        return Prediction(self.labels[i], float(probs[i]), {k: float(p) for k, p in zip(self.labels, probs)})
+
+
+class Device:
+    """A device with one verified package; see the module docstring.
+
+    ``profile``: a :class:`DeviceProfile` or a profile name; it bounds personalization jobs and sets the
+    thread count (``threads`` overrides it). Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        package: str | Path | DevicePackage,
+        profile: DeviceProfile | str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.threads = threads if threads is not None else (self.profile.threads if self.profile else None)
+        if not isinstance(package, DevicePackage) and is_personal_state(package):
+            raise PackageError(f"{package}: is a personal state, not a package; pass it as the personal state")
+        self.package = package if isinstance(package, DevicePackage) else load_package(package, threads=self.threads)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.package.labels
+
+    # -- personal states -----------------------------------------------------------------------------------------
+    def personalize(
+        self,
+        data: str | Path | TextDataset,
+        out: str | Path,
+        config: PersonalizeConfig | None = None,
+        callbacks: Sequence[Callable[[StepEvent], None]] = (),
+    ) -> PersonalizeResult:
+        """Train this package's top on the user's labelled ``data``; write the personal state to ``out``."""
+        return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
+
+    def load_personal(self, path: str | Path) -> PersonalState:
+        """A verified personal state that belongs to this package."""
+        return load_personal_state(path, self.package)
+
+    def top(self, personal: Personal = None) -> TopModel:
+        """The package's top with ``personal`` applied (adapters merged), in eval mode; a fresh module."""
+        top = self.package.top_model()
+        if personal is None:
+            return top.eval()
+        if isinstance(personal, PersonalState):
+            personal.check_package(self.package)
+            state = personal
+        else:
+            state = self.load_personal(personal)
+        trained = top.above(state.train_cut)
+        tuner = tuner_from_dict(state.tuner)
+        tuner.prepare(trained)
+        try:
+            tuner.load_delta(trained, state.tensors)
+        except ValueError as err:
+            raise PersonalStateError(f"{state.path}: does not fit this package's top ({err})") from None
+        tuner.merge(trained)
+        top.requires_grad_(False)
+        return top.eval()
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def predictor(self, personal: Personal = None, precision: str = "fp32") -> Predictor:
+        """A predictor that keeps the (personal) top loaded; for many calls or streaming input."""
+        return Predictor(self.package, self.top(personal), precision, self.threads)
+
+    def predict_logits(
+        self, texts: Sequence[str], personal: Personal = None, batch_size: int = 32, precision: str = "fp32"
+    ) -> np.ndarray:
+        return self.predictor(personal, precision).logits(texts, batch_size)
+
+    def predict(self, texts: Sequence[str], personal: Personal = None, **kwargs: Any) -> list[str]:
+        """The predicted label of each text."""
+        return [self.labels[i] for i in self.predict_logits(texts, personal, **kwargs).argmax(axis=1)]
+
+    def evaluate(
+        self,
+        data: str | Path | TextDataset,
+        personal: Personal = None,
+        batch_size: int = 32,
+        precision: str = "fp32",
+        text_column: str | None = None,
+        label_column: str | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Accuracy, macro-F1 and per-label F1 on labelled ``data`` (labels must be the package's)."""
+        from edgetune.evaluation import classification_metrics
+
+        plan = self.package.manifest["plan"]
+        if not isinstance(data, TextDataset):
+            text_column = text_column or plan.get("text_column", "text")
+            data = load_dataset(data, text_column, label_column or plan.get("label_column", "label"))
+        y = data.encoded_labels(LabelMap(tuple(self.labels)))
+        logits = self.predictor(personal, precision).logits(data.texts, batch_size, progress)
+        return classification_metrics(y, logits.argmax(axis=1), self.labels)
+
+    def features(self, texts: Sequence[str], personal: Personal = None, batch_size: int = 32) -> np.ndarray:
+        """The pooled, normed features the head reads, ``(n, hidden)``: a text's embedding under this package
+        (and personal top)."""
+        from exporters.runtime import map_batches
+
+        top = self.top(personal)
+        session = self.package.trunk_session("fp32", self.threads)
+
+        def fn(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            hidden = torch.from_numpy(np.ascontiguousarray(run_trunk(session, ids, mask)))
+            with torch.inference_mode():
+                return top.features(hidden, torch.from_numpy(mask)).float().numpy()
+
+        with torch_threads(self.threads):
+            return map_batches(self.package.encoder, list(texts), fn, batch_size, False, "features")
+
+    # -- lifetime ------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.package.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        profile = self.profile.name if self.profile else "no profile"
+        return f"Device({self.package!r}, {profile}, threads={self.threads})"

@@ -1,0 +1,221 @@
+"""``edgetune personalize`` and ``edgetune predict``: the device side, from a package (+ a personal state)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from device_sim.device import Prediction
+    from device_sim.profiles import DeviceProfile
+
+FORMATS = ("label", "jsonl")
+
+
+def resolve_profile(
+    name: str | None, threads: int | None, memory_mb: float | None, time_budget_s: float | None, gflops: float | None
+) -> DeviceProfile | None:
+    """A named profile, refined by the flags; budgets without a profile name are refused (they refine one)."""
+    from device_sim.profiles import get_profile
+
+    if name is None:
+        if any(v is not None for v in (memory_mb, time_budget_s, gflops)):
+            raise typer.BadParameter(
+                "--memory-mb, --time-budget-s and --gflops refine a device profile: pass --profile NAME too",
+                param_hint="--profile",
+            )
+        return None
+    return get_profile(name, threads=threads, memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops)
+
+
+def _format(prediction: Prediction, fmt: str, text: str | None = None) -> str:
+    import json
+
+    if fmt == "label":
+        return prediction.label
+    row: dict[str, Any] = {"label": prediction.label, "confidence": round(prediction.confidence, 6)}
+    if text is not None:
+        row = {"text": text, **row}
+    row["scores"] = {k: round(v, 6) for k, v in prediction.scores.items()}
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _write_predictions(out: Path, texts: list[str], predictions: list[Prediction]) -> None:
+    import csv
+    import io
+
+    from edgetune.io import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["text", "label", "confidence"])
+    writer.writerows((t, p.label, f"{p.confidence:.6f}") for t, p in zip(texts, predictions))
+    atomic_write_text(out, buf.getvalue())
+
+
+def register(app: typer.Typer) -> None:
+    from edgetune.cli import handle_errors
+
+    @app.command("personalize")
+    @handle_errors
+    def personalize_command(
+        package: Annotated[Path, typer.Option("--package", help="Device package (directory or .tar).")],
+        data: Annotated[Path, typer.Option("--data", help="The user's labelled texts: CSV with a header, or JSONL.")],
+        out: Annotated[
+            Path,
+            typer.Option("--out", help="Personal state directory (replaced atomically; an interrupted run resumes)."),
+        ],
+        profile: Annotated[
+            str | None,
+            typer.Option(help="Device profile: phone-low, phone-high or edge-box (memory, time and thread budget)."),
+        ] = None,
+        threads: Annotated[int | None, typer.Option(help="CPU threads (default: the profile's).")] = None,
+        memory_mb: Annotated[float | None, typer.Option(help="Override the profile's memory budget (MB).")] = None,
+        time_budget_s: Annotated[float | None, typer.Option(help="Override the profile's time budget (s).")] = None,
+        gflops: Annotated[float | None, typer.Option(help="Override the profile's sustained GFLOP/s.")] = None,
+        cut: Annotated[
+            int | None,
+            typer.Option(help="Train above this block (default: the package's cut; higher trains less)."),
+        ] = None,
+        tuner: Annotated[str | None, typer.Option(help="full or lora (default: the plan's tuner).")] = None,
+        lora_r: Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora).")] = None,
+        lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (with --tuner lora).")] = None,
+        epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 8,
+        batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
+        lr: Annotated[float, typer.Option(help="Learning rate of the trained blocks (or their adapters).")] = 1e-4,
+        head_lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 3e-3,
+        val_fraction: Annotated[
+            float, typer.Option(help="Share of the data held out to pick the best epoch (0: none).")
+        ] = 0.15,
+        patience: Annotated[int, typer.Option(help="Stop after this many epochs without improvement.")] = 3,
+        seed: Annotated[int, typer.Option(help="Seed of the split, batches, dropout and adapters.")] = 0,
+        int8: Annotated[bool, typer.Option("--int8", help="Cache the features of the int8 trunk.")] = False,
+        cache: Annotated[str, typer.Option(help="Feature cache: auto, memory or mmap.")] = "auto",
+        cache_dtype: Annotated[str, typer.Option(help="Cached feature storage: float32 or float16.")] = "float32",
+        checkpoint_steps: Annotated[
+            int | None, typer.Option(help="Also checkpoint every N steps (always at each epoch's end).")
+        ] = None,
+        text_column: Annotated[str | None, typer.Option(help="Text column (default: the plan's).")] = None,
+        label_column: Annotated[str | None, typer.Option(help="Label column (default: the plan's).")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
+    ) -> None:
+        """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch) and write
+        the personal state."""
+        from device_sim.device import Device
+        from device_sim.personalize import PersonalizeConfig
+        from device_sim.profiles import ProfileError
+        from edgetune.cli import console
+        from edgetune.cli.train_cmd import _tuner_args, print_history
+        from edgetune.train import TrainError
+
+        tuner_name, tuner_params = _tuner_args(tuner, lora_r, lora_alpha)
+        device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
+        try:
+            config = PersonalizeConfig(
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                head_lr=head_lr,
+                val_fraction=val_fraction,
+                patience=patience,
+                seed=seed,
+                cut=cut,
+                tuner=tuner_name,
+                tuner_params=tuner_params,
+                precision="int8" if int8 else "fp32",
+                cache=cache,
+                cache_dtype=cache_dtype,
+                checkpoint_steps=checkpoint_steps,
+                text_column=text_column,
+                label_column=label_column,
+                progress=not quiet,
+            )
+        except ValueError as err:
+            raise TrainError(str(err)) from None
+        with Device(package, device_profile, threads) as device:
+            try:
+                result = device.personalize(data, out, config)
+            except ProfileError as err:
+                if err.suggested_cut is None:
+                    raise
+                raise ProfileError(f"{err}; run again with --cut {err.suggested_cut}", err.suggested_cut) from None
+            except KeyboardInterrupt:
+                from edgetune.cli import err_console
+
+                err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
+                raise typer.Exit(code=130) from None
+        if not quiet:
+            print_history(result.history)
+        from device_sim.profiles import trains
+
+        what = trains(result.train_cut, int(result.manifest["package"]["num_layers"]))
+        s = result.seconds
+        msg = (
+            f"personalized {what} with {result.tuner['name']} ({result.trainable_params:,} trainable parameters) "
+            f"on {result.num_train} examples ({result.num_val} validation) in {s['total']:.1f}s "
+            f"(trunk {s['trunk']:.1f}s, training {s['train']:.1f}s)"
+        )
+        if result.resumed:
+            msg += ", resumed an interrupted run"
+        if result.val_metrics:
+            msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%} (epoch {result.best_epoch})"
+        console.print(f"{msg}; wrote {out}", highlight=False)
+
+    @app.command("predict")
+    @handle_errors
+    def predict_command(
+        package: Annotated[Path, typer.Option("--package", help="Device package (directory or .tar).")],
+        personal: Annotated[
+            Path | None, typer.Option("--personal", help="Personal state from `edgetune personalize`.")
+        ] = None,
+        data: Annotated[
+            Path | None, typer.Option("--data", help="Texts to label: CSV with a header, or JSONL (labels ignored).")
+        ] = None,
+        text: Annotated[list[str] | None, typer.Option("--text", help="A text to label (repeatable).")] = None,
+        text_column: Annotated[str | None, typer.Option(help="Text column of --data (default: the plan's).")] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Write text,label,confidence CSV here (with --data).")
+        ] = None,
+        fmt: Annotated[str, typer.Option("--format", help="label: one label per line; jsonl: with scores.")] = "label",
+        int8: Annotated[bool, typer.Option("--int8", help="Run the int8 trunk (if the package has one).")] = False,
+        threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
+        batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
+    ) -> None:
+        """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
+        one text per line, each answered as soon as it is read."""
+        from device_sim.device import Device
+        from edgetune.data import load_dataset
+
+        if fmt not in FORMATS:
+            raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+        if data is not None and text:
+            raise typer.BadParameter("give either --data or --text (or neither, to read stdin)", param_hint="--text")
+        if out is not None and data is None:
+            raise typer.BadParameter("--out writes the predictions of --data", param_hint="--out")
+        precision = "int8" if int8 else "fp32"
+        with Device(package, threads=threads) as device:
+            predictor = device.predictor(personal, precision)
+            if data is not None:
+                column = text_column or device.package.manifest["plan"].get("text_column", "text")
+                texts = load_dataset(data, column, None).texts
+                predictions = predictor.predict(texts, batch_size)
+                if out is not None:
+                    _write_predictions(out, texts, predictions)
+                    typer.echo(f"wrote {len(predictions)} predictions to {out}", err=True)
+                    return
+                for t, p in zip(texts, predictions):
+                    typer.echo(_format(p, fmt, t))
+                return
+            if text:
+                for t, p in zip(text, predictor.predict(text, batch_size)):
+                    typer.echo(_format(p, fmt, t))
+                return
+            for line in sys.stdin:  # streaming: each line is answered before the next is read
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                typer.echo(_format(predictor(line), fmt, line))
+                sys.stdout.flush()

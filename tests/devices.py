@@ -1,0 +1,33 @@
+"""Helpers shared by the device tests: a probe-headed package of a tiny model and users with a label swap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from device_sim.personalize import PersonalizeConfig
+from edgetune.data import TextDataset
+from exporters.export import ExportOptions, export_package
+from tests.conftest import synthetic_rows
+from tests.packages import dataset, make_plan
+
+SWAP = {"alpha": "beta", "beta": "alpha"}  # this user files fruit under sport and the other way round
+
+
+def export_probe_package(model_dir: Path, out: Path) -> Path:
+    """A package of ``model_dir`` cut at 1 of 3 (top-2 plan), its head a logistic probe on synthetic data."""
+    export_package(
+        model_dir, make_plan(model_dir, k=2), out, data=dataset(90, seed=5), options=ExportOptions(threads=1)
+    )
+    return out
+
+
+def user_data(n: int, seed: int, swap: bool = True) -> TextDataset:
+    rows = synthetic_rows(n, seed=seed)
+    labels = [SWAP.get(y, y) if swap else y for _, y in rows]
+    return TextDataset([t for t, _ in rows], labels, source=f"user-{seed}")
+
+
+def fast(**overrides) -> PersonalizeConfig:
+    """Settings that learn the tiny model's task in a fraction of a second."""
+    base = {"epochs": 8, "lr": 3e-3, "head_lr": 0.1, "progress": False}
+    return PersonalizeConfig(**{**base, **overrides})
