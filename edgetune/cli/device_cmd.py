@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
+
 if TYPE_CHECKING:
     from device_sim.device import Prediction
     from device_sim.profiles import DeviceProfile
@@ -80,9 +82,14 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Train above this block (default: the package's cut; higher trains less)."),
         ] = None,
-        tuner: Annotated[str | None, typer.Option(help="full or lora (default: the plan's tuner).")] = None,
-        lora_r: Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora).")] = None,
-        lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (with --tuner lora).")] = None,
+        tuner: Annotated[
+            str | None, typer.Option(help="full, lora, roselora or dsee (default: the plan's tuner).")
+        ] = None,
+        lora_r: Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora, roselora or dsee).")] = None,
+        lora_alpha: Annotated[
+            float | None, typer.Option(help="LoRA alpha (with --tuner lora, roselora or dsee).")
+        ] = None,
+        tuner_param: Annotated[list[str] | None, typer.Option(help=TUNER_PARAM_HELP)] = None,
         epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 8,
         batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
         lr: Annotated[float, typer.Option(help="Learning rate of the trained blocks (or their adapters).")] = 1e-4,
@@ -108,10 +115,10 @@ def register(app: typer.Typer) -> None:
         from device_sim.personalize import PersonalizeConfig
         from device_sim.profiles import ProfileError
         from edgetune.cli import console
-        from edgetune.cli.train_cmd import _tuner_args, print_history
+        from edgetune.cli.train_cmd import print_history
         from edgetune.train import TrainError
 
-        tuner_name, tuner_params = _tuner_args(tuner, lora_r, lora_alpha)
+        tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
         try:
             config = PersonalizeConfig(
