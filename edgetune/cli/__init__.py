@@ -62,9 +62,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from edgetune.cli import datasets_cmd, plan_cmd
+    from edgetune.cli import datasets_cmd, export_cmd, plan_cmd
 
-    for module in (plan_cmd, datasets_cmd):
+    for module in (plan_cmd, export_cmd, datasets_cmd):
         module.register(app)
 
 

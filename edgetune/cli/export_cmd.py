@@ -1,0 +1,206 @@
+"""``edgetune export`` (model + plan -> device package) and ``edgetune inspect`` (verify and describe one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgetune.cli.common import human
+
+
+def register(app: typer.Typer) -> None:
+    from edgetune.cli import handle_errors
+
+    @app.command("export")
+    @handle_errors
+    def export_command(
+        model: Annotated[
+            Path,
+            typer.Option(
+                "--model",
+                help="An edgetune classifier checkpoint (directory with edgetune.json) or a plain Hugging Face "
+                "model directory (its head is then fitted on --data, or zero-initialized).",
+            ),
+        ],
+        plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan` for this very model.")],
+        out: Annotated[
+            Path,
+            typer.Option("--out", help="Package directory to write (replaced atomically if it is already a package)."),
+        ],
+        int8: Annotated[
+            bool,
+            typer.Option(
+                "--int8",
+                help="Also ship an int8 trunk (onnxruntime dynamic quantization of MatMul and embedding Gather); "
+                "its size and accuracy change on validation data go into the manifest.",
+            ),
+        ] = False,
+        top_onnx: Annotated[
+            bool,
+            typer.Option("--top-onnx", help="Also ship the top layers + head as ONNX, for inference-only devices."),
+        ] = False,
+        tar: Annotated[
+            bool, typer.Option("--tar", help="Write one .tar file (--out gets a .tar suffix) instead of a directory.")
+        ] = False,
+        data: Annotated[
+            Path | None,
+            typer.Option(
+                "--data",
+                help="Labelled CSV/JSONL. Fits the head probe of a plain model (minus a --val-fraction held out "
+                "for validation); validates a checkpoint. Its texts also serve the parity check.",
+            ),
+        ] = None,
+        val_data: Annotated[
+            Path | None,
+            typer.Option("--val-data", help="Labelled validation CSV/JSONL (instead of holding out part of --data)."),
+        ] = None,
+        val_fraction: Annotated[
+            float, typer.Option(help="Part of --data held out for validation when a head probe is fitted.")
+        ] = 0.2,
+        text_column: Annotated[str | None, typer.Option(help="Text column (default: the plan's).")] = None,
+        label_column: Annotated[str | None, typer.Option(help="Label column (default: the plan's).")] = None,
+        opset: Annotated[int, typer.Option(help="ONNX opset (18 runs on onnxruntime >= 1.14).")] = 18,
+        atol: Annotated[
+            float, typer.Option(help="Max abs difference allowed between the ONNX and torch outputs (fp32).")
+        ] = 1e-4,
+        per_channel: Annotated[
+            bool, typer.Option(help="int8: one scale per weight column (more accurate than one per tensor).")
+        ] = True,
+        reduce_range: Annotated[
+            bool, typer.Option(help="int8: 7-bit weights, for x86 CPUs without VNNI (avoids u8s8 saturation).")
+        ] = False,
+        threads: Annotated[
+            int | None, typer.Option(help="onnxruntime threads for the checks (default: onnxruntime's choice).")
+        ] = None,
+        batch_size: Annotated[int, typer.Option(help="Batch size for probe features and validation.")] = 32,
+        seed: Annotated[int, typer.Option(help="Seed of the validation split and the probe.")] = 0,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
+    ) -> None:
+        """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
+        (safetensors), tokenizer and a manifest with every file's sha256."""
+        from edgetune.cli import console, err_console
+        from exporters.export import ExportOptions, export_package
+        from exporters.quantize import Int8Config
+
+        if not 0 <= val_fraction < 1:
+            raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
+        if atol <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--atol")
+        options = ExportOptions(
+            int8=int8,
+            int8_config=Int8Config(per_channel=per_channel, reduce_range=reduce_range),
+            top_onnx=top_onnx,
+            tar=tar,
+            opset=opset,
+            atol=atol,
+            threads=threads,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            text_column=text_column,
+            label_column=label_column,
+        )
+
+        def log(msg: str) -> None:
+            if not quiet:
+                console.print(msg, highlight=False, soft_wrap=True)
+
+        result = export_package(model, plan, out, data, val_data, options, log=log, progress=not quiet)
+        for warning in result.warnings:
+            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        m = result.manifest
+        size = sum(f["size"] for f in m["files"].values())
+        console.print(
+            f"package: {result.path} ({human(size, 'B')}, {len(m['files'])} files), trunk = embeddings + blocks "
+            f"1..{m['cut']}, device trains blocks {m['trainable_layers'] or 'none'} + head; {result.seconds:.1f}s",
+            highlight=False,
+        )
+
+    @app.command("inspect")
+    @handle_errors
+    def inspect_command(
+        package: Annotated[Path, typer.Argument(help="Package directory or .tar to verify and describe.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+    ) -> None:
+        """Verify a package (schema, integrity seal, every file's size and sha256) and summarize it.
+        Exit code 1 when verification fails."""
+        import json
+
+        from rich.markup import escape
+
+        from edgetune.cli import console
+        from exporters.package import verify_package
+
+        result = verify_package(package)
+        if as_json and result.manifest is not None:
+            console.print_json(json.dumps(result.manifest))
+        elif result.manifest is not None:
+            _print_summary(result.manifest)
+        _print_files(result)
+        if not result.ok:
+            for problem in result.problems:
+                console.print(f"[bold red]FAILED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1)
+        console.print(f"[bold green]verified:[/] {package}", highlight=False)
+
+
+def _fmt_io(entries: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{e['name']} {e['dtype']}[{', '.join(str(s) for s in e['shape'])}]" for e in entries)
+
+
+def _print_summary(m: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgetune.cli import console
+
+    b, trunk = m["backbone"], m["trunk"]
+    table = Table(title="device package", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [
+        ("format", f"{m['format']} v{m['schema_version']}, created {m.get('created_at', '?')}"),
+        ("backbone", f"{b['id']} ({b['model_type']}, {b['num_layers']} layers, hidden {b['hidden_size']})"),
+        ("weights hash", f"{b['hash'][:16]} (plan made for {b['plan_hash'][:16]})"),
+        ("cut", f"trunk = embeddings + blocks 1..{m['cut']}; device trains {m['trainable_layers'] or 'none'} + head"),
+        ("labels", ", ".join(m["labels"])),
+        ("head", str(m["head"].get("init"))),
+        ("trunk", f"{trunk['file']} opset {trunk['opset']}, parity {trunk['parity']['max_abs_diff']:.2e}"),
+        ("trunk in", _fmt_io(trunk["inputs"])),
+        ("trunk out", _fmt_io(trunk["outputs"])),
+        ("top", f"{m['top']['weights']} + {m['top']['spec']}: {_fmt_io(m['top']['outputs'])}"),
+    ]
+    if m.get("validation"):
+        v = m["validation"]
+        rows.append(("validation", f"accuracy {v['accuracy']:.4f} on {v['num_examples']} examples"))
+    q = m.get("trunk_int8")
+    if q:
+        line = f"{q['file']} {q['size_ratio']:.2f}x fp32 size"
+        if q.get("accuracy"):
+            a = q["accuracy"]
+            line += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
+        rows.append(("int8", line))
+    if m.get("top_onnx"):
+        rows.append(("top onnx", f"{m['top_onnx']['file']}, parity {m['top_onnx']['parity']['max_abs_diff']:.2e}"))
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)
+
+
+def _print_files(result: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgetune.cli import console
+
+    if not result.files:
+        return
+    table = Table(title="files")
+    for col in ("file", "size", "status"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for f in result.files:
+        status = "[green]ok[/]" if f.ok else f"[red]{escape(f.problem)}[/]"
+        table.add_row(f.name, human(f.size, "B"), status)
+    console.print(table)

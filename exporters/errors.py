@@ -1,0 +1,28 @@
+"""Errors of the exporters and the package reader.
+
+Every one of them means "this input or artifact cannot be used as it is", and
+carries a message that names the file or the value at fault, so the command
+line can print it as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PackageError(Exception):
+    """A device package cannot be written or read: missing, truncated, tampered, wrong version."""
+
+
+class ExportError(PackageError):
+    """A model and plan cannot be exported as they are (the plan is for another model, bad options...)."""
+
+
+class PlanMismatchError(ExportError):
+    """The plan was made for a different model than the one being exported."""
+
+
+class ParityError(ExportError):
+    """An exported ONNX graph does not reproduce the torch module it was exported from."""
+
+    def __init__(self, message: str, max_abs_diff: float) -> None:
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff

@@ -1,0 +1,434 @@
+"""``export_package``: a model + a plan -> a verified device package.
+
+Steps (a failure at any of them leaves nothing behind):
+
+1. Load the model: an edgetune classifier checkpoint (``edgetune.json``) or a
+   plain Hugging Face model directory; refuse a plan made for another model.
+2. Head: a checkpoint keeps its trained head; a plain model gets a logistic
+   probe fitted on ``data`` (see :mod:`exporters.head`), or zeros and a warning.
+3. Trunk: ONNX export of embeddings + blocks 1..cut, verified against torch on
+   real padded batches (:mod:`exporters.onnx_trunk`).
+4. Top: blocks cut+1..L + head as safetensors + spec; optionally ONNX (verified).
+5. Tokenizer (``tokenizer.json`` + ``encoder.json``); optionally the int8 trunk
+   with its size and its accuracy change on labelled validation data.
+6. Manifest (file table with sha256 and size, sealed), written last.
+
+Everything is written into a temporary directory next to ``out`` that
+replaces ``out`` in one rename at the end (or is packed into ``out.tar``,
+written to a temporary file and renamed): a crash at any step leaves the
+previous package, if any, untouched and no half package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
+from edgetune.io import atomic_directory, atomic_write_json
+from edgetune.modeling import SequenceClassifier, TopModel
+from edgetune.planner.plan import Plan
+from edgetune.tokenization import TextEncoder
+from exporters import manifest as mf
+from exporters.errors import ExportError, PlanMismatchError
+from exporters.head import init_head_from_probe, zero_head
+from exporters.onnx_trunk import (
+    DEFAULT_ATOL,
+    DEFAULT_OPSET,
+    DEFAULT_VERIFY_TEXTS,
+    OnnxExport,
+    export_top_onnx,
+    export_trunk,
+    verification_batches,
+    verify_top_onnx,
+    verify_trunk,
+)
+from exporters.package import is_package, write_tar
+from exporters.quantize import Int8Config, quantize_trunk, size_of
+from exporters.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
+
+TRUNK_FILE = "trunk.onnx"
+TRUNK_INT8_FILE = "trunk.int8.onnx"
+TOP_NAME = "top"
+TOP_ONNX_FILE = "top.onnx"
+VERIFY_SAMPLE = 16
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``edgetune export`` can be told; the defaults are what a device wants."""
+
+    int8: bool = False
+    int8_config: Int8Config = field(default_factory=Int8Config)
+    top_onnx: bool = False
+    tar: bool = False
+    opset: int = DEFAULT_OPSET
+    atol: float = DEFAULT_ATOL
+    threads: int | None = None
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    probe_c: float = 1.0
+    seed: int = 0
+    external_data: bool | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+    warnings: list[str]
+    seconds: float
+
+
+@dataclass
+class Source:
+    """The loaded model, its encoder, and what kind of directory it came from."""
+
+    classifier: SequenceClassifier
+    encoder: TextEncoder
+    kind: str  # checkpoint | huggingface | in-memory
+    meta: dict[str, Any]
+    path: str
+
+
+def load_source(model: str | Path, plan: Plan) -> Source:
+    """An edgetune classifier checkpoint or a plain Hugging Face model (directory or hub id) at the plan's length."""
+    path = Path(model)
+    if (path / "edgetune.json").is_file():
+        meta = json.loads((path / "edgetune.json").read_text(encoding="utf-8"))
+        classifier = SequenceClassifier.from_pretrained(path)
+        backbone_dir = path / "backbone"
+        if (backbone_dir / "encoder.json").is_file() and (backbone_dir / "tokenizer.json").is_file():
+            saved = TextEncoder.from_dir(backbone_dir)
+            encoder = TextEncoder(saved.tokenizer, plan.max_length, saved.pad_id, saved.pad_token)
+        elif (backbone_dir / "tokenizer_config.json").is_file():
+            encoder = TextEncoder.from_pretrained(backbone_dir, plan.max_length)
+        else:
+            raise FileNotFoundError(
+                f"{backbone_dir}: no tokenizer (encoder.json + tokenizer.json, or a Hugging Face tokenizer); "
+                "save the checkpoint with its encoder"
+            )
+        return Source(classifier, encoder, "checkpoint", meta, str(path))
+    if path.exists() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: neither an edgetune classifier checkpoint (edgetune.json) nor a Hugging Face model "
+            "directory (config.json)"
+        )
+    from edgetune.api import load_model
+
+    backbone, encoder = load_model(model, plan.max_length)
+    classifier = SequenceClassifier(backbone, len(plan.labels), plan.labels)
+    return Source(classifier, encoder, "huggingface", {}, str(model))
+
+
+def check_plan(source: Source, plan: Plan) -> str:
+    """Refuse a plan made for another model; returns the exported weights' fingerprint.
+
+    A fine-tuned checkpoint no longer hashes like the model its plan was made for (its top layers
+    changed); it may then name that model in ``edgetune.json`` as ``base_model_hash``.
+    """
+    fingerprint = source.classifier.backbone.fingerprint()
+    accepted = {fingerprint}
+    if source.meta.get("base_model_hash"):
+        accepted.add(str(source.meta["base_model_hash"]))
+    if plan.model_hash not in accepted:
+        hint = (
+            " (a fine-tuned checkpoint records the model its plan was made for as base_model_hash in edgetune.json)"
+            if source.kind == "checkpoint"
+            else ""
+        )
+        raise PlanMismatchError(
+            f"the plan was made for another model: {plan.model_id!r} ({plan.model_type}, {plan.num_layers} layers, "
+            f"hash {plan.model_hash[:12]}), but --model {source.path} has hash {fingerprint[:12]}{hint}; "
+            "re-run `edgetune plan` on this model"
+        )
+    if list(source.classifier.labels) != list(plan.labels):
+        raise ExportError(
+            f"{source.path}: the classifier's labels {source.classifier.labels} differ from the plan's {plan.labels}"
+        )
+    return fingerprint
+
+
+def _as_dataset(data: str | Path | TextDataset | None, plan: Plan, options: ExportOptions) -> TextDataset | None:
+    if data is None or isinstance(data, TextDataset):
+        return data
+    return load_dataset(data, options.text_column or plan.text_column, options.label_column or plan.label_column)
+
+
+def _verify_texts(datasets: Sequence[TextDataset | None], encoder: TextEncoder) -> list[str]:
+    """Up to 16 real texts spread over the length range (short, long, truncated), else built-in sentences."""
+    texts = [t for d in datasets if d is not None for t in d.texts]
+    if not texts:
+        return list(DEFAULT_VERIFY_TEXTS)
+    order = np.argsort(encoder.lengths(texts), kind="stable")
+    picks = np.unique(np.linspace(0, len(order) - 1, min(VERIFY_SAMPLE, len(order))).round().astype(int))
+    return [texts[order[i]] for i in picks]
+
+
+def _check_out(out: Path, tar: bool) -> Path:
+    """Never overwrite something that is not a package: bad input loses nothing."""
+    if tar and out.suffix != ".tar":
+        out = out.with_name(out.name + ".tar")
+    if out.exists():
+        if tar and (out.is_dir() or not is_package(out)):
+            raise ExportError(f"{out} exists and is not an edgetune package archive; refusing to overwrite it")
+        if not tar and (not out.is_dir() or (any(out.iterdir()) and not is_package(out))):
+            raise ExportError(f"{out} exists and is not an edgetune package directory; refusing to overwrite it")
+    return out
+
+
+@contextlib.contextmanager
+def _staging(out: Path, tar: bool) -> Iterator[Path]:
+    if not tar:
+        with atomic_directory(out) as tmp:
+            yield tmp
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        write_tar(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    import edgetune
+
+    return {
+        "edgetune": edgetune.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _package_accuracy(
+    session: Any, top: Any, encoder: TextEncoder, data: TextDataset, labels: list[str], options: ExportOptions, p: bool
+) -> tuple[float, np.ndarray]:
+    fn = torch_top_fn(top, lambda ids, mask: run_trunk(session, ids, mask))
+    logits = map_batches(encoder, data.texts, fn, options.batch_size, p, "validation")
+    return accuracy(logits, data.encoded_labels(LabelMap(tuple(labels)))), logits
+
+
+def _prepare_head(
+    source: Source,
+    plan: Plan,
+    fit_data: TextDataset | None,
+    val: TextDataset | None,
+    options: ExportOptions,
+    progress: bool,
+    warnings: list[str],
+) -> tuple[dict[str, Any], TextDataset | None]:
+    """Keep a trained head; fit a probe (or zero) the head of a plain model. Returns (head info, validation data)."""
+    if source.kind != "huggingface":
+        init = "checkpoint" if source.kind == "checkpoint" else "given"
+        return {"init": init}, val if val is not None else fit_data
+    if fit_data is None:
+        zero_head(source.classifier)
+        warnings.append(
+            "the model has no trained head and no --data was given: the head is zero-initialized, so the "
+            "package scores every text the same until it is trained on the device"
+        )
+        return {"init": "zeros"}, val
+    if val is None and options.val_fraction > 0 and len(fit_data) >= 4 * len(plan.labels):
+        fit_data, val = stratified_split(fit_data, options.val_fraction, options.seed)
+    info = init_head_from_probe(
+        source.classifier, source.encoder, fit_data, options.probe_c, options.seed, options.batch_size, progress
+    )
+    return {"init": "probe", "data": fit_data.source, **info}, val
+
+
+def _write_top_onnx(
+    tmp: Path, top: TopModel, session: Any, encoder: TextEncoder, texts: list[str], options: ExportOptions
+) -> dict[str, Any]:
+    exported = export_top_onnx(top, tmp / TOP_ONNX_FILE, options.opset, options.external_data)
+    hidden = [(run_trunk(session, ids, mask), mask) for ids, mask in verification_batches(encoder, texts)]
+    parity = verify_top_onnx(top, exported.path, hidden, options.atol, options.threads)
+    files = [f.name for f in exported.files]
+    return {"file": TOP_ONNX_FILE, "files": files, "opset": exported.opset, **exported.io(), "parity": parity.to_dict()}
+
+
+def _write_int8(
+    tmp: Path,
+    trunk: OnnxExport,
+    top: TopModel,
+    encoder: TextEncoder,
+    val: TextDataset | None,
+    baseline: tuple[float, np.ndarray] | None,
+    labels: list[str],
+    options: ExportOptions,
+    progress: bool,
+) -> dict[str, Any]:
+    """Quantize the trunk; measure its size and, with labelled data, its accuracy against the fp32 package."""
+    files = quantize_trunk(trunk.path, tmp / TRUNK_INT8_FILE, options.int8_config, len(trunk.files) > 1)
+    size, fp32_size = size_of(files), size_of(trunk.files)
+    entry = {
+        "file": TRUNK_INT8_FILE,
+        "files": [f.name for f in files],
+        "precision": "int8",
+        "opset": trunk.opset,
+        **trunk.io(),
+        "quantization": options.int8_config.to_dict(),
+        "size": size,
+        "size_ratio": size / fp32_size,
+        "accuracy": None,
+    }
+    if val is not None and baseline is not None:
+        session = ort_session(tmp / TRUNK_INT8_FILE, options.threads)
+        acc, logits = _package_accuracy(session, top, encoder, val, labels, options, progress)
+        fp32_acc, fp32_logits = baseline
+        entry["accuracy"] = {
+            "data": val.source,
+            "num_examples": len(val),
+            "fp32": fp32_acc,
+            "int8": acc,
+            "delta_points": 100 * (acc - fp32_acc),
+            "agreement": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
+        }
+    return entry
+
+
+def export_package(
+    model: str | Path | tuple[SequenceClassifier, TextEncoder],
+    plan: Plan | str | Path,
+    out: str | Path,
+    data: str | Path | TextDataset | None = None,
+    val_data: str | Path | TextDataset | None = None,
+    options: ExportOptions | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> ExportResult:
+    """Export ``model`` cut at ``plan.cut`` as a device package at ``out`` (a directory, or ``out.tar``).
+
+    ``data``: labelled examples; for a plain Hugging Face model the head probe is fitted on them
+    (on the part not held out for validation). ``val_data``: labelled validation examples for the
+    package's accuracy (and the int8 accuracy change); without it, a ``val_fraction`` of ``data`` is
+    held out for a plain model, and all of ``data`` validates a checkpoint's trained head.
+    """
+    start = time.perf_counter()
+    options = options or ExportOptions()
+    say = log or (lambda msg: None)
+    warnings: list[str] = []
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    out = _check_out(Path(out), options.tar)
+    fit_data = _as_dataset(data, plan, options)  # bad data fails before the model is loaded
+    val = _as_dataset(val_data, plan, options)
+    for dataset in (fit_data, val):
+        if dataset is not None:
+            dataset.encoded_labels(LabelMap(tuple(plan.labels)))  # a label the plan does not know names its row
+
+    if isinstance(model, tuple):
+        source = Source(model[0], model[1], "in-memory", {}, model[0].backbone.model_id)
+    else:
+        source = load_source(model, plan)
+    fingerprint = check_plan(source, plan)
+    classifier, encoder = source.classifier.eval(), source.encoder
+    say(f"model: {source.kind} {source.path} ({plan.model_type}, {plan.num_layers} layers), cut {plan.cut}")
+    head, val = _prepare_head(source, plan, fit_data, val, options, progress, warnings)
+    if head["init"] == "probe":
+        say(f"head: logistic probe on {head['num_examples']} examples (train accuracy {head['train_accuracy']:.3f})")
+
+    top = classifier.detached_top(plan.cut).eval()
+    verify_texts = _verify_texts([fit_data, val], encoder)
+    with _staging(out, options.tar) as tmp:
+        trunk = export_trunk(
+            classifier, plan.cut, tmp / TRUNK_FILE, options.opset, options.external_data, encoder.pad_id
+        )
+        parity = verify_trunk(classifier, plan.cut, trunk.path, encoder, verify_texts, options.atol, options.threads)
+        say(
+            f"trunk: {TRUNK_FILE} {size_of(trunk.files) / 1e6:.1f} MB, parity max abs diff "
+            f"{parity.max_abs_diff:.2e} (tolerance {options.atol:g}) in {trunk.seconds:.1f}s"
+        )
+        top.save(tmp, TOP_NAME)
+        encoder.save(tmp)
+        session = ort_session(trunk.path, options.threads)
+
+        top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if options.top_onnx else None
+        if top_onnx:
+            say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
+
+        validation, baseline = None, None
+        if val is not None:
+            baseline = _package_accuracy(session, top, encoder, val, plan.labels, options, progress)
+            validation = {"data": val.source, "num_examples": len(val), "accuracy": baseline[0]}
+            say(f"validation: package accuracy {baseline[0]:.4f} on {len(val)} examples")
+
+        trunk_int8 = None
+        if options.int8:
+            trunk_int8 = _write_int8(tmp, trunk, top, encoder, val, baseline, plan.labels, options, progress)
+            msg = f"int8: {TRUNK_INT8_FILE} {trunk_int8['size'] / 1e6:.1f} MB ({trunk_int8['size_ratio']:.2f}x fp32)"
+            if trunk_int8["accuracy"]:
+                a = trunk_int8["accuracy"]
+                msg += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
+            else:
+                warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
+            say(msg)
+
+        manifest = {
+            "format": mf.FORMAT,
+            "schema_version": mf.SCHEMA_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "producer": _versions(),
+            "source": {"kind": source.kind, "path": source.path},
+            "backbone": {
+                "id": plan.model_id,
+                "model_type": plan.model_type,
+                "family": classifier.backbone.family.name,
+                "num_layers": classifier.num_layers,
+                "hidden_size": classifier.backbone.hidden_size,
+                "pooling": classifier.backbone.pooling,
+                "is_decoder": classifier.backbone.is_decoder,
+                "hash": fingerprint,
+                "plan_hash": plan.model_hash,
+            },
+            "cut": plan.cut,
+            "trainable_layers": plan.trainable_layers,
+            "labels": list(plan.labels),
+            "head": head,
+            "plan": plan.to_dict(),
+            "tokenizer": {"tokenizer": "tokenizer.json", "encoder": "encoder.json", **encoder.config()},
+            "trunk": {
+                "file": TRUNK_FILE,
+                "files": [f.name for f in trunk.files],
+                "precision": "fp32",
+                "opset": trunk.opset,
+                "exporter": "torch.onnx.export(dynamo=True)",
+                **trunk.io(),
+                "parity": parity.to_dict(),
+                "size": size_of(trunk.files),
+            },
+            "trunk_int8": trunk_int8,
+            "top": {
+                "weights": f"{TOP_NAME}.safetensors",
+                "spec": f"{TOP_NAME}.json",
+                "blocks": plan.trainable_layers,
+                "inputs": trunk.outputs[:1] + trunk.inputs[1:],
+                "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(plan.labels)]}],
+            },
+            "top_onnx": top_onnx,
+            "validation": validation,
+            "warnings": warnings,
+            "files": mf.file_table(tmp),
+        }
+        manifest = mf.seal(manifest)
+        atomic_write_json(tmp / mf.MANIFEST, manifest)  # last: a directory without it is no package
+    say(f"wrote {out}")
+    return ExportResult(out, manifest, warnings, time.perf_counter() - start)

@@ -1,0 +1,148 @@
+"""The package manifest: schema, file table, integrity seal, validation.
+
+``manifest.json`` is the one file a device reads first. It says what the
+package is (backbone, cut, labels, the plan), how to call it (input / output
+names, dtypes, shapes, opset) and which files make it up, each with its
+sha256 and size. It is sealed with the sha256 of its own canonical JSON (all
+keys sorted, no whitespace, without the ``integrity`` entry), so an edited
+manifest is detected like an edited file. The seal detects corruption and
+accidental edits; it is not a signature (anyone who can write the file can
+re-seal it), so authenticity is the transport's job.
+
+See docs/package-format.md for the field-by-field schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from edgetune.io import sha256_file
+from exporters.errors import PackageError
+
+FORMAT = "edgetune-device-package"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REQUIRED = (
+    "format",
+    "schema_version",
+    "backbone",
+    "cut",
+    "labels",
+    "plan",
+    "tokenizer",
+    "trunk",
+    "top",
+    "files",
+    "integrity",
+)
+
+
+def safe_name(name: str) -> bool:
+    """A plain file name inside the package: no directories, no '..', no hidden or absolute paths."""
+    return bool(_SAFE_NAME.match(name)) and name != MANIFEST and ".." not in name
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
+
+
+def file_table(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{name: {sha256, size}}`` for every file of a package directory except the manifest."""
+    table = {}
+    for path in sorted(directory.iterdir()):
+        if path.name == MANIFEST:
+            continue
+        if not path.is_file() or not safe_name(path.name):
+            raise PackageError(f"{path.name}: not a plain file with a safe name; a package holds only flat files")
+        table[path.name] = file_entry(path)
+    return table
+
+
+def canonical_bytes(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "integrity"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its ``integrity`` entry (sha256 of its canonical JSON)."""
+    digest = hashlib.sha256(canonical_bytes(manifest)).hexdigest()
+    return {**manifest, "integrity": {"algorithm": "sha256", "manifest_sha256": digest}}
+
+
+def parse(raw: bytes) -> dict[str, Any]:
+    """Parse and validate ``manifest.json`` bytes: format, schema version, seal, structure."""
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PackageError(f"{MANIFEST}: not valid JSON ({err}); the manifest is truncated or corrupted") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PackageError(f"{MANIFEST}: not an edgetune device package manifest (format is not {FORMAT!r})")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise PackageError(
+            f"{MANIFEST}: schema version {version!r} is not supported by this reader (it reads version "
+            f"{SCHEMA_VERSION}); re-export the package with this edgetune version"
+        )
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise PackageError(f"{MANIFEST}: missing entries {missing}")
+    _check_seal(manifest)
+    _check_structure(manifest)
+    return manifest
+
+
+def _check_seal(manifest: dict[str, Any]) -> None:
+    integrity = manifest["integrity"]
+    if not isinstance(integrity, dict) or integrity.get("algorithm") != "sha256":
+        raise PackageError(f"{MANIFEST}: integrity entry is missing or uses an unknown algorithm")
+    try:
+        want = hashlib.sha256(canonical_bytes(manifest)).hexdigest()
+    except ValueError as err:
+        raise PackageError(f"{MANIFEST}: cannot be canonicalized ({err})") from None
+    if integrity.get("manifest_sha256") != want:
+        raise PackageError(
+            f"{MANIFEST}: content does not match its integrity hash: the manifest was edited or corrupted after export"
+        )
+
+
+def referenced_files(manifest: dict[str, Any]) -> list[str]:
+    """Every file name a component of the manifest points to."""
+    names = [manifest["tokenizer"]["tokenizer"], manifest["tokenizer"]["encoder"]]
+    names += list(manifest["trunk"]["files"])
+    names += [manifest["top"]["weights"], manifest["top"]["spec"]]
+    for key in ("trunk_int8", "top_onnx"):
+        if manifest.get(key):
+            names += list(manifest[key]["files"])
+    return names
+
+
+def _check_structure(manifest: dict[str, Any]) -> None:
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        raise PackageError(f"{MANIFEST}: 'files' must map file names to their sha256 and size")
+    for name, entry in files.items():
+        if not isinstance(name, str) or not safe_name(name):
+            raise PackageError(f"{MANIFEST}: unsafe file name {name!r} (only plain names inside the package)")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not isinstance(entry.get("size"), int)
+        ):
+            raise PackageError(f"{MANIFEST}: file entry for {name} needs a sha256 string and an integer size")
+    try:
+        names = referenced_files(manifest)
+        labels, cut, num_layers = manifest["labels"], manifest["cut"], manifest["backbone"]["num_layers"]
+    except (KeyError, TypeError) as err:
+        raise PackageError(f"{MANIFEST}: malformed component entry ({err!r})") from None
+    for name in names:
+        if name not in files:
+            raise PackageError(f"{MANIFEST}: refers to {name!r}, which is not in its file table")
+    if not isinstance(labels, list) or not labels or len(set(labels)) != len(labels):
+        raise PackageError(f"{MANIFEST}: 'labels' must be a non-empty list of distinct labels")
+    if not isinstance(cut, int) or not isinstance(num_layers, int) or not 0 <= cut <= num_layers:
+        raise PackageError(f"{MANIFEST}: cut {cut!r} is outside 0..{num_layers!r}")
