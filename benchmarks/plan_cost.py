@@ -5,8 +5,9 @@
 Model: all-MiniLM-L6-v2; data: BBC news train split (80%, seed 0); max_length 128.
 Full fine-tuning = every block + head trained with AdamW (embeddings frozen, as the
 planner's cut 0; training them too would only make the epoch slower and the ratio
-smaller). Each planner runs on the same loaded model; the epoch is timed end to end
-(tokenization, forward, backward, optimizer step).
+smaller). Each planner runs on the same loaded model; the epoch runs through
+edgetune's trainer and is timed over the training loop (forward, backward,
+optimizer step; the texts are tokenized once before it).
 """
 
 from __future__ import annotations
@@ -23,35 +24,22 @@ from edgetune.api import load_model, plan
 from edgetune.data import stratified_split
 from edgetune.datasets import bbc_news, minilm_path
 from edgetune.io import atomic_write_json
-from edgetune.modeling import SequenceClassifier
 from edgetune.report import save_figure
+from edgetune.train import TrainConfig, Trainer
+from edgetune.tuners import get_tuner
 
 
 def full_finetune_epoch(backbone, encoder, dataset, batch_size: int, seed: int = 0) -> float:
-    torch.manual_seed(seed)
+    """Seconds of one epoch of full fine-tuning (cut 0: every block + head, embeddings frozen) with the trainer.
+
+    Naive mode at cut 0 is plain fine-tuning: the frozen embeddings run every step under no_grad.
+    """
     label_map = dataset.label_map()
-    labels = torch.from_numpy(dataset.encoded_labels(label_map))
-    clf = SequenceClassifier(backbone, len(label_map))
-    for p in backbone.embeddings.parameters():
-        p.requires_grad_(False)
-    params = [p for p in clf.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-5)
-    clf.train()
-    order = torch.randperm(len(dataset)).numpy()
-    start = time.perf_counter()
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        ids, mask = encoder([dataset.texts[j] for j in idx])
-        logits = clf(torch.from_numpy(ids), torch.from_numpy(mask))
-        loss = torch.nn.functional.cross_entropy(logits, labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    seconds = time.perf_counter() - start
-    clf.eval()
-    for p in backbone.model.parameters():
-        p.requires_grad_(True)
-    return seconds
+    config = TrainConfig(
+        mode="naive", epochs=1, batch_size=batch_size, lr=2e-5, seed=seed, progress=False, device="cpu"
+    )
+    trainer = Trainer(backbone, encoder, 0, label_map, get_tuner("full"), config, model_hash="plan_cost")
+    return trainer.fit(dataset).history[0]["seconds"]
 
 
 def main() -> None:

@@ -22,6 +22,13 @@ _LAZY = {
     "Budget": "edgetune.planner.cost",
     "CostConfig": "edgetune.planner.cost",
     "load_dataset": "edgetune.data",
+    "apply_plan": "edgetune.freeze",
+    "lora_config": "edgetune.freeze",
+    "finetune": "edgetune.finetune",
+    "Trainer": "edgetune.train",
+    "TrainConfig": "edgetune.train",
+    "FeatureCache": "edgetune.features",
+    "get_tuner": "edgetune.tuners",
     "DataError": "edgetune.data",
 }
 

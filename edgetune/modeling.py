@@ -178,13 +178,20 @@ class SequenceClassifier(nn.Module):
     def save_pretrained(self, directory: str | Path, encoder: Any | None = None) -> Path:
         """HF backbone + ``head.safetensors`` + ``edgetune.json``, written atomically."""
         with atomic_directory(directory) as tmp:
-            self.model.save_pretrained(tmp / "backbone", safe_serialization=True)
-            save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "head.safetensors"))
-            meta = {"labels": self.labels, "num_labels": self.num_labels, "model_type": self.backbone.config.model_type}
-            (tmp / "edgetune.json").write_text(json.dumps(meta, indent=2))
-            if encoder is not None:
-                encoder.save(tmp / "backbone")
+            self.write_files(tmp, encoder)
         return Path(directory)
+
+    def write_files(self, directory: str | Path, encoder: Any | None = None) -> None:
+        """The files of :meth:`save_pretrained` into an existing directory, not atomically: for callers
+        that add their own files and swap the whole directory in with ``atomic_directory``."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory / "backbone", safe_serialization=True)
+        head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        save_file(head, str(directory / "head.safetensors"))
+        meta = {"labels": self.labels, "num_labels": self.num_labels, "model_type": self.backbone.config.model_type}
+        (directory / "edgetune.json").write_text(json.dumps(meta, indent=2))
+        if encoder is not None:
+            encoder.save(directory / "backbone")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SequenceClassifier:

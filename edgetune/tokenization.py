@@ -75,15 +75,25 @@ class TextEncoder:
         """Ids of ``text`` without special tokens (used to map label words to tokens)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def _token_ids(self, texts: Sequence[str], chunk: int = 256) -> list[list[int]]:
+        """Ids of every text, tokenized ``chunk`` texts at a time: an Encoding of a long document holds
+        every token of it (offsets, strings) before truncation, so encoding a whole corpus at once can
+        cost hundreds of MB."""
+        texts = list(texts)
+        out: list[list[int]] = []
+        for start in range(0, len(texts), chunk):
+            out.extend(e.ids for e in self.tokenizer.encode_batch(texts[start : start + chunk]))
+        return out
+
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(list(texts))
-        width = max(1, max(len(e.ids) for e in encodings))
-        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        for i, e in enumerate(encodings):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1
+        token_ids = self._token_ids(texts)
+        width = max(1, max(len(t) for t in token_ids))
+        ids = np.full((len(token_ids), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(token_ids), width), dtype=np.int64)
+        for i, t in enumerate(token_ids):
+            ids[i, : len(t)] = t
+            mask[i, : len(t)] = 1
         return ids, mask
 
     def lengths(self, texts: Sequence[str]) -> np.ndarray:
-        return np.array([len(e.ids) for e in self.tokenizer.encode_batch(list(texts))])
+        return np.array([len(t) for t in self._token_ids(texts)])

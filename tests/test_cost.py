@@ -24,6 +24,10 @@ def test_flops_formula_by_hand():
     assert c.backward_flops == 2 * (f + head)
     assert c.backward_frac == pytest.approx((f + head) / (4 * f + head))
     assert c.trainable_params == 100 + 16 + 8 * 3 + 3
+    # head only: its input needs a gradient only for a trained final norm
+    assert estimate_cut(ARCH, cfg, 4).backward_flops == 2 * head
+    no_norm = ArchSummary(**{**ARCH.to_dict(), "block_params": ARCH.block_params, "norm_params": 0})
+    assert estimate_cut(no_norm, cfg, 4).backward_flops == head
 
 
 def test_costs_fall_monotonically_with_the_cut():
@@ -61,3 +65,33 @@ def test_budget_violations():
 def test_cut_out_of_range():
     with pytest.raises(ValueError):
         estimate_cut(ARCH, CostConfig(), 5)
+
+
+def test_lora_costs_by_hand():
+    from edgetune.planner.cost import TunerCost
+
+    cfg = CostConfig(seq_len=10, batch_size=2, num_examples=5)
+    lora = TunerCost(weight_grad_fraction=0.0, adapter_params=6)
+    c = estimate_cut(ARCH, cfg, 2, lora)
+    full = estimate_cut(ARCH, cfg, 2)
+    n, d, head = 10, 8, 2 * 8 * 3
+    block_bwd = 2 * 100 * n + 8 * n * n * d + 4 * 6 * n  # input gradients, attention, adapters; no weight gradients
+    assert c.backward_flops == 2 * block_bwd + 2 * head
+    assert c.backward_flops < full.backward_flops
+    assert c.backward_frac == pytest.approx(c.backward_flops / estimate_cut(ARCH, cfg, 0).backward_flops)
+    assert c.trainable_params == 2 * 6 + 16 + 8 * 3 + 3
+    assert c.memory_bytes["frozen_weights"] == 4 * 200  # the adapted blocks' base weights, even with a cache
+    assert c.forward_flops == full.forward_flops + 2 * 2 * 6 * n
+    with pytest.raises(ValueError):
+        TunerCost(weight_grad_fraction=1.5)
+
+
+def test_plans_price_the_tuner(tiny_model_dir, train_csv):
+    from edgetune.api import load_model, plan
+
+    model = load_model(tiny_model_dir("bert", layers=4), max_length=16)
+    full = plan(model, train_csv, planner="topk", progress=False)
+    lora = plan(model, train_csv, planner="topk", tuner="lora", tuner_params={"r": 2}, progress=False)
+    for f, lo in zip(full.rows[:-1], lora.rows[:-1]):
+        assert lo.backward_flops < f.backward_flops and lo.trainable_params < f.trainable_params
+    assert lora.rows[-1].trainable_params == full.rows[-1].trainable_params  # head only: nothing to adapt

@@ -36,8 +36,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from edgetune.backbones import UnsupportedModelError
     from edgetune.data import DataError
     from edgetune.planner.plan import PlanError
+    from edgetune.train import TrainError
 
-    errors: list[type[BaseException]] = [DataError, PlanError, UnsupportedModelError, FileNotFoundError]
+    errors: list[type[BaseException]] = [DataError, PlanError, TrainError, UnsupportedModelError, FileNotFoundError]
     try:
         from exporters.package import PackageError
 
@@ -62,9 +63,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from edgetune.cli import datasets_cmd, export_cmd, plan_cmd
+    from edgetune.cli import datasets_cmd, export_cmd, plan_cmd, train_cmd
 
-    for module in (plan_cmd, export_cmd, datasets_cmd):
+    for module in (plan_cmd, train_cmd, export_cmd, datasets_cmd):
         module.register(app)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from edgetune.planner.base import CutScores, Planner, PlanningInputs, choose_cut
 from edgetune.planner.baselines import FullPlanner, GradNormPlanner, RandomPlanner, TopKPlanner
-from edgetune.planner.cost import ArchSummary, Budget, CostConfig, CutCost, estimate_all, estimate_cut
+from edgetune.planner.cost import ArchSummary, Budget, CostConfig, CutCost, TunerCost, estimate_all, estimate_cut
 from edgetune.planner.plan import PLAN_SCHEMA_VERSION, CutRow, Plan, PlanError
 from edgetune.planner.salf import SALFConfig, SALFPlanner
 
@@ -43,6 +43,7 @@ __all__ = [
     "SALFConfig",
     "SALFPlanner",
     "TopKPlanner",
+    "TunerCost",
     "choose_cut",
     "estimate_all",
     "estimate_cut",

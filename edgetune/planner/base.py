@@ -17,7 +17,7 @@ import numpy as np
 
 from edgetune.backbones import Backbone
 from edgetune.data import LabelMap, TextDataset
-from edgetune.planner.cost import ArchSummary, Budget, CostConfig, estimate_all
+from edgetune.planner.cost import ArchSummary, Budget, CostConfig, TunerCost, estimate_all
 from edgetune.planner.plan import CutRow, Plan, PlanError
 from edgetune.tokenization import TextEncoder
 
@@ -84,7 +84,7 @@ class Planner(ABC):
         inputs = PlanningInputs(backbone, encoder, dataset, label_map, seed, progress)
         scored = self.score_cuts(inputs)
         arch = ArchSummary.from_backbone(backbone, len(label_map))
-        costs = estimate_all(arch, cost)
+        costs = estimate_all(arch, cost, tuner_cost(backbone, tuner, tuner_params))
         cut = choose_cut(scored.scores, costs, budget)
 
         expected = scored.expected_gains
@@ -126,6 +126,16 @@ class Planner(ABC):
             seconds=time.perf_counter() - start,
             max_length=encoder.max_length,
         )
+
+
+def tuner_cost(backbone: Backbone, tuner: str, tuner_params: dict[str, Any] | None) -> TunerCost:
+    """How ``tuner`` trains a block of ``backbone``, for pricing every cut."""
+    from edgetune.tuners import get_tuner
+
+    try:
+        return get_tuner(tuner, **(tuner_params or {})).cost_profile(backbone.blocks[0], backbone.config.model_type)
+    except ValueError as err:
+        raise PlanError(str(err)) from None
 
 
 def choose_cut(scores: np.ndarray, costs: list, budget: Budget) -> int:

@@ -1,0 +1,171 @@
+"""``edgetune train`` and ``edgetune evaluate``: fine-tune as a plan says, then measure on held-out data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgetune.train import CACHE_PLACES, MODES
+
+TUNER_CHOICES = ("full", "lora")
+
+
+def _tuner_args(tuner: str | None, lora_r: int | None, lora_alpha: float | None) -> tuple[str | None, dict | None]:
+    if tuner is not None and tuner not in TUNER_CHOICES:
+        raise typer.BadParameter(f"choose one of {', '.join(TUNER_CHOICES)}", param_hint="--tuner")
+    lora = {k: v for k, v in (("r", lora_r), ("alpha", lora_alpha)) if v is not None}
+    if lora and tuner != "lora":
+        raise typer.BadParameter("LoRA options need --tuner lora", param_hint="--lora-r/--lora-alpha")
+    return tuner, (lora if tuner == "lora" else None)
+
+
+def print_history(history: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from edgetune.cli import console
+
+    has_val = any("val_accuracy" in h for h in history)
+    table = Table(title="training")
+    for col in ("epoch", "loss", "seconds", *(("val acc", "val macro-F1") if has_val else ())):
+        table.add_column(col, justify="right")
+    for h in history:
+        cells = [str(h["epoch"]), "-" if h["loss"] is None else f"{h['loss']:.4f}", f"{h['seconds']:.1f}"]
+        if has_val:
+            cells += [f"{h['val_accuracy']:.2%}", f"{h['val_macro_f1']:.2%}"]
+        table.add_row(*cells)
+    console.print(table)
+
+
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    from edgetune.cli import console
+
+    table = Table(title=f"{title} ({metrics['num_examples']} examples)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("accuracy", f"{metrics['accuracy']:.2%}")
+    table.add_row("macro-F1", f"{metrics['macro_f1']:.2%}")
+    for label, f1 in metrics["per_label_f1"].items():
+        table.add_row(f"F1 {label}", f"{f1:.2%}", style="dim")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    from edgetune.cli import handle_errors
+
+    @app.command("train")
+    @handle_errors
+    def train_command(
+        model: Annotated[Path, typer.Option("--model", help="Hugging Face model directory the plan was made on.")],
+        plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan`.")],
+        data: Annotated[Path, typer.Option("--data", help="Training data: CSV with a header, or JSONL.")],
+        out: Annotated[Path, typer.Option("--out", help="Output directory (resumes a run interrupted there).")],
+        mode: Annotated[
+            str, typer.Option(help="cached: run the frozen trunk once and train on its output; naive: every step.")
+        ] = "cached",
+        tuner: Annotated[str | None, typer.Option(help="full or lora (default: the plan's tuner).")] = None,
+        lora_r: Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora).")] = None,
+        lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (with --tuner lora).")] = None,
+        epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
+        batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
+        lr: Annotated[float, typer.Option(help="Learning rate of the trained blocks.")] = 5e-5,
+        head_lr: Annotated[float | None, typer.Option(help="Learning rate of the head (default: --lr).")] = None,
+        val_fraction: Annotated[
+            float, typer.Option(help="Share of the training data held out to keep the best epoch (0: none).")
+        ] = 0.1,
+        patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without improvement.")] = None,
+        eval_data: Annotated[Path | None, typer.Option(help="Held-out test data, evaluated at the end.")] = None,
+        cache: Annotated[str, typer.Option(help="Feature cache: auto, memory or mmap (a file in OUT).")] = "auto",
+        cache_dtype: Annotated[str, typer.Option(help="Cached feature storage: float32 or float16.")] = "float32",
+        checkpoint_steps: Annotated[
+            int | None, typer.Option(help="Also checkpoint every N steps (always at each epoch's end).")
+        ] = None,
+        max_length: Annotated[int | None, typer.Option(help="Tokens per example (default: the plan's).")] = None,
+        device: Annotated[str | None, typer.Option(help="cpu or cuda (default: a GPU when there is one).")] = None,
+        seed: Annotated[int, typer.Option(help="Seed for the head, batches, dropout and the validation split.")] = 0,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a trained model in OUT.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
+    ) -> None:
+        """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
+        from edgetune.cli import console
+        from edgetune.finetune import finetune
+        from edgetune.train import TrainConfig, TrainError
+
+        if mode not in MODES:
+            raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
+        if cache not in CACHE_PLACES:
+            raise typer.BadParameter(f"choose one of {', '.join(CACHE_PLACES)}", param_hint="--cache")
+        tuner_name, tuner_params = _tuner_args(tuner, lora_r, lora_alpha)
+        try:
+            config = TrainConfig(
+                mode=mode,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                head_lr=head_lr,
+                val_fraction=val_fraction,
+                patience=patience,
+                cache=cache,
+                cache_dtype=cache_dtype,
+                checkpoint_steps=checkpoint_steps,
+                max_length=max_length,
+                device=device,
+                seed=seed,
+                progress=not quiet,
+            )
+        except ValueError as err:
+            raise TrainError(str(err)) from None
+        result = finetune(
+            model,
+            plan,
+            data,
+            out,
+            config,
+            tuner=tuner_name,
+            tuner_params=tuner_params,
+            eval_data=eval_data,
+            overwrite=overwrite,
+        )
+        if not quiet:
+            print_history(result.history)
+            if result.metrics is not None:
+                print_metrics(result.metrics, f"held-out {eval_data}")
+        layers = result.classifier.num_layers
+        what = f"blocks {result.cut + 1}..{layers} + head" if result.cut < layers else "the head only"
+        msg = f"trained {what} with {result.tuner.name} ({result.trainable_params:,} trainable parameters, {mode} mode)"
+        if result.metrics is not None:
+            msg += f"; held-out accuracy {result.metrics['accuracy']:.2%}, macro-F1 {result.metrics['macro_f1']:.2%}"
+        console.print(f"{msg}; wrote {out}", highlight=False)
+
+    @app.command("evaluate")
+    @handle_errors
+    def evaluate_command(
+        model: Annotated[Path, typer.Option("--model", help="A trained model directory (from `edgetune train`).")],
+        data: Annotated[Path, typer.Option("--data", help="Labelled held-out data: CSV with a header, or JSONL.")],
+        text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+        label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+        batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+        out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
+    ) -> None:
+        """Accuracy and macro-F1 of a trained model on labelled data."""
+        from edgetune.cli import console
+        from edgetune.data import load_dataset
+        from edgetune.evaluation import evaluate_classifier, load_trained
+        from edgetune.io import atomic_write_json
+
+        dataset = load_dataset(data, text_column, label_column)
+        classifier, encoder = load_trained(model)
+        metrics = evaluate_classifier(classifier, encoder, dataset, batch_size=batch_size, progress=not quiet)
+        if out is not None:
+            atomic_write_json(out, {"model": str(model), "data": str(data), **metrics})
+        if not quiet:
+            print_metrics(metrics, f"{model} on {data}")
+        console.print(
+            f"accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.2%} "
+            f"on {metrics['num_examples']} examples",
+            highlight=False,
+        )

@@ -1,0 +1,464 @@
+"""Reference trainer: fine-tune a model the way a plan says, optionally on cached trunk features.
+
+The plan's cut k freezes the embeddings and blocks 1..k (the *trunk*); blocks
+k+1..L, the final norm and the head (the *top*) are trained by a tuner
+(:mod:`edgetune.tuners`). Two modes give the same result for the same seed:
+
+* ``naive``  — the frozen trunk (eval mode) runs on every batch under ``no_grad``;
+* ``cached`` — the trunk runs once over the data (:class:`~edgetune.features.FeatureCache`,
+  in memory or memory-mapped) and training runs only the top.
+
+Both draw the same batches (an epoch-seeded permutation), the same batch widths
+and the same dropout masks (the trunk draws no random numbers in eval mode), so
+they differ only by float rounding in the trunk. The loop runs through HF
+Accelerate: ``accelerate launch`` runs the same code on several GPUs (DDP/FSDP).
+Checkpoints (:mod:`edgetune.checkpoint`) are atomic; a run that finds a
+checkpoint of the same identity in its output directory resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader
+
+from edgetune.backbones import Backbone
+from edgetune.batches import EpochSampler, Source, TrunkBatches, collate_indices, trunk_released
+from edgetune.checkpoint import Checkpoint, TrainState, identity_mismatch, load_checkpoint, rng_state, set_rng_state
+from edgetune.checkpoint import save_checkpoint as write_checkpoint
+from edgetune.data import LabelMap, TextDataset
+from edgetune.evaluation import METRICS, classification_metrics
+from edgetune.features import FeatureCache, data_digest
+from edgetune.modeling import SequenceClassifier
+from edgetune.progress import progress_bar
+from edgetune.tokenization import TextEncoder
+from edgetune.tuners import Tuner
+
+MODES = ("cached", "naive")
+CACHE_PLACES = ("auto", "memory", "mmap")
+
+
+class TrainError(ValueError):
+    """A training run cannot start as asked (output directory, checkpoint, settings)."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the defaults suit a small encoder on a few thousand examples."""
+
+    mode: str = "cached"
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-5
+    head_lr: float | None = None  # head and final norm; None: lr
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    val_fraction: float = 0.0  # held out of the training data for model selection / early stopping
+    patience: int | None = None  # epochs without validation improvement before stopping
+    metric: str = "macro_f1"
+    cache: str = "auto"  # auto | memory | mmap
+    cache_dtype: str = "float32"
+    cache_batch_size: int = 64
+    checkpoint_steps: int | None = None  # also checkpoint every N steps (always at each epoch's end)
+    release_trunk: bool = False  # cached mode: free the trunk's weights while the top trains
+    max_length: int | None = None  # None: the plan's
+    device: str | None = None  # None: Accelerate's choice (a GPU when there is one); "cpu"; "cuda"
+    mixed_precision: str = "no"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.cache not in CACHE_PLACES:
+            raise ValueError(f"cache must be one of {CACHE_PLACES}, got {self.cache!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise ValueError("learning rates must be positive")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.patience is not None and (self.patience < 1 or self.val_fraction == 0):
+            raise ValueError("patience needs val_fraction > 0 and must be >= 1")
+        if self.release_trunk and self.mode != "cached":
+            raise ValueError("release_trunk needs mode='cached' (naive mode runs the trunk every step)")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the result (a checkpoint resumes only under the same ones)."""
+        # naive and cached mode give the same result, so a run may resume in the other mode
+        skip = {"mode", "progress", "checkpoint_steps", "cache", "cache_batch_size", "device", "release_trunk"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+@dataclass
+class StepEvent:
+    """Passed to callbacks after every optimizer step."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    total_steps: int
+    loss: float
+
+
+@dataclass
+class TrainResult:
+    classifier: SequenceClassifier
+    encoder: TextEncoder
+    tuner: Tuner
+    cut: int
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    stopped_early: bool
+    trainable_params: int
+    cache_seconds: float
+    cache_bytes: int
+    config: TrainConfig = field(default_factory=TrainConfig)
+    delta: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        return [h["seconds"] for h in self.history]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description of the run (written as ``train.json``)."""
+        return {
+            "cut": self.cut,
+            "config": asdict(self.config),
+            "tuner": self.tuner.to_dict(),
+            "trainable_params": self.trainable_params,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "cache_seconds": self.cache_seconds,
+            "cache_bytes": self.cache_bytes,
+            "metrics": self.metrics,
+        }
+
+
+def param_groups(params: dict[str, torch.nn.Parameter], lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: the head and final norm at ``head_lr``; no weight decay on biases and norm weights."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in params.items():
+        rate = head_lr if name.startswith(("head.", "norm.")) else lr
+        decay = weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((rate, decay), []).append(p)
+    return [{"params": ps, "lr": rate, "weight_decay": decay} for (rate, decay), ps in groups.items()]
+
+
+def make_accelerator(config: TrainConfig) -> Any:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
+    if config.device is not None and config.device != "cpu" and accelerator.device.type != config.device:
+        raise TrainError(f"device {config.device!r} requested but Accelerate found {accelerator.device}")
+    return accelerator
+
+
+class Trainer:
+    """Trains the top of a classifier above ``cut`` with ``tuner``; see the module docstring."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        encoder: TextEncoder,
+        cut: int,
+        label_map: LabelMap,
+        tuner: Tuner,
+        config: TrainConfig | None = None,
+        checkpoint_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        callbacks: Sequence[Callable[[StepEvent], None]] = (),
+        model_hash: str | None = None,
+    ) -> None:
+        from accelerate.utils import set_seed
+
+        self.config = config or TrainConfig()
+        self.accelerator = make_accelerator(self.config)
+        self.encoder, self.cut, self.label_map, self.tuner = encoder, cut, label_map, tuner
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.model_hash = model_hash or backbone.fingerprint()
+        set_seed(self.config.seed)
+        self.classifier = SequenceClassifier(backbone, len(label_map), list(label_map.labels))
+        self.top = tuner.prepare(self.classifier, cut)
+        self.classifier.to(self.accelerator.device).eval()
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier.trunk_forward(input_ids, attention_mask, self.cut)
+
+    # -- data ----------------------------------------------------------------------
+    def source(self, dataset: TextDataset, name: str = "train") -> Source:
+        """Batches of h_cut for ``dataset``: a feature cache (cached mode) or the live trunk (naive)."""
+        ids, mask = self.encoder(dataset.texts)
+        if self.config.mode == "naive":
+            return TrunkBatches(self.trunk, ids, mask)
+        return self.build_cache(ids, mask, name)
+
+    def build_cache(self, input_ids: np.ndarray, attention_mask: np.ndarray, name: str = "train") -> FeatureCache:
+        cfg = self.config
+        key = {"model_hash": self.model_hash, "cut": self.cut, "data": data_digest(input_ids, attention_mask)}
+        key["dtype"] = cfg.cache_dtype
+        path = self._cache_path(input_ids.shape, name)
+        if path is not None:
+            found = FeatureCache.open(path, expect=key)
+            if found is not None:
+                return found
+        return FeatureCache.build(
+            self.trunk,
+            input_ids,
+            attention_mask,
+            batch_size=cfg.cache_batch_size,
+            dtype=cfg.cache_dtype,
+            path=path,
+            key=key,
+            device=self.device,
+            progress=cfg.progress,
+        )
+
+    def _cache_path(self, shape: tuple[int, ...], name: str) -> Path | None:
+        cfg = self.config
+        place = cfg.cache
+        if place == "auto":
+            import psutil
+
+            nbytes = shape[0] * shape[1] * self.classifier.backbone.hidden_size * np.dtype(cfg.cache_dtype).itemsize
+            place = "memory" if nbytes <= 0.25 * psutil.virtual_memory().available else "mmap"
+        if place == "memory":
+            return None
+        return self._scratch() / name
+
+    # -- evaluation ----------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, source: Source, batch_size: int = 64) -> np.ndarray:
+        """Logits of the top on every example of ``source``, in order."""
+        top = self.top
+        was_training = top.training
+        top.eval()
+        out = []
+        try:
+            for start in range(0, len(source), batch_size):
+                hidden, mask = source.batch(np.arange(start, min(start + batch_size, len(source))), self.device)
+                with self.accelerator.autocast():
+                    out.append(top(hidden, mask).float().cpu().numpy())
+        finally:
+            top.train(was_training)
+        return np.concatenate(out)
+
+    def evaluate(self, source: Source, labels: np.ndarray) -> dict[str, Any]:
+        logits = self.predict(source)
+        return classification_metrics(labels, logits.argmax(axis=1), list(self.label_map.labels))
+
+    # -- training ------------------------------------------------------------------
+    def identity(self, train_source: Source) -> dict[str, Any]:
+        ids = train_source.input_ids if isinstance(train_source, TrunkBatches) else None
+        data = data_digest(ids, train_source.mask) if ids is not None else train_source.key.get("data")
+        current = {
+            "cut": self.cut,
+            "model_hash": self.model_hash,
+            "labels": list(self.label_map.labels),
+            "train_data": data,
+            "tuner": self.tuner.to_dict(),
+            "config": self.config.identity(),
+        }
+        return json.loads(json.dumps(current))
+
+    def fit(
+        self,
+        train: TextDataset | Source,
+        train_labels: np.ndarray | None = None,
+        val: TextDataset | Source | None = None,
+        val_labels: np.ndarray | None = None,
+    ) -> TrainResult:
+        """Train on ``train`` (texts, or a prebuilt source with ``train_labels``); validate on ``val``."""
+        cfg = self.config
+        start = time.perf_counter()
+        train_src, y_train = self._as_source(train, train_labels, "train")
+        val_src, y_val = (None, None) if val is None else self._as_source(val, val_labels, "val")
+        cache_seconds = time.perf_counter() - start
+        release = cfg.release_trunk and self.cut > 0
+        with trunk_released(self.classifier, self.cut, self._scratch()) if release else contextlib.nullcontext():
+            state, best = self._train_loop(train_src, y_train, val_src, y_val)
+
+        if best is not None:
+            self.tuner.load_delta(self.top, best)
+        delta = self.tuner.delta_state(self.top)
+        trainable = self.tuner.num_trainable(self.top)
+        self.tuner.merge(self.top)
+        self.classifier.eval()
+        return TrainResult(
+            classifier=self.classifier,
+            encoder=self.encoder,
+            tuner=self.tuner,
+            cut=self.cut,
+            history=state.history,
+            best_epoch=state.best_epoch,
+            stopped_early=state.stopped_early,
+            trainable_params=trainable,
+            cache_seconds=cache_seconds,
+            cache_bytes=train_src.nbytes if isinstance(train_src, FeatureCache) else 0,
+            config=cfg,
+            delta=delta,
+        )
+
+    def _train_loop(
+        self, train_src: Source, y_train: np.ndarray, val_src: Source | None, y_val: np.ndarray | None
+    ) -> tuple[TrainState, dict | None]:
+        cfg, acc = self.config, self.accelerator
+        identity = self.identity(train_src)
+
+        steps_per_epoch = math.ceil(len(train_src) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        params = self.tuner.trainable_parameters(self.top)
+        optimizer = torch.optim.AdamW(param_groups(params, cfg.lr, cfg.head_lr or cfg.lr, cfg.weight_decay))
+        from transformers import get_linear_schedule_with_warmup
+
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+        sampler = EpochSampler(len(train_src), cfg.seed)
+        loader = DataLoader(
+            range(len(train_src)),
+            batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=False),
+            collate_fn=collate_indices,
+            generator=torch.Generator(),  # DataLoader iterators draw a seed: keep it off the global RNG
+        )
+        model, optimizer, loader, scheduler = acc.prepare(self.top, optimizer, loader, scheduler)
+        labels_t = torch.from_numpy(y_train).to(self.device)
+
+        state, best = self._resume(identity, optimizer, scheduler)
+        while state.epoch < cfg.epochs and not state.stopped_early:
+            epoch = state.epoch
+            loader.set_epoch(epoch)
+            skip = state.step_in_epoch
+            batches = loader if skip == 0 else _skip(loader, skip, epoch)
+            model.train()
+            t0, losses = time.perf_counter(), []
+            with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch - skip, cfg.progress) as advance:
+                for idx in batches:
+                    loss = self._step(model, optimizer, scheduler, params, idx, train_src, labels_t, state, total)
+                    losses.append(loss)
+                    advance(1)
+                    event = StepEvent(epoch, state.step_in_epoch, state.global_step, total, loss)
+                    for callback in self.callbacks:
+                        callback(event)
+                    if cfg.checkpoint_steps and state.global_step % cfg.checkpoint_steps == 0:
+                        self.save_checkpoint(identity, state, best, optimizer, scheduler)
+            seconds = time.perf_counter() - t0
+            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}
+            row.update(seconds=seconds, steps=len(losses), resumed=skip > 0)
+            if val_src is not None:
+                metrics = self.evaluate(val_src, y_val)
+                row.update({f"val_{k}": metrics[k] for k in METRICS})
+                best = self._track_best(state, metrics[cfg.metric], epoch + 1, best)
+            state.history.append(row)
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+            self.save_checkpoint(identity, state, best, optimizer, scheduler)
+        return state, best
+
+    def _step(self, model, optimizer, scheduler, params, idx, source, labels, state: TrainState, total: int) -> float:
+        cfg, acc = self.config, self.accelerator
+        hidden, mask = source.batch(idx.cpu().numpy(), self.device)
+        with acc.autocast():
+            logits = model(hidden, mask)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels[idx.to(self.device)])
+        acc.backward(loss)
+        self.tuner.before_step(self.top, state.global_step, total)
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.tuner.after_step(self.top, state.global_step, total)
+        state.global_step += 1
+        state.step_in_epoch += 1
+        return float(loss.detach())
+
+    def _track_best(self, state: TrainState, value: float, epoch: int, best: dict | None) -> dict | None:
+        if state.best_metric is None or value > state.best_metric:
+            state.best_metric, state.best_epoch, state.epochs_without_improvement = value, epoch, 0
+            return self.tuner.delta_state(self.top)
+        state.epochs_without_improvement += 1
+        if self.config.patience is not None and state.epochs_without_improvement >= self.config.patience:
+            state.stopped_early = True
+        return best
+
+    def _as_source(self, data: TextDataset | Source, labels: np.ndarray | None, name: str) -> tuple[Source, np.ndarray]:
+        if isinstance(data, TextDataset):
+            return self.source(data, name), data.encoded_labels(self.label_map)
+        if labels is None:
+            raise ValueError("pass the labels of a prebuilt feature source")
+        return data, np.asarray(labels, dtype=np.int64)
+
+    # -- checkpoints -----------------------------------------------------------------
+    def save_checkpoint(self, identity, state: TrainState, best, optimizer, scheduler) -> None:
+        acc = self.accelerator
+        if self.checkpoint_dir is None:
+            return
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt = Checkpoint(
+                state=state,
+                identity=identity,
+                trainable=self.tuner.delta_state(self.top),
+                best=best,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                rng=rng_state(),
+            )
+            write_checkpoint(self.checkpoint_dir, ckpt)
+        acc.wait_for_everyone()
+
+    def _resume(self, identity, optimizer, scheduler) -> tuple[TrainState, dict | None]:
+        ckpt = load_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if ckpt is None:
+            return TrainState(), None
+        differ = identity_mismatch(ckpt.identity, identity)
+        if differ:
+            raise TrainError(
+                f"{self.checkpoint_dir}: checkpoint of a different run (differs in: {', '.join(differ)}); "
+                "use another output directory or overwrite it"
+            )
+        self.tuner.load_delta(self.top, ckpt.trainable)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        set_rng_state(ckpt.rng)
+        return ckpt.state, ckpt.best
+
+    def _scratch(self) -> Path:
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            return self.cache_dir
+        self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="edgetune-cache-")
+        return Path(self._tmp.name)
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _skip(loader: Any, batches: int, epoch: int) -> Any:
+    from accelerate import skip_first_batches
+
+    skipped = skip_first_batches(loader, batches)
+    skipped.set_epoch(epoch)
+    return skipped
