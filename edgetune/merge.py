@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class MergeReport:
     num_models: int
     layer_modules: int
     other_tensors: int
-    relative_change: list[float]  # ||theta_i - theta_0|| / ||theta_0|| per model
+    relative_change: list[float]  # per model: median relative L2 change of the weight matrices
     coefficients: dict[str, list[float]] = field(default_factory=dict)  # module -> p_i (RankMean)
 
 
@@ -73,12 +74,20 @@ def _check_compatible(base: Mapping[str, torch.Tensor] | None, models: Sequence[
 
 
 def relative_changes(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:
-    shared = [k for k in models[0] if k in base and base[k].is_floating_point()]
-    base_norm = torch.sqrt(sum(base[k].double().pow(2).sum() for k in shared))
+    """Per model: the median over weight matrices of ||theta_i - theta_0|| / ||theta_0||.
+
+    Matrices, not norms and biases: those start at the same constants (1, 0) in
+    every initialization and would make unrelated networks look alike. The
+    median, not the max: fine-tuning may move a few matrices a lot (or leave
+    most untouched), while two different initializations differ in every one.
+    """
+    shared = [k for k in models[0] if k in base and base[k].is_floating_point() and base[k].dim() >= 2]
     out = []
     for m in models:
-        diff = torch.sqrt(sum((m[k].double() - base[k].double()).pow(2).sum() for k in shared))
-        out.append(float(diff / base_norm.clamp_min(1e-30)))
+        ratios = [
+            float((m[k].double() - base[k].double()).norm() / base[k].double().norm().clamp_min(1e-30)) for k in shared
+        ]
+        out.append(float(np.median(ratios)) if ratios else 0.0)
     return out
 
 
@@ -111,9 +120,9 @@ def merge_state_dicts(
 ) -> tuple[dict[str, torch.Tensor], MergeReport]:
     """Merge ``models`` (same keys and shapes, fine-tuned from ``base``) without data.
 
-    ``scale`` is task arithmetic's lambda. A model whose weights moved more than
-    ``max_relative_change`` (relative L2) from the base was not fine-tuned from it:
-    merging would average unrelated networks, so it is refused.
+    ``scale`` is task arithmetic's lambda. A model whose weight matrices moved more
+    than ``max_relative_change`` (median relative L2) from the base was not
+    fine-tuned from it: merging would average unrelated networks, so it is refused.
     """
     if method not in METHODS:
         raise MergeError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
@@ -124,7 +133,8 @@ def merge_state_dicts(
     for i, r in enumerate(rel, start=1):
         if r > max_relative_change:
             raise MergeError(
-                f"model {i} differs from the base by {r:.2f} (relative L2 change > {max_relative_change}): "
+                f"model {i} differs from the base by {r:.2f} (median relative change of its weight matrices "
+                f"> {max_relative_change}): "
                 "it was not fine-tuned from this base"
             )
     coeffs = rankmean_coefficients(base, models) if method == "rankmean" else {}
@@ -156,3 +166,87 @@ def merge_state_dicts(
         coefficients={k: v.tolist() for k, v in coeffs.items()},
     )
     return merged, report
+
+
+# -- files ------------------------------------------------------------------------------------------
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Tensors of a classifier checkpoint, a Hugging Face model directory or a ``.safetensors`` file.
+
+    Checkpoints and HF models are keyed like ``SequenceClassifier.state_dict()`` (``model.*``,
+    ``head.*``) so a pretrained base and its fine-tuned classifiers line up.
+    """
+    from safetensors.torch import load_file
+
+    from edgetune.backbones import Backbone
+    from edgetune.modeling import SequenceClassifier
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model or state file")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise MergeError(f"{path}: expected a .safetensors state file or a model directory")
+        return load_file(str(path)), "state"
+    if (path / "edgetune.json").is_file():
+        return dict(SequenceClassifier.from_pretrained(path).state_dict()), "classifier"
+    if (path / "config.json").is_file():
+        model = Backbone.from_pretrained(path).model
+        return {f"model.{k}": v for k, v in model.state_dict().items()}, "huggingface"
+    raise MergeError(f"{path}: neither an edgetune checkpoint, a Hugging Face model directory nor a .safetensors file")
+
+
+def merge_files(
+    base: str | Path,
+    models: Sequence[str | Path],
+    out: str | Path,
+    method: str = "rankmean",
+    scale: float = 1.0,
+    head_from: int = 0,
+) -> MergeReport:
+    """Merge checkpoints (or state files) fine-tuned from ``base`` and write the result atomically.
+
+    Classifier checkpoints give a classifier checkpoint; task heads are merged when every model has
+    the same labels, else the head (and labels, tokenizer) of ``models[head_from]`` is kept.
+    State files give a state file.
+    """
+    from safetensors.torch import save
+
+    from edgetune.evaluation import load_trained
+    from edgetune.io import atomic_write_bytes
+
+    base_state, _ = load_state(base)
+    loaded = [load_state(m) for m in models]
+    kinds = {kind for _, kind in loaded}
+    if len(kinds) != 1:
+        raise MergeError(f"cannot merge different kinds of inputs together: {sorted(kinds)}")
+    states = [s for s, _ in loaded]
+    if not 0 <= head_from < len(models):
+        raise MergeError(f"head_from must index one of the {len(models)} models, got {head_from}")
+    kind = kinds.pop()
+    if kind != "classifier":
+        merged, report = merge_state_dicts(base_state, states, method, scale)
+        atomic_write_bytes(out, save({k: v.contiguous() for k, v in merged.items()}))
+        return report
+
+    keeper, encoder = load_trained(models[head_from])
+    same_labels = all(load_trained(m)[0].labels == keeper.labels for m in models)
+    head_keys = [k for k in states[0] if k.startswith("head.")]
+    if not same_labels:  # task-specific heads: merge the bodies only
+        states = [{k: v for k, v in s.items() if not k.startswith("head.")} for s in states]
+    merged, report = merge_state_dicts(base_state, states, method, scale)
+    if not same_labels:
+        merged.update({k: keeper.state_dict()[k] for k in head_keys})
+    keeper.load_state_dict(merged, strict=True)
+    keeper.meta.update(
+        {
+            "merge": {
+                "method": method,
+                "models": [str(m) for m in models],
+                "base": str(base),
+                "heads": "merged" if same_labels else f"from {models[head_from]}",
+                "relative_change": report.relative_change,
+            }
+        }
+    )
+    keeper.save_pretrained(out, encoder)
+    return report

@@ -31,12 +31,14 @@ abstract is public; our reading:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgetune.backbones import Backbone
 from edgetune.data import LabelMap, TextDataset, sample
 from edgetune.modeling import SequenceClassifier
 from edgetune.progress import progress_bar
@@ -54,6 +56,7 @@ class HadSkipConfig:
     adaptive: bool = True
     epochs: int = 2
     lr: float = 5e-5
+    head_lr: float = 1e-3
     gate_lr: float = 5e-2
     batch_size: int = 16
     calibration_size: int = 64
@@ -136,10 +139,7 @@ def run_static(
 ) -> torch.Tensor:
     """Logits with only the blocks in ``keep`` (0-based) executed; the others are never called."""
     b = classifier.backbone
-    hidden = b.embed(input_ids, attention_mask)
-    kwargs = b.block_inputs(hidden, attention_mask)
-    for layer in sorted(keep):
-        hidden = b.family.run_block(b.blocks[layer], hidden, kwargs)
+    hidden = b.run_blocks(b.embed(input_ids, attention_mask), attention_mask, sorted(keep))
     return classifier.head(b.pool(b.norm(hidden), attention_mask))
 
 
@@ -151,11 +151,7 @@ def block_importance(classifier: SequenceClassifier, encoder: TextEncoder, texts
     L = b.num_layers
 
     def final(keep: list[int]) -> torch.Tensor:
-        hidden = b.embed(ids, mask)
-        kwargs = b.block_inputs(hidden, mask)
-        for layer in keep:
-            hidden = b.family.run_block(b.blocks[layer], hidden, kwargs)
-        return b.pool(b.norm(hidden), mask)
+        return b.pool(b.norm(b.run_blocks(b.embed(ids, mask), mask, keep)), mask)
 
     was_training = classifier.training
     classifier.eval()
@@ -228,9 +224,15 @@ def train_hadskip(
     labels = torch.from_numpy(dataset.encoded_labels(label_map))
     batches = length_sorted_batches(encoder.lengths(dataset.texts), cfg.batch_size)
     total = cfg.epochs * len(batches)
-    params = [p for n, p in model.named_parameters() if not n.startswith("gates.") and p.requires_grad]
+    head = list(classifier.head.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for n, p in model.named_parameters() if not n.startswith("gates.") and id(p) not in head_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": params, "lr": cfg.lr}, {"params": list(model.gates.parameters()), "lr": cfg.gate_lr}]
+        [
+            {"params": [p for p in body if p.requires_grad], "lr": cfg.lr},
+            {"params": head, "lr": cfg.head_lr},
+            {"params": list(model.gates.parameters()), "lr": cfg.gate_lr, "weight_decay": 0.0},
+        ]
     )
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, float]] = []
@@ -286,6 +288,41 @@ def gate_statistics(model: SkipClassifier, encoder: TextEncoder, texts: list[str
         hard.append(h)
     g = torch.cat(probs)
     return g.mean(dim=0).numpy(), float(torch.cat(hard).mean())
+
+
+def hadskip_finetune(
+    model: str | Path | tuple[Backbone, TextEncoder],
+    data: str | Path | TextDataset,
+    out: str | Path | None = None,
+    config: HadSkipConfig | None = None,
+    max_length: int = 128,
+    text_column: str = "text",
+    label_column: str = "label",
+    progress: bool = True,
+) -> tuple[SequenceClassifier, TextEncoder, HadSkipResult]:
+    """Fine-tune a model with HadSkip gates and save it as a classifier checkpoint.
+
+    The checkpoint skips the blocks of the static skip set at the trained budget
+    and records the gate statistics (``hadskip`` in ``edgetune.json``), so that
+    ``edgetune export --skip-budget B`` can choose the blocks for any budget B,
+    and ``base_model_hash``, so that plans made for the base model still apply.
+    """
+    from edgetune.api import load_model
+    from edgetune.data import load_dataset
+
+    cfg = config or HadSkipConfig()
+    dataset = data if isinstance(data, TextDataset) else load_dataset(data, text_column, label_column)
+    label_map = dataset.label_map()
+    backbone, encoder = model if isinstance(model, tuple) else load_model(model, max_length)
+    base_hash = backbone.fingerprint()
+    classifier = SequenceClassifier(backbone, len(label_map), list(label_map.labels))
+    _, result = train_hadskip(classifier, encoder, dataset, label_map, cfg, progress)
+    classifier.set_skipped_layers(result.skipped)
+    classifier.meta.update({"base_model_hash": base_hash, "hadskip": asdict(result)})
+    classifier.eval()
+    if out is not None:
+        classifier.save_pretrained(out, encoder)
+    return classifier, encoder, result
 
 
 def skipped_flops_fraction(keep: list[int], num_layers: int) -> float:

@@ -8,8 +8,8 @@ def _state(changes: dict[str, float], base: float = 1.0) -> dict[str, torch.Tens
     """Layer modules a/b/c (weight of 2 values) + a non-layer embedding, shifted from ``base``."""
     out = {}
     for mod in ("a", "b", "c"):
-        out[f"encoder.layer.0.{mod}.weight"] = torch.full((2,), base + changes.get(mod, 0.0))
-    out["embeddings.weight"] = torch.full((3,), base + changes.get("emb", 0.0))
+        out[f"encoder.layer.0.{mod}.weight"] = torch.full((2, 1), base + changes.get(mod, 0.0))
+    out["embeddings.weight"] = torch.full((3, 1), base + changes.get("emb", 0.0))
     return out
 
 
@@ -70,7 +70,7 @@ def test_refuses_other_bases_keys_and_shapes():
     with pytest.raises(MergeError, match="different tensors"):
         merge_state_dicts(BASE, [m1, other_keys])
     wrong_shape = dict(m1)
-    wrong_shape["embeddings.weight"] = torch.ones(4)
+    wrong_shape["embeddings.weight"] = torch.ones(4, 1)
     with pytest.raises(MergeError, match="different shapes"):
         merge_state_dicts(BASE, [m1, wrong_shape])
     with pytest.raises(MergeError, match="at least 2"):
