@@ -3,8 +3,10 @@
 RankMean (Findings of ACL 2024, "RankMean: Module-Level Importance
 Score for Merging Fine-tuned LLM Models"); our reading of the abstract:
 
-* a *module* is a parameter-owning leaf module inside the repeated blocks
-  (e.g. ``encoder.layer.3.attention.self.query`` with its weight and bias);
+* a *module* is, by default, one transformer block (``granularity="layer"``,
+  as in the authors' reference code); ``"module"`` uses each parameter-owning
+  leaf module inside the blocks (e.g. ``encoder.layer.3.attention.self.query``),
+  ``"tensor"`` each parameter tensor (the finer-grained variants);
 * model i's importance for module m is its weight change from the base,
   s_im = sum |theta_im - theta_0m| (L1 over the module's parameters);
 * the scores are ranked *within each model* (average ranks for ties) and
@@ -31,6 +33,7 @@ import torch
 from scipy.stats import rankdata
 
 METHODS = ("rankmean", "average", "task_arithmetic")
+GRANULARITIES = ("layer", "module", "tensor")
 # ``...layer.3.``, ``...layers.3.``, ``...h.3.`` (GPT-2), ``blocks.3.`` (edgetune TopModel)
 LAYER_PATTERN = re.compile(r"(^|\.)(layer|layers|h|blocks)\.(\d+)\.")
 
@@ -43,7 +46,7 @@ class MergeError(ValueError):
 class MergeReport:
     method: str
     num_models: int
-    layer_modules: int
+    layer_modules: int  # ranked modules (blocks, leaf modules or tensors, by granularity)
     other_tensors: int
     relative_change: list[float]  # per model: median relative L2 change of the weight matrices
     coefficients: dict[str, list[float]] = field(default_factory=dict)  # module -> p_i (RankMean)
@@ -55,6 +58,14 @@ def is_layer_param(name: str) -> bool:
 
 def module_of(name: str) -> str:
     return name.rsplit(".", 1)[0]
+
+
+def group_of(name: str, granularity: str) -> str:
+    """The RankMean module a block parameter belongs to: its block, its leaf module, or itself."""
+    if granularity == "layer":
+        match = LAYER_PATTERN.search(name)
+        return name[: match.end() - 1]
+    return module_of(name) if granularity == "module" else name
 
 
 def _check_compatible(base: Mapping[str, torch.Tensor] | None, models: Sequence[Mapping[str, torch.Tensor]]) -> None:
@@ -92,13 +103,15 @@ def relative_changes(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[
 
 
 def rankmean_coefficients(
-    base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.Tensor]]
+    base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.Tensor]], granularity: str = "layer"
 ) -> dict[str, np.ndarray]:
     """module -> (n_models,) merge coefficients from normalized within-model ranks."""
+    if granularity not in GRANULARITIES:
+        raise MergeError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
     modules: dict[str, list[str]] = {}
     for name in models[0]:
         if is_layer_param(name) and name in base and models[0][name].is_floating_point():
-            modules.setdefault(module_of(name), []).append(name)
+            modules.setdefault(group_of(name, granularity), []).append(name)
     names = sorted(modules)
     if not names:
         return {}
@@ -117,6 +130,7 @@ def merge_state_dicts(
     method: str = "rankmean",
     scale: float = 1.0,
     max_relative_change: float = 0.5,
+    granularity: str = "layer",
 ) -> tuple[dict[str, torch.Tensor], MergeReport]:
     """Merge ``models`` (same keys and shapes, fine-tuned from ``base``) without data.
 
@@ -137,7 +151,7 @@ def merge_state_dicts(
                 f"> {max_relative_change}): "
                 "it was not fine-tuned from this base"
             )
-    coeffs = rankmean_coefficients(base, models) if method == "rankmean" else {}
+    coeffs = rankmean_coefficients(base, models, granularity) if method == "rankmean" else {}
     merged: dict[str, torch.Tensor] = {}
     n_layer = 0
     for name in models[0]:
@@ -150,8 +164,9 @@ def merge_state_dicts(
         if method == "task_arithmetic" and has_base:
             b = base[name].double()
             value = b + scale * (stacked - b).sum(dim=0)
-        elif method == "rankmean" and module_of(name) in coeffs:
-            p = torch.as_tensor(coeffs[module_of(name)], dtype=torch.float64).view(-1, *([1] * tensors[0].dim()))
+        elif method == "rankmean" and is_layer_param(name) and group_of(name, granularity) in coeffs:
+            group = group_of(name, granularity)
+            p = torch.as_tensor(coeffs[group], dtype=torch.float64).view(-1, *([1] * tensors[0].dim()))
             value = (p * stacked).sum(dim=0)
             n_layer += 1
         else:
@@ -202,6 +217,7 @@ def merge_files(
     method: str = "rankmean",
     scale: float = 1.0,
     head_from: int = 0,
+    granularity: str = "layer",
 ) -> MergeReport:
     """Merge checkpoints (or state files) fine-tuned from ``base`` and write the result atomically.
 
@@ -224,7 +240,7 @@ def merge_files(
         raise MergeError(f"head_from must index one of the {len(models)} models, got {head_from}")
     kind = kinds.pop()
     if kind != "classifier":
-        merged, report = merge_state_dicts(base_state, states, method, scale)
+        merged, report = merge_state_dicts(base_state, states, method, scale, granularity=granularity)
         atomic_write_bytes(out, save({k: v.contiguous() for k, v in merged.items()}))
         return report
 
@@ -233,7 +249,7 @@ def merge_files(
     head_keys = [k for k in states[0] if k.startswith("head.")]
     if not same_labels:  # task-specific heads: merge the bodies only
         states = [{k: v for k, v in s.items() if not k.startswith("head.")} for s in states]
-    merged, report = merge_state_dicts(base_state, states, method, scale)
+    merged, report = merge_state_dicts(base_state, states, method, scale, granularity=granularity)
     if not same_labels:
         merged.update({k: keeper.state_dict()[k] for k in head_keys})
     keeper.load_state_dict(merged, strict=True)
@@ -241,6 +257,7 @@ def merge_files(
         {
             "merge": {
                 "method": method,
+                "granularity": granularity,
                 "models": [str(m) for m in models],
                 "base": str(base),
                 "heads": "merged" if same_labels else f"from {models[head_from]}",

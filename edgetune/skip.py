@@ -14,7 +14,7 @@ abstract is public; our reading:
 * **Fine-grained initialization.** Before training, each block's importance is
   measured on a calibration sample as the change of the pooled final
   representation when that block alone is skipped (1 - cosine). The biases
-  start at +s for the round(B L) most important blocks and -s for the rest,
+  start at +s for the round(B L) (half up) most important blocks and -s for the rest,
   scaled by how far each importance is from the keep/skip threshold, so the
   gated model starts close to a sensible B-budget model instead of at 0.5.
 * **Homotopic optimization.** g = sigmoid(z / T) with the temperature T
@@ -167,7 +167,7 @@ def block_importance(classifier: SequenceClassifier, encoder: TextEncoder, texts
 def fine_grained_init(gates: LayerGates, importance: np.ndarray, budget: float, scale: float) -> None:
     """Biases: positive for the round(B L) most important blocks, negative for the rest."""
     L = len(importance)
-    keep = max(1, round(budget * L))
+    keep = max(1, int(budget * L + 0.5))  # round half up: 0.75 of 6 blocks keeps 5
     order = np.sort(importance)[::-1]
     threshold = order[keep - 1] if keep == L else 0.5 * (order[keep - 1] + order[keep])
     spread = max(float(np.std(importance)), 1e-8)
@@ -200,7 +200,7 @@ def temperature_at(step: int, total: int, start: float, end: float) -> float:
 
 def static_keep(mean_gate: np.ndarray, budget: float) -> list[int]:
     """The round(B L) blocks with the highest mean gate probability (ties: lower block first)."""
-    keep = max(1, round(budget * len(mean_gate)))
+    keep = max(1, int(budget * len(mean_gate) + 0.5))
     order = sorted(range(len(mean_gate)), key=lambda i: (-mean_gate[i], i))
     return sorted(order[:keep])
 

@@ -26,11 +26,11 @@ def test_layer_param_detection():
 def test_rankmean_coefficients_hand_computed():
     m1 = _state({"a": 0.01, "b": 0.02, "c": 0.03})  # change ranks 1, 2, 3 -> 1/3, 2/3, 1
     m2 = _state({"a": 0.03, "b": 0.02, "c": 0.01})  # ranks 3, 2, 1 -> 1, 2/3, 1/3
-    coeffs = rankmean_coefficients(BASE, [m1, m2])
+    coeffs = rankmean_coefficients(BASE, [m1, m2], granularity="module")
     assert coeffs["encoder.layer.0.a"].tolist() == pytest.approx([0.25, 0.75])
     assert coeffs["encoder.layer.0.b"].tolist() == pytest.approx([0.5, 0.5])
     assert coeffs["encoder.layer.0.c"].tolist() == pytest.approx([0.75, 0.25])
-    merged, report = merge_state_dicts(BASE, [m1, m2], "rankmean")
+    merged, report = merge_state_dicts(BASE, [m1, m2], "rankmean", granularity="module")
     assert merged["encoder.layer.0.a.weight"][0].item() == pytest.approx(0.25 * 1.01 + 0.75 * 1.03)
     assert merged["encoder.layer.0.c.weight"][0].item() == pytest.approx(0.75 * 1.03 + 0.25 * 1.01)
     assert merged["embeddings.weight"][0].item() == pytest.approx(1.0)  # non-layer: plain average
@@ -79,3 +79,26 @@ def test_refuses_other_bases_keys_and_shapes():
         merge_state_dicts(None, [m1, m1], "rankmean")
     with pytest.raises(MergeError, match="unknown merge method"):
         merge_state_dicts(BASE, [m1, m1], "magic")
+
+
+def test_layer_granularity_ranks_whole_blocks():
+    """Blocks 0..2; model 1 changed block 2 most, model 2 block 0 most (as in the reference code, per layer)."""
+    base = {f"model.layers.{i}.mlp.weight": torch.ones(2, 2) for i in range(3)}
+    base["model.norm.weight"] = torch.ones(2, 1)
+
+    def shifted(deltas):
+        out = {k: v + d for (k, v), d in zip(base.items(), deltas)}
+        return out
+
+    m1 = shifted([0.01, 0.02, 0.03, 0.1])
+    m2 = shifted([0.03, 0.02, 0.01, 0.3])
+    coeffs = rankmean_coefficients(base, [m1, m2])  # default: layer
+    assert sorted(coeffs) == [f"model.layers.{i}" for i in range(3)]
+    assert coeffs["model.layers.0"].tolist() == pytest.approx([0.25, 0.75])
+    assert coeffs["model.layers.2"].tolist() == pytest.approx([0.75, 0.25])
+    merged, report = merge_state_dicts(base, [m1, m2])
+    assert merged["model.layers.0.mlp.weight"][0, 0].item() == pytest.approx(0.25 * 1.01 + 0.75 * 1.03)
+    assert merged["model.norm.weight"][0, 0].item() == pytest.approx(1.2)  # outside the blocks: averaged
+    assert report.layer_modules == 3
+    with pytest.raises(MergeError, match="granularity"):
+        rankmean_coefficients(base, [m1, m2], granularity="atoms")

@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
         method: Annotated[str, typer.Option(help="rankmean, average or task-arithmetic.")] = "rankmean",
         scale: Annotated[float, typer.Option(help="task-arithmetic: lambda in base + lambda * sum of deltas.")] = 1.0,
+        granularity: Annotated[
+            str, typer.Option(help="rankmean: rank whole blocks (layer), leaf modules (module) or tensors (tensor).")
+        ] = "layer",
         head_from: Annotated[
             int, typer.Option(help="When the models' labels differ: keep the head of the N-th model (1-based).")
         ] = 1,
@@ -42,7 +45,9 @@ def register(app: typer.Typer) -> None:
 
         if method not in METHOD_CHOICES:
             raise typer.BadParameter(f"choose one of {', '.join(METHOD_CHOICES)}", param_hint="--method")
-        report = merge_files(base, [*models, *(more_models or [])], out, METHOD_CHOICES[method], scale, head_from - 1)
+        report = merge_files(
+            base, [*models, *(more_models or [])], out, METHOD_CHOICES[method], scale, head_from - 1, granularity
+        )
         changes = ", ".join(f"{c:.4f}" for c in report.relative_change)
         console.print(
             f"merge: {report.method} of {report.num_models} models ({report.layer_modules} block modules ranked, "
