@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,8 +310,18 @@ class Backbone:
     ) -> torch.Tensor:
         """Run blocks ``start..stop-1`` (0-based) on ``hidden``."""
         stop = self.num_layers if stop is None else stop
+        return self.run_blocks(hidden, attention_mask, range(start, stop), block_inputs)
+
+    def run_blocks(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        indices: Iterable[int],
+        block_inputs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """Run the blocks at ``indices`` (0-based, in order) on ``hidden``; the others are never called."""
         kwargs = block_inputs if block_inputs is not None else self.block_inputs(hidden, attention_mask)
-        for i in range(start, stop):
+        for i in indices:
             hidden = self.family.run_block(self.blocks[i], hidden, kwargs)
         return hidden
 

@@ -61,6 +61,17 @@ class TopModel(nn.Module):
     def num_layers(self) -> int:
         return self.spec["num_layers"]
 
+    @property
+    def layers(self) -> list[int]:
+        """0-based model indices of this top's blocks (a skip-exported top leaves some out)."""
+        return list(self.spec.get("layers", range(self.cut, self.num_layers)))
+
+    def _position(self, cut: int) -> int:
+        """How many of this top's blocks lie at or below block ``cut`` (1-based cut, 0-based layer indices)."""
+        if not self.cut <= cut <= self.num_layers:
+            raise ValueError(f"cut must be in {self.cut}..{self.num_layers} for a top that starts at {self.cut}")
+        return sum(1 for layer in self.layers if layer < cut)
+
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(hidden, attention_mask))
 
@@ -82,22 +93,20 @@ class TopModel(nn.Module):
         Training or adapting the view changes this top; a device uses it to train
         fewer blocks than its package ships (see :meth:`hidden_at`).
         """
-        if not self.cut <= cut <= self.num_layers:
-            raise ValueError(f"cut must be in {self.cut}..{self.num_layers} for a top that starts at {self.cut}")
+        position = self._position(cut)
         if cut == self.cut:
             return self
-        blocks = nn.ModuleList(list(self.blocks)[cut - self.cut :])
-        spec = {**self.spec, "cut": int(cut)}
+        blocks = nn.ModuleList(list(self.blocks)[position:])
+        spec = {**self.spec, "cut": int(cut), "layers": self.layers[position:]}
         return TopModel(self.family, self.config, blocks, self.norm, self.rotary, self.head, cut, spec)
 
     def hidden_at(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
         """h_cut from this top's input h_{self.cut}: runs blocks self.cut+1..cut (none when ``cut == self.cut``)."""
-        if not self.cut <= cut <= self.num_layers:
-            raise ValueError(f"cut must be in {self.cut}..{self.num_layers} for a top that starts at {self.cut}")
-        if cut == self.cut:
+        position = self._position(cut)
+        if position == 0:
             return hidden
         kwargs = self.family.block_inputs(self.config, hidden, attention_mask, self.rotary)
-        for block in list(self.blocks)[: cut - self.cut]:
+        for block in list(self.blocks)[:position]:
             hidden = self.family.run_block(block, hidden, kwargs)
         return hidden
 
@@ -107,9 +116,8 @@ class TopModel(nn.Module):
         """Build an untrained top (random init) from a spec written by :meth:`spec`."""
         family = family_for(spec["model_type"])
         config = _config_from_dict(spec["model_type"], spec["hf_config"])
-        blocks = nn.ModuleList(
-            family.build_block(spec["block_class"], config, layer_idx=i) for i in range(spec["cut"], spec["num_layers"])
-        )
+        layers = spec.get("layers", list(range(spec["cut"], spec["num_layers"])))
+        blocks = nn.ModuleList(family.build_block(spec["block_class"], config, layer_idx=i) for i in layers)
         norm = family.build_norm(spec["norm_class"], config)
         rotary = family.build_rotary(spec["rotary_class"], config)
         head = nn.Linear(spec["hidden_size"], spec["num_labels"])
@@ -155,6 +163,21 @@ class SequenceClassifier(nn.Module):
         self.model = backbone.model  # registered so .parameters()/.to() see it
         self.head = nn.Linear(backbone.hidden_size, num_labels)
         self.labels = list(labels) if labels is not None else [str(i) for i in range(num_labels)]
+        # Blocks never executed (0-based), e.g. removed by HadSkip for an inference budget.
+        self.skipped_layers: tuple[int, ...] = ()
+        # Extra entries persisted in edgetune.json (e.g. base_model_hash, hadskip statistics).
+        self.meta: dict[str, Any] = {}
+
+    def kept_layers(self, start: int = 0, stop: int | None = None) -> list[int]:
+        """0-based indices of the blocks in ``start..stop-1`` that run (all but the skipped ones)."""
+        stop = self.num_layers if stop is None else stop
+        return [i for i in range(start, stop) if i not in self.skipped_layers]
+
+    def set_skipped_layers(self, skipped: list[int] | tuple[int, ...]) -> None:
+        bad = [i for i in skipped if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"skipped layers {bad} outside 0..{self.num_layers - 1}")
+        self.skipped_layers = tuple(sorted(set(int(i) for i in skipped)))
 
     @property
     def num_layers(self) -> int:
@@ -167,11 +190,11 @@ class SequenceClassifier(nn.Module):
     def trunk_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
         """h_cut: embeddings followed by blocks 1..cut."""
         hidden = self.backbone.embed(input_ids, attention_mask)
-        return self.backbone.run_layers(hidden, attention_mask, 0, cut)
+        return self.backbone.run_blocks(hidden, attention_mask, self.kept_layers(0, cut))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone.embed(input_ids, attention_mask)
-        hidden = self.backbone.run_layers(hidden, attention_mask)
+        hidden = self.backbone.run_blocks(hidden, attention_mask, self.kept_layers())
         return self.head(self.backbone.pool(self.backbone.norm(hidden), attention_mask))
 
     def top_spec(self, cut: int) -> dict[str, Any]:
@@ -186,6 +209,7 @@ class SequenceClassifier(nn.Module):
             "num_labels": self.num_labels,
             "labels": self.labels,
             "pooling": b.pooling,
+            "layers": self.kept_layers(cut),
         }
 
     def top(self, cut: int) -> TopModel:
@@ -193,7 +217,7 @@ class SequenceClassifier(nn.Module):
         if not 0 <= cut <= self.num_layers:
             raise ValueError(f"cut must be in 0..{self.num_layers}, got {cut}")
         b = self.backbone
-        blocks = nn.ModuleList(list(b.blocks)[cut:])
+        blocks = nn.ModuleList(b.blocks[i] for i in self.kept_layers(cut))
         return TopModel(b.family, b.config, blocks, b.final_norm, b.rotary, self.head, cut, self.top_spec(cut))
 
     def detached_top(self, cut: int) -> TopModel:
@@ -214,7 +238,14 @@ class SequenceClassifier(nn.Module):
         self.model.save_pretrained(directory / "backbone", safe_serialization=True)
         head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         save_file(head, str(directory / "head.safetensors"))
-        meta = {"labels": self.labels, "num_labels": self.num_labels, "model_type": self.backbone.config.model_type}
+        meta = {
+            **self.meta,
+            "labels": self.labels,
+            "num_labels": self.num_labels,
+            "model_type": self.backbone.config.model_type,
+        }
+        if self.skipped_layers:
+            meta["skipped_layers"] = list(self.skipped_layers)
         (directory / "edgetune.json").write_text(json.dumps(meta, indent=2))
         if encoder is not None:
             encoder.save(directory / "backbone")
@@ -231,4 +262,7 @@ class SequenceClassifier(nn.Module):
         backbone = Backbone.from_pretrained(directory / "backbone")
         clf = cls(backbone, meta["num_labels"], meta["labels"])
         clf.head.load_state_dict(load_file(str(directory / "head.safetensors")))
+        clf.set_skipped_layers(meta.get("skipped_layers", ()))
+        reserved = {"labels", "num_labels", "model_type", "skipped_layers"}
+        clf.meta = {k: v for k, v in meta.items() if k not in reserved}
         return clf

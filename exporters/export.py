@@ -81,6 +81,7 @@ class ExportOptions:
     external_data: bool | None = None
     text_column: str | None = None
     label_column: str | None = None
+    skip_budget: float | None = None  # HadSkip: keep this fraction of blocks (needs gate statistics)
 
 
 @dataclass
@@ -158,6 +159,38 @@ def check_plan(source: Source, plan: Plan) -> str:
             f"{source.path}: the classifier's labels {source.classifier.labels} differ from the plan's {plan.labels}"
         )
     return fingerprint
+
+
+def apply_skip_budget(classifier: SequenceClassifier, budget: float | None) -> dict[str, Any] | None:
+    """Drop the blocks HadSkip's gates skip for the whole task at ``budget``; what the manifest records.
+
+    The gates' mean probabilities (``hadskip.mean_gate`` in ``edgetune.json``, written by
+    ``edgetune skip``) rank the blocks; the round(budget * L) highest are kept. Without a
+    budget, blocks the checkpoint already skips stay skipped.
+    """
+    from edgetune.skip import static_keep
+
+    if budget is None:
+        if not classifier.skipped_layers:
+            return None
+        return {"budget": None, "skipped_layers": list(classifier.skipped_layers)}
+    if not 0.0 < budget <= 1.0:
+        raise ExportError(f"--skip-budget must be in (0, 1], got {budget}")
+    stats = classifier.meta.get("hadskip")
+    if not stats or "mean_gate" not in stats:
+        raise ExportError(
+            "--skip-budget needs a model trained with HadSkip gates (`edgetune skip`); this one has no gate "
+            "statistics in its edgetune.json"
+        )
+    keep = static_keep(np.asarray(stats["mean_gate"]), budget)
+    classifier.set_skipped_layers([i for i in range(classifier.num_layers) if i not in keep])
+    return {
+        "budget": budget,
+        "skipped_layers": list(classifier.skipped_layers),
+        "kept_layers": keep,
+        "mean_gate": stats["mean_gate"],
+        "trained_budget": stats.get("config", {}).get("budget"),
+    }
 
 
 def _as_dataset(data: str | Path | TextDataset | None, plan: Plan, options: ExportOptions) -> TextDataset | None:
@@ -341,6 +374,9 @@ def export_package(
         source = load_source(model, plan)
     fingerprint = check_plan(source, plan)
     classifier, encoder = source.classifier.eval(), source.encoder
+    skip = apply_skip_budget(classifier, options.skip_budget)
+    if skip:
+        say(f"skip: budget {skip['budget']:.2f}, blocks {[i + 1 for i in skip['skipped_layers']]} are not exported")
     say(f"model: {source.kind} {source.path} ({plan.model_type}, {plan.num_layers} layers), cut {plan.cut}")
     head, val = _prepare_head(source, plan, fit_data, val, options, progress, warnings)
     if head["init"] == "probe":
@@ -400,7 +436,8 @@ def export_package(
                 "plan_hash": plan.model_hash,
             },
             "cut": plan.cut,
-            "trainable_layers": plan.trainable_layers,
+            "trainable_layers": [i + 1 for i in classifier.kept_layers(plan.cut)],
+            "skip": skip,
             "labels": list(plan.labels),
             "head": head,
             "plan": plan.to_dict(),
@@ -419,7 +456,7 @@ def export_package(
             "top": {
                 "weights": f"{TOP_NAME}.safetensors",
                 "spec": f"{TOP_NAME}.json",
-                "blocks": plan.trainable_layers,
+                "blocks": [i + 1 for i in classifier.kept_layers(plan.cut)],
                 "inputs": trunk.outputs[:1] + trunk.inputs[1:],
                 "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(plan.labels)]}],
             },

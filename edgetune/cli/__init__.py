@@ -35,10 +35,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input is wrong", reported without a traceback."""
     from edgetune.backbones import UnsupportedModelError
     from edgetune.data import DataError
+    from edgetune.merge import MergeError
     from edgetune.planner.plan import PlanError
     from edgetune.train import TrainError
 
-    errors: list[type[BaseException]] = [DataError, PlanError, TrainError, UnsupportedModelError, FileNotFoundError]
+    errors: list[type[BaseException]] = [
+        DataError,
+        MergeError,
+        PlanError,
+        TrainError,
+        UnsupportedModelError,
+        FileNotFoundError,
+    ]
     try:
         from exporters.package import PackageError
 
@@ -70,9 +78,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from edgetune.cli import datasets_cmd, device_cmd, export_cmd, plan_cmd, train_cmd
+    from edgetune.cli import datasets_cmd, device_cmd, export_cmd, merge_cmd, plan_cmd, skip_cmd, train_cmd
 
-    for module in (plan_cmd, train_cmd, export_cmd, device_cmd, datasets_cmd):
+    for module in (plan_cmd, train_cmd, export_cmd, device_cmd, skip_cmd, merge_cmd, datasets_cmd):
         module.register(app)
 
 

@@ -76,6 +76,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         batch_size: Annotated[int, typer.Option(help="Batch size for probe features and validation.")] = 32,
         seed: Annotated[int, typer.Option(help="Seed of the validation split and the probe.")] = 0,
+        skip_budget: Annotated[
+            float | None,
+            typer.Option(
+                help="HadSkip: keep this fraction of blocks (0-1]; the blocks the gates of a model trained with "
+                "`edgetune skip` rank lowest are left out of the trunk and the top, and the manifest records them.",
+            ),
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
     ) -> None:
         """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
@@ -101,6 +108,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             text_column=text_column,
             label_column=label_column,
+            skip_budget=skip_budget,
         )
 
         def log(msg: str) -> None:

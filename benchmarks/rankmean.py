@@ -1,0 +1,186 @@
+"""RankMean vs plain averaging vs task arithmetic: merging top layers fine-tuned on two label groupings.
+
+    python benchmarks/rankmean.py [--seeds 0 1 2] [--epochs 3] [--out benchmarks/results]
+
+all-MiniLM-L6-v2 + BBC news (stratified split, seed 0), max_length 128. Two tasks on the
+same documents:
+* topics: the 5 BBC topics;
+* sections: a regrouping into 3 labels (economy = business + tech, culture = entertainment
+  + sports, politics).
+For each seed, the top 3 blocks + a task head are fine-tuned per task from the same base
+(edgetune trainer, cached trunk features); the two fine-tuned top-block sets are merged
+without data (RankMean ranking whole blocks as in the reference code, RankMean ranking leaf modules, plain
+average, task arithmetic with lambda = 1), and each task is
+evaluated with the merged blocks and its own head. Reference points: each single model on
+its own task, and the other task's blocks with this task's head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetune.api import load_model, plan
+from edgetune.data import TextDataset, sample, stratified_split
+from edgetune.datasets import bbc_news, minilm_path
+from edgetune.finetune import finetune
+from edgetune.io import atomic_write_json
+from edgetune.merge import merge_state_dicts
+from edgetune.modeling import SequenceClassifier
+from edgetune.report import save_figure
+from edgetune.train import TrainConfig
+
+SECTIONS = {
+    "business": "economy",
+    "tech": "economy",
+    "entertainment": "culture",
+    "sports": "culture",
+    "politics": "politics",
+}
+METHODS = {
+    "rankmean": {"method": "rankmean"},
+    "rankmean_module": {"method": "rankmean", "granularity": "module"},
+    "average": {"method": "average"},
+    "task_arithmetic": {"method": "task_arithmetic", "scale": 1.0},
+}
+K_TOP = 3
+
+
+def regroup(ds: TextDataset) -> TextDataset:
+    return TextDataset(ds.texts, [SECTIONS[y] for y in ds.labels], ds.source + " (sections)", ds.rows)
+
+
+@torch.no_grad()
+def top_accuracy(classifier: SequenceClassifier, cut: int, hidden: torch.Tensor, mask: torch.Tensor, y) -> float:
+    classifier.eval()
+    logits = torch.cat([classifier.top(cut)(hidden[i : i + 64], mask[i : i + 64]) for i in range(0, len(y), 64)])
+    return float((logits.argmax(1).numpy() == y).mean())
+
+
+def body(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--train-limit", type=int, default=None, help="Smoke runs: train on this many examples.")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    train_topics, test_topics = stratified_split(bbc_news(), 0.2, seed=0)
+    if args.train_limit:
+        train_topics = sample(train_topics, args.train_limit, seed=0)
+    tasks = {
+        "topics": (train_topics, test_topics),
+        "sections": (regroup(train_topics), regroup(test_topics)),
+    }
+    base_backbone, encoder = load_model(minilm_path(), args.max_length)
+    base_state = {f"model.{k}": v.clone() for k, v in base_backbone.model.state_dict().items()}
+    cut = base_backbone.num_layers - K_TOP
+    # The test trunk output (blocks 1..cut) is the same for every variant: frozen, shared by all.
+    ids, mask = (torch.from_numpy(a) for a in encoder(test_topics.texts))
+    with torch.no_grad():
+        clf0 = SequenceClassifier(base_backbone, 5).eval()
+        hidden = torch.cat([clf0.trunk_forward(ids[i : i + 64], mask[i : i + 64], cut) for i in range(0, len(ids), 64)])
+
+    runs = []
+    for seed in args.seeds:
+        models = {}
+        for name, (train, _) in tasks.items():
+            backbone, enc = load_model(minilm_path(), args.max_length)
+            p = plan((backbone, enc), train, planner="topk", planner_params={"k": K_TOP}, progress=False)
+            cfg = TrainConfig(epochs=args.epochs, lr=args.lr, head_lr=1e-3, seed=seed, progress=False)
+            models[name] = finetune((backbone, enc), p, train, config=cfg).classifier.eval()
+            print(f"seed {seed}: trained {name}", flush=True)
+        states = {n: dict(m.state_dict()) for n, m in models.items()}
+        merged = {
+            method: merge_state_dicts(base_state, [body(states["topics"]), body(states["sections"])], method, **params)[
+                0
+            ]
+            for method, params in METHODS.items()
+        }
+        row = {"seed": seed}
+        for name, (_, test) in tasks.items():
+            own = models[name]
+            y = np.array([own.labels.index(t) for t in test.labels])
+            other = "sections" if name == "topics" else "topics"
+            row[name] = {"single": top_accuracy(own, cut, hidden, mask, y)}
+            variant = copy.deepcopy(own)
+            variant.load_state_dict(
+                {**body(states[other]), **{k: v for k, v in states[name].items() if k.startswith("head.")}}
+            )
+            row[name]["other_blocks"] = top_accuracy(variant, cut, hidden, mask, y)
+            for method, state in merged.items():
+                variant.load_state_dict({**state, **{k: v for k, v in states[name].items() if k.startswith("head.")}})
+                row[name][method] = top_accuracy(variant, cut, hidden, mask, y)
+        runs.append(row)
+        print(json.dumps(row), flush=True)
+
+    summary = {}
+    for method in ("single", "other_blocks", *METHODS):
+        per_task = {t: float(np.mean([r[t][method] for r in runs])) for t in tasks}
+        summary[method] = {**per_task, "mean": float(np.mean(list(per_task.values())))}
+    margins = [np.mean([r[t]["rankmean"] - r[t]["average"] for t in tasks]) for r in runs]
+    out = {
+        "benchmark": "rankmean",
+        "machine": {"platform": platform.platform(), "threads": args.threads},
+        "model": "all-MiniLM-L6-v2",
+        "data": f"BBC news train {len(train_topics)} / test {len(test_topics)} (stratified, seed 0)",
+        "tasks": {"topics": "5 BBC topics", "sections": SECTIONS},
+        "merged": f"top {K_TOP} blocks (blocks {cut + 1}..{base_backbone.num_layers}); heads stay per task",
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "runs": runs,
+        "summary_accuracy": summary,
+        "rankmean_minus_average_points": {
+            "mean": 100 * float(np.mean(margins)),
+            "std": 100 * float(np.std(margins)),
+            "per_seed": [100 * float(m) for m in margins],
+        },
+        "target": "RankMean >= plain averaging on average",
+        "meets_target": bool(np.mean(margins) >= 0),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "rankmean.json", out)
+    plot(summary, list(tasks), args.out / "rankmean.png")
+    print(json.dumps(summary, indent=1))
+
+
+def plot(summary: dict, tasks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(tasks)
+    for i, task in enumerate(tasks):
+        xs = np.arange(len(methods)) + i * width
+        vals = [100 * summary[m][task] for m in methods]
+        ax.bar(xs, vals, width, label=task)
+        for x, v in zip(xs, vals):
+            ax.text(x, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(len(methods)) + width / 2, [m.replace("_", "\n") for m in methods])
+    lo = min(100 * summary[m][t] for m in methods for t in tasks)
+    ax.set_ylim(max(0, lo - 10), 100)
+    ax.set_ylabel("test accuracy (%), mean over seeds")
+    ax.set_title(f"Merging top-{K_TOP} blocks fine-tuned on two label groupings of BBC news")
+    ax.legend()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
