@@ -146,6 +146,9 @@ def finetune(
 
 def save_result(out: Path, result: TrainResult, plan: Plan) -> Path:
     """Swap in the finished output directory (layout in the module docstring) in one atomic step."""
+    # The weights changed, so their hash no longer matches the plan's: record the model the plan was
+    # made for, so that `edgetune export --plan` accepts this checkpoint with the same plan.
+    result.classifier.meta.setdefault("base_model_hash", plan.model_hash)
     with atomic_directory(out) as tmp:
         result.classifier.write_files(tmp, result.encoder)
         plan.save(tmp / "plan.json")

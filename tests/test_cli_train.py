@@ -80,3 +80,15 @@ def test_user_errors_are_one_red_line(planned, tiny_model_dir, tmp_path):
     assert result.exit_code == 2 and "row 3: label 'omega' was not seen" in result.output
     again = _train(model, plan_path, train, out, "-q")
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_a_trained_checkpoint_exports_with_the_plan_it_was_trained_from(planned, tmp_path):
+    model, plan_path, train = planned
+    out = tmp_path / "ckpt"
+    assert _train(model, plan_path, train, out).exit_code == 0
+    meta = json.loads((out / "edgetune.json").read_text())
+    assert meta["base_model_hash"] == json.loads(plan_path.read_text())["model_hash"]
+    pkg = tmp_path / "pkg"
+    result = runner.invoke(app, ["export", "--model", str(out), "--plan", str(plan_path), "--out", str(pkg)])
+    assert result.exit_code == 0, result.output
+    assert (pkg / "manifest.json").exists()
