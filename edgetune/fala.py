@@ -1,0 +1,185 @@
+"""FaLA: keep a user's personalization across a backbone replacement.
+
+FaLA (Findings of EMNLP 2023); only the abstract is public. Our reading, as in
+DESIGN.md section 2:
+
+1. **Correlation clustering.** The user's documents are embedded by the *new*
+   backbone and clustered by correlation distance, 1 - Pearson r between two
+   embeddings (agglomerative clustering, average linkage, on the precomputed
+   distance matrix; scikit-learn). One medoid per cluster (the member with the
+   smallest total distance to the others) is a curated example, k << n.
+   By default k is split over the labels in proportion to their counts (at least
+   one example per label when k allows), so a rare personal label is not lost.
+   k can be fixed, a fraction of n, or chosen by the silhouette score.
+2. **Personal matrix.** On the curated examples, embedded by both backbones,
+   a closed-form ridge regression W: e_new -> e_old (with intercept; d_new may
+   differ from d_old). The user's old personal head applied to W e_new predicts
+   at once, before any training.
+3. **Tuning** (optional, done by the device code): W and the head, plus the new
+   backbone's top layer if its plan says so, are fine-tuned on the curated
+   examples with cached trunk features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def correlation_distance(embeddings: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, n) matrix of 1 - Pearson r; constant rows get distance 1 to everything else."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    safe = np.where(norms > 1e-12, norms, 1.0)
+    z = x / safe
+    r = np.clip(z @ z.T, -1.0, 1.0)
+    const = norms[:, 0] <= 1e-12
+    r[const, :] = 0.0
+    r[:, const] = 0.0
+    d = 1.0 - r
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def medoids(distance: np.ndarray, assignment: np.ndarray) -> list[int]:
+    """Index of each cluster's medoid, clusters in order of their smallest member index."""
+    out = []
+    for c in dict.fromkeys(assignment.tolist()):
+        members = np.flatnonzero(assignment == c)
+        within = distance[np.ix_(members, members)].sum(axis=1)
+        out.append(int(members[int(np.argmin(within))]))
+    return out
+
+
+def cluster_medoids(embeddings: np.ndarray, k: int) -> list[int]:
+    """k medoids of correlation-distance clusters (all points if k >= n)."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    n = len(embeddings)
+    if k <= 0:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k >= n:
+        return list(range(n))
+    d = correlation_distance(embeddings)
+    if k == 1:
+        return [int(np.argmin(d.sum(axis=1)))]
+    assignment = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average").fit_predict(d)
+    return medoids(d, assignment)
+
+
+def choose_k_by_silhouette(embeddings: np.ndarray, candidates: list[int]) -> int:
+    """The k with the best silhouette score (correlation distance) among ``candidates``."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import silhouette_score
+
+    d = correlation_distance(embeddings)
+    n = len(embeddings)
+    best_k, best = None, -np.inf
+    for k in sorted(set(candidates)):
+        if not 2 <= k < n:
+            continue
+        labels = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average").fit_predict(d)
+        if len(set(labels)) < 2:
+            continue
+        score = silhouette_score(d, labels, metric="precomputed")
+        if score > best:
+            best_k, best = k, score
+    if best_k is None:
+        return max(1, min(n, max(candidates)))
+    return best_k
+
+
+def allocate_per_label(labels: np.ndarray, k: int) -> dict[int, int]:
+    """Split k examples over labels in proportion to their counts, >= 1 each while k allows."""
+    values, counts = np.unique(labels, return_counts=True)
+    k = min(k, len(labels))
+    alloc = np.zeros(len(values), dtype=int)
+    alloc[np.argsort(-counts, kind="stable")[:k]] = 1
+    while alloc.sum() < k:
+        deficit = counts / counts.sum() * k - alloc  # distance below each label's proportional share
+        deficit[alloc >= counts] = -np.inf
+        alloc[int(np.argmax(deficit))] += 1
+    return {int(v): int(a) for v, a in zip(values, alloc)}
+
+
+@dataclass
+class SelectionConfig:
+    k: int | None = None  # fixed number of curated examples
+    fraction: float = 0.1  # used when k is None: k = ceil(fraction * n)
+    per_label: bool = True
+    silhouette: bool = False  # choose k by silhouette among 1..2k (global clustering only)
+    min_k: int = 1
+
+    def resolve_k(self, n: int) -> int:
+        k = self.k if self.k is not None else math.ceil(self.fraction * n)
+        return max(self.min_k, min(int(k), n))
+
+
+def select_examples(
+    embeddings: np.ndarray, labels: np.ndarray | None, config: SelectionConfig | None = None
+) -> list[int]:
+    """Indices of the curated examples: correlation-cluster medoids (per label by default)."""
+    cfg = config or SelectionConfig()
+    n = len(embeddings)
+    if n == 0:
+        raise ValueError("no examples to select from")
+    k = cfg.resolve_k(n)
+    if cfg.silhouette and not cfg.per_label:
+        k = choose_k_by_silhouette(embeddings, list(range(2, min(n - 1, 2 * k) + 1)))
+    if labels is None or not cfg.per_label:
+        return sorted(cluster_medoids(embeddings, k))
+    picked: list[int] = []
+    for label, k_label in allocate_per_label(np.asarray(labels), k).items():
+        if k_label == 0:
+            continue
+        members = np.flatnonzero(labels == label)
+        picked += [int(members[i]) for i in cluster_medoids(embeddings[members], k_label)]
+    return sorted(picked)
+
+
+def random_examples(
+    n: int, k: int, labels: np.ndarray | None = None, seed: int = 0, per_label: bool = True
+) -> list[int]:
+    """The random-selection baseline with the same k (and the same per-label allocation)."""
+    rng = np.random.default_rng(seed)
+    k = max(1, min(k, n))
+    if labels is None or not per_label:
+        return sorted(rng.choice(n, size=k, replace=False).tolist())
+    picked: list[int] = []
+    for label, k_label in allocate_per_label(np.asarray(labels), k).items():
+        members = np.flatnonzero(labels == label)
+        picked += rng.choice(members, size=k_label, replace=False).tolist()
+    return sorted(int(i) for i in picked)
+
+
+class PersonalMatrix(nn.Module):
+    """W e_new + b: the map from the new backbone's feature space into the old one's."""
+
+    def __init__(self, d_new: int, d_old: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_new, d_old)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+    @classmethod
+    def fit(cls, new_features: np.ndarray, old_features: np.ndarray, alpha: float = 1.0) -> PersonalMatrix:
+        """Closed-form ridge regression new -> old (scikit-learn ``Ridge``, intercept unpenalized)."""
+        from sklearn.linear_model import Ridge
+
+        if len(new_features) != len(old_features):
+            raise ValueError("new and old features must describe the same examples")
+        if len(new_features) == 0:
+            raise ValueError("no curated examples to fit the personal matrix on")
+        ridge = Ridge(alpha=alpha, fit_intercept=True, solver="auto")
+        ridge.fit(np.asarray(new_features, dtype=np.float64), np.asarray(old_features, dtype=np.float64))
+        matrix = cls(new_features.shape[1], old_features.shape[1])
+        with torch.no_grad():
+            matrix.linear.weight.copy_(torch.as_tensor(np.atleast_2d(ridge.coef_), dtype=torch.float32))
+            matrix.linear.bias.copy_(torch.as_tensor(np.atleast_1d(ridge.intercept_), dtype=torch.float32))
+        return matrix
