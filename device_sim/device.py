@@ -138,6 +138,20 @@ class Device:
             state = personal
         else:
             state = self.load_personal(personal)
+        if state.kind == "fala":  # the package's top, then the personal matrix and the old personal head
+            from edgetune.fala import FalaHead
+
+            try:
+                top.head = FalaHead.from_state(state.tensors)
+            except (KeyError, RuntimeError, ValueError) as err:
+                raise PersonalStateError(f"{state.path}: not a FaLA personal head ({err})") from None
+            if top.head.matrix.linear.in_features != self.package.hidden_size:
+                raise PersonalStateError(
+                    f"{state.path}: personal matrix reads {top.head.matrix.linear.in_features} "
+                    f"features, this package's top gives {self.package.hidden_size}"
+                )
+            top.requires_grad_(False)
+            return top.eval()
         trained = top.above(state.train_cut)
         tuner = tuner_from_dict(state.tuner)
         tuner.prepare(trained)

@@ -6,7 +6,9 @@ previous state or the new one, never half of one):
 * ``delta.safetensors`` — only the tensors training changed: the tuner's
   trainable tensors (every weight of the trained blocks for ``full``, the
   adapter matrices for ``lora``, always the head), named as in the trained top
-  (``blocks.0`` is block ``train_cut + 1``);
+  (``blocks.0`` is block ``train_cut + 1``); after a FaLA backbone swap
+  (kind ``fala``), the personal matrix and the old personal head that reads
+  its output (``matrix.linear.*``, ``head.*``, see :mod:`device_sim.swap`);
 * ``personal.json``     — what the tensors are and which package they belong
   to: the package's identity (backbone hash, cut, labels and the sha256 of
   every file that determines the features and the base weights), the cut the
@@ -41,7 +43,7 @@ FORMAT = "edgetune-personal-state"
 SCHEMA_VERSION = 1
 MANIFEST = "personal.json"
 WEIGHTS = "delta.safetensors"
-KINDS = ("top_delta",)
+KINDS = ("top_delta", "fala")
 
 
 class PersonalStateError(Exception):

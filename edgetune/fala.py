@@ -183,3 +183,42 @@ class PersonalMatrix(nn.Module):
             matrix.linear.weight.copy_(torch.as_tensor(np.atleast_2d(ridge.coef_), dtype=torch.float32))
             matrix.linear.bias.copy_(torch.as_tensor(np.atleast_1d(ridge.intercept_), dtype=torch.float32))
         return matrix
+
+
+class FalaHead(nn.Module):
+    """The personal head after a swap: ``head(W e_new + b)``, the old personal head reading the new features."""
+
+    def __init__(self, matrix: PersonalMatrix, head: nn.Linear) -> None:
+        super().__init__()
+        self.matrix = matrix
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.matrix(features))
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor]) -> FalaHead:
+        """Rebuild from :meth:`state_dict` tensors (``matrix.linear.*``, ``head.*``); shapes give the sizes."""
+        d_old, d_new = tensors["matrix.linear.weight"].shape
+        num_labels = tensors["head.weight"].shape[0]
+        module = cls(PersonalMatrix(d_new, d_old), nn.Linear(d_old, num_labels))
+        module.load_state_dict(tensors)
+        return module
+
+
+def compose(matrix: PersonalMatrix, old_head: nn.Module) -> FalaHead:
+    """``old_head`` after ``matrix``; when ``old_head`` is itself a :class:`FalaHead` (a second swap), the two
+    affine maps fold into one, so a personal state always holds one matrix and one head."""
+    head = old_head
+    if isinstance(old_head, FalaHead):
+        inner = old_head.matrix.linear
+        folded = PersonalMatrix(matrix.linear.in_features, inner.out_features)
+        with torch.no_grad():
+            folded.linear.weight.copy_(inner.weight @ matrix.linear.weight)
+            folded.linear.bias.copy_(inner.weight @ matrix.linear.bias + inner.bias)
+        matrix, head = folded, old_head.head
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"the old personal head must be a linear layer, got {type(head).__name__}")
+    fresh = nn.Linear(head.in_features, head.out_features)
+    fresh.load_state_dict(head.state_dict())
+    return FalaHead(matrix, fresh)

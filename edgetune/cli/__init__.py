@@ -56,8 +56,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     try:
         from device_sim.personal import PersonalStateError
         from device_sim.profiles import ProfileError
+        from device_sim.swap import SwapError
 
-        errors += [PersonalStateError, ProfileError]
+        errors += [PersonalStateError, ProfileError, SwapError]
     except ImportError:
         pass
     return tuple(errors)
@@ -78,9 +79,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from edgetune.cli import datasets_cmd, device_cmd, export_cmd, merge_cmd, plan_cmd, skip_cmd, train_cmd
+    from edgetune.cli import datasets_cmd, device_cmd, export_cmd, merge_cmd, plan_cmd, skip_cmd, swap_cmd, train_cmd
 
-    for module in (plan_cmd, train_cmd, export_cmd, device_cmd, skip_cmd, merge_cmd, datasets_cmd):
+    for module in (plan_cmd, train_cmd, export_cmd, device_cmd, swap_cmd, skip_cmd, merge_cmd, datasets_cmd):
         module.register(app)
 
 

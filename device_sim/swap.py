@@ -1,0 +1,300 @@
+"""Backbone replacement on the device: carry a user's personalization from an old package to a new one.
+
+The vendor ships a package with a new backbone; the user's personal state was trained on the old one. Three
+ways to get a personal state for the new package (``SwapConfig.method``):
+
+* ``fala`` (DESIGN.md section 2, :mod:`edgetune.fala`): embed the user's texts with the new package, pick k
+  curated examples by correlation clustering (one medoid per cluster, per label), embed those k with the old
+  package + old personal state, fit the personal matrix W: new -> old by ridge regression, put the old personal
+  head after it, and optionally tune W + head on the k examples (pooled features, computed once). Written as a
+  personal state of kind ``fala``.
+* ``retrain``: personalize the new package from scratch on all the user's data (the top layers, as
+  :mod:`device_sim.personalize` does).
+* ``head-only``: personalize only the new package's head, on the same k curated examples as FaLA.
+
+The swap never touches the old package or the old personal state: the new state is written to a different
+directory in one atomic step and read back through the new package before the swap reports success; on any
+failure the partial output is removed and the error says that the old pair is still the one in use.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from device_sim.device import Device
+from device_sim.personal import PersonalState, PersonalStateError, check_writable, package_identity
+from device_sim.personalize import PersonalizeConfig, read_user_data, torch_threads
+from edgetune.data import LabelMap, TextDataset
+from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
+from edgetune.planner.cost import ArchSummary, CostConfig, estimate_cut
+from edgetune.train import TrainError
+from exporters.package import PackageError
+
+SWAP_METHODS = ("fala", "retrain", "head-only")
+SELECTIONS = ("cluster", "random")
+
+
+class SwapError(Exception):
+    """A swap that cannot be done as asked; the old package and personal state stay in use."""
+
+
+@dataclass
+class SwapConfig:
+    """How to swap. ``k`` curated examples (default: ``ceil(fraction * n)``) for ``fala`` and ``head-only``."""
+
+    method: str = "fala"
+    k: int | None = None
+    fraction: float = 0.1
+    selection: str = "cluster"  # cluster (correlation-clustering medoids) | random (the baseline)
+    per_label: bool = True  # split k over the labels in proportion to their counts
+    silhouette: bool = False  # choose k by the silhouette score (with per_label=False)
+    ridge_alpha: float = 1.0
+    tune_epochs: int = 100  # full-batch steps tuning W + head on the curated examples; 0: ridge only
+    tune_lr: float = 1e-3
+    seed: int = 0
+    personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig(progress=False))
+
+    def __post_init__(self) -> None:
+        if self.method not in SWAP_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SWAP_METHODS)}, got {self.method!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.ridge_alpha <= 0:
+            raise ValueError(f"ridge_alpha must be > 0, got {self.ridge_alpha}")
+        if self.tune_epochs < 0 or self.tune_lr <= 0:
+            raise ValueError("tune_epochs must be >= 0 and tune_lr > 0")
+
+    def selection_config(self) -> SelectionConfig:
+        return SelectionConfig(k=self.k, fraction=self.fraction, per_label=self.per_label, silhouette=self.silhouette)
+
+
+@dataclass
+class SwapResult:
+    """What a swap did. FLOPs are backward FLOPs of the whole job (all examples, all epochs)."""
+
+    path: Path
+    method: str
+    num_examples: int
+    examples_used: int
+    selected: list[int]
+    backward_flops: float
+    full_retrain_backward_flops: float  # every block + head of the new backbone, all the data, the same epochs
+    seconds: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flops_reduction(self) -> float:
+        """How many times fewer backward FLOPs than full re-training of the new backbone (inf: none at all)."""
+        return self.full_retrain_backward_flops / self.backward_flops if self.backward_flops else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["flops_reduction"] = self.flops_reduction
+        return d
+
+
+def head_backward_flops(d_new: int, d_old: int, num_labels: int) -> float:
+    """Backward FLOPs per example of W + head on fixed features: the weight gradient of W (2 d_new d_old; W's
+    input is a cached feature, so no input gradient) and the head's weight and input gradients (2 x 2 d_old C)."""
+    return 2.0 * d_new * d_old + 4.0 * d_old * num_labels
+
+
+def tune_fala_head(
+    head: FalaHead, features: np.ndarray, labels: np.ndarray, epochs: int, lr: float, seed: int = 0
+) -> list[float]:
+    """Full-batch AdamW on cross-entropy, starting from the ridge fit; returns the loss per step."""
+    if epochs == 0 or len(features) == 0:
+        return []
+    torch.manual_seed(seed)
+    x = torch.as_tensor(features, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    head.train()
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(head(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    head.eval()
+    return losses
+
+
+def curated_examples(features: np.ndarray, labels: np.ndarray, config: SwapConfig) -> list[int]:
+    """The k examples FaLA (and head-only) learn from: clustered medoids, or the random baseline."""
+    if config.selection == "random":
+        k = config.selection_config().resolve_k(len(features))
+        return random_examples(len(features), k, labels, seed=config.seed, per_label=config.per_label)
+    return select_examples(features, labels, config.selection_config())
+
+
+def full_retrain_flops(device: Device, width: int, num_examples: int, epochs: int) -> float:
+    """Backward FLOPs of re-training every block and the head of ``device``'s backbone (cost model)."""
+    arch = ArchSummary.from_dict(device.package.manifest["plan"]["arch"])
+    cost = CostConfig(seq_len=width, batch_size=16, num_examples=num_examples, epochs=epochs, cached=False)
+    return estimate_cut(arch, cost, 0).backward_flops * num_examples * epochs
+
+
+def _open(package: Any, role: str, threads: int | None) -> Device:
+    if isinstance(package, Device):
+        return package
+    try:
+        return Device(package, threads=threads)
+    except Exception as err:  # the package's own error says what is wrong with which file
+        raise SwapError(f"{role} package: {err}") from err
+
+
+def swap(
+    old: str | Path | Device,
+    new: str | Path | Device,
+    personal: str | Path | PersonalState,
+    data: str | Path | TextDataset,
+    out: str | Path,
+    config: SwapConfig | None = None,
+    threads: int | None = None,
+) -> SwapResult:
+    """Write a personal state for the ``new`` package at ``out`` from ``personal`` (trained on ``old``) and the
+    user's labelled ``data``; see the module docstring. Raises :class:`SwapError` (or the data's own error)
+    with the old package and personal state untouched."""
+    config = config or SwapConfig()
+    out = Path(out)
+    start = time.perf_counter()
+    old_device = _open(old, "old", threads)
+    try:
+        state = personal if isinstance(personal, PersonalState) else old_device.load_personal(personal)
+    except PersonalStateError as err:
+        raise SwapError(f"personal state: {err}") from None
+    state.check_package(old_device.package)
+    if out.resolve() == Path(state.path).resolve():
+        raise SwapError(
+            f"--out {out} is the old personal state; write the new one elsewhere, so the old package keeps a "
+            "working personal state until the new one is verified"
+        )
+    check_writable(out)
+    new_device = _open(new, "new", threads)
+    if new_device.labels != old_device.labels:
+        raise SwapError(
+            f"the new package's labels {new_device.labels} differ from the old one's {old_device.labels}; "
+            "a personal head maps to the old labels, so re-personalize instead"
+        )
+    dataset = read_user_data(new_device.package, data, config.personalize)
+    existed = out.exists()
+    try:
+        with torch_threads(threads):
+            if config.method == "fala":
+                result = _fala(old_device, new_device, state, dataset, out, config)
+            else:
+                result = _personalize(new_device, dataset, out, config)
+        new_device.top(out)  # read the new state back through the new package before reporting success
+    except BaseException as err:
+        if not existed and out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(err, PersonalStateError | PackageError | TrainError | ValueError | OSError):
+            raise SwapError(
+                f"{err}; nothing was swapped: {old_device.package.path} with {state.path} stays in use"
+            ) from err
+        raise
+    result.seconds["total"] = time.perf_counter() - start
+    return result
+
+
+def _fala(
+    old: Device, new: Device, state: PersonalState, dataset: TextDataset, out: Path, config: SwapConfig
+) -> SwapResult:
+    from device_sim.personal import write_personal_state
+
+    y = dataset.encoded_labels(LabelMap(tuple(new.labels)))
+    t0 = time.perf_counter()
+    new_features = new.features(dataset.texts)  # forward only, every example: clustering needs them all
+    t1 = time.perf_counter()
+    selected = curated_examples(new_features, y, config)
+    t2 = time.perf_counter()
+    old_features = old.features([dataset.texts[i] for i in selected], state)  # forward only, k examples
+    matrix = PersonalMatrix.fit(new_features[selected], old_features, config.ridge_alpha)
+    head = compose(matrix, old.top(state).head)
+    with torch.inference_mode():
+        ridge_train_acc = float((head(torch.as_tensor(new_features[selected])).argmax(1).numpy() == y[selected]).mean())
+    t3 = time.perf_counter()
+    losses = tune_fala_head(head, new_features[selected], y[selected], config.tune_epochs, config.tune_lr, config.seed)
+    t4 = time.perf_counter()
+    d_new, d_old = matrix.linear.in_features, head.matrix.linear.out_features
+    per_example = head_backward_flops(d_new, d_old, len(new.labels))
+    params = {k: v for k, v in asdict(config).items() if k != "personalize"}
+    training = {
+        "method": "fala",
+        "curated_examples": selected,
+        "num_examples": len(dataset),
+        "d_new": d_new,
+        "d_old": d_old,
+        "ridge_train_accuracy": ridge_train_acc,
+        "tune_losses": losses[:: max(1, len(losses) // 20)],
+        "from_package": package_identity(old.package),
+    }
+    tensors = {name: t.detach().clone() for name, t in head.state_dict().items()}
+    write_personal_state(
+        out,
+        tensors,
+        new.package,
+        train_cut=new.package.num_layers,
+        tuner={"name": "fala", "params": params},
+        training=training,
+        kind="fala",
+    )
+    width = new.package.encode(dataset.texts)[0].shape[1]
+    return SwapResult(
+        path=out,
+        method="fala",
+        num_examples=len(dataset),
+        examples_used=len(selected),
+        selected=selected,
+        backward_flops=per_example * len(selected) * len(losses),
+        full_retrain_backward_flops=full_retrain_flops(new, width, len(dataset), config.personalize.epochs),
+        seconds={
+            "embed_new": t1 - t0,
+            "select": t2 - t1,
+            "fit_matrix": t3 - t2,
+            "tune": t4 - t3,
+            "write": time.perf_counter() - t4,
+        },
+        details={"ridge_train_accuracy": ridge_train_acc, "tune_steps": len(losses), "d_new": d_new, "d_old": d_old},
+    )
+
+
+def _personalize(new: Device, dataset: TextDataset, out: Path, config: SwapConfig) -> SwapResult:
+    """``retrain`` (all the data, the package's cut) or ``head-only`` (the curated examples, the head)."""
+    selected = list(range(len(dataset)))
+    job = config.personalize
+    t0 = time.perf_counter()
+    if config.method == "head-only":
+        y = dataset.encoded_labels(LabelMap(tuple(new.labels)))
+        selected = curated_examples(new.features(dataset.texts), y, config)
+        job = replace(job, cut=new.package.num_layers, tuner="full", tuner_params={})
+    selecting = time.perf_counter()
+    result = new.personalize(dataset.subset(selected), out, job)
+    epochs = len(result.history)
+    width = new.package.encode(dataset.texts)[0].shape[1]
+    return SwapResult(
+        path=out,
+        method=config.method,
+        num_examples=len(dataset),
+        examples_used=len(selected),
+        selected=selected,
+        backward_flops=result.estimate.backward_flops * result.num_train * epochs,
+        full_retrain_backward_flops=full_retrain_flops(new, width, len(dataset), config.personalize.epochs),
+        seconds={"select": selecting - t0, **result.seconds},
+        details={"epochs": epochs, "train_cut": result.train_cut, "best_epoch": result.best_epoch},
+    )

@@ -1,0 +1,174 @@
+"""``edgetune swap`` (one device moves to a new backbone) and ``edgetune simulate`` (a whole fleet, beforehand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+METHOD_HELP = (
+    "fala: personal matrix from curated examples (no backbone training); retrain: the new top layers on all the "
+    "data; head-only: the new head on the curated examples."
+)
+
+
+def register(app: typer.Typer) -> None:
+    from edgetune.cli import handle_errors
+
+    @app.command("swap")
+    @handle_errors
+    def swap_command(
+        old: Annotated[Path, typer.Option("--old", help="The package the personal state was trained on.")],
+        new: Annotated[Path, typer.Option("--new", help="The package with the new backbone.")],
+        personal: Annotated[Path, typer.Option("--personal", help="The user's personal state for --old.")],
+        data: Annotated[Path, typer.Option("--data", help="The user's labelled texts (CSV with a header, or JSONL).")],
+        out: Annotated[
+            Path, typer.Option("--out", help="New personal state for --new (not --personal: the old one is kept).")
+        ],
+        method: Annotated[str, typer.Option(help=METHOD_HELP)] = "fala",
+        k: Annotated[int | None, typer.Option(help="Curated examples (default: --fraction of the data).")] = None,
+        fraction: Annotated[float, typer.Option(help="Curated examples as a share of the data.")] = 0.1,
+        selection: Annotated[
+            str, typer.Option(help="cluster: correlation-clustering medoids; random: the baseline.")
+        ] = "cluster",
+        silhouette: Annotated[
+            bool, typer.Option("--silhouette", help="Choose k by the silhouette score (one clustering, all labels).")
+        ] = False,
+        tune_epochs: Annotated[int, typer.Option(help="FaLA: steps tuning matrix + head (0: ridge fit only).")] = 100,
+        epochs: Annotated[int, typer.Option(help="retrain / head-only: maximum epochs.")] = 8,
+        seed: Annotated[int, typer.Option(help="Seed of the random selection and of training.")] = 0,
+        threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    ) -> None:
+        """Carry a user's personalization from the old package to a new one. The old package and personal state
+        are never modified: on any failure they stay in use, and nothing is written at --out."""
+        from device_sim.personalize import PersonalizeConfig
+        from device_sim.swap import SwapConfig, SwapError, swap
+        from edgetune.cli import console
+
+        try:
+            config = SwapConfig(
+                method=method,
+                k=k,
+                fraction=fraction,
+                selection=selection,
+                per_label=not silhouette,
+                silhouette=silhouette,
+                tune_epochs=tune_epochs,
+                seed=seed,
+                personalize=PersonalizeConfig(epochs=epochs, seed=seed, progress=False),
+            )
+        except ValueError as err:
+            raise SwapError(str(err)) from None
+        result = swap(old, new, personal, data, out, config, threads=threads)
+        console.print(
+            f"swapped with {result.method} on {result.examples_used} of {result.num_examples} examples in "
+            f"{result.seconds['total']:.1f}s; backward FLOPs {result.backward_flops:.3g} "
+            f"({result.flops_reduction:,.0f}x below full re-training of the new backbone); wrote {out}",
+            highlight=False,
+        )
+
+    @app.command("simulate")
+    @handle_errors
+    def simulate_command(
+        old: Annotated[Path, typer.Option("--old", help="The package the fleet runs today.")],
+        new: Annotated[Path, typer.Option("--new", help="The package with the new backbone.")],
+        data: Annotated[Path, typer.Option("--data", help="Labelled corpus the simulated users are drawn from.")],
+        out: Annotated[Path, typer.Option("--out", help="Directory for simulate.json and simulate.png.")],
+        users: Annotated[int, typer.Option(help="Simulated users.")] = 10,
+        examples_per_user: Annotated[int, typer.Option(help="Texts per user (train + held-out).")] = 200,
+        test_fraction: Annotated[float, typer.Option(help="Share of each user's texts held out.")] = 0.3,
+        alpha: Annotated[float, typer.Option(help="Dirichlet alpha of the users' label mixes (small: non-IID).")] = 0.5,
+        preference_fraction: Annotated[
+            float, typer.Option(help="Share of users who file two labels the other way round.")
+        ] = 0.5,
+        methods: Annotated[
+            list[str] | None, typer.Option("--method", help="none, fala, fala-random, head-only, retrain (repeatable).")
+        ] = None,
+        fraction: Annotated[float, typer.Option(help="Curated examples per user, as a share of their data.")] = 0.1,
+        random_draws: Annotated[int, typer.Option(help="Random selections per user (fala-random).")] = 3,
+        epochs: Annotated[int, typer.Option(help="Personalization / re-training: maximum epochs.")] = 8,
+        seed: Annotated[int, typer.Option(help="Seed of the user simulation.")] = 0,
+        threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ) -> None:
+        """Simulate a backbone replacement across a fleet: users personalize --old, then move to --new by each
+        method; accuracy before/after, examples used, backward FLOPs and wall time per user and method."""
+        from device_sim.fleet import FLEET_METHODS, FleetConfig, plot_fleet, simulate_fleet
+        from device_sim.personalize import PersonalizeConfig
+        from device_sim.users import UserConfig, simulate_users
+        from edgetune.cli import console
+        from edgetune.data import DataError, load_dataset
+        from edgetune.io import atomic_write_json
+        from edgetune.progress import progress_bar
+
+        chosen = tuple(methods or FLEET_METHODS)
+        try:
+            user_config = UserConfig(
+                num_users=users,
+                examples_per_user=examples_per_user,
+                alpha=alpha,
+                test_fraction=test_fraction,
+                preference_fraction=preference_fraction,
+                seed=seed,
+            )
+            config = FleetConfig(
+                methods=chosen,
+                fraction=fraction,
+                random_draws=random_draws,
+                personalize=PersonalizeConfig(epochs=epochs, progress=False),
+                threads=threads,
+            )
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        from device_sim.device import Device
+
+        with Device(old) as device:  # the corpus is read with the old package's columns and labels
+            plan = device.package.manifest["plan"]
+        corpus = load_dataset(data, plan.get("text_column", "text"), plan.get("label_column", "label"))
+        try:
+            fleet = simulate_users(corpus, user_config)
+        except ValueError as err:
+            raise DataError(f"{data}: {err}") from None
+        out.mkdir(parents=True, exist_ok=True)
+        with progress_bar("users", len(fleet), enabled=not quiet) as advance:
+            results = simulate_fleet(old, new, fleet, config, on_user=lambda row: advance(1))
+        atomic_write_json(out / "simulate.json", results)
+        plot_fleet(results, out / "simulate.png")
+        _print_summary(console, results)
+        console.print(f"wrote {out / 'simulate.json'} and {out / 'simulate.png'}", highlight=False)
+
+
+def _print_summary(console, results: dict) -> None:
+    from rich.table import Table
+
+    summary = results["summary"]
+    table = Table(title=f"backbone swap, {len(results['users'])} users")
+    for column in ("method", "accuracy (mean ± std)", "examples used", "backward FLOPs", "vs full re-training", "s"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    before = summary["before_personal"]
+    table.add_row("before (old + personal)", f"{before['mean']:.3f} ± {before['std']:.3f}", "", "", "", "")
+    for name, m in summary["methods"].items():
+        reduction = m.get("flops_reduction", {}).get("mean")
+        table.add_row(
+            name,
+            f"{m['accuracy']['mean']:.3f} ± {m['accuracy']['std']:.3f}",
+            f"{m['examples_used']['mean']:.0f}",
+            f"{m['backward_flops']['mean']:.3g}",
+            f"{reduction:,.0f}x less" if reduction else "",
+            f"{m['seconds']['mean']:.1f}",
+        )
+    console.print(table)
+    if "fala_over_retrain" in summary:
+        f = summary["fala_over_retrain"]
+        console.print(
+            f"FaLA reaches {f['of_mean_accuracy']:.1%} of re-training's accuracy with "
+            f"{f['examples_fraction']:.1%} of the examples",
+            highlight=False,
+        )
+    if "cluster_minus_random" in summary:
+        c = summary["cluster_minus_random"]
+        console.print(
+            f"clustered - random selection: {c['mean']:+.3f} ± {c['std']:.3f} ({c['pairs']} user x draw pairs)",
+            highlight=False,
+        )
