@@ -1,50 +1,202 @@
-"""Quickstart on the real all-MiniLM-L6-v2 and BBC news: where should this model be fine-tuned?
+"""Quickstart: the whole edgetune story on the real all-MiniLM-L6-v2 and BBC news, in a few minutes on a CPU.
 
-    python examples/quickstart.py [--out runs/quickstart]
+    python examples/quickstart.py [--out runs/quickstart] [--users 3] [--threads 2]
 
-1. Writes BBC news as train/test CSV files (stratified, seed 0).
-2. Plans with SALF: one forward pass over 256 calibration examples, no training;
-   prints the cost-benefit table per cut and writes plan.json + plan.png.
+1. Server: SALF plans where to fine-tune on a 25% server split (report plan.png), then exports the device
+   package (ONNX trunk verified against torch, top layers + a probe head as safetensors, tokenizer, manifest).
+2. Device: three simulated users (non-IID topic mixes; some file two topics the other way round) personalize
+   the package on their own 200 texts: the trunk runs once in onnxruntime, only the top layers train.
+3. Backbone swap: the vendor ships a new backbone (here MiniLM without its top block: other features, other
+   package). Each user moves to it with FaLA (a personal matrix fitted on 10% of their texts, chosen by
+   correlation clustering) and, for comparison, by re-training the new top layers on all their texts.
+4. Prints one summary table (accuracy on each user's held-out texts, backward FLOPs, wall time, package size)
+   and writes summary.json + summary.png next to plan.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+
+
+def package_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [
+        ("global", "global package"),
+        ("personal", "personalized"),
+        ("new_global", "new backbone, no adaptation"),
+        ("fala", "new + FaLA"),
+        ("retrain", "new + re-trained top"),
+    ]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(columns)
+    for i, (key, label) in enumerate(columns):
+        ax.bar(np.arange(len(rows)) + i * width, [r[key]["accuracy"] for r in rows], width, label=label)
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["user"] for r in rows])
+    ax.set_ylabel("accuracy on the user's held-out texts")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, ncol=3, loc="lower center")
+    ax.set_title("all-MiniLM-L6-v2 + BBC news: personalization and a backbone swap")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    ap.add_argument("--users", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from edgetune.api import load_model, plan
+    from rich.console import Console
+    from rich.table import Table
+
+    from device_sim.device import Device
+    from device_sim.fleet import derive_backbone
+    from device_sim.swap import SwapConfig, swap
+    from device_sim.users import UserConfig, simulate_users
+    from edgetune.api import plan
     from edgetune.cli.common import print_plan_table
-    from edgetune.data import load_dataset
-    from edgetune.datasets import minilm_path, write_bbc_news
+    from edgetune.data import stratified_split
+    from edgetune.datasets import bbc_news, minilm_path
     from edgetune.report import plot_plan
+    from exporters.export import ExportOptions, export_package
 
+    console = Console(width=130)
     start = time.perf_counter()
-    train_csv, test_csv = write_bbc_news(args.out / "data")
-    print(f"[1/2] data: {train_csv} and {test_csv}")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
 
-    model = load_model(minilm_path(), max_length=128)
-    result = plan(model, load_dataset(train_csv), planner="salf")
-    result.save(args.out / "plan.json")
-    plot_plan(result, args.out / "plan.png")
-    print_plan_table(result)
-    chosen = result.chosen
-    print(
-        f"[2/2] plan: freeze embeddings + blocks 1..{result.cut}, train blocks {result.trainable_layers} + head: "
-        f"{chosen.backward_frac:.0%} of full fine-tuning's backward FLOPs, ~{chosen.train_memory_mb:.0f} MB "
-        f"(planned in {result.seconds:.1f}s)"
+    # 1. server: plan and export --------------------------------------------------------------------------------
+    server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
+    server.to_csv(out / "server.csv")
+    t = time.perf_counter()
+    planned = plan(str(minilm_path()), server, planner="salf", max_length=128)
+    planned.save(out / "plan.json")
+    plot_plan(planned, out / "plan.png")
+    print_plan_table(planned)
+    plan_seconds = time.perf_counter() - t
+    console.print(
+        f"[1/4] plan: train blocks {planned.trainable_layers} + head "
+        f"({planned.chosen.backward_frac:.0%} of full fine-tuning's backward FLOPs), planned in {plan_seconds:.0f}s"
     )
-    print(f"wrote {args.out / 'plan.json'} and {args.out / 'plan.png'} in {time.perf_counter() - start:.0f}s")
+    t = time.perf_counter()
+    pkg = out / "package"
+    export_package(minilm_path(), planned, pkg, data=server, options=ExportOptions(threads=args.threads),
+                   progress=True)  # fmt: skip
+    export_seconds = time.perf_counter() - t
+    console.print(f"      package: {pkg} ({package_mb(pkg):.1f} MB, exported and verified in {export_seconds:.0f}s)")
+
+    # 2. device: personalize three users ---------------------------------------------------------------------------
+    users = simulate_users(pool, UserConfig(num_users=args.users, examples_per_user=260, test_fraction=60 / 260))
+    rows: list[dict[str, Any]] = []
+    with Device(pkg, threads=args.threads) as device:
+        for user in users:
+            t = time.perf_counter()
+            result = device.personalize(user.train, out / "users" / user.user_id / "personal")
+            job_seconds = time.perf_counter() - t
+            row = {
+                "user": user.user_id,
+                "preference": user.preference,
+                "global": device.evaluate(user.test),
+                "personal": device.evaluate(user.test, result.path),
+                "personalize": {
+                    "seconds": job_seconds,
+                    "backward_flops": result.estimate.backward_flops * result.num_train * len(result.history),
+                },
+            }
+            rows.append(row)
+            pref = f", prefers {user.preference}" if user.preference else ""
+            console.print(
+                f"[2/4] {user.user_id}{pref}: accuracy {row['global']['accuracy']:.3f} -> "
+                f"{row['personal']['accuracy']:.3f} after {job_seconds:.1f}s of on-device training"
+            )
+
+    # 3. backbone swap -----------------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    new_model = derive_backbone(minilm_path(), out / "backbone-new", drop_top=1)
+    new_plan = plan(str(new_model), server, planner="salf", max_length=128, progress=False)
+    new_pkg = out / "package-new"
+    export_package(new_model, new_plan, new_pkg, data=server, options=ExportOptions(threads=args.threads))
+    console.print(
+        f"[3/4] new backbone package: {new_pkg} ({package_mb(new_pkg):.1f} MB, {time.perf_counter() - t:.0f}s)"
+    )
+    with Device(pkg, threads=args.threads) as old, Device(new_pkg, threads=args.threads) as new:
+        for user, row in zip(users, rows):
+            personal = out / "users" / user.user_id / "personal"
+            row["new_global"] = new.evaluate(user.test)
+            for method in ("fala", "retrain"):
+                target = out / "users" / user.user_id / f"personal-new-{method}"
+                result = swap(old, new, personal, user.train, target, SwapConfig(method=method), threads=args.threads)
+                row[method] = {
+                    **new.evaluate(user.test, target),
+                    "examples_used": result.examples_used,
+                    "backward_flops": result.backward_flops,
+                    "full_retrain_backward_flops": result.full_retrain_backward_flops,
+                    "seconds": result.seconds["total"],
+                }
+            console.print(
+                f"      {user.user_id}: new backbone {row['new_global']['accuracy']:.3f}, FaLA "
+                f"{row['fala']['accuracy']:.3f} ({row['fala']['examples_used']} examples, "
+                f"{row['fala']['seconds']:.1f}s), re-trained {row['retrain']['accuracy']:.3f} "
+                f"({row['retrain']['examples_used']} examples, {row['retrain']['seconds']:.1f}s)"
+            )
+
+    # 4. summary ---------------------------------------------------------------------------------------------------
+    def mean(key: str, field: str = "accuracy") -> float:
+        return float(np.mean([r[key][field] for r in rows]))
+
+    full = mean("fala", "full_retrain_backward_flops")
+    table = Table(title=f"edgetune quickstart: all-MiniLM-L6-v2 + BBC news, {len(rows)} users (means)")
+    for column in ("stage", "accuracy", "backward FLOPs / user", "vs full re-training", "wall time / user"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    table.add_row("global package (no personalization)", f"{mean('global'):.3f}", "0", "", "")
+    table.add_row(
+        f"personalized on device (blocks {planned.trainable_layers} + head)",
+        f"{mean('personal'):.3f}",
+        f"{mean('personalize', 'backward_flops'):.3g}",
+        f"{full / mean('personalize', 'backward_flops'):,.0f}x less",
+        f"{mean('personalize', 'seconds'):.1f}s",
+    )
+    table.add_row("new backbone, no adaptation", f"{mean('new_global'):.3f}", "0", "", "")
+    for key, label in (("fala", "new backbone + FaLA (10% of texts)"), ("retrain", "new backbone + re-trained top")):
+        table.add_row(
+            label,
+            f"{mean(key):.3f}",
+            f"{mean(key, 'backward_flops'):.3g}",
+            f"{full / mean(key, 'backward_flops'):,.0f}x less",
+            f"{mean(key, 'seconds'):.1f}s",
+        )
+    console.print(table)
+    console.print(
+        f"package: {package_mb(pkg):.1f} MB (trunk ONNX + top + tokenizer); full re-training of the new backbone "
+        f"would take {full:.3g} backward FLOPs per user (cost model)"
+    )
+    summary = {"users": rows, "plan_cut": planned.cut, "new_plan_cut": new_plan.cut, "package_mb": package_mb(pkg),
+               "new_package_mb": package_mb(new_pkg), "plan_seconds": plan_seconds, "export_seconds": export_seconds,
+               "total_seconds": time.perf_counter() - start}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_summary(rows, out / "summary.png")
+    console.print(
+        f"[4/4] done in {time.perf_counter() - start:.0f}s; plots: {out / 'plan.png'}, {out / 'summary.png'}; "
+        f"numbers: {out / 'summary.json'}"
+    )
 
 
 if __name__ == "__main__":
