@@ -76,7 +76,9 @@ class PersonalizeConfig:
     precision: str = "fp32"  # trunk used for the features: fp32 or int8 (when the package has it)
     cache: str = "auto"  # auto | memory | mmap
     cache_dtype: str = "float32"
-    cache_batch_size: int = 32
+    # Texts per trunk call: the trunk's activations, not its weights, set the job's peak memory (MiniLM,
+    # 128 tokens, 200 texts: peak RSS 944 MB at 32, 783 MB at 8, same trunk time on 2 cores).
+    cache_batch_size: int = 8
     checkpoint_steps: int | None = None  # also checkpoint every N steps (always at each epoch's end)
     text_column: str | None = None  # None: the plan's
     label_column: str | None = None
