@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
+from edgetune.cli.tuner_opts import (
+    LoraAlphaOption,
+    LoraROption,
+    TunerOption,
+    TunerParamOption,
+    tuner_options,
+)
 from edgetune.train import CACHE_PLACES, MODES
 
 
@@ -56,14 +62,10 @@ def register(app: typer.Typer) -> None:
         mode: Annotated[
             str, typer.Option(help="cached: run the frozen trunk once and train on its output; naive: every step.")
         ] = "cached",
-        tuner: Annotated[
-            str | None, typer.Option(help="full, lora, roselora or dsee (default: the plan's tuner).")
-        ] = None,
-        lora_r: Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora, roselora or dsee).")] = None,
-        lora_alpha: Annotated[
-            float | None, typer.Option(help="LoRA alpha (with --tuner lora, roselora or dsee).")
-        ] = None,
-        tuner_param: Annotated[list[str] | None, typer.Option(help=TUNER_PARAM_HELP)] = None,
+        tuner: TunerOption = None,
+        lora_r: LoraROption = None,
+        lora_alpha: LoraAlphaOption = None,
+        tuner_param: TunerParamOption = None,
         epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
         batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
         lr: Annotated[float, typer.Option(help="Learning rate of the trained blocks.")] = 5e-5,

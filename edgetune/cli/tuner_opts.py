@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -63,3 +63,10 @@ def tuner_options(
 TUNER_PARAM_HELP = (
     "Tuner setting KEY=VALUE (repeatable), e.g. target_density=0.1 (roselora), sparse_n=64 or prune_ratio=0.5 (dsee)."
 )
+
+
+# The option types shared by `train` and `personalize` (one definition, one help text).
+TunerOption = Annotated[str | None, typer.Option(help="full, lora, roselora or dsee (default: the plan's tuner).")]
+LoraROption = Annotated[int | None, typer.Option(help="LoRA rank (with --tuner lora, roselora or dsee).")]
+LoraAlphaOption = Annotated[float | None, typer.Option(help="LoRA alpha (with --tuner lora, roselora or dsee).")]
+TunerParamOption = Annotated[list[str] | None, typer.Option(help=TUNER_PARAM_HELP)]
