@@ -120,10 +120,15 @@ def simulate_user(old: Device, new: Device, user: SimulatedUser, work: Path, con
     if "none" in config.methods:
         row["after"]["none"] = {"accuracy": new.evaluate(user.test)["accuracy"], "examples_used": 0,
                                 "backward_flops": 0.0, "seconds": 0.0}  # fmt: skip
+    t = time.perf_counter()
+    features = new.features(user.train.texts) if runs else None  # the new package's features, once per user
+    row["embed_new_seconds"] = embed = time.perf_counter() - t
     for name, swap_config in runs:
         out = work / f"{user.user_id}-{name.replace('/', '-')}"
-        result = swap(old, new, personal, user.train, out, swap_config, threads=config.threads)
+        result = swap(old, new, personal, user.train, out, swap_config, threads=config.threads, new_features=features)
         row["after"][name] = _swap_row(result, new.evaluate(user.test, out)["accuracy"])
+        if swap_config.method != "retrain":  # it would have embedded the texts itself
+            row["after"][name]["seconds"] += embed
         shutil.rmtree(out, ignore_errors=True)
     draws = [v for k, v in row["after"].items() if k.startswith("fala-random/")]
     if draws:

@@ -60,6 +60,9 @@ class SwapConfig:
     tune_epochs: int = 100  # full-batch steps tuning W + head on the curated examples; 0: ridge only
     tune_lr: float = 1e-3
     seed: int = 0
+    # head-only: the head starts from the package's probe, whose weights are large; alone it needs a far larger
+    # step than beside trained blocks to follow a user's own labels (3e-3 leaves the predictions unchanged)
+    head_only_lr: float = 0.1
     personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig(progress=False))
 
     def __post_init__(self) -> None:
@@ -166,9 +169,12 @@ def swap(
     out: str | Path,
     config: SwapConfig | None = None,
     threads: int | None = None,
+    new_features: np.ndarray | None = None,
 ) -> SwapResult:
     """Write a personal state for the ``new`` package at ``out`` from ``personal`` (trained on ``old``) and the
-    user's labelled ``data``; see the module docstring. Raises :class:`SwapError` (or the data's own error)
+    user's labelled ``data``; see the module docstring. ``new_features``: the new package's
+    :meth:`~device_sim.device.Device.features` of ``data``, when the caller already has them (a fleet
+    simulation compares several methods on the same texts). Raises :class:`SwapError` (or the data's own error)
     with the old package and personal state untouched."""
     config = config or SwapConfig()
     out = Path(out)
@@ -196,9 +202,9 @@ def swap(
     try:
         with torch_threads(threads):
             if config.method == "fala":
-                result = _fala(old_device, new_device, state, dataset, out, config)
+                result = _fala(old_device, new_device, state, dataset, out, config, new_features)
             else:
-                result = _personalize(new_device, dataset, out, config)
+                result = _personalize(new_device, dataset, out, config, new_features)
         new_device.top(out)  # read the new state back through the new package before reporting success
     except BaseException as err:
         if not existed and out.exists():
@@ -213,13 +219,22 @@ def swap(
 
 
 def _fala(
-    old: Device, new: Device, state: PersonalState, dataset: TextDataset, out: Path, config: SwapConfig
+    old: Device,
+    new: Device,
+    state: PersonalState,
+    dataset: TextDataset,
+    out: Path,
+    config: SwapConfig,
+    new_features: np.ndarray | None,
 ) -> SwapResult:
     from device_sim.personal import write_personal_state
 
     y = dataset.encoded_labels(LabelMap(tuple(new.labels)))
     t0 = time.perf_counter()
-    new_features = new.features(dataset.texts)  # forward only, every example: clustering needs them all
+    if new_features is None:  # forward only, every example: clustering needs them all
+        new_features = new.features(dataset.texts)
+    if len(new_features) != len(dataset):
+        raise ValueError(f"new_features has {len(new_features)} rows for {len(dataset)} examples")
     t1 = time.perf_counter()
     selected = curated_examples(new_features, y, config)
     t2 = time.perf_counter()
@@ -274,15 +289,18 @@ def _fala(
     )
 
 
-def _personalize(new: Device, dataset: TextDataset, out: Path, config: SwapConfig) -> SwapResult:
+def _personalize(
+    new: Device, dataset: TextDataset, out: Path, config: SwapConfig, new_features: np.ndarray | None
+) -> SwapResult:
     """``retrain`` (all the data, the package's cut) or ``head-only`` (the curated examples, the head)."""
     selected = list(range(len(dataset)))
     job = config.personalize
     t0 = time.perf_counter()
     if config.method == "head-only":
         y = dataset.encoded_labels(LabelMap(tuple(new.labels)))
-        selected = curated_examples(new.features(dataset.texts), y, config)
-        job = replace(job, cut=new.package.num_layers, tuner="full", tuner_params={})
+        features = new.features(dataset.texts) if new_features is None else new_features
+        selected = curated_examples(features, y, config)
+        job = replace(job, cut=new.package.num_layers, tuner="full", tuner_params={}, head_lr=config.head_only_lr)
     selecting = time.perf_counter()
     result = new.personalize(dataset.subset(selected), out, job)
     epochs = len(result.history)
