@@ -153,7 +153,11 @@ def load_dataset(
         for column in (text_column, label_column):
             if column is not None and column not in record:
                 found = ", ".join(repr(c) for c in record) or "none"
-                raise DataError(f"{path}: row {row}: missing column {column!r} (columns found: {found})")
+                flag = "--text-column" if column == text_column else "--label-column"
+                raise DataError(
+                    f"{path}: row {row}: missing column {column!r} (columns found: {found}); "
+                    f"name yours with {flag}, or add a {column!r} column"
+                )
         value = record[text_column]
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{path}: row {row}: empty text in column {text_column!r}")
