@@ -106,9 +106,7 @@ def main() -> None:
             print(f"seed {seed}: trained {name}", flush=True)
         states = {n: dict(m.state_dict()) for n, m in models.items()}
         merged = {
-            method: merge_state_dicts(base_state, [body(states["topics"]), body(states["sections"])], method, **params)[
-                0
-            ]
+            method: merge_state_dicts(base_state, [body(states["topics"]), body(states["sections"])], **params)[0]
             for method, params in METHODS.items()
         }
         row = {"seed": seed}
