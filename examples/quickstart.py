@@ -42,14 +42,14 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
         ("fala", "new + FaLA"),
         ("retrain", "new + re-trained top"),
     ]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(columns)
     for i, (key, label) in enumerate(columns):
         ax.bar(np.arange(len(rows)) + i * width, [r[key]["accuracy"] for r in rows], width, label=label)
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["user"] for r in rows])
     ax.set_ylabel("accuracy on the user's held-out texts")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, ncol=3, loc="lower center")
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.set_title("all-MiniLM-L6-v2 + BBC news: personalization and a backbone swap")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
