@@ -48,7 +48,8 @@ def derive_backbone(model_dir: str | Path, out: str | Path, drop_top: int = 1) -
     del backbone.blocks[backbone.num_layers - drop_top :]
     backbone.model.config.num_hidden_layers = len(backbone.blocks)
     out = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # same file system: rename is atomic
     try:
         backbone.model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)

@@ -46,6 +46,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from device_sim.device import Device
+    from device_sim.personalize import PersonalizeConfig
+    from device_sim.profiles import ProfileError
     from device_sim.users import UserConfig, simulate_users
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news
@@ -56,12 +58,19 @@ def main() -> None:
     user = simulate_users(pool, UserConfig(num_users=2, examples_per_user=260, test_fraction=60 / 260))[1]
     user.train.to_csv(args.out / "user.csv")
     user.test.to_csv(args.out / "user-test.csv")
-    print(f"user {user.user_id}: {len(user.train)} texts to learn from, topic mix {user.label_mix}, "
+    mix = {label: round(share, 2) for label, share in user.label_mix.items()}
+    print(f"user {user.user_id}: {len(user.train)} texts to learn from, topic mix {mix}, "
           f"prefers {user.preference or 'the usual labels'}")  # fmt: skip
 
     with Device(package, profile=args.profile, threads=args.threads) as device:
         start = time.perf_counter()
-        result = device.personalize(user.train, args.out / "personal")
+        try:
+            result = device.personalize(user.train, args.out / "personal")
+        except ProfileError as err:  # the cost model says the job breaks the profile's budget: train less
+            print(f"refused: {err}")
+            # the head alone starts from the package's probe and needs a larger step than beside a trained block
+            config = PersonalizeConfig(cut=err.suggested_cut, head_lr=0.1)
+            result = device.personalize(user.train, args.out / "personal", config)
         print(f"personalized on the {args.profile} profile in {time.perf_counter() - start:.1f}s "
               f"({result.trainable_params:,} trainable parameters, trunk {result.seconds['trunk']:.1f}s, "
               f"training {result.seconds['train']:.1f}s, best epoch {result.best_epoch})")  # fmt: skip

@@ -34,6 +34,8 @@ def test_derived_backbone_is_the_model_without_its_top_blocks(packages):
     original, derived = Backbone.from_pretrained(packages["model"]), Backbone.from_pretrained(packages["derived"])
     assert derived.num_layers == original.num_layers - 1
     assert derived.fingerprint() != original.fingerprint()
+    nested = derive_backbone(packages["model"], packages["derived"].parent / "not" / "yet" / "there", drop_top=2)
+    assert Backbone.from_pretrained(nested).num_layers == 2  # parents are created
     with pytest.raises(ValueError, match="drop_top must be in 1..3"):
         derive_backbone(packages["model"], packages["derived"].parent / "x", drop_top=4)
 
