@@ -367,18 +367,15 @@ def _cache_features(
             continue
         ids, mask = job.ids[idx], job.mask[idx]
         key = {"package": package_digest, "cut": job.cut, "precision": config.precision, "data": data_digest(ids, mask)}
-        path = work / f"features-{name}" if job.cache == "mmap" else None
-        found = FeatureCache.open(path, expect=key) if path is not None else None
         caches.append(
-            found
-            or FeatureCache.build(
+            FeatureCache.reuse_or_build(
                 trunk,
                 ids,
                 mask,
+                key=key,
+                path=work / f"features-{name}" if job.cache == "mmap" else None,
                 batch_size=config.cache_batch_size,
                 dtype=config.cache_dtype,
-                path=path,
-                key=key,
                 progress=config.progress,
             )
         )

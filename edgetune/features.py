@@ -133,6 +133,24 @@ class FeatureCache:
         return cls.open(path)
 
     @classmethod
+    def reuse_or_build(
+        cls,
+        trunk: TrunkFn,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        *,
+        key: dict[str, Any],
+        path: str | Path | None = None,
+        **options: Any,
+    ) -> FeatureCache:
+        """The cache at ``path`` if its key matches ``key`` (a resumed run), else :meth:`build` with ``options``."""
+        if path is not None:
+            found = cls.open(path, expect=key)
+            if found is not None:
+                return found
+        return cls.build(trunk, input_ids, attention_mask, path=path, key=key, **options)
+
+    @classmethod
     def open(cls, path: str | Path, expect: dict[str, Any] | None = None) -> FeatureCache | None:
         """A cache on disk, memory-mapped read-only; ``None`` if absent or its key differs from ``expect``."""
         path = Path(path)

@@ -441,19 +441,14 @@ class Trainer(TopTrainer):
         cfg = self.config
         key = {"model_hash": self.model_hash, "cut": self.cut, "data": data_digest(input_ids, attention_mask)}
         key["dtype"] = cfg.cache_dtype
-        path = self._cache_path(input_ids.shape, name)
-        if path is not None:
-            found = FeatureCache.open(path, expect=key)
-            if found is not None:
-                return found
-        return FeatureCache.build(
+        return FeatureCache.reuse_or_build(
             self.trunk,
             input_ids,
             attention_mask,
+            key=key,
+            path=self._cache_path(input_ids.shape, name),
             batch_size=cfg.cache_batch_size,
             dtype=cfg.cache_dtype,
-            path=path,
-            key=key,
             device=self.device,
             progress=cfg.progress,
         )
