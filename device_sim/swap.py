@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from device_sim.device import Device
-from device_sim.personal import PersonalState, PersonalStateError, check_writable, package_identity
+from device_sim.personal import (
+    PersonalState,
+    PersonalStateError,
+    check_writable,
+    package_identity,
+    write_personal_state,
+)
 from device_sim.personalize import PersonalizeConfig, read_user_data, torch_threads
 from edgetune.data import LabelMap, TextDataset
 from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
@@ -198,13 +204,17 @@ def swap(
             "a personal head maps to the old labels, so re-personalize instead"
         )
     dataset = read_user_data(new_device.package, data, config.personalize)
+    if new_features is not None and len(new_features) != len(dataset):
+        raise ValueError(f"new_features has {len(new_features)} rows for {len(dataset)} examples")
+    width = new_device.package.encode(dataset.texts)[0].shape[1]
+    full = full_retrain_flops(new_device, width, len(dataset), config.personalize.epochs)
     existed = out.exists()
     try:
         with torch_threads(threads):
             if config.method == "fala":
-                result = _fala(old_device, new_device, state, dataset, out, config, new_features)
+                result = _fala(old_device, new_device, state, dataset, out, config, new_features, full)
             else:
-                result = _personalize(new_device, dataset, out, config, new_features)
+                result = _personalize(new_device, dataset, out, config, new_features, full)
         new_device.top(out)  # read the new state back through the new package before reporting success
     except BaseException as err:
         if not existed and out.exists():
@@ -226,15 +236,12 @@ def _fala(
     out: Path,
     config: SwapConfig,
     new_features: np.ndarray | None,
+    full_flops: float,
 ) -> SwapResult:
-    from device_sim.personal import write_personal_state
-
     y = dataset.encoded_labels(LabelMap(tuple(new.labels)))
     t0 = time.perf_counter()
     if new_features is None:  # forward only, every example: clustering needs them all
         new_features = new.features(dataset.texts)
-    if len(new_features) != len(dataset):
-        raise ValueError(f"new_features has {len(new_features)} rows for {len(dataset)} examples")
     t1 = time.perf_counter()
     selected = curated_examples(new_features, y, config)
     t2 = time.perf_counter()
@@ -269,7 +276,6 @@ def _fala(
         training=training,
         kind="fala",
     )
-    width = new.package.encode(dataset.texts)[0].shape[1]
     return SwapResult(
         path=out,
         method="fala",
@@ -277,7 +283,7 @@ def _fala(
         examples_used=len(selected),
         selected=selected,
         backward_flops=per_example * len(selected) * len(losses),
-        full_retrain_backward_flops=full_retrain_flops(new, width, len(dataset), config.personalize.epochs),
+        full_retrain_backward_flops=full_flops,
         seconds={
             "embed_new": t1 - t0,
             "select": t2 - t1,
@@ -290,7 +296,12 @@ def _fala(
 
 
 def _personalize(
-    new: Device, dataset: TextDataset, out: Path, config: SwapConfig, new_features: np.ndarray | None
+    new: Device,
+    dataset: TextDataset,
+    out: Path,
+    config: SwapConfig,
+    new_features: np.ndarray | None,
+    full_flops: float,
 ) -> SwapResult:
     """``retrain`` (all the data, the package's cut) or ``head-only`` (the curated examples, the head)."""
     selected = list(range(len(dataset)))
@@ -304,7 +315,6 @@ def _personalize(
     selecting = time.perf_counter()
     result = new.personalize(dataset.subset(selected), out, job)
     epochs = len(result.history)
-    width = new.package.encode(dataset.texts)[0].shape[1]
     return SwapResult(
         path=out,
         method=config.method,
@@ -312,7 +322,7 @@ def _personalize(
         examples_used=len(selected),
         selected=selected,
         backward_flops=result.estimate.backward_flops * result.num_train * epochs,
-        full_retrain_backward_flops=full_retrain_flops(new, width, len(dataset), config.personalize.epochs),
+        full_retrain_backward_flops=full_flops,
         seconds={"select": selecting - t0, **result.seconds},
         details={"epochs": epochs, "train_cut": result.train_cut, "best_epoch": result.best_epoch},
     )
