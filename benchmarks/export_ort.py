@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import blocked  # benchmarks/timing.py: the script's directory is on sys.path
+from timing import blocked, cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
 
 from edgetune.api import load_model, plan
 from edgetune.data import LabelMap, stratified_split
@@ -45,16 +45,6 @@ from exporters.onnx_trunk import TrunkModule, export_trunk, verify_trunk
 from exporters.package import load_package
 from exporters.quantize import Int8Config, quantize_trunk, size_of
 from exporters.runtime import map_batches, ort_session
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def fused_copy(src: Path, dst: Path) -> Path:
@@ -185,7 +175,7 @@ def main() -> None:
         "benchmark": "export_ort",
         "machine": {
             "platform": platform.platform(),
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": args.threads,
             "load_avg_1min_before_after_timings": [load_before, load_after],

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timing import cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
 
 MODEL = "all-MiniLM-L6-v2"
 # The head starts from a logistic probe whose weights are large (row norms ~12 on MiniLM): trained alone, or
@@ -55,16 +56,6 @@ DEVICE_CONFIGS = {
     "device-lora": {"tuner": "lora", "tuner_params": {"r": 8}, "lr": 1e-3, "head_lr": 0.1},
     "device-head": {"cut": "L", "head_lr": 0.1},
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _rss_mb() -> float:
@@ -560,7 +551,7 @@ def main() -> None:
         "command": "flock /work/bench.lock python benchmarks/personalize_users.py " + " ".join(sys.argv[1:]),
         "machine": {
             "platform": platform.platform(),
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": args.threads,
             "load_avg_1min_end": os.getloadavg()[0],
