@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetune.io import atomic_directory, atomic_write_json, sha256_file
-from exporters.manifest import canonical_bytes, seal
+from exporters.manifest import manifest_digest, seal
 
 if TYPE_CHECKING:
     import torch
@@ -233,7 +233,7 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
     if missing:
         raise PersonalStateError(f"{path}: {MANIFEST} misses entries {missing}")
     integrity = manifest["integrity"]
-    want = hashlib.sha256(canonical_bytes(manifest)).hexdigest()
+    want = manifest_digest(manifest)
     if not isinstance(integrity, dict) or integrity.get("manifest_sha256") != want:
         raise PersonalStateError(
             f"{path}: {MANIFEST} does not match its integrity hash (edited or corrupted after it was written)"

@@ -68,10 +68,14 @@ def canonical_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its ``integrity`` entry: what the seal records."""
+    return hashlib.sha256(canonical_bytes(manifest)).hexdigest()
+
+
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest with its ``integrity`` entry (sha256 of its canonical JSON)."""
-    digest = hashlib.sha256(canonical_bytes(manifest)).hexdigest()
-    return {**manifest, "integrity": {"algorithm": "sha256", "manifest_sha256": digest}}
+    return {**manifest, "integrity": {"algorithm": "sha256", "manifest_sha256": manifest_digest(manifest)}}
 
 
 def parse(raw: bytes) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def _check_seal(manifest: dict[str, Any]) -> None:
     if not isinstance(integrity, dict) or integrity.get("algorithm") != "sha256":
         raise PackageError(f"{MANIFEST}: integrity entry is missing or uses an unknown algorithm")
     try:
-        want = hashlib.sha256(canonical_bytes(manifest)).hexdigest()
+        want = manifest_digest(manifest)
     except ValueError as err:
         raise PackageError(f"{MANIFEST}: cannot be canonicalized ({err})") from None
     if integrity.get("manifest_sha256") != want:
