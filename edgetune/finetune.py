@@ -21,8 +21,11 @@ out/
 
 from __future__ import annotations
 
+import copy
 import json
+import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,10 @@ from edgetune.api import load_model
 from edgetune.backbones import Backbone
 from edgetune.batches import split_validation
 from edgetune.data import LabelMap, TextDataset, load_dataset
+from edgetune.evaluation import evaluate_classifier
 from edgetune.freeze import check_structure
 from edgetune.io import atomic_directory
+from edgetune.learning_rates import lr_candidates
 from edgetune.planner.plan import Plan, PlanError
 from edgetune.tokenization import TextEncoder
 from edgetune.train import StepEvent, TrainConfig, Trainer, TrainError, TrainResult
@@ -91,11 +96,16 @@ def finetune(
     eval_data: str | Path | TextDataset | None = None,
     overwrite: bool = False,
     callbacks: Sequence[Callable[[StepEvent], None]] = (),
+    search_lr: bool = False,
 ) -> TrainResult:
     """Train ``model`` as ``plan`` says on ``data``; evaluate on ``eval_data``; save to ``out``.
 
     ``tuner`` defaults to the plan's tuner and parameters. A loaded
-    ``(Backbone, TextEncoder)`` is trained in place.
+    ``(Backbone, TextEncoder)`` is trained in place. Without learning rates in
+    ``config`` the rule of :mod:`edgetune.learning_rates` sets them for the
+    plan's cut; ``search_lr`` instead trains the rule's grid
+    (:func:`~edgetune.learning_rates.lr_candidates`) and keeps the run that
+    scores best on the validation split (``config.val_fraction``, 0.1 when 0).
     """
     config = config or TrainConfig()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
@@ -120,6 +130,16 @@ def finetune(
     model_hash = backbone.fingerprint()
     check_plan(plan, backbone, model_hash)
 
+    if search_lr:
+        result = _search_learning_rate(
+            backbone, encoder, plan, label_map, dataset, tuner_obj, config, model_hash, out_path
+        )
+        if held_out is not None:
+            result.metrics = evaluate_classifier(result.classifier, encoder, held_out, progress=config.progress)
+        if out_path is not None:
+            save_result(out_path, result, plan)
+        return result
+
     train_set, val_set = split_validation(dataset, config.val_fraction, config.seed)
     trainer = Trainer(
         backbone,
@@ -142,6 +162,63 @@ def finetune(
     if out_path is not None:
         save_result(out_path, result, plan)
     return result
+
+
+def _search_learning_rate(
+    backbone: Backbone,
+    encoder: TextEncoder,
+    plan: Plan,
+    label_map: LabelMap,
+    dataset: TextDataset,
+    tuner: Tuner,
+    config: TrainConfig,
+    model_hash: str,
+    out: Path | None,
+) -> TrainResult:
+    """Train every candidate learning rate on a copy of the model; keep the best on the validation split.
+
+    The candidates share one feature cache (the trunk is frozen, so its output
+    does not depend on the rate). The search itself is not checkpointed: an
+    interrupted search starts over.
+    """
+    trained = backbone.num_layers - plan.cut
+    tuner_name = tuner.name
+    config = replace(config, val_fraction=config.val_fraction or 0.1)
+    train_set, val_set = split_validation(dataset, config.val_fraction, config.seed)
+    assert val_set is not None
+    trials: list[dict[str, Any]] = []
+    best: TrainResult | None = None
+    with tempfile.TemporaryDirectory(prefix="edgetune-lr-search-") as scratch:
+        cache_dir = out / FEATURES if out is not None else Path(scratch)
+        for lr, head_lr in lr_candidates(trained, backbone.num_layers, tuner_name):
+            trial_config = replace(config, lr=lr, head_lr=head_lr)
+            trainer = Trainer(
+                copy.deepcopy(backbone),
+                encoder,
+                plan.cut,
+                label_map,
+                get_tuner(tuner_name, **tuner.config.to_dict()),
+                trial_config,
+                cache_dir=cache_dir,
+                model_hash=model_hash,
+            )
+            try:
+                result = trainer.fit(train_set, val=val_set)
+            finally:
+                trainer.cleanup()
+            kept = result.history[(result.best_epoch or len(result.history)) - 1]
+            trials.append({"lr": lr, "head_lr": head_lr, **{k: kept[k] for k in ("val_accuracy", "val_macro_f1")}})
+            if best_index(trials, config.metric) == len(trials) - 1:
+                best = result
+    assert best is not None
+    best.lr_search = trials
+    return best
+
+
+def best_index(trials: list[dict[str, Any]], metric: str) -> int:
+    """Index of the best trial (first of equals: the candidates run from the smallest rate up)."""
+    scores = [t[f"val_{metric}"] for t in trials]
+    return scores.index(max(scores))
 
 
 def save_result(out: Path, result: TrainResult, plan: Plan) -> Path:

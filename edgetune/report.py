@@ -29,9 +29,12 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
 
 
 def plot_plan(plan: Plan, path: str | Path) -> Path:
-    """Deviation and gain per layer (left), cost per cut with the chosen cut marked (right)."""
+    """Deviation and gain per layer (left), cost per cut with the chosen cut marked (middle) and, for a plan
+    with predicted losses, predicted accuracy loss against backward cost with the tolerance (right)."""
     plt = _figure()
-    fig, (ax_dev, ax_cost) = plt.subplots(1, 2, figsize=(12, 4.5))
+    has_loss = any(r.predicted_loss is not None for r in plan.rows)
+    fig, axes = plt.subplots(1, 3 if has_loss else 2, figsize=(18 if has_loss else 12, 4.5))
+    ax_dev, ax_cost = axes[0], axes[1]
     cuts = [r.cut for r in plan.rows]
 
     devs = [r.deviation for r in plan.rows]
@@ -74,8 +77,36 @@ def plot_plan(plan: Plan, path: str | Path) -> Path:
         "(grey: over budget)",
         fontsize=10,
     )
+    if has_loss:
+        _plot_predicted_loss(axes[2], plan)
     fig.subplots_adjust(wspace=0.45)
     fig.suptitle(
         f"{display_name(plan.model_id)} ({plan.model_type}, {plan.num_layers} layers), {len(plan.labels)} labels"
     )
     return save_figure(fig, path)
+
+
+def _plot_predicted_loss(ax, plan: Plan) -> None:
+    """Predicted accuracy loss of each cut against its backward FLOPs; the tolerance line; the pick in red."""
+    rows = [r for r in plan.rows if r.predicted_loss is not None]
+    fracs = [100 * r.backward_frac for r in rows]
+    losses = [r.predicted_loss for r in rows]
+    ax.plot(fracs, losses, "o-", color="C0")
+    for r, x, y in zip(rows, fracs, losses):
+        ax.annotate(
+            "head" if r.cut == plan.num_layers else str(r.cut),
+            (x, y),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
+    chosen = plan.chosen
+    if chosen.predicted_loss is not None:
+        ax.plot([100 * chosen.backward_frac], [chosen.predicted_loss], "o", color="red", ms=10, label="chosen cut")
+    tolerance = plan.planner_params.get("tolerance")
+    if tolerance is not None and plan.planner_params.get("policy", "cheapest") == "cheapest":
+        ax.axhline(tolerance, color="grey", ls="--", lw=1, label=f"tolerance {tolerance:g} points")
+    ax.set_xlabel("backward FLOPs, % of full fine-tuning")
+    ax.set_ylabel("predicted accuracy loss vs the best cut (points)")
+    ax.set_title("predicted loss vs cost", fontsize=10)
+    ax.legend(fontsize=8)

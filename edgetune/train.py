@@ -30,7 +30,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from edgetune.checkpoint import save_checkpoint as write_checkpoint
 from edgetune.data import LabelMap, TextDataset
 from edgetune.evaluation import METRICS, classification_metrics
 from edgetune.features import FeatureCache, data_digest
+from edgetune.learning_rates import default_learning_rates
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
@@ -65,8 +66,8 @@ class TrainConfig:
     mode: str = "cached"
     epochs: int = 3
     batch_size: int = 16
-    lr: float = 5e-5
-    head_lr: float | None = None  # head and final norm; None: lr
+    lr: float | None = None  # trained blocks; None: the rule in edgetune.learning_rates (depends on the cut)
+    head_lr: float | None = None  # head and final norm; None: the rule's head rate (1e-3)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_grad_norm: float | None = 1.0
@@ -93,7 +94,7 @@ class TrainConfig:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+        if (self.lr is not None and self.lr <= 0) or (self.head_lr is not None and self.head_lr <= 0):
             raise ValueError("learning rates must be positive")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -101,6 +102,11 @@ class TrainConfig:
             raise ValueError("patience needs val_fraction > 0 and must be >= 1")
         if self.release_trunk and self.mode != "cached":
             raise ValueError("release_trunk needs mode='cached' (naive mode runs the trunk every step)")
+
+    def with_learning_rates(self, trained_blocks: int, num_layers: int, tuner: str) -> TrainConfig:
+        """A copy with both learning rates set: the ones given, else the rule for what is trained."""
+        block, head = default_learning_rates(trained_blocks, num_layers, tuner)
+        return replace(self, lr=self.lr if self.lr is not None else block, head_lr=self.head_lr or head)
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the result (a checkpoint resumes only under the same ones)."""
@@ -135,6 +141,7 @@ class TrainResult:
     config: TrainConfig = field(default_factory=TrainConfig)
     delta: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
+    lr_search: list[dict[str, Any]] | None = None  # finetune(search_lr=True): every candidate's validation score
 
     @property
     def epoch_seconds(self) -> list[float]:
@@ -153,6 +160,7 @@ class TrainResult:
             "cache_seconds": self.cache_seconds,
             "cache_bytes": self.cache_bytes,
             "metrics": self.metrics,
+            "lr_search": self.lr_search,
             "tuner_report": getattr(self.tuner, "report", None),  # e.g. DSEE's pruning: sparsity and FLOPs
         }
 
@@ -204,7 +212,8 @@ class TopTrainer:
         cut: int | None = None,
         accelerator: Any | None = None,
     ) -> None:
-        self.config = config or TrainConfig()
+        config = config or TrainConfig()
+        self.config = config.with_learning_rates(len(top.layers), top.num_layers, tuner.name)
         self.accelerator = accelerator or make_accelerator(self.config)
         self.top, self.tuner, self.label_map = top, tuner, label_map
         self.cut = top.cut if cut is None else cut
@@ -276,7 +285,7 @@ class TopTrainer:
         steps_per_epoch = math.ceil(len(train_src) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
         params = self.tuner.trainable_parameters(self.top)
-        optimizer = torch.optim.AdamW(param_groups(params, cfg.lr, cfg.head_lr or cfg.lr, cfg.weight_decay))
+        optimizer = torch.optim.AdamW(param_groups(params, cfg.lr, cfg.head_lr, cfg.weight_decay))
         from transformers import get_linear_schedule_with_warmup
 
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)

@@ -18,8 +18,13 @@ def bert(tiny_model_dir):
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "gpt2", "llama", "qwen2", "mistral"])
 def test_salf_plans_every_family(family, tiny_model_dir, train_csv, tmp_path):
     model = load_model(tiny_model_dir(family), max_length=16)
-    p = plan(model, train_csv, planner_params={"sample_size": 60}, progress=False)
-    assert 1 <= p.cut <= 2  # SALF picks a layer and keeps >= 1 block trainable
+    p = plan(model, train_csv, planner_params={"sample_size": 60, "policy": "argmax-gain"}, progress=False)
+    assert 1 <= p.cut <= 2  # the paper's rule picks a layer and keeps >= 1 block trainable
+    cheapest = plan(model, train_csv, planner_params={"sample_size": 60}, progress=False)
+    losses = [r.predicted_loss for r in cheapest.rows]
+    assert all(x is not None and x >= 0 for x in losses) and losses[0] == 0.0
+    within = [r.cut for r in cheapest.rows if r.predicted_loss <= 1.0]
+    assert cheapest.cut == max(within)  # the cheapest cut within the default tolerance
     assert len(p.rows) == 4
     devs = [r.deviation for r in p.rows]
     assert all(d is not None and d >= 0 for d in devs)

@@ -1,14 +1,21 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from edgetune.planner import Budget, choose_cut
+from edgetune.planner.base import allowed_cuts_mask
 from edgetune.planner.salf import (
     SALFConfig,
     block_units,
     calibrate_temperature,
+    cheapest_within,
     cosine_to_basis,
     deviation,
     expected_gains,
     fit_scaling_law,
+    head_only_error,
+    predicted_losses,
     probe_basis,
     readout_basis,
 )
@@ -90,3 +97,49 @@ def test_config_validation():
         SALFConfig(basis="nope")
     with pytest.raises(ValueError, match="temperature"):
         SALFConfig(temperature=0)
+
+
+# -- the cost-aware policy ----------------------------------------------------------------------
+def test_predicted_losses_follow_the_law_and_are_zero_at_full_depth():
+    units = np.array([4.0, 3.0, 2.0, 1.0, 0.0])  # cuts 0..4 of a 4-block model
+    losses = predicted_losses(20.0, units, scale=0.5, alpha=2.0)
+    assert losses[0] == 0.0
+    assert np.all(np.diff(losses) > 0)  # freezing more never predicts less loss
+    assert losses[4] == pytest.approx(0.5 * 20.0 * (1.0 - 5.0**-2.0))
+    assert losses[3] == pytest.approx(0.5 * 20.0 * (2.0**-2.0 - 5.0**-2.0))
+
+
+def test_cheapest_cut_within_tolerance_on_a_hand_made_curve():
+    losses = np.array([0.0, 0.1, 0.4, 0.9, 2.5, 6.0])  # cut 5 = head only
+    costs = [SimpleNamespace(backward_frac=1 - k / 5) for k in range(6)]
+    allowed = np.ones(6, bool)
+    assert choose_cut(cheapest_within(losses, 1.0, allowed), costs, Budget()) == 3
+    assert choose_cut(cheapest_within(losses, 0.3, allowed), costs, Budget()) == 1
+    assert choose_cut(cheapest_within(losses, 10.0, allowed), costs, Budget()) == 5  # head only is enough
+    # head only forbidden (min_trainable_layers = 1): the next cheapest within tolerance
+    assert choose_cut(cheapest_within(losses, 10.0, allowed_cuts_mask(5, 1)), costs, Budget()) == 4
+
+
+def test_budgets_bind_the_cheapest_policy():
+    losses = np.array([0.0, 0.1, 0.4, 0.9, 2.5, 6.0])
+    costs = [SimpleNamespace(backward_frac=1 - k / 5) for k in range(6)]
+    budget = Budget(max_backward_frac=0.5)
+    # tolerance 0.3 wants cut 1 (80% of the backward FLOPs): over budget, so the least lossy fitting cut (3)
+    assert choose_cut(cheapest_within(losses, 0.3, np.ones(6, bool)), costs, budget) == 3
+
+
+def test_head_only_error_is_a_cross_validated_probe_error():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    separable = np.eye(3)[labels] * 5 + rng.standard_normal((120, 3)) * 0.1
+    noise = rng.standard_normal((120, 3))
+    assert head_only_error(separable, labels, 5, 1.0, 0) == 0.0
+    assert head_only_error(noise, labels, 5, 1.0, 0) > 40.0  # about chance (66.7) on pure noise
+    assert np.isnan(head_only_error(noise, np.zeros(120, int), 5, 1.0, 0))
+
+
+def test_policy_validation():
+    with pytest.raises(ValueError, match="policy"):
+        SALFConfig(policy="cheapest-ever")
+    with pytest.raises(ValueError, match="tolerance"):
+        SALFConfig(tolerance=-1)

@@ -31,7 +31,9 @@ def print_plan_table(plan: Plan) -> None:
 
     has_gains = any(r.expected_gain is not None for r in plan.rows)
     has_budget = any(v is not None for v in plan.budget.values())
-    columns = ["cut", "trains", *(("dev", "gain", "G") if has_gains else ("score",)), "bwd", "params", "MB", "est s"]
+    has_loss = any(r.predicted_loss is not None for r in plan.rows)
+    columns = ["cut", "trains", *(("dev", "gain", "G") if has_gains else ("score",))]
+    columns += [*(("pred. loss",) if has_loss else ()), "bwd", "params", "MB", "est s"]
     if has_budget:
         columns.append("budget")
     table = Table(title=f"{plan.planner} cost-benefit per cut ({plan.num_layers} layers)")
@@ -41,7 +43,8 @@ def print_plan_table(plan: Plan) -> None:
         trains = f"{r.cut + 1}..{plan.num_layers}" if r.cut < plan.num_layers else "head"
         style = "bold green" if r.cut == plan.cut else ("dim" if not r.fits_budget else "")
         method = (_fmt(r.deviation), _fmt(r.gain), _fmt(r.expected_gain)) if has_gains else (_fmt(r.score, ".2f"),)
-        cells = [str(r.cut), trains, *method, f"{r.backward_frac:.0%}", human(r.trainable_params)]
+        loss = (_fmt(r.predicted_loss, ".2f"),) if has_loss else ()
+        cells = [str(r.cut), trains, *method, *loss, f"{r.backward_frac:.0%}", human(r.trainable_params)]
         cells += [f"{r.train_memory_mb:.0f}", f"{r.device_seconds:.0f}"]
         if has_budget:
             cells.append("ok" if r.fits_budget else "over")

