@@ -12,12 +12,15 @@ examples; ``--max-length`` tokens. The oracle trains every cut k = 0..6
 searched per cut on the validation split, never the test split: seed 0 trains
 the grid of :func:`edgetune.learning_rates.lr_candidates` (the rule, x1/3,
 x3), the best validation accuracy picks the rate, seeds 1.. train at that
-rate. The grid's middle point is what ``edgetune train`` does with no
+rate. Cuts that train more than ``--deep-from`` blocks cost the most and are
+searched over the rule and x3 only, with ``--deep-seeds`` seeds (the CPU
+budget of one session; say so where they are reported). The grid's middle point is what ``edgetune train`` does with no
 ``--lr``, so the rule's own test accuracy (seed 0) is recorded too.
 
 Planners (each run per seed on the training split): SALF with the cheapest-
 within-tolerance policy (the default), SALF with the paper's argmax-gain
-rule, top-k (k = 2), grad-norm (AutoFreeze-like), random, full. A pick's
+rule, top-k (k = 2), grad-norm, AutoFreeze-like (gradient-norm change over a
+few steps), random, full. A pick's
 accuracy is the oracle's mean accuracy of that cut. The oracle runs are stored
 in the JSON as they finish (a re-run resumes); the planners and the analysis
 are re-run every time (``--plans-only`` skips training), so a change of the
@@ -50,6 +53,7 @@ PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "salf-argmax": ("salf", {"policy": "argmax-gain"}),
     "topk": ("topk", {"k": 2}),
     "gradnorm": ("gradnorm", {}),
+    "autofreeze": ("autofreeze", {}),
     "random": ("random", {}),
     "full": ("full", {}),
 }
@@ -108,11 +112,11 @@ def oracle(task: str, args, store: dict[str, Any], save) -> None:
     backbone, encoder = load_model(minilm_path(), args.max_length)
     L = backbone.num_layers
     for cut in range(L, -1, -1):
-        grid = lr_candidates(L - cut, L)
+        grid, seeds = lr_candidates(L - cut, L), args.seeds
+        if L - cut > args.deep_from:  # deep cuts cost the most: no x1/3 candidate, fewer seeds
+            grid, seeds = grid[1:], args.seeds[: args.deep_seeds]
         wanted = [(cut, 0, lr, hlr) for lr, hlr in grid]
-        if all(w in done for w in wanted) and all(
-            any(r["cut"] == cut and r["seed"] == s for r in runs) for s in args.seeds
-        ):
+        if all(w in done for w in wanted) and all(any(r["cut"] == cut and r["seed"] == s for r in runs) for s in seeds):
             continue
         builder = Trainer(backbone, encoder, cut, label_map, get_tuner("full"), TrainConfig(progress=False))
         sources = tuple((builder.source(d, n), d.encoded_labels(label_map)) for d, n in zip((train, val, test), "tvx"))
@@ -128,7 +132,7 @@ def oracle(task: str, args, store: dict[str, Any], save) -> None:
                 save()
         seed0 = [r for r in runs if r["cut"] == cut and r["seed"] == 0]
         chosen = max(seed0, key=lambda r: r["val_accuracy"])
-        for seed in args.seeds:
+        for seed in seeds:
             key = (cut, seed, chosen["lr"], chosen["head_lr"])
             if seed != 0 and key not in done:
                 runs.append(train_cut(backbone, encoder, cut, label_map, sources, key[2], key[3], seed, args))
@@ -259,7 +263,8 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
             "head" if c == cuts[-1] else f"cut {c}", (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=7
         )
     ax.axhline(a["best_accuracy"] - 1.0, color="grey", ls=":", lw=1, label="best - 1 point")
-    markers = {"salf": "*", "salf-argmax": "P", "topk": "s", "gradnorm": "^", "random": "x", "full": "D"}
+    markers = {"salf": "*", "salf-argmax": "P", "topk": "s", "gradnorm": "^", "autofreeze": "v", "random": "x",
+               "full": "D"}  # fmt: skip
     for i, (label, pick) in enumerate(a["picks"].items()):
         ax.plot(
             [100 * pick["backward_frac"]],
@@ -281,14 +286,16 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["tweets", "trec", "bbc-news", "sms-spam", "movie-reviews"])
     ap.add_argument("--calibration", nargs="+", default=list(CALIBRATION))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--train", type=int, default=600)
-    ap.add_argument("--val", type=int, default=150)
+    ap.add_argument("--train", type=int, default=240)
+    ap.add_argument("--val", type=int, default=120)
     ap.add_argument("--test", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--tolerance", type=float, default=1.0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--deep-from", type=int, default=4, help="Cuts training more blocks than this are 'deep'.")
+    ap.add_argument("--deep-seeds", type=int, default=2, help="Seeds of the deep cuts (the first N of --seeds).")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plans-only", action="store_true", help="Re-run planners and analysis on stored oracle runs.")
     ap.add_argument("--fit", action="store_true", help="Print the loss law fitted on the calibration tasks.")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/planner_study.json"))

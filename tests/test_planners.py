@@ -7,7 +7,7 @@ import torch
 from edgetune.api import load_model, plan
 from edgetune.data import load_dataset
 from edgetune.planner import Budget, Plan, PlanError, get_planner
-from edgetune.planner.baselines import gradient_mass_cut
+from edgetune.planner.baselines import converged_prefix_cut, gradient_mass_cut
 
 
 @pytest.fixture()
@@ -145,3 +145,21 @@ def test_label_words_for_readout_basis(tiny_model_dir, train_csv):
             progress=False,
             planner_params={"sample_size": 30, "label_words": {"alpha": "apple", "beta": "apple"}},
         )
+
+
+def test_autofreeze_runs_on_a_copy_and_freezes_a_converged_prefix(bert, train_csv):
+    backbone, _ = bert
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    p = plan(bert, train_csv, planner="autofreeze", planner_params={"steps": 4, "batch_size": 8}, progress=False)
+    rates = p.planner_params["fitted"]["grad_norm_change_rate"]
+    assert len(rates) == 4 and all(r >= 0 for r in rates)
+    assert 0 <= p.cut <= 3
+    for n, q in backbone.model.named_parameters():
+        assert torch.equal(before[n], q)
+
+
+def test_converged_prefix_by_hand():
+    assert converged_prefix_cut(np.array([0.1, 0.2, 0.9, 0.05]), 50.0) == 1  # median 0.15
+    assert converged_prefix_cut(np.array([0.1, 0.2, 0.9, 0.05]), 75.0) == 2
+    assert converged_prefix_cut(np.array([0.9, 0.1, 0.1, 0.1]), 50.0) == 0
+    assert converged_prefix_cut(np.array([0.1, 0.1, 0.1, 0.1]), 50.0) == 4

@@ -11,7 +11,7 @@ from edgetune.cli.common import print_plan_table
 from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
 from edgetune.planner.salf import POLICIES
 
-PLANNER_CHOICES = ("salf", "topk", "gradnorm", "random", "full")
+PLANNER_CHOICES = ("salf", "topk", "gradnorm", "autofreeze", "random", "full")
 
 
 def register(app: typer.Typer) -> None:

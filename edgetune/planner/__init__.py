@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from edgetune.planner.base import CutScores, Planner, PlanningInputs, choose_cut
-from edgetune.planner.baselines import FullPlanner, GradNormPlanner, RandomPlanner, TopKPlanner
+from edgetune.planner.baselines import AutoFreezePlanner, FullPlanner, GradNormPlanner, RandomPlanner, TopKPlanner
 from edgetune.planner.cost import ArchSummary, Budget, CostConfig, CutCost, TunerCost, estimate_all, estimate_cut
 from edgetune.planner.plan import PLAN_SCHEMA_VERSION, CutRow, Plan, PlanError
 from edgetune.planner.salf import SALFConfig, SALFPlanner
 
 PLANNERS: dict[str, type[Planner]] = {
-    cls.name: cls for cls in (SALFPlanner, TopKPlanner, GradNormPlanner, RandomPlanner, FullPlanner)
+    cls.name: cls for cls in (SALFPlanner, TopKPlanner, GradNormPlanner, AutoFreezePlanner, RandomPlanner, FullPlanner)
 }
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "PLANNERS",
     "PLAN_SCHEMA_VERSION",
     "ArchSummary",
+    "AutoFreezePlanner",
     "Budget",
     "CostConfig",
     "CutCost",

@@ -5,6 +5,12 @@
   whole model with a probe-initialized head; blocks are ranked by gradient norm
   per parameter, and the cut keeps trainable the smallest top range whose
   blocks hold ``mass`` of the total gradient norm.
+* ``autofreeze`` — AutoFreeze-like (Liu et al., 2021): a few steps of full
+  fine-tuning (on a copy of the model); a block whose gradient norm changes by
+  less than the median rate between the first and the second half of the
+  steps has converged; the longest run of such blocks from the bottom is
+  frozen. AutoFreeze applies the test repeatedly during training; here it
+  runs once, before training, so that it can plan like the others.
 * ``random``  — a uniformly random allowed cut (seeded).
 * ``full``    — cut 0: train every block (embeddings stay frozen).
 
@@ -77,6 +83,30 @@ class RandomPlanner(Planner):
         scores = rng.random(L + 1)
         scores = np.where(allowed_cuts_mask(L, self.config.min_trainable_layers), scores, np.nan)
         return CutScores(scores, diagnostics={"preferred_cut": int(np.nanargmax(scores))})
+
+
+@dataclass
+class AutoFreezeConfig:
+    steps: int = 8
+    batch_size: int = 16
+    lr: float = 1e-4
+    percentile: float = 50.0
+    min_trainable_layers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2 (two halves to compare), got {self.steps}")
+        if not 0.0 <= self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in [0, 100], got {self.percentile}")
+
+
+def converged_prefix_cut(change_rates: np.ndarray, percentile: float) -> int:
+    """Number of bottom blocks whose gradient-norm change rate is at or below the ``percentile`` of all rates."""
+    threshold = np.percentile(change_rates, percentile)
+    cut = 0
+    while cut < len(change_rates) and change_rates[cut] <= threshold:
+        cut += 1
+    return cut
 
 
 @dataclass
@@ -161,3 +191,46 @@ class GradNormPlanner(Planner):
             w = torch.linalg.solve(x.T @ x + ridge, x.T @ onehot)
             clf.head.weight.copy_(w[:-1].T)
             clf.head.bias.copy_(w[-1])
+
+
+class AutoFreezePlanner(Planner):
+    name = "autofreeze"
+    Config = AutoFreezeConfig
+
+    def score_cuts(self, inputs: PlanningInputs) -> CutScores:
+        import copy
+
+        cfg: AutoFreezeConfig = self.config
+        L = inputs.backbone.num_layers
+        calib = sample(inputs.dataset, cfg.steps * cfg.batch_size, seed=inputs.seed)
+        labels = torch.from_numpy(calib.encoded_labels(inputs.label_map))
+        # Train a copy: the planner must leave the caller's model as it found it.
+        backbone = copy.deepcopy(inputs.backbone)
+        clf = SequenceClassifier(backbone, len(inputs.label_map))
+        GradNormPlanner._init_head_from_probe(clf, calib.texts, labels, inputs)
+        for p in clf.parameters():
+            p.requires_grad_(True)
+        trained = [p for b in backbone.blocks for p in b.parameters()] + list(clf.head.parameters())
+        optimizer = torch.optim.AdamW(trained, lr=cfg.lr)
+        norms = np.zeros((cfg.steps, L))
+        batches = length_sorted_batches(inputs.encoder.lengths(calib.texts), cfg.batch_size)
+        order = np.random.default_rng(inputs.seed).permutation(len(batches))
+        clf.train()
+        for step in range(cfg.steps):
+            idx = batches[order[step % len(batches)]]
+            ids, mask = inputs.encoder([calib.texts[i] for i in idx])
+            optimizer.zero_grad(set_to_none=True)
+            logits = clf(torch.from_numpy(ids), torch.from_numpy(mask))
+            torch.nn.functional.cross_entropy(logits, labels[idx]).backward()
+            for layer, block in enumerate(backbone.blocks):
+                norms[step, layer] = float(torch.sqrt(sum(p.grad.pow(2).sum() for p in block.parameters()
+                                                          if p.grad is not None)))  # fmt: skip
+            optimizer.step()
+        half = cfg.steps // 2
+        first, second = norms[:half].mean(axis=0), norms[half:].mean(axis=0)
+        rates = np.abs(second - first) / np.maximum(first, 1e-12)
+        cut = min(converged_prefix_cut(rates, cfg.percentile), L - cfg.min_trainable_layers)
+        return CutScores(
+            _prefer(cut, L, cfg.min_trainable_layers),
+            diagnostics={"grad_norm_change_rate": rates.tolist(), "preferred_cut": cut},
+        )
