@@ -112,7 +112,7 @@ def oracle(task: str, args, store: dict[str, Any], save) -> None:
     backbone, encoder = load_model(minilm_path(), args.max_length)
     L = backbone.num_layers
     for cut in range(L, -1, -1):
-        grid, seeds = lr_candidates(L - cut, L), args.seeds
+        grid, seeds = lr_candidates(L - cut, L, steps=run_steps(args)), args.seeds
         if L - cut > args.deep_from:  # deep cuts cost the most: no x1/3 candidate, fewer seeds
             grid, seeds = grid[1:], args.seeds[: args.deep_seeds]
         wanted = [(cut, 0, lr, hlr) for lr, hlr in grid]
@@ -174,7 +174,12 @@ def plan_task(task: str, args) -> dict[str, Any]:
     return out
 
 
-def analyse(task: str, store: dict[str, Any], tolerance: float) -> dict[str, Any]:
+def run_steps(args) -> int:
+    """Optimizer steps of one training run (what the learning-rate rule scales with)."""
+    return -(-args.train // args.batch_size) * args.epochs
+
+
+def analyse(task: str, store: dict[str, Any], tolerance: float, steps: int) -> dict[str, Any]:
     """Per cut: the tuned rate's mean test accuracy over seeds; the oracle's picks; each planner's regret."""
     runs, plans = store["runs"], store["plans"]
     L = max(r["cut"] for r in runs)
@@ -185,7 +190,7 @@ def analyse(task: str, store: dict[str, Any], tolerance: float) -> dict[str, Any
         tuned = [r for r in runs if r["cut"] == cut and r["lr"] == chosen["lr"] and r["head_lr"] == chosen["head_lr"]]
         from edgetune.learning_rates import default_learning_rates
 
-        rule = default_learning_rates(L - cut, L)
+        rule = default_learning_rates(L - cut, L, steps=steps)
         rule_run = next(r for r in seed0 if np.isclose(r["lr"], rule[0]) and np.isclose(r["head_lr"], rule[1]))
         acc = [100 * r["test_accuracy"] for r in tuned]
         table[cut] = {
@@ -318,7 +323,7 @@ def main() -> None:
             print(f"oracle: {task}", flush=True)
             oracle(task, args, store, save)
         store["plans"] = plan_task(task, args)
-        store["analysis"] = analyse(task, store, args.tolerance)
+        store["analysis"] = analyse(task, store, args.tolerance, run_steps(args))
         save()
         plot(task, store, args.out.with_name(f"planner_study_{task}.png"))
         a = store["analysis"]

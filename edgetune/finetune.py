@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -190,7 +191,8 @@ def _search_learning_rate(
     best: TrainResult | None = None
     with tempfile.TemporaryDirectory(prefix="edgetune-lr-search-") as scratch:
         cache_dir = out / FEATURES if out is not None else Path(scratch)
-        for lr, head_lr in lr_candidates(trained, backbone.num_layers, tuner_name):
+        steps = math.ceil(len(train_set) / config.batch_size) * config.epochs
+        for lr, head_lr in lr_candidates(trained, backbone.num_layers, tuner_name, steps):
             trial_config = replace(config, lr=lr, head_lr=head_lr)
             trainer = Trainer(
                 copy.deepcopy(backbone),

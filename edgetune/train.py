@@ -103,9 +103,9 @@ class TrainConfig:
         if self.release_trunk and self.mode != "cached":
             raise ValueError("release_trunk needs mode='cached' (naive mode runs the trunk every step)")
 
-    def with_learning_rates(self, trained_blocks: int, num_layers: int, tuner: str) -> TrainConfig:
-        """A copy with both learning rates set: the ones given, else the rule for what is trained."""
-        block, head = default_learning_rates(trained_blocks, num_layers, tuner)
+    def with_learning_rates(self, trained_blocks: int, num_layers: int, tuner: str, steps: int) -> TrainConfig:
+        """A copy with both learning rates set: the ones given, else the rule for what is trained, for how long."""
+        block, head = default_learning_rates(trained_blocks, num_layers, tuner, steps)
         return replace(self, lr=self.lr if self.lr is not None else block, head_lr=self.head_lr or head)
 
     def identity(self) -> dict[str, Any]:
@@ -212,8 +212,7 @@ class TopTrainer:
         cut: int | None = None,
         accelerator: Any | None = None,
     ) -> None:
-        config = config or TrainConfig()
-        self.config = config.with_learning_rates(len(top.layers), top.num_layers, tuner.name)
+        self.config = config or TrainConfig()  # unset learning rates are resolved when the run's length is known
         self.accelerator = accelerator or make_accelerator(self.config)
         self.top, self.tuner, self.label_map = top, tuner, label_map
         self.cut = top.cut if cut is None else cut
@@ -279,11 +278,12 @@ class TopTrainer:
     def _train_loop(
         self, train_src: Source, y_train: np.ndarray, val_src: Source | None, y_val: np.ndarray | None
     ) -> tuple[TrainState, dict | None]:
+        steps_per_epoch = math.ceil(len(train_src) / self.config.batch_size)
+        total = steps_per_epoch * self.config.epochs
+        self.config = self.config.with_learning_rates(len(self.top.layers), self.top.num_layers, self.tuner.name, total)
         cfg, acc = self.config, self.accelerator
         identity = self.identity(train_src)
 
-        steps_per_epoch = math.ceil(len(train_src) / cfg.batch_size)
-        total = steps_per_epoch * cfg.epochs
         params = self.tuner.trainable_parameters(self.top)
         optimizer = torch.optim.AdamW(param_groups(params, cfg.lr, cfg.head_lr, cfg.weight_decay))
         from transformers import get_linear_schedule_with_warmup
@@ -503,7 +503,7 @@ class Trainer(TopTrainer):
             trainable_params=fit.trainable_params,
             cache_seconds=cache_seconds,
             cache_bytes=train_src.nbytes if isinstance(train_src, FeatureCache) else 0,
-            config=cfg,
+            config=self.config,  # with the learning rates the run resolved
             delta=fit.delta,
         )
 

@@ -16,6 +16,7 @@ from edgetune.learning_rates import (
     block_learning_rate,
     default_learning_rates,
     lr_candidates,
+    step_factor,
 )
 from edgetune.train import TrainConfig
 from tests.conftest import synthetic_rows, write_csv
@@ -30,6 +31,13 @@ def test_rule_by_trained_depth():
     assert block_learning_rate(6, 6, "lora") == ADAPTER_LR
     with pytest.raises(ValueError, match="trained_blocks"):
         block_learning_rate(7, 6)
+
+
+def test_short_runs_take_larger_steps():
+    assert step_factor(None) == step_factor(250) == step_factor(10_000) == 1.0
+    assert step_factor(100) == pytest.approx((250 / 100) ** 0.5)
+    assert step_factor(5) == 3.0  # capped
+    assert default_learning_rates(0, 6, steps=5) == (FEW_BLOCKS_LR * 3, HEAD_LR * 3)
 
 
 def test_candidates_bracket_the_rule():
@@ -53,7 +61,8 @@ def test_trainer_without_rates_uses_the_rule_for_the_cut(small):
         p = plan(load_model(model, 16), train, planner="topk", planner_params={"k": trained}, progress=False)
         assert p.cut == 4 - trained
         result = finetune(load_model(model, 16), p, train, config=TrainConfig(epochs=1, progress=False, device="cpu"))
-        assert (result.config.lr, result.config.head_lr) == default_learning_rates(trained, 4)
+        steps = -(-80 // 16)
+        assert (result.config.lr, result.config.head_lr) == default_learning_rates(trained, 4, steps=steps)
 
 
 def test_search_keeps_the_best_candidate_on_validation(small, tmp_path):
@@ -63,7 +72,7 @@ def test_search_keeps_the_best_candidate_on_validation(small, tmp_path):
     config = TrainConfig(epochs=1, progress=False, device="cpu", val_fraction=0.25)
     result = finetune(load_model(model, 16), p, train, out, config, search_lr=True)
     trials = result.lr_search
-    assert [(t["lr"], t["head_lr"]) for t in trials] == lr_candidates(1, 4)
+    assert [(t["lr"], t["head_lr"]) for t in trials] == lr_candidates(1, 4, steps=-(-60 // 16))
     best = max(trials, key=lambda t: t["val_macro_f1"])
     assert (result.config.lr, result.config.head_lr) == (best["lr"], best["head_lr"])
     assert json.loads((out / "train.json").read_text())["lr_search"] == trials
@@ -78,7 +87,7 @@ def test_cli_lr_auto_and_bad_values(small, tmp_path):
     base = ["train", "--model", str(model), "--plan", str(plan_path), "--data", str(train), "--epochs", "1"]
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "auto"), "--lr", "auto", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "learning-rate search" in result.output and "head 0.001" in result.output
+    assert "learning-rate search" in result.output and "learning rates: blocks" in result.output
     bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--lr", "fast"])
     assert bad.exit_code == 2 and "'auto'" in bad.output
     assert not (tmp_path / "bad").exists()
