@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     train, _ = stratified_split(bbc_news(), 0.2, seed=0)
-    planners = ["salf", "gradnorm", "topk", "random", "full"]
+    planners = ["salf", "gradnorm", "autofreeze", "topk", "random", "full"]
     # Planners first on a pristine model (full fine-tuning changes the weights).
     backbone, encoder = load_model(minilm_path(), args.max_length)
     planner_seconds = {}
@@ -69,7 +70,12 @@ def main() -> None:
     ratios = {k: v / epoch for k, v in planner_seconds.items()}
     result = {
         "benchmark": "plan_cost",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": args.threads,
+            "load_average_at_end": os.getloadavg(),  # other work on this shared 2-core machine
+        },
         "torch": torch.__version__,
         "model": "all-MiniLM-L6-v2",
         "data": f"BBC news train split, {len(train)} examples",
