@@ -5,7 +5,11 @@ from scratch alone needs ~1e-3, a few top blocks ~3e-4, every block of a
 pretrained encoder ~5e-5 (at lr 5e-5 and head lr = lr, training only block 6 of
 MiniLM on 2,000 tweets lost 7 points against the same cut at 3e-4). The rule:
 
-* the head (and the final norm) always trains at ``HEAD_LR`` = 1e-3;
+* the head (and the final norm) trains at ``HEAD_LR`` = 1e-3 beside trained
+  blocks, at ``HEAD_ALONE_LR`` = 3e-3 when it is all that trains (a linear
+  head on frozen features: on the calibration tasks' validation splits the
+  head alone kept improving up to the grid's largest rate, 3x the block
+  cuts' head rate);
 * blocks trained with the ``full`` tuner: ``FEW_BLOCKS_LR`` = 3e-4 while at most
   half of the model's blocks are trained, then log-linearly down to
   ``ALL_BLOCKS_LR`` = 5e-5 when all of them are (more trained depth -> more
@@ -30,6 +34,7 @@ from __future__ import annotations
 import math
 
 HEAD_LR = 1e-3
+HEAD_ALONE_LR = 3e-3
 FEW_BLOCKS_LR = 3e-4
 ALL_BLOCKS_LR = 5e-5
 ADAPTER_LR = 5e-4
@@ -62,7 +67,8 @@ def default_learning_rates(
     trained_blocks: int, num_layers: int, tuner: str = "full", steps: int | None = None
 ) -> tuple[float, float]:
     """``(block lr, head lr)`` for training ``trained_blocks`` top blocks (0: the head alone) for ``steps``."""
-    return block_learning_rate(trained_blocks, num_layers, tuner, steps), HEAD_LR * step_factor(steps)
+    head = HEAD_ALONE_LR if trained_blocks == 0 else HEAD_LR
+    return block_learning_rate(trained_blocks, num_layers, tuner, steps), head * step_factor(steps)
 
 
 def lr_candidates(

@@ -12,6 +12,7 @@ from edgetune.learning_rates import (
     ADAPTER_LR,
     ALL_BLOCKS_LR,
     FEW_BLOCKS_LR,
+    HEAD_ALONE_LR,
     HEAD_LR,
     block_learning_rate,
     default_learning_rates,
@@ -23,7 +24,8 @@ from tests.conftest import synthetic_rows, write_csv
 
 
 def test_rule_by_trained_depth():
-    assert default_learning_rates(0, 6) == (FEW_BLOCKS_LR, HEAD_LR)
+    assert default_learning_rates(0, 6) == (FEW_BLOCKS_LR, HEAD_ALONE_LR)  # the head alone takes larger steps
+    assert default_learning_rates(1, 6) == (FEW_BLOCKS_LR, HEAD_LR)
     assert block_learning_rate(1, 6) == block_learning_rate(3, 6) == FEW_BLOCKS_LR
     assert block_learning_rate(6, 6) == pytest.approx(ALL_BLOCKS_LR)
     rates = [block_learning_rate(k, 6) for k in range(3, 7)]
@@ -37,7 +39,7 @@ def test_short_runs_take_larger_steps():
     assert step_factor(None) == step_factor(250) == step_factor(10_000) == 1.0
     assert step_factor(100) == pytest.approx((250 / 100) ** 0.5)
     assert step_factor(5) == 3.0  # capped
-    assert default_learning_rates(0, 6, steps=5) == (FEW_BLOCKS_LR * 3, HEAD_LR * 3)
+    assert default_learning_rates(2, 6, steps=5) == (FEW_BLOCKS_LR * 3, HEAD_LR * 3)
 
 
 def test_candidates_bracket_the_rule():
@@ -45,7 +47,7 @@ def test_candidates_bracket_the_rule():
     assert [b for b, _ in grid] == pytest.approx([FEW_BLOCKS_LR / 3, FEW_BLOCKS_LR, FEW_BLOCKS_LR * 3])
     assert {h for _, h in grid} == {HEAD_LR}
     head_only = lr_candidates(0, 6)  # only the head trains: its rate is what moves
-    assert [h for _, h in head_only] == pytest.approx([HEAD_LR / 3, HEAD_LR, HEAD_LR * 3])
+    assert [h for _, h in head_only] == pytest.approx([HEAD_ALONE_LR / 3, HEAD_ALONE_LR, HEAD_ALONE_LR * 3])
 
 
 @pytest.fixture()
