@@ -172,6 +172,7 @@ def plan_task(task: str, args, stored: dict[str, Any] | None = None) -> dict[str
                     for r in p.rows
                 ]
                 entry["head_only_error"] = p.planner_params["fitted"].get("head_only_error")
+                entry["probe_errors"] = p.planner_params["fitted"].get("probe_errors")
             out.setdefault(label, []).append(entry)
     if "backward_frac" not in out:
         cost_plan = plan((backbone, encoder), train, planner="full", cost=cost, progress=False)
@@ -287,24 +288,27 @@ def markdown_table(tasks: dict[str, Any], summary: dict[str, Any], calibration: 
 
 
 def fit_law(results: dict[str, Any], tasks: list[str]) -> dict[str, float]:
-    """Least-squares gamma, alpha of SALF's loss law on the observed losses of ``tasks`` (grid search)."""
-    from edgetune.planner.salf import predicted_losses
+    """Least-squares gamma, beta, alpha of SALF's loss law on the observed losses of ``tasks`` (grid search)."""
+    from edgetune.planner.salf import loss_amplitude, predicted_losses
 
-    best = (np.inf, None, None)
-    for gamma in np.arange(0.05, 2.01, 0.05):
-        for alpha in np.arange(0.25, 4.01, 0.25):
-            err = 0.0
-            for task in tasks:
-                res = results[task]
-                units = np.array([6 - c for c in range(7)], dtype=float)
-                loss = {int(c): v for c, v in res["analysis"]["observed_loss"].items()}
-                observed = np.array([loss[c] for c in range(7)])
-                for entry in res["plans"]["salf"]:
-                    pred = predicted_losses(entry["head_only_error"], units, gamma, alpha)
-                    err += float(np.sum((pred - observed) ** 2))
-            if err < best[0]:
-                best = (err, float(gamma), float(alpha))
-    return {"sse": best[0], "gamma": best[1], "alpha": best[2]}
+    units = np.array([6 - c for c in range(7)], dtype=float)
+    curves = []
+    for task in tasks:
+        res = results[task]
+        loss = {int(c): v for c, v in res["analysis"]["observed_loss"].items()}
+        observed = np.array([loss[c] for c in range(7)])
+        curves += [(np.array(e["probe_errors"]), observed) for e in res["plans"]["salf"]]
+    best = (np.inf, None, None, None)
+    for gamma in np.arange(0.0, 1.01, 0.05):
+        for beta in np.arange(0.0, 4.01, 0.25):
+            for alpha in np.arange(0.25, 4.01, 0.125):
+                err = sum(
+                    float(np.sum((predicted_losses(loss_amplitude(e, gamma, beta), units, alpha) - obs) ** 2))
+                    for e, obs in curves
+                )
+                if err < best[0]:
+                    best = (err, float(gamma), float(beta), float(alpha))
+    return {"sse": best[0], "gamma": best[1], "beta": best[2], "alpha": best[3]}
 
 
 def plot(task: str, res: dict[str, Any], path: Path) -> None:

@@ -15,6 +15,7 @@ from edgetune.planner.salf import (
     expected_gains,
     fit_scaling_law,
     head_only_error,
+    loss_amplitude,
     predicted_losses,
     probe_basis,
     readout_basis,
@@ -102,11 +103,18 @@ def test_config_validation():
 # -- the cost-aware policy ----------------------------------------------------------------------
 def test_predicted_losses_follow_the_law_and_are_zero_at_full_depth():
     units = np.array([4.0, 3.0, 2.0, 1.0, 0.0])  # cuts 0..4 of a 4-block model
-    losses = predicted_losses(20.0, units, scale=0.5, alpha=2.0)
+    losses = predicted_losses(10.0, units, alpha=2.0)
     assert losses[0] == 0.0
     assert np.all(np.diff(losses) > 0)  # freezing more never predicts less loss
-    assert losses[4] == pytest.approx(0.5 * 20.0 * (1.0 - 5.0**-2.0))
-    assert losses[3] == pytest.approx(0.5 * 20.0 * (2.0**-2.0 - 5.0**-2.0))
+    assert losses[4] == pytest.approx(10.0 * (1.0 - 5.0**-2.0))
+    assert losses[3] == pytest.approx(10.0 * (2.0**-2.0 - 5.0**-2.0))
+
+
+def test_amplitude_counts_what_a_lower_latent_space_knows():
+    top_is_best = np.array([40.0, 35.0, 30.0])  # probe error per latent space, the top lowest
+    assert loss_amplitude(top_is_best, scale=0.1, recoverable=2.0) == pytest.approx(3.0)
+    top_discards = np.array([40.0, 20.0, 30.0])  # latent 1 knows 10 points more than the top
+    assert loss_amplitude(top_discards, scale=0.1, recoverable=2.0) == pytest.approx(3.0 + 20.0)
 
 
 def test_cheapest_cut_within_tolerance_on_a_hand_made_curve():

@@ -26,16 +26,18 @@ interpretation (see docs/methods.md for the derivation):
    against the best cut and takes the cheapest cut within ``tolerance``
    points (:func:`predicted_losses`):
 
-       loss(k) = gamma * e_head * [(1 + u_k)^-alpha - (1 + u_0)^-alpha]
+       A       = gamma * e_head + beta * max(0, e_head - min_{l<L} e_l)
+       loss(k) = A * [(1 + u_k)^-alpha - (1 + L)^-alpha]
 
-   e_head is the cross-validated error (in points) of a linear probe on the
-   traces' top latent h_L: what training the head alone reaches on the
-   sample. u_k is the trained depth of cut k in block units (parameters of
-   blocks k+1..L / mean block parameters), so the fine-tuning loss follows a
-   power law in the trained parameters, loss = A N^-alpha + E, anchored at the
-   head-only cut (A = gamma * e_head). gamma (the share of the probe's error
-   that fine-tuning every block removes) and alpha (how fast trained depth
-   closes the gap) were fitted once on the calibration tasks of
+   e_l is the cross-validated error (in points) of a linear probe on the
+   traces' pooled latent h_l; e_head = e_L is what training the head alone
+   reaches on the sample. The second term is task information that a lower
+   latent space holds and the frozen top discards: error that training the
+   top blocks can win back (a task whose top latent is already its best one
+   has only the gamma share to gain). u_k is the trained depth of cut k in
+   block units (parameters of blocks k+1..L / mean block parameters), so the
+   loss follows a power law in trained parameters, loss = A N^-alpha + E.
+   gamma, beta and alpha were fitted once on the calibration tasks of
    ``benchmarks/planner_study.py`` and are reported on the others.
 """
 
@@ -56,8 +58,9 @@ from edgetune.traces import collect_traces
 
 POLICIES = ("cheapest", "argmax-gain")
 # Calibrated on the calibration tasks of benchmarks/planner_study.py (see docs/methods.md).
-LOSS_SCALE = 0.5
-LOSS_ALPHA = 2.0
+LOSS_SCALE = 0.05
+LOSS_RECOVERABLE = 3.25
+LOSS_ALPHA = 0.875
 
 
 @dataclass
@@ -74,6 +77,7 @@ class SALFConfig:
     policy: str = "cheapest"  # cheapest | argmax-gain
     tolerance: float = 1.0  # accuracy points the cheapest policy may give up against the best cut
     loss_scale: float = LOSS_SCALE  # gamma of predicted_losses
+    loss_recoverable: float = LOSS_RECOVERABLE  # beta of predicted_losses
     loss_alpha: float = LOSS_ALPHA  # alpha of predicted_losses
     probe_folds: int = 5  # cross-validation folds of the head-only error e_head
 
@@ -82,8 +86,11 @@ class SALFConfig:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0 accuracy points, got {self.tolerance}")
-        if self.loss_scale < 0 or self.loss_alpha <= 0:
-            raise ValueError(f"loss_scale must be >= 0 and loss_alpha > 0, got {self.loss_scale}, {self.loss_alpha}")
+        if self.loss_scale < 0 or self.loss_recoverable < 0 or self.loss_alpha <= 0:
+            raise ValueError(
+                "loss_scale and loss_recoverable must be >= 0 and loss_alpha > 0, got "
+                f"{self.loss_scale}, {self.loss_recoverable}, {self.loss_alpha}"
+            )
         if self.probe_folds < 2:
             raise ValueError(f"probe_folds must be >= 2, got {self.probe_folds}")
         if self.basis not in ("auto", "readout", "probe"):
@@ -213,13 +220,24 @@ def head_only_error(features: np.ndarray, labels: np.ndarray, folds: int, c: flo
     return float(100.0 * np.mean(pred != labels))
 
 
-def predicted_losses(e_head: float, trained_units: np.ndarray, scale: float, alpha: float) -> np.ndarray:
+def loss_amplitude(layer_errors: np.ndarray, scale: float, recoverable: float) -> float:
+    """A of :func:`predicted_losses`: the head-only cut's predicted loss against full depth (before the law's shape).
+
+    ``layer_errors[l]`` is the probe error (points) on latent space l = 0..L.
+    """
+    e = np.asarray(layer_errors, dtype=np.float64)
+    e_head = float(e[-1])
+    below = float(np.nanmin(e[:-1])) if len(e) > 1 and np.isfinite(e[:-1]).any() else e_head
+    return scale * e_head + recoverable * max(0.0, e_head - below)
+
+
+def predicted_losses(amplitude: float, trained_units: np.ndarray, alpha: float) -> np.ndarray:
     """Predicted accuracy loss (points) of every cut against training every block (module docstring, step 5).
 
     ``trained_units[k]`` is the trained depth of cut k in block units (L at cut 0, 0 for the head alone).
     """
     u = np.asarray(trained_units, dtype=np.float64)
-    curve = scale * e_head * np.power(1.0 + u, -alpha)
+    curve = amplitude * np.power(1.0 + u, -alpha)
     return np.maximum(curve - curve[np.argmax(u)], 0.0)
 
 
@@ -289,10 +307,11 @@ class SALFPlanner(Planner):
         tau = float(np.mean(taus))
         x = block_units(backbone.block_param_counts())
         gains, expected, law = expected_gains(devs, x)
-        e_head = head_only_error(pooled[-1], labels, cfg.probe_folds, cfg.probe_c, inputs.seed)
-        if not np.isfinite(e_head):
-            e_head = 100.0 * (1.0 - 1.0 / len(inputs.label_map))  # no estimate: assume chance, so nothing is cheap
-        losses = predicted_losses(e_head, x[-1] - x, cfg.loss_scale, cfg.loss_alpha)
+        errors = np.array([head_only_error(p, labels, cfg.probe_folds, cfg.probe_c, inputs.seed) for p in pooled])
+        if not np.isfinite(errors[-1]):
+            errors[-1] = 100.0 * (1.0 - 1.0 / len(inputs.label_map))  # no estimate: assume chance, nothing is cheap
+        amplitude = loss_amplitude(errors, cfg.loss_scale, cfg.loss_recoverable)
+        losses = predicted_losses(amplitude, x[-1] - x, cfg.loss_alpha)
         min_layers = cfg.min_trainable_layers
         if cfg.policy == "argmax-gain":
             allowed = allowed_cuts_mask(backbone.num_layers, 1 if min_layers is None else min_layers)
@@ -304,8 +323,10 @@ class SALFPlanner(Planner):
         diagnostics = {
             "policy": cfg.policy,
             "tolerance": cfg.tolerance,
-            "head_only_error": e_head,
-            "loss_law": {"gamma": cfg.loss_scale, "alpha": cfg.loss_alpha},
+            "head_only_error": float(errors[-1]),
+            "probe_errors": [float(e) for e in errors],
+            "loss_law": {"gamma": cfg.loss_scale, "beta": cfg.loss_recoverable, "alpha": cfg.loss_alpha},
+            "loss_amplitude": amplitude,
             **basis_info,
             "temperature": tau,
             "law": {"A": law.a, "alpha": law.alpha, "E": law.e, "converged": law.ok},
