@@ -170,3 +170,11 @@ def device_packages(tiny_model_dir, tmp_path_factory):
         "main": export_probe_package(tiny_model_dir("bert"), root / "main"),
         "other": export_probe_package(tiny_model_dir("bert", seed=1), root / "other"),
     }
+
+
+@pytest.fixture(scope="session")
+def executorch_package(tiny_model_dir, tmp_path_factory):
+    """The ``main`` device package's model exported with the executorch target as well (cut 1 of 3)."""
+    from tests.devices import export_executorch_package
+
+    return export_executorch_package(tiny_model_dir("bert"), tmp_path_factory.mktemp("et-package") / "pkg")
