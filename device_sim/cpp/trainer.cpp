@@ -262,7 +262,7 @@ int train(const Job& job_in) {
     p.v.assign(sum(p.shape), 0.0f);
   }
   std::ofstream log(job.get("log"));
-  log.precision(9);
+  log.precision(17);
 
   std::vector<float*> weights(params.size(), nullptr);
   auto snapshot_best = [&]() {
