@@ -128,3 +128,36 @@ def test_device_path_imports(backend, executorch_package, trainer_binary, tmp_pa
     loaded = {p for p in FORBIDDEN[backend] for m in modules if m == p or m.startswith(p + ".")}
     assert not loaded, f"{backend}: loaded {sorted(loaded)}"
     assert (tmp_path / "out" / "personal.json").is_file()
+
+
+def test_cli_personalize_and_predict_on_executorch_cpp(executorch_package, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgetune.cli import app
+
+    runner = CliRunner()
+    data = user_data(60, seed=3)
+    csv = write_csv(tmp_path / "user.csv", list(zip(data.texts, data.labels)))
+    out = tmp_path / "personal"
+    args = ["personalize", "--package", str(executorch_package), "--data", str(csv), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--backend", "executorch-cpp", "--epochs", "2", "--threads", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "backend executorch-cpp" in result.output
+    predict = ["predict", "--package", str(executorch_package), "--personal", str(out), "--backend", "onnx"]
+    result = runner.invoke(app, [*predict, "--text", "apple juice today"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() in ("alpha", "beta", "gamma")
+    result = runner.invoke(app, [*args, "--backend", "tflite"])
+    assert result.exit_code == 2 and "--backend" in result.output
+    result = runner.invoke(app, ["inspect", str(executorch_package)])
+    assert result.exit_code == 0 and "top_train.pte" in result.output
+
+
+def test_cli_export_refuses_an_unknown_target(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgetune.cli import app
+
+    args = ["export", "--model", str(tmp_path), "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "p")]
+    result = CliRunner().invoke(app, [*args, "--targets", "onnx,tflite"])
+    assert result.exit_code == 2 and "unknown target 'tflite'" in result.output

@@ -2,7 +2,8 @@
 
 This process tokenizes, runs the ONNX trunk once and writes the features as
 raw files into a work directory next to the output (``.<out>.partial/``):
-``train.f32`` / ``val.f32`` (n x S x d float32, padding zeroed), ``*.mask``
+``train.f32`` / ``val.f32`` (n x S x d float32 rows, padding zeroed; the trainer reads a batch's rows
+when it needs them), ``*.mask``
 (uint8), ``*.labels`` (int64), ``order.i64`` (every epoch's permutation, the
 torch backend's), and ``job.txt`` (one ``key value`` per line; ``param NAME
 LR WEIGHT_DECAY DIMS...`` per trained tensor, in program order). The trainer
@@ -58,11 +59,11 @@ def write_job(work: Path, program_file: Path, job: Prepared, settings: TrainSett
         work / "order.i64"
     )
     warmup, total = schedule(n, settings)
-    seq = job.train[0].shape[1]
+    seq = job.train[1].shape[1]
     lines = {
         "program": str(program_file),
         "seq": seq,
-        "hidden": job.train[0].shape[2],
+        "hidden": job.hidden_size,
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
         "warmup_steps": warmup,
@@ -141,7 +142,6 @@ def personalize(
         job = prepare(package, data, settings, profile, threads, BACKEND, work=work)
         t_train = time.perf_counter()
         job_file = write_job(work, package.file(job.program["train"]["file"]), job, settings, threads)
-        job.train = job.val = None  # type: ignore[assignment]  # the trainer reads the files; free the maps
         env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
         run = subprocess.run([str(binary), str(job_file)], capture_output=True, text=True, env=env)
         if run.returncode != 0:

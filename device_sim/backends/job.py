@@ -119,11 +119,12 @@ class Prepared:
     val_idx: np.ndarray
     cut: int
     estimate: CutCost
-    train: tuple[np.ndarray, np.ndarray]  # features (n, S, d) float32, mask (n, S) uint8
-    val: tuple[np.ndarray, np.ndarray] | None
+    train: tuple[Any, np.ndarray]  # features (n, S, d) float32 (or the raw file holding them), mask (n, S) uint8
+    val: tuple[Any, np.ndarray] | None
     cache: str
     program: dict[str, Any]  # the manifest's executorch entry
     seconds: dict[str, float] = field(default_factory=dict)
+    hidden_size: int = 0
 
 
 def read_user_data(package: DevicePackage, data: str | Path | TextDataset, settings: TrainSettings) -> TextDataset:
@@ -207,26 +208,54 @@ def run_trunk(
     settings: TrainSettings,
     threads: int | None,
     file: Path | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ONNX trunk once over ``ids``: features ``(n, S, d)`` float32 (padding zeroed), mask uint8.
+) -> tuple[np.ndarray | Path, np.ndarray]:
+    """The ONNX trunk once over ``ids``: features ``(n, S, d)`` float32 (padding zeroed) and the mask (uint8).
 
-    ``file``: write the features to this raw float32 file (memory-mapped) instead of keeping them in memory.
+    ``file``: write the features as raw float32 rows to this file instead of keeping them (the C++ trainer reads
+    them; the rows go through the page cache, not this process's memory); it is returned in their place.
     """
+    import os
+
     from edgetune.progress import progress_bar
 
     n, width = ids.shape
+    d = package.hidden_size
     mask8 = mask.astype(np.uint8)
-    shape = (n, width, package.hidden_size)
-    out = np.zeros(shape, np.float32) if file is None else np.memmap(file, np.float32, mode="w+", shape=shape)
-    with progress_bar("caching trunk features", total=n, enabled=settings.progress) as advance:
-        for idx in length_sorted_batches(mask8, settings.cache_batch_size):
-            w = batch_width(mask8[idx])
-            hidden = package.run_trunk(ids[idx, :w], mask[idx, :w].astype(np.int64), settings.precision, threads)
-            out[idx, :w] = hidden * mask8[idx, :w, None].astype(np.float32)
-            advance(len(idx))
-    if isinstance(out, np.memmap):
-        out.flush()
-    return out, mask8
+    out = np.zeros((n, width, d), np.float32) if file is None else None
+    fd = None
+    if file is not None:
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(fd, n * width * d * 4)  # a sparse file of zeros: padding columns stay 0
+    try:
+        with progress_bar("caching trunk features", total=n, enabled=settings.progress) as advance:
+            for idx in length_sorted_batches(mask8, settings.cache_batch_size):
+                w = batch_width(mask8[idx])
+                hidden = package.run_trunk(ids[idx, :w], mask[idx, :w].astype(np.int64), settings.precision, threads)
+                hidden = hidden * mask8[idx, :w, None].astype(np.float32)
+                if out is not None:
+                    out[idx, :w] = hidden
+                else:
+                    for row, i in zip(hidden, idx):
+                        os.pwrite(fd, np.ascontiguousarray(row, np.float32).tobytes(), int(i) * width * d * 4)
+                advance(len(idx))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return (out if out is not None else Path(file)), mask8
+
+
+def release_memory(package: DevicePackage) -> None:
+    """Drop the onnxruntime sessions and give the freed heap back to the OS (glibc keeps it otherwise), so a
+    trainer in another process does not run beside the trunk's memory."""
+    import ctypes
+    import gc
+
+    package.release_sessions()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def prepare(
@@ -261,10 +290,12 @@ def prepare(
     if len(val_idx):
         file = None if work is None else work / "val.f32"
         val = run_trunk(package, ids[val_idx], mask[val_idx], settings, threads, file)
-    package.release_sessions()  # training needs only the features
+    release_memory(package)  # training needs only the features
     seconds = {"prepare": prepared - start, "trunk": time.perf_counter() - prepared}
     place = "memory" if in_memory else "mmap"
-    return Prepared(dataset, y, train_idx, val_idx, cut, estimate, train, val, place, program, seconds)
+    return Prepared(
+        dataset, y, train_idx, val_idx, cut, estimate, train, val, place, program, seconds, package.hidden_size
+    )
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -10,6 +10,8 @@
 // usage: edgetune-trainer JOB_FILE
 
 #include <executorch/extension/module/module.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <executorch/extension/tensor/tensor.h>
 
 #include <algorithm>
@@ -54,9 +56,12 @@ struct Param {
 
 struct Split {
   int64_t n = 0;
-  std::vector<float> features;  // n x seq x hidden
+  int fd = -1;                  // n x seq x hidden float32 rows, read per batch (not held in memory)
   std::vector<uint8_t> mask;    // n x seq
   std::vector<int64_t> labels;  // n
+  ~Split() {
+    if (fd >= 0) ::close(fd);
+  }
 };
 
 struct Job {
@@ -107,14 +112,14 @@ std::vector<T> read_array(const std::string& path, size_t count) {
   return out;
 }
 
-Split read_split(const Job& job, const std::string& prefix, int64_t seq, int64_t hidden) {
-  Split s;
+void read_split(Split& s, const Job& job, const std::string& prefix, int64_t seq) {
   s.n = job.integer(prefix + "_n");
-  if (s.n == 0) return s;
-  s.features = read_array<float>(job.get(prefix + "_features"), static_cast<size_t>(s.n * seq * hidden));
+  if (s.n == 0) return;
+  const std::string features = job.get(prefix + "_features");
+  s.fd = ::open(features.c_str(), O_RDONLY);
+  if (s.fd < 0) throw std::runtime_error(features + ": cannot open");
   s.mask = read_array<uint8_t>(job.get(prefix + "_mask"), static_cast<size_t>(s.n * seq));
   s.labels = read_array<int64_t>(job.get(prefix + "_labels"), static_cast<size_t>(s.n));
-  return s;
 }
 
 int64_t sum(const std::vector<int64_t>& shape) {
@@ -147,7 +152,10 @@ Batch gather(const Split& s, const int64_t* idx, int64_t rows, int64_t seq, int6
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = idx[r];
     const int64_t cols = std::min(b.width, seq);
-    std::memcpy(&b.hidden[r * b.width * hidden], &s.features[i * seq * hidden], sizeof(float) * cols * hidden);
+    const size_t bytes = sizeof(float) * cols * hidden;
+    const off_t offset = static_cast<off_t>(sizeof(float) * i * seq * hidden);
+    if (::pread(s.fd, &b.hidden[r * b.width * hidden], bytes, offset) != static_cast<ssize_t>(bytes))
+      throw std::runtime_error("features: short read (truncated file?)");
     for (int64_t c = 0; c < cols; ++c) b.mask[r * b.width + c] = s.mask[i * seq + c];
     b.labels.push_back(s.labels[i]);
   }
@@ -246,8 +254,9 @@ int train(const Job& job_in) {
   const int64_t threads = job.integer("threads");
   if (threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(threads);
 
-  Split train = read_split(job, "train", seq, hidden);
-  Split val = read_split(job, "val", seq, hidden);
+  Split train, val;
+  read_split(train, job, "train", seq);
+  read_split(val, job, "val", seq);
   auto order = read_array<int64_t>(job.get("order"), static_cast<size_t>(epochs * train.n));
 
   Module module(job.get("program"), Module::LoadMode::File);
