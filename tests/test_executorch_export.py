@@ -15,7 +15,8 @@ from exporters.package import load_package, verify_package
 def test_manifest_lists_the_programs_with_hashes_and_parity(executorch_package):
     manifest = json.loads((executorch_package / "manifest.json").read_text())
     entry = manifest["executorch"]
-    assert entry["files"] == ["top_train.pte", "top.pte"]
+    assert entry["files"] == ["top_train.pte", "top.pte", "top_fn.onnx"]
+    assert entry["predict"]["file"] == "top_fn.onnx" and entry["predict"]["max_abs_diff"] <= 1e-4
     for name in entry["files"]:
         assert manifest["files"][name]["size"] == (executorch_package / name).stat().st_size
         assert len(manifest["files"][name]["sha256"]) == 64
