@@ -18,25 +18,35 @@ refused (:class:`~device_sim.personal.PersonalStateError`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from device_sim.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
-from device_sim.personalize import PersonalizeConfig, PersonalizeResult, personalize, torch_threads
 from device_sim.profiles import DeviceProfile, get_profile
 from edgetune.data import LabelMap, TextDataset, load_dataset
-from edgetune.modeling import TopModel
-from edgetune.train import StepEvent
-from edgetune.tuners import tuner_from_dict
 from exporters.package import DevicePackage, PackageError, load_package
 from exporters.runtime import run_trunk, torch_top_fn
 
+if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
+    from device_sim.backends.job import LightResult, TrainSettings
+    from device_sim.personalize import PersonalizeConfig, PersonalizeResult
+    from edgetune.modeling import TopModel
+
 Personal = PersonalState | str | Path | None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """:func:`device_sim.personalize.torch_threads`, imported only when torch runs."""
+    from device_sim.personalize import torch_threads as threads_of
+
+    with threads_of(threads):
+        yield
 
 
 @dataclass
@@ -54,21 +64,72 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class Predictor:
-    """A loaded (personal) top over the package's trunk: batch or one-text-at-a-time prediction."""
+class OnnxTop:
+    """The package's top in onnxruntime, torch-free: ``top_fn.onnx`` (export target ``executorch``) takes the
+    weights as inputs; they are the package's ``top.safetensors`` with a personal state's tensors in their place.
 
-    def __init__(self, package: DevicePackage, top: TopModel, precision: str = "fp32", threads: int | None = None):
+    Applies ``top_delta`` states of the ``full`` tuner trained above the package's cut (what every backend
+    writes by default); other states need the torch top (``backend="torch"``).
+    """
+
+    def __init__(self, package: DevicePackage, personal: Personal = None, threads: int | None = None) -> None:
+        from safetensors.numpy import load_file
+
+        from device_sim.personal import read_personal_state
+        from exporters.runtime import ort_session
+
+        entry = (package.manifest.get("executorch") or {}).get("predict")
+        if not entry:
+            raise PackageError(
+                f"{package.path}: exported without the executorch target (no top_fn.onnx); predict with the torch top"
+            )
+        weights = load_file(str(package.file(package.manifest["top"]["weights"])))
+        self.session = ort_session(package.file(entry["file"]), threads)
+        self.names = [i.name for i in self.session.get_inputs()][2:]
+        if personal is not None:
+            state = personal if isinstance(personal, PersonalState) else read_personal_state(personal, "np")
+            state.check_package(package)
+            if state.kind != "top_delta" or state.tuner.get("name") != "full" or state.train_cut != package.cut:
+                raise PersonalStateError(
+                    f"{state.path}: a {state.kind} state of tuner {state.tuner.get('name')} above cut "
+                    f"{state.train_cut}; the ONNX top applies full-tuner states above the package's cut "
+                    f"{package.cut}: predict with the torch top"
+                )
+            unknown = sorted(set(state.tensors) - set(self.names))
+            if unknown:
+                raise PersonalStateError(f"{state.path}: tensors {unknown[:3]} are not in this package's top")
+            weights.update({k: np.asarray(v) for k, v in state.tensors.items()})
+        self.feeds = {n: weights[n] for n in self.names}
+
+    def __call__(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"hidden_state": hidden, "attention_mask": mask.astype(np.int64), **self.feeds}
+        return self.session.run(["logits"], feeds)[0]
+
+
+class Predictor:
+    """A loaded (personal) top over the package's trunk: batch or one-text-at-a-time prediction.
+
+    ``top``: the torch top (:meth:`Device.top`) or an :class:`OnnxTop` (torch-free)."""
+
+    def __init__(
+        self, package: DevicePackage, top: TopModel | OnnxTop, precision: str = "fp32", threads: int | None = None
+    ) -> None:
         self.package = package
         self.labels = package.labels
         self.threads = threads
         session = package.trunk_session(precision, threads)
-        self._fn = torch_top_fn(top, lambda ids, mask: run_trunk(session, ids, mask))
+        if isinstance(top, OnnxTop):
+            self._fn = lambda ids, mask: top(run_trunk(session, ids, mask), mask)
+            self._threads: Callable[[int | None], Any] = lambda threads: contextlib.nullcontext()
+        else:
+            self._fn = torch_top_fn(top, lambda ids, mask: run_trunk(session, ids, mask))
+            self._threads = torch_threads
 
     def logits(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Logits ``(n, labels)`` in input order (texts batched by length)."""
         from exporters.runtime import map_batches
 
-        with torch_threads(self.threads):
+        with self._threads(self.threads):
             return map_batches(self.package.encoder, list(texts), self._fn, batch_size, progress, "predict")
 
     def predict(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[Prediction]:
@@ -76,7 +137,7 @@ class Predictor:
 
     def __call__(self, text: str) -> Prediction:
         """One text, alone (batch of one, no padding): what a streaming consumer calls per line."""
-        with torch_threads(self.threads):
+        with self._threads(self.threads):
             ids, mask = self.package.encode([text])
             return self._prediction(softmax(self._fn(ids, mask))[0])
 
@@ -118,10 +179,20 @@ class Device:
         self,
         data: str | Path | TextDataset,
         out: str | Path,
-        config: PersonalizeConfig | None = None,
-        callbacks: Sequence[Callable[[StepEvent], None]] = (),
-    ) -> PersonalizeResult:
-        """Train this package's top on the user's labelled ``data``; write the personal state to ``out``."""
+        config: PersonalizeConfig | TrainSettings | None = None,
+        callbacks: Sequence[Callable[..., None]] = (),
+        backend: str = "torch",
+    ) -> PersonalizeResult | LightResult:
+        """Train this package's top on the user's labelled ``data``; write the personal state to ``out``.
+
+        ``backend``: ``torch`` (:mod:`device_sim.personalize`), ``executorch`` or ``executorch-cpp``
+        (:mod:`device_sim.backends`; the package needs the executorch export target)."""
+        if backend != "torch":
+            from device_sim.backends import personalize_light
+
+            return personalize_light(backend, self.package, data, out, config, self.profile, self.threads, callbacks)
+        from device_sim.personalize import personalize
+
         return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
 
     def load_personal(self, path: str | Path) -> PersonalState:
@@ -130,6 +201,8 @@ class Device:
 
     def top(self, personal: Personal = None) -> TopModel:
         """The package's top with ``personal`` applied (adapters merged), in eval mode; a fresh module."""
+        from edgetune.tuners import tuner_from_dict
+
         top = self.package.top_model()
         if personal is None:
             return top.eval()
@@ -164,14 +237,25 @@ class Device:
         return top.eval()
 
     # -- inference -----------------------------------------------------------------------------------------------
-    def predictor(self, personal: Personal = None, precision: str = "fp32") -> Predictor:
-        """A predictor that keeps the (personal) top loaded; for many calls or streaming input."""
+    def predictor(self, personal: Personal = None, precision: str = "fp32", backend: str = "torch") -> Predictor:
+        """A predictor that keeps the (personal) top loaded; for many calls or streaming input.
+
+        ``backend``: ``torch`` (the top as a torch module) or ``onnx`` (:class:`OnnxTop`, torch-free)."""
+        if backend == "onnx":
+            return Predictor(self.package, OnnxTop(self.package, personal, self.threads), precision, self.threads)
+        if backend != "torch":
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         return Predictor(self.package, self.top(personal), precision, self.threads)
 
     def predict_logits(
-        self, texts: Sequence[str], personal: Personal = None, batch_size: int = 32, precision: str = "fp32"
+        self,
+        texts: Sequence[str],
+        personal: Personal = None,
+        batch_size: int = 32,
+        precision: str = "fp32",
+        backend: str = "torch",
     ) -> np.ndarray:
-        return self.predictor(personal, precision).logits(texts, batch_size)
+        return self.predictor(personal, precision, backend).logits(texts, batch_size)
 
     def predict(self, texts: Sequence[str], personal: Personal = None, **kwargs: Any) -> list[str]:
         """The predicted label of each text."""
@@ -201,6 +285,8 @@ class Device:
     def features(self, texts: Sequence[str], personal: Personal = None, batch_size: int = 32) -> np.ndarray:
         """The pooled, normed features the head reads, ``(n, hidden)``: a text's embedding under this package
         (and personal top)."""
+        import torch
+
         from exporters.runtime import map_batches
 
         top = self.top(personal)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edgetune.io import atomic_directory, atomic_write_json, sha256_file
 from exporters.manifest import manifest_digest, seal
 
@@ -123,7 +125,7 @@ def is_personal_state(path: str | Path) -> bool:
 
 def write_personal_state(
     out: str | Path,
-    tensors: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor] | dict[str, np.ndarray],
     package: DevicePackage,
     *,
     train_cut: int,
@@ -137,13 +139,18 @@ def write_personal_state(
     ``out`` may be absent, empty, or an older personal state (replaced only when the new one is complete);
     anything else is refused, so a mistyped path never destroys a directory of other files.
     """
-    from safetensors.torch import save_file
-
     out = Path(out)
     check_writable(out)
     if kind not in KINDS:
         raise ValueError(f"unknown personal state kind {kind!r}; known: {', '.join(KINDS)}")
-    cpu = {name: t.detach().cpu().contiguous() for name, t in sorted(tensors.items())}
+    if all(isinstance(t, np.ndarray) for t in tensors.values()):  # the torch-free backends
+        from safetensors.numpy import save_file
+
+        cpu: dict[str, Any] = {name: np.ascontiguousarray(t) for name, t in sorted(tensors.items())}
+    else:
+        from safetensors.torch import save_file
+
+        cpu = {name: t.detach().cpu().contiguous() for name, t in sorted(tensors.items())}
     with atomic_directory(out) as tmp:
         save_file(cpu, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         manifest = {
@@ -156,7 +163,7 @@ def write_personal_state(
             "tuner": tuner,
             "weights": WEIGHTS,
             "tensors": {name: list(t.shape) for name, t in cpu.items()},
-            "num_params": int(sum(t.numel() for t in cpu.values())),
+            "num_params": int(sum(int(np.prod(t.shape)) for t in cpu.values())),
             "training": training or {},
             **(extra or {}),
             "files": {WEIGHTS: {"sha256": sha256_file(tmp / WEIGHTS), "size": (tmp / WEIGHTS).stat().st_size}},
@@ -175,8 +182,10 @@ def check_writable(out: Path) -> None:
         raise PersonalStateError(f"{out}: directory is not empty and holds no personal state; refusing to overwrite it")
 
 
-def read_personal_state(path: str | Path) -> PersonalState:
-    """Read and verify a personal state (format, version, seal, file sizes and hashes, tensor list)."""
+def read_personal_state(path: str | Path, framework: str = "pt") -> PersonalState:
+    """Read and verify a personal state (format, version, seal, file sizes and hashes, tensor list).
+
+    ``framework``: ``"pt"`` gives torch tensors, ``"np"`` numpy arrays (a torch-free device)."""
     path = Path(path)
     if not path.exists():
         raise PersonalStateError(f"{path}: no such personal state directory")
@@ -196,7 +205,10 @@ def read_personal_state(path: str | Path) -> PersonalState:
         raise PersonalStateError(f"{path}: {WEIGHTS}: {size} bytes, {MANIFEST} says {entry.get('size')} (truncated?)")
     if sha256_file(weights) != entry.get("sha256"):
         raise PersonalStateError(f"{path}: {WEIGHTS}: sha256 does not match {MANIFEST} (tampered or corrupt)")
-    from safetensors.torch import load_file
+    if framework == "np":
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
 
     tensors = load_file(str(weights))
     listed = {name: list(shape) for name, shape in manifest["tensors"].items()}

@@ -42,17 +42,17 @@ import torch
 
 from device_sim.personal import check_writable, identity_digest, package_identity, write_personal_state
 from device_sim.profiles import DeviceProfile, check_job
+from device_sim.split import MIN_VALIDATION, validation_split  # noqa: F401 (re-exported)
+from edgetune.costs import ArchSummary, CostConfig, CutCost, TunerCost, estimate_cut
 from edgetune.data import DataError, LabelMap, TextDataset, load_dataset
 from edgetune.features import FeatureCache, data_digest
 from edgetune.io import atomic_write_json
 from edgetune.modeling import TopModel
-from edgetune.planner.cost import ArchSummary, CostConfig, CutCost, TunerCost, estimate_cut
 from edgetune.train import StepEvent, TopFit, TopTrainer, TrainConfig, TrainError
 from edgetune.tuners import Tuner, get_tuner
 from exporters.package import DevicePackage
 
 CACHE_PLACES = ("auto", "memory", "mmap")
-MIN_VALIDATION = 4  # fewer held-out examples than this: train on everything, keep the last epoch
 
 
 @dataclass
@@ -152,23 +152,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices: stratified when every label allows it, none held out for tiny data."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    n_val = int(round(fraction * len(labels)))
-    if fraction <= 0 or n_val < MIN_VALIDATION or len(labels) - n_val < MIN_VALIDATION:
-        return idx, idx[:0]
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    try:
-        train, val = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
-    except ValueError:  # fewer held-out examples than labels: split without stratification
-        train, val = train_test_split(idx, test_size=n_val, random_state=seed)
-    return np.sort(train), np.sort(val)
 
 
 def read_user_data(package: DevicePackage, data: str | Path | TextDataset, config: PersonalizeConfig) -> TextDataset:

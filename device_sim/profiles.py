@@ -1,7 +1,7 @@
 """Device profiles: what a device can spend on personalization.
 
 A profile bounds threads, memory and time. Before any work, the cost model
-(:mod:`edgetune.planner.cost`) prices the job; a job that will not fit the
+(:mod:`edgetune.costs`) prices the job; a job that will not fit the
 memory budget is refused with the numbers and the lowest cut that would fit,
 instead of being killed by the OS halfway through.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from edgetune.planner.cost import ArchSummary, CostConfig, TunerCost, estimate_cut
+from edgetune.costs import ArchSummary, CostConfig, TunerCost, estimate_cut
 
 
 class ProfileError(ValueError):

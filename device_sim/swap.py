@@ -38,9 +38,9 @@ from device_sim.personal import (
     write_personal_state,
 )
 from device_sim.personalize import PersonalizeConfig, read_user_data, torch_threads
+from edgetune.costs import ArchSummary, CostConfig, estimate_cut
 from edgetune.data import LabelMap, TextDataset
 from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
-from edgetune.planner.cost import ArchSummary, CostConfig, estimate_cut
 from edgetune.train import TrainError
 from exporters.package import PackageError
 

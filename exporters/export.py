@@ -61,6 +61,7 @@ TRUNK_INT8_FILE = "trunk.int8.onnx"
 TOP_NAME = "top"
 TOP_ONNX_FILE = "top.onnx"
 VERIFY_SAMPLE = 16
+TARGETS = ("onnx", "executorch")
 
 
 @dataclass
@@ -82,6 +83,14 @@ class ExportOptions:
     text_column: str | None = None
     label_column: str | None = None
     skip_budget: float | None = None  # HadSkip: keep this fraction of blocks (needs gate statistics)
+    targets: tuple[str, ...] = ("onnx",)  # onnx (always) + executorch (top_train.pte, top.pte)
+    executorch_max_batch: int = 16  # largest batch the ExecuTorch programs accept (memory is planned for it)
+    executorch_atol: float = 1e-5  # ExecuTorch vs torch: loss, logits, gradients
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or "onnx" not in self.targets:
+            raise ExportError(f"targets must include onnx and be among {TARGETS}, got {list(self.targets)}")
 
 
 @dataclass
@@ -243,8 +252,10 @@ def _versions() -> dict[str, str]:
     import transformers
 
     import edgetune
+    from exporters.executorch import versions
 
     return {
+        **versions(),
         "edgetune": edgetune.__version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -297,6 +308,22 @@ def _write_top_onnx(
     parity = verify_top_onnx(top, exported.path, hidden, options.atol, options.threads)
     files = [f.name for f in exported.files]
     return {"file": TOP_ONNX_FILE, "files": files, "opset": exported.opset, **exported.io(), "parity": parity.to_dict()}
+
+
+def _write_executorch(
+    tmp: Path, top: TopModel, session: Any, encoder: TextEncoder, texts: list[str], num_labels: int, o: ExportOptions
+) -> dict[str, Any]:
+    """``top_train.pte`` + ``top.pte``, verified on the ONNX trunk's output for the verification texts."""
+    from exporters.executorch import ExecutorchOptions, write_executorch
+
+    batches = []
+    for ids, mask in verification_batches(encoder, texts):
+        for start in range(0, len(ids), o.executorch_max_batch):
+            i, m = ids[start : start + o.executorch_max_batch], mask[start : start + o.executorch_max_batch]
+            labels = (np.arange(len(i)) + start) % num_labels  # every label's gradient path is exercised
+            batches.append((run_trunk(session, i, m), m, labels))
+    options = ExecutorchOptions(o.executorch_max_batch, encoder.max_length, o.executorch_atol, o.opset, o.atol)
+    return write_executorch(tmp, top, batches, options)
 
 
 def _write_int8(
@@ -401,6 +428,16 @@ def export_package(
         if top_onnx:
             say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
 
+        executorch = None
+        if "executorch" in options.targets:
+            executorch = _write_executorch(tmp, top, session, encoder, verify_texts, len(plan.labels), options)
+            p = executorch["parity"]["max_abs_diff"]
+            say(
+                f"executorch: {executorch['train']['file']} + {executorch['inference']['file']}, parity loss "
+                f"{p['loss']:.2e}, gradients {p['gradients']:.2e}, logits {p['inference_logits']:.2e} "
+                f"(tolerance {options.executorch_atol:g}) in {executorch['seconds']:.1f}s"
+            )
+
         validation, baseline = None, None
         if val is not None:
             baseline = _package_accuracy(session, top, encoder, val, plan.labels, options, progress)
@@ -461,6 +498,7 @@ def export_package(
                 "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(plan.labels)]}],
             },
             "top_onnx": top_onnx,
+            "executorch": executorch,
             "validation": validation,
             "warnings": warnings,
             "files": mf.file_table(tmp),

@@ -119,7 +119,7 @@ def referenced_files(manifest: dict[str, Any]) -> list[str]:
     names = [manifest["tokenizer"]["tokenizer"], manifest["tokenizer"]["encoder"]]
     names += list(manifest["trunk"]["files"])
     names += [manifest["top"]["weights"], manifest["top"]["spec"]]
-    for key in ("trunk_int8", "top_onnx"):
+    for key in ("trunk_int8", "top_onnx", "executorch"):
         if manifest.get(key):
             names += list(manifest[key]["files"])
     return names

@@ -170,3 +170,25 @@ def device_packages(tiny_model_dir, tmp_path_factory):
         "main": export_probe_package(tiny_model_dir("bert"), root / "main"),
         "other": export_probe_package(tiny_model_dir("bert", seed=1), root / "other"),
     }
+
+
+@pytest.fixture(scope="session")
+def executorch_package(tmp_path_factory):
+    """A tiny BERT without dropout (so every backend trains the same way), exported with the executorch target
+    as well (cut 1 of 3, probe head)."""
+    from tests.devices import export_executorch_package
+
+    root = tmp_path_factory.mktemp("et-package")
+    model = build_model("bert", seed=2)
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    model.save_pretrained(root / "model")
+    build_tokenizer("bert").save_pretrained(root / "model")
+    return export_executorch_package(root / "model", root / "pkg")
+
+
+@pytest.fixture(scope="session")
+def trainer_binary(tmp_path_factory):
+    """The C++ trainer, built once per session with the documented CMake command (really built: never skipped)."""
+    from device_sim.backends.build import build_trainer
+
+    return build_trainer(tmp_path_factory.mktemp("trainer-build"))

@@ -21,6 +21,13 @@ def export_probe_package(model_dir: Path, out: Path) -> Path:
     return out
 
 
+def export_executorch_package(model_dir: Path, out: Path) -> Path:
+    """:func:`export_probe_package` with the executorch target too (top_train.pte + top.pte)."""
+    options = ExportOptions(threads=1, targets=("onnx", "executorch"))
+    export_package(model_dir, make_plan(model_dir, k=2), out, data=dataset(90, seed=5), options=options)
+    return out
+
+
 def user_data(n: int, seed: int, swap: bool = True) -> TextDataset:
     rows = synthetic_rows(n, seed=seed)
     labels = [SWAP.get(y, y) if swap else y for _, y in rows]

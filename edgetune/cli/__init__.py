@@ -54,11 +54,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
+        from device_sim.backends.build import BuildError
+        from device_sim.backends.job import BackendError
         from device_sim.personal import PersonalStateError
         from device_sim.profiles import ProfileError
         from device_sim.swap import SwapError
 
-        errors += [PersonalStateError, ProfileError, SwapError]
+        errors += [PersonalStateError, ProfileError, SwapError, BackendError, BuildError]
     except ImportError:
         pass
     return tuple(errors)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from edgetune.planner.plan import Plan
+if TYPE_CHECKING:  # the device commands must not load the planner
+    from edgetune.planner.plan import Plan
 
 
 def display_name(model_id: str) -> str:

@@ -109,21 +109,37 @@ def register(app: typer.Typer) -> None:
         ] = None,
         text_column: Annotated[str | None, typer.Option(help="Text column (default: the plan's).")] = None,
         label_column: Annotated[str | None, typer.Option(help="Label column (default: the plan's).")] = None,
+        backend: Annotated[
+            str,
+            typer.Option(
+                help="Who trains the top: torch (every tuner, resumable), executorch (the package's top_train.pte in "
+                "ExecuTorch's Python runtime) or executorch-cpp (the same program in the C++ trainer; this process "
+                "never imports torch). The executorch backends need a package exported with --target executorch.",
+            ),
+        ] = "torch",
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
     ) -> None:
-        """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch) and write
-        the personal state."""
+        """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch or
+        ExecuTorch) and write the personal state."""
+        from device_sim.backends import BACKENDS
         from device_sim.device import Device
-        from device_sim.personalize import PersonalizeConfig
         from device_sim.profiles import ProfileError
         from edgetune.cli import console
         from edgetune.cli.train_cmd import print_history
-        from edgetune.train import TrainError
+
+        if backend not in BACKENDS:
+            raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
+        if backend == "torch":
+            from device_sim.personalize import PersonalizeConfig as Settings
+            from edgetune.train import TrainError as SettingsError
+        else:  # torch-free settings (the same fields and defaults)
+            from device_sim.backends.job import BackendError as SettingsError
+            from device_sim.backends.job import TrainSettings as Settings
 
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
         try:
-            config = PersonalizeConfig(
+            config = Settings(
                 epochs=epochs,
                 batch_size=batch_size,
                 lr=lr,
@@ -143,10 +159,10 @@ def register(app: typer.Typer) -> None:
                 progress=not quiet,
             )
         except ValueError as err:
-            raise TrainError(str(err)) from None
+            raise SettingsError(str(err)) from None
         with Device(package, device_profile, threads) as device:
             try:
-                result = device.personalize(data, out, config)
+                result = device.personalize(data, out, config, backend=backend)
             except ProfileError as err:
                 if err.suggested_cut is None:
                     raise
@@ -163,7 +179,8 @@ def register(app: typer.Typer) -> None:
         what = trains(result.train_cut, int(result.manifest["package"]["num_layers"]))
         s = result.seconds
         msg = (
-            f"personalized {what} with {result.tuner['name']} ({result.trainable_params:,} trainable parameters) "
+            f"personalized {what} with {result.tuner['name']} ({result.trainable_params:,} trainable parameters, "
+            f"backend {backend}) "
             f"on {result.num_train} examples ({result.num_val} validation) in {s['total']:.1f}s "
             f"(trunk {s['trunk']:.1f}s, training {s['train']:.1f}s)"
         )
@@ -192,6 +209,13 @@ def register(app: typer.Typer) -> None:
         int8: Annotated[bool, typer.Option("--int8", help="Run the int8 trunk (if the package has one).")] = False,
         threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
         batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
+        backend: Annotated[
+            str,
+            typer.Option(
+                help="The top's runtime: torch, or onnx (torch-free: top_fn.onnx of a package exported with "
+                "--target executorch, applying full-tuner personal states)."
+            ),
+        ] = "torch",
     ) -> None:
         """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
         one text per line, each answered as soon as it is read."""
@@ -206,7 +230,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--out writes the predictions of --data", param_hint="--out")
         precision = "int8" if int8 else "fp32"
         with Device(package, threads=threads) as device:
-            predictor = device.predictor(personal, precision)
+            if backend not in ("torch", "onnx"):
+                raise typer.BadParameter("choose torch or onnx", param_hint="--backend")
+            predictor = device.predictor(personal, precision, backend)
             if data is not None:
                 column = text_column or device.package.manifest["plan"].get("text_column", "text")
                 texts = load_dataset(data, column, None).texts

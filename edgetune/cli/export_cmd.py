@@ -41,6 +41,19 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--top-onnx", help="Also ship the top layers + head as ONNX, for inference-only devices."),
         ] = False,
+        targets: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--target",
+                "--targets",
+                help="What the package carries: onnx (always: trunk.onnx + top safetensors) and executorch "
+                "(top_train.pte: the top's joint forward + backward for on-device training; top.pte: inference). "
+                "Repeat or comma-separate: --targets onnx,executorch.",
+            ),
+        ] = None,
+        executorch_max_batch: Annotated[
+            int, typer.Option(help="executorch: the largest batch the programs accept (memory is planned for it).")
+        ] = 16,
         tar: Annotated[
             bool, typer.Option("--tar", help="Write one .tar file (--out gets a .tar suffix) instead of a directory.")
         ] = False,
@@ -95,7 +108,13 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
         if atol <= 0:
             raise typer.BadParameter("must be > 0", param_hint="--atol")
+        chosen = ["onnx"] + [t.strip() for v in (targets or []) for t in v.split(",") if t.strip()]
+        bad = [t for t in chosen if t not in ("onnx", "executorch")]
+        if bad:
+            raise typer.BadParameter(f"unknown target {bad[0]!r}; choose onnx, executorch", param_hint="--target")
         options = ExportOptions(
+            targets=tuple(dict.fromkeys(chosen)),
+            executorch_max_batch=executorch_max_batch,
             int8=int8,
             int8_config=Int8Config(per_channel=per_channel, reduce_range=reduce_range),
             top_onnx=top_onnx,
@@ -190,6 +209,16 @@ def _print_summary(m: dict[str, Any]) -> None:
             a = q["accuracy"]
             line += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
         rows.append(("int8", line))
+    if m.get("executorch"):
+        e = m["executorch"]
+        p = e["parity"]["max_abs_diff"]
+        rows.append(
+            (
+                "executorch",
+                f"{e['train']['file']} (train, batch <= {e['max_batch']}) + {e['inference']['file']}, parity loss "
+                f"{p['loss']:.2e}, gradients {p['gradients']:.2e}",
+            )
+        )
     if m.get("top_onnx"):
         rows.append(("top onnx", f"{m['top_onnx']['file']}, parity {m['top_onnx']['parity']['max_abs_diff']:.2e}"))
     for key, value in rows:

@@ -14,7 +14,6 @@ from edgetune.cli.tuner_opts import (
     TunerParamOption,
     tuner_options,
 )
-from edgetune.train import CACHE_PLACES, MODES
 
 
 def print_history(history: list[dict[str, Any]]) -> None:
@@ -126,7 +125,7 @@ def register(app: typer.Typer) -> None:
         """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
         from edgetune.cli import console
         from edgetune.finetune import finetune
-        from edgetune.train import TrainConfig, TrainError
+        from edgetune.train import CACHE_PLACES, MODES, TrainConfig, TrainError
 
         if mode not in MODES:
             raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")

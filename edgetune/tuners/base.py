@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from edgetune.costs import TunerCost
 from edgetune.modeling import SequenceClassifier, TopModel
-from edgetune.planner.cost import TunerCost
 
 
 @dataclass

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgetune.costs import TunerCost
 from edgetune.modeling import TopModel
-from edgetune.planner.cost import TunerCost
 from edgetune.tuners.dsee.config import DseeConfig
 from edgetune.tuners.dsee.decompose import sparse_support
 from edgetune.tuners.dsee.layout import weight_out_in

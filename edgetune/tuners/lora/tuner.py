@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from edgetune.costs import TunerCost
 from edgetune.modeling import TopModel
-from edgetune.planner.cost import TunerCost
 from edgetune.tuners.base import Tuner
 from edgetune.tuners.lora.config import FALLBACK_TARGETS, LoraConfig
 

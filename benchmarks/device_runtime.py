@@ -1,0 +1,361 @@
+"""The device runtime on three training backends: loss parity, accuracy, peak memory of the job, time.
+
+    flock /work/bench.lock python benchmarks/device_runtime.py [--threads 2] [--users 3] [--out benchmarks/results]
+
+Model all-MiniLM-L6-v2 with dropout off (its config's dropout probabilities set to 0: the ExecuTorch programs are
+exported without dropout, so "the same training" means no dropout on every backend), data BBC news.
+
+1. Server: a stratified 25% of the corpus; SALF plans on it; the package is the plain model cut at the plan's cut,
+   head = logistic probe on that split, exported with ``--targets onnx,executorch`` (``top_train.pte``, ``top.pte``,
+   ``top_fn.onnx``).
+2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`device_sim.users`, seed 0), 200 training
+   + 60 held-out texts each.
+3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``) one personalization job in a fresh process
+   with ``--threads`` threads (device defaults: 8 epochs, early stopping on a 15% validation split; the trunk runs
+   ``--cache-batch-size`` 4 texts per call on every backend: onnxruntime's activations set the trunk pass's peak,
+   229 MB at 8 vs 183 MB at 4 texts of 128 tokens, measured alone). The parent
+   samples the RSS of the job's whole process tree (the Python worker and, for ``executorch-cpp``, the C++ trainer)
+   every 20 ms; the peak of that sum is the job's peak RSS. The worker imports only what its backend needs.
+4. Parity: the step losses of the first 20 steps against the torch backend's; accuracy of each personal state on
+   the user's held-out texts (predicted with the torch-free ONNX top, the same for every state).
+5. Import costs, each in a fresh process: the RSS of a bare interpreter, and after ``import torch``, after the
+   device's light imports (``device_sim.device`` + onnxruntime + tokenizers), after ``transformers``' BERT classes.
+
+Results: ``device_runtime.json`` and ``device_runtime.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from timing import cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
+
+BACKENDS = ("torch", "executorch", "executorch-cpp")
+PARITY_STEPS = 20
+TARGET_RSS_MB = {"executorch-cpp": 250.0, "torch": 500.0}
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- workers (fresh processes) ----------------------------------------------------------------------------------------
+def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One personalization job: the backend's own imports, then ``Device.personalize`` as the CLI runs it."""
+    t0 = time.perf_counter()
+    from device_sim.device import Device
+
+    if spec["backend"] == "torch":
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        from device_sim.personalize import PersonalizeConfig as Settings
+    else:
+        from device_sim.backends.job import TrainSettings as Settings
+    imported = time.perf_counter()
+    rss_imports = _rss_mb()
+    losses: list[float] = []
+    if spec["backend"] == "torch":
+        callbacks = [lambda event: losses.append(float(event.loss))]
+    else:
+        callbacks = [lambda step, loss: losses.append(float(loss))]
+    with Device(spec["package"], threads=spec["threads"]) as device:
+        settings = Settings(progress=False, cache_batch_size=spec["cache_batch_size"])
+        result = device.personalize(spec["data"], spec["out"], settings, callbacks, spec["backend"])
+    done = time.perf_counter()
+    return {
+        "import_seconds": imported - t0,
+        "job_seconds": done - imported,
+        "phases": result.seconds,
+        "rss_after_imports_mb": rss_imports,
+        "losses": losses,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "torch_loaded": "torch" in sys.modules,
+        "transformers_loaded": "transformers" in sys.modules,
+        "heavy_modules": sorted(
+            {m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("scipy", "sklearn", "accelerate", "peft")}
+            | ({"edgetune.planner"} if "edgetune.planner" in sys.modules else set())
+            | ({"edgetune.train"} if "edgetune.train" in sys.modules else set())
+        ),
+    }
+
+
+IMPORTS = {
+    "python": "",
+    "light device (device_sim.device, onnxruntime, tokenizers)": "import device_sim.device, onnxruntime, tokenizers",
+    "torch": "import torch",
+    "torch + transformers BERT": "import torch, transformers.models.bert.modeling_bert",
+    "torch backend's job imports": "import device_sim.personalize, transformers.models.bert.modeling_bert",
+    "executorch Python runtime": "import executorch.extension.pybindings.portable_lib",
+}
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants (MB), from /proc (cheap: the sampler must not steal the job's
+    CPU)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+        todo += _children(p)
+    return total / 1024
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd``; returns (completed process, peak RSS of its process tree in MB, wall seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - start
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak, seconds
+
+
+def run_job(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    spec_path, out_path = tmp / "spec.json", tmp / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    env = {**os.environ, "EDGETUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(spec["threads"])}
+    cmd = [sys.executable, __file__, "--worker", str(spec_path), str(out_path)]
+    done, peak, seconds = run_measured(cmd, env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec['backend']} job failed:\n{done.stderr[-4000:]}")
+    result = json.loads(out_path.read_text())
+    result.update(peak_tree_rss_mb=peak, process_seconds=seconds)
+    return result
+
+
+def import_costs() -> dict[str, float]:
+    """RSS (MB) of a fresh interpreter after each import set (peak of the process, sampled)."""
+    env = {**os.environ}
+    out = {}
+    for name, code in IMPORTS.items():
+        script = f"{code}\nimport time; time.sleep(0.3)"
+        done, peak, _ = run_measured([sys.executable, "-c", script], env)
+        if done.returncode != 0:
+            raise RuntimeError(f"import {name!r} failed: {done.stderr[-2000:]}")
+        out[name] = peak
+    return out
+
+
+# -- setup ------------------------------------------------------------------------------------------------------------
+def no_dropout_model(src: Path, dest: Path) -> Path:
+    """A copy of the model directory whose config turns dropout off (the weights are the same files)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copy2(f, dest / f.name)
+    config = json.loads((dest / "config.json").read_text())
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        if key in config:
+            config[key] = 0.0
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    return dest
+
+
+def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from device_sim.users import UserConfig, simulate_users
+    from edgetune.api import plan
+    from edgetune.data import stratified_split
+    from edgetune.datasets import bbc_news, minilm_path
+    from exporters.export import ExportOptions, export_package
+
+    server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
+    model = no_dropout_model(Path(minilm_path()), work / "model")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    planned = plan(str(model), server, planner="salf", max_length=128, progress=False)
+    seconds["plan"] = time.perf_counter() - start
+    start = time.perf_counter()
+    options = ExportOptions(threads=args.threads, targets=("onnx", "executorch"))
+    result = export_package(model, planned, work / "pkg", data=server, options=options)
+    seconds["export"] = time.perf_counter() - start
+    users = simulate_users(pool, UserConfig(num_users=args.users, examples_per_user=260, test_fraction=60 / 260))
+    files = []
+    for user in users:
+        train, test = work / f"{user.user_id}-train.csv", work / f"{user.user_id}-test.csv"
+        user.train.to_csv(train)
+        user.test.to_csv(test)
+        files.append((user, train, test))
+    sizes = {name: entry["size"] for name, entry in result.manifest["files"].items()}
+    return {"plan": planned, "seconds": seconds, "users": files, "executorch": result.manifest["executorch"],
+            "file_sizes": sizes}  # fmt: skip
+
+
+def accuracy(package: Path, personal: Path, test: Path, threads: int) -> float:
+    from device_sim.device import Device
+    from edgetune.data import LabelMap, load_dataset
+
+    data = load_dataset(test)
+    with Device(package, threads=threads) as device:
+        logits = device.predict_logits(data.texts, personal, backend="onnx")
+        y = data.encoded_labels(LabelMap(tuple(device.labels)))
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+# -- report ----------------------------------------------------------------------------------------------------
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for backend in BACKENDS:
+        jobs = [r[backend] for r in rows]
+        s = {
+            "peak_tree_rss_mb_median": float(np.median([j["peak_tree_rss_mb"] for j in jobs])),
+            "peak_tree_rss_mb_max": float(np.max([j["peak_tree_rss_mb"] for j in jobs])),
+            "job_seconds_median": float(np.median([j["job_seconds"] for j in jobs])),
+            "process_seconds_median": float(np.median([j["process_seconds"] for j in jobs])),
+            "accuracy_mean": float(np.mean([j["accuracy"] for j in jobs])),
+        }
+        if backend != "torch":
+            s["max_loss_diff_first_20_steps"] = float(np.max([j["loss_diff_vs_torch"] for j in jobs]))
+            s["accuracy_diff_points_max"] = float(np.max([abs(j["accuracy"] - r["torch"]["accuracy"]) * 100 for j, r in
+                                                          zip(jobs, rows)]))  # fmt: skip
+            s["process_time_vs_torch_median"] = float(
+                np.median([j["process_seconds"] / r["torch"]["process_seconds"] for j, r in zip(jobs, rows)])
+            )
+            s["job_time_vs_torch_median"] = float(
+                np.median([j["job_seconds"] / r["torch"]["job_seconds"] for j, r in zip(jobs, rows)])
+            )
+        summary[backend] = s
+    return summary
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    row = report["users"][0]
+    for backend, style in zip(BACKENDS, ("-", "--", ":")):
+        losses = row[backend]["losses"][:PARITY_STEPS]
+        axes[0].plot(range(1, len(losses) + 1), losses, style, label=backend, lw=2)
+    axes[0].set(title=f"loss, first {PARITY_STEPS} steps ({row['user']})", xlabel="step", ylabel="loss")
+    axes[0].legend()
+    s = report["summary"]
+    x = np.arange(len(BACKENDS))
+    rss = [s[b]["peak_tree_rss_mb_median"] for b in BACKENDS]
+    axes[1].bar(x, rss, color=["tab:blue", "tab:orange", "tab:green"])
+    for b, target in TARGET_RSS_MB.items():
+        i = BACKENDS.index(b)
+        axes[1].hlines(target, i - 0.4, i + 0.4, colors="red", linestyles="--")
+    axes[1].set(xticks=x, xticklabels=BACKENDS, ylabel="MB", title="peak RSS of the job's process tree (median)")
+    for i, v in enumerate(rss):
+        axes[1].text(i, v, f"{v:.0f}", ha="center", va="bottom")
+    times = [s[b]["process_seconds_median"] for b in BACKENDS]
+    jobs = [s[b]["job_seconds_median"] for b in BACKENDS]
+    axes[2].bar(x - 0.2, times, 0.4, label="process (incl. imports)")
+    axes[2].bar(x + 0.2, jobs, 0.4, label="job (after imports)")
+    axes[2].set(xticks=x, xticklabels=BACKENDS, ylabel="s", title="time per user (median)")
+    axes[2].legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--users", type=int, default=3)
+    parser.add_argument(
+        "--cache-batch-size", type=int, default=4, help="texts per trunk call, every backend (device default: 8)"
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    from device_sim.backends.build import trainer_binary
+    from edgetune.io import atomic_write_json
+
+    binary = trainer_binary()
+    os.environ["EDGETUNE_TRAINER"] = str(binary)
+    work = Path(tempfile.mkdtemp(prefix="device-runtime-"))
+    try:
+        setup = prepare(args, work)
+        rows = []
+        for user, train, test in setup["users"]:
+            row: dict[str, Any] = {"user": user.user_id, "preference": user.preference}
+            for backend in BACKENDS:
+                out = work / f"{user.user_id}-{backend}"
+                spec = {"backend": backend, "package": str(work / "pkg"), "data": str(train), "out": str(out),
+                        "threads": args.threads, "cache_batch_size": args.cache_batch_size}  # fmt: skip
+                job = run_job(spec, work)
+                job["accuracy"] = accuracy(work / "pkg", out, test, args.threads)
+                if backend != "torch":
+                    ref = np.array(row["torch"]["losses"][:PARITY_STEPS])
+                    got = np.array(job["losses"][:PARITY_STEPS])
+                    job["loss_diff_vs_torch"] = float(np.abs(ref - got).max())
+                row[backend] = job
+                shutil.rmtree(out)
+                peak, secs = job["peak_tree_rss_mb"], job["job_seconds"]
+                print(f"{user.user_id} {backend}: peak {peak:.0f} MB, job {secs:.1f}s, accuracy {job['accuracy']:.3f}")
+            rows.append(row)
+        imports = import_costs()
+        from importlib.metadata import version
+
+        report = {
+            "benchmark": "device_runtime",
+            "machine": {"cpu": cpu_name(), "platform": platform.platform(), "threads": args.threads},
+            "settings": {"cache_batch_size": args.cache_batch_size, "dropout": 0.0},
+            "versions": {p: version(p) for p in ("torch", "executorch", "onnxruntime", "transformers")},
+            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+            "plan": {"cut": setup["plan"].cut, "num_layers": setup["plan"].num_layers},
+            "setup_seconds": setup["seconds"],
+            "executorch_export": {k: setup["executorch"][k] for k in ("parity", "seconds", "max_batch")},
+            "package_file_sizes": setup["file_sizes"],
+            "trainer_binary": str(binary),
+            "import_rss_mb": imports,
+            "targets": {"peak_rss_mb": TARGET_RSS_MB, "loss_parity": 1e-4, "accuracy_points": 0.5, "time_ratio": 1.5},
+            "users": rows,
+            "summary": summarize(rows),
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "device_runtime.json", report)
+        plot(report, args.out / "device_runtime.png")
+        print(json.dumps({"summary": report["summary"], "import_rss_mb": imports}, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        spec = json.loads(Path(sys.argv[2]).read_text())
+        result = job_worker(spec)
+        Path(sys.argv[3]).write_text(json.dumps(result))
+    else:
+        main()

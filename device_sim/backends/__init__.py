@@ -1,0 +1,61 @@
+"""Training backends of the device: who trains the top on the cached trunk features.
+
+* ``torch`` — the package's top as a torch module, the server's training loop
+  (:mod:`device_sim.personalize`); every tuner, resumable.
+* ``executorch`` — the package's ``top_train.pte`` (export target
+  ``executorch``) run by ExecuTorch's Python bindings; AdamW (torch's) writes
+  into the runtime's live weights (:mod:`device_sim.backends.executorch_py`).
+* ``executorch-cpp`` — the same program run by a small C++ trainer on
+  ExecuTorch's C++ runtime (``device_sim/cpp``); the Python side runs the ONNX
+  trunk and never imports torch (:mod:`device_sim.backends.executorch_cpp`).
+
+All three read the same package, use the same validation split, epoch order,
+batch widths, AdamW groups, schedule and clipping, and write the same personal
+state format. The ExecuTorch backends train the ``full`` tuner with dropout off
+(the exported program is deterministic) and do not resume interrupted jobs.
+
+This module imports nothing heavy: the light backends are loaded by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from device_sim.backends.job import LightResult, TrainSettings
+    from device_sim.profiles import DeviceProfile
+    from edgetune.data import TextDataset
+    from exporters.package import DevicePackage
+
+BACKENDS = ("torch", "executorch", "executorch-cpp")
+_MODULES = {"executorch": "device_sim.backends.executorch_py", "executorch-cpp": "device_sim.backends.executorch_cpp"}
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown training backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def personalize_light(
+    backend: str,
+    package: DevicePackage,
+    data: str | Path | TextDataset,
+    out: str | Path,
+    config: TrainSettings | Any | None = None,
+    profile: DeviceProfile | None = None,
+    threads: int | None = None,
+    callbacks: Sequence[Callable[[Any], None]] = (),
+) -> LightResult:
+    """Personalize with an ExecuTorch backend (``executorch`` or ``executorch-cpp``); see the module docstring.
+
+    ``config``: a :class:`~device_sim.backends.job.TrainSettings` or a ``PersonalizeConfig`` (same fields).
+    ``callbacks`` are called with ``(step, loss)`` after every optimizer step (``executorch``) or after training
+    with every step's loss (``executorch-cpp``, whose steps run in another process).
+    """
+    if check_backend(backend) == "torch":
+        raise ValueError("the torch backend is device_sim.personalize.personalize")
+    return import_module(_MODULES[backend]).personalize(package, data, out, config, profile, threads, callbacks)

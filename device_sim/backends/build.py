@@ -1,0 +1,116 @@
+"""Build (once) and find the C++ trainer of the ``executorch-cpp`` backend.
+
+The trainer (``device_sim/cpp``: ``trainer.cpp`` + ``CMakeLists.txt``) is
+built against the ExecuTorch runtime that the installed ``executorch`` wheel
+ships (its ``include/`` and ``lib/``), with the documented command::
+
+    cmake -S device_sim/cpp -B BUILD -DCMAKE_PREFIX_PATH=<executorch package dir> && cmake --build BUILD -j2
+
+``python -m device_sim.backends.build [BUILD_DIR]`` runs it and prints the
+binary. Without a build directory, :func:`trainer_binary` uses
+``$EDGETUNE_TRAINER`` (a built binary) or a cache directory keyed by the
+sources and the ExecuTorch version (``$EDGETUNE_CACHE``, default
+``~/.cache/edgetune``), building there on first use: a changed source or
+another ExecuTorch gets a fresh build. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "cpp"
+BINARY = "edgetune-trainer"
+
+
+class BuildError(RuntimeError):
+    """The C++ trainer cannot be built (no cmake or compiler, no executorch wheel) or found."""
+
+
+def executorch_prefix() -> Path:
+    """The installed executorch package directory (holds ``include/``, ``lib/`` and its CMake config)."""
+    spec = importlib.util.find_spec("executorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError("the executorch package is not installed (pip install executorch); the C++ trainer needs it")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _cmake() -> str:
+    found = shutil.which("cmake") or str(Path(sys.executable).parent / "cmake")
+    if not Path(found).exists():
+        raise BuildError("cmake not found: install it (pip install cmake, or the system package)")
+    return found
+
+
+def source_key() -> str:
+    """Identifies what the binary is built from: the sources and the ExecuTorch version."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(version("executorch").encode())
+    for name in ("CMakeLists.txt", "trainer.cpp"):
+        h.update((SOURCE_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_trainer(build_dir: str | Path, quiet: bool = True) -> Path:
+    """Configure and build the trainer in ``build_dir``; returns the binary. Raises :class:`BuildError`."""
+    build_dir = Path(build_dir)
+    prefix = executorch_prefix()
+    cmake = _cmake()
+    commands = [
+        [cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), f"-DCMAKE_PREFIX_PATH={prefix}"],
+        [cmake, "--build", str(build_dir), "-j2"],
+    ]
+    for command in commands:
+        run = subprocess.run(command, capture_output=quiet, text=True)
+        if run.returncode != 0:
+            tail = (run.stderr or run.stdout or "")[-2000:] if quiet else ""
+            raise BuildError(f"building the C++ trainer failed: {' '.join(command)}\n{tail}")
+    binary = build_dir / BINARY
+    if not binary.is_file():
+        raise BuildError(f"{binary}: the build finished without the trainer binary")
+    return binary
+
+
+def trainer_binary() -> Path:
+    """The trainer to run: ``$EDGETUNE_TRAINER``, else the cached build for these sources (built if missing)."""
+    given = os.environ.get("EDGETUNE_TRAINER")
+    if given:
+        if not Path(given).is_file():
+            raise BuildError(f"EDGETUNE_TRAINER={given}: no such file")
+        return Path(given)
+    cache = Path(os.environ.get("EDGETUNE_CACHE", Path.home() / ".cache" / "edgetune"))
+    build_dir = cache / f"trainer-{source_key()}"
+    binary = build_dir / BINARY
+    if binary.is_file():
+        return binary
+    tmp = cache / f".trainer-{source_key()}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_trainer(tmp)
+        if not binary.is_file():  # another process may have won the race; either build is the same
+            shutil.rmtree(build_dir, ignore_errors=True)
+            os.replace(tmp, build_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return binary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        binary = build_trainer(args[0], quiet=False) if args else trainer_binary()
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(binary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,376 @@
+"""Export target ``executorch``: the package's top as ExecuTorch programs, for on-device training.
+
+Two programs are written next to the ONNX trunk:
+
+* ``top_train.pte`` — the joint forward + backward of the trained blocks +
+  head: ``forward(hidden_state, attention_mask, labels) -> (loss, logits,
+  *gradients, *parameters)``. The gradients and the parameters come back in
+  the order of the manifest's ``executorch.train.parameters`` (the program's
+  ``__et_training_fqn_forward`` method says the same); the parameter outputs
+  alias the runtime's live weights, so an optimizer that writes into them
+  trains the program. Built with ``torch.export.export`` ->
+  ``torch.export.experimental._export_forward_backward`` ->
+  ``executorch.exir.to_edge`` (IR validity check off: the joint graph holds
+  backward ops outside the core ATen set) -> ``to_executorch()``.
+* ``top.pte`` — inference only: ``forward(hidden_state, attention_mask) ->
+  logits``.
+* ``top_fn.onnx`` — the top in ONNX with its weights as graph *inputs*
+  (``hidden_state``, ``attention_mask``, then every trained tensor by name):
+  how a torch-free device predicts with a personal state (onnxruntime, the
+  personal tensors fed next to the features).
+
+Choices that the spike of issue 17 measured:
+
+* attention is exported **eager**, not SDPA: the flash-attention backward has
+  no out-variant kernel and ``to_executorch`` refuses it;
+* an edge pass rewrites ``addmm`` into ``mm`` + ``add``: the pip runtime's
+  portable ``addmm`` is ~9x slower than its optimized ``mm``;
+* dropout is off (the top is exported in eval mode): the runtime draws no
+  random numbers, so a device run is repeatable and equals eager torch with
+  dropout off;
+* batch (1..``max_batch``) and sequence (2..``max_length``) are dynamic;
+  memory is planned for the upper bounds.
+
+Both programs are checked before the package is sealed, on real trunk output
+(the exporter's verification texts through the ONNX trunk): the loss, the
+logits and every gradient of ``top_train.pte`` (run by ExecuTorch's Python
+bindings) against the torch top, and the logits of ``top.pte``. A difference
+above ``atol`` (default 1e-5, relative to the tensor's scale when that is
+above 1) fails the export with a :class:`ParityError` naming the tensor.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from exporters.errors import ExportError, ParityError
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgetune.modeling import TopModel
+
+TRAIN_FILE = "top_train.pte"
+INFER_FILE = "top.pte"
+WEIGHTS_AS_INPUTS_FILE = "top_fn.onnx"
+TRAIN_METHOD = "forward"
+GRADIENTS_INDEX = "__et_training_gradients_index_forward"
+PARAMETERS_INDEX = "__et_training_parameters_index_forward"
+FQN_METHOD = "__et_training_fqn_forward"
+DEFAULT_ATOL = 1e-5
+DEFAULT_MAX_BATCH = 16
+MIN_SEQUENCE = 2  # torch.export specializes a dimension of size 1
+
+
+@dataclass
+class ExecutorchOptions:
+    """Shapes the programs accept and how close they must be to torch."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_length: int = 128
+    atol: float = DEFAULT_ATOL
+    opset: int = 18  # top_fn.onnx
+    onnx_atol: float = 1e-4  # top_fn.onnx vs torch (as the other ONNX graphs)
+
+
+def eager_top(top: TopModel) -> TopModel:
+    """A copy of ``top`` whose blocks use eager attention (same weights, eval mode, no dropout).
+
+    Hugging Face picks the attention class when a block is built, so the top is rebuilt from its spec with
+    ``attn_implementation="eager"`` and the weights are copied in.
+    """
+    from edgetune.modeling import TopModel
+
+    spec = copy.deepcopy(top.spec)
+    spec["hf_config"]["_attn_implementation_internal"] = "eager"
+    eager = TopModel.from_spec(spec)
+    missing, unexpected = eager.load_state_dict(top.state_dict(), strict=False)
+    if [k for k in missing if not k.startswith("rotary.")] or unexpected:
+        raise ExportError(f"eager top does not take the top's weights (missing {missing}, unexpected {unexpected})")
+    return eager.eval().requires_grad_(True)
+
+
+def _step_module(top: TopModel) -> torch.nn.Module:
+    import torch
+
+    class TrainStep(torch.nn.Module):
+        """Loss (mean cross-entropy) and logits of the top: what the joint graph differentiates."""
+
+        def __init__(self, top: TopModel) -> None:
+            super().__init__()
+            self.top = top
+
+        def forward(
+            self, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.top(hidden, mask)
+            return torch.nn.functional.cross_entropy(logits, labels), logits.detach()
+
+    return TrainStep(top)
+
+
+def _addmm_pass() -> Any:
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import ExportPass
+
+    class AddmmToMmAdd(ExportPass):
+        """``addmm(bias, x, w)`` -> ``add(mm(x, w), bias)`` (beta = alpha = 1, as linear layers emit it)."""
+
+        def call_operator(self, op, args, kwargs, meta):  # noqa: ANN001, ANN201 (ExportPass's signature)
+            if op != exir_ops.edge.aten.addmm.default or kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
+                return super().call_operator(op, args, kwargs, meta)
+            bias, x, w = args[:3]
+            mm = super().call_operator(exir_ops.edge.aten.mm.default, (x, w), {}, meta)
+            return super().call_operator(exir_ops.edge.aten.add.Tensor, (mm, bias), {}, meta)
+
+    return AddmmToMmAdd()
+
+
+def _examples(hidden_size: int, num_labels: int, options: ExecutorchOptions) -> tuple[Any, ...]:
+    import torch
+
+    b, s = min(4, options.max_batch), max(MIN_SEQUENCE + 1, min(8, options.max_length))
+    hidden = torch.randn(b, s, hidden_size)
+    mask = torch.ones(b, s, dtype=torch.int64)
+    mask[0, s // 2 :] = 0
+    labels = torch.arange(b, dtype=torch.int64) % num_labels
+    return hidden, mask, labels
+
+
+def _dynamic(options: ExecutorchOptions, names: Sequence[str]) -> dict[str, dict[int, Any]]:
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=options.max_batch)
+    seq = Dim("sequence", min=MIN_SEQUENCE, max=options.max_length)
+    shapes: dict[str, dict[int, Any]] = {names[0]: {0: batch, 1: seq}, names[1]: {0: batch, 1: seq}}
+    if len(names) > 2:
+        shapes[names[2]] = {0: batch}
+    return shapes
+
+
+def _lower(exported: Any) -> bytes:
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    edge = to_edge(exported, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    edge = edge.transform([_addmm_pass()])
+    return bytes(edge.to_executorch().buffer)
+
+
+def export_training_program(top: TopModel, options: ExecutorchOptions) -> tuple[bytes, list[str]]:
+    """``top_train.pte`` bytes and the trained tensors' names (the top's state-dict names), in program order."""
+    from torch.export import export
+    from torch.export.experimental import _export_forward_backward
+
+    step = _step_module(eager_top(top))
+    examples = _examples(top.spec["hidden_size"], top.spec["num_labels"], options)
+    exported = export(step, examples, dynamic_shapes=_dynamic(options, ("hidden", "mask", "labels")), strict=False)
+    joint = _export_forward_backward(exported)
+    names = [n.removeprefix("top.") for n in joint.graph_signature.parameters]
+    return _lower(joint), names
+
+
+def export_inference_program(top: TopModel, options: ExecutorchOptions) -> bytes:
+    """``top.pte`` bytes: ``forward(hidden_state, attention_mask) -> logits``."""
+    import torch
+    from torch.export import export
+
+    eager = eager_top(top)
+    hidden, mask, _ = _examples(top.spec["hidden_size"], top.spec["num_labels"], options)
+    with torch.no_grad():
+        exported = export(eager, (hidden, mask), dynamic_shapes=_dynamic(options, ("hidden", "attention_mask")))
+    return _lower(exported)
+
+
+def _diff(a: Any, b: Any) -> float:
+    """Max abs difference, relative to the reference's scale when that exceeds 1."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max()))) if a.size else 0.0
+
+
+def torch_loss_and_grads(
+    top: TopModel, hidden: np.ndarray, mask: np.ndarray, labels: np.ndarray
+) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+    """The torch top's loss, logits and gradients on one batch (eval mode: no dropout)."""
+    import torch
+
+    top = top.eval()
+    params = {n: p for n, p in top.named_parameters()}
+    for p in params.values():
+        p.requires_grad_(True)
+        p.grad = None
+    logits = top(torch.from_numpy(np.ascontiguousarray(hidden)), torch.from_numpy(mask.astype(np.int64)))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels.astype(np.int64)))
+    loss.backward()
+    grads = {n: p.grad.detach().numpy().copy() for n, p in params.items() if p.grad is not None}
+    for p in params.values():
+        p.grad = None
+    return float(loss.detach()), logits.detach().numpy(), grads
+
+
+def verify_programs(
+    top: TopModel,
+    train_pte: bytes,
+    infer_pte: bytes,
+    names: list[str],
+    batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    atol: float = DEFAULT_ATOL,
+) -> dict[str, Any]:
+    """Run both programs with ExecuTorch's Python bindings on real ``(hidden, mask, labels)`` batches and compare
+    with the torch top; raises :class:`ParityError` above ``atol``. Returns the parity record."""
+    import torch
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
+
+    train = _load_for_executorch_from_buffer(train_pte)
+    infer = _load_for_executorch_from_buffer(infer_pte)
+    worst = {"loss": 0.0, "logits": 0.0, "gradients": 0.0, "inference_logits": 0.0}
+    worst_grad = ""
+    grad_start = int(train.run_method(GRADIENTS_INDEX, ())[0])
+    param_start = int(train.run_method(PARAMETERS_INDEX, ())[0])
+    fqn = [str(n).removeprefix("top.") for n in train.run_method(FQN_METHOD, ())]
+    if fqn != names or param_start - grad_start != len(names) or grad_start != 2:
+        raise ParityError(
+            f"ExecuTorch training program's outputs are not (loss, logits, gradients, parameters): {fqn}", float("inf")
+        )
+    for hidden, mask, labels in batches:
+        feeds = (
+            torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)),
+            torch.from_numpy(mask.astype(np.int64)),
+            torch.from_numpy(labels.astype(np.int64)),
+        )
+        outputs = train.run_method(TRAIN_METHOD, feeds)
+        loss, logits, grads = torch_loss_and_grads(top, hidden, mask, labels)
+        worst["loss"] = max(worst["loss"], _diff(outputs[0].numpy(), np.float32(loss)))
+        worst["logits"] = max(worst["logits"], _diff(outputs[1].numpy(), logits))
+        for name, out in zip(names, outputs[grad_start:param_start]):
+            d = _diff(out.numpy(), grads[name])
+            if d > worst["gradients"]:
+                worst["gradients"], worst_grad = d, name
+        inferred = infer.run_method("forward", feeds[:2])[0].numpy()
+        worst["inference_logits"] = max(worst["inference_logits"], _diff(inferred, logits))
+    for key, value in worst.items():
+        if not value <= atol:
+            what = f"gradient of {worst_grad}" if key == "gradients" else key
+            raise ParityError(
+                f"ExecuTorch program differs from the torch top: {what} max difference {value:.3e} > atol {atol:g}",
+                value,
+            )
+    return {
+        "atol": atol,
+        "max_abs_diff": worst,
+        "worst_gradient": worst_grad,
+        "num_batches": len(batches),
+        "batch_shapes": [list(h.shape[:2]) for h, _, _ in batches],
+    }
+
+
+def write_executorch(
+    directory: Path,
+    top: TopModel,
+    batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    options: ExecutorchOptions,
+) -> dict[str, Any]:
+    """Write ``top_train.pte`` and ``top.pte`` into ``directory``, verified on ``batches``; the manifest entry."""
+    from edgetune.io import atomic_write_bytes
+
+    start = time.perf_counter()
+    train_pte, names = export_training_program(top, options)
+    infer_pte = export_inference_program(top, options)
+    parity = verify_programs(top, train_pte, infer_pte, names, batches, options.atol)
+    atomic_write_bytes(directory / TRAIN_FILE, train_pte)
+    atomic_write_bytes(directory / INFER_FILE, infer_pte)
+    predict = export_weights_as_inputs(
+        top, directory / WEIGHTS_AS_INPUTS_FILE, options.opset, options.onnx_atol, batches
+    )
+    params = dict(top.named_parameters())
+    io_shapes = ["batch", "sequence"]
+    return {
+        "exporter": "torch.export + _export_forward_backward + executorch.exir.to_edge/to_executorch",
+        "attention": "eager",
+        "dropout": False,
+        "passes": ["addmm -> mm + add"],
+        "max_batch": options.max_batch,
+        "max_length": options.max_length,
+        "train": {
+            "file": TRAIN_FILE,
+            "method": TRAIN_METHOD,
+            "inputs": [
+                {"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]},
+                {"name": "attention_mask", "dtype": "int64", "shape": io_shapes},
+                {"name": "labels", "dtype": "int64", "shape": ["batch"]},
+            ],
+            "outputs": ["loss", "logits", "gradients...", "parameters..."],
+            "gradients_index": 2,
+            "parameters_index": 2 + len(names),
+            "parameters": [{"name": n, "shape": list(params[n].shape)} for n in names],
+            "loss": "cross_entropy (mean)",
+        },
+        "inference": {
+            "file": INFER_FILE,
+            "method": "forward",
+            "inputs": ["hidden_state", "attention_mask"],
+            "outputs": ["logits"],
+        },
+        "predict": predict,
+        "files": [TRAIN_FILE, INFER_FILE, *predict["files"]],
+        "parity": parity,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def export_weights_as_inputs(top: TopModel, path: Path, opset: int, atol: float, batches: Sequence) -> dict[str, Any]:
+    """``top_fn.onnx``: the top with its trained tensors as inputs, checked against the torch top on ``batches``."""
+    import torch
+
+    from exporters.onnx_trunk import _export
+    from exporters.runtime import ort_session
+
+    top = top.eval()
+    names = [n for n, _ in top.named_parameters()]
+
+    class WeightsAsInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.top = top
+
+        def forward(self, hidden: torch.Tensor, mask: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+            return torch.func.functional_call(self.top, dict(zip(names, params)), (hidden, mask))
+
+    params = [p.detach().clone() for p in top.parameters()]
+    hidden, mask, _ = _examples(top.spec["hidden_size"], top.spec["num_labels"], ExecutorchOptions(max_length=8))
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = {"hidden": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}, "params": [None] * len(params)}
+    files = _export(
+        WeightsAsInputs(), (hidden, mask, params), ["hidden_state", "attention_mask", *names], ["logits"], shapes,
+        path, opset, False,
+    )  # fmt: skip
+    session = ort_session(path, 1)
+    weights = {n: p.numpy() for n, p in zip(names, params)}
+    worst = 0.0
+    for h, m, _ in batches:
+        got = session.run(["logits"], {"hidden_state": h, "attention_mask": m.astype(np.int64), **weights})[0]
+        _, want, _ = torch_loss_and_grads(top, h, m, np.zeros(len(h), np.int64))
+        worst = max(worst, _diff(got, want))
+    if not worst <= atol:
+        raise ParityError(f"{path.name}: differs from the torch top by {worst:.3e} > atol {atol:g}", worst)
+    inputs = ["hidden_state", "attention_mask", "<every trained tensor by name>"]
+    files_written = [f.name for f in files]
+    return {"file": path.name, "files": files_written, "opset": opset, "inputs": inputs, "max_abs_diff": worst}
+
+
+def versions() -> dict[str, str]:
+    """The installed ExecuTorch version (empty when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {"executorch": version("executorch")}
+    except PackageNotFoundError:
+        return {}

@@ -1,0 +1,53 @@
+"""Export target executorch: top_train.pte + top.pte in the manifest, verified against the torch top."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from exporters.errors import ParityError
+from exporters.executorch import verify_programs
+from exporters.package import load_package, verify_package
+
+
+def test_manifest_lists_the_programs_with_hashes_and_parity(executorch_package):
+    manifest = json.loads((executorch_package / "manifest.json").read_text())
+    entry = manifest["executorch"]
+    assert entry["files"] == ["top_train.pte", "top.pte", "top_fn.onnx"]
+    assert entry["predict"]["file"] == "top_fn.onnx" and entry["predict"]["max_abs_diff"] <= 1e-4
+    for name in entry["files"]:
+        assert manifest["files"][name]["size"] == (executorch_package / name).stat().st_size
+        assert len(manifest["files"][name]["sha256"]) == 64
+    parity = entry["parity"]["max_abs_diff"]
+    assert max(parity.values()) <= 1e-5 and entry["parity"]["num_batches"] >= 3
+    names = [p["name"] for p in entry["train"]["parameters"]]
+    with load_package(executorch_package) as pkg:
+        assert sorted(names) == sorted(n for n, _ in pkg.top_model().named_parameters())
+    assert entry["attention"] == "eager" and "executorch" in manifest["producer"]
+
+
+def test_a_tampered_program_is_refused(executorch_package, tmp_path):
+    copy = shutil.copytree(executorch_package, tmp_path / "pkg")
+    raw = bytearray((copy / "top_train.pte").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (copy / "top_train.pte").write_bytes(bytes(raw))
+    problems = verify_package(copy).problems
+    assert any("top_train.pte: sha256 does not match" in p for p in problems), problems
+
+
+def test_verification_fails_loudly_when_the_program_differs_from_torch(executorch_package):
+    manifest = json.loads((executorch_package / "manifest.json").read_text())
+    names = [p["name"] for p in manifest["executorch"]["train"]["parameters"]]
+    train = (executorch_package / "top_train.pte").read_bytes()
+    infer = (executorch_package / "top.pte").read_bytes()
+    with load_package(executorch_package) as pkg:
+        top = pkg.top_model()
+        ids, mask = pkg.encode(["apple juice today", "the goal of the match said the team"])
+        batch = (pkg.run_trunk(ids, mask), mask, np.array([0, 1]))
+        assert verify_programs(top, train, infer, names, [batch])["max_abs_diff"]["loss"] <= 1e-5
+        with torch.no_grad():
+            top.head.bias.add_(1e-3)  # the torch top no longer is what was exported
+        with pytest.raises(ParityError, match="differs from the torch top"):
+            verify_programs(top, train, infer, names, [batch])
