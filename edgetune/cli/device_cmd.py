@@ -64,6 +64,45 @@ def _write_predictions(out: Path, texts: list[str], predictions: list[Prediction
     atomic_write_text(out, buf.getvalue())
 
 
+def personalize_summary(result: Any, out: Path) -> str:
+    """What ``personalize`` did, in a few lines: the chosen configuration, the guard's verdict with both scores."""
+    from device_sim.profiles import trains
+
+    num_layers = int(result.manifest["package"]["num_layers"])
+    s = result.seconds
+    cand = result.candidate
+    if cand is not None and "prior_shift" in cand.tuner:
+        what = "moved the global head's bias to the user's label prior"
+    else:
+        what = f"trained {trains(cand.train_cut, num_layers)} with {cand.tuner['name']}" if cand is not None else "?"
+    chosen = f"{what} (chosen among {len(result.selection['candidates'])} candidates: '{cand.name}')" if len(
+        result.selection.get("candidates", [])) > 1 else what  # fmt: skip
+    msg = (
+        f"{chosen} on {result.num_train} examples ({result.num_val} validation, {result.num_guard} held "
+        f"out for the guard) in {s['total']:.1f}s (trunk {s['trunk']:.1f}s, training {s['train']:.1f}s, "
+        f"guard {s['guard']:.1f}s)"
+    )
+    if result.resumed:
+        msg += ", resumed an interrupted run"
+    if result.val_metrics:
+        msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%}"
+    guard = result.manifest.get("guard", {})
+    scores = ""
+    if result.guard is not None:
+        g = result.guard
+        scores = (
+            f"on {g.num_examples} held-out examples: personal {g.personal_accuracy:.1%}, global "
+            f"{g.global_accuracy:.1%} ({g.wins} wins, {g.losses} losses, one-sided p = {g.p_value:.3g}, "
+            f"alpha {g.alpha})"
+        )
+    if result.kept == "global":
+        head = "KEPT THE GLOBAL MODEL: personalization would not reliably help this user"
+        detail = f"; {scores}" if scores else ""
+        return f"{msg}\n{head} ({guard.get('reason')}){detail}; wrote a kept-global state to {out}"
+    detail = f"\nguard: kept the personal model, {scores}" if scores else ""
+    return f"{msg}{detail}; wrote {out}"
+
+
 def register(app: typer.Typer) -> None:
     from edgetune.cli import handle_errors
 
@@ -94,8 +133,31 @@ def register(app: typer.Typer) -> None:
         tuner_param: TunerParamOption = None,
         epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 8,
         batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
-        lr: Annotated[float, typer.Option(help="Learning rate of the trained blocks (or their adapters).")] = 1e-4,
-        head_lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 3e-3,
+        lr: Annotated[
+            float | None,
+            typer.Option(help="Learning rate of the trained blocks or adapters (with --no-select; default 1e-4)."),
+        ] = None,
+        head_lr: Annotated[
+            float | None, typer.Option(help="Learning rate of the head (with --no-select; default 3e-3).")
+        ] = None,
+        select: Annotated[
+            bool | None,
+            typer.Option(
+                "--select/--no-select",
+                help="Let the device choose between head only, LoRA and the plan's blocks at a few learning rates "
+                "on an inner validation split (default: on, unless --cut, --tuner, --lr or --head-lr fix the job).",
+            ),
+        ] = None,
+        guard_fraction: Annotated[
+            float,
+            typer.Option(
+                help="Share of the data held out for the do-no-harm guard, which keeps the global model unless the "
+                "personal one is significantly better there (0: no guard)."
+            ),
+        ] = 0.2,
+        guard_alpha: Annotated[
+            float, typer.Option(help="Significance level of the guard's one-sided exact McNemar test.")
+        ] = 0.05,
         val_fraction: Annotated[
             float, typer.Option(help="Share of the data held out to pick the best epoch (0: none).")
         ] = 0.15,
@@ -122,12 +184,17 @@ def register(app: typer.Typer) -> None:
 
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
+        if select is None:  # a job fixed by hand is trained as asked
+            select = cut is None and tuner_name is None and lr is None and head_lr is None
         try:
             config = PersonalizeConfig(
                 epochs=epochs,
                 batch_size=batch_size,
-                lr=lr,
-                head_lr=head_lr,
+                lr=1e-4 if lr is None else lr,
+                head_lr=3e-3 if head_lr is None else head_lr,
+                select=select,
+                guard_fraction=guard_fraction,
+                guard_alpha=guard_alpha,
                 val_fraction=val_fraction,
                 patience=patience,
                 seed=seed,
@@ -156,22 +223,9 @@ def register(app: typer.Typer) -> None:
 
                 err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
                 raise typer.Exit(code=130) from None
-        if not quiet:
+        if not quiet and result.history:
             print_history(result.history)
-        from device_sim.profiles import trains
-
-        what = trains(result.train_cut, int(result.manifest["package"]["num_layers"]))
-        s = result.seconds
-        msg = (
-            f"personalized {what} with {result.tuner['name']} ({result.trainable_params:,} trainable parameters) "
-            f"on {result.num_train} examples ({result.num_val} validation) in {s['total']:.1f}s "
-            f"(trunk {s['trunk']:.1f}s, training {s['train']:.1f}s)"
-        )
-        if result.resumed:
-            msg += ", resumed an interrupted run"
-        if result.val_metrics:
-            msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%} (epoch {result.best_epoch})"
-        console.print(f"{msg}; wrote {out}", highlight=False)
+        console.print(personalize_summary(result, out), highlight=False)
 
     @app.command("predict")
     @handle_errors
