@@ -209,7 +209,14 @@ def natural_users(
             mix[top] = share if len(names) > 1 else 1.0
             by_label = {n: np.flatnonzero(labels == n) for n in names}
             available = np.array([len(by_label[n]) for n in names])
-            counts = _draw_counts(rng, mix, available, cfg.examples_per_user)
+            n_top = min(int(round(share * cfg.examples_per_user)), int(available[top]))  # the top share exactly
+            rest_mix = np.where(np.arange(len(names)) == top, 0.0, mix)
+            rest_available = np.where(np.arange(len(names)) == top, 0, available)
+            if rest_mix.sum() > 0:
+                counts = _draw_counts(rng, rest_mix / rest_mix.sum(), rest_available, cfg.examples_per_user - n_top)
+            else:
+                counts = np.zeros(len(names), dtype=np.int64)
+            counts[top] += n_top
             idx = np.concatenate([rng.choice(by_label[n], size=c, replace=False) for n, c in zip(names, counts)])
         else:
             if groups is None:
