@@ -5,7 +5,7 @@
 Model all-MiniLM-L6-v2 (backbone A), data BBC news (2225 articles, 5 topics), 128 tokens.
 
 1. Server: a stratified 25% of the corpus. Package A: SALF plan on it, the plain model cut at the plan's cut, a
-   logistic-probe head (as in ``personalize_users.py``). Backbone B: A without its top block
+   logistic-probe head (as in ``personalize_configs.py``). Backbone B: A without its top block
    (:func:`device_sim.fleet.derive_backbone`; no second real backbone installs offline), its own SALF plan and
    probe head on the same server split: package B.
 2. Users: the other 75% is the pool; ``--users`` non-IID users (Dirichlet alpha 0.5; half of them file two labels

@@ -13,7 +13,9 @@ A personal state is applied by rebuilding the package's top, preparing the part
 above the state's cut with the state's tuner, loading the tensors and merging
 adapters: the result is a plain :class:`~edgetune.modeling.TopModel` that
 reads the package's trunk output. A state trained for another package is
-refused (:class:`~device_sim.personal.PersonalStateError`).
+refused (:class:`~device_sim.personal.PersonalStateError`). A state of kind
+``kept_global`` (the do-no-harm guard refused the personal top) applies as the
+package's global top.
 """
 
 from __future__ import annotations
@@ -211,6 +213,9 @@ class Device:
             state = personal
         else:
             state = self.load_personal(personal)
+        if state.kept_global:  # the guard refused personalization: the package's own (global) top
+            top.requires_grad_(False)
+            return top.eval()
         if state.kind == "fala":  # the package's top, then the personal matrix and the old personal head
             from edgetune.fala import FalaHead
 

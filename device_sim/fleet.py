@@ -67,7 +67,7 @@ class FleetConfig:
     methods: tuple[str, ...] = FLEET_METHODS
     fraction: float = 0.1  # curated examples per user (FaLA, head-only)
     random_draws: int = 3  # fala-random repeats with seeds 0..draws-1
-    personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig(progress=False))
+    personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig.plain(progress=False))
     fala: SwapConfig = field(default_factory=SwapConfig)
     threads: int | None = None
 

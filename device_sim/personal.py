@@ -9,6 +9,9 @@ previous state or the new one, never half of one):
   (``blocks.0`` is block ``train_cut + 1``); after a FaLA backbone swap
   (kind ``fala``), the personal matrix and the old personal head that reads
   its output (``matrix.linear.*``, ``head.*``, see :mod:`device_sim.swap`);
+  none when the do-no-harm guard refused the personal top (kind
+  ``kept_global``: the device keeps using the package's global top, and the
+  manifest's ``guard`` entry holds both scores, see :mod:`device_sim.guard`);
 * ``personal.json``     — what the tensors are and which package they belong
   to: the package's identity (backbone hash, cut, labels and the sha256 of
   every file that determines the features and the base weights), the cut the
@@ -45,7 +48,7 @@ FORMAT = "edgetune-personal-state"
 SCHEMA_VERSION = 1
 MANIFEST = "personal.json"
 WEIGHTS = "delta.safetensors"
-KINDS = ("top_delta", "fala")
+KINDS = ("top_delta", "fala", "kept_global")
 
 
 class PersonalStateError(Exception):
@@ -87,6 +90,11 @@ class PersonalState:
     @property
     def kind(self) -> str:
         return str(self.manifest["kind"])
+
+    @property
+    def kept_global(self) -> bool:
+        """Whether this state records that the guard kept the global model (it holds no tensor)."""
+        return self.kind == "kept_global"
 
     @property
     def train_cut(self) -> int:

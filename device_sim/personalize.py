@@ -4,18 +4,29 @@ The job, in the order it runs (everything that can be wrong with the input is
 found before anything is computed or written):
 
 1. read the user's data (labels must be the package's), tokenize it with the
-   package's tokenizer, hold out a small stratified validation split;
-2. price the job with the cost model and refuse one that does not fit the
-   device profile, naming the lowest higher cut that would
-   (:mod:`device_sim.profiles`);
+   package's tokenizer, hold out a stratified *guard split* (``guard_fraction``,
+   20%) that nothing but the do-no-harm guard ever sees, and an inner
+   validation split of the rest (``val_fraction``) for selection and early stopping;
+2. price the job with the cost model: with ``select`` (the default) every
+   candidate configuration (:data:`DEFAULT_CANDIDATES`: the global head moved
+   to the user's label prior, the head alone at two learning rates, LoRA on
+   the plan's blocks, the plan's blocks with its tuner) that does not fit the
+   device profile is dropped, the most expensive first, until their sum fits
+   its time budget; without ``select`` the one configured job is refused when it
+   does not fit, naming the lowest higher cut that would (:mod:`device_sim.profiles`);
 3. run the trunk once with onnxruntime (plus, when the device trains above a
    higher cut than the package's, the frozen top blocks below it in torch) and
    cache the output, in memory or memory-mapped (:class:`~edgetune.features.FeatureCache`);
-4. train the blocks above the cut and the head with torch, with the package
-   plan's tuner (full or LoRA), on the cache: the server's training loop
+4. train every candidate on the cache with the server's training loop
    (:class:`~edgetune.train.TopTrainer`: AdamW, warm-up, early stopping on
-   the validation split, the best epoch kept, atomic checkpoints);
-5. write the personal state (:mod:`device_sim.personal`) in one atomic step.
+   the inner validation split, the best epoch kept, atomic checkpoints) and
+   pick the one with the best inner validation accuracy (ties: the cheaper);
+   one that does not beat the global top there is not kept;
+5. the guard (:mod:`device_sim.guard`): the picked top against the global one
+   on the guard split, one-sided exact McNemar test at ``guard_alpha``;
+6. write the personal state (:mod:`device_sim.personal`) in one atomic step:
+   the picked top's tensors (kind ``top_delta``), or, when the guard refused
+   it, a state of kind ``kept_global`` that holds no tensor and both scores.
 
 Work in progress lives next to the output, in ``.<out>.partial/`` (the job's
 identity, checkpoints, a memory-mapped cache). An interrupted job run again
@@ -40,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from device_sim.guard import GuardDecision, decide, prior_shift
 from device_sim.personal import check_writable, identity_digest, package_identity, write_personal_state
 from device_sim.profiles import DeviceProfile, check_job
 from device_sim.split import MIN_VALIDATION, validation_split  # noqa: F401 (re-exported)
@@ -48,11 +60,25 @@ from edgetune.data import DataError, LabelMap, TextDataset, load_dataset
 from edgetune.features import FeatureCache, data_digest
 from edgetune.io import atomic_write_json
 from edgetune.modeling import TopModel
-from edgetune.train import StepEvent, TopFit, TopTrainer, TrainConfig, TrainError
+from edgetune.train import StepEvent, TopTrainer, TrainConfig, TrainError
 from edgetune.tuners import Tuner, get_tuner
 from exporters.package import DevicePackage
 
 CACHE_PLACES = ("auto", "memory", "mmap")
+
+# The configurations the device chooses between (besides the global top itself), cheapest first: ties on the
+# inner validation split go to the cheaper one. "cut": "plan" (the package's cut, or ``config.cut``) or "head"
+# (the head only); "prior": the global head with its bias fitted to the user's label prior
+# (:func:`device_sim.guard.prior_shift`), no training. The learning rates are prior choices (the head rate 0.1
+# from an earlier sweep on simulated BBC users); they were not re-checked on users held apart from the benchmark's.
+DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"name": "prior", "kind": "prior"},
+    {"name": "head", "cut": "head", "head_lr": 0.03},
+    {"name": "head-fast", "cut": "head", "head_lr": 0.1},
+    {"name": "lora", "tuner": "lora", "tuner_params": {"r": 8}, "lr": 1e-3, "head_lr": 0.03},
+    {"name": "block", "lr": 1e-4, "head_lr": 3e-3},  # the plan's blocks with the plan's tuner
+)
+CANDIDATE_KEYS = {"name", "kind", "cut", "tuner", "tuner_params", "lr", "head_lr"}
 
 
 @dataclass
@@ -83,13 +109,41 @@ class PersonalizeConfig:
     text_column: str | None = None  # None: the plan's
     label_column: str | None = None
     progress: bool = True
+    # Robust defaults: choose between candidate configurations on an inner validation split (False: train the
+    # one configuration above: cut, tuner, lr, head_lr).
+    select: bool = True
+    candidates: tuple[dict[str, Any], ...] | None = None  # None: DEFAULT_CANDIDATES
+    # The do-no-harm guard: share of the user's data held out to compare the personal top with the global one
+    # (0: no guard), and the significance level of its one-sided test (device_sim.guard).
+    guard_fraction: float = 0.2
+    guard_alpha: float = 0.05
 
     def __post_init__(self) -> None:
         if self.cache not in CACHE_PLACES:
             raise ValueError(f"cache must be one of {CACHE_PLACES}, got {self.cache!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.guard_fraction < 1.0:
+            raise ValueError(f"guard_fraction must be in [0, 1), got {self.guard_fraction}")
+        if not 0.0 < self.guard_alpha < 1.0:
+            raise ValueError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
+        if self.candidates is not None:
+            self.candidates = tuple(dict(c) for c in self.candidates)
+            names = [c.get("name") for c in self.candidates]
+            if not names or None in names or len(set(names)) != len(names):
+                raise ValueError("candidates need unique names (and at least one candidate)")
+            for c in self.candidates:
+                unknown = set(c) - CANDIDATE_KEYS
+                if unknown:
+                    raise ValueError(f"candidate {c['name']!r}: unknown keys {sorted(unknown)}")
+                if c.get("kind", "train") not in ("train", "prior"):
+                    raise ValueError(f"candidate {c['name']!r}: kind must be 'train' or 'prior'")
         self.train_config(validating=self.val_fraction > 0)  # the trainer's own checks
+
+    @classmethod
+    def plain(cls, **settings: Any) -> PersonalizeConfig:
+        """Train exactly as configured: no selection, no guard (what a baseline or a swap's re-training needs)."""
+        return cls(**{"select": False, "guard_fraction": 0.0, **settings})
 
     def train_config(self, validating: bool) -> TrainConfig:
         """The trainer's settings for this job (cached mode on the CPU; no patience without validation)."""
@@ -116,8 +170,29 @@ class PersonalizeConfig:
 
 
 @dataclass
+class Trained:
+    """One candidate's personalized top: its tensors as a personal state would hold them, and its scores."""
+
+    name: str
+    tensors: dict[str, torch.Tensor]
+    train_cut: int
+    tuner: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    trainable_params: int = 0
+    val_accuracy: float | None = None
+    estimate: CutCost | None = None
+    seconds: float = 0.0
+
+
+@dataclass
 class PersonalizeResult:
-    """What a personalization job did; ``manifest`` is the written ``personal.json``."""
+    """What a personalization job did; ``manifest`` is the written ``personal.json``.
+
+    ``kept`` is ``"personal"`` or ``"global"`` (the guard refused the personal top: the state is of kind
+    ``kept_global``); ``candidate`` is the personal top that was chosen, kept or not (its tensors let a
+    benchmark score what the guard refused)."""
 
     path: Path
     manifest: dict[str, Any]
@@ -133,6 +208,12 @@ class PersonalizeResult:
     cache: str
     resumed: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    kept: str = "personal"
+    guard: GuardDecision | None = None
+    num_guard: int = 0
+    selection: dict[str, Any] = field(default_factory=dict)
+    candidate: Trained | None = None
+    candidates: list[Trained] = field(default_factory=list)  # every candidate the selection tried
 
     @property
     def val_metrics(self) -> dict[str, Any] | None:
@@ -235,25 +316,41 @@ def _cache_place(config: PersonalizeConfig, nbytes: int, fits_in_memory: bool | 
     return "memory"
 
 
+def guard_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rest and the guard's held-out indices: a stratified ``fraction`` (at least one example when
+    ``fraction > 0``), drawn with its own seed so it never coincides with the inner validation split."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    if fraction <= 0 or len(labels) < 2:
+        return idx, idx[:0]
+    n_guard = max(1, int(round(fraction * len(labels))))
+    if n_guard >= len(labels):
+        return idx, idx[:0]
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    try:
+        rest, guard = train_test_split(idx, test_size=n_guard, random_state=seed + 7919, stratify=stratify)
+    except ValueError:  # fewer held-out examples than labels: split without stratification
+        rest, guard = train_test_split(idx, test_size=n_guard, random_state=seed + 7919)
+    return np.sort(rest), np.sort(guard)
+
+
 def _job_identity(
     package: DevicePackage,
     ids: np.ndarray,
     mask: np.ndarray,
     y: np.ndarray,
-    val_idx: np.ndarray,
-    cut: int,
-    tuner: Tuner,
+    splits: tuple[np.ndarray, ...],
     config: PersonalizeConfig,
 ) -> dict[str, Any]:
     """Everything that decides the result; an unfinished job resumes only under the same identity."""
-    labels = hashlib.sha256(y.astype(np.int64).tobytes() + b"|" + val_idx.astype(np.int64).tobytes()).hexdigest()
+    raw = y.astype(np.int64).tobytes() + b"".join(b"|" + s.astype(np.int64).tobytes() for s in splits)
     settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "cache", "cache_batch_size")}
     identity = {
         "package": identity_digest(package_identity(package)),
         "data": data_digest(ids, mask),
-        "labels": labels,
-        "cut": cut,
-        "tuner": tuner.to_dict(),
+        "labels": hashlib.sha256(raw).hexdigest(),
         "settings": settings,
     }
     return json.loads(json.dumps(identity))
@@ -276,7 +373,20 @@ def _open_work(work: Path, identity: dict[str, Any]) -> bool:
             shutil.rmtree(work)  # an interrupted job of other inputs: its checkpoints cannot be resumed
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(job, identity)
-    return (work / "checkpoint" / "state.json").is_file()
+    return any(work.glob("checkpoint*/state.json"))
+
+
+@dataclass
+class _Plan:
+    """One candidate configuration, resolved and priced."""
+
+    name: str
+    kind: str  # "train" | "prior"
+    cut: int
+    config: PersonalizeConfig  # the job's settings with this candidate's cut, tuner and learning rates
+    tuner: Tuner | None
+    estimate: CutCost
+    checkpoint: str
 
 
 @dataclass
@@ -289,83 +399,251 @@ class _Job:
     mask: np.ndarray
     train_idx: np.ndarray
     val_idx: np.ndarray
-    cut: int
-    top: TopModel
-    trained: TopModel
-    tuner: Tuner
-    train_config: TrainConfig
+    guard_idx: np.ndarray
+    cut: int  # the lowest cut any candidate trains above: the cache holds h_cut
+    plans: list[_Plan]
+    skipped: list[dict[str, Any]]
     cache: str
-    estimate: CutCost
+    estimate: CutCost  # the whole job's: the most expensive candidate's, with the summed device seconds
+
+
+def _candidate_config(package: DevicePackage, config: PersonalizeConfig, spec: dict[str, Any]) -> PersonalizeConfig:
+    cut = spec.get("cut", "plan")
+    cut = package.num_layers if cut == "head" else (config.cut if cut == "plan" else int(cut))
+    changes: dict[str, Any] = {"cut": cut, "select": False}
+    for key in ("tuner", "tuner_params", "lr", "head_lr"):
+        if key in spec:
+            changes[key] = spec[key]
+    if cut == package.num_layers and "tuner" not in spec:
+        changes.update(tuner="full", tuner_params={})  # nothing but the head: no adapters
+    return replace(config, **changes)
 
 
 def _prepare(
     package: DevicePackage, data: str | Path | TextDataset, config: PersonalizeConfig, profile: DeviceProfile | None
 ) -> _Job:
-    """Steps 1-2 of the module docstring: read, tokenize, split, price, refuse what does not fit; then prepare
-    the top for its tuner (adapters drawn from the seed; the trunk pass draws no random numbers)."""
+    """Steps 1-2 of the module docstring: read, tokenize, split, price, refuse (or drop) what does not fit."""
     dataset = read_user_data(package, data, config)
     y = dataset.encoded_labels(LabelMap(tuple(package.labels)))
-    cut = resolve_cut(package, config.cut)
-    tuner = resolve_tuner(package.manifest["plan"], config)
     ids, mask = package.encode(dataset.texts)
-    train_idx, val_idx = validation_split(y, config.val_fraction, config.seed)
-    top = package.top_model().eval()
-    trained = top.above(cut)
+    rest, guard_idx = guard_split(y, config.guard_fraction, config.seed)
+    inner_train, inner_val = validation_split(y[rest], config.val_fraction, config.seed)
+    train_idx, val_idx = rest[inner_train], rest[inner_val]
     width = ids.shape[1]
     gflops = profile.gflops if profile is not None else None
+    specs = (config.candidates or DEFAULT_CANDIDATES) if config.select else ({"name": "configured"},)
+    top = package.top_model().eval()
 
-    def price(in_memory: bool) -> tuple[ArchSummary, CostConfig, TunerCost, CutCost]:
-        return estimate_job(package, trained, tuner, cut, len(ids), width, config, in_memory, gflops)
-
-    fits = None if profile is None else price(True)[3].train_memory_mb <= profile.memory_mb
+    plans: list[_Plan] = []
+    trunk_seconds: dict[int, float] = {}
+    for spec in specs:
+        kind = spec.get("kind", "train")
+        cand = _candidate_config(package, config, spec) if config.select else config
+        cut = resolve_cut(package, cand.cut) if kind == "train" else package.num_layers
+        tuner = resolve_tuner(package.manifest["plan"], cand) if kind == "train" else get_tuner("full")
+        trained = top.above(cut)
+        estimate = estimate_job(package, trained, tuner, cut, len(ids), width, cand, True, gflops)[3]
+        # the trunk runs once for the whole job: a candidate's own cost is its training (epochs x per epoch)
+        one, two = (
+            estimate_job(package, trained, tuner, cut, len(ids), width, replace(cand, epochs=e), True, gflops)[3]
+            for e in (1, 2)
+        )
+        per_epoch = two.device_seconds - one.device_seconds
+        trunk_seconds[cut] = one.device_seconds - per_epoch
+        estimate = replace(estimate, device_seconds=(0.0 if kind == "prior" else per_epoch * cand.epochs))
+        if kind == "train":  # refuse impossible settings (e.g. LoRA layers below the cut) before any work
+            try:
+                get_tuner(tuner.name, **tuner.to_dict()["params"]).prepare(package.top_model().above(cut))
+            except ValueError as err:
+                raise TrainError(f"tuner {tuner.name}: {err}") from None
+        name = spec["name"]
+        checkpoint = "checkpoint" if not config.select else f"checkpoint-{name}"
+        plans.append(_Plan(name, kind, cut, cand, tuner if kind == "train" else None, estimate, checkpoint))
+    cut = min(p.cut for p in plans)
+    fits = None if profile is None else max(p.estimate.train_memory_mb for p in plans) <= profile.memory_mb
     place = _cache_place(config, len(ids) * width * package.hidden_size * np.dtype(config.cache_dtype).itemsize, fits)
-    arch, cost, tuner_cost, estimate = price(place == "memory")
-    if profile is not None:
-        check_job(profile, arch, cost, cut, tuner_cost)
-    from accelerate.utils import set_seed
+    skipped: list[dict[str, Any]] = []
+    if not config.select:
+        plan = plans[0]
+        arch, cost, tuner_cost, plan.estimate = estimate_job(
+            package, top.above(plan.cut), plan.tuner, plan.cut, len(ids), width, config, place == "memory", gflops
+        )
+        if profile is not None:
+            check_job(profile, arch, cost, plan.cut, tuner_cost)
+    elif profile is not None:  # drop what does not fit, then the most expensive until the sum fits the time budget
+        for plan in list(plans):
+            if plan.kind == "train" and plan.estimate.train_memory_mb > profile.memory_mb:
+                plans.remove(plan)
+                skipped.append({"name": plan.name, "reason": f"needs ~{plan.estimate.train_memory_mb:.0f} MB"})
 
-    set_seed(config.seed)  # adapters are initialized from the seed
-    try:
-        tuner.prepare(trained)
-    except ValueError as err:  # e.g. LoRA layers below the device's cut
-        raise TrainError(f"tuner {tuner.name}: {err}") from None
-    train_config = config.train_config(validating=len(val_idx) > 0)
-    return _Job(dataset, y, ids, mask, train_idx, val_idx, cut, top, trained, tuner, train_config, place, estimate)
+        def total(plans: list[_Plan]) -> float:  # the trunk once (up to the highest cut) + every candidate
+            return max((trunk_seconds[p.cut] for p in plans), default=0.0) + sum(
+                p.estimate.device_seconds for p in plans
+            )
+
+        while total(plans) > profile.time_budget_s and any(p.kind == "train" for p in plans):
+            costly = max((p for p in plans if p.kind == "train"), key=lambda p: p.estimate.device_seconds)
+            plans.remove(costly)
+            skipped.append(
+                {"name": costly.name, "reason": f"over the time budget (~{costly.estimate.device_seconds:.0f} s)"}
+            )
+        cut = min([p.cut for p in plans] or [package.num_layers])
+    if not plans:
+        raise TrainError("no candidate configuration fits the device profile")
+    if config.select:  # the whole job's price: the trunk once (up to the highest cut) + every candidate's training
+        main = max(plans, key=lambda p: p.estimate.train_memory_mb)
+        seconds = max(trunk_seconds[p.cut] for p in plans) + sum(p.estimate.device_seconds for p in plans)
+        estimate = replace(main.estimate, device_seconds=seconds)
+    else:
+        estimate = plans[0].estimate
+    return _Job(dataset, y, ids, mask, train_idx, val_idx, guard_idx, cut, plans, skipped, place, estimate)
 
 
 def _cache_features(
     package: DevicePackage, job: _Job, work: Path, package_digest: str, config: PersonalizeConfig, threads: int | None
-) -> tuple[FeatureCache, FeatureCache | None]:
-    """Step 3: the trunk once over the train and validation examples (onnxruntime, then the frozen top blocks
-    below the device's cut in torch); memory-mapped caches in ``work`` are reused by a resumed job."""
+) -> tuple[dict[str, FeatureCache | None], dict[str, float]]:
+    """Step 3: the trunk once over the train, validation and guard examples (onnxruntime, then the frozen top
+    blocks below the job's cut in torch); memory-mapped caches in ``work`` are reused by a resumed job.
+    Returns the caches and the seconds each took."""
+    top = package.top_model().eval()
 
     def trunk(ids_t: torch.Tensor, mask_t: torch.Tensor) -> torch.Tensor:
         hidden = package.run_trunk(ids_t.numpy(), mask_t.numpy(), config.precision, threads)
-        return job.top.hidden_at(torch.from_numpy(hidden), mask_t, job.cut)
+        return top.hidden_at(torch.from_numpy(hidden), mask_t, job.cut)
 
-    caches: list[FeatureCache | None] = []
-    for name, idx in (("train", job.train_idx), ("val", job.val_idx)):
+    caches: dict[str, FeatureCache | None] = {}
+    seconds: dict[str, float] = {}
+    for name, idx in (("train", job.train_idx), ("val", job.val_idx), ("guard", job.guard_idx)):
+        t0 = time.perf_counter()
         if len(idx) == 0:
-            caches.append(None)
+            caches[name] = None
             continue
         ids, mask = job.ids[idx], job.mask[idx]
         key = {"package": package_digest, "cut": job.cut, "precision": config.precision, "data": data_digest(ids, mask)}
-        caches.append(
-            FeatureCache.reuse_or_build(
-                trunk,
-                ids,
-                mask,
-                key=key,
-                path=work / f"features-{name}" if job.cache == "mmap" else None,
-                batch_size=config.cache_batch_size,
-                dtype=config.cache_dtype,
-                progress=config.progress,
-            )
+        caches[name] = FeatureCache.reuse_or_build(
+            trunk,
+            ids,
+            mask,
+            key=key,
+            path=work / f"features-{name}" if job.cache == "mmap" else None,
+            batch_size=config.cache_batch_size,
+            dtype=config.cache_dtype,
+            progress=config.progress,
         )
+        seconds[name] = time.perf_counter() - t0
     package.release_sessions()  # training needs only the cache
-    train, val = caches
+    assert caches["train"] is not None
+    return caches, seconds
+
+
+@torch.inference_mode()
+def _lift(cache: FeatureCache, top: TopModel, from_cut: int, to_cut: int, batch_size: int = 32) -> FeatureCache:
+    """The cache of h_{to_cut} from one of h_{from_cut}: the (frozen, global) blocks in between, in memory."""
+    if to_cut == from_cut:
+        return cache
+    top = top.above(from_cut)
+    out = np.zeros(cache.features.shape, dtype=np.float32)
+    for start in range(0, len(cache), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(cache)))
+        hidden, mask = cache.batch(idx)
+        out[idx, : hidden.shape[1]] = top.hidden_at(hidden, mask, to_cut).float().numpy()
+    return FeatureCache(out, np.asarray(cache.mask), {**cache.key, "cut": to_cut})
+
+
+@torch.inference_mode()
+def _logits(top: TopModel, cache: FeatureCache | None, batch_size: int = 64) -> np.ndarray:
+    """Logits of ``top`` (eval mode) on every example of ``cache``, in order."""
+    if cache is None:
+        return np.zeros((0, top.head.out_features), dtype=np.float32)
+    modes = [(m, m.training) for m in top.modules()]
+    top.eval()
+    try:
+        out = [top(*cache.batch(np.arange(s, min(s + batch_size, len(cache))))).float().numpy()
+               for s in range(0, len(cache), batch_size)]  # fmt: skip
+    finally:
+        for m, training in modes:
+            m.training = training
+    return np.concatenate(out)
+
+
+def _train_candidate(
+    package: DevicePackage,
+    plan: _Plan,
+    caches: dict[str, FeatureCache | None],
+    job: _Job,
+    work: Path,
+    package_digest: str,
+    callbacks: Sequence[Callable[[StepEvent], None]],
+) -> tuple[Trained, TopModel]:
+    """Train one candidate on the cache at its cut; returns its tensors and the trained top (adapters unmerged)."""
+    from accelerate.utils import set_seed
+
+    t0 = time.perf_counter()
+    top = package.top_model().eval()
+    trained = top.above(plan.cut)
+    set_seed(plan.config.seed)  # adapters are initialized from the seed
+    assert plan.tuner is not None
+    tuner = get_tuner(plan.tuner.name, **plan.tuner.to_dict()["params"])
+    try:
+        tuner.prepare(trained)
+    except ValueError as err:  # e.g. LoRA layers below the device's cut
+        raise TrainError(f"tuner {tuner.name}: {err}") from None
+    train, val = caches["train"], caches["val"]
     assert train is not None
-    return train, val
+    train_config = plan.config.train_config(validating=val is not None)
+    trainer = TopTrainer(
+        trained,
+        tuner,
+        LabelMap(tuple(package.labels)),
+        train_config,
+        checkpoint_dir=work / plan.checkpoint,
+        callbacks=callbacks,
+        model_hash=package_digest,
+        cut=plan.cut,
+    )
+    val_labels = job.y[job.val_idx] if val is not None else None
+    fit = trainer.fit_sources(train, job.y[job.train_idx], val, val_labels)
+    state = fit.state
+    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    result = Trained(
+        name=plan.name,
+        tensors=fit.delta,
+        train_cut=plan.cut,
+        tuner=tuner.to_dict(),
+        history=state.history,
+        best_epoch=state.best_epoch,
+        stopped_early=state.stopped_early,
+        trainable_params=fit.trainable_params,
+        val_accuracy=float(best["val_accuracy"]) if best is not None else None,
+        estimate=plan.estimate,
+        seconds=time.perf_counter() - t0,
+    )
+    return result, trained
+
+
+def _prior_candidate(package: DevicePackage, plan: _Plan, logits: dict[str, np.ndarray], job: _Job) -> Trained:
+    """The global head with its bias fitted to the user's label prior (:func:`device_sim.guard.prior_shift`)."""
+    t0 = time.perf_counter()
+    delta = prior_shift(logits["train"], job.y[job.train_idx])
+    top = package.top_model().eval()
+    head_only = top.above(package.num_layers)
+    tuner = get_tuner("full")
+    tuner.prepare(head_only)
+    with torch.no_grad():
+        head_only.head.bias += torch.from_numpy(delta).to(head_only.head.bias.dtype)
+    val_acc = None
+    if len(job.val_idx):
+        val_acc = float(((logits["val"] + delta).argmax(axis=1) == job.y[job.val_idx]).mean())
+    return Trained(
+        name=plan.name,
+        tensors=tuner.delta_state(head_only),
+        train_cut=package.num_layers,
+        tuner={**tuner.to_dict(), "prior_shift": [float(d) for d in delta]},
+        trainable_params=int(len(delta)),
+        val_accuracy=val_acc,
+        estimate=plan.estimate,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def personalize(
@@ -379,8 +657,9 @@ def personalize(
 ) -> PersonalizeResult:
     """Personalize ``package`` on ``data`` and write the personal state to ``out`` (see the module docstring).
 
-    ``profile`` bounds the job (refused before any work when the cost model says it will not fit) and sets
-    the thread count unless ``threads`` is given. ``callbacks`` run after every optimizer step.
+    ``profile`` bounds the job (refused before any work when the cost model says it will not fit, or, with
+    ``config.select``, its candidates trimmed to fit) and sets the thread count unless ``threads`` is given.
+    ``callbacks`` run after every optimizer step.
     """
     config = config or PersonalizeConfig()
     start = time.perf_counter()
@@ -391,72 +670,170 @@ def personalize(
         job = _prepare(package, data, config, profile)
         prepared = time.perf_counter()
         work = work_dir(out)
-        identity = _job_identity(package, job.ids, job.mask, job.y, job.val_idx, job.cut, job.tuner, config)
+        identity = _job_identity(package, job.ids, job.mask, job.y, (job.val_idx, job.guard_idx), config)
         resumed = _open_work(work, identity)
-        train_cache, val_cache = _cache_features(package, job, work, identity["package"], config, threads)
+        caches, cache_seconds = _cache_features(package, job, work, identity["package"], config, threads)
         cached = time.perf_counter()
 
-        trainer = TopTrainer(
-            job.trained,
-            job.tuner,
-            LabelMap(tuple(package.labels)),
-            job.train_config,
-            checkpoint_dir=work / "checkpoint",
-            callbacks=callbacks,
-            model_hash=identity["package"],
-            cut=job.cut,
-        )
-        val_labels = job.y[job.val_idx] if val_cache is not None else None
-        fit = trainer.fit_sources(train_cache, job.y[job.train_idx], val_cache, val_labels)
-        trained = time.perf_counter()
+        # -- step 4: train every candidate, pick the best on the inner validation split
+        global_top = package.top_model().eval()
+        lifted: dict[int, dict[str, FeatureCache | None]] = {job.cut: caches}
 
-        seconds = {"prepare": prepared - start, "trunk": cached - prepared, "train": trained - cached}
-        training = _training_record(job, fit, config, profile, resumed, seconds)
-        write_personal_state(out, fit.delta, package, train_cut=job.cut, tuner=job.tuner.to_dict(), training=training)
+        def at(cut: int) -> dict[str, FeatureCache | None]:
+            if cut not in lifted:
+                lifted[cut] = {k: None if c is None else _lift(c, global_top, job.cut, cut) for k, c in caches.items()}
+            return lifted[cut]
+
+        global_logits = {k: _logits(global_top.above(job.cut), c) for k, c in caches.items() if k != "guard"}
+        candidates: list[tuple[Trained, Callable[[], np.ndarray]]] = []
+        for plan in job.plans:
+            if plan.kind == "prior":
+                cand = _prior_candidate(package, plan, global_logits, job)
+                shift = np.asarray(cand.tuner["prior_shift"])
+                candidates.append(
+                    (cand, lambda shift=shift: _logits(global_top.above(job.cut), caches["guard"]) + shift)
+                )
+                continue
+            cand, top = _train_candidate(package, plan, at(plan.cut), job, work, identity["package"], callbacks)
+            candidates.append((cand, lambda top=top, cut=plan.cut: _logits(top, at(cut)["guard"])))
+        trained_at = time.perf_counter()
+        global_val = None
+        if len(job.val_idx):
+            global_val = float((global_logits["val"].argmax(axis=1) == job.y[job.val_idx]).mean())
+        order = {id(c): i for i, (c, _) in enumerate(candidates)}
+        chosen, chosen_guard_logits = max(
+            candidates, key=lambda cg: (cg[0].val_accuracy if cg[0].val_accuracy is not None else -1, -order[id(cg[0])])
+        )
+        beats_global = (
+            not config.select
+            or global_val is None
+            or (chosen.val_accuracy is not None and chosen.val_accuracy > global_val)
+        )
+
+        # -- step 5: the guard, on the held-out split neither training nor selection saw
+        guard: GuardDecision | None = None
+        guard_start = time.perf_counter()
+        keep = beats_global
+        reason = None if beats_global else "no candidate beat the global model on the inner validation split"
+        if config.guard_fraction > 0:
+            if caches["guard"] is None:
+                keep, reason = False, "too few examples to hold out a guard split"
+            else:
+                y_guard = job.y[job.guard_idx]
+                g_logits = _logits(global_top.above(job.cut), caches["guard"])
+                p_logits = chosen_guard_logits()
+                guard = decide(
+                    p_logits.argmax(axis=1) == y_guard, g_logits.argmax(axis=1) == y_guard, config.guard_alpha
+                )
+                if not guard.keep_personal:
+                    keep = False
+                    reason = reason or (
+                        f"the personal top was not significantly better on the guard split "
+                        f"(p = {guard.p_value:.3g} >= alpha {guard.alpha})"
+                    )
+        guard_seconds = time.perf_counter() - guard_start + cache_seconds.get("guard", 0.0)
+
+        seconds = {
+            "prepare": prepared - start,
+            "trunk": cached - prepared,
+            "train": trained_at - cached,
+            "guard": guard_seconds,
+        }
+        selection = _selection_record(candidates, chosen, global_val, job.skipped)
+        guard_record = {
+            **(guard.to_dict() if guard is not None else {"kept": "personal" if keep else "global"}),
+            "kept": "personal" if keep else "global",
+            "reason": reason,
+            "candidate": chosen.name,
+            "seconds": guard_seconds,
+            "enabled": config.guard_fraction > 0,
+        }
+        training = _training_record(job, chosen, config, profile, resumed, seconds)
+        writing = time.perf_counter()
+        extra = {"guard": guard_record, "selection": selection}
+        if keep:
+            write_personal_state(
+                out, chosen.tensors, package, train_cut=chosen.train_cut, tuner=chosen.tuner, training=training,
+                extra=extra,
+            )  # fmt: skip
+        else:
+            write_personal_state(
+                out, {}, package, train_cut=package.cut, tuner={"name": "none", "params": {}}, training=training,
+                kind="kept_global", extra=extra,
+            )  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
-    seconds["write"] = time.perf_counter() - trained
+    seconds["write"] = time.perf_counter() - writing
     seconds["total"] = time.perf_counter() - start
     return PersonalizeResult(
         path=out,
         manifest=json.loads((out / "personal.json").read_text()),
-        history=fit.state.history,
-        best_epoch=fit.state.best_epoch,
-        stopped_early=fit.state.stopped_early,
-        trainable_params=fit.trainable_params,
+        history=chosen.history,
+        best_epoch=chosen.best_epoch,
+        stopped_early=chosen.stopped_early,
+        trainable_params=chosen.trainable_params if keep else 0,
         num_train=len(job.train_idx),
         num_val=len(job.val_idx),
-        train_cut=job.cut,
-        tuner=job.tuner.to_dict(),
+        train_cut=chosen.train_cut if keep else package.cut,
+        tuner=chosen.tuner if keep else {"name": "none", "params": {}},
         estimate=job.estimate,
         cache=job.cache,
         resumed=resumed,
         seconds=seconds,
+        kept="personal" if keep else "global",
+        guard=guard,
+        num_guard=len(job.guard_idx),
+        selection=selection,
+        candidate=chosen,
+        candidates=[c for c, _ in candidates],
     )
+
+
+def _selection_record(
+    candidates: list[tuple[Trained, Any]], chosen: Trained, global_val: float | None, skipped: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``selection`` entry of ``personal.json``: every candidate's inner validation score and cost."""
+    rows = [
+        {
+            "name": c.name,
+            "train_cut": c.train_cut,
+            "tuner": c.tuner.get("name"),
+            "val_accuracy": c.val_accuracy,
+            "best_epoch": c.best_epoch,
+            "epochs_run": len(c.history),
+            "seconds": c.seconds,
+            "estimated_device_seconds": c.estimate.device_seconds if c.estimate is not None else None,
+        }
+        for c, _ in candidates
+    ]
+    return {"global_val_accuracy": global_val, "candidates": rows, "chosen": chosen.name, "skipped": skipped}
 
 
 def _training_record(
     job: _Job,
-    fit: TopFit,
+    chosen: Trained,
     config: PersonalizeConfig,
     profile: DeviceProfile | None,
     resumed: bool,
     seconds: dict[str, float],
 ) -> dict[str, Any]:
-    """The ``training`` entry of ``personal.json``: how this state came about."""
-    state = fit.state
-    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    """The ``training`` entry of ``personal.json``: how this state came about (the chosen candidate's run)."""
+    best = next((h for h in chosen.history if h["epoch"] == chosen.best_epoch), None)
     val_metrics = {k[4:]: v for k, v in best.items() if k.startswith("val_")} if best else None
+    if val_metrics is None and chosen.val_accuracy is not None:
+        val_metrics = {"accuracy": chosen.val_accuracy}
     estimate = job.estimate
     return {
         "data": job.dataset.source,
         "num_train": int(len(job.train_idx)),
         "num_val": int(len(job.val_idx)),
+        "num_guard": int(len(job.guard_idx)),
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
-        "history": state.history,
-        "best_epoch": state.best_epoch,
-        "stopped_early": state.stopped_early,
+        "candidate": chosen.name,
+        "history": chosen.history,
+        "best_epoch": chosen.best_epoch,
+        "stopped_early": chosen.stopped_early,
         "val_metrics": val_metrics,
-        "trainable_params": fit.trainable_params,
+        "trainable_params": chosen.trainable_params,
         "cache": job.cache,
         "estimate": {
             "train_memory_mb": estimate.train_memory_mb,

@@ -69,7 +69,7 @@ class SwapConfig:
     # head-only: the head starts from the package's probe, whose weights are large; alone it needs a far larger
     # step than beside trained blocks to follow a user's own labels (3e-3 leaves the predictions unchanged)
     head_only_lr: float = 0.1
-    personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig(progress=False))
+    personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig.plain(progress=False))
 
     def __post_init__(self) -> None:
         if self.method not in SWAP_METHODS:

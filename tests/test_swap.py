@@ -171,3 +171,17 @@ def test_fala_state_is_refused_by_another_package(fleet, tmp_path):
     with Device(fleet["old"], threads=1) as device, pytest.raises(Exception, match="another package"):
         device.top(out)
     assert np.isfinite(_accuracy(fleet["new"], out, fleet["test"]))
+
+
+def test_a_kept_global_state_swaps_as_the_global_head(fleet, tmp_path):
+    """A user whose personalization the guard refused carries the old *global* head across the swap."""
+    broken = fast(guard_fraction=0.25, lr=30.0, head_lr=300.0, max_grad_norm=None, warmup_ratio=0.0, patience=None)
+    kept = tmp_path / "kept"
+    with Device(fleet["old"], threads=1) as device:
+        assert device.personalize(user_data(150, seed=3, swap=False), kept, broken).kept == "global"
+    out = tmp_path / "personal-new"
+    swap(fleet["old"], fleet["new"], kept, fleet["data"], out, SwapConfig(fraction=0.2, tune_epochs=0), threads=1)
+    state = read_personal_state(out)
+    assert state.kind == "fala"
+    with Device(fleet["old"], threads=1) as device:
+        assert torch.equal(state.tensors["head.weight"], device.package.top_model().head.weight)

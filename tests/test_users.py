@@ -64,3 +64,50 @@ def test_bad_configs(pool):
         UserConfig(alpha=0)
     with pytest.raises(ValueError):
         UserConfig(test_fraction=1.0)
+
+
+def test_prior_users_differ_only_in_their_label_prior(pool):
+    from device_sim.users import natural_users
+
+    cfg = UserConfig(num_users=6, examples_per_user=40, seed=5)
+    users = natural_users(pool, "prior", cfg, majority=(0.6, 0.8))
+    assert users == natural_users(pool, "prior", cfg, majority=(0.6, 0.8))  # deterministic
+    truth = dict(zip(pool.texts, pool.labels))
+    for u in users:
+        labels = u.train.labels + u.test.labels
+        assert len(labels) == 40 and len(set(u.train.texts + u.test.texts)) == 40
+        assert all(truth[t] == y for t, y in zip(u.train.texts + u.test.texts, labels))  # the corpus's own labels
+        top = max(set(labels), key=labels.count)
+        assert 0.6 <= labels.count(top) / 40 <= 0.8 and u.kind == "prior" and not u.preference
+        assert u.user_id.startswith("prior") and u.train.source == f"{u.user_id}/train"
+
+
+def test_domain_users_take_their_texts_from_one_group(pool):
+    from device_sim.users import natural_users, topic_clusters
+
+    groups = topic_clusters(pool.texts, 3, seed=0)
+    assert set(groups.tolist()) == {0, 1, 2}
+    users = natural_users(pool, "domain", UserConfig(num_users=5, examples_per_user=30, seed=1), groups=groups)
+    index = {t: i for i, t in enumerate(pool.texts)}
+    truth = dict(zip(pool.texts, pool.labels))
+    for u in users:
+        texts = u.train.texts + u.test.texts
+        assert u.kind == "domain" and len(u.groups) >= 1
+        assert {int(groups[index[t]]) for t in texts} <= set(u.groups)
+        assert all(truth[t] == y for t, y in zip(texts, u.train.labels + u.test.labels))
+    # a group too small for a user: the smallest union of groups that is large enough
+    tiny = np.arange(len(pool)) % 30  # 30 groups of 10 documents
+    user = natural_users(pool, "domain", UserConfig(num_users=1, examples_per_user=25, seed=0), groups=tiny)[0]
+    assert len(user.groups) == 3
+    with pytest.raises(ValueError, match="need the group"):
+        natural_users(pool, "domain", UserConfig(num_users=1, examples_per_user=25))
+    with pytest.raises(ValueError, match="unknown user kind"):
+        natural_users(pool, "authors")
+
+
+def test_swap_and_dirichlet_kinds(pool):
+    from device_sim.users import natural_users
+
+    cfg = UserConfig(num_users=4, examples_per_user=30, seed=2)
+    assert all(u.preference and u.kind == "swap" for u in natural_users(pool, "swap", cfg))
+    assert all(not u.preference and u.kind == "dirichlet" for u in natural_users(pool, "dirichlet", cfg))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -64,6 +65,45 @@ def _write_predictions(out: Path, texts: list[str], predictions: list[Prediction
     atomic_write_text(out, buf.getvalue())
 
 
+def personalize_summary(result: Any, out: Path) -> str:
+    """What ``personalize`` did, in a few lines: the chosen configuration, the guard's verdict with both scores."""
+    from device_sim.profiles import trains
+
+    num_layers = int(result.manifest["package"]["num_layers"])
+    s = result.seconds
+    cand = result.candidate
+    if cand is not None and "prior_shift" in cand.tuner:
+        what = "moved the global head's bias to the user's label prior"
+    else:
+        what = f"trained {trains(cand.train_cut, num_layers)} with {cand.tuner['name']}" if cand is not None else "?"
+    chosen = f"{what} (chosen among {len(result.selection['candidates'])} candidates: '{cand.name}')" if len(
+        result.selection.get("candidates", [])) > 1 else what  # fmt: skip
+    msg = (
+        f"{chosen} on {result.num_train} examples ({result.num_val} validation, {result.num_guard} held "
+        f"out for the guard) in {s['total']:.1f}s (trunk {s['trunk']:.1f}s, training {s['train']:.1f}s, "
+        f"guard {s['guard']:.1f}s)"
+    )
+    if result.resumed:
+        msg += ", resumed an interrupted run"
+    if result.val_metrics:
+        msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%}"
+    guard = result.manifest.get("guard", {})
+    scores = ""
+    if result.guard is not None:
+        g = result.guard
+        scores = (
+            f"on {g.num_examples} held-out examples: personal {g.personal_accuracy:.1%}, global "
+            f"{g.global_accuracy:.1%} ({g.wins} wins, {g.losses} losses, one-sided p = {g.p_value:.3g}, "
+            f"alpha {g.alpha})"
+        )
+    if result.kept == "global":
+        head = "KEPT THE GLOBAL MODEL: personalization would not reliably help this user"
+        detail = f"; {scores}" if scores else ""
+        return f"{msg}\n{head} ({guard.get('reason')}){detail}; wrote a kept-global state to {out}"
+    detail = f"\nguard: kept the personal model, {scores}" if scores else ""
+    return f"{msg}{detail}; wrote {out}"
+
+
 def register(app: typer.Typer) -> None:
     from edgetune.cli import handle_errors
 
@@ -94,8 +134,31 @@ def register(app: typer.Typer) -> None:
         tuner_param: TunerParamOption = None,
         epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 8,
         batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
-        lr: Annotated[float, typer.Option(help="Learning rate of the trained blocks (or their adapters).")] = 1e-4,
-        head_lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 3e-3,
+        lr: Annotated[
+            float | None,
+            typer.Option(help="Learning rate of the trained blocks or adapters (with --no-select; default 1e-4)."),
+        ] = None,
+        head_lr: Annotated[
+            float | None, typer.Option(help="Learning rate of the head (with --no-select; default 3e-3).")
+        ] = None,
+        select: Annotated[
+            bool | None,
+            typer.Option(
+                "--select/--no-select",
+                help="Let the device choose between head only, LoRA and the plan's blocks at a few learning rates "
+                "on an inner validation split (default: on, unless --cut, --tuner, --lr or --head-lr fix the job).",
+            ),
+        ] = None,
+        guard_fraction: Annotated[
+            float,
+            typer.Option(
+                help="Share of the data held out for the do-no-harm guard, which keeps the global model unless the "
+                "personal one is significantly better there (0: no guard)."
+            ),
+        ] = 0.2,
+        guard_alpha: Annotated[
+            float, typer.Option(help="Significance level of the guard's one-sided exact McNemar test.")
+        ] = 0.05,
         val_fraction: Annotated[
             float, typer.Option(help="Share of the data held out to pick the best epoch (0: none).")
         ] = 0.15,
@@ -138,26 +201,35 @@ def register(app: typer.Typer) -> None:
 
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
+        if select is None:  # a job fixed by hand is trained as asked
+            select = cut is None and tuner_name is None and lr is None and head_lr is None
+        settings: dict[str, Any] = dict(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=1e-4 if lr is None else lr,
+            head_lr=3e-3 if head_lr is None else head_lr,
+            select=select,
+            guard_fraction=guard_fraction,
+            guard_alpha=guard_alpha,
+            val_fraction=val_fraction,
+            patience=patience,
+            seed=seed,
+            cut=cut,
+            tuner=tuner_name,
+            tuner_params=tuner_params,
+            precision="int8" if int8 else "fp32",
+            cache=cache,
+            cache_dtype=cache_dtype,
+            checkpoint_steps=checkpoint_steps,
+            text_column=text_column,
+            label_column=label_column,
+            progress=not quiet,
+        )
+        if backend != "torch":
+            # The ExecuTorch backends train one fixed configuration: no selection between candidates, no guard yet.
+            settings = {k: v for k, v in settings.items() if k in {f.name for f in fields(Settings)}}
         try:
-            config = Settings(
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                head_lr=head_lr,
-                val_fraction=val_fraction,
-                patience=patience,
-                seed=seed,
-                cut=cut,
-                tuner=tuner_name,
-                tuner_params=tuner_params,
-                precision="int8" if int8 else "fp32",
-                cache=cache,
-                cache_dtype=cache_dtype,
-                checkpoint_steps=checkpoint_steps,
-                text_column=text_column,
-                label_column=label_column,
-                progress=not quiet,
-            )
+            config = Settings(**settings)
         except ValueError as err:
             raise SettingsError(str(err)) from None
         with Device(package, device_profile, threads) as device:
@@ -172,23 +244,26 @@ def register(app: typer.Typer) -> None:
 
                 err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
                 raise typer.Exit(code=130) from None
-        if not quiet:
+        if not quiet and result.history:
             print_history(result.history)
-        from device_sim.profiles import trains
+        if backend == "torch":
+            console.print(personalize_summary(result, out), highlight=False)
+        else:
+            from device_sim.profiles import trains
 
-        what = trains(result.train_cut, int(result.manifest["package"]["num_layers"]))
-        s = result.seconds
-        msg = (
-            f"personalized {what} with {result.tuner['name']} ({result.trainable_params:,} trainable parameters, "
-            f"backend {backend}) "
-            f"on {result.num_train} examples ({result.num_val} validation) in {s['total']:.1f}s "
-            f"(trunk {s['trunk']:.1f}s, training {s['train']:.1f}s)"
-        )
-        if result.resumed:
-            msg += ", resumed an interrupted run"
-        if result.val_metrics:
-            msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%} (epoch {result.best_epoch})"
-        console.print(f"{msg}; wrote {out}", highlight=False)
+            what = trains(result.train_cut, int(result.manifest["package"]["num_layers"]))
+            s = result.seconds
+            msg = (
+                f"personalized {what} with {result.tuner['name']} ({result.trainable_params:,} trainable parameters, "
+                f"backend {backend}) "
+                f"on {result.num_train} examples ({result.num_val} validation) in {s['total']:.1f}s "
+                f"(trunk {s['trunk']:.1f}s, training {s['train']:.1f}s)"
+            )
+            if result.resumed:
+                msg += ", resumed an interrupted run"
+            if result.val_metrics:
+                msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%} (epoch {result.best_epoch})"
+            console.print(f"{msg}; wrote {out}", highlight=False)
 
     @app.command("predict")
     @handle_errors
