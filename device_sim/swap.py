@@ -312,6 +312,10 @@ def _personalize(
         features = new.features(dataset.texts) if new_features is None else new_features
         selected = curated_examples(features, y, config)
         job = replace(job, cut=new.package.num_layers, tuner="full", tuner_params={}, head_lr=config.head_only_lr)
+    elif (job.cut if job.cut is not None else new.package.cut) >= new.package.num_layers:
+        # A package that trains the head alone: a head from scratch needs the head-only rate (at the blocks'
+        # head rate it barely moves in a few epochs).
+        job = replace(job, head_lr=config.head_only_lr)
     selecting = time.perf_counter()
     result = new.personalize(dataset.subset(selected), out, job)
     epochs = len(result.history)

@@ -56,6 +56,11 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def trained_what(plan) -> str:
+    """'blocks [6] + head', or 'the head only' for a plan that trains no block."""
+    return f"blocks {plan.trainable_layers} + head" if plan.trainable_layers else "the head only"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/quickstart"))
@@ -93,7 +98,7 @@ def main() -> None:
     print_plan_table(planned)
     plan_seconds = time.perf_counter() - t
     console.print(
-        f"[1/4] plan: train blocks {planned.trainable_layers} + head "
+        f"[1/4] plan: train {trained_what(planned)} "
         f"({planned.chosen.backward_frac:.0%} of full fine-tuning's backward FLOPs), planned in {plan_seconds:.0f}s"
     )
     t = time.perf_counter()
@@ -171,7 +176,7 @@ def main() -> None:
         table.add_column(column, justify="left" if column == "stage" else "right")
     table.add_row("global package (no personalization)", f"{mean('global'):.3f}", "0", "", "")
     table.add_row(
-        f"personalized on device (blocks {planned.trainable_layers} + head)",
+        f"personalized on device ({trained_what(planned)})",
         f"{mean('personal'):.3f}",
         f"{mean('personalize', 'backward_flops'):.3g}",
         f"{mean('personalize', 'full_backward_flops') / mean('personalize', 'backward_flops'):,.0f}x less",
