@@ -187,6 +187,8 @@ def run_steps(args) -> int:
 
 def analyse(task: str, store: dict[str, Any], tolerance: float, steps: int) -> dict[str, Any]:
     """Per cut: the tuned rate's mean test accuracy over seeds; the oracle's picks; each planner's regret."""
+    from edgetune.learning_rates import default_learning_rates
+
     runs, plans = store["runs"], store["plans"]
     L = max(r["cut"] for r in runs)
     table = {}
@@ -194,8 +196,6 @@ def analyse(task: str, store: dict[str, Any], tolerance: float, steps: int) -> d
         seed0 = [r for r in runs if r["cut"] == cut and r["seed"] == 0]
         chosen = max(seed0, key=lambda r: r["val_accuracy"])
         tuned = [r for r in runs if r["cut"] == cut and r["lr"] == chosen["lr"] and r["head_lr"] == chosen["head_lr"]]
-        from edgetune.learning_rates import default_learning_rates
-
         rule = default_learning_rates(L - cut, L, steps=steps)
         rule_run = next(r for r in seed0 if np.isclose(r["lr"], rule[0]) and np.isclose(r["head_lr"], rule[1]))
         acc = [100 * r["test_accuracy"] for r in tuned]
@@ -268,11 +268,11 @@ def markdown_table(tasks: dict[str, Any], summary: dict[str, Any], calibration: 
         if "analysis" not in res:
             continue
         a = res["analysis"]
-        best_cut = max(a["per_cut"], key=lambda c: a["per_cut"][c]["accuracy_mean"])
+        per_cut = {int(c): v for c, v in a["per_cut"].items()}  # int keys fresh, str keys read back from JSON
+        best_cut = max(per_cut, key=lambda c: per_cut[c]["accuracy_mean"])
         name = f"{task} ({'calibration' if task in calibration else 'held out'})"
         cheap = a["oracle_cheapest_cut"]
-        cheap_frac = a["per_cut"][str(cheap)]["backward_frac"] if str(cheap) in a["per_cut"] else a["per_cut"][cheap][
-            "backward_frac"]  # fmt: skip
+        cheap_frac = per_cut[cheap]["backward_frac"]
         cells = [name, f"{a['best_accuracy']:.1f} ({best_cut})", f"cut {cheap} ({100 * cheap_frac:.0f}%)"]
         for label in labels:
             p = a["picks"][label]

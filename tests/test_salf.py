@@ -14,10 +14,10 @@ from edgetune.planner.salf import (
     deviation,
     expected_gains,
     fit_scaling_law,
-    head_only_error,
     loss_amplitude,
     predicted_losses,
     probe_basis,
+    probe_error,
     readout_basis,
 )
 
@@ -136,14 +136,14 @@ def test_budgets_bind_the_cheapest_policy():
     assert choose_cut(cheapest_within(losses, 0.3, np.ones(6, bool)), costs, budget) == 3
 
 
-def test_head_only_error_is_a_cross_validated_probe_error():
+def test_probe_error_is_cross_validated():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 40)
     separable = np.eye(3)[labels] * 5 + rng.standard_normal((120, 3)) * 0.1
     noise = rng.standard_normal((120, 3))
-    assert head_only_error(separable, labels, 5, 1.0, 0) == 0.0
-    assert head_only_error(noise, labels, 5, 1.0, 0) > 40.0  # about chance (66.7) on pure noise
-    assert np.isnan(head_only_error(noise, np.zeros(120, int), 5, 1.0, 0))
+    assert probe_error(separable, labels, 5, 1.0, 0) == 0.0
+    assert probe_error(noise, labels, 5, 1.0, 0) > 40.0  # about chance (66.7) on pure noise
+    assert np.isnan(probe_error(noise, np.zeros(120, int), 5, 1.0, 0))
 
 
 def test_policy_validation():

@@ -200,8 +200,8 @@ def expected_gains(deviations: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, n
     return g, g - law_gain, law
 
 
-def head_only_error(features: np.ndarray, labels: np.ndarray, folds: int, c: float, seed: int) -> float:
-    """Cross-validated error, in accuracy points, of a logistic probe on ``features`` (the head-only cut)."""
+def probe_error(features: np.ndarray, labels: np.ndarray, folds: int, c: float, seed: int) -> float:
+    """Cross-validated error, in accuracy points, of a logistic probe on ``features`` (on h_L: the head-only cut)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
@@ -307,7 +307,7 @@ class SALFPlanner(Planner):
         tau = float(np.mean(taus))
         x = block_units(backbone.block_param_counts())
         gains, expected, law = expected_gains(devs, x)
-        errors = np.array([head_only_error(p, labels, cfg.probe_folds, cfg.probe_c, inputs.seed) for p in pooled])
+        errors = np.array([probe_error(p, labels, cfg.probe_folds, cfg.probe_c, inputs.seed) for p in pooled])
         if not np.isfinite(errors[-1]):
             errors[-1] = 100.0 * (1.0 - 1.0 / len(inputs.label_map))  # no estimate: assume chance, nothing is cheap
         amplitude = loss_amplitude(errors, cfg.loss_scale, cfg.loss_recoverable)
