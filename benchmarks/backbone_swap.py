@@ -6,11 +6,12 @@ Model all-MiniLM-L6-v2 (backbone A), data BBC news (2225 articles, 5 topics), 12
 
 1. Server: a stratified 25% of the corpus. Package A: SALF plan on it, the plain model cut at the plan's cut, a
    logistic-probe head (as in ``personalize_configs.py``). Backbone B: A without its top block
-   (:func:`device_sim.fleet.derive_backbone`; no second real backbone installs offline), its own SALF plan and
+   (:func:`device_sim.simulation.derived.derive_backbone`; no second real backbone installs offline), its own SALF
+   plan and
    probe head on the same server split: package B.
 2. Users: the other 75% is the pool; ``--users`` non-IID users (Dirichlet alpha 0.5; half of them file two labels
-   the other way round) of 200 training + 60 held-out texts (:mod:`device_sim.users`, seed 0).
-3. Per user (:func:`device_sim.fleet.simulate_fleet`): personalize A (device defaults); then move to B by
+   the other way round) of 200 training + 60 held-out texts (:mod:`device_sim.simulation.users`, seed 0).
+3. Per user (:func:`device_sim.simulation.fleet.simulate_fleet`): personalize A (device defaults); then move to B by
    none / fala (10% of the user's examples, correlation-clustered) / fala-random (same k, ``--draws`` random
    draws) / head-only (same curated examples) / retrain (B's top layers on all the data). Accuracy on the user's
    held-out texts, examples used, backward FLOPs of the job (FaLA: counted per step, checked against
@@ -32,7 +33,7 @@ from typing import Any
 
 
 def build_packages(work: Path, threads: int, max_length: int) -> dict[str, Any]:
-    from device_sim.fleet import derive_backbone
+    from device_sim.simulation.derived import derive_backbone
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
@@ -64,8 +65,8 @@ def main() -> None:
 
     import torch
 
-    from device_sim.fleet import FleetConfig, plot_fleet, simulate_fleet
-    from device_sim.users import UserConfig, simulate_users
+    from device_sim.simulation.fleet import FleetConfig, plot_fleet, simulate_fleet
+    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.io import atomic_write_json
 
     torch.set_num_threads(args.threads)

@@ -8,8 +8,8 @@ exported without dropout, so "the same training" means no dropout on every backe
 1. Server: a stratified 25% of the corpus; SALF plans on it; the package is the plain model cut at the plan's cut,
    head = logistic probe on that split, exported with ``--targets onnx,executorch`` (``top_train.pte``, ``top.pte``,
    ``top_fn.onnx``).
-2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`device_sim.users`, seed 0), 200 training
-   + 60 held-out texts each.
+2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`device_sim.simulation.users`, seed 0), 200
+   training + 60 held-out texts each.
 3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``) one personalization job in a fresh process
    with ``--threads`` threads (device defaults: 8 epochs, early stopping on a 15% validation split; the trunk runs
    ``--cache-batch-size`` 4 texts per call on every backend: onnxruntime's activations set the trunk pass's peak,
@@ -189,7 +189,7 @@ def no_dropout_model(src: Path, dest: Path) -> Path:
 
 
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from device_sim.users import UserConfig, simulate_users
+    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from timing import blocked, cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
 
+from device_sim.package import load_package
+from device_sim.runtime import map_batches, ort_session
 from edgetune.api import load_model, plan
 from edgetune.data import LabelMap, stratified_split
 from edgetune.datasets import bbc_news, minilm_path
@@ -42,9 +44,7 @@ from edgetune.modeling import SequenceClassifier
 from edgetune.report import save_figure
 from exporters.export import ExportOptions, export_package
 from exporters.onnx_trunk import TrunkModule, export_trunk, verify_trunk
-from exporters.package import load_package
 from exporters.quantize import Int8Config, quantize_trunk, size_of
-from exporters.runtime import map_batches, ort_session
 
 
 def fused_copy(src: Path, dst: Path) -> Path:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from timing import blocked  # benchmarks/timing.py: the script's directory is on sys.path
 
+from device_sim.package import load_package
+from device_sim.runtime import ort_session
 from edgetune.api import load_model, plan
 from edgetune.data import sample, stratified_split
 from edgetune.datasets import bbc_news, minilm_path
@@ -36,8 +38,6 @@ from edgetune.report import save_figure
 from edgetune.skip import HadSkipConfig, hadskip_finetune
 from edgetune.train import TrainConfig
 from exporters.export import ExportOptions, export_package
-from exporters.package import load_package
-from exporters.runtime import ort_session
 
 
 def package_accuracy(pkg_dir: Path, test, threads: int) -> float:

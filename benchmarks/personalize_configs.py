@@ -12,7 +12,7 @@ Model all-MiniLM-L6-v2, data BBC news (2225 articles, 5 topics), 128 tokens.
    model cut at the plan's cut, its head a logistic probe fitted on the server split (no server fine-tuning).
 2. Users: the other 75% is the pool. ``--users`` non-IID users (Dirichlet alpha 0.5 label mix, half of them with
    a personal swap of two labels applied to their train and test data) of 200 training + 60 held-out examples
-   (:mod:`device_sim.users`, seed 0).
+   (:mod:`device_sim.simulation.users`, seed 0).
 3. Per user, accuracy on the user's own held-out examples of
    (a) the global package, no personalization;
    (b) device personalization (``Device.personalize``) with the plan's cut and tuner (full), and, for the
@@ -135,13 +135,13 @@ def full_job(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec["threads"])
     from accelerate.utils import set_seed
 
+    from device_sim.package import load_package
     from device_sim.personalize import PersonalizeConfig, validation_split
     from edgetune.api import load_model
     from edgetune.data import LabelMap, load_dataset
     from edgetune.evaluation import evaluate_classifier
     from edgetune.train import Trainer
     from edgetune.tuners import get_tuner
-    from exporters.package import load_package
 
     imported = time.perf_counter()
     rss_imports = _rss_mb()
@@ -194,12 +194,12 @@ def backward_flops(package: Path, model: Path, texts: list[str], labels: np.ndar
     """Backward FLOPs per example of one step: cost model and FlopCounterMode, for every method."""
     import torch
 
+    from device_sim.package import load_package
     from edgetune.api import load_model
     from edgetune.measure import measure_step
     from edgetune.modeling import SequenceClassifier
     from edgetune.planner.cost import ArchSummary, CostConfig, TunerCost, estimate_cut
     from edgetune.tuners import get_tuner
-    from exporters.package import load_package
 
     out: dict[str, Any] = {}
     y = torch.from_numpy(labels)
@@ -241,7 +241,7 @@ def backward_flops(package: Path, model: Path, texts: list[str], labels: np.ndar
 # -- setup --------------------------------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Plan and export the global package on the server split; simulate the users and write their files."""
-    from device_sim.users import UserConfig, simulate_users
+    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path

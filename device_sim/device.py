@@ -1,6 +1,6 @@
 """``Device``: one device holding one package, personalizing it and predicting with it.
 
-A device loads a package once (verified, see :mod:`exporters.package`), then:
+A device loads a package once (verified, see :mod:`device_sim.package`), then:
 
 * ``personalize(data, out)`` trains the package's top on the user's texts and
   writes a personal state (:mod:`device_sim.personalize`);
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device_sim.package import DevicePackage, PackageError, load_package
 from device_sim.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
 from device_sim.profiles import DeviceProfile, get_profile
+from device_sim.runtime import run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset
-from exporters.package import DevicePackage, PackageError, load_package
-from exporters.runtime import run_trunk, torch_top_fn
 
 if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
     from device_sim.backends.job import LightResult, TrainSettings
@@ -78,7 +78,7 @@ class OnnxTop:
         from safetensors.numpy import load_file
 
         from device_sim.personal import read_personal_state
-        from exporters.runtime import ort_session
+        from device_sim.runtime import ort_session
 
         entry = (package.manifest.get("executorch") or {}).get("predict")
         if not entry:
@@ -129,7 +129,7 @@ class Predictor:
 
     def logits(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Logits ``(n, labels)`` in input order (texts batched by length)."""
-        from exporters.runtime import map_batches
+        from device_sim.runtime import map_batches
 
         with self._threads(self.threads):
             return map_batches(self.package.encoder, list(texts), self._fn, batch_size, progress, "predict")
@@ -292,7 +292,7 @@ class Device:
         (and personal top)."""
         import torch
 
-        from exporters.runtime import map_batches
+        from device_sim.runtime import map_batches
 
         top = self.top(personal)
         session = self.package.trunk_session("fp32", self.threads)

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device_sim.manifest import manifest_digest, seal
 from edgetune.io import atomic_directory, atomic_write_json, sha256_file
-from exporters.manifest import manifest_digest, seal
 
 if TYPE_CHECKING:
     import torch
 
-    from exporters.package import DevicePackage
+    from device_sim.package import DevicePackage
 
 FORMAT = "edgetune-personal-state"
 SCHEMA_VERSION = 1

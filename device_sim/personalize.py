@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from device_sim.guard import GuardDecision, decide, prior_shift
+from device_sim.package import DevicePackage
 from device_sim.personal import check_writable, identity_digest, package_identity, write_personal_state
 from device_sim.profiles import DeviceProfile, check_job
 from device_sim.split import MIN_VALIDATION, validation_split  # noqa: F401 (re-exported)
@@ -62,7 +63,6 @@ from edgetune.io import atomic_write_json
 from edgetune.modeling import TopModel
 from edgetune.train import StepEvent, TopTrainer, TrainConfig, TrainError
 from edgetune.tuners import Tuner, get_tuner
-from exporters.package import DevicePackage
 
 CACHE_PLACES = ("auto", "memory", "mmap")
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from device_sim.device import Device
+from device_sim.package import PackageError
 from device_sim.personal import (
     PersonalState,
     PersonalStateError,
@@ -42,7 +43,6 @@ from edgetune.costs import ArchSummary, CostConfig, estimate_cut
 from edgetune.data import LabelMap, TextDataset
 from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
 from edgetune.train import TrainError
-from exporters.package import PackageError
 
 SWAP_METHODS = ("fala", "retrain", "head-only")
 SELECTIONS = ("cluster", "random")

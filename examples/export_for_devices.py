@@ -31,11 +31,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from device_sim.package import load_package, verify_package
     from edgetune.api import plan
     from edgetune.data import load_dataset
     from edgetune.datasets import minilm_path, write_bbc_news
     from exporters.export import ExportOptions, export_package
-    from exporters.package import load_package, verify_package
 
     train_csv, test_csv = write_bbc_news(args.out / "data")
     planned = plan(str(minilm_path()), load_dataset(train_csv), planner="salf", max_length=128, progress=False)

@@ -48,7 +48,7 @@ def main() -> None:
     from device_sim.device import Device
     from device_sim.personalize import PersonalizeConfig
     from device_sim.profiles import ProfileError
-    from device_sim.users import UserConfig, simulate_users
+    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news
 

@@ -73,9 +73,9 @@ def main() -> None:
     from rich.table import Table
 
     from device_sim.device import Device
-    from device_sim.fleet import derive_backbone
+    from device_sim.simulation.derived import derive_backbone
+    from device_sim.simulation.users import UserConfig, simulate_users
     from device_sim.swap import SwapConfig, full_retrain_flops, swap
-    from device_sim.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.cli.common import print_plan_table
     from edgetune.data import stratified_split

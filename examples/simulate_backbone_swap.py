@@ -29,8 +29,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from device_sim.fleet import FleetConfig, derive_backbone, plot_fleet, simulate_fleet
-    from device_sim.users import UserConfig, simulate_users
+    from device_sim.simulation.derived import derive_backbone
+    from device_sim.simulation.fleet import FleetConfig, plot_fleet, simulate_fleet
+    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.cli import console
     from edgetune.cli.swap_cmd import _print_summary

@@ -1,7 +1,9 @@
-"""Exporters: a model + a plan -> a verified device package, and the reader a device loads it with.
+"""Exporters: a model + a plan -> a verified device package.
 
-Names are imported lazily: a device that only reads packages
-(``exporters.package``) never imports the export machinery (torch.onnx,
+The exporter writes packages; the device runtime (``device_sim.package``)
+reads and verifies them, as ExecuTorch's exporter and runtime are split. The
+reader's names are re-exported here for convenience. Names are imported
+lazily, so ``import exporters`` loads none of the export machinery (torch.onnx,
 onnxruntime.quantization, transformers' model loading).
 """
 
@@ -17,10 +19,10 @@ _LAZY = {
     "Int8Config": "exporters.quantize",
     "export_trunk": "exporters.onnx_trunk",
     "verify_trunk": "exporters.onnx_trunk",
-    "load_package": "exporters.package",
-    "verify_package": "exporters.package",
-    "DevicePackage": "exporters.package",
-    "PackageError": "exporters.errors",
+    "load_package": "device_sim.package",
+    "verify_package": "device_sim.package",
+    "DevicePackage": "device_sim.package",
+    "PackageError": "device_sim.errors",
     "ExportError": "exporters.errors",
     "ParityError": "exporters.errors",
     "PlanMismatchError": "exporters.errors",

@@ -1,4 +1,4 @@
-"""Errors of the exporters and the package reader.
+"""Errors of the exporters (the reader's :class:`PackageError` is their base).
 
 Every one of them means "this input or artifact cannot be used as it is", and
 carries a message that names the file or the value at fault, so the command
@@ -7,9 +7,9 @@ line can print it as one line instead of a traceback.
 
 from __future__ import annotations
 
+from device_sim.errors import PackageError
 
-class PackageError(Exception):
-    """A device package cannot be written or read: missing, truncated, tampered, wrong version."""
+__all__ = ["ExportError", "PackageError", "ParityError", "PlanMismatchError"]
 
 
 class ExportError(PackageError):

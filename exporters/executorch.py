@@ -330,8 +330,8 @@ def export_weights_as_inputs(top: TopModel, path: Path, opset: int, atol: float,
     """``top_fn.onnx``: the top with its trained tensors as inputs, checked against the torch top on ``batches``."""
     import torch
 
+    from device_sim.runtime import ort_session
     from exporters.onnx_trunk import _export
-    from exporters.runtime import ort_session
 
     top = top.eval()
     names = [n for n, _ in top.named_parameters()]

@@ -33,12 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from device_sim import manifest as mf
+from device_sim.package import is_package, write_tar
+from device_sim.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
 from edgetune.io import atomic_directory, atomic_write_json
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.planner.plan import Plan
 from edgetune.tokenization import TextEncoder
-from exporters import manifest as mf
 from exporters.errors import ExportError, PlanMismatchError
 from exporters.head import init_head_from_probe, zero_head
 from exporters.onnx_trunk import (
@@ -52,9 +54,7 @@ from exporters.onnx_trunk import (
     verify_top_onnx,
     verify_trunk,
 )
-from exporters.package import is_package, write_tar
 from exporters.quantize import Int8Config, quantize_trunk, size_of
-from exporters.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
 
 TRUNK_FILE = "trunk.onnx"
 TRUNK_INT8_FILE = "trunk.int8.onnx"

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from device_sim.runtime import map_batches
 from edgetune.data import DataError, LabelMap, TextDataset
 from edgetune.modeling import SequenceClassifier
 from edgetune.tokenization import TextEncoder
-from exporters.runtime import map_batches
 
 
 @dataclass

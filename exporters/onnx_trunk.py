@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from device_sim.runtime import TOP_INPUTS, TOP_OUTPUTS, TRUNK_INPUTS, TRUNK_OUTPUTS, ort_session
 from edgetune.io import _fsync_dir
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.tokenization import TextEncoder
 from exporters.errors import ExportError, ParityError
-from exporters.runtime import TOP_INPUTS, TOP_OUTPUTS, TRUNK_INPUTS, TRUNK_OUTPUTS, ort_session
 
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-4

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from device_sim.package import load_package
 from edgetune.cli import app
-from exporters.package import load_package
 from tests.conftest import synthetic_rows, write_csv
 from tests.packages import make_plan
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from device_sim.package import load_package, verify_package
 from exporters.errors import ParityError
 from exporters.executorch import verify_programs
-from exporters.package import load_package, verify_package
 
 
 def test_manifest_lists_the_programs_with_hashes_and_parity(executorch_package):

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from device_sim.package import load_package, verify_package
 from exporters.export import ExportOptions, export_package
-from exporters.package import load_package, verify_package
 from tests.packages import make_checkpoint, make_plan
 
 

@@ -6,8 +6,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from device_sim.fleet import FleetConfig, derive_backbone, simulate_fleet
-from device_sim.users import UserConfig, simulate_users
+from device_sim.simulation.derived import derive_backbone
+from device_sim.simulation.fleet import FleetConfig, simulate_fleet
+from device_sim.simulation.users import UserConfig, simulate_users
 from edgetune.backbones import Backbone
 from edgetune.cli import app
 from edgetune.data import TextDataset

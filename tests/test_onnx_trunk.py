@@ -5,11 +5,11 @@ import onnx
 import pytest
 import torch
 
+from device_sim.runtime import TRUNK_OUTPUTS, ort_session
 from edgetune.api import load_model
 from edgetune.modeling import SequenceClassifier
 from exporters.errors import ParityError
 from exporters.onnx_trunk import DEFAULT_VERIFY_TEXTS, export_trunk, verify_trunk
-from exporters.runtime import TRUNK_OUTPUTS, ort_session
 from tests.conftest import FAMILIES, LABELS
 
 TEXTS = ["apple", "the goal of the match was a late score by the team", "vote party", "juice"] + list(

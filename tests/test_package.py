@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from device_sim import manifest as mf
+from device_sim.package import load_package, verify_package
 from edgetune.modeling import SequenceClassifier
 from edgetune.tokenization import TextEncoder
-from exporters import manifest as mf
 from exporters.errors import ExportError, PackageError, PlanMismatchError
 from exporters.export import ExportOptions, export_package
-from exporters.package import load_package, verify_package
 from tests.conftest import LABELS, synthetic_rows
 from tests.packages import dataset, make_checkpoint, make_plan, source_logits
 
@@ -315,7 +315,7 @@ def test_never_overwrites_what_is_not_a_package(tiny_model_dir, tmp_path):
 def test_reader_imports_without_torch_or_transformers_training(packages):
     _, path = packages["bert"]
     code = (
-        "import sys, exporters.package as p\n"
+        "import sys, device_sim.package as p\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
         f"pkg = p.load_package({str(path)!r})\n"
         "ids, mask = pkg.encode(['apple juice'])\n"

@@ -267,7 +267,7 @@ def _flip_byte(path) -> None:
 
 
 def _edit(path, edit, reseal: bool = False) -> None:
-    from exporters.manifest import seal
+    from device_sim.manifest import seal
 
     m = json.loads((path / "personal.json").read_text())
     edit(m)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from device_sim.package import load_package
 from edgetune.api import load_model, plan
 from edgetune.data import sample, stratified_split
 from edgetune.datasets import bbc_news, minilm_path
 from edgetune.modeling import SequenceClassifier
 from exporters.export import ExportOptions, export_package
-from exporters.package import load_package
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def test_fala_carries_the_personalization_to_a_wider_backbone(fleet, tmp_path):
 
 def test_fala_recovers_the_personal_labels_on_a_derived_backbone(tiny_model_dir, tmp_path):
     """New backbone = the old one without its top block (features of another block); users swap two labels."""
-    from device_sim.fleet import derive_backbone
+    from device_sim.simulation.derived import derive_backbone
     from exporters.export import ExportOptions, export_package
     from tests.packages import dataset, make_plan
 

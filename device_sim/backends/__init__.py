@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from device_sim.backends.job import LightResult, TrainSettings
+    from device_sim.package import DevicePackage
     from device_sim.profiles import DeviceProfile
     from edgetune.data import TextDataset
-    from exporters.package import DevicePackage
 
 BACKENDS = ("torch", "executorch", "executorch-cpp")
 _MODULES = {"executorch": "device_sim.backends.executorch_py", "executorch-cpp": "device_sim.backends.executorch_cpp"}

@@ -33,9 +33,9 @@ from device_sim.backends.job import (
 )
 
 if TYPE_CHECKING:
+    from device_sim.package import DevicePackage
     from device_sim.profiles import DeviceProfile
     from edgetune.data import TextDataset
-    from exporters.package import DevicePackage
 
 BACKEND = "executorch"
 

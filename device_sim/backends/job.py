@@ -31,7 +31,7 @@ from edgetune.costs import ArchSummary, CostConfig, CutCost, TunerCost, estimate
 from edgetune.data import DataError, LabelMap, TextDataset, load_dataset
 
 if TYPE_CHECKING:
-    from exporters.package import DevicePackage
+    from device_sim.package import DevicePackage
 
 METRICS = ("accuracy", "macro_f1")
 

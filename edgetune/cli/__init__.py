@@ -48,7 +48,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
     ]
     try:
-        from exporters.package import PackageError
+        from device_sim.package import PackageError
 
         errors.append(PackageError)
     except ImportError:

@@ -157,8 +157,8 @@ def register(app: typer.Typer) -> None:
 
         from rich.markup import escape
 
+        from device_sim.package import verify_package
         from edgetune.cli import console
-        from exporters.package import verify_package
 
         result = verify_package(package)
         if as_json and result.manifest is not None:

@@ -94,9 +94,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a backbone replacement across a fleet: users personalize --old, then move to --new by each
         method; accuracy before/after, examples used, backward FLOPs and wall time per user and method."""
-        from device_sim.fleet import FLEET_METHODS, FleetConfig, plot_fleet, simulate_fleet
         from device_sim.personalize import PersonalizeConfig
-        from device_sim.users import UserConfig, simulate_users
+        from device_sim.simulation.fleet import FLEET_METHODS, FleetConfig, plot_fleet, simulate_fleet
+        from device_sim.simulation.users import UserConfig, simulate_users
         from edgetune.cli import console
         from edgetune.data import DataError, load_dataset
         from edgetune.io import atomic_write_json

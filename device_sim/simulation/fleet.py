@@ -1,7 +1,7 @@
 """Backbone replacement across a fleet of simulated users, before doing it for real.
 
-Every user (:mod:`device_sim.users`) personalizes the old package on their training texts; then the fleet moves
-to the new package and each user's state is carried over by every method asked for (:mod:`device_sim.swap`):
+Every user (:mod:`device_sim.simulation.users`) personalizes the old package on their training texts; then the
+fleet moves to the new package and each user's state is carried over by every method asked for (:mod:`device_sim.swap`):
 
 * ``none``         the new package's global head, no adaptation;
 * ``fala``         FaLA with correlation-clustered curated examples;
@@ -11,7 +11,7 @@ to the new package and each user's state is carried over by every method asked f
 
 Per user and method: accuracy on the user's held-out texts before the swap (old package + personal state) and
 after it, examples used, backward FLOPs (and the factor below full re-training of the new backbone) and wall
-time. :func:`derive_backbone` builds a second backbone from a first one when no other is at hand.
+time.
 """
 
 from __future__ import annotations
@@ -28,38 +28,10 @@ import numpy as np
 
 from device_sim.device import Device
 from device_sim.personalize import PersonalizeConfig
+from device_sim.simulation.users import SimulatedUser
 from device_sim.swap import SwapConfig, swap
-from device_sim.users import SimulatedUser
 
 FLEET_METHODS = ("none", "fala", "fala-random", "head-only", "retrain")
-
-
-def derive_backbone(model_dir: str | Path, out: str | Path, drop_top: int = 1) -> Path:
-    """A second backbone made from ``model_dir``: the same model without its top ``drop_top`` blocks, saved with
-    its tokenizer as a plain Hugging Face directory. Its features (the output of a lower block) live in another
-    space than the original's, as after a vendor's backbone update."""
-    from transformers import AutoTokenizer
-
-    from edgetune.backbones import Backbone
-
-    backbone = Backbone.from_pretrained(model_dir)
-    if not 1 <= drop_top < backbone.num_layers:
-        raise ValueError(f"drop_top must be in 1..{backbone.num_layers - 1}, got {drop_top}")
-    del backbone.blocks[backbone.num_layers - drop_top :]
-    backbone.model.config.num_hidden_layers = len(backbone.blocks)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # same file system: rename is atomic
-    try:
-        backbone.model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 @dataclass

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device_sim import manifest as mf
+from device_sim.errors import PackageError
+from device_sim.runtime import map_batches, onnx_top_fn, ort_session, run_trunk, torch_top_fn
 from edgetune.io import sha256_file
 from edgetune.tokenization import TextEncoder
-from exporters import manifest as mf
-from exporters.errors import ExportError, PackageError, ParityError, PlanMismatchError
-from exporters.runtime import map_batches, onnx_top_fn, ort_session, run_trunk, torch_top_fn
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -43,11 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DevicePackage",
-    "ExportError",
     "FileCheck",
     "PackageError",
-    "ParityError",
-    "PlanMismatchError",
     "Verification",
     "is_package",
     "load_package",

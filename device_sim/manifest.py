@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from device_sim.errors import PackageError
 from edgetune.io import sha256_file
-from exporters.errors import PackageError
 
 FORMAT = "edgetune-device-package"
 SCHEMA_VERSION = 1

@@ -1,0 +1,13 @@
+"""The device runtime's error: a package (or a personal state) that cannot be read as it is.
+
+It carries a message naming the file or the value at fault, so the command
+line prints it as one line instead of a traceback. The exporter's errors
+(``exporters.errors``) derive from it: a package that cannot be *written* is
+the same kind of failure seen from the other side.
+"""
+
+from __future__ import annotations
+
+
+class PackageError(Exception):
+    """A device package cannot be written or read: missing, truncated, tampered, wrong version."""
