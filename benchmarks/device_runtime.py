@@ -11,7 +11,9 @@ exported without dropout, so "the same training" means no dropout on every backe
 2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`device_sim.simulation.users`, seed 0), 200
    training + 60 held-out texts each.
 3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``) one personalization job in a fresh process
-   with ``--threads`` threads (device defaults: 8 epochs, early stopping on a 15% validation split; the trunk runs
+   with ``--threads`` threads: the one configured job (``PersonalizeConfig.plain``: no candidate selection, no
+   guard, so every backend runs the same training; device defaults otherwise: 8 epochs, early stopping on a 15%
+   validation split; the trunk runs
    ``--cache-batch-size`` 4 texts per call on every backend: onnxruntime's activations set the trunk pass's peak,
    229 MB at 8 vs 183 MB at 4 texts of 128 tokens, measured alone). The parent
    samples the RSS of the job's whole process tree (the Python worker and, for ``executorch-cpp``, the C++ trainer)
@@ -58,14 +60,13 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One personalization job: the backend's own imports, then ``Device.personalize`` as the CLI runs it."""
     t0 = time.perf_counter()
     from device_sim.device import Device
+    from device_sim.settings import PersonalizeConfig
 
     if spec["backend"] == "torch":
         import torch
 
         torch.set_num_threads(spec["threads"])
-        from device_sim.personalize import PersonalizeConfig as Settings
-    else:
-        from device_sim.backends.job import TrainSettings as Settings
+        import device_sim.personalize  # noqa: F401 (the backend's imports, counted before the job)
     imported = time.perf_counter()
     rss_imports = _rss_mb()
     losses: list[float] = []
@@ -74,7 +75,8 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         callbacks = [lambda step, loss: losses.append(float(loss))]
     with Device(spec["package"], threads=spec["threads"]) as device:
-        settings = Settings(progress=False, cache_batch_size=spec["cache_batch_size"])
+        # the one configured job on every backend (no candidate selection, no guard): the same training to compare
+        settings = PersonalizeConfig.plain(progress=False, cache_batch_size=spec["cache_batch_size"])
         result = device.personalize(spec["data"], spec["out"], settings, callbacks, spec["backend"])
     done = time.perf_counter()
     return {
@@ -89,7 +91,11 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "torch_loaded": "torch" in sys.modules,
         "transformers_loaded": "transformers" in sys.modules,
         "heavy_modules": sorted(
-            {m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("scipy", "sklearn", "accelerate", "peft")}
+            {
+                m.split(".")[0]
+                for m in sys.modules
+                if m.split(".")[0] in ("scipy", "sklearn", "accelerate", "peft", "transformers")
+            }  # fmt: skip
             | ({"edgetune.planner"} if "edgetune.planner" in sys.modules else set())
             | ({"edgetune.train"} if "edgetune.train" in sys.modules else set())
         ),
@@ -101,7 +107,7 @@ IMPORTS = {
     "light device (device_sim.device, onnxruntime, tokenizers)": "import device_sim.device, onnxruntime, tokenizers",
     "torch": "import torch",
     "torch + transformers BERT": "import torch, transformers.models.bert.modeling_bert",
-    "torch backend's job imports": "import device_sim.personalize, transformers.models.bert.modeling_bert",
+    "torch backend's job imports (plain-torch top, no transformers)": "import device_sim.personalize, edgetune.native",
     "executorch Python runtime": "import executorch.extension.pybindings.portable_lib",
 }
 

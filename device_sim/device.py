@@ -35,8 +35,8 @@ from device_sim.runtime import run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset
 
 if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
-    from device_sim.backends.job import LightResult, TrainSettings
-    from device_sim.personalize import PersonalizeConfig, PersonalizeResult
+    from device_sim.selection import PersonalizeResult
+    from device_sim.settings import PersonalizeConfig
     from edgetune.modeling import TopModel
 
 Personal = PersonalState | str | Path | None
@@ -70,8 +70,8 @@ class OnnxTop:
     """The package's top in onnxruntime, torch-free: ``top_fn.onnx`` (export target ``executorch``) takes the
     weights as inputs; they are the package's ``top.safetensors`` with a personal state's tensors in their place.
 
-    Applies ``top_delta`` states of the ``full`` tuner trained above the package's cut (what every backend
-    writes by default); other states need the torch top (``backend="torch"``).
+    Applies ``top_delta`` states of the ``full`` tuner (blocks above the package's cut or the head alone, what the
+    ExecuTorch backends write) and ``kept_global`` states; adapter states need the torch top (``backend="torch"``).
     """
 
     def __init__(self, package: DevicePackage, personal: Personal = None, threads: int | None = None) -> None:
@@ -91,11 +91,12 @@ class OnnxTop:
         if personal is not None:
             state = personal if isinstance(personal, PersonalState) else read_personal_state(personal, "np")
             state.check_package(package)
-            if state.kind != "top_delta" or state.tuner.get("name") != "full" or state.train_cut != package.cut:
+            full = state.kind == "top_delta" and state.tuner.get("name") == "full" and state.train_cut >= package.cut
+            if not (full or state.kind == "kept_global"):
                 raise PersonalStateError(
                     f"{state.path}: a {state.kind} state of tuner {state.tuner.get('name')} above cut "
-                    f"{state.train_cut}; the ONNX top applies full-tuner states above the package's cut "
-                    f"{package.cut}: predict with the torch top"
+                    f"{state.train_cut}; the ONNX top applies full-tuner states (the trained tensors in place of the "
+                    "package's) and kept-global states: predict with the torch top"
                 )
             unknown = sorted(set(state.tensors) - set(self.names))
             if unknown:
@@ -181,10 +182,10 @@ class Device:
         self,
         data: str | Path | TextDataset,
         out: str | Path,
-        config: PersonalizeConfig | TrainSettings | None = None,
+        config: PersonalizeConfig | None = None,
         callbacks: Sequence[Callable[..., None]] = (),
         backend: str = "torch",
-    ) -> PersonalizeResult | LightResult:
+    ) -> PersonalizeResult:
         """Train this package's top on the user's labelled ``data``; write the personal state to ``out``.
 
         ``backend``: ``torch`` (:mod:`device_sim.personalize`), ``executorch`` or ``executorch-cpp``
@@ -277,7 +278,7 @@ class Device:
         progress: bool = False,
     ) -> dict[str, Any]:
         """Accuracy, macro-F1 and per-label F1 on labelled ``data`` (labels must be the package's)."""
-        from edgetune.evaluation import classification_metrics
+        from edgetune.metrics import classification_metrics
 
         plan = self.package.manifest["plan"]
         if not isinstance(data, TextDataset):

@@ -44,181 +44,35 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from device_sim.guard import GuardDecision, decide, prior_shift
+from device_sim.guard import prior_shift
 from device_sim.package import DevicePackage
 from device_sim.personal import check_writable, identity_digest, package_identity, write_personal_state
 from device_sim.profiles import DeviceProfile, check_job
-from device_sim.split import MIN_VALIDATION, validation_split  # noqa: F401 (re-exported)
+from device_sim.selection import (
+    PersonalizeResult,
+    Trained,
+    choose,
+    guard_record,
+    selection_record,
+    training_record,
+    verdict,
+)
+from device_sim.settings import CACHE_PLACES, CANDIDATE_KEYS, DEFAULT_CANDIDATES, PersonalizeConfig  # noqa: F401 (re-exported)
+from device_sim.split import MIN_VALIDATION, guard_split, validation_split  # noqa: F401 (re-exported)
 from edgetune.costs import ArchSummary, CostConfig, CutCost, TunerCost, estimate_cut
 from edgetune.data import DataError, LabelMap, TextDataset, load_dataset
 from edgetune.features import FeatureCache, data_digest
 from edgetune.io import atomic_write_json
 from edgetune.modeling import TopModel
-from edgetune.train import StepEvent, TopTrainer, TrainConfig, TrainError
+from edgetune.train import StepEvent, TopTrainer, TrainError, seed_all
 from edgetune.tuners import Tuner, get_tuner
-
-CACHE_PLACES = ("auto", "memory", "mmap")
-
-# The configurations the device chooses between (besides the global top itself), cheapest first: ties on the
-# inner validation split go to the cheaper one. "cut": "plan" (the package's cut, or ``config.cut``) or "head"
-# (the head only); "prior": the global head with its bias fitted to the user's label prior
-# (:func:`device_sim.guard.prior_shift`), no training. The learning rates are prior choices (the head rate 0.1
-# from an earlier sweep on simulated BBC users); they were not re-checked on users held apart from the benchmark's.
-DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = (
-    {"name": "prior", "kind": "prior"},
-    {"name": "head", "cut": "head", "head_lr": 0.03},
-    {"name": "head-fast", "cut": "head", "head_lr": 0.1},
-    {"name": "lora", "tuner": "lora", "tuner_params": {"r": 8}, "lr": 1e-3, "head_lr": 0.03},
-    {"name": "block", "lr": 1e-4, "head_lr": 3e-3},  # the plan's blocks with the plan's tuner
-)
-CANDIDATE_KEYS = {"name", "kind", "cut", "tuner", "tuner_params", "lr", "head_lr"}
-
-
-@dataclass
-class PersonalizeConfig:
-    """How a device trains; the defaults suit a few hundred examples of one user on a phone-class CPU."""
-
-    epochs: int = 8
-    batch_size: int = 16
-    lr: float = 1e-4  # trained blocks (or their adapters)
-    head_lr: float | None = 3e-3  # head and final norm; None: lr
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float | None = 1.0
-    val_fraction: float = 0.15
-    patience: int | None = 3
-    metric: str = "accuracy"
-    seed: int = 0
-    cut: int | None = None  # train above this block; None: the package's cut; higher: train less
-    tuner: str | None = None  # None: the plan's
-    tuner_params: dict[str, Any] | None = None
-    precision: str = "fp32"  # trunk used for the features: fp32 or int8 (when the package has it)
-    cache: str = "auto"  # auto | memory | mmap
-    cache_dtype: str = "float32"
-    # Texts per trunk call: the trunk's activations, not its weights, set the job's peak memory (MiniLM,
-    # 128 tokens, 200 texts: peak RSS 944 MB at 32, 783 MB at 8, same trunk time on 2 cores).
-    cache_batch_size: int = 8
-    checkpoint_steps: int | None = None  # also checkpoint every N steps (always at each epoch's end)
-    text_column: str | None = None  # None: the plan's
-    label_column: str | None = None
-    progress: bool = True
-    # Robust defaults: choose between candidate configurations on an inner validation split (False: train the
-    # one configuration above: cut, tuner, lr, head_lr).
-    select: bool = True
-    candidates: tuple[dict[str, Any], ...] | None = None  # None: DEFAULT_CANDIDATES
-    # The do-no-harm guard: share of the user's data held out to compare the personal top with the global one
-    # (0: no guard), and the significance level of its one-sided test (device_sim.guard).
-    guard_fraction: float = 0.2
-    guard_alpha: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.cache not in CACHE_PLACES:
-            raise ValueError(f"cache must be one of {CACHE_PLACES}, got {self.cache!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0.0 <= self.guard_fraction < 1.0:
-            raise ValueError(f"guard_fraction must be in [0, 1), got {self.guard_fraction}")
-        if not 0.0 < self.guard_alpha < 1.0:
-            raise ValueError(f"guard_alpha must be in (0, 1), got {self.guard_alpha}")
-        if self.candidates is not None:
-            self.candidates = tuple(dict(c) for c in self.candidates)
-            names = [c.get("name") for c in self.candidates]
-            if not names or None in names or len(set(names)) != len(names):
-                raise ValueError("candidates need unique names (and at least one candidate)")
-            for c in self.candidates:
-                unknown = set(c) - CANDIDATE_KEYS
-                if unknown:
-                    raise ValueError(f"candidate {c['name']!r}: unknown keys {sorted(unknown)}")
-                if c.get("kind", "train") not in ("train", "prior"):
-                    raise ValueError(f"candidate {c['name']!r}: kind must be 'train' or 'prior'")
-        self.train_config(validating=self.val_fraction > 0)  # the trainer's own checks
-
-    @classmethod
-    def plain(cls, **settings: Any) -> PersonalizeConfig:
-        """Train exactly as configured: no selection, no guard (what a baseline or a swap's re-training needs)."""
-        return cls(**{"select": False, "guard_fraction": 0.0, **settings})
-
-    def train_config(self, validating: bool) -> TrainConfig:
-        """The trainer's settings for this job (cached mode on the CPU; no patience without validation)."""
-        return TrainConfig(
-            mode="cached",
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            head_lr=self.head_lr,
-            weight_decay=self.weight_decay,
-            warmup_ratio=self.warmup_ratio,
-            max_grad_norm=self.max_grad_norm,
-            seed=self.seed,
-            val_fraction=self.val_fraction if validating else 0.0,
-            patience=self.patience if validating else None,
-            metric=self.metric,
-            cache="memory" if self.cache == "auto" else self.cache,
-            cache_dtype=self.cache_dtype,
-            cache_batch_size=self.cache_batch_size,
-            checkpoint_steps=self.checkpoint_steps,
-            device="cpu",
-            progress=self.progress,
-        )
-
-
-@dataclass
-class Trained:
-    """One candidate's personalized top: its tensors as a personal state would hold them, and its scores."""
-
-    name: str
-    tensors: dict[str, torch.Tensor]
-    train_cut: int
-    tuner: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    stopped_early: bool = False
-    trainable_params: int = 0
-    val_accuracy: float | None = None
-    estimate: CutCost | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class PersonalizeResult:
-    """What a personalization job did; ``manifest`` is the written ``personal.json``.
-
-    ``kept`` is ``"personal"`` or ``"global"`` (the guard refused the personal top: the state is of kind
-    ``kept_global``); ``candidate`` is the personal top that was chosen, kept or not (its tensors let a
-    benchmark score what the guard refused)."""
-
-    path: Path
-    manifest: dict[str, Any]
-    history: list[dict[str, Any]]
-    best_epoch: int | None
-    stopped_early: bool
-    trainable_params: int
-    num_train: int
-    num_val: int
-    train_cut: int
-    tuner: dict[str, Any]
-    estimate: CutCost
-    cache: str
-    resumed: bool
-    seconds: dict[str, float] = field(default_factory=dict)
-    kept: str = "personal"
-    guard: GuardDecision | None = None
-    num_guard: int = 0
-    selection: dict[str, Any] = field(default_factory=dict)
-    candidate: Trained | None = None
-    candidates: list[Trained] = field(default_factory=list)  # every candidate the selection tried
-
-    @property
-    def val_metrics(self) -> dict[str, Any] | None:
-        """Validation metrics of the epoch that was kept (``None`` without validation)."""
-        return self.manifest["training"].get("val_metrics")
 
 
 @contextlib.contextmanager
@@ -314,26 +168,6 @@ def _cache_place(config: PersonalizeConfig, nbytes: int, fits_in_memory: bool | 
     if fits_in_memory is False or nbytes > 0.25 * psutil.virtual_memory().available:
         return "mmap"
     return "memory"
-
-
-def guard_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rest and the guard's held-out indices: a stratified ``fraction`` (at least one example when
-    ``fraction > 0``), drawn with its own seed so it never coincides with the inner validation split."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    if fraction <= 0 or len(labels) < 2:
-        return idx, idx[:0]
-    n_guard = max(1, int(round(fraction * len(labels))))
-    if n_guard >= len(labels):
-        return idx, idx[:0]
-    counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    try:
-        rest, guard = train_test_split(idx, test_size=n_guard, random_state=seed + 7919, stratify=stratify)
-    except ValueError:  # fewer held-out examples than labels: split without stratification
-        rest, guard = train_test_split(idx, test_size=n_guard, random_state=seed + 7919)
-    return np.sort(rest), np.sort(guard)
 
 
 def _job_identity(
@@ -576,12 +410,10 @@ def _train_candidate(
     callbacks: Sequence[Callable[[StepEvent], None]],
 ) -> tuple[Trained, TopModel]:
     """Train one candidate on the cache at its cut; returns its tensors and the trained top (adapters unmerged)."""
-    from accelerate.utils import set_seed
-
     t0 = time.perf_counter()
     top = package.top_model().eval()
     trained = top.above(plan.cut)
-    set_seed(plan.config.seed)  # adapters are initialized from the seed
+    seed_all(plan.config.seed)  # adapters are initialized from the seed
     assert plan.tuner is not None
     tuner = get_tuner(plan.tuner.name, **plan.tuner.to_dict()["params"])
     try:
@@ -700,37 +532,12 @@ def personalize(
         global_val = None
         if len(job.val_idx):
             global_val = float((global_logits["val"].argmax(axis=1) == job.y[job.val_idx]).mean())
-        order = {id(c): i for i, (c, _) in enumerate(candidates)}
-        chosen, chosen_guard_logits = max(
-            candidates, key=lambda cg: (cg[0].val_accuracy if cg[0].val_accuracy is not None else -1, -order[id(cg[0])])
-        )
-        beats_global = (
-            not config.select
-            or global_val is None
-            or (chosen.val_accuracy is not None and chosen.val_accuracy > global_val)
-        )
-
-        # -- step 5: the guard, on the held-out split neither training nor selection saw
-        guard: GuardDecision | None = None
+        chosen, chosen_guard_logits = candidates[choose([c for c, _ in candidates])]
         guard_start = time.perf_counter()
-        keep = beats_global
-        reason = None if beats_global else "no candidate beat the global model on the inner validation split"
-        if config.guard_fraction > 0:
-            if caches["guard"] is None:
-                keep, reason = False, "too few examples to hold out a guard split"
-            else:
-                y_guard = job.y[job.guard_idx]
-                g_logits = _logits(global_top.above(job.cut), caches["guard"])
-                p_logits = chosen_guard_logits()
-                guard = decide(
-                    p_logits.argmax(axis=1) == y_guard, g_logits.argmax(axis=1) == y_guard, config.guard_alpha
-                )
-                if not guard.keep_personal:
-                    keep = False
-                    reason = reason or (
-                        f"the personal top was not significantly better on the guard split "
-                        f"(p = {guard.p_value:.3g} >= alpha {guard.alpha})"
-                    )
+        guard_logits = None
+        if config.guard_fraction > 0 and caches["guard"] is not None:
+            guard_logits = (_logits(global_top.above(job.cut), caches["guard"]), chosen_guard_logits())
+        keep, reason, guard = verdict(config, chosen, global_val, job.y[job.guard_idx], guard_logits)
         guard_seconds = time.perf_counter() - guard_start + cache_seconds.get("guard", 0.0)
 
         seconds = {
@@ -739,18 +546,11 @@ def personalize(
             "train": trained_at - cached,
             "guard": guard_seconds,
         }
-        selection = _selection_record(candidates, chosen, global_val, job.skipped)
-        guard_record = {
-            **(guard.to_dict() if guard is not None else {"kept": "personal" if keep else "global"}),
-            "kept": "personal" if keep else "global",
-            "reason": reason,
-            "candidate": chosen.name,
-            "seconds": guard_seconds,
-            "enabled": config.guard_fraction > 0,
-        }
-        training = _training_record(job, chosen, config, profile, resumed, seconds)
+        selection = selection_record([c for c, _ in candidates], chosen, global_val, job.skipped)
+        guard_entry = guard_record(config, keep, reason, guard, chosen, guard_seconds)
+        training = training_record(job, chosen, config, profile, resumed, seconds)
         writing = time.perf_counter()
-        extra = {"guard": guard_record, "selection": selection}
+        extra = {"guard": guard_entry, "selection": selection}
         if keep:
             write_personal_state(
                 out, chosen.tensors, package, train_cut=chosen.train_cut, tuner=chosen.tuner, training=training,
@@ -786,62 +586,3 @@ def personalize(
         candidate=chosen,
         candidates=[c for c, _ in candidates],
     )
-
-
-def _selection_record(
-    candidates: list[tuple[Trained, Any]], chosen: Trained, global_val: float | None, skipped: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The ``selection`` entry of ``personal.json``: every candidate's inner validation score and cost."""
-    rows = [
-        {
-            "name": c.name,
-            "train_cut": c.train_cut,
-            "tuner": c.tuner.get("name"),
-            "val_accuracy": c.val_accuracy,
-            "best_epoch": c.best_epoch,
-            "epochs_run": len(c.history),
-            "seconds": c.seconds,
-            "estimated_device_seconds": c.estimate.device_seconds if c.estimate is not None else None,
-        }
-        for c, _ in candidates
-    ]
-    return {"global_val_accuracy": global_val, "candidates": rows, "chosen": chosen.name, "skipped": skipped}
-
-
-def _training_record(
-    job: _Job,
-    chosen: Trained,
-    config: PersonalizeConfig,
-    profile: DeviceProfile | None,
-    resumed: bool,
-    seconds: dict[str, float],
-) -> dict[str, Any]:
-    """The ``training`` entry of ``personal.json``: how this state came about (the chosen candidate's run)."""
-    best = next((h for h in chosen.history if h["epoch"] == chosen.best_epoch), None)
-    val_metrics = {k[4:]: v for k, v in best.items() if k.startswith("val_")} if best else None
-    if val_metrics is None and chosen.val_accuracy is not None:
-        val_metrics = {"accuracy": chosen.val_accuracy}
-    estimate = job.estimate
-    return {
-        "data": job.dataset.source,
-        "num_train": int(len(job.train_idx)),
-        "num_val": int(len(job.val_idx)),
-        "num_guard": int(len(job.guard_idx)),
-        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
-        "candidate": chosen.name,
-        "history": chosen.history,
-        "best_epoch": chosen.best_epoch,
-        "stopped_early": chosen.stopped_early,
-        "val_metrics": val_metrics,
-        "trainable_params": chosen.trainable_params,
-        "cache": job.cache,
-        "estimate": {
-            "train_memory_mb": estimate.train_memory_mb,
-            "device_seconds": estimate.device_seconds,
-            "backward_frac": estimate.backward_frac,
-            "backward_flops_per_example": estimate.backward_flops,
-        },
-        "profile": profile.to_dict() if profile is not None else None,
-        "resumed": resumed,
-        "seconds": seconds,
-    }

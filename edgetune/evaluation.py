@@ -7,7 +7,6 @@ hides a classifier that ignores a small class.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,10 @@ import torch
 
 from edgetune.data import LabelMap, TextDataset
 from edgetune.features import length_sorted_batches
+from edgetune.metrics import METRICS, classification_metrics  # noqa: F401 (re-exported)
 from edgetune.modeling import SequenceClassifier
 from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
-
-METRICS = ("accuracy", "macro_f1")
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """``accuracy``, ``macro_f1``, ``num_examples`` and the F1 of each label seen in truth or predictions."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
-    per_label = f1_score(y_true, y_pred, labels=present, average=None, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        "num_examples": int(len(y_true)),
-        "per_label_f1": {labels[i]: float(f) for i, f in zip(present, per_label)},
-    }
 
 
 @torch.inference_mode()

@@ -83,3 +83,11 @@ def lr_candidates(
     if trained_blocks == 0:
         return [(block, head * f) for f in (1 / 3, 1.0, 3.0)]
     return [(block * f, head) for f in (1 / 3, 1.0, 3.0)]
+
+
+def linear_warmup_factor(step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then linear decay to 0
+    at ``total`` (transformers' ``get_linear_schedule_with_warmup``; every backend trains with this one)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))

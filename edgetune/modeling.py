@@ -112,14 +112,31 @@ class TopModel(nn.Module):
 
     # -- persistence (device side) -----------------------------------------
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> TopModel:
-        """Build an untrained top (random init) from a spec written by :meth:`spec`."""
+    def from_spec(cls, spec: dict[str, Any], native: bool | None = None) -> TopModel:
+        """Build an untrained top (random init) from a spec written by :meth:`spec`.
+
+        ``native``: rebuild the blocks in plain torch (:mod:`edgetune.native`: same parameter names, no
+        transformers import) instead of transformers' classes. ``None``: plain torch when it covers the spec
+        and the spec does not ask for eager attention (the ExecuTorch exporter does, with transformers' blocks).
+        """
+        from edgetune import native as plain
+
+        if native is None:
+            eager = spec["hf_config"].get("_attn_implementation_internal") == "eager"
+            native = not eager and plain.native_support(spec) is None
+        elif native and (why := plain.native_support(spec)) is not None:
+            raise ValueError(why)
         family = family_for(spec["model_type"])
-        config = _config_from_dict(spec["model_type"], spec["hf_config"])
         layers = spec.get("layers", list(range(spec["cut"], spec["num_layers"])))
-        blocks = nn.ModuleList(family.build_block(spec["block_class"], config, layer_idx=i) for i in layers)
-        norm = family.build_norm(spec["norm_class"], config)
-        rotary = family.build_rotary(spec["rotary_class"], config)
+        if native:
+            config = plain.config_namespace(spec["hf_config"])
+            blocks = nn.ModuleList(plain.build_block(spec, i) for i in layers)
+            norm, rotary = plain.build_norm(spec), plain.build_rotary(spec)
+        else:
+            config = _config_from_dict(spec["model_type"], spec["hf_config"])
+            blocks = nn.ModuleList(family.build_block(spec["block_class"], config, layer_idx=i) for i in layers)
+            norm = family.build_norm(spec["norm_class"], config)
+            rotary = family.build_rotary(spec["rotary_class"], config)
         head = nn.Linear(spec["hidden_size"], spec["num_labels"])
         return cls(family, config, blocks, norm, rotary, head, spec["cut"], spec)
 
@@ -136,10 +153,10 @@ class TopModel(nn.Module):
         return [weights, spec_path]
 
     @classmethod
-    def load(cls, directory: str | Path, name: str = "top") -> TopModel:
+    def load(cls, directory: str | Path, name: str = "top", native: bool | None = None) -> TopModel:
         directory = Path(directory)
         spec = json.loads((directory / f"{name}.json").read_text())
-        top = cls.from_spec(spec)
+        top = cls.from_spec(spec, native=native)
         state = load_file(str(directory / f"{name}.safetensors"))
         missing, unexpected = top.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("rotary.")]

@@ -11,7 +11,11 @@ k+1..L, the final norm and the head (the *top*) are trained by a tuner
 Both draw the same batches (an epoch-seeded permutation), the same batch widths
 and the same dropout masks (the trunk draws no random numbers in eval mode), so
 they differ only by float rounding in the trunk. The loop runs through HF
-Accelerate: ``accelerate launch`` runs the same code on several GPUs (DDP/FSDP).
+Accelerate where there is something to distribute or place (``accelerate
+launch`` runs the same code on several GPUs, DDP/FSDP; a GPU; mixed
+precision); a single CPU process runs it through :class:`SingleProcess`, the
+few calls of Accelerate's interface the loop makes, so a device job never
+imports accelerate.
 Checkpoints (:mod:`edgetune.checkpoint`) are atomic; a run that finds a
 checkpoint of the same identity in its output directory resumes from it.
 
@@ -45,7 +49,7 @@ from edgetune.checkpoint import save_checkpoint as write_checkpoint
 from edgetune.data import LabelMap, TextDataset
 from edgetune.evaluation import METRICS, classification_metrics
 from edgetune.features import FeatureCache, data_digest
-from edgetune.learning_rates import default_learning_rates
+from edgetune.learning_rates import default_learning_rates, linear_warmup_factor
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
@@ -184,13 +188,74 @@ def param_groups(params: dict[str, torch.nn.Parameter], lr: float, head_lr: floa
     return [{"params": ps, "lr": rate, "weight_decay": decay} for (rate, decay), ps in groups.items()]
 
 
+def seed_all(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (what ``accelerate.utils.set_seed`` does, without it)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _distributed_launch() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def make_accelerator(config: TrainConfig) -> Any:
+    """Accelerate where it has work to do (a GPU, mixed precision, more than one process); a single CPU
+    process (every device job) runs :class:`SingleProcess` and never imports accelerate."""
+    local_device = config.device == "cpu" or (config.device is None and not torch.cuda.is_available())
+    if local_device and config.mixed_precision in (None, "no") and not _distributed_launch():
+        return SingleProcess()
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
     if config.device is not None and config.device != "cpu" and accelerator.device.type != config.device:
         raise TrainError(f"device {config.device!r} requested but Accelerate found {accelerator.device}")
     return accelerator
+
+
+class _EpochLoader:
+    """A DataLoader whose epoch is set on its sampler (what Accelerate's prepared loader offers)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.batch_sampler.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Any:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class SingleProcess:
+    """The part of ``accelerate.Accelerator``'s interface the loop uses, for one CPU process in fp32."""
+
+    device = torch.device("cpu")
+    is_main_process = True
+
+    def prepare(self, *objects: Any) -> tuple[Any, ...]:
+        return tuple(_EpochLoader(o) if isinstance(o, DataLoader) else o for o in objects)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def wait_for_everyone(self) -> None:
+        return None
+
+    def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
 
 
 class TopTrainer:
@@ -286,9 +351,8 @@ class TopTrainer:
 
         params = self.tuner.trainable_parameters(self.top)
         optimizer = torch.optim.AdamW(param_groups(params, cfg.lr, cfg.head_lr, cfg.weight_decay))
-        from transformers import get_linear_schedule_with_warmup
-
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+        warmup = int(cfg.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: linear_warmup_factor(k, warmup, total))
         sampler = EpochSampler(len(train_src), cfg.seed)
         loader = DataLoader(
             range(len(train_src)),
@@ -422,12 +486,10 @@ class Trainer(TopTrainer):
         callbacks: Sequence[Callable[[StepEvent], None]] = (),
         model_hash: str | None = None,
     ) -> None:
-        from accelerate.utils import set_seed
-
         config = config or TrainConfig()
         accelerator = make_accelerator(config)
         model_hash = model_hash or backbone.fingerprint()
-        set_seed(config.seed)
+        seed_all(config.seed)
         self.encoder = encoder
         self.classifier = SequenceClassifier(backbone, len(label_map), list(label_map.labels))
         top = tuner.prepare(self.classifier, cut)
@@ -516,6 +578,12 @@ class Trainer(TopTrainer):
 
 
 def _skip(loader: Any, batches: int, epoch: int) -> Any:
+    """The loader's batches of ``epoch`` after the first ``batches`` (a resume in the middle of an epoch)."""
+    if isinstance(loader, _EpochLoader):
+        import itertools
+
+        loader.set_epoch(epoch)
+        return itertools.islice(iter(loader), batches, None)
     from accelerate import skip_first_batches
 
     skipped = skip_first_batches(loader, batches)

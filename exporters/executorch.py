@@ -90,7 +90,7 @@ def eager_top(top: TopModel) -> TopModel:
 
     spec = copy.deepcopy(top.spec)
     spec["hf_config"]["_attn_implementation_internal"] = "eager"
-    eager = TopModel.from_spec(spec)
+    eager = TopModel.from_spec(spec, native=False)
     missing, unexpected = eager.load_state_dict(top.state_dict(), strict=False)
     if [k for k in missing if not k.startswith("rotary.")] or unexpected:
         raise ExportError(f"eager top does not take the top's weights (missing {missing}, unexpected {unexpected})")

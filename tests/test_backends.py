@@ -1,7 +1,6 @@
 """Training backends: torch, executorch (Python bindings) and executorch-cpp (the C++ trainer) train alike,
 write the same personal state, and the ExecuTorch paths stay light (checked in a fresh process)."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sim.backends.job import BackendError, TrainSettings
+from device_sim.backends.job import BackendError
 from device_sim.device import Device
 from device_sim.personalize import PersonalizeConfig
 from tests.conftest import write_csv
@@ -83,20 +82,45 @@ def test_executorch_backends_refuse_what_the_program_cannot_train(executorch_pac
     assert not (tmp_path / "p").exists()
 
 
-def test_light_settings_match_the_torch_backends_defaults():
-    light = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
-    torch_side = {f.name: f.default for f in dataclasses.fields(PersonalizeConfig)}
-    assert {k: torch_side[k] for k in light} == light
+@pytest.mark.parametrize("backend", ["executorch", "executorch-cpp"])
+def test_executorch_backends_select_and_guard_like_the_torch_backend(backend, executorch_package, tmp_path):
+    """The default job on an ExecuTorch backend: the candidates the program can train, the guard, one format."""
+    config = PersonalizeConfig(epochs=3, progress=False)  # select and guard on, as the CLI's default
+    data = user_data(90, seed=5)
+    with Device(executorch_package, threads=1) as device:
+        result = device.personalize(data, tmp_path / "p", config, backend=backend)
+        manifest = result.manifest
+        names = [c["name"] for c in manifest["selection"]["candidates"]]
+        assert names == ["prior", "head", "head-fast", "block"]
+        assert manifest["selection"]["skipped"] == [{"name": "lora", "reason": "tuner 'lora' needs --backend torch"}]
+        assert manifest["guard"]["enabled"] and manifest["guard"]["candidate"] == manifest["selection"]["chosen"]
+        assert result.num_guard == 18 and result.num_train + result.num_val + result.num_guard == 90
+        assert manifest["training"]["backend"] == backend
+        head = next(c for c in result.candidates if c.name == "head")
+        assert head.train_cut == 3 and sorted(head.tensors) == ["head.bias", "head.weight"]
+        block = next(c for c in result.candidates if c.name == "block")
+        assert any(k.startswith("blocks.") for k in block.tensors)
+        texts = user_data(20, seed=8).texts
+        torch_top = device.predict_logits(texts, tmp_path / "p")
+        onnx_top = device.predict_logits(texts, tmp_path / "p", backend="onnx")
+        assert np.abs(torch_top - onnx_top).max() < 1e-4
+        # a head-only state (the blocks stayed frozen at learning rate 0) predicts on both tops alike
+        only_head = device.personalize(data, tmp_path / "h", fast(cut=3), backend=backend)
+        assert only_head.train_cut == 3 and sorted(only_head.candidate.tensors) == ["head.bias", "head.weight"]
+        assert (
+            np.abs(
+                device.predict_logits(texts, tmp_path / "h")
+                - device.predict_logits(texts, tmp_path / "h", backend="onnx")
+            ).max()
+            < 1e-4
+        )
 
 
 LIGHT_JOB = """
 import json, sys
 from device_sim.device import Device
 backend, package, out, data = sys.argv[1:5]
-if backend == "torch":
-    from device_sim.personalize import PersonalizeConfig as Settings
-else:
-    from device_sim.backends.job import TrainSettings as Settings
+from device_sim.settings import PersonalizeConfig as Settings
 with Device(package, threads=1) as device:
     device.personalize(data, out, Settings(epochs=2, progress=False), backend=backend)
     device.predictor(out, backend="torch" if backend == "torch" else "onnx").predict(["apple juice"])
@@ -104,7 +128,7 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 FORBIDDEN = {  # what each backend's personalize + predict must not load
-    "torch": ("edgetune.planner",),
+    "torch": ("transformers", "accelerate", "scipy", "sklearn", "edgetune.planner", "peft"),
     "executorch": ("transformers", "accelerate", "scipy", "sklearn", "edgetune.planner", "edgetune.train", "peft"),
     "executorch-cpp": (
         "torch", "transformers", "accelerate", "scipy", "sklearn", "edgetune.planner", "edgetune.train", "peft",

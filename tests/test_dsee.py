@@ -222,8 +222,8 @@ def test_delta_round_trip_to_a_rebuilt_device_top(family, tmp_path):
     for module in device.residuals(device_top).values():  # the device's own positions are overwritten by the delta
         module.set_positions(module.dsee_index[0], (module.dsee_index[1] + 1) % module.shape[1])
     device.load_delta(device_top, delta)
-    with torch.no_grad():
-        assert torch.equal(device_top(hidden, mask), top(hidden, mask))
+    with torch.no_grad():  # the device's plain-torch blocks: equal up to float rounding
+        assert torch.allclose(device_top(hidden, mask), top(hidden, mask), atol=1e-5)
     for name, module in device.residuals(device_top).items():
         assert torch.equal(module.dsee_index, tuner.residuals(top)[name].dsee_index)
 

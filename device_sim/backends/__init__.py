@@ -1,7 +1,8 @@
 """Training backends of the device: who trains the top on the cached trunk features.
 
-* ``torch`` — the package's top as a torch module, the server's training loop
-  (:mod:`device_sim.personalize`); every tuner, resumable.
+* ``torch`` — the package's top as a plain-torch module (:mod:`edgetune.native`,
+  no transformers) trained by :class:`edgetune.train.TopTrainer` in one
+  process (no accelerate) (:mod:`device_sim.personalize`); every tuner, resumable.
 * ``executorch`` — the package's ``top_train.pte`` (export target
   ``executorch``) run by ExecuTorch's Python bindings; AdamW (torch's) writes
   into the runtime's live weights (:mod:`device_sim.backends.executorch_py`).
@@ -9,10 +10,14 @@
   ExecuTorch's C++ runtime (``device_sim/cpp``); the Python side runs the ONNX
   trunk and never imports torch (:mod:`device_sim.backends.executorch_cpp`).
 
-All three read the same package, use the same validation split, epoch order,
-batch widths, AdamW groups, schedule and clipping, and write the same personal
-state format. The ExecuTorch backends train the ``full`` tuner with dropout off
-(the exported program is deterministic) and do not resume interrupted jobs.
+All three take the same :class:`~device_sim.settings.PersonalizeConfig`, use
+the same guard and validation splits, candidate selection and do-no-harm guard
+(:mod:`device_sim.selection`), epoch order, batch widths, AdamW groups,
+schedule and clipping, and write the same personal state format. The ExecuTorch
+backends train the exported top (tuner ``full``) or its head alone (the blocks
+at learning rate 0), with dropout off (the exported program is deterministic);
+candidates they cannot train (LoRA, other cuts) are listed as skipped in the
+state's ``selection``; they do not resume interrupted jobs.
 
 This module imports nothing heavy: the light backends are loaded by name.
 """
@@ -25,9 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from device_sim.backends.job import LightResult, TrainSettings
     from device_sim.package import DevicePackage
     from device_sim.profiles import DeviceProfile
+    from device_sim.selection import PersonalizeResult
+    from device_sim.settings import PersonalizeConfig
     from edgetune.data import TextDataset
 
 BACKENDS = ("torch", "executorch", "executorch-cpp")
@@ -45,14 +51,14 @@ def personalize_light(
     package: DevicePackage,
     data: str | Path | TextDataset,
     out: str | Path,
-    config: TrainSettings | Any | None = None,
+    config: PersonalizeConfig | None = None,
     profile: DeviceProfile | None = None,
     threads: int | None = None,
     callbacks: Sequence[Callable[[Any], None]] = (),
-) -> LightResult:
+) -> PersonalizeResult:
     """Personalize with an ExecuTorch backend (``executorch`` or ``executorch-cpp``); see the module docstring.
 
-    ``config``: a :class:`~device_sim.backends.job.TrainSettings` or a ``PersonalizeConfig`` (same fields).
+    ``config``: the job's :class:`~device_sim.settings.PersonalizeConfig` (every backend takes the same).
     ``callbacks`` are called with ``(step, loss)`` after every optimizer step (``executorch``) or after training
     with every step's loss (``executorch-cpp``, whose steps run in another process).
     """

@@ -28,20 +28,21 @@ import numpy as np
 from device_sim.backends.build import trainer_binary
 from device_sim.backends.job import (
     BackendError,
-    LightResult,
+    Candidate,
     Prepared,
-    TrainSettings,
     epoch_order,
-    finish,
     param_settings,
     prepare,
+    run_candidates,
     schedule,
     start_output,
 )
+from device_sim.settings import PersonalizeConfig
 
 if TYPE_CHECKING:
     from device_sim.package import DevicePackage
     from device_sim.profiles import DeviceProfile
+    from device_sim.selection import PersonalizeResult
     from edgetune.data import TextDataset
 
 BACKEND = "executorch-cpp"
@@ -49,8 +50,12 @@ BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the torch backend uses 
 EPS = 1e-8
 
 
-def write_job(work: Path, program_file: Path, job: Prepared, settings: TrainSettings, threads: int | None) -> Path:
-    """The trainer's inputs in ``work``: label and order files and ``job.txt`` (features are already there)."""
+def write_job(work: Path, program_file: Path, job: Prepared, cand: Candidate, threads: int | None) -> Path:
+    """The trainer's inputs in ``work``: label and order files and ``job.txt`` (features are already there);
+    the candidate's own files (``job.txt``, its delta and log) in ``work/<name>/``."""
+    settings = cand.settings
+    own = work / cand.name
+    own.mkdir(exist_ok=True)
     y_train = job.y[job.train_idx].astype(np.int64)
     n = len(y_train)
     job.train[1].tofile(work / "train.mask")
@@ -81,18 +86,18 @@ def write_job(work: Path, program_file: Path, job: Prepared, settings: TrainSett
         "train_labels": work / "train.labels",
         "val_n": 0 if job.val is None else len(job.val_idx),
         "order": work / "order.i64",
-        "out": work / "delta.safetensors",
-        "log": work / "train.log",
+        "out": own / "delta.safetensors",
+        "log": own / "train.log",
     }
     if job.val is not None:
         job.val[1].tofile(work / "val.mask")
         job.y[job.val_idx].astype(np.int64).tofile(work / "val.labels")
         lines.update(val_features=work / "val.f32", val_mask=work / "val.mask", val_labels=work / "val.labels")
     text = "".join(f"{k} {v}\n" for k, v in lines.items())
-    for name, lr, decay, shape in param_settings(job.program, settings):
+    for name, lr, decay, shape in param_settings(job.program, settings, cand.head_only):
         text += f"param {name} {lr!r} {decay!r} {' '.join(str(d) for d in shape)}\n"
-    (work / "job.txt").write_text(text)
-    return work / "job.txt"
+    (own / "job.txt").write_text(text)
+    return own / "job.txt"
 
 
 def read_log(path: Path) -> tuple[list[dict[str, Any]], list[float], int | None, bool]:
@@ -122,16 +127,14 @@ def personalize(
     package: DevicePackage,
     data: str | Path | TextDataset,
     out: str | Path,
-    config: Any | None = None,
+    config: PersonalizeConfig | None = None,
     profile: DeviceProfile | None = None,
     threads: int | None = None,
     callbacks: Sequence[Callable[[int, float], None]] = (),
-) -> LightResult:
+) -> PersonalizeResult:
     """Personalize ``package`` on ``data`` with the C++ trainer; the personal state goes to ``out``."""
-    from safetensors.numpy import load_file
-
     start = time.perf_counter()
-    settings = TrainSettings.of(config)
+    settings = config or PersonalizeConfig()
     out = start_output(out)
     threads = threads if threads is not None else (profile.threads if profile is not None else None)
     binary = trainer_binary()  # built on first use; fails before any work when it cannot be
@@ -139,26 +142,42 @@ def personalize(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        job = prepare(package, data, settings, profile, threads, BACKEND, work=work)
-        t_train = time.perf_counter()
-        job_file = write_job(work, package.file(job.program["train"]["file"]), job, settings, threads)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
-        run = subprocess.run([str(binary), str(job_file)], capture_output=True, text=True, env=env)
-        if run.returncode != 0:
-            raise BackendError(f"C++ trainer failed (exit {run.returncode}): {run.stderr.strip()[-2000:]}")
-        history, losses, best_epoch, stopped = read_log(work / "train.log")
-        tensors = load_file(str(work / "delta.safetensors"))
-        names = [p["name"] for p in job.program["train"]["parameters"]]
-        if sorted(tensors) != sorted(names):
-            raise BackendError("the C++ trainer wrote other tensors than top_train.pte trains")
-        for step, loss in enumerate(losses):
-            for callback in callbacks:
-                callback(step, loss)
-        seconds = {**job.seconds, "train": time.perf_counter() - t_train}
-        result = finish(
-            package, out, job, tensors, history, best_epoch, stopped, losses, settings, profile, BACKEND, seconds
-        )
+        job, candidates, skipped = prepare(package, data, settings, profile, threads, BACKEND, work=work)
+        program_file = package.file(job.program["train"]["file"])
+
+        def train(cand: Candidate) -> tuple:
+            return _run_trainer(binary, work, program_file, job, cand, threads, callbacks)
+
+        result = run_candidates(package, out, job, candidates, skipped, train, settings, profile, threads, BACKEND)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.seconds["total"] = time.perf_counter() - start
     return result
+
+
+def _run_trainer(
+    binary: Path,
+    work: Path,
+    program_file: Path,
+    job: Prepared,
+    cand: Candidate,
+    threads: int | None,
+    callbacks: Sequence[Callable[[int, float], None]],
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int | None, bool, list[float]]:
+    """One candidate's run in the C++ trainer (a fresh process: the package's weights, the candidate's rates)."""
+    from safetensors.numpy import load_file
+
+    job_file = write_job(work, program_file, job, cand, threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
+    run = subprocess.run([str(binary), str(job_file)], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise BackendError(f"C++ trainer failed (exit {run.returncode}): {run.stderr.strip()[-2000:]}")
+    history, losses, best_epoch, stopped = read_log(job_file.parent / "train.log")
+    tensors = load_file(str(job_file.parent / "delta.safetensors"))
+    names = [p["name"] for p in job.program["train"]["parameters"]]
+    if sorted(tensors) != sorted(names):
+        raise BackendError("the C++ trainer wrote other tensors than top_train.pte trains")
+    for step, loss in enumerate(losses):
+        for callback in callbacks:
+            callback(step, loss)
+    return tensors, history, best_epoch, stopped, losses

@@ -19,22 +19,24 @@ import numpy as np
 
 from device_sim.backends.job import (
     BackendError,
-    LightResult,
-    TrainSettings,
+    Candidate,
+    Prepared,
     batch_width,
     epoch_order,
-    finish,
     lr_factor,
     metrics,
     param_settings,
     prepare,
+    run_candidates,
     schedule,
     start_output,
 )
+from device_sim.settings import PersonalizeConfig
 
 if TYPE_CHECKING:
     from device_sim.package import DevicePackage
     from device_sim.profiles import DeviceProfile
+    from device_sim.selection import PersonalizeResult
     from edgetune.data import TextDataset
 
 BACKEND = "executorch"
@@ -78,30 +80,29 @@ def personalize(
     package: DevicePackage,
     data: str | Path | TextDataset,
     out: str | Path,
-    config: Any | None = None,
+    config: PersonalizeConfig | None = None,
     profile: DeviceProfile | None = None,
     threads: int | None = None,
     callbacks: Sequence[Callable[[int, float], None]] = (),
-) -> LightResult:
+) -> PersonalizeResult:
     """Personalize ``package`` on ``data`` with the ExecuTorch Python runtime; the personal state goes to ``out``."""
     import torch
 
     start = time.perf_counter()
-    settings = TrainSettings.of(config)
+    settings = config or PersonalizeConfig()
     out = start_output(out)
     threads = threads if threads is not None else (profile.threads if profile is not None else None)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        job = prepare(package, data, settings, profile, threads, BACKEND)
-        t_train = time.perf_counter()
-        runner = ProgramRunner(package.file(job.program["train"]["file"]), job.program)
-        history, best, best_epoch, stopped, losses = _train(runner, job, settings, callbacks)
-        seconds = {**job.seconds, "train": time.perf_counter() - t_train}
-        result = finish(
-            package, out, job, best, history, best_epoch, stopped, losses, settings, profile, BACKEND, seconds
-        )
+        job, candidates, skipped = prepare(package, data, settings, profile, threads, BACKEND)
+        program_file = package.file(job.program["train"]["file"])
+
+        def train(cand: Candidate) -> tuple:  # a fresh program: every candidate starts from the package's weights
+            return _train(ProgramRunner(program_file, job.program), job, cand, callbacks)
+
+        result = run_candidates(package, out, job, candidates, skipped, train, settings, profile, threads, BACKEND)
     finally:
         torch.set_num_threads(old_threads)
     result.seconds["total"] = time.perf_counter() - start
@@ -109,14 +110,17 @@ def personalize(
 
 
 def _train(
-    runner: ProgramRunner, job: Any, settings: TrainSettings, callbacks: Sequence[Callable[[int, float], None]]
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], int | None, bool, list[float]]:
+    runner: ProgramRunner, job: Prepared, cand: Candidate, callbacks: Sequence[Callable[[int, float], None]]
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int | None, bool, list[float]]:
+    """One candidate's run: AdamW on the runtime's live weights, early stopping on the inner validation split;
+    returns ``(best tensors, history, best epoch, stopped early, step losses)``."""
     import torch
 
+    settings = cand.settings
     features, mask = job.train
     y_train = job.y[job.train_idx]
     n = len(y_train)
-    groups = param_settings(job.program, settings)
+    groups = param_settings(job.program, settings, cand.head_only)
     warmup, total = schedule(n, settings)
     history: list[dict[str, Any]] = []
     losses: list[float] = []
@@ -169,10 +173,10 @@ def _train(
             break
     if best is None:
         best = {name: p.detach().numpy().copy() for (name, *_), p in zip(groups, runner.params or [])}
-    return history, best, best_epoch, stopped, losses
+    return best, history, best_epoch, stopped, losses
 
 
-def _evaluate(runner: ProgramRunner, job: Any, settings: TrainSettings) -> dict[str, float]:
+def _evaluate(runner: ProgramRunner, job: Prepared, settings: PersonalizeConfig) -> dict[str, float]:
     features, mask = job.val
     y_val = job.y[job.val_idx]
     preds = []

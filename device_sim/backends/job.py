@@ -1,12 +1,17 @@
 """The part of a personalization job that every ExecuTorch backend shares, torch-free.
 
-Read and check the user's data, tokenize it, hold out the validation split
-(:func:`device_sim.split.validation_split`, the torch backend's too), price the
-job with the cost model (:mod:`edgetune.costs`) against the device profile, run
-the ONNX trunk once into a feature array (in memory or a memory-mapped file),
-and, at the end, write the personal state. Only numpy, tokenizers,
-onnxruntime and safetensors are imported here; the torch backend's loop lives
-in :mod:`device_sim.personalize`.
+Read and check the user's data, tokenize it, hold out the guard split and the
+inner validation split (:mod:`device_sim.split`, the torch backend's), plan the
+candidate configurations the exported program can train
+(:func:`plan_candidates`: the full top or the head alone; LoRA and other cuts
+need the torch backend and are listed as skipped), price the job with the cost
+model (:mod:`edgetune.costs`) against the device profile, run the ONNX trunk
+once into feature arrays (in memory or memory-mapped files); then
+:func:`run_candidates` trains each candidate with the backend's loop, picks
+one and applies the do-no-harm guard (:mod:`device_sim.selection`, the torch
+backend's rules), scoring tops on cached features with ``top_fn.onnx``, and
+writes the personal state. Only numpy, tokenizers, onnxruntime and safetensors
+are imported here; the torch backend's loop lives in :mod:`device_sim.personalize`.
 
 The epoch order (:func:`epoch_order`), the batch width (longest example), the
 AdamW groups (:func:`param_settings`) and the schedule
@@ -18,95 +23,38 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device_sim.guard import prior_shift
 from device_sim.personal import check_writable, write_personal_state
 from device_sim.profiles import DeviceProfile, check_job
-from device_sim.split import validation_split
+from device_sim.selection import (
+    PersonalizeResult,
+    Trained,
+    choose,
+    guard_record,
+    selection_record,
+    training_record,
+    verdict,
+)
+from device_sim.settings import DEFAULT_CANDIDATES, PersonalizeConfig
+from device_sim.split import guard_split, validation_split
 from edgetune.costs import ArchSummary, CostConfig, CutCost, TunerCost, estimate_cut
 from edgetune.data import DataError, LabelMap, TextDataset, load_dataset
+from edgetune.learning_rates import linear_warmup_factor
+from edgetune.metrics import METRICS, classification_metrics
 
 if TYPE_CHECKING:
     from device_sim.package import DevicePackage
 
-METRICS = ("accuracy", "macro_f1")
-
 
 class BackendError(ValueError):
     """An ExecuTorch backend cannot run this job (package without the program, unsupported setting, failed run)."""
-
-
-@dataclass
-class TrainSettings:
-    """The settings of a job on an ExecuTorch backend: ``PersonalizeConfig``'s fields with its defaults (a test
-    keeps the two equal), without importing torch."""
-
-    epochs: int = 8
-    batch_size: int = 16
-    lr: float = 1e-4
-    head_lr: float | None = 3e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float | None = 1.0
-    val_fraction: float = 0.15
-    patience: int | None = 3
-    metric: str = "accuracy"
-    seed: int = 0
-    cut: int | None = None
-    tuner: str | None = None
-    tuner_params: dict[str, Any] | None = None
-    precision: str = "fp32"
-    cache: str = "auto"
-    cache_dtype: str = "float32"
-    cache_batch_size: int = 8
-    checkpoint_steps: int | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-
-    @classmethod
-    def of(cls, config: Any | None) -> TrainSettings:
-        """These settings from a ``PersonalizeConfig`` (or anything with the same fields), or the defaults."""
-        if config is None or isinstance(config, TrainSettings):
-            return config or cls()
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
-
-
-@dataclass
-class LightResult:
-    """What a job on an ExecuTorch backend did (the fields of the torch backend's ``PersonalizeResult``)."""
-
-    path: Path
-    manifest: dict[str, Any]
-    history: list[dict[str, Any]]
-    best_epoch: int | None
-    stopped_early: bool
-    trainable_params: int
-    num_train: int
-    num_val: int
-    train_cut: int
-    tuner: dict[str, Any]
-    estimate: CutCost
-    cache: str
-    resumed: bool
-    losses: list[float] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def val_metrics(self) -> dict[str, Any] | None:
-        return self.manifest["training"].get("val_metrics")
 
 
 @dataclass
@@ -117,17 +65,19 @@ class Prepared:
     y: np.ndarray
     train_idx: np.ndarray
     val_idx: np.ndarray
+    guard_idx: np.ndarray
     cut: int
     estimate: CutCost
     train: tuple[Any, np.ndarray]  # features (n, S, d) float32 (or the raw file holding them), mask (n, S) uint8
     val: tuple[Any, np.ndarray] | None
+    guard: tuple[Any, np.ndarray] | None
     cache: str
     program: dict[str, Any]  # the manifest's executorch entry
     seconds: dict[str, float] = field(default_factory=dict)
     hidden_size: int = 0
 
 
-def read_user_data(package: DevicePackage, data: str | Path | TextDataset, settings: TrainSettings) -> TextDataset:
+def read_user_data(package: DevicePackage, data: str | Path | TextDataset, settings: PersonalizeConfig) -> TextDataset:
     """The user's labelled texts; a label the package does not know is a DataError naming its row."""
     plan = package.manifest["plan"]
     if isinstance(data, TextDataset):
@@ -151,19 +101,18 @@ def program_entry(package: DevicePackage, backend: str) -> dict[str, Any]:
     return entry
 
 
-def check_settings(package: DevicePackage, settings: TrainSettings, program: dict[str, Any], backend: str) -> int:
-    """The cut the job trains above; what the exported program cannot do is refused before any work."""
-    plan_tuner = package.manifest["plan"].get("tuner", "full")
-    tuner = settings.tuner or plan_tuner
-    if tuner != "full":
-        raise BackendError(
-            f"--backend {backend} trains the full top (tuner 'full'); tuner {tuner!r} needs --backend torch"
-        )
-    cut = package.cut if settings.cut is None else settings.cut
-    if cut != package.cut:
-        raise BackendError(
-            f"--backend {backend} trains the exported top (above cut {package.cut}); --cut {cut} needs --backend torch"
-        )
+@dataclass
+class Candidate:
+    """One configuration a light job trains (or, ``kind="prior"``, computes): the program always trains the
+    exported top; a head-only candidate leaves the blocks at learning rate 0 (they still run, frozen)."""
+
+    name: str
+    kind: str  # "train" | "prior"
+    head_only: bool
+    settings: PersonalizeConfig
+
+
+def _check_batch(settings: PersonalizeConfig, program: dict[str, Any], backend: str) -> None:
     if settings.batch_size > int(program["max_batch"]):
         raise BackendError(
             f"batch size {settings.batch_size} > {program['max_batch']}, the largest batch top_train.pte was exported "
@@ -171,10 +120,49 @@ def check_settings(package: DevicePackage, settings: TrainSettings, program: dic
         )
     if settings.cache_dtype != "float32":
         raise BackendError(f"--backend {backend} reads float32 features (cache dtype {settings.cache_dtype!r})")
-    return cut
 
 
-def estimate_job(package: DevicePackage, settings: TrainSettings, num: int, width: int, in_memory: bool) -> tuple:
+def plan_candidates(
+    package: DevicePackage, settings: PersonalizeConfig, program: dict[str, Any], backend: str
+) -> tuple[list[Candidate], list[dict[str, Any]]]:
+    """The candidates this backend can train, and those it cannot (with why). Without ``settings.select`` the one
+    configured job, refused before any work when the exported program cannot train it."""
+    _check_batch(settings, program, backend)
+    plan_tuner = package.manifest["plan"].get("tuner", "full")
+    if not settings.select:
+        tuner = settings.tuner or plan_tuner
+        if tuner != "full":
+            raise BackendError(
+                f"--backend {backend} trains the full top (tuner 'full'); tuner {tuner!r} needs --backend torch"
+            )
+        cut = package.cut if settings.cut is None else settings.cut
+        if cut not in (package.cut, package.num_layers):
+            raise BackendError(
+                f"--backend {backend} trains the exported top (above cut {package.cut}) or its head alone "
+                f"(--cut {package.num_layers}); --cut {cut} needs --backend torch"
+            )
+        return [Candidate("configured", "train", cut == package.num_layers, settings)], []
+    candidates, skipped = [], []
+    for spec in settings.candidates or DEFAULT_CANDIDATES:
+        if spec.get("kind", "train") == "prior":
+            candidates.append(Candidate(spec["name"], "prior", True, settings))
+            continue
+        tuner = spec.get("tuner") or settings.tuner or plan_tuner
+        where = spec.get("cut", "plan")
+        cut = package.num_layers if where == "head" else (settings.cut if where == "plan" else where)
+        cut = package.cut if cut is None else int(cut)
+        if tuner != "full" and cut != package.num_layers:
+            skipped.append({"name": spec["name"], "reason": f"tuner {tuner!r} needs --backend torch"})
+            continue
+        if cut not in (package.cut, package.num_layers):
+            skipped.append({"name": spec["name"], "reason": f"cut {cut} needs --backend torch"})
+            continue
+        rates = {k: spec[k] for k in ("lr", "head_lr") if k in spec}
+        candidates.append(Candidate(spec["name"], "train", cut == package.num_layers, replace(settings, **rates)))
+    return candidates, skipped
+
+
+def estimate_job(package: DevicePackage, settings: PersonalizeConfig, num: int, width: int, in_memory: bool) -> tuple:
     """The cost model's price of this job: the plan's architecture, the user's data, the full tuner."""
     arch = ArchSummary.from_dict(package.manifest["plan"]["arch"])
     cost = CostConfig(
@@ -205,7 +193,7 @@ def run_trunk(
     package: DevicePackage,
     ids: np.ndarray,
     mask: np.ndarray,
-    settings: TrainSettings,
+    settings: PersonalizeConfig,
     threads: int | None,
     file: Path | None = None,
 ) -> tuple[np.ndarray | Path, np.ndarray]:
@@ -258,44 +246,82 @@ def release_memory(package: DevicePackage) -> None:
         pass
 
 
+def _price(
+    package: DevicePackage,
+    settings: PersonalizeConfig,
+    candidates: list[Candidate],
+    skipped: list[dict[str, Any]],
+    profile: DeviceProfile | None,
+    num: int,
+    width: int,
+    in_memory: bool,
+) -> tuple[CutCost, list[Candidate]]:
+    """The job's price (the trunk once + every trained candidate; each trains the same program) and the
+    candidates that fit the profile: a job that cannot fit even one is refused, as on the torch backend."""
+    arch, cost = estimate_job(package, settings, num, width, in_memory)
+    if profile is not None:
+        cost = replace(cost, device_gflops=profile.gflops)
+        check_job(profile, arch, cost, package.cut, TunerCost())
+    one, two = (estimate_cut(arch, replace(cost, epochs=e), package.cut, TunerCost()) for e in (1, 2))
+    per_epoch = two.device_seconds - one.device_seconds
+    trunk = one.device_seconds - per_epoch
+    kept = list(candidates)
+    if profile is not None and settings.select:
+        while (
+            sum(c.kind == "train" for c in kept) > 1
+            and trunk + per_epoch * settings.epochs * sum(c.kind == "train" for c in kept) > profile.time_budget_s
+        ):
+            last = max(i for i, c in enumerate(kept) if c.kind == "train")
+            skipped.append({"name": kept[last].name, "reason": "over the time budget"})
+            del kept[last]
+    trained = sum(c.kind == "train" for c in kept)
+    estimate = estimate_cut(arch, cost, package.cut, TunerCost())
+    return replace(estimate, device_seconds=trunk + per_epoch * settings.epochs * trained), kept
+
+
 def prepare(
     package: DevicePackage,
     data: str | Path | TextDataset,
-    settings: TrainSettings,
+    settings: PersonalizeConfig,
     profile: DeviceProfile | None,
     threads: int | None,
     backend: str,
     work: Path | None = None,
-) -> Prepared:
-    """Read, tokenize, split, price and refuse what does not fit; then the trunk once (features in memory, or
-    raw float32 files in ``work`` for a trainer in another process)."""
+) -> tuple[Prepared, list[Candidate], list[dict[str, Any]]]:
+    """Read, tokenize, split (guard split, then the inner validation split of the rest, as the torch backend),
+    plan and price the candidates and refuse what does not fit; then the trunk once (features in memory, or raw
+    float32 files in ``work`` for a trainer in another process)."""
     start = time.perf_counter()
     program = program_entry(package, backend)
-    cut = check_settings(package, settings, program, backend)
+    candidates, skipped = plan_candidates(package, settings, program, backend)
     dataset = read_user_data(package, data, settings)
     y = dataset.encoded_labels(LabelMap(tuple(package.labels)))
     ids, mask = package.encode(dataset.texts)
-    train_idx, val_idx = validation_split(y, settings.val_fraction, settings.seed)
+    rest, guard_idx = guard_split(y, settings.guard_fraction, settings.seed)
+    inner_train, inner_val = validation_split(y[rest], settings.val_fraction, settings.seed)
+    train_idx, val_idx = rest[inner_train], rest[inner_val]
     in_memory = work is None
-    arch, cost = estimate_job(package, settings, len(ids), ids.shape[1], in_memory)
-    if profile is not None:
-        cost = replace(cost, device_gflops=profile.gflops)
-        check_job(profile, arch, cost, cut, TunerCost())
-    estimate = estimate_cut(arch, cost, cut, TunerCost())
+    estimate, candidates = _price(package, settings, candidates, skipped, profile, len(ids), ids.shape[1], in_memory)
     prepared = time.perf_counter()
-    train = run_trunk(
-        package, ids[train_idx], mask[train_idx], settings, threads, None if work is None else work / "train.f32"
-    )
-    val = None
-    if len(val_idx):
-        file = None if work is None else work / "val.f32"
-        val = run_trunk(package, ids[val_idx], mask[val_idx], settings, threads, file)
+    features: dict[str, Any] = {}
+    for name, idx in (("train", train_idx), ("val", val_idx), ("guard", guard_idx)):
+        file = None if work is None else work / f"{name}.f32"
+        features[name] = run_trunk(package, ids[idx], mask[idx], settings, threads, file) if len(idx) else None
     release_memory(package)  # training needs only the features
     seconds = {"prepare": prepared - start, "trunk": time.perf_counter() - prepared}
     place = "memory" if in_memory else "mmap"
-    return Prepared(
-        dataset, y, train_idx, val_idx, cut, estimate, train, val, place, program, seconds, package.hidden_size
-    )
+    job = Prepared(
+        dataset, y, train_idx, val_idx, guard_idx, package.cut, estimate, features["train"], features["val"],
+        features["guard"], place, program, seconds, package.hidden_size,
+    )  # fmt: skip
+    return job, candidates, skipped
+
+
+def features_array(features: Any, mask: np.ndarray, hidden: int) -> np.ndarray:
+    """Features kept in memory, or those a raw float32 file holds (memory-mapped)."""
+    if isinstance(features, np.ndarray):
+        return features
+    return np.memmap(features, np.float32, "r", shape=(*mask.shape, hidden))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -303,104 +329,177 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def param_settings(program: dict[str, Any], settings: TrainSettings) -> list[tuple[str, float, float, list[int]]]:
+def param_settings(
+    program: dict[str, Any], settings: PersonalizeConfig, head_only: bool = False
+) -> list[tuple[str, float, float, list[int]]]:
     """``(name, lr, weight_decay, shape)`` per trained tensor in program order: the head and final norm at
-    ``head_lr``, no weight decay on biases and norm weights (the torch backend's AdamW groups)."""
+    ``head_lr``, no weight decay on biases and norm weights (the torch backend's AdamW groups); ``head_only``:
+    the blocks at learning rate 0 (AdamW leaves them exactly as they are)."""
     head_lr = settings.head_lr if settings.head_lr is not None else settings.lr
     out = []
     for p in program["train"]["parameters"]:
         name, shape = p["name"], list(p["shape"])
-        lr = head_lr if name.startswith(("head.", "norm.")) else settings.lr
+        lr = head_lr if is_head(name) else (0.0 if head_only else settings.lr)
         out.append((name, float(lr), settings.weight_decay if len(shape) >= 2 else 0.0, shape))
     return out
 
 
-def schedule(num_train: int, settings: TrainSettings) -> tuple[int, int]:
+def schedule(num_train: int, settings: PersonalizeConfig) -> tuple[int, int]:
     """``(warmup_steps, total_steps)`` of the linear warm-up and decay."""
     total = -(-num_train // settings.batch_size) * settings.epochs
     return int(settings.warmup_ratio * total), total
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
-    """The learning-rate multiplier at ``step`` (transformers' linear schedule with warm-up)."""
-    if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
+    """The learning-rate multiplier at ``step`` (the torch backend's schedule)."""
+    return linear_warmup_factor(step, warmup, total)
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 over the labels present in truth or predictions (scikit-learn's definition)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
-    f1 = []
-    for c in present:
-        tp = int(((y_true == c) & (y_pred == c)).sum())
-        fp = int(((y_true != c) & (y_pred == c)).sum())
-        fn = int(((y_true == c) & (y_pred != c)).sum())
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": float((y_true == y_pred).mean()), "macro_f1": float(np.mean(f1)) if f1 else 0.0}
+    """Accuracy and macro-F1 (:func:`edgetune.metrics.classification_metrics`)."""
+    scores = classification_metrics(
+        y_true, y_pred, [str(c) for c in range(int(max(np.max(y_true), np.max(y_pred))) + 1)]
+    )
+    return {k: scores[k] for k in METRICS}
 
 
-def finish(
+def is_head(name: str) -> bool:
+    """The head and the final norm: what a head-only candidate trains."""
+    return name.startswith(("head.", "norm."))
+
+
+class OnnxLogits:
+    """The top's logits on cached features through ``top_fn.onnx`` (weights as inputs), torch-free: the global
+    top (the package's weights) or a candidate's (its tensors in their place)."""
+
+    def __init__(self, package: DevicePackage, program: dict[str, Any], threads: int | None) -> None:
+        from safetensors.numpy import load_file
+
+        from device_sim.runtime import ort_session
+
+        self.session = ort_session(package.file(program["predict"]["file"]), threads)
+        self.names = [i.name for i in self.session.get_inputs()][2:]
+        self.weights = load_file(str(package.file(package.manifest["top"]["weights"])))
+
+    def __call__(
+        self, features: Any, mask: np.ndarray, hidden: int, tensors: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        weights = {**self.weights, **(tensors or {})}
+        feeds = {n: np.ascontiguousarray(weights[n], np.float32) for n in self.names}
+        x = features_array(features, mask, hidden)
+        out = np.zeros((len(mask), 0), np.float32)
+        rows = []
+        for idx in length_sorted_batches(mask, 32):
+            w = max(batch_width(mask[idx]), 2)
+            h = np.ascontiguousarray(x[idx, :w], np.float32)
+            logits = self.session.run(
+                ["logits"], {"hidden_state": h, "attention_mask": mask[idx, :w].astype(np.int64), **feeds}
+            )[0]
+            rows.append((idx, logits))
+        out = np.zeros((len(mask), rows[0][1].shape[1]), np.float32) if rows else out
+        for idx, logits in rows:
+            out[idx] = logits
+        return out
+
+
+Trainer = Callable[[Candidate], tuple[dict[str, np.ndarray], list[dict[str, Any]], int | None, bool, list[float]]]
+
+
+def run_candidates(
     package: DevicePackage,
     out: Path,
     job: Prepared,
-    tensors: dict[str, np.ndarray],
-    history: list[dict[str, Any]],
-    best_epoch: int | None,
-    stopped_early: bool,
-    losses: list[float],
-    settings: TrainSettings,
+    candidates: list[Candidate],
+    skipped: list[dict[str, Any]],
+    train: Trainer,
+    settings: PersonalizeConfig,
     profile: DeviceProfile | None,
+    threads: int | None,
     backend: str,
-    seconds: dict[str, float],
-) -> LightResult:
-    """Write the personal state (the torch backend's format; ``training.backend`` says which one trained)."""
-    best = next((h for h in history if h["epoch"] == best_epoch), None)
-    val_metrics = {k[4:]: v for k, v in best.items() if k.startswith("val_")} if best else None
-    trainable = int(sum(int(np.prod(t.shape)) for t in tensors.values()))
-    tuner = {"name": "full", "params": {}}
-    estimate = job.estimate
-    training = {
-        "data": job.dataset.source,
-        "num_train": int(len(job.train_idx)),
-        "num_val": int(len(job.val_idx)),
-        "config": {k: v for k, v in asdict(settings).items() if k != "progress"},
-        "history": history,
-        "best_epoch": best_epoch,
-        "stopped_early": stopped_early,
-        "val_metrics": val_metrics,
-        "trainable_params": trainable,
-        "cache": job.cache,
-        "estimate": {
-            "train_memory_mb": estimate.train_memory_mb,
-            "device_seconds": estimate.device_seconds,
-            "backward_frac": estimate.backward_frac,
-            "backward_flops_per_example": estimate.backward_flops,
-        },
-        "profile": profile.to_dict() if profile is not None else None,
-        "resumed": False,
-        "seconds": seconds,
-        "backend": backend,
-        "step_losses": [float(x) for x in losses],
+) -> PersonalizeResult:
+    """Train every candidate (``train``: the backend's loop, returning every tensor the program trains), pick
+    one, judge it against the global top, write the personal state (the torch backend's format and records;
+    ``training.backend`` says which backend trained). Returns what the torch backend returns."""
+    t_train = time.perf_counter()
+    logits = OnnxLogits(package, job.program, threads)
+    d = job.hidden_size
+    global_logits = {
+        name: logits(f[0], f[1], d) for name, f in (("train", job.train), ("val", job.val)) if f is not None
     }
-    write_personal_state(out, tensors, package, train_cut=job.cut, tuner=tuner, training=training)
-    return LightResult(
+    trained: list[Trained] = []
+    step_losses: dict[str, list[float]] = {}
+    for cand in candidates:
+        t0 = time.perf_counter()
+        if cand.kind == "prior":
+            delta = prior_shift(global_logits["train"], job.y[job.train_idx])
+            bias = logits.weights["head.bias"] + delta.astype(np.float32)
+            val_acc = None
+            if "val" in global_logits:
+                val_acc = float(((global_logits["val"] + delta).argmax(axis=1) == job.y[job.val_idx]).mean())
+            trained.append(Trained(
+                cand.name, {"head.weight": logits.weights["head.weight"], "head.bias": bias}, package.num_layers,
+                {"name": "full", "params": {}, "prior_shift": [float(x) for x in delta]}, trainable_params=len(delta),
+                val_accuracy=val_acc, estimate=job.estimate, seconds=time.perf_counter() - t0,
+            ))  # fmt: skip
+            continue
+        tensors, history, best_epoch, stopped, losses = train(cand)
+        if cand.head_only:
+            tensors = {k: v for k, v in tensors.items() if is_head(k)}
+        best = next((h for h in history if h["epoch"] == best_epoch), None)
+        trained.append(Trained(
+            cand.name, tensors, package.num_layers if cand.head_only else job.cut, {"name": "full", "params": {}},
+            history, best_epoch, stopped, int(sum(int(np.prod(t.shape)) for t in tensors.values())),
+            float(best["val_accuracy"]) if best is not None else None, job.estimate, time.perf_counter() - t0,
+        ))  # fmt: skip
+        step_losses[cand.name] = losses
+    trained_at = time.perf_counter()
+    chosen = trained[choose(trained)]
+    global_val = None
+    if "val" in global_logits:
+        global_val = float((global_logits["val"].argmax(axis=1) == job.y[job.val_idx]).mean())
+    guard_logits = None
+    if settings.guard_fraction > 0 and job.guard is not None:
+        features, mask = job.guard
+        tensors = {k: np.asarray(v, np.float32) for k, v in chosen.tensors.items()}
+        guard_logits = (logits(features, mask, d), logits(features, mask, d, tensors))
+    keep, reason, guard = verdict(settings, chosen, global_val, job.y[job.guard_idx], guard_logits)
+    seconds = {**job.seconds, "train": trained_at - t_train, "guard": time.perf_counter() - trained_at}
+    training = training_record(job, chosen, settings, profile, False, seconds)
+    training.update(backend=backend, step_losses=[float(x) for x in step_losses.get(chosen.name, [])])
+    selection = selection_record(trained, chosen, global_val, skipped)
+    extra = {"guard": guard_record(settings, keep, reason, guard, chosen, seconds["guard"]), "selection": selection}
+    if keep:
+        write_personal_state(
+            out, chosen.tensors, package, train_cut=chosen.train_cut, tuner=chosen.tuner, training=training,
+            extra=extra,
+        )  # fmt: skip
+    else:
+        write_personal_state(
+            out, {}, package, train_cut=package.cut, tuner={"name": "none", "params": {}}, training=training,
+            kind="kept_global", extra=extra,
+        )  # fmt: skip
+    return PersonalizeResult(
         path=out,
         manifest=json.loads((out / "personal.json").read_text()),
-        history=history,
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
-        trainable_params=trainable,
+        history=chosen.history,
+        best_epoch=chosen.best_epoch,
+        stopped_early=chosen.stopped_early,
+        trainable_params=chosen.trainable_params if keep else 0,
         num_train=len(job.train_idx),
         num_val=len(job.val_idx),
-        train_cut=job.cut,
-        tuner=tuner,
-        estimate=estimate,
+        train_cut=chosen.train_cut if keep else package.cut,
+        tuner=chosen.tuner if keep else {"name": "none", "params": {}},
+        estimate=job.estimate,
         cache=job.cache,
         resumed=False,
-        losses=[float(x) for x in losses],
         seconds=seconds,
+        kept="personal" if keep else "global",
+        guard=guard,
+        num_guard=len(job.guard_idx),
+        selection=selection,
+        candidate=chosen,
+        candidates=trained,
+        losses=[float(x) for x in step_losses.get(chosen.name, [])],
     )
 
 

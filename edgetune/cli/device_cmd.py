@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -83,6 +82,9 @@ def personalize_summary(result: Any, out: Path) -> str:
         f"out for the guard) in {s['total']:.1f}s (trunk {s['trunk']:.1f}s, training {s['train']:.1f}s, "
         f"guard {s['guard']:.1f}s)"
     )
+    backend = result.manifest.get("training", {}).get("backend", "torch")
+    if backend != "torch":
+        msg += f", backend {backend}"
     if result.resumed:
         msg += ", resumed an interrupted run"
     if result.val_metrics:
@@ -192,12 +194,7 @@ def register(app: typer.Typer) -> None:
 
         if backend not in BACKENDS:
             raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
-        if backend == "torch":
-            from device_sim.personalize import PersonalizeConfig as Settings
-            from edgetune.train import TrainError as SettingsError
-        else:  # torch-free settings (the same fields and defaults)
-            from device_sim.backends.job import BackendError as SettingsError
-            from device_sim.backends.job import TrainSettings as Settings
+        from device_sim.settings import PersonalizeConfig
 
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
@@ -225,13 +222,10 @@ def register(app: typer.Typer) -> None:
             label_column=label_column,
             progress=not quiet,
         )
-        if backend != "torch":
-            # The ExecuTorch backends train one fixed configuration: no selection between candidates, no guard yet.
-            settings = {k: v for k, v in settings.items() if k in {f.name for f in fields(Settings)}}
         try:
-            config = Settings(**settings)
+            config = PersonalizeConfig(**settings)
         except ValueError as err:
-            raise SettingsError(str(err)) from None
+            raise typer.BadParameter(str(err)) from None
         with Device(package, device_profile, threads) as device:
             try:
                 result = device.personalize(data, out, config, backend=backend)
@@ -246,24 +240,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(code=130) from None
         if not quiet and result.history:
             print_history(result.history)
-        if backend == "torch":
-            console.print(personalize_summary(result, out), highlight=False)
-        else:
-            from device_sim.profiles import trains
-
-            what = trains(result.train_cut, int(result.manifest["package"]["num_layers"]))
-            s = result.seconds
-            msg = (
-                f"personalized {what} with {result.tuner['name']} ({result.trainable_params:,} trainable parameters, "
-                f"backend {backend}) "
-                f"on {result.num_train} examples ({result.num_val} validation) in {s['total']:.1f}s "
-                f"(trunk {s['trunk']:.1f}s, training {s['train']:.1f}s)"
-            )
-            if result.resumed:
-                msg += ", resumed an interrupted run"
-            if result.val_metrics:
-                msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%} (epoch {result.best_epoch})"
-            console.print(f"{msg}; wrote {out}", highlight=False)
+        console.print(personalize_summary(result, out), highlight=False)
 
     @app.command("predict")
     @handle_errors

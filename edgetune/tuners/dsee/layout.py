@@ -8,9 +8,8 @@ from torch import nn
 
 
 def is_conv1d(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(module, Conv1D)
+    """transformers' ``Conv1D`` or the plain-torch top's (:mod:`edgetune.native`): same name, same layout."""
+    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
 
 
 def is_dense_layer(module: nn.Module) -> bool:

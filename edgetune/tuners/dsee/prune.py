@@ -24,17 +24,16 @@ from torch import nn
 from edgetune.modeling import TopModel
 from edgetune.tuners.dsee.heads import head_importance, head_slices, masked_heads, remove_heads
 from edgetune.tuners.dsee.layout import is_dense_layer, weight_out_in
+from edgetune.tuners.lora.native import is_lora_layer
 
 SCOPES = ("per_matrix", "global")
 
 
 def prunable_weights(top: TopModel) -> dict[str, nn.Parameter]:
     """The 2-D weights of every ``nn.Linear`` / ``Conv1D`` in the trained blocks, by name in ``top``."""
-    from peft.tuners.lora import LoraLayer
-
     out = {}
     for name, module in top.blocks.named_modules():
-        if isinstance(module, LoraLayer):
+        if is_lora_layer(module):
             raise ValueError("merge the adapters before pruning (found a LoRA layer in the trained blocks)")
         if is_dense_layer(module):
             out[f"blocks.{name}.weight"] = module.weight

@@ -37,6 +37,7 @@ from edgetune.tuners.dsee.decompose import sparse_support
 from edgetune.tuners.dsee.layout import weight_out_in
 from edgetune.tuners.dsee.prune import inference_flops, prune_attention_heads, prune_unstructured, weight_sparsity
 from edgetune.tuners.dsee.sparse import SparseResidual
+from edgetune.tuners.lora.native import is_lora_layer
 from edgetune.tuners.lora.tuner import LoraTuner
 
 INDEX = ".dsee_index"
@@ -52,12 +53,10 @@ class DseeTuner(LoraTuner):
         self.report: dict[str, Any] | None = None
 
     def _prepare(self, top: TopModel) -> None:
-        from peft.tuners.lora import LoraLayer
-
         super()._prepare(top)  # peft LoRA in the chosen blocks; only lora_ parameters trainable
         c = self.config
         for module in top.modules():
-            if isinstance(module, LoraLayer) and not isinstance(module.base_layer, SparseResidual):
+            if is_lora_layer(module) and not isinstance(module.base_layer, SparseResidual):
                 base = module.base_layer
                 rows, cols = sparse_support(
                     weight_out_in(base), c.decomposition_rank, c.sparse_n, c.decomposition_iters
@@ -96,10 +95,8 @@ class DseeTuner(LoraTuner):
     # -- stage 2 -----------------------------------------------------------------
     def merge(self, top: TopModel) -> TopModel:
         """Fold S and B A into the weights, then prune as configured (see the module docstring)."""
-        from peft.tuners.lora import LoraLayer
-
         for module in top.modules():
-            if isinstance(module, LoraLayer) and isinstance(module.base_layer, SparseResidual):
+            if is_lora_layer(module) and isinstance(module.base_layer, SparseResidual):
                 module.base_layer = module.base_layer.fold()
         super().merge(top)
         c = self.config

@@ -16,11 +16,14 @@ from torch import nn
 from edgetune.costs import TunerCost
 from edgetune.modeling import TopModel
 from edgetune.tuners.base import Tuner
+from edgetune.tuners.lora import native
 from edgetune.tuners.lora.config import FALLBACK_TARGETS, LoraConfig
 
 
 def default_target_modules(model_type: str) -> list[str]:
     """peft's default LoRA targets for ``model_type`` (attention projections)."""
+    if model_type in native.DEFAULT_TARGETS:  # peft's own table, without importing peft (a test compares)
+        return list(native.DEFAULT_TARGETS[model_type])
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
     targets = PEFT_DEFAULTS.get(model_type) or FALLBACK_TARGETS.get(model_type)
@@ -45,6 +48,11 @@ def peft_lora_config(config: LoraConfig, model_type: str, layers_to_transform: l
     )
 
 
+def is_plain_torch(top: TopModel) -> bool:
+    """Whether ``top``'s blocks are :mod:`edgetune.native`'s (a device's top) rather than transformers'."""
+    return all(type(block).__module__ == "edgetune.native" for block in top.blocks)
+
+
 class LoraTuner(Tuner):
     name = "lora"
     Config = LoraConfig
@@ -59,17 +67,28 @@ class LoraTuner(Tuner):
         return [layer - top.cut - 1 for layer in layers]
 
     def _prepare(self, top: TopModel) -> None:
-        from peft import inject_adapter_in_model
-
         layers = self.relative_layers(top)
         if not layers:  # head-only plan: nothing to adapt
             return
+        if is_plain_torch(top):  # a device's top: peft's layout without peft (edgetune.tuners.lora.native)
+            c = self.config
+            targets = c.target_modules or default_target_modules(top.config.model_type)
+            if not native.inject(top.blocks, targets, layers, c.r, c.alpha, c.dropout):
+                raise ValueError(f"no module of the trained blocks matches the LoRA targets {targets}")
+            for name, p in top.named_parameters():
+                p.requires_grad_("lora_" in name)
+            return
+        from peft import inject_adapter_in_model
+
         peft_config = peft_lora_config(self.config, top.config.model_type, layers, "blocks")
         inject_adapter_in_model(peft_config, top)
         for name, p in top.named_parameters():
             p.requires_grad_("lora_" in name)
 
     def merge(self, top: TopModel) -> TopModel:
+        if is_plain_torch(top):
+            native.merge_all(top)
+            return top
         from peft.tuners.lora import LoraLayer
 
         wrapped = [(name, m) for name, m in top.named_modules() if isinstance(m, LoraLayer)]
