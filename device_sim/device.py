@@ -31,7 +31,7 @@ import numpy as np
 from device_sim.package import DevicePackage, PackageError, load_package
 from device_sim.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
 from device_sim.profiles import DeviceProfile, get_profile
-from device_sim.runtime import run_trunk, torch_top_fn
+from device_sim.runtime import OnnxTop, run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset
 
 if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
@@ -66,47 +66,28 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class OnnxTop:
-    """The package's top in onnxruntime, torch-free: ``top_fn.onnx`` (export target ``executorch``) takes the
-    weights as inputs; they are the package's ``top.safetensors`` with a personal state's tensors in their place.
+RUNTIMES = ("auto", "torch", "onnx")
 
-    Applies ``top_delta`` states of the ``full`` tuner (blocks above the package's cut or the head alone, what the
-    ExecuTorch backends write) and ``kept_global`` states; adapter states need the torch top (``backend="torch"``).
-    """
 
-    def __init__(self, package: DevicePackage, personal: Personal = None, threads: int | None = None) -> None:
-        from safetensors.numpy import load_file
+def default_runtime() -> str:
+    """The top's runtime when none is asked for: torch where it is installed, else onnxruntime alone."""
+    import importlib.util
 
-        from device_sim.personal import read_personal_state
-        from device_sim.runtime import ort_session
+    return "torch" if importlib.util.find_spec("torch") is not None else "onnx"
 
-        entry = (package.manifest.get("executorch") or {}).get("predict")
-        if not entry:
-            raise PackageError(
-                f"{package.path}: exported without the executorch target (no top_fn.onnx); predict with the torch top"
-            )
-        weights = load_file(str(package.file(package.manifest["top"]["weights"])))
-        self.session = ort_session(package.file(entry["file"]), threads)
-        self.names = [i.name for i in self.session.get_inputs()][2:]
-        if personal is not None:
-            state = personal if isinstance(personal, PersonalState) else read_personal_state(personal, "np")
-            state.check_package(package)
-            full = state.kind == "top_delta" and state.tuner.get("name") == "full" and state.train_cut >= package.cut
-            if not (full or state.kind == "kept_global"):
-                raise PersonalStateError(
-                    f"{state.path}: a {state.kind} state of tuner {state.tuner.get('name')} above cut "
-                    f"{state.train_cut}; the ONNX top applies full-tuner states (the trained tensors in place of the "
-                    "package's) and kept-global states: predict with the torch top"
-                )
-            unknown = sorted(set(state.tensors) - set(self.names))
-            if unknown:
-                raise PersonalStateError(f"{state.path}: tensors {unknown[:3]} are not in this package's top")
-            weights.update({k: np.asarray(v) for k, v in state.tensors.items()})
-        self.feeds = {n: weights[n] for n in self.names}
 
-    def __call__(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feeds = {"hidden_state": hidden, "attention_mask": mask.astype(np.int64), **self.feeds}
-        return self.session.run(["logits"], feeds)[0]
+def onnx_top(package: DevicePackage, personal: Personal = None, threads: int | None = None) -> OnnxTop:
+    """The package's top in onnxruntime, torch-free, with ``personal`` applied to its tensors in numpy
+    (:mod:`device_sim.apply`: every state kind the project writes; DSEE with stage-2 pruning needs torch)."""
+    from device_sim.apply import apply_state
+    from device_sim.personal import read_personal_state
+
+    state = None
+    if personal is not None:
+        state = personal if isinstance(personal, PersonalState) else read_personal_state(personal, "np")
+        state.check_package(package)
+    spec = package.top_spec()
+    return package.onnx_top(threads, apply_state(package.top_tensors(), spec, state))
 
 
 class Predictor:
@@ -246,9 +227,11 @@ class Device:
     def predictor(self, personal: Personal = None, precision: str = "fp32", backend: str = "torch") -> Predictor:
         """A predictor that keeps the (personal) top loaded; for many calls or streaming input.
 
-        ``backend``: ``torch`` (the top as a torch module) or ``onnx`` (:class:`OnnxTop`, torch-free)."""
+        ``backend``: ``torch`` (the top as a torch module), ``onnx`` (the package's ONNX top, torch-free) or
+        ``auto`` (:func:`default_runtime`)."""
+        backend = default_runtime() if backend == "auto" else backend
         if backend == "onnx":
-            return Predictor(self.package, OnnxTop(self.package, personal, self.threads), precision, self.threads)
+            return Predictor(self.package, onnx_top(self.package, personal, self.threads), precision, self.threads)
         if backend != "torch":
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         return Predictor(self.package, self.top(personal), precision, self.threads)
@@ -276,8 +259,10 @@ class Device:
         text_column: str | None = None,
         label_column: str | None = None,
         progress: bool = False,
+        backend: str = "torch",
     ) -> dict[str, Any]:
-        """Accuracy, macro-F1 and per-label F1 on labelled ``data`` (labels must be the package's)."""
+        """Accuracy, macro-F1 and per-label F1 on labelled ``data`` (labels must be the package's); ``backend``
+        as for :meth:`predictor`."""
         from edgetune.metrics import classification_metrics
 
         plan = self.package.manifest["plan"]
@@ -285,7 +270,7 @@ class Device:
             text_column = text_column or plan.get("text_column", "text")
             data = load_dataset(data, text_column, label_column or plan.get("label_column", "label"))
         y = data.encoded_labels(LabelMap(tuple(self.labels)))
-        logits = self.predictor(personal, precision).logits(data.texts, batch_size, progress)
+        logits = self.predictor(personal, precision, backend).logits(data.texts, batch_size, progress)
         return classification_metrics(y, logits.argmax(axis=1), self.labels)
 
     def features(self, texts: Sequence[str], personal: Personal = None, batch_size: int = 32) -> np.ndarray:

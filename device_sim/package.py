@@ -2,7 +2,7 @@
 
 A package is a directory of flat files (or the same files in one ``.tar``):
 ``manifest.json``, ``trunk.onnx`` (+ ``trunk.int8.onnx``), ``top.safetensors``
-+ ``top.json``, ``tokenizer.json`` + ``encoder.json`` (+ ``top.onnx``).
++ ``top.json``, ``tokenizer.json`` + ``encoder.json``, ``top.onnx`` (the top with its tensors as inputs).
 :func:`load_package` checks the manifest (format, schema version, integrity
 seal, structure), then every listed file (present, size, sha256) before
 anything is run; a problem is a :class:`PackageError` that names the file. A
@@ -32,7 +32,7 @@ import numpy as np
 
 from device_sim import manifest as mf
 from device_sim.errors import PackageError
-from device_sim.runtime import map_batches, onnx_top_fn, ort_session, run_trunk, torch_top_fn
+from device_sim.runtime import OnnxTop, map_batches, onnx_top_fn, ort_session, run_trunk, torch_top_fn
 from edgetune.io import sha256_file
 from edgetune.tokenization import TextEncoder
 
@@ -334,15 +334,38 @@ class DevicePackage:
             raise PackageError(f"{self.path}: top weights {top['weights']} and spec {top['spec']} do not pair up")
         return TopModel.load(self.root, name).eval()
 
+    def top_spec(self) -> dict[str, Any]:
+        """``top.json``: the spec that rebuilds the top (family, Hugging Face config, cut, layers)."""
+        return json.loads(self.file(self.manifest["top"]["spec"]).read_text())
+
+    def onnx_top_entry(self) -> dict[str, Any]:
+        """The manifest's entry of the ONNX top (tensors as inputs); a package exported without it says so."""
+        entry = self.manifest.get("top_onnx") or (self.manifest.get("executorch") or {}).get("predict")
+        if not entry or not entry.get("tensors_as_inputs", entry.get("file") == "top_fn.onnx"):
+            raise PackageError(
+                f"{self.path}: exported without the ONNX top (tensors as inputs); re-export with --top-onnx to "
+                "predict without torch, or predict with the torch top"
+            )
+        return entry
+
+    def top_tensors(self) -> dict[str, np.ndarray]:
+        """The top's tensors (``top.safetensors``) as numpy arrays."""
+        from safetensors.numpy import load_file
+
+        return load_file(str(self.file(self.manifest["top"]["weights"])))
+
     def top_session(self, threads: int | None = None) -> ort.InferenceSession:
-        """The top in onnxruntime, for inference-only devices (packages exported with ``--top-onnx``)."""
-        if not self.manifest.get("top_onnx"):
-            raise PackageError(f"{self.path}: exported without --top-onnx; use top_model() (torch)")
+        """The ONNX top's onnxruntime session (one per thread count)."""
+        entry = self.onnx_top_entry()
         threads = self.threads if threads is None else threads
         key = ("top", threads)
         if key not in self._sessions:
-            self._sessions[key] = ort_session(self.file(self.manifest["top_onnx"]["file"]), threads)
+            self._sessions[key] = ort_session(self.file(entry["file"]), threads)
         return self._sessions[key]
+
+    def onnx_top(self, threads: int | None = None, tensors: dict[str, np.ndarray] | None = None) -> OnnxTop:
+        """The top in onnxruntime alone, with ``tensors`` (default: the package's own, the global top)."""
+        return OnnxTop(self.top_session(threads), self.top_tensors() if tensors is None else tensors)
 
     # -- prediction ----------------------------------------------------------------------------------------------
     def predict_logits(
@@ -367,7 +390,7 @@ class DevicePackage:
         elif backend == "onnx":
             if top is not None:
                 raise ValueError("a torch top model cannot run with backend='onnx'")
-            fn = onnx_top_fn(self.top_session(threads), trunk)
+            fn = onnx_top_fn(self.onnx_top(threads), trunk)
         else:
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         return map_batches(self.encoder, list(texts), fn, batch_size, progress, "predict")

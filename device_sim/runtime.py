@@ -103,15 +103,29 @@ def torch_top_fn(top: TopModel, trunk: Callable[[np.ndarray, np.ndarray], np.nda
     return fn
 
 
-def onnx_top_fn(
-    top_session: ort.InferenceSession, trunk: Callable[[np.ndarray, np.ndarray], np.ndarray]
-) -> Callable[..., Any]:
+class OnnxTop:
+    """``(hidden, mask) -> logits`` through the package's ONNX top, whose tensors are graph inputs: ``tensors``
+    (the package's, or a personal state applied to them, :func:`device_sim.apply.apply_state`) are fed with the
+    features on every call."""
+
+    def __init__(self, session: ort.InferenceSession, tensors: dict[str, np.ndarray]) -> None:
+        self.session = session
+        names = [i.name for i in session.get_inputs()][len(TOP_INPUTS) :]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise ValueError(f"the ONNX top needs tensors {missing[:3]} that the top's weights do not hold")
+        self.feeds = {n: np.ascontiguousarray(tensors[n], np.float32) for n in names}
+
+    def __call__(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {TOP_INPUTS[0]: np.ascontiguousarray(hidden, np.float32), TOP_INPUTS[1]: mask.astype(np.int64)}
+        return self.session.run([TOP_OUTPUTS[0]], {**feeds, **self.feeds})[0]
+
+
+def onnx_top_fn(top: OnnxTop, trunk: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..., Any]:
     """``(ids, mask) -> logits`` entirely in onnxruntime (inference-only devices)."""
 
     def fn(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        hidden = trunk(ids, mask)
-        feeds = {TOP_INPUTS[0]: hidden, TOP_INPUTS[1]: mask.astype(np.int64)}
-        return top_session.run([TOP_OUTPUTS[0]], feeds)[0]
+        return top(trunk(ids, mask), mask)
 
     return fn
 

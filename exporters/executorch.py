@@ -14,10 +14,10 @@ Two programs are written next to the ONNX trunk:
   backward ops outside the core ATen set) -> ``to_executorch()``.
 * ``top.pte`` — inference only: ``forward(hidden_state, attention_mask) ->
   logits``.
-* ``top_fn.onnx`` — the top in ONNX with its weights as graph *inputs*
-  (``hidden_state``, ``attention_mask``, then every trained tensor by name):
-  how a torch-free device predicts with a personal state (onnxruntime, the
-  personal tensors fed next to the features).
+
+The target also writes the package's ONNX top (``top.onnx``, the tensors as
+graph inputs, :func:`exporters.onnx_trunk.export_top_onnx`): a torch-free
+device scores tops and predicts with it, whichever backend trained.
 
 Choices that the spike of issue 17 measured:
 
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 
 TRAIN_FILE = "top_train.pte"
 INFER_FILE = "top.pte"
-WEIGHTS_AS_INPUTS_FILE = "top_fn.onnx"
 TRAIN_METHOD = "forward"
 GRADIENTS_INDEX = "__et_training_gradients_index_forward"
 PARAMETERS_INDEX = "__et_training_parameters_index_forward"
@@ -76,8 +75,6 @@ class ExecutorchOptions:
     max_batch: int = DEFAULT_MAX_BATCH
     max_length: int = 128
     atol: float = DEFAULT_ATOL
-    opset: int = 18  # top_fn.onnx
-    onnx_atol: float = 1e-4  # top_fn.onnx vs torch (as the other ONNX graphs)
 
 
 def eager_top(top: TopModel) -> TopModel:
@@ -287,9 +284,6 @@ def write_executorch(
     parity = verify_programs(top, train_pte, infer_pte, names, batches, options.atol)
     atomic_write_bytes(directory / TRAIN_FILE, train_pte)
     atomic_write_bytes(directory / INFER_FILE, infer_pte)
-    predict = export_weights_as_inputs(
-        top, directory / WEIGHTS_AS_INPUTS_FILE, options.opset, options.onnx_atol, batches
-    )
     params = dict(top.named_parameters())
     io_shapes = ["batch", "sequence"]
     return {
@@ -319,51 +313,10 @@ def write_executorch(
             "inputs": ["hidden_state", "attention_mask"],
             "outputs": ["logits"],
         },
-        "predict": predict,
-        "files": [TRAIN_FILE, INFER_FILE, *predict["files"]],
+        "files": [TRAIN_FILE, INFER_FILE],
         "parity": parity,
         "seconds": time.perf_counter() - start,
     }
-
-
-def export_weights_as_inputs(top: TopModel, path: Path, opset: int, atol: float, batches: Sequence) -> dict[str, Any]:
-    """``top_fn.onnx``: the top with its trained tensors as inputs, checked against the torch top on ``batches``."""
-    import torch
-
-    from device_sim.runtime import ort_session
-    from exporters.onnx_trunk import _export
-
-    top = top.eval()
-    names = [n for n, _ in top.named_parameters()]
-
-    class WeightsAsInputs(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.top = top
-
-        def forward(self, hidden: torch.Tensor, mask: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-            return torch.func.functional_call(self.top, dict(zip(names, params)), (hidden, mask))
-
-    params = [p.detach().clone() for p in top.parameters()]
-    hidden, mask, _ = _examples(top.spec["hidden_size"], top.spec["num_labels"], ExecutorchOptions(max_length=8))
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    shapes = {"hidden": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}, "params": [None] * len(params)}
-    files = _export(
-        WeightsAsInputs(), (hidden, mask, params), ["hidden_state", "attention_mask", *names], ["logits"], shapes,
-        path, opset, False,
-    )  # fmt: skip
-    session = ort_session(path, 1)
-    weights = {n: p.numpy() for n, p in zip(names, params)}
-    worst = 0.0
-    for h, m, _ in batches:
-        got = session.run(["logits"], {"hidden_state": h, "attention_mask": m.astype(np.int64), **weights})[0]
-        _, want, _ = torch_loss_and_grads(top, h, m, np.zeros(len(h), np.int64))
-        worst = max(worst, _diff(got, want))
-    if not worst <= atol:
-        raise ParityError(f"{path.name}: differs from the torch top by {worst:.3e} > atol {atol:g}", worst)
-    inputs = ["hidden_state", "attention_mask", "<every trained tensor by name>"]
-    files_written = [f.name for f in files]
-    return {"file": path.name, "files": files_written, "opset": opset, "inputs": inputs, "max_abs_diff": worst}
 
 
 def versions() -> dict[str, str]:

@@ -70,7 +70,7 @@ class ExportOptions:
 
     int8: bool = False
     int8_config: Int8Config = field(default_factory=Int8Config)
-    top_onnx: bool = False
+    top_onnx: bool = True  # top.onnx: the top with its tensors as inputs (torch-free prediction, any state)
     tar: bool = False
     opset: int = DEFAULT_OPSET
     atol: float = DEFAULT_ATOL
@@ -307,7 +307,11 @@ def _write_top_onnx(
     hidden = [(run_trunk(session, ids, mask), mask) for ids, mask in verification_batches(encoder, texts)]
     parity = verify_top_onnx(top, exported.path, hidden, options.atol, options.threads)
     files = [f.name for f in exported.files]
-    return {"file": TOP_ONNX_FILE, "files": files, "opset": exported.opset, **exported.io(), "parity": parity.to_dict()}
+    names = [i["name"] for i in exported.inputs[2:]]
+    return {
+        "file": TOP_ONNX_FILE, "files": files, "opset": exported.opset, **exported.io(), "tensors_as_inputs": names,
+        "parity": parity.to_dict(),
+    }  # fmt: skip
 
 
 def _write_executorch(
@@ -424,7 +428,8 @@ def export_package(
         encoder.save(tmp)
         session = ort_session(trunk.path, options.threads)
 
-        top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if options.top_onnx else None
+        with_top_onnx = options.top_onnx or "executorch" in options.targets  # the ExecuTorch devices score with it
+        top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if with_top_onnx else None
         if top_onnx:
             say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
 

@@ -234,12 +234,24 @@ def export_trunk(
     return OnnxExport(Path(path), files, opset, inputs, outputs, time.perf_counter() - start)
 
 
+def top_tensor_names(top: TopModel) -> list[str]:
+    """The top's trained tensors in graph-input order (the names they have in ``top.safetensors``)."""
+    return [name for name, _ in top.named_parameters()]
+
+
 def export_top_onnx(
     top: TopModel, path: str | Path, opset: int = DEFAULT_OPSET, external_data: bool | None = None
 ) -> OnnxExport:
-    """Export the top (blocks cut+1..L, norm, pooling, head) for inference-only devices."""
+    """Export the top (blocks cut+1..L, norm, pooling, head) with its tensors as graph **inputs**.
+
+    Inputs: ``hidden_state``, ``attention_mask``, then every tensor of ``top.safetensors`` that the top trains,
+    under its own name; output ``logits``. One graph serves the package's global top and any personal state:
+    the runtime feeds the package's tensors with the personal ones in their place (:mod:`device_sim.apply`),
+    nothing is re-exported on the device.
+    """
     start = time.perf_counter()
     top = top.eval()
+    names = top_tensor_names(top)
     hidden_size = int(top.spec["hidden_size"])
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 8, hidden_size, generator=gen)
@@ -247,13 +259,25 @@ def export_top_onnx(
     mask[1, 5:] = 0
     if external_data is None:
         external_data = _module_bytes([top]) > EXTERNAL_DATA_BYTES
+
+    class TensorsAsInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.top = top
+
+        def forward(
+            self, hidden: torch.Tensor, attention_mask: torch.Tensor, tensors: list[torch.Tensor]
+        ) -> torch.Tensor:
+            return torch.func.functional_call(self.top, dict(zip(names, tensors)), (hidden, attention_mask))
+
+    tensors = [p.detach().clone() for p in top.parameters()]
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     files = _export(
-        top,
-        (hidden, mask),
-        TOP_INPUTS,
+        TensorsAsInputs(),
+        (hidden, mask, tensors),
+        [*TOP_INPUTS, *names],
         TOP_OUTPUTS,
-        {"hidden": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        {"hidden": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}, "tensors": [None] * len(tensors)},
         Path(path),
         opset,
         external_data,
@@ -261,6 +285,7 @@ def export_top_onnx(
     inputs = [
         _io(TOP_INPUTS[0], "float32", ["batch", "sequence", hidden_size]),
         _io(TOP_INPUTS[1], "int64", ["batch", "sequence"]),
+        *(_io(n, "float32", list(t.shape)) for n, t in zip(names, tensors)),
     ]
     outputs = [_io(TOP_OUTPUTS[0], "float32", ["batch", int(top.spec["num_labels"])])]
     return OnnxExport(Path(path), files, opset, inputs, outputs, time.perf_counter() - start)
@@ -335,12 +360,13 @@ def verify_top_onnx(
 ) -> Parity:
     """Compare the ONNX top with the torch top on trunk outputs; :class:`ParityError` beyond ``atol``."""
     session = ort_session(onnx_path, threads)
+    tensors = {n: p.detach().numpy() for n, p in top.named_parameters()}
     worst, shapes = 0.0, []
     top.eval()
     for hidden, mask in hidden_batches:
         with torch.inference_mode():
             want = top(torch.from_numpy(hidden), torch.from_numpy(mask)).float().numpy()
-        got = session.run(list(TOP_OUTPUTS), {TOP_INPUTS[0]: hidden, TOP_INPUTS[1]: mask})[0]
+        got = session.run(list(TOP_OUTPUTS), {TOP_INPUTS[0]: hidden, TOP_INPUTS[1]: mask, **tensors})[0]
         if got.shape != want.shape:
             raise ParityError(f"{onnx_path}: ONNX top returned {got.shape}, torch {want.shape}", float("inf"))
         worst = max(worst, _max_diff(got, want, None))

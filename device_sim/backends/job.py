@@ -9,7 +9,7 @@ model (:mod:`edgetune.costs`) against the device profile, run the ONNX trunk
 once into feature arrays (in memory or memory-mapped files); then
 :func:`run_candidates` trains each candidate with the backend's loop, picks
 one and applies the do-no-harm guard (:mod:`device_sim.selection`, the torch
-backend's rules), scoring tops on cached features with ``top_fn.onnx``, and
+backend's rules), scoring tops on cached features with the package's ONNX top, and
 writes the personal state. Only numpy, tokenizers, onnxruntime and safetensors
 are imported here; the torch backend's loop lives in :mod:`device_sim.personalize`.
 
@@ -33,6 +33,7 @@ import numpy as np
 from device_sim.guard import prior_shift
 from device_sim.personal import check_writable, write_personal_state
 from device_sim.profiles import DeviceProfile, check_job
+from device_sim.runtime import OnnxTop
 from device_sim.selection import (
     PersonalizeResult,
     Trained,
@@ -369,36 +370,22 @@ def is_head(name: str) -> bool:
 
 
 class OnnxLogits:
-    """The top's logits on cached features through ``top_fn.onnx`` (weights as inputs), torch-free: the global
-    top (the package's weights) or a candidate's (its tensors in their place)."""
+    """The top's logits on cached features through the package's ONNX top (tensors as inputs), torch-free: the
+    global top (the package's tensors) or a candidate's (its tensors in their place)."""
 
-    def __init__(self, package: DevicePackage, program: dict[str, Any], threads: int | None) -> None:
-        from safetensors.numpy import load_file
-
-        from device_sim.runtime import ort_session
-
-        self.session = ort_session(package.file(program["predict"]["file"]), threads)
-        self.names = [i.name for i in self.session.get_inputs()][2:]
-        self.weights = load_file(str(package.file(package.manifest["top"]["weights"])))
+    def __init__(self, package: DevicePackage, threads: int | None) -> None:
+        self.session = package.top_session(threads)
+        self.weights = package.top_tensors()
 
     def __call__(
         self, features: Any, mask: np.ndarray, hidden: int, tensors: dict[str, np.ndarray] | None = None
     ) -> np.ndarray:
-        weights = {**self.weights, **(tensors or {})}
-        feeds = {n: np.ascontiguousarray(weights[n], np.float32) for n in self.names}
+        top = OnnxTop(self.session, {**self.weights, **(tensors or {})})
         x = features_array(features, mask, hidden)
-        out = np.zeros((len(mask), 0), np.float32)
-        rows = []
+        out = np.zeros((len(mask), len(self.weights["head.bias"])), np.float32)
         for idx in length_sorted_batches(mask, 32):
             w = max(batch_width(mask[idx]), 2)
-            h = np.ascontiguousarray(x[idx, :w], np.float32)
-            logits = self.session.run(
-                ["logits"], {"hidden_state": h, "attention_mask": mask[idx, :w].astype(np.int64), **feeds}
-            )[0]
-            rows.append((idx, logits))
-        out = np.zeros((len(mask), rows[0][1].shape[1]), np.float32) if rows else out
-        for idx, logits in rows:
-            out[idx] = logits
+            out[idx] = top(x[idx, :w], mask[idx, :w])
         return out
 
 
@@ -421,7 +408,7 @@ def run_candidates(
     one, judge it against the global top, write the personal state (the torch backend's format and records;
     ``training.backend`` says which backend trained). Returns what the torch backend returns."""
     t_train = time.perf_counter()
-    logits = OnnxLogits(package, job.program, threads)
+    logits = OnnxLogits(package, threads)
     d = job.hidden_size
     global_logits = {
         name: logits(f[0], f[1], d) for name, f in (("train", job.train), ("val", job.val)) if f is not None

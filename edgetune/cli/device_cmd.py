@@ -106,6 +106,22 @@ def personalize_summary(result: Any, out: Path) -> str:
     return f"{msg}{detail}; wrote {out}"
 
 
+RUNTIME_OPTION = typer.Option(
+    "--runtime",
+    "--backend",
+    help="The top's runtime: torch; onnx (the package's top.onnx in onnxruntime alone, any personal state applied "
+    "in numpy; never imports torch); auto (default): torch where it is installed, else onnx.",
+)
+
+
+def check_runtime(runtime: str) -> str:
+    from device_sim.device import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}", param_hint="--runtime")
+    return runtime
+
+
 def register(app: typer.Typer) -> None:
     from edgetune.cli import handle_errors
 
@@ -261,13 +277,7 @@ def register(app: typer.Typer) -> None:
         int8: Annotated[bool, typer.Option("--int8", help="Run the int8 trunk (if the package has one).")] = False,
         threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
         batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
-        backend: Annotated[
-            str,
-            typer.Option(
-                help="The top's runtime: torch, or onnx (torch-free: top_fn.onnx of a package exported with "
-                "--target executorch, applying full-tuner personal states)."
-            ),
-        ] = "torch",
+        runtime: Annotated[str, RUNTIME_OPTION] = "auto",
     ) -> None:
         """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
         one text per line, each answered as soon as it is read."""
@@ -282,9 +292,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--out writes the predictions of --data", param_hint="--out")
         precision = "int8" if int8 else "fp32"
         with Device(package, threads=threads) as device:
-            if backend not in ("torch", "onnx"):
-                raise typer.BadParameter("choose torch or onnx", param_hint="--backend")
-            predictor = device.predictor(personal, precision, backend)
+            predictor = device.predictor(personal, precision, check_runtime(runtime))
             if data is not None:
                 column = text_column or device.package.manifest["plan"].get("text_column", "text")
                 texts = load_dataset(data, column, None).texts

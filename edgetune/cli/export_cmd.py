@@ -39,8 +39,12 @@ def register(app: typer.Typer) -> None:
         ] = False,
         top_onnx: Annotated[
             bool,
-            typer.Option("--top-onnx", help="Also ship the top layers + head as ONNX, for inference-only devices."),
-        ] = False,
+            typer.Option(
+                "--top-onnx/--no-top-onnx",
+                help="Ship the top layers + head as ONNX too (top.onnx, tensors as inputs): devices predict with "
+                "onnxruntime alone, with or without a personal state.",
+            ),
+        ] = True,
         targets: Annotated[
             list[str] | None,
             typer.Option(

@@ -9,7 +9,6 @@ import typer
 
 from edgetune.cli.common import print_plan_table
 from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
-from edgetune.planner.salf import POLICIES
 
 PLANNER_CHOICES = ("salf", "topk", "gradnorm", "autofreeze", "random", "full")
 
@@ -82,6 +81,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"choose one of {', '.join(PLANNER_CHOICES)}", param_hint="--planner")
         if max_backward_frac is not None and not 0 < max_backward_frac <= 1:
             raise typer.BadParameter("must be in (0, 1]", param_hint="--max-backward-frac")
+        from edgetune.planner.salf import POLICIES  # the planner loads torch: only when planning
+
         if policy not in POLICIES:
             raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
         if tolerance < 0:

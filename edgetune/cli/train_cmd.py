@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgetune.cli.device_cmd import RUNTIME_OPTION, check_runtime
 from edgetune.cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
@@ -214,6 +215,7 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int | None, typer.Option(help="With --package: CPU threads.")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
+        runtime: Annotated[str, RUNTIME_OPTION] = "auto",
     ) -> None:
         """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
         optional personal state (--package [--personal])."""
@@ -236,6 +238,7 @@ def register(app: typer.Typer) -> None:
                     text_column=text_column,
                     label_column=label_column,
                     progress=not quiet,
+                    backend=check_runtime(runtime),
                 )
             source: dict[str, Any] = {"package": str(package), "personal": None if personal is None else str(personal)}
             name = f"{package}" + (f" + {personal}" if personal is not None else "")

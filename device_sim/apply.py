@@ -1,0 +1,161 @@
+"""A personal state applied to the package's top tensors, in numpy (torch-free prediction).
+
+The package's ONNX top (``top.onnx``) takes the top's tensors as graph
+inputs. Predicting with a personal state feeds the package's tensors
+(``top.safetensors``) with the state applied; this module computes them for
+every kind of state the project writes:
+
+* ``kept_global`` — the package's tensors, unchanged;
+* ``top_delta`` of tuner ``full`` — the state's tensors replace the package's
+  (blocks renumbered from the trained view: a state trained above cut ``c``
+  names its first block ``blocks.0``, which is the package top's block
+  ``#{layers < c}``);
+* ``top_delta`` of tuners ``lora`` / ``roselora`` / ``dsee`` — per adapted
+  projection ``P`` (peft's names ``P.lora_A.default.weight`` (r, in),
+  ``P.lora_B.default.weight`` (out, r)): ``W_P += alpha / r * B A`` in the
+  (out, in) convention, transposed for GPT-2's ``Conv1D`` weights stored (in,
+  out); RoseLoRA's row/column-sparse factors arrive as ``.values`` +
+  ``.indices`` along dim 1 (A) or 0 (B) and are scattered into zeros first;
+  DSEE adds its sparse residual ``S`` at ``P.base_layer.dsee_index`` (2, N:
+  rows, cols) with ``P.base_layer.dsee_values``; the head and the final norm
+  are replaced. DSEE's stage-2 pruning (``prune_ratio`` / ``head_prune_ratio``
+  above 0) is not applied here: such a state needs the torch top;
+* ``fala`` — the personal matrix ``M`` (``matrix.linear``: d_old x d_new) and
+  the old personal head ``H`` fold into one head on the new features:
+  ``head.weight = H_W M_W``, ``head.bias = H_W M_b + H_b``.
+
+Tests compare every kind against the torch top with the tuner's own merge.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from device_sim.personal import PersonalState, PersonalStateError
+
+ADAPTERS = ("lora", "roselora", "dsee")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.default\.weight$")
+_RESIDUAL = ".base_layer.dsee_"
+
+
+def _renumber(name: str, offset: int) -> str:
+    match = _BLOCK.match(name)
+    return f"blocks.{int(match.group(1)) + offset}.{match.group(2)}" if match else name
+
+
+def _dense(tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], path: Any) -> dict[str, np.ndarray]:
+    """RoseLoRA's compact ``.values`` / ``.indices`` pairs scattered into dense factors."""
+    out = {k: v for k, v in tensors.items() if not k.endswith((".values", ".indices"))}
+    for key in [k for k in tensors if k.endswith(".values")]:
+        name = key[: -len(".values")]
+        indices = tensors.get(name + ".indices")
+        if indices is None:
+            raise PersonalStateError(f"{path}: {key} has no {name}.indices")
+        dim = 1 if ".lora_A." in name else 0
+        shape = list(tensors[key].shape)
+        shape[dim] = shapes[name][dim]
+        dense = np.zeros(shape, np.float32)
+        np.put_along_axis(dense, indices.astype(np.int64), tensors[key].astype(np.float32), axis=dim)
+        out[name] = dense
+    return out
+
+
+def _factor_shapes(tensors: dict[str, np.ndarray], weights: dict[str, np.ndarray], conv1d: bool) -> dict:
+    """The dense shape of each (possibly compact) LoRA factor, from its base weight: A (r, in), B (out, r)."""
+    shapes = {}
+    for key, value in tensors.items():
+        name = key[: -len(".values")] if key.endswith(".values") else key
+        match = _FACTOR.match(name)
+        if not match or f"{match['module']}.weight" not in weights:
+            continue
+        w = weights[f"{match['module']}.weight"]
+        out_f, in_f = (w.shape[1], w.shape[0]) if conv1d else w.shape
+        r = value.shape[0] if match["which"] == "A" else value.shape[1]
+        shapes[name] = (r, in_f) if match["which"] == "A" else (out_f, r)
+    return shapes
+
+
+def _merge_adapters(
+    weights: dict[str, np.ndarray], tensors: dict[str, np.ndarray], scale: float, conv1d: bool, path: Any
+) -> dict[str, np.ndarray]:
+    """Fold every LoRA pair and DSEE residual into the base weights; returns the tensors left to replace."""
+    rest = dict(tensors)
+    modules = {m["module"] for k in tensors if (m := _FACTOR.match(k))}
+    modules |= {k.split(_RESIDUAL)[0] for k in tensors if _RESIDUAL in k}
+    for module in sorted(modules):
+        key = f"{module}.weight"
+        if key not in weights:
+            raise PersonalStateError(f"{path}: adapts {module}, which this package's top does not have")
+        w = weights[key].astype(np.float32).copy()
+        out_in = w.T if conv1d else w  # a view: writes land in w
+        a, b = rest.pop(f"{module}.lora_A.default.weight", None), rest.pop(f"{module}.lora_B.default.weight", None)
+        if (a is None) != (b is None):
+            raise PersonalStateError(f"{path}: {module} has only one of its two LoRA factors")
+        if a is not None:
+            if b.shape[0] != out_in.shape[0] or a.shape[1] != out_in.shape[1] or a.shape[0] != b.shape[1]:
+                raise PersonalStateError(f"{path}: LoRA factors of {module} do not fit its {out_in.shape} weight")
+            out_in += scale * (b.astype(np.float32) @ a.astype(np.float32))
+        index = rest.pop(f"{module}.base_layer.dsee_index", None)
+        values = rest.pop(f"{module}.base_layer.dsee_values", None)
+        if (index is None) != (values is None):
+            raise PersonalStateError(f"{path}: {module}'s sparse residual lacks its positions or its values")
+        if index is not None:
+            rows, cols = index.astype(np.int64)
+            if rows.size and (
+                rows.max() >= out_in.shape[0] or cols.max() >= out_in.shape[1] or min(rows.min(), cols.min()) < 0
+            ):
+                raise PersonalStateError(f"{path}: {module}'s sparse residual positions are out of range")
+            np.add.at(out_in, (rows, cols), values.astype(np.float32))
+        weights[key] = w
+    return rest
+
+
+def apply_state(
+    weights: dict[str, np.ndarray], spec: dict[str, Any], state: PersonalState | None
+) -> dict[str, np.ndarray]:
+    """The top's tensors (``weights``, from ``top.safetensors``; ``spec``, ``top.json``) with ``state`` applied,
+    as a new dict (see the module docstring). A state this module cannot apply is a :class:`PersonalStateError`
+    naming why."""
+    out = dict(weights)
+    if state is None or state.kind == "kept_global":
+        return out
+    tensors = {k: np.asarray(v) for k, v in state.tensors.items()}
+    if state.kind == "fala":
+        try:
+            m_w, m_b = tensors["matrix.linear.weight"], tensors["matrix.linear.bias"]
+            h_w, h_b = tensors["head.weight"], tensors["head.bias"]
+        except KeyError as err:
+            raise PersonalStateError(f"{state.path}: not a FaLA personal head (no {err})") from None
+        if m_w.shape[1] != out["head.weight"].shape[1] or h_w.shape[1] != m_w.shape[0]:
+            raise PersonalStateError(
+                f"{state.path}: personal matrix {m_w.shape} and head {h_w.shape} do not fit this package's "
+                f"{out['head.weight'].shape[1]} features"
+            )
+        out["head.weight"] = (h_w @ m_w).astype(np.float32)
+        out["head.bias"] = (h_w @ m_b + h_b).astype(np.float32)
+        return out
+    name, params = state.tuner.get("name"), state.tuner.get("params", {})
+    layers = spec.get("layers", list(range(spec["cut"], spec["num_layers"])))
+    offset = sum(1 for layer in layers if layer < state.train_cut)
+    tensors = {_renumber(k, offset): v for k, v in tensors.items()}
+    if name in ADAPTERS:
+        if name == "dsee" and (params.get("prune_ratio", 0) > 0 or params.get("head_prune_ratio", 0) > 0):
+            raise PersonalStateError(f"{state.path}: a DSEE state with stage-2 pruning needs the torch top")
+        conv1d = spec.get("model_type") == "gpt2"
+        tensors = _dense(tensors, _factor_shapes(tensors, out, conv1d), state.path)
+        tensors = _merge_adapters(out, tensors, float(params["alpha"]) / int(params["r"]), conv1d, state.path)
+    elif name != "full":
+        raise PersonalStateError(f"{state.path}: tuner {name!r} is not known to the ONNX top; use the torch top")
+    for key, value in tensors.items():
+        if key not in out:
+            raise PersonalStateError(f"{state.path}: {key} is not a tensor of this package's top")
+        if tuple(value.shape) != tuple(out[key].shape):
+            raise PersonalStateError(
+                f"{state.path}: {key} has shape {tuple(value.shape)}, the top's is {out[key].shape}"
+            )
+        out[key] = value.astype(np.float32)
+    return out
