@@ -326,7 +326,7 @@ def _write_executorch(
             i, m = ids[start : start + o.executorch_max_batch], mask[start : start + o.executorch_max_batch]
             labels = (np.arange(len(i)) + start) % num_labels  # every label's gradient path is exercised
             batches.append((run_trunk(session, i, m), m, labels))
-    options = ExecutorchOptions(o.executorch_max_batch, encoder.max_length, o.executorch_atol, o.opset, o.atol)
+    options = ExecutorchOptions(o.executorch_max_batch, encoder.max_length, o.executorch_atol)
     return write_executorch(tmp, top, batches, options)
 
 

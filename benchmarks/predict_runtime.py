@@ -1,0 +1,153 @@
+"""Prediction on a device: onnxruntime alone vs the torch top, with personal states of each tuner.
+
+    flock /work/bench.lock python benchmarks/predict_runtime.py [--threads 2] [--texts 200] [--out benchmarks/results]
+
+Model all-MiniLM-L6-v2, data BBC news. A stratified 25% of the corpus is the server's: a top-1 plan (the last
+block and the head are trained), the package exported with its ONNX top (``top.onnx``, the top's tensors as graph
+inputs). One simulated user (:mod:`device_sim.simulation.users`, seed 0) personalizes it with the ``full`` and
+the ``lora`` tuner (one configured job each, torch backend). Then, each in a fresh process with ``--threads``
+threads, ``edgetune predict --data <the user's held-out texts>`` runs with ``--runtime onnx`` (torch is made
+unimportable in that process, as on a device without it) and with ``--runtime torch``, for the package alone and
+for each state; the parent samples the RSS of the process every 20 ms (peak) and times the process. Both runtimes'
+labels must agree on every text (same argmax); their logits are compared in-process on the same texts.
+
+Results: ``predict_runtime.json`` and ``predict_runtime.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from device_runtime import no_dropout_model, run_measured  # benchmarks/ is on sys.path when run as a script
+from timing import cpu_name
+
+TARGET_RSS_MB = 200.0
+NO_TORCH = "import sys; sys.modules['torch'] = None; from edgetune.cli import app; app()"
+WITH_TORCH = "from edgetune.cli import app; app()"
+
+
+def setup(work: Path, threads: int) -> dict[str, Any]:
+    from device_sim.device import Device
+    from device_sim.settings import PersonalizeConfig
+    from device_sim.simulation.users import UserConfig, simulate_users
+    from edgetune.api import plan
+    from edgetune.data import stratified_split
+    from edgetune.datasets import bbc_news, minilm_path
+    from exporters.export import ExportOptions, export_package
+
+    server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
+    model = no_dropout_model(Path(minilm_path()), work / "model")
+    planned = plan(str(model), server, planner="topk", planner_params={"k": 1}, max_length=128, progress=False)
+    export_package(model, planned, work / "pkg", data=server, options=ExportOptions(threads=threads))
+    user = simulate_users(pool, UserConfig(num_users=1, examples_per_user=260, test_fraction=60 / 260))[0]
+    user.test.to_csv(work / "test.csv")
+    states = {"package alone": None}
+    with Device(work / "pkg", threads=threads) as device:
+        for tuner in ("full", "lora"):
+            out = work / f"personal-{tuner}"
+            device.personalize(user.train, out, PersonalizeConfig.plain(tuner=tuner, progress=False))
+            states[tuner] = out
+    return {"states": states, "user": user.user_id, "num_test": len(user.test)}
+
+
+def predict_process(code: str, package: Path, personal: Path | None, data: Path, runtime: str, threads: int) -> dict:
+    args = ["predict", "--package", str(package), "--data", str(data), "--runtime", runtime, "--threads", str(threads)]
+    if personal is not None:
+        args += ["--personal", str(personal)]
+    env = {**os.environ, "EDGETUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
+    done, peak, seconds = run_measured([sys.executable, "-c", code, *args], env)
+    if done.returncode != 0:
+        raise RuntimeError(f"predict --runtime {runtime} failed:\n{done.stderr[-3000:]}")
+    return {"peak_rss_mb": peak, "seconds": seconds, "labels": done.stdout.split()}
+
+
+def logit_diff(package: Path, personal: Path | None, data: Path, threads: int) -> float:
+    from device_sim.device import Device
+    from edgetune.data import load_dataset
+
+    texts = load_dataset(data, "text", None).texts
+    with Device(package, threads=threads) as device:
+        a = device.predict_logits(texts, personal, backend="onnx")
+        b = device.predict_logits(texts, personal, backend="torch")
+    return float(abs(a - b).max())
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = report["rows"]
+    names = list(rows)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (runtime, color) in enumerate((("onnx", "tab:green"), ("torch", "tab:blue"))):
+        rss = [rows[n][runtime]["peak_rss_mb"] for n in names]
+        axes[0].bar(x + (i - 0.5) * 0.4, rss, 0.4, label=f"--runtime {runtime}", color=color)
+        secs = [rows[n][runtime]["seconds"] for n in names]
+        axes[1].bar(x + (i - 0.5) * 0.4, secs, 0.4, label=f"--runtime {runtime}", color=color)
+    axes[0].axhline(TARGET_RSS_MB, color="red", ls="--", label="target (onnx)")
+    axes[0].set(xticks=x, xticklabels=names, ylabel="MB", title="peak RSS of a predict process")
+    axes[1].set(xticks=x, xticklabels=names, ylabel="s", title=f"predict process time ({report['num_test']} texts)")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    from edgetune.io import atomic_write_json
+
+    work = Path(tempfile.mkdtemp(prefix="predict-runtime-"))
+    try:
+        made = setup(work, args.threads)
+        rows: dict[str, Any] = {}
+        for name, personal in made["states"].items():
+            onnx = predict_process(NO_TORCH, work / "pkg", personal, work / "test.csv", "onnx", args.threads)
+            torch_ = predict_process(WITH_TORCH, work / "pkg", personal, work / "test.csv", "torch", args.threads)
+            same = onnx.pop("labels") == torch_.pop("labels")
+            diff = logit_diff(work / "pkg", personal, work / "test.csv", args.threads)
+            rows[name] = {"onnx": onnx, "torch": torch_, "same_labels": same, "max_logit_diff": diff}
+            print(
+                f"{name}: onnx {onnx['peak_rss_mb']:.0f} MB {onnx['seconds']:.1f}s, torch "
+                f"{torch_['peak_rss_mb']:.0f} MB {torch_['seconds']:.1f}s, same labels {same}, diff {diff:.1e}"
+            )
+        from importlib.metadata import version
+
+        report = {
+            "benchmark": "predict_runtime",
+            "machine": {"cpu": cpu_name(), "platform": platform.platform(), "threads": args.threads},
+            "versions": {p: version(p) for p in ("torch", "onnxruntime")},
+            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+            "user": made["user"],
+            "num_test": made["num_test"],
+            "target_peak_rss_mb_onnx": TARGET_RSS_MB,
+            "rows": rows,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "predict_runtime.json", report)
+        plot(report, args.out / "predict_runtime.png")
+        print(json.dumps(rows, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
