@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +53,13 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 @dataclass
 class Prediction:
-    """One text's answer: the label, its softmax probability, and every label's probability."""
+    """One text's answer: the label, its softmax probability, every label's probability, and the raw logits
+    (float32, in the package's label order)."""
 
     label: str
     confidence: float
     scores: dict[str, float]
+    logits: list[float] = field(default_factory=list)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -117,22 +119,24 @@ class Predictor:
             return map_batches(self.package.encoder, list(texts), self._fn, batch_size, progress, "predict")
 
     def predict(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[Prediction]:
-        return [self._prediction(row) for row in softmax(self.logits(texts, batch_size, progress))]
+        return [self._prediction(row) for row in self.logits(texts, batch_size, progress)]
 
     def __call__(self, text: str) -> Prediction:
         """One text, alone (batch of one, no padding): what a streaming consumer calls per line."""
         with self._threads(self.threads):
             ids, mask = self.package.encode([text])
-            return self._prediction(softmax(self._fn(ids, mask))[0])
+            return self._prediction(self._fn(ids, mask)[0])
 
     def stream(self, texts: Iterable[str]) -> Iterator[Prediction]:
         """Predictions for texts as they arrive (e.g. lines of stdin), one at a time."""
         for text in texts:
             yield self(text)
 
-    def _prediction(self, probs: np.ndarray) -> Prediction:
+    def _prediction(self, logits: np.ndarray) -> Prediction:
+        probs = softmax(logits)
         i = int(probs.argmax())
-        return Prediction(self.labels[i], float(probs[i]), {k: float(p) for k, p in zip(self.labels, probs)})
+        scores = {k: float(p) for k, p in zip(self.labels, probs)}
+        return Prediction(self.labels[i], float(probs[i]), scores, [float(x) for x in logits])
 
 
 class Device:

@@ -404,9 +404,19 @@ class DevicePackage:
     def release_sessions(self) -> None:
         """Drop the onnxruntime sessions (their weights and arenas); a later call creates them again.
 
-        A device that has cached the trunk's output trains without the trunk, so it can give the memory back.
+        A device that has cached the trunk's output trains without the trunk, so it gives the memory back: the
+        freed heap is returned to the OS too (glibc keeps it for reuse otherwise, and the training that follows
+        would run beside it).
         """
+        import ctypes
+        import gc
+
         self._sessions.clear()
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            pass
 
     def close(self) -> None:
         self._sessions.clear()

@@ -16,7 +16,7 @@ import torch
 from device_sim.device import Device
 from device_sim.personal import PersonalStateError, write_personal_state
 from tests.conftest import write_csv
-from tests.devices import export_probe_package, fast, user_data
+from tests.devices import fast, user_data
 
 TEXTS = user_data(24, seed=11).texts
 KINDS = ["full", "head-only", "lora", "roselora", "dsee", "fala", "kept_global"]
@@ -64,16 +64,6 @@ def test_onnx_top_answers_as_the_torch_top(kind, states, device_packages):
     assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
     if kind != "kept_global":  # the state changed something, and the ONNX top applied it
         assert np.abs(got - base).max() > 1e-3
-
-
-def test_gpt2_lora_folds_into_conv1d_weights(tiny_model_dir, tmp_path):
-    """GPT-2 stores its projections (in, out): the LoRA update lands transposed."""
-    package = export_probe_package(tiny_model_dir("gpt2"), tmp_path / "pkg")
-    with Device(package, threads=1) as device:
-        _state(device, "lora", tmp_path / "lora")
-        want = device.predict_logits(TEXTS, tmp_path / "lora", backend="torch")
-        got = device.predict_logits(TEXTS, tmp_path / "lora", backend="onnx")
-    assert np.abs(got - want).max() < 1e-4
 
 
 def test_states_the_onnx_top_cannot_apply_are_refused(states, device_packages, tmp_path):

@@ -233,20 +233,6 @@ def run_trunk(
     return (out if out is not None else Path(file)), mask8
 
 
-def release_memory(package: DevicePackage) -> None:
-    """Drop the onnxruntime sessions and give the freed heap back to the OS (glibc keeps it otherwise), so a
-    trainer in another process does not run beside the trunk's memory."""
-    import ctypes
-    import gc
-
-    package.release_sessions()
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def _price(
     package: DevicePackage,
     settings: PersonalizeConfig,
@@ -308,7 +294,7 @@ def prepare(
     for name, idx in (("train", train_idx), ("val", val_idx), ("guard", guard_idx)):
         file = None if work is None else work / f"{name}.f32"
         features[name] = run_trunk(package, ids[idx], mask[idx], settings, threads, file) if len(idx) else None
-    release_memory(package)  # training needs only the features
+    package.release_sessions()  # training needs only the features: the trunk's memory goes back to the OS
     seconds = {"prepare": prepared - start, "trunk": time.perf_counter() - prepared}
     place = "memory" if in_memory else "mmap"
     job = Prepared(
@@ -410,21 +396,23 @@ def run_candidates(
     t_train = time.perf_counter()
     logits = OnnxLogits(package, threads)
     d = job.hidden_size
-    global_logits = {
-        name: logits(f[0], f[1], d) for name, f in (("train", job.train), ("val", job.val)) if f is not None
-    }
+    wanted = [("val", job.val)] + ([("train", job.train)] if any(c.kind == "prior" for c in candidates) else [])
+    global_logits = {name: logits(f[0], f[1], d) for name, f in wanted if f is not None}
+    weights = logits.weights
+    del logits
+    package.release_sessions()  # the training runs without the ONNX top's session beside it
     trained: list[Trained] = []
     step_losses: dict[str, list[float]] = {}
     for cand in candidates:
         t0 = time.perf_counter()
         if cand.kind == "prior":
             delta = prior_shift(global_logits["train"], job.y[job.train_idx])
-            bias = logits.weights["head.bias"] + delta.astype(np.float32)
+            bias = weights["head.bias"] + delta.astype(np.float32)
             val_acc = None
             if "val" in global_logits:
                 val_acc = float(((global_logits["val"] + delta).argmax(axis=1) == job.y[job.val_idx]).mean())
             trained.append(Trained(
-                cand.name, {"head.weight": logits.weights["head.weight"], "head.bias": bias}, package.num_layers,
+                cand.name, {"head.weight": weights["head.weight"], "head.bias": bias}, package.num_layers,
                 {"name": "full", "params": {}, "prior_shift": [float(x) for x in delta]}, trainable_params=len(delta),
                 val_accuracy=val_acc, estimate=job.estimate, seconds=time.perf_counter() - t0,
             ))  # fmt: skip
@@ -448,6 +436,7 @@ def run_candidates(
     if settings.guard_fraction > 0 and job.guard is not None:
         features, mask = job.guard
         tensors = {k: np.asarray(v, np.float32) for k, v in chosen.tensors.items()}
+        logits = OnnxLogits(package, threads)
         guard_logits = (logits(features, mask, d), logits(features, mask, d, tensors))
     keep, reason, guard = verdict(settings, chosen, global_val, job.y[job.guard_idx], guard_logits)
     seconds = {**job.seconds, "train": trained_at - t_train, "guard": time.perf_counter() - trained_at}

@@ -39,7 +39,7 @@ def resolve_profile(
     return get_profile(name, threads=threads, memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops)
 
 
-def _format(prediction: Prediction, fmt: str, text: str | None = None) -> str:
+def _format(prediction: Prediction, fmt: str, text: str | None = None, logits: bool = False) -> str:
     import json
 
     if fmt == "label":
@@ -48,6 +48,8 @@ def _format(prediction: Prediction, fmt: str, text: str | None = None) -> str:
     if text is not None:
         row = {"text": text, **row}
     row["scores"] = {k: round(v, 6) for k, v in prediction.scores.items()}
+    if logits:  # full precision (shortest repr of each float32 value), for parity checks against other readers
+        row["logits"] = prediction.logits
     return json.dumps(row, ensure_ascii=False)
 
 
@@ -274,6 +276,9 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--out", help="Write text,label,confidence CSV here (with --data).")
         ] = None,
         fmt: Annotated[str, typer.Option("--format", help="label: one label per line; jsonl: with scores.")] = "label",
+        logits: Annotated[
+            bool, typer.Option("--logits", help="With --format jsonl: add the raw logits at full precision.")
+        ] = False,
         int8: Annotated[bool, typer.Option("--int8", help="Run the int8 trunk (if the package has one).")] = False,
         threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
         batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
@@ -290,6 +295,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("give either --data or --text (or neither, to read stdin)", param_hint="--text")
         if out is not None and data is None:
             raise typer.BadParameter("--out writes the predictions of --data", param_hint="--out")
+        if logits and fmt != "jsonl":
+            raise typer.BadParameter("--logits adds a field to --format jsonl", param_hint="--logits")
         precision = "int8" if int8 else "fp32"
         with Device(package, threads=threads) as device:
             predictor = device.predictor(personal, precision, check_runtime(runtime))
@@ -302,15 +309,15 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"wrote {len(predictions)} predictions to {out}", err=True)
                     return
                 for t, p in zip(texts, predictions):
-                    typer.echo(_format(p, fmt, t))
+                    typer.echo(_format(p, fmt, t, logits))
                 return
             if text:
                 for t, p in zip(text, predictor.predict(text, batch_size)):
-                    typer.echo(_format(p, fmt, t))
+                    typer.echo(_format(p, fmt, t, logits))
                 return
             for line in sys.stdin:  # streaming: each line is answered before the next is read
                 line = line.rstrip("\r\n")
                 if not line.strip():
                     continue
-                typer.echo(_format(predictor(line), fmt, line))
+                typer.echo(_format(predictor(line), fmt, line, logits))
                 sys.stdout.flush()

@@ -1,0 +1,140 @@
+"""A device package reader written from docs/package-format.md alone.
+
+It imports none of edgetune's modules: only json, hashlib, numpy, tokenizers,
+safetensors and onnxruntime, as a third party's runtime would. The
+conformance test (tests/test_conformance.py) checks that it reproduces
+``edgetune predict``'s logits for every family and every personal-state kind
+the project writes; anything it needs and the document does not say is a gap
+in the document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sealed(path: Path) -> dict:
+    """A manifest (package or personal state) whose seal and file table check out."""
+    manifest = json.loads(path.read_text())
+    body = {k: v for k, v in manifest.items() if k != "integrity"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    if hashlib.sha256(canonical).hexdigest() != manifest["integrity"]["manifest_sha256"]:
+        raise ValueError(f"{path}: seal does not match")
+    for name, entry in manifest["files"].items():
+        file = path.parent / name
+        if file.stat().st_size != entry["size"] or _sha256(file) != entry["sha256"]:
+            raise ValueError(f"{file}: does not match the manifest")
+    return manifest
+
+
+class Reader:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.manifest = _sealed(self.root / "manifest.json")
+        tok = self.manifest["tokenizer"]
+        encoder = json.loads((self.root / tok["encoder"]).read_text())
+        self.tokenizer = Tokenizer.from_file(str(self.root / tok["tokenizer"]))
+        self.tokenizer.enable_truncation(encoder["max_length"])
+        self.tokenizer.no_padding()
+        self.pad_id = encoder["pad_id"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.trunk = ort.InferenceSession(str(self.root / self.manifest["trunk"]["file"]), options)
+        self.top = ort.InferenceSession(str(self.root / self.manifest["top_onnx"]["file"]), options)
+        self.weights = load_file(str(self.root / self.manifest["top"]["weights"]))
+        self.spec = json.loads((self.root / self.manifest["top"]["spec"]).read_text())
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        width = max(len(t) for t in ids)
+        out = np.full((len(ids), width), self.pad_id, np.int64)
+        mask = np.zeros((len(ids), width), np.int64)
+        for i, t in enumerate(ids):
+            out[i, : len(t)], mask[i, : len(t)] = t, 1
+        return out, mask
+
+    def personal_weights(self, state_dir: str | Path | None) -> dict[str, np.ndarray]:
+        weights = {k: v.astype(np.float32) for k, v in self.weights.items()}
+        if state_dir is None:
+            return weights
+        state_dir = Path(state_dir)
+        state = _sealed(state_dir / "personal.json")
+        identity = state["package"]
+        files = self.manifest["files"]
+        if (
+            identity["cut"] != self.manifest["cut"]
+            or identity["labels"] != self.manifest["labels"]
+            or any(files.get(name, {}).get("sha256") != digest for name, digest in identity["files"].items())
+        ):
+            raise ValueError("the personal state belongs to another package")
+        kind = state["kind"]
+        if kind == "kept_global":
+            return weights
+        delta = load_file(str(state_dir / state["weights"]))
+        if kind == "fala":
+            m_w, m_b = delta["matrix.linear.weight"], delta["matrix.linear.bias"]
+            weights["head.weight"] = delta["head.weight"] @ m_w
+            weights["head.bias"] = delta["head.weight"] @ m_b + delta["head.bias"]
+            return weights
+        # top_delta: blocks.{i} of the state is the package top's block at position i + offset
+        offset = sum(1 for layer in self.spec["layers"] if layer < state["train_cut"])
+
+        def rename(name: str) -> str:
+            if not name.startswith("blocks."):
+                return name
+            _, i, rest = name.split(".", 2)
+            return f"blocks.{int(i) + offset}.{rest}"
+
+        delta = {rename(k): v for k, v in delta.items()}
+        tuner, params = state["tuner"]["name"], state["tuner"]["params"]
+        if tuner == "full":
+            weights.update(delta)
+            return weights
+        transposed = self.spec["model_type"] == "gpt2"  # Conv1D stores (in, out)
+        for key in [k for k in delta if k.endswith(".values")]:  # RoseLoRA's compact factors
+            name = key[: -len(".values")]
+            values, indices = delta.pop(key), delta.pop(name + ".indices").astype(np.int64)
+            module = name.split(".lora_")[0]
+            w = weights[module + ".weight"]
+            out_f, in_f = (w.shape[1], w.shape[0]) if transposed else w.shape
+            axis = 1 if ".lora_A." in name else 0
+            shape = (values.shape[0], in_f) if axis == 1 else (out_f, values.shape[1])
+            dense = np.zeros(shape, np.float32)
+            np.put_along_axis(dense, indices, values, axis=axis)
+            delta[name] = dense
+        scale = params["alpha"] / params["r"]
+        for key in [k for k in delta if k.endswith(".lora_A.default.weight")]:
+            module = key[: -len(".lora_A.default.weight")]
+            update = scale * delta.pop(module + ".lora_B.default.weight") @ delta.pop(key)
+            weights[module + ".weight"] = weights[module + ".weight"] + (update.T if transposed else update)
+        for key in [k for k in delta if k.endswith(".base_layer.dsee_index")]:  # DSEE's sparse residual
+            module = key[: -len(".base_layer.dsee_index")]
+            rows, cols = delta.pop(key).astype(np.int64)
+            values = delta.pop(module + ".base_layer.dsee_values")
+            w = weights[module + ".weight"].copy()
+            np.add.at(w.T if transposed else w, (rows, cols), values)
+            weights[module + ".weight"] = w
+        weights.update(delta)  # the head and the final norm
+        return weights
+
+    def logits(self, texts: list[str], state_dir: str | Path | None = None) -> np.ndarray:
+        weights = self.personal_weights(state_dir)
+        rows = []
+        for text in texts:  # one text at a time: no padding
+            ids, mask = self.encode([text])
+            hidden = self.trunk.run(["hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+            feeds = {"hidden_state": hidden, "attention_mask": mask}
+            feeds.update({i.name: weights[i.name] for i in self.top.get_inputs()[2:]})
+            rows.append(self.top.run(["logits"], feeds)[0][0])
+        return np.stack(rows)

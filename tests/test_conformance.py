@@ -1,0 +1,78 @@
+"""Conformance: a reader written from docs/package-format.md alone (tests/conformance/reader.py: onnxruntime,
+tokenizers, safetensors, numpy; none of edgetune's modules) reproduces ``edgetune predict --logits`` for every
+family and every personal-state kind the project writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from device_sim.device import Device
+from edgetune.cli import app
+from tests.devices import export_probe_package
+from tests.test_onnx_top import KINDS, TEXTS, _state
+
+TOLERANCE = 1e-4
+
+
+def _predicted_logits(package: Path, personal: Path | None) -> np.ndarray:
+    args = ["predict", "--package", str(package), "--format", "jsonl", "--logits", "--runtime", "torch"]
+    args += ["--personal", str(personal)] if personal is not None else []
+    args += [arg for text in TEXTS for arg in ("--text", text)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return np.array([json.loads(line)["logits"] for line in result.output.strip().splitlines()])
+
+
+def _reader_logits(package: Path, personal: Path | None) -> np.ndarray:
+    from tests.conformance.reader import Reader
+
+    return Reader(package).logits(TEXTS, personal)
+
+
+def test_the_reader_imports_nothing_of_the_project():
+    code = "import sys; import tests.conformance.reader; print(sorted(sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr
+    loaded = [m for m in eval(run.stdout) if m.split(".")[0] in ("edgetune", "device_sim", "exporters", "torch")]
+    assert loaded == []
+
+
+@pytest.fixture(scope="module")
+def bert_states(device_packages, tmp_path_factory):
+    root = tmp_path_factory.mktemp("conformance-bert")
+    with Device(device_packages["main"], threads=1) as device:
+        return {kind: _state(device, kind, root / kind) for kind in KINDS}
+
+
+@pytest.mark.parametrize("kind", [None, *KINDS])
+def test_reader_reproduces_predict_on_bert(kind, bert_states, device_packages):
+    personal = None if kind is None else bert_states[kind]
+    want = _predicted_logits(device_packages["main"], personal)
+    got = _reader_logits(device_packages["main"], personal)
+    assert np.abs(got - want).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_reader_reproduces_predict_on_decoders(family, tiny_model_dir, tmp_path):
+    """Decoders: causal blocks, last-token pooling, GPT-2's (in, out) projections, Llama's rotary embeddings."""
+    package = export_probe_package(tiny_model_dir(family), tmp_path / "pkg")
+    with Device(package, threads=1) as device:
+        states = {kind: _state(device, kind, tmp_path / kind) for kind in ("full", "lora", "roselora")}
+    for personal in (None, *states.values()):
+        want = _predicted_logits(package, personal)
+        got = _reader_logits(package, personal)
+        assert np.abs(got - want).max() < TOLERANCE, personal
+
+
+def test_the_reader_refuses_a_state_of_another_package(bert_states, device_packages):
+    from tests.conformance.reader import Reader
+
+    with pytest.raises(ValueError, match="another package"):
+        Reader(device_packages["other"]).logits(TEXTS[:1], bert_states["lora"])
