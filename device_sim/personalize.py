@@ -53,7 +53,7 @@ import torch
 
 from device_sim.guard import prior_shift
 from device_sim.package import DevicePackage
-from device_sim.personal import check_writable, identity_digest, package_identity, write_personal_state
+from device_sim.personal import check_writable, identity_digest, package_identity
 from device_sim.profiles import DeviceProfile, check_job
 from device_sim.selection import (
     PersonalizeResult,
@@ -63,6 +63,7 @@ from device_sim.selection import (
     selection_record,
     training_record,
     verdict,
+    write_outcome,
 )
 from device_sim.settings import CACHE_PLACES, CANDIDATE_KEYS, DEFAULT_CANDIDATES, PersonalizeConfig  # noqa: F401 (re-exported)
 from device_sim.split import MIN_VALIDATION, guard_split, validation_split  # noqa: F401 (re-exported)
@@ -551,16 +552,7 @@ def personalize(
         training = training_record(job, chosen, config, profile, resumed, seconds)
         writing = time.perf_counter()
         extra = {"guard": guard_entry, "selection": selection}
-        if keep:
-            write_personal_state(
-                out, chosen.tensors, package, train_cut=chosen.train_cut, tuner=chosen.tuner, training=training,
-                extra=extra,
-            )  # fmt: skip
-        else:
-            write_personal_state(
-                out, {}, package, train_cut=package.cut, tuner={"name": "none", "params": {}}, training=training,
-                kind="kept_global", extra=extra,
-            )  # fmt: skip
+        write_outcome(out, package, chosen, keep, training, extra)
         shutil.rmtree(work, ignore_errors=True)
     seconds["write"] = time.perf_counter() - writing
     seconds["total"] = time.perf_counter() - start

@@ -121,6 +121,24 @@ def verdict(
     return keep, reason, guard
 
 
+def write_outcome(
+    out: Path, package: Any, chosen: Trained, keep: bool, training: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    """The job's personal state: the chosen top's tensors, or, when it is not kept, a ``kept_global`` state."""
+    from device_sim.personal import write_personal_state
+
+    if keep:
+        write_personal_state(
+            out, chosen.tensors, package, train_cut=chosen.train_cut, tuner=chosen.tuner, training=training,
+            extra=extra,
+        )  # fmt: skip
+    else:
+        write_personal_state(
+            out, {}, package, train_cut=package.cut, tuner={"name": "none", "params": {}}, training=training,
+            kind="kept_global", extra=extra,
+        )  # fmt: skip
+
+
 def guard_record(
     config: PersonalizeConfig, keep: bool, reason: str | None, guard: GuardDecision | None, chosen: Trained,
     seconds: float,

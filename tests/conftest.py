@@ -162,13 +162,14 @@ def train_csv(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def device_packages(tiny_model_dir, tmp_path_factory):
-    """Two probe-headed packages of different tiny BERT models (cut 1 of 3): ``main`` and ``other``."""
+    """Two probe-headed packages of different tiny BERT models (cut 1 of 3, with ``top.onnx``): ``main`` and
+    ``other``."""
     from tests.devices import export_probe_package
 
     root = tmp_path_factory.mktemp("device-packages")
     return {
-        "main": export_probe_package(tiny_model_dir("bert"), root / "main"),
-        "other": export_probe_package(tiny_model_dir("bert", seed=1), root / "other"),
+        "main": export_probe_package(tiny_model_dir("bert"), root / "main", top_onnx=True),
+        "other": export_probe_package(tiny_model_dir("bert", seed=1), root / "other", top_onnx=True),
     }
 
 

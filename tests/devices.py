@@ -13,11 +13,11 @@ from tests.packages import dataset, make_plan
 SWAP = {"alpha": "beta", "beta": "alpha"}  # this user files fruit under sport and the other way round
 
 
-def export_probe_package(model_dir: Path, out: Path) -> Path:
-    """A package of ``model_dir`` cut at 1 of 3 (top-2 plan), its head a logistic probe on synthetic data."""
-    export_package(
-        model_dir, make_plan(model_dir, k=2), out, data=dataset(90, seed=5), options=ExportOptions(threads=1)
-    )
+def export_probe_package(model_dir: Path, out: Path, top_onnx: bool = False) -> Path:
+    """A package of ``model_dir`` cut at 1 of 3 (top-2 plan), its head a logistic probe on synthetic data;
+    ``top_onnx``: with ``top.onnx`` (its export is the slow part, so only the tests that read it ask)."""
+    options = ExportOptions(threads=1, top_onnx=top_onnx)
+    export_package(model_dir, make_plan(model_dir, k=2), out, data=dataset(90, seed=5), options=options)
     return out
 
 

@@ -155,6 +155,7 @@ def test_skip_cli_then_export_with_budget(tiny_model_dir, train_csv, tmp_path):
                 str(pkg),
                 "--skip-budget",
                 budget,
+                "--no-top-onnx",
                 "-q",
             ],
         )

@@ -62,7 +62,7 @@ def test_reader_reproduces_predict_on_bert(kind, bert_states, device_packages):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_reader_reproduces_predict_on_decoders(family, tiny_model_dir, tmp_path):
     """Decoders: causal blocks, last-token pooling, GPT-2's (in, out) projections, Llama's rotary embeddings."""
-    package = export_probe_package(tiny_model_dir(family), tmp_path / "pkg")
+    package = export_probe_package(tiny_model_dir(family), tmp_path / "pkg", top_onnx=True)
     with Device(package, threads=1) as device:
         states = {kind: _state(device, kind, tmp_path / kind) for kind in ("full", "lora", "roselora")}
     for personal in (None, *states.values()):

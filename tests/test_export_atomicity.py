@@ -39,7 +39,7 @@ def test_failure_mid_write_keeps_the_previous_package(source, tmp_path, monkeypa
 
     monkeypatch.setattr("exporters.export.quantize_trunk", boom)  # after trunk, top and tokenizer are written
     with pytest.raises(RuntimeError, match="disk full"):
-        export_package(checkpoint, plan, out, options=ExportOptions(int8=True))
+        export_package(checkpoint, plan, out, options=ExportOptions(int8=True, top_onnx=False))
     assert _manifest(out) == before
     with load_package(out) as pkg:
         assert pkg.precisions == ["fp32"]
@@ -49,7 +49,7 @@ def test_failure_mid_write_keeps_the_previous_package(source, tmp_path, monkeypa
 def test_failure_mid_tar_keeps_the_previous_archive(source, tmp_path, monkeypatch):
     checkpoint, plan = source
     out = tmp_path / "pkg.tar"
-    export_package(checkpoint, plan, out, options=ExportOptions(tar=True))
+    export_package(checkpoint, plan, out, options=ExportOptions(tar=True, top_onnx=False))
     before = out.read_bytes()
     calls = []
     real_addfile = tarfile.TarFile.addfile
@@ -62,7 +62,7 @@ def test_failure_mid_tar_keeps_the_previous_archive(source, tmp_path, monkeypatc
 
     monkeypatch.setattr(tarfile.TarFile, "addfile", addfile)
     with pytest.raises(OSError, match="connection lost"):
-        export_package(checkpoint, plan, out, options=ExportOptions(tar=True))
+        export_package(checkpoint, plan, out, options=ExportOptions(tar=True, top_onnx=False))
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg.tar"]
     monkeypatch.undo()

@@ -23,7 +23,7 @@ def minilm_package(tmp_path_factory):
     backbone, encoder = load_model(minilm_path(), max_length=64)
     the_plan = plan((backbone, encoder), sample(train, 100), planner="topk", planner_params={"k": 1}, progress=False)
     out = tmp_path_factory.mktemp("minilm") / "pkg"
-    options = ExportOptions(int8=True, threads=2, val_fraction=0.0)
+    options = ExportOptions(int8=True, threads=2, val_fraction=0.0, top_onnx=False)
     result = export_package(
         minilm_path(), the_plan, out, data=sample(train, 100), val_data=sample(test, 40, seed=1), options=options
     )

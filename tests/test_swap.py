@@ -63,7 +63,13 @@ def test_fala_recovers_the_personal_labels_on_a_derived_backbone(tiny_model_dir,
     old = export_probe_package(model, tmp_path / "old")
     derived = derive_backbone(model, tmp_path / "derived", drop_top=1)
     new = tmp_path / "new"
-    export_package(derived, make_plan(derived, k=1), new, data=dataset(90, seed=5), options=ExportOptions(threads=1))
+    export_package(
+        derived,
+        make_plan(derived, k=1),
+        new,
+        data=dataset(90, seed=5),
+        options=ExportOptions(threads=1, top_onnx=False),
+    )
     data, test = user_data(150, seed=3), user_data(90, seed=4)
     with Device(old, threads=1) as device:
         device.personalize(data, tmp_path / "personal", fast())

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from device_sim.guard import prior_shift
-from device_sim.personal import check_writable, write_personal_state
+from device_sim.personal import check_writable
 from device_sim.profiles import DeviceProfile, check_job
 from device_sim.runtime import OnnxTop
 from device_sim.selection import (
@@ -42,6 +42,7 @@ from device_sim.selection import (
     selection_record,
     training_record,
     verdict,
+    write_outcome,
 )
 from device_sim.settings import DEFAULT_CANDIDATES, PersonalizeConfig
 from device_sim.split import guard_split, validation_split
@@ -444,16 +445,7 @@ def run_candidates(
     training.update(backend=backend, step_losses=[float(x) for x in step_losses.get(chosen.name, [])])
     selection = selection_record(trained, chosen, global_val, skipped)
     extra = {"guard": guard_record(settings, keep, reason, guard, chosen, seconds["guard"]), "selection": selection}
-    if keep:
-        write_personal_state(
-            out, chosen.tensors, package, train_cut=chosen.train_cut, tuner=chosen.tuner, training=training,
-            extra=extra,
-        )  # fmt: skip
-    else:
-        write_personal_state(
-            out, {}, package, train_cut=package.cut, tuner={"name": "none", "params": {}}, training=training,
-            kind="kept_global", extra=extra,
-        )  # fmt: skip
+    write_outcome(out, package, chosen, keep, training, extra)
     return PersonalizeResult(
         path=out,
         manifest=json.loads((out / "personal.json").read_text()),
