@@ -33,6 +33,7 @@ from device_sim.personal import PersonalState, PersonalStateError, is_personal_s
 from device_sim.profiles import DeviceProfile, get_profile
 from device_sim.runtime import run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset
+from edgetune.io import output_lock, recover
 
 if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
     from device_sim.backends.job import LightResult, TrainSettings
@@ -189,13 +190,21 @@ class Device:
 
         ``backend``: ``torch`` (:mod:`device_sim.personalize`), ``executorch`` or ``executorch-cpp``
         (:mod:`device_sim.backends`; the package needs the executorch export target)."""
-        if backend != "torch":
-            from device_sim.backends import personalize_light
+        out = Path(out)
+        with output_lock(out):  # one job per output; a second one fails at once instead of mixing partial states
+            recover(out.parent, [out.name])  # what a killed job left half-written next to the output
+            partial = out.parent / f".{out.name}.partial"
+            if partial.is_dir():
+                recover(partial)
+            if backend != "torch":
+                from device_sim.backends import personalize_light
 
-            return personalize_light(backend, self.package, data, out, config, self.profile, self.threads, callbacks)
-        from device_sim.personalize import personalize
+                return personalize_light(
+                    backend, self.package, data, out, config, self.profile, self.threads, callbacks
+                )
+            from device_sim.personalize import personalize
 
-        return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
+            return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
 
     def load_personal(self, path: str | Path) -> PersonalState:
         """A verified personal state that belongs to this package."""

@@ -105,7 +105,7 @@ def parse(raw: bytes) -> dict[str, Any]:
     try:
         schema.check(manifest, schema.MANIFEST)
     except schema.SchemaError as err:
-        raise PackageError(f"{MANIFEST}: {err} (the manifest does not have the structure of a package manifest)") from None
+        raise PackageError(f"{MANIFEST}: {err} (not the structure of a package manifest)") from None
     _check_structure(manifest)
     return manifest
 

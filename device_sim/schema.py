@@ -198,8 +198,14 @@ MANIFEST = Obj(
         ),
         "tokenizer": Obj({"tokenizer": str, "encoder": str}),
         "trunk": Obj(
-            {"file": str, "files": ListOf(str, nonempty=True), "opset": int, "inputs": _IO, "outputs": _IO,
-             "parity": _PARITY}  # fmt: skip
+            {
+                "file": str,
+                "files": ListOf(str, nonempty=True),
+                "opset": int,
+                "inputs": _IO,
+                "outputs": _IO,
+                "parity": _PARITY,
+            }  # fmt: skip
         ),
         "top": Obj({"weights": str, "spec": str, "outputs": _IO}),
         "files": _FILES,

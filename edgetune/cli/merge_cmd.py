@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edgetune.cli.common import locks_output
+
 METHOD_CHOICES = {"rankmean": "rankmean", "average": "average", "task-arithmetic": "task_arithmetic"}
 
 
@@ -15,6 +17,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("merge")
     @handle_errors
+    @locks_output()
     def merge_command(
         base: Annotated[Path, typer.Option("--base", help="The pretrained model all the others were fine-tuned from.")],
         models: Annotated[
