@@ -86,8 +86,10 @@ class OnnxTop:
             raise PackageError(
                 f"{package.path}: exported without the executorch target (no top_fn.onnx); predict with the torch top"
             )
-        weights = load_file(str(package.file(package.manifest["top"]["weights"])))
-        self.session = ort_session(package.file(entry["file"]), threads)
+        with package.reading(package.manifest["top"]["weights"]):
+            weights = load_file(str(package.file(package.manifest["top"]["weights"])))
+        with package.reading(entry["file"]):
+            self.session = ort_session(package.file(entry["file"]), threads)
         self.names = [i.name for i in self.session.get_inputs()][2:]
         if personal is not None:
             state = personal if isinstance(personal, PersonalState) else read_personal_state(personal, "np")

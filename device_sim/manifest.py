@@ -89,7 +89,7 @@ def parse(raw: bytes) -> dict[str, Any]:
     try:
         manifest = schema.load_json(raw, MANIFEST)
     except schema.SchemaError as err:
-        raise PackageError(f"{err}; the manifest is truncated or corrupted") from None
+        raise PackageError(str(err)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PackageError(f"{MANIFEST}: not an edgetune device package manifest (format is not {FORMAT!r})")
     version = manifest.get("schema_version")

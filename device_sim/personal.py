@@ -244,9 +244,9 @@ _REQUIRED = ("kind", "package", "train_cut", "tuner", "weights", "tensors", "fil
 
 def _parse(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        manifest = schema.load_json(raw, f"{path}: {MANIFEST}")
+        manifest = schema.load_json(raw, f"{path}: {MANIFEST}", joiner=" is ")
     except schema.SchemaError as err:
-        raise PersonalStateError(f"{err}; truncated or corrupted") from None
+        raise PersonalStateError(str(err)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PersonalStateError(f"{path}: {MANIFEST} is not a personal state (format is not {FORMAT!r})")
     if manifest.get("schema_version") != SCHEMA_VERSION:

@@ -76,17 +76,18 @@ def nesting_depth(raw: bytes, limit: int | None = None) -> int:
     return deepest
 
 
-def load_json(raw: bytes, what: str, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES) -> Any:
-    """Parse ``raw`` after checking its size and depth; :class:`SchemaError` names ``what`` on any problem."""
+def load_json(raw: bytes, what: str, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES, joiner: str = ": ") -> Any:
+    """Parse ``raw`` after checking its size and depth; :class:`SchemaError` names ``what`` (then ``joiner``)
+    on any problem."""
     if len(raw) > max_bytes:
-        raise SchemaError(f"{what}: {len(raw)} bytes, more than {max_bytes} (not a real one)")
+        raise SchemaError(f"{what}{joiner}{len(raw)} bytes, more than {max_bytes} (not a real one)")
     depth = nesting_depth(raw, max_depth)
     if depth > max_depth:
-        raise SchemaError(f"{what}: nested more than {max_depth} levels deep (not a real one)")
+        raise SchemaError(f"{what}{joiner}nested more than {max_depth} levels deep (not a real one)")
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise SchemaError(f"{what}: not valid JSON ({err}); truncated or corrupted") from None
+        raise SchemaError(f"{what}{joiner}not valid JSON ({err}); truncated or corrupted") from None
 
 
 def _type_name(spec: Any) -> str:
@@ -217,7 +218,10 @@ MANIFEST = Obj(
         "head": Obj({}, {"init": Opt(str)}),
         "validation": Opt(Obj({"accuracy": float, "num_examples": int})),
         "trunk_int8": Opt(
-            Obj({"file": str, "files": ListOf(str, nonempty=True), "size_ratio": float}, {"accuracy": Opt(dict)})
+            Obj(
+                {"file": str, "files": ListOf(str, nonempty=True), "size_ratio": float},
+                {"accuracy": Opt(Obj({"fp32": float, "int8": float, "delta_points": float}))},
+            )
         ),
         "top_onnx": Opt(Obj({"file": str, "files": ListOf(str, nonempty=True), "parity": _PARITY})),
         "executorch": Opt(

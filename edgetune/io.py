@@ -314,6 +314,28 @@ def check_output_file(
     return out
 
 
+def check_output_dir(
+    out: str | Path,
+    inputs: Iterable[tuple[str, str | Path | None]] = (),
+    markers: Iterable[str] = (),
+    what: str = "output directory",
+    flag: str = "--out",
+) -> Path:
+    """Refuse an output directory that is one of the ``inputs``, an existing file, or a non-empty directory
+    holding none of the ``markers`` (the files that show this command wrote it)."""
+    out = Path(out)
+    for input_flag, path in inputs:
+        if path is not None and (same_file(out, path) or os.path.abspath(out) == os.path.abspath(path)):
+            raise OutputError(f"{out}: is also the command's {input_flag}; refusing to overwrite an input (choose "
+                              f"another {flag})")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory; refusing to replace it with a {what}")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
+        raise OutputError(f"{out}: directory is not empty and is not a {what} written by edgetune; refusing to "
+                          f"overwrite it (choose another {flag})")  # fmt: skip
+    return out
+
+
 def json_with_keys(*keys: str) -> Callable[[Path], bool]:
     """An ``owned`` test for :func:`check_output_file`: a JSON object with these keys."""
 

@@ -53,6 +53,10 @@ def register(app: typer.Typer) -> None:
         if not 0 < budget <= 1:
             raise typer.BadParameter("must be in (0, 1]", param_hint="--budget")
         at_least_one(epochs=epochs, batch_size=batch_size)
+        from edgetune.io import check_output_dir
+
+        inputs = [("--model", model), ("--data", data), ("--eval-data", eval_data)]
+        check_output_dir(out, inputs, ["edgetune.json"], "checkpoint")
         check_range("--max-length", max_length, 2, 1 << 16)
         dataset = load_dataset(data, text_column, label_column)  # bad data fails before the model loads
         held_out = load_dataset(eval_data, text_column, label_column) if eval_data is not None else None

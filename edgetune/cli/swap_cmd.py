@@ -118,6 +118,11 @@ def register(app: typer.Typer) -> None:
         check_range("--fraction", fraction, 0, 1, low_open=True)
         if out.exists() and not out.is_dir():
             raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
+        from edgetune.cli.common import png_file
+        from edgetune.io import check_output_file, json_with_keys
+
+        check_output_file(out / "simulate.json", [("--data", data)], json_with_keys("summary"), "simulation result")
+        check_output_file(out / "simulate.png", [("--data", data)], png_file, "simulation plot")
         chosen = tuple(methods or FLEET_METHODS)
         try:
             user_config = UserConfig(
