@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from edgetune.checkpoint import previous_dir
 from edgetune.data import LabelMap, TextDataset, load_dataset
 from edgetune.evaluation import evaluate_classifier
 from edgetune.freeze import check_structure
-from edgetune.io import atomic_directory, output_lock, recover
+from edgetune.io import atomic_directory, output_lock, private_tempdir, recover
 from edgetune.learning_rates import lr_candidates
 from edgetune.planner.plan import Plan, PlanError
 from edgetune.tokenization import TextEncoder
@@ -215,7 +214,7 @@ def _search_learning_rate(
     assert val_set is not None
     trials: list[dict[str, Any]] = []
     best: TrainResult | None = None
-    with tempfile.TemporaryDirectory(prefix="edgetune-lr-search-") as scratch:
+    with private_tempdir("edgetune-lr-search-") as scratch:
         cache_dir = out / FEATURES if out is not None else Path(scratch)
         steps = math.ceil(len(train_set) / config.batch_size) * config.epochs
         for lr, head_lr in lr_candidates(trained, backbone.num_layers, tuner_name, steps):

@@ -86,6 +86,9 @@ def user_csv(tmp_path) -> Path:
 # -- 1. a package is opened once -------------------------------------------------------------------------------
 
 
+CANDIDATES = ({"name": "head", "cut": "head", "head_lr": 0.1}, {"name": "block", "lr": 3e-3, "head_lr": 0.1})
+
+
 def test_a_reexport_during_personalize_cannot_mix_versions(device_packages, tiny_model_dir, tmp_path):
     """While the job trains, the vendor re-exports another model into the same path (atomically, as export
     does). The personal state must be exactly the one a job on the old package alone produces."""
@@ -95,17 +98,23 @@ def test_a_reexport_during_personalize_cannot_mix_versions(device_packages, tiny
     stale.mkdir()
     (stale / "trunk.onnx").write_bytes(b"half")
     data = user_data(80, seed=3)
+    # two candidates, each rebuilt from the package: the second one starts after the re-export
+    config = fast(epochs=2, select=True, candidates=CANDIDATES)
     with Device(device_packages["main"], threads=1) as reference:
-        reference.personalize(data, tmp_path / "clean", fast(epochs=3))
+        reference.personalize(data, tmp_path / "clean", config)
     replaced = []
 
     def reexport(event) -> None:
         if event.global_step == 2 and not replaced:
+            rng, threads = torch.get_rng_state(), torch.get_num_threads()  # the export draws from torch's RNG
             export_probe_package(tiny_model_dir("bert", seed=1), pkg)  # another model, same path
+            torch.set_rng_state(rng)
+            torch.set_num_threads(threads)
             replaced.append(True)
 
     with Device(pkg, threads=1) as device:
-        result = device.personalize(data, tmp_path / "personal", fast(epochs=3), callbacks=[reexport])
+        result = device.personalize(data, tmp_path / "personal", config, callbacks=[reexport])
+    assert [c["name"] for c in result.selection["candidates"]] == ["head", "block"]
     assert replaced and not stale.exists()  # the re-export swept the killed export's staging
     new_manifest = json.loads((pkg / mf.MANIFEST).read_text())
     assert new_manifest["backbone"]["hash"] != result.manifest["package"]["backbone_hash"]  # it really changed
