@@ -237,7 +237,10 @@ def output_lock(out: str | Path, flag: str = "--out") -> Iterator[Path]:
         return
     out = Path(out)
     lock = lock_path(out)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create its directory ({err.strerror})") from None
     key = os.path.realpath(lock)
     with _held_guard:
         if key in _held:
@@ -253,7 +256,10 @@ def output_lock(out: str | Path, flag: str = "--out") -> Iterator[Path]:
                 _held[key] -= 1
         return
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise OutputError(f"{out}: cannot take the lock {lock.name} ({err.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -421,9 +421,9 @@ def test_a_damaged_partial_checkpoint_restarts_from_the_last_good_one(device_pac
         ckpt = work_dir(out) / "checkpoint"
         assert load_checkpoint(ckpt).state.global_step == 6 and previous_dir(ckpt).is_dir()
         (ckpt / "optimizer.pt").write_bytes(b"garbage")
-        with pytest.warns(UserWarning, match="damaged checkpoint"):
+        with pytest.warns(UserWarning, match=r"damaged checkpoint.*optimizer\.pt.*resuming from .*\.checkpoint\.prev"):
             resumed = device.personalize(data, out, fast(epochs=3, checkpoint_steps=2))
-    assert any(h["resumed"] for h in resumed.history)
+    assert resumed.resumed
     assert _same(read_personal_state(out).tensors, read_personal_state(tmp_path / "whole").tensors)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
 
