@@ -21,6 +21,7 @@ package's global top.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +206,16 @@ class Device:
                     backend, self.package, data, out, config, self.profile, self.threads, callbacks
                 )
             from device_sim.personalize import personalize
+            from edgetune.train import TrainError
 
+            try:
+                return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
+            except TrainError as err:
+                # a checkpoint in the job's own work directory that no run of this job wrote (an older version's,
+                # or one written without the lock): it cannot be resumed; the job starts over without it
+                if "checkpoint of a different run" not in str(err) or not partial.is_dir():
+                    raise
+            shutil.rmtree(partial)
             return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
 
     def load_personal(self, path: str | Path) -> PersonalState:

@@ -575,30 +575,7 @@ def _train_candidate(
     package_digest: str,
     callbacks: Sequence[Callable[[StepEvent], None]],
 ) -> tuple[Trained, TopModel]:
-    """Train one candidate on the cache at its cut; returns its tensors and the trained top (adapters unmerged).
-
-    A checkpoint of another run in the job's own work directory (left by an older version, or a run that
-    did not hold the output lock) cannot be resumed: it is dropped and the candidate trains from the start."""
-    try:
-        return _train_candidate_once(package, plan, caches, job, work, package_digest, callbacks)
-    except TrainError as err:
-        if "checkpoint of a different run" not in str(err):
-            raise
-    from edgetune.checkpoint import remove_checkpoint
-
-    remove_checkpoint(work / plan.checkpoint)
-    return _train_candidate_once(package, plan, caches, job, work, package_digest, callbacks)
-
-
-def _train_candidate_once(
-    package: DevicePackage,
-    plan: _Plan,
-    caches: dict[str, FeatureCache | None],
-    job: _Job,
-    work: Path,
-    package_digest: str,
-    callbacks: Sequence[Callable[[StepEvent], None]],
-) -> tuple[Trained, TopModel]:
+    """Train one candidate on the cache at its cut; returns its tensors and the trained top (adapters unmerged)."""
     from accelerate.utils import set_seed
 
     t0 = time.perf_counter()

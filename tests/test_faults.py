@@ -440,6 +440,24 @@ def test_a_rerun_with_other_data_on_the_same_out_completes(device_packages, user
     assert _same(read_personal_state(out).tensors, read_personal_state(tmp_path / "clean").tensors)
 
 
+def test_a_poisoned_partial_checkpoint_is_dropped_not_a_dead_end(device_packages, tmp_path):
+    """The job's work directory holds a checkpoint that no run of this job wrote (an older version's, or one
+    written without the lock): the job starts over without it instead of failing with advice to use a flag
+    ``personalize`` does not have."""
+    out, data = tmp_path / "personal", user_data(80, seed=3)
+    with Device(device_packages["main"], threads=1) as device:
+        with pytest.raises(Crash):
+            device.personalize(data, out, fast(epochs=2, checkpoint_steps=2), callbacks=[crash_at(3)])
+        state = work_dir(out) / "checkpoint" / "state.json"
+        meta = json.loads(state.read_text())
+        meta["identity"]["config"]["lr"] = 0.5  # another run's settings
+        state.write_text(json.dumps(meta))
+        result = device.personalize(data, out, fast(epochs=2, checkpoint_steps=2))
+        device.personalize(data, tmp_path / "clean", fast(epochs=2, checkpoint_steps=2))
+    assert result.history and not work_dir(out).exists()
+    assert _same(read_personal_state(out).tensors, read_personal_state(tmp_path / "clean").tensors)
+
+
 # -- 5. verified but wrong: schema, library errors, numbers ------------------------------------------------------
 
 
