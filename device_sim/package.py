@@ -106,11 +106,6 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO, limit: int) -> tuple[int, str]:
     return copied, h.hexdigest()
 
 
-def _finish(dst: BinaryIO) -> None:
-    dst.flush()
-    os.fsync(dst.fileno())
-
-
 def _copy_listed(root: Path, into: Path, name: str, entry: dict[str, Any]) -> FileCheck:
     """Copy one listed file of a package directory into the private snapshot, checking its size and sha256 on
     the bytes copied (what the job will use), never on a second read of the path."""
@@ -130,7 +125,6 @@ def _copy_listed(root: Path, into: Path, name: str, entry: dict[str, Any]) -> Fi
             return FileCheck(name, size, info.st_size, False, _size_problem(name, info.st_size, size))
         with open(into / name, "wb") as dst:
             copied, digest = _copy_hashing(src, dst, size + 1)  # one byte more: a file that grew is seen
-            _finish(dst)
     if copied != size:
         return FileCheck(name, size, copied, False, f"{name}: changed while it was read ({copied} bytes, not {size})")
     if digest != entry["sha256"]:
@@ -172,7 +166,8 @@ def _verify_snapshot(root: Path, source: Path, manifest: dict[str, Any], checks:
 
 
 def verify_directory(root: Path, source: Path | None = None) -> Verification:
-    """Check a package directory in place; every problem is collected (for ``edgetune inspect``)."""
+    """Check a package directory (on a private copy of what its manifest lists, removed afterwards); every
+    problem is collected (for ``edgetune inspect``)."""
     source = source or root
     with private_tempdir(TEMP_PREFIX) as tmp:
         return _snapshot_directory(root, Path(tmp), source)
@@ -283,7 +278,6 @@ def extract_tar(path: Path, into: Path) -> Verification:
                 assert src is not None
                 with src, open(into / m.name, "wb") as out:
                     copied, digest = _copy_hashing(src, out, m.size)
-                    _finish(out)
                 if copied != m.size:
                     raise PackageError(f"{path}: {m.name}: archive ends inside it (truncated)")
                 ok = digest == entry["sha256"]
