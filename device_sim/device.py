@@ -174,6 +174,7 @@ class Device:
         self.threads = threads if threads is not None else (self.profile.threads if self.profile else None)
         if not isinstance(package, DevicePackage) and is_personal_state(package):
             raise PackageError(f"{package}: is a personal state, not a package; pass it as the personal state")
+        self._owns_package = not isinstance(package, DevicePackage)  # a package passed in is its owner's to close
         self.package = package if isinstance(package, DevicePackage) else load_package(package, threads=self.threads)
 
     @property
@@ -328,7 +329,8 @@ class Device:
 
     # -- lifetime ------------------------------------------------------------------------------------------------
     def close(self) -> None:
-        self.package.close()
+        if self._owns_package:
+            self.package.close()
 
     def __enter__(self) -> Device:
         return self
