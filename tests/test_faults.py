@@ -273,6 +273,29 @@ def test_outputs_refuse_files_they_did_not_write_and_replace_their_own(pkg, user
     assert not list(tmp_path.glob(".*.lock"))  # locks are released (and their files removed)
 
 
+def test_merge_and_skip_never_replace_an_input_or_a_foreign_directory(user_csv, tmp_path):
+    base, model = tmp_path / "base", tmp_path / "model"
+    for d in (base, model):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_bytes(b"meow")
+    for out in (base, model, foreign):
+        args = ["merge", "--base", str(base), "--models", str(model), str(model), "--out", str(out)]
+        _one_line_exit_2(runner.invoke(app, args))
+    notes = tmp_path / "notes.safetensors"
+    notes.write_bytes(b"someone's file")
+    args = ["merge", "--base", str(base), "--models", str(model), str(notes), "--out", str(notes)]
+    _one_line_exit_2(runner.invoke(app, args))
+    assert notes.read_bytes() == b"someone's file"
+    for out in (model, foreign, user_csv):
+        result = runner.invoke(app, ["skip", "--model", str(model), "--data", str(user_csv), "--out", str(out)])
+        _one_line_exit_2(result)
+    assert (foreign / "cat.jpg").read_bytes() == b"meow" and (base / "config.json").exists()
+    assert user_csv.read_text().startswith("text,label")
+
+
 HOLD_LOCK = """
 import sys, time
 from edgetune.io import output_lock
