@@ -21,6 +21,7 @@ package's global top.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from device_sim.personal import PersonalState, PersonalStateError, is_personal_s
 from device_sim.profiles import DeviceProfile, get_profile
 from device_sim.runtime import OnnxTop, run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset
+from edgetune.io import output_lock, recover
 
 if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
     from device_sim.selection import PersonalizeResult
@@ -156,6 +158,7 @@ class Device:
         self.threads = threads if threads is not None else (self.profile.threads if self.profile else None)
         if not isinstance(package, DevicePackage) and is_personal_state(package):
             raise PackageError(f"{package}: is a personal state, not a package; pass it as the personal state")
+        self._owns_package = not isinstance(package, DevicePackage)  # a package passed in is its owner's to close
         self.package = package if isinstance(package, DevicePackage) else load_package(package, threads=self.threads)
 
     @property
@@ -175,13 +178,30 @@ class Device:
 
         ``backend``: ``torch`` (:mod:`device_sim.personalize`), ``executorch`` or ``executorch-cpp``
         (:mod:`device_sim.backends`; the package needs the executorch export target)."""
-        if backend != "torch":
-            from device_sim.backends import personalize_light
+        out = Path(out)
+        with output_lock(out):  # one job per output; a second one fails at once instead of mixing partial states
+            recover(out.parent, [out.name])  # what a killed job left half-written next to the output
+            partial = out.parent / f".{out.name}.partial"
+            if partial.is_dir():
+                recover(partial)
+            if backend != "torch":
+                from device_sim.backends import personalize_light
 
-            return personalize_light(backend, self.package, data, out, config, self.profile, self.threads, callbacks)
-        from device_sim.personalize import personalize
+                return personalize_light(
+                    backend, self.package, data, out, config, self.profile, self.threads, callbacks
+                )
+            from device_sim.personalize import personalize
+            from edgetune.train import TrainError
 
-        return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
+            try:
+                return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
+            except TrainError as err:
+                # a checkpoint in the job's own work directory that no run of this job wrote (an older version's,
+                # or one written without the lock): it cannot be resumed; the job starts over without it
+                if "checkpoint of a different run" not in str(err) or not partial.is_dir():
+                    raise
+            shutil.rmtree(partial)
+            return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
 
     def load_personal(self, path: str | Path) -> PersonalState:
         """A verified personal state that belongs to this package."""
@@ -297,7 +317,8 @@ class Device:
 
     # -- lifetime ------------------------------------------------------------------------------------------------
     def close(self) -> None:
-        self.package.close()
+        if self._owns_package:
+            self.package.close()
 
     def __enter__(self) -> Device:
         return self

@@ -11,3 +11,12 @@ from __future__ import annotations
 
 class PackageError(Exception):
     """A device package cannot be written or read: missing, truncated, tampered, wrong version."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """A library's exception as one short line: its type and the first line of its message."""
+    text = str(err).strip().splitlines()
+    first = text[0].strip() if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__

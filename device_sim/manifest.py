@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+from device_sim import schema
 from device_sim.errors import PackageError
 from edgetune.io import sha256_file
 
 FORMAT = "edgetune-device-package"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# The most a package may declare in all (a 1B-parameter decoder's fp32 trunk is ~4 GB): an archive or a manifest
+# that claims more is refused before a byte of it is written or read. EDGETUNE_MAX_PACKAGE_BYTES overrides it.
+MAX_PACKAGE_BYTES = int(os.environ.get("EDGETUNE_MAX_PACKAGE_BYTES", 8 << 30))
+MAX_MANIFEST_BYTES = schema.MAX_BYTES
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUIRED = (
     "format",
@@ -81,9 +87,9 @@ def seal(manifest: dict[str, Any]) -> dict[str, Any]:
 def parse(raw: bytes) -> dict[str, Any]:
     """Parse and validate ``manifest.json`` bytes: format, schema version, seal, structure."""
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackageError(f"{MANIFEST}: not valid JSON ({err}); the manifest is truncated or corrupted") from None
+        manifest = schema.load_json(raw, MANIFEST)
+    except schema.SchemaError as err:
+        raise PackageError(str(err)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PackageError(f"{MANIFEST}: not an edgetune device package manifest (format is not {FORMAT!r})")
     version = manifest.get("schema_version")
@@ -96,6 +102,10 @@ def parse(raw: bytes) -> dict[str, Any]:
     if missing:
         raise PackageError(f"{MANIFEST}: missing entries {missing}")
     _check_seal(manifest)
+    try:
+        schema.check(manifest, schema.MANIFEST)
+    except schema.SchemaError as err:
+        raise PackageError(f"{MANIFEST}: {err} (not the structure of a package manifest)") from None
     _check_structure(manifest)
     return manifest
 
@@ -138,6 +148,14 @@ def _check_structure(manifest: dict[str, Any]) -> None:
             or not isinstance(entry.get("size"), int)
         ):
             raise PackageError(f"{MANIFEST}: file entry for {name} needs a sha256 string and an integer size")
+        if entry["size"] < 0:
+            raise PackageError(f"{MANIFEST}: file entry for {name} has a negative size")
+    total = sum(entry["size"] for entry in files.values())
+    if total > MAX_PACKAGE_BYTES:
+        raise PackageError(
+            f"{MANIFEST}: its files add up to {total} bytes, more than the {MAX_PACKAGE_BYTES} a package may hold "
+            "(EDGETUNE_MAX_PACKAGE_BYTES)"
+        )
     try:
         names = referenced_files(manifest)
         labels, cut, num_layers = manifest["labels"], manifest["cut"], manifest["backbone"]["num_layers"]

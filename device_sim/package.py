@@ -18,22 +18,33 @@ when asked for.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-import shutil
+import stat
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from device_sim import manifest as mf
-from device_sim.errors import PackageError
-from device_sim.runtime import OnnxTop, map_batches, onnx_top_fn, ort_session, run_trunk, torch_top_fn
-from edgetune.io import sha256_file
+from device_sim import schema
+from device_sim.errors import PackageError, one_line
+from device_sim.runtime import (
+    OnnxTop,
+    check_threads,
+    map_batches,
+    onnx_top_fn,
+    ort_session,
+    run_trunk,
+    torch_top_fn,
+)
+from edgetune.io import private_tempdir
 from edgetune.tokenization import TextEncoder
 
 if TYPE_CHECKING:
@@ -53,6 +64,7 @@ __all__ = [
 ]
 
 _TAR_MAX_MEMBERS = 64
+TEMP_PREFIX = "edgetune-package-"  # private snapshots in the temp dir; a killed run's are swept by the next one
 
 
 @dataclass
@@ -84,49 +96,102 @@ class Verification:
             raise PackageError(f"{self.path}: " + "; ".join(self.problems))
 
 
-def _check_file(root: Path, name: str, entry: dict[str, Any]) -> FileCheck:
-    path = root / name
+def _size_problem(name: str, actual: int, size: int) -> str:
+    kind = "truncated" if actual < size else "longer than exported"
+    return f"{name}: {actual} bytes, manifest says {size} ({kind})"
+
+
+def _copy_hashing(src: BinaryIO, dst: BinaryIO, limit: int) -> tuple[int, str]:
+    """Copy at most ``limit`` bytes, hashing them on the way: ``(bytes copied, sha256)``."""
+    h = hashlib.sha256()
+    copied = 0
+    while copied < limit:
+        block = src.read(min(1 << 20, limit - copied))
+        if not block:
+            break
+        h.update(block)
+        dst.write(block)
+        copied += len(block)
+    return copied, h.hexdigest()
+
+
+def _copy_listed(root: Path, into: Path, name: str, entry: dict[str, Any]) -> FileCheck:
+    """Copy one listed file of a package directory into the private snapshot, checking its size and sha256 on
+    the bytes copied (what the job will use), never on a second read of the path."""
     size = int(entry["size"])
-    if not path.is_file():
+    try:
+        fd = os.open(root / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
         return FileCheck(name, size, None, False, f"{name}: missing from the package")
-    actual = path.stat().st_size
-    if actual != size:
-        kind = "truncated" if actual < size else "longer than exported"
-        return FileCheck(name, size, actual, False, f"{name}: {actual} bytes, manifest says {size} ({kind})")
-    if sha256_file(path) != entry["sha256"]:
-        return FileCheck(name, size, actual, False, f"{name}: sha256 does not match the manifest (tampered or corrupt)")
-    return FileCheck(name, size, actual, True)
+    except OSError as err:
+        what = "a link (refused)" if (root / name).is_symlink() else f"unreadable ({err.strerror})"
+        return FileCheck(name, size, None, False, f"{name}: {what}")
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return FileCheck(name, size, None, False, f"{name}: not a regular file")
+        if info.st_size != size:
+            return FileCheck(name, size, info.st_size, False, _size_problem(name, info.st_size, size))
+        with open(into / name, "wb") as dst:
+            copied, digest = _copy_hashing(src, dst, size + 1)  # one byte more: a file that grew is seen
+    if copied != size:
+        return FileCheck(name, size, copied, False, f"{name}: changed while it was read ({copied} bytes, not {size})")
+    if digest != entry["sha256"]:
+        return FileCheck(name, size, copied, False, f"{name}: sha256 does not match the manifest (tampered or corrupt)")
+    return FileCheck(name, size, copied, True)
 
 
 def _check_top_spec(root: Path, manifest: dict[str, Any]) -> str | None:
     """The top spec must describe the manifest's cut and labels (a consistent package)."""
     name = manifest["top"]["spec"]
     try:
-        spec = json.loads((root / name).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        spec = schema.load_json((root / name).read_bytes(), name)
+    except (OSError, schema.SchemaError) as err:
         return f"{name}: unreadable top spec ({err})"
-    if spec.get("cut") != manifest["cut"] or spec.get("labels") != manifest["labels"]:
+    if not isinstance(spec, dict) or spec.get("cut") != manifest["cut"] or spec.get("labels") != manifest["labels"]:
         return f"{name}: cut/labels differ from the manifest"
     return None
 
 
-def verify_directory(root: Path, source: Path | None = None) -> Verification:
-    """Check a package directory; every problem is collected (for ``edgetune inspect``)."""
-    source = source or root
-    manifest_path = root / mf.MANIFEST
+def _read_manifest(path: Path) -> bytes:
+    """``manifest.json`` of a package directory, read once (size-capped)."""
+    manifest_path = path / mf.MANIFEST
     if not manifest_path.is_file():
-        return Verification(source, None, [], [f"{mf.MANIFEST}: missing (not a device package)"])
-    try:
-        manifest = mf.parse(manifest_path.read_bytes())
-    except PackageError as err:
-        return Verification(source, None, [], [str(err)])
-    checks = [_check_file(root, name, entry) for name, entry in manifest["files"].items()]
+        raise PackageError(f"{mf.MANIFEST}: missing (not a device package)")
+    with open(manifest_path, "rb") as f:
+        raw = f.read(mf.MAX_MANIFEST_BYTES + 1)
+    if len(raw) > mf.MAX_MANIFEST_BYTES:
+        raise PackageError(f"{mf.MANIFEST}: more than {mf.MAX_MANIFEST_BYTES} bytes (not a real manifest)")
+    return raw
+
+
+def _verify_snapshot(root: Path, source: Path, manifest: dict[str, Any], checks: list[FileCheck]) -> Verification:
     problems = [c.problem for c in checks if not c.ok]
     if not problems:
         spec_problem = _check_top_spec(root, manifest)
         if spec_problem:
             problems.append(spec_problem)
     return Verification(source, manifest, checks, problems)
+
+
+def verify_directory(root: Path, source: Path | None = None) -> Verification:
+    """Check a package directory (on a private copy of what its manifest lists, removed afterwards); every
+    problem is collected (for ``edgetune inspect``)."""
+    source = source or root
+    with private_tempdir(TEMP_PREFIX) as tmp:
+        return _snapshot_directory(root, Path(tmp), source)
+
+
+def _snapshot_directory(root: Path, into: Path, source: Path) -> Verification:
+    """Copy the manifest and the files it lists (nothing else) into ``into``, verifying the copied bytes."""
+    try:
+        raw = _read_manifest(root)
+        manifest = mf.parse(raw)
+    except PackageError as err:
+        return Verification(source, None, [], [str(err)])
+    (into / mf.MANIFEST).write_bytes(raw)
+    checks = [_copy_listed(root, into, name, entry) for name, entry in manifest["files"].items()]
+    return _verify_snapshot(into, source, manifest, checks)
 
 
 # -- tar form ---------------------------------------------------------------------------------------------------
@@ -161,31 +226,79 @@ def write_tar(directory: Path, dest: Path) -> Path:
     return dest
 
 
-def extract_tar(path: Path, into: Path) -> None:
-    """Extract a package ``.tar`` into ``into``, refusing anything but flat regular files with safe names.
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
-    Names are checked before a byte is written (no ``../``, absolute paths, links, devices or duplicates),
-    and members are copied by hand rather than with ``extractall``.
+
+def _check_member(path: Path, m: tarfile.TarInfo, what: str) -> None:
+    if m.type not in _REGULAR or not m.isreg():
+        raise PackageError(f"{path}: member {m.name!r} is not a regular file (links and devices are refused)")
+    if m.sparse is not None or any(k.startswith("GNU.sparse") for k in m.pax_headers):
+        raise PackageError(f"{path}: member {m.name!r} is a sparse file (refused{': ' + what if what else ''})")
+
+
+def _tar_members(path: Path, tar: tarfile.TarFile) -> tuple[bytes, dict[str, Any], list[tarfile.TarInfo]]:
+    """The archive's manifest and its members, checked before a byte is written: the manifest first, then only
+    files it lists, each a regular member of exactly the size it declares, none twice."""
+    members = tar.getmembers()
+    if len(members) > _TAR_MAX_MEMBERS:
+        raise PackageError(f"{path}: {len(members)} members; a package has at most {_TAR_MAX_MEMBERS}")
+    if not members or members[0].name != mf.MANIFEST:
+        first = members[0].name if members else "nothing"
+        raise PackageError(f"{path}: the first member must be {mf.MANIFEST}, found {first!r} (not a package archive)")
+    head = members[0]
+    _check_member(path, head, "a manifest is a few KB")
+    if head.size > mf.MAX_MANIFEST_BYTES:
+        raise PackageError(f"{path}: {mf.MANIFEST} declares {head.size} bytes (not a real manifest)")
+    src = tar.extractfile(head)
+    assert src is not None
+    with src:
+        raw = src.read(head.size)
+    manifest = mf.parse(raw)
+    files = manifest["files"]
+    seen = {mf.MANIFEST}
+    for m in members[1:]:
+        if not mf.safe_name(m.name) or m.name in seen:
+            raise PackageError(f"{path}: unsafe or duplicate member name {m.name!r}")
+        _check_member(path, m, f"{mf.MANIFEST} lists {files[m.name]['size']} bytes" if m.name in files else "")
+        if m.name not in files:
+            raise PackageError(f"{path}: member {m.name!r} is not listed in {mf.MANIFEST} (refused)")
+        if m.size != files[m.name]["size"]:
+            raise PackageError(f"{path}: {_size_problem(m.name, m.size, files[m.name]['size'])}")
+        seen.add(m.name)
+    return raw, manifest, members[1:]
+
+
+def extract_tar(path: Path, into: Path) -> Verification:
+    """Extract a package ``.tar`` into ``into`` and verify what was written.
+
+    Only what the manifest lists is accepted, as regular members of the size it declares (their sum is capped,
+    :data:`device_sim.manifest.MAX_PACKAGE_BYTES`); the manifest must come first. Anything else (links, devices,
+    sparse members, unlisted or oversized files, unsafe names) is refused before a byte is written, and
+    members are copied by hand (at most their declared size each) rather than with ``extractall``.
     """
     try:
         with tarfile.open(path, mode="r:") as tar:
-            members = tar.getmembers()
-            if len(members) > _TAR_MAX_MEMBERS:
-                raise PackageError(f"{path}: {len(members)} members; a package has at most {_TAR_MAX_MEMBERS}")
-            seen: set[str] = set()
+            raw, manifest, members = _tar_members(path, tar)
+            (into / mf.MANIFEST).write_bytes(raw)
+            checks = []
             for m in members:
-                if not m.isreg():
-                    raise PackageError(f"{path}: member {m.name!r} is not a regular file (links are refused)")
-                if not (m.name == mf.MANIFEST or mf.safe_name(m.name)) or m.name in seen:
-                    raise PackageError(f"{path}: unsafe or duplicate member name {m.name!r}")
-                seen.add(m.name)
-            for m in members:
+                entry = manifest["files"][m.name]
                 src = tar.extractfile(m)
                 assert src is not None
                 with src, open(into / m.name, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                    copied, digest = _copy_hashing(src, out, m.size)
+                if copied != m.size:
+                    raise PackageError(f"{path}: {m.name}: archive ends inside it (truncated)")
+                ok = digest == entry["sha256"]
+                problem = "" if ok else f"{m.name}: sha256 does not match the manifest (tampered or corrupt)"
+                checks.append(FileCheck(m.name, m.size, copied, ok, problem))
     except (tarfile.TarError, EOFError) as err:
         raise PackageError(f"{path}: not a readable package archive ({err}); truncated or corrupted") from None
+    present = {c.name for c in checks}
+    for name, entry in manifest["files"].items():
+        if name not in present:
+            checks.append(FileCheck(name, int(entry["size"]), None, False, f"{name}: missing from the package"))
+    return _verify_snapshot(into, path, manifest, checks)
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -199,56 +312,88 @@ def is_package(path: str | Path) -> bool:
     if path.is_file() and tarfile.is_tarfile(path):
         try:
             with tarfile.open(path, mode="r:") as tar:
-                return mf.MANIFEST in tar.getnames()
+                first = tar.next()
+                return first is not None and first.name == mf.MANIFEST
         except (tarfile.TarError, EOFError):
             return False
     return False
 
 
-def _open_root(path: Path) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    if path.is_dir():
-        return path, None
+def _snapshot(path: Path) -> tuple[Verification, tempfile.TemporaryDirectory]:
+    """A private copy of the package (its manifest and the files it lists, nothing else), verified on the copied
+    bytes: what a job reads later cannot change when ``path`` does (a re-export into the same place)."""
     if not path.exists():
         raise PackageError(f"{path}: no such package (directory or .tar)")
-    tmp = tempfile.TemporaryDirectory(prefix="edgetune-package-")
+    tmp = private_tempdir(TEMP_PREFIX)
     try:
-        extract_tar(path, Path(tmp.name))
+        if path.is_dir():
+            result = _snapshot_directory(path, Path(tmp.name), path)
+        else:
+            result = extract_tar(path, Path(tmp.name))
     except BaseException:
         tmp.cleanup()
         raise
-    return Path(tmp.name), tmp
+    return result, tmp
 
 
 def verify_package(path: str | Path) -> Verification:
     """Check a package directory or ``.tar`` without loading it; all problems are reported."""
     path = Path(path)
     try:
-        root, tmp = _open_root(path)
+        result, tmp = _snapshot(path)
     except PackageError as err:
         return Verification(path, None, [], [str(err)])
-    try:
-        return verify_directory(root, path)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    tmp.cleanup()
+    return result
 
 
 def load_package(path: str | Path, threads: int | None = None) -> DevicePackage:
     """Open and fully verify a package (directory or ``.tar``); :class:`PackageError` names any bad file.
 
+    The package is read once, into a private snapshot that the returned package uses for everything (the
+    tokenizer, the trunk, the top): replacing ``path`` while a job runs cannot mix two versions.
     ``threads`` is the default onnxruntime intra-op thread count of the sessions it creates.
     """
     path = Path(path)
-    root, tmp = _open_root(path)
+    check_threads(threads)
+    result, tmp = _snapshot(path)
     try:
-        result = verify_directory(root, path)
         result.raise_for_problems()
+        assert result.manifest is not None
+        return DevicePackage(path, Path(tmp.name), result.manifest, threads, tmp)
     except BaseException:
-        if tmp is not None:
-            tmp.cleanup()
+        tmp.cleanup()
         raise
-    assert result.manifest is not None
-    return DevicePackage(path, root, result.manifest, threads, tmp)
+
+
+_LOCATION = b"\x0a\x08location\x12"
+
+
+def external_data_locations(path: Path) -> list[str]:
+    """The ``location`` of every external-data entry of an ONNX file (read from its bytes, without onnx).
+
+    An entry is a protobuf ``StringStringEntryProto``: key ``location`` (field 1), then its value (field 2).
+    """
+    import mmap
+
+    found: list[str] = []
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return found
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = data.find(_LOCATION)
+            while at >= 0:
+                i, length, shift = at + len(_LOCATION), 0, 0
+                while i < len(data) and shift < 35:  # the value's length: a varint
+                    byte = data[i]
+                    length |= (byte & 0x7F) << shift
+                    i += 1
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                found.append(bytes(data[i : i + min(length, 4096)]).decode("utf-8", "replace"))
+                at = data.find(_LOCATION, i)
+    return found
 
 
 class DevicePackage:
@@ -268,7 +413,22 @@ class DevicePackage:
         self.threads = threads
         self._tmp = tmp
         self._sessions: dict[tuple[str, int | None], ort.InferenceSession] = {}
-        self.encoder = TextEncoder.from_dir(root)
+        with self.reading(manifest["tokenizer"]["tokenizer"], manifest["tokenizer"]["encoder"]):
+            self.encoder = TextEncoder.from_dir(root)
+
+    @contextlib.contextmanager
+    def reading(self, *names: str) -> Iterator[None]:
+        """Turn a library's error on a verified file (its bytes match the manifest, yet it does not load: a
+        package exported or re-sealed wrong) into one :class:`PackageError` that names the file."""
+        try:
+            yield
+        except PackageError:
+            raise
+        except Exception as err:  # noqa: BLE001 (onnxruntime, safetensors, tokenizers and torch raise their own)
+            raise PackageError(
+                f"{self.path}: {' / '.join(names)}: matches the manifest but cannot be loaded ({one_line(err)}); "
+                "the package was exported or sealed wrong: re-export it"
+            ) from None
 
     # -- description -------------------------------------------------------------------------------------------
     @property
@@ -310,8 +470,21 @@ class DevicePackage:
         threads = self.threads if threads is None else threads
         key = (f"trunk-{precision}", threads)
         if key not in self._sessions:
-            self._sessions[key] = ort_session(self.file(self._trunk_entry(precision)["file"]), threads)
+            entry = self._trunk_entry(precision)
+            self._sessions[key] = self._onnx_session(entry["file"], entry["files"], threads)
         return self._sessions[key]
+
+    def _onnx_session(self, name: str, files: list[str], threads: int | None) -> ort.InferenceSession:
+        """An onnxruntime session of a listed graph whose external data (if any) are the package's own files."""
+        path = self.file(name)
+        for location in external_data_locations(path):
+            if location not in files or location not in self.manifest["files"]:
+                raise PackageError(
+                    f"{self.path}: {name}: external data {location!r} is not one of this component's files "
+                    f"({', '.join(files)}); refused"
+                )
+        with self.reading(name):
+            return ort_session(path, threads)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 ``(input_ids, attention_mask)``, exactly as the server encoded them."""
@@ -330,13 +503,16 @@ class DevicePackage:
 
         top = self.manifest["top"]
         name = Path(top["weights"]).stem
-        if top["spec"] != f"{name}.json":
+        if top["spec"] != f"{name}.json" or top["weights"] != f"{name}.safetensors":
             raise PackageError(f"{self.path}: top weights {top['weights']} and spec {top['spec']} do not pair up")
-        return TopModel.load(self.root, name).eval()
+        with self.reading(top["weights"], top["spec"]):
+            return TopModel.load(self.root, name).eval()
 
     def top_spec(self) -> dict[str, Any]:
         """``top.json``: the spec that rebuilds the top (family, Hugging Face config, cut, layers)."""
-        return json.loads(self.file(self.manifest["top"]["spec"]).read_text())
+        name = self.manifest["top"]["spec"]
+        with self.reading(name):
+            return json.loads(self.file(name).read_text())
 
     def onnx_top_entry(self) -> dict[str, Any]:
         """The manifest's entry of the ONNX top (tensors as inputs); a package exported without it says so."""
@@ -352,7 +528,9 @@ class DevicePackage:
         """The top's tensors (``top.safetensors``) as numpy arrays."""
         from safetensors.numpy import load_file
 
-        return load_file(str(self.file(self.manifest["top"]["weights"])))
+        name = self.manifest["top"]["weights"]
+        with self.reading(name):
+            return load_file(str(self.file(name)))
 
     def top_session(self, threads: int | None = None) -> ort.InferenceSession:
         """The ONNX top's onnxruntime session (one per thread count)."""
@@ -360,7 +538,7 @@ class DevicePackage:
         threads = self.threads if threads is None else threads
         key = ("top", threads)
         if key not in self._sessions:
-            self._sessions[key] = ort_session(self.file(entry["file"]), threads)
+            self._sessions[key] = self._onnx_session(entry["file"], entry.get("files", [entry["file"]]), threads)
         return self._sessions[key]
 
     def onnx_top(self, threads: int | None = None, tensors: dict[str, np.ndarray] | None = None) -> OnnxTop:

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device_sim import schema
+from device_sim.errors import one_line
 from device_sim.manifest import manifest_digest, seal
 from edgetune.io import atomic_directory, atomic_write_json, sha256_file
 
@@ -218,7 +220,10 @@ def read_personal_state(path: str | Path, framework: str = "pt") -> PersonalStat
     else:
         from safetensors.torch import load_file
 
-    tensors = load_file(str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own and several builtin errors)
+        raise PersonalStateError(f"{path}: {WEIGHTS}: not readable safetensors ({one_line(err)})") from None
     listed = {name: list(shape) for name, shape in manifest["tensors"].items()}
     if {name: list(t.shape) for name, t in tensors.items()} != listed:
         raise PersonalStateError(f"{path}: {WEIGHTS} holds other tensors than {MANIFEST} lists")
@@ -239,9 +244,9 @@ _REQUIRED = ("kind", "package", "train_cut", "tuner", "weights", "tensors", "fil
 
 def _parse(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PersonalStateError(f"{path}: {MANIFEST} is not valid JSON ({err}); truncated or corrupted") from None
+        manifest = schema.load_json(raw, f"{path}: {MANIFEST}", joiner=" is ")
+    except schema.SchemaError as err:
+        raise PersonalStateError(str(err)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PersonalStateError(f"{path}: {MANIFEST} is not a personal state (format is not {FORMAT!r})")
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -258,6 +263,10 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
         raise PersonalStateError(
             f"{path}: {MANIFEST} does not match its integrity hash (edited or corrupted after it was written)"
         )
+    try:
+        schema.check(manifest, schema.PERSONAL_STATE)
+    except schema.SchemaError as err:
+        raise PersonalStateError(f"{path}: {MANIFEST}: {err} (not the structure of a personal state)") from None
     if manifest["kind"] not in KINDS:
         raise PersonalStateError(f"{path}: personal state kind {manifest['kind']!r} is not known to this reader")
     return manifest

@@ -53,6 +53,14 @@ def get_profile(name: str, **overrides: float) -> DeviceProfile:
     if name not in PROFILES:
         raise ProfileError(f"unknown device profile {name!r}; choose one of {', '.join(PROFILES)}")
     fields = {k: v for k, v in overrides.items() if v is not None}
+    bad = {k: v for k, v in fields.items() if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0}
+    if "threads" in fields and not (isinstance(fields["threads"], int) and 1 <= fields["threads"] <= 256):
+        bad["threads"] = fields["threads"]
+    if bad:
+        raise ProfileError(
+            f"profile '{name}': {', '.join(f'{k} {v!r}' for k, v in bad.items())} out of range (budgets must be > 0, "
+            "threads 1..256)"
+        )
     return replace(PROFILES[name], name=name if not fields else f"{name}+custom", **fields)
 
 

@@ -30,6 +30,17 @@ TOP_INPUTS = ("hidden_state", "attention_mask")
 TOP_OUTPUTS = ("logits",)
 
 
+MAX_THREADS = 256  # onnxruntime aborts the process when asked for tens of thousands of threads
+
+
+def check_threads(threads: int | None) -> None:
+    """A thread count a runtime can use: ``None`` (the runtime's choice) or 1..:data:`MAX_THREADS`."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in 1..{MAX_THREADS} (or None), got {threads!r}")
+
+
 def ort_session(
     model: str | Path | bytes, threads: int | None = None, providers: Sequence[str] | None = None
 ) -> ort.InferenceSession:
@@ -42,6 +53,7 @@ def ort_session(
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    check_threads(threads)
     if threads is not None:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1

@@ -172,7 +172,14 @@ def load_dataset(
     return TextDataset(texts, labels, str(path), rows)
 
 
+# csv's default field limit (131072 characters) would refuse a long document as malformed; the whole file is in
+# memory already, so a field may be as long as the file.
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _read_csv(path: Path, text: str) -> list[tuple[int, dict]]:
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)

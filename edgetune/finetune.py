@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -35,10 +34,11 @@ from safetensors.torch import save_file
 from edgetune.api import load_model
 from edgetune.backbones import Backbone
 from edgetune.batches import split_validation
+from edgetune.checkpoint import previous_dir
 from edgetune.data import LabelMap, TextDataset, load_dataset
 from edgetune.evaluation import evaluate_classifier
 from edgetune.freeze import check_structure
-from edgetune.io import atomic_directory
+from edgetune.io import atomic_directory, output_lock, private_tempdir, recover
 from edgetune.learning_rates import lr_candidates
 from edgetune.planner.plan import Plan, PlanError
 from edgetune.tokenization import TextEncoder
@@ -78,8 +78,10 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         import shutil
 
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+        shutil.rmtree(previous_dir(out / CHECKPOINT), ignore_errors=True)
         return
-    if (out / CHECKPOINT / "state.json").exists() or {p.name for p in out.iterdir()} <= {CHECKPOINT, FEATURES}:
+    ours = {CHECKPOINT, FEATURES, previous_dir(out / CHECKPOINT).name}
+    if (out / CHECKPOINT / "state.json").exists() or {p.name for p in out.iterdir()} <= ours:
         return  # a run to resume (or one that stopped before its first checkpoint)
     if (out / "edgetune.json").exists():
         raise TrainError(f"{out}: already holds a trained model; pass --overwrite to replace it")
@@ -108,6 +110,29 @@ def finetune(
     (:func:`~edgetune.learning_rates.lr_candidates`) and keeps the run that
     scores best on the validation split (``config.val_fraction``, 0.1 when 0).
     """
+    args = (config, tuner, tuner_params, eval_data, overwrite, callbacks, search_lr)
+    if out is None:
+        return _finetune(model, plan, data, None, *args)
+    out = Path(out)
+    with output_lock(out):  # one run per output directory; what a killed run left half-written is swept
+        recover(out.parent, [out.name])
+        recover(out, [CHECKPOINT, FEATURES])
+        return _finetune(model, plan, data, out, *args)
+
+
+def _finetune(
+    model: str | Path | tuple[Backbone, TextEncoder],
+    plan: Plan | str | Path,
+    data: str | Path | TextDataset,
+    out: str | Path | None,
+    config: TrainConfig | None,
+    tuner: str | Tuner | None,
+    tuner_params: dict[str, Any] | None,
+    eval_data: str | Path | TextDataset | None,
+    overwrite: bool,
+    callbacks: Sequence[Callable[[StepEvent], None]],
+    search_lr: bool,
+) -> TrainResult:
     config = config or TrainConfig()
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     label_map = LabelMap(tuple(plan.labels))
@@ -189,7 +214,7 @@ def _search_learning_rate(
     assert val_set is not None
     trials: list[dict[str, Any]] = []
     best: TrainResult | None = None
-    with tempfile.TemporaryDirectory(prefix="edgetune-lr-search-") as scratch:
+    with private_tempdir("edgetune-lr-search-") as scratch:
         cache_dir = out / FEATURES if out is not None else Path(scratch)
         steps = math.ceil(len(train_set) / config.batch_size) * config.epochs
         for lr, head_lr in lr_candidates(trained, backbone.num_layers, tuner_name, steps):

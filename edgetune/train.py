@@ -461,7 +461,10 @@ class TopTrainer:
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             return self.cache_dir
-        self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="edgetune-cache-")
+        if self._tmp is None:  # named with this process's id: a killed run's cache is swept by the next run
+            from edgetune.io import private_tempdir
+
+            self._tmp = private_tempdir("edgetune-cache-")
         return Path(self._tmp.name)
 
     def cleanup(self) -> None:

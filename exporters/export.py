@@ -37,7 +37,7 @@ from device_sim import manifest as mf
 from device_sim.package import is_package, write_tar
 from device_sim.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
-from edgetune.io import atomic_directory, atomic_write_json
+from edgetune.io import atomic_directory, atomic_write_json, output_lock, recover
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.planner.plan import Plan
 from edgetune.tokenization import TextEncoder
@@ -48,6 +48,7 @@ from exporters.onnx_trunk import (
     DEFAULT_OPSET,
     DEFAULT_VERIFY_TEXTS,
     OnnxExport,
+    check_opset,
     export_top_onnx,
     export_trunk,
     verification_batches,
@@ -88,6 +89,15 @@ class ExportOptions:
     executorch_atol: float = 1e-5  # ExecuTorch vs torch: loss, logits, gradients
 
     def __post_init__(self) -> None:
+        check_opset(self.opset)
+        if self.batch_size < 1 or self.executorch_max_batch < 1:
+            raise ExportError("batch sizes must be >= 1")
+        if self.threads is not None and not 1 <= self.threads <= 256:
+            raise ExportError(f"threads must be in 1..256, got {self.threads}")
+        if not 0 <= self.val_fraction < 1:
+            raise ExportError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.skip_budget is not None and not 0 < self.skip_budget <= 1:
+            raise ExportError(f"skip budget must be in (0, 1], got {self.skip_budget}")
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown or "onnx" not in self.targets:
             raise ExportError(f"targets must include onnx and be among {TARGETS}, got {list(self.targets)}")
@@ -393,122 +403,128 @@ def export_package(
     warnings: list[str] = []
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     out = _check_out(Path(out), options.tar)
-    fit_data = _as_dataset(data, plan, options)  # bad data fails before the model is loaded
-    val = _as_dataset(val_data, plan, options)
-    for dataset in (fit_data, val):
-        if dataset is not None:
-            dataset.encoded_labels(LabelMap(tuple(plan.labels)))  # a label the plan does not know names its row
+    with output_lock(out):  # one export per output; what a killed export left next to it is swept
+        recover(out.parent, [out.name])
+        fit_data = _as_dataset(data, plan, options)  # bad data fails before the model is loaded
+        val = _as_dataset(val_data, plan, options)
+        for dataset in (fit_data, val):
+            if dataset is not None:
+                dataset.encoded_labels(LabelMap(tuple(plan.labels)))  # a label the plan does not know names its row
 
-    if isinstance(model, tuple):
-        source = Source(model[0], model[1], "in-memory", {}, model[0].backbone.model_id)
-    else:
-        source = load_source(model, plan)
-    fingerprint = check_plan(source, plan)
-    classifier, encoder = source.classifier.eval(), source.encoder
-    skip = apply_skip_budget(classifier, options.skip_budget)
-    if skip:
-        say(f"skip: budget {skip['budget']:.2f}, blocks {[i + 1 for i in skip['skipped_layers']]} are not exported")
-    say(f"model: {source.kind} {source.path} ({plan.model_type}, {plan.num_layers} layers), cut {plan.cut}")
-    head, val = _prepare_head(source, plan, fit_data, val, options, progress, warnings)
-    if head["init"] == "probe":
-        say(f"head: logistic probe on {head['num_examples']} examples (train accuracy {head['train_accuracy']:.3f})")
+        if isinstance(model, tuple):
+            source = Source(model[0], model[1], "in-memory", {}, model[0].backbone.model_id)
+        else:
+            source = load_source(model, plan)
+        fingerprint = check_plan(source, plan)
+        classifier, encoder = source.classifier.eval(), source.encoder
+        skip = apply_skip_budget(classifier, options.skip_budget)
+        if skip:
+            say(f"skip: budget {skip['budget']:.2f}, blocks {[i + 1 for i in skip['skipped_layers']]} are not exported")
+        say(f"model: {source.kind} {source.path} ({plan.model_type}, {plan.num_layers} layers), cut {plan.cut}")
+        head, val = _prepare_head(source, plan, fit_data, val, options, progress, warnings)
+        if head["init"] == "probe":
+            n, acc = head["num_examples"], head["train_accuracy"]
+            say(f"head: logistic probe on {n} examples (train accuracy {acc:.3f})")
 
-    top = classifier.detached_top(plan.cut).eval()
-    verify_texts = _verify_texts([fit_data, val], encoder)
-    with _staging(out, options.tar) as tmp:
-        trunk = export_trunk(
-            classifier, plan.cut, tmp / TRUNK_FILE, options.opset, options.external_data, encoder.pad_id
-        )
-        parity = verify_trunk(classifier, plan.cut, trunk.path, encoder, verify_texts, options.atol, options.threads)
-        say(
-            f"trunk: {TRUNK_FILE} {size_of(trunk.files) / 1e6:.1f} MB, parity max abs diff "
-            f"{parity.max_abs_diff:.2e} (tolerance {options.atol:g}) in {trunk.seconds:.1f}s"
-        )
-        top.save(tmp, TOP_NAME)
-        encoder.save(tmp)
-        session = ort_session(trunk.path, options.threads)
-
-        with_top_onnx = options.top_onnx or "executorch" in options.targets  # the ExecuTorch devices score with it
-        top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if with_top_onnx else None
-        if top_onnx:
-            say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
-
-        executorch = None
-        if "executorch" in options.targets:
-            executorch = _write_executorch(tmp, top, session, encoder, verify_texts, len(plan.labels), options)
-            p = executorch["parity"]["max_abs_diff"]
-            say(
-                f"executorch: {executorch['train']['file']} + {executorch['inference']['file']}, parity loss "
-                f"{p['loss']:.2e}, gradients {p['gradients']:.2e}, logits {p['inference_logits']:.2e} "
-                f"(tolerance {options.executorch_atol:g}) in {executorch['seconds']:.1f}s"
+        top = classifier.detached_top(plan.cut).eval()
+        verify_texts = _verify_texts([fit_data, val], encoder)
+        with _staging(out, options.tar) as tmp:
+            trunk = export_trunk(
+                classifier, plan.cut, tmp / TRUNK_FILE, options.opset, options.external_data, encoder.pad_id
             )
+            parity = verify_trunk(
+                classifier, plan.cut, trunk.path, encoder, verify_texts, options.atol, options.threads
+            )
+            say(
+                f"trunk: {TRUNK_FILE} {size_of(trunk.files) / 1e6:.1f} MB, parity max abs diff "
+                f"{parity.max_abs_diff:.2e} (tolerance {options.atol:g}) in {trunk.seconds:.1f}s"
+            )
+            top.save(tmp, TOP_NAME)
+            encoder.save(tmp)
+            session = ort_session(trunk.path, options.threads)
 
-        validation, baseline = None, None
-        if val is not None:
-            baseline = _package_accuracy(session, top, encoder, val, plan.labels, options, progress)
-            validation = {"data": val.source, "num_examples": len(val), "accuracy": baseline[0]}
-            say(f"validation: package accuracy {baseline[0]:.4f} on {len(val)} examples")
+            with_top_onnx = options.top_onnx or "executorch" in options.targets  # ExecuTorch devices score with it
+            top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if with_top_onnx else None
+            if top_onnx:
+                say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
 
-        trunk_int8 = None
-        if options.int8:
-            trunk_int8 = _write_int8(tmp, trunk, top, encoder, val, baseline, plan.labels, options, progress)
-            msg = f"int8: {TRUNK_INT8_FILE} {trunk_int8['size'] / 1e6:.1f} MB ({trunk_int8['size_ratio']:.2f}x fp32)"
-            if trunk_int8["accuracy"]:
-                a = trunk_int8["accuracy"]
-                msg += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
-            else:
-                warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
-            say(msg)
+            executorch = None
+            if "executorch" in options.targets:
+                executorch = _write_executorch(tmp, top, session, encoder, verify_texts, len(plan.labels), options)
+                p = executorch["parity"]["max_abs_diff"]
+                say(
+                    f"executorch: {executorch['train']['file']} + {executorch['inference']['file']}, parity loss "
+                    f"{p['loss']:.2e}, gradients {p['gradients']:.2e}, logits {p['inference_logits']:.2e} "
+                    f"(tolerance {options.executorch_atol:g}) in {executorch['seconds']:.1f}s"
+                )
 
-        manifest = {
-            "format": mf.FORMAT,
-            "schema_version": mf.SCHEMA_VERSION,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "producer": _versions(),
-            "source": {"kind": source.kind, "path": source.path},
-            "backbone": {
-                "id": plan.model_id,
-                "model_type": plan.model_type,
-                "family": classifier.backbone.family.name,
-                "num_layers": classifier.num_layers,
-                "hidden_size": classifier.backbone.hidden_size,
-                "pooling": classifier.backbone.pooling,
-                "is_decoder": classifier.backbone.is_decoder,
-                "hash": fingerprint,
-                "plan_hash": plan.model_hash,
-            },
-            "cut": plan.cut,
-            "trainable_layers": [i + 1 for i in classifier.kept_layers(plan.cut)],
-            "skip": skip,
-            "labels": list(plan.labels),
-            "head": head,
-            "plan": plan.to_dict(),
-            "tokenizer": {"tokenizer": "tokenizer.json", "encoder": "encoder.json", **encoder.config()},
-            "trunk": {
-                "file": TRUNK_FILE,
-                "files": [f.name for f in trunk.files],
-                "precision": "fp32",
-                "opset": trunk.opset,
-                "exporter": "torch.onnx.export(dynamo=True)",
-                **trunk.io(),
-                "parity": parity.to_dict(),
-                "size": size_of(trunk.files),
-            },
-            "trunk_int8": trunk_int8,
-            "top": {
-                "weights": f"{TOP_NAME}.safetensors",
-                "spec": f"{TOP_NAME}.json",
-                "blocks": [i + 1 for i in classifier.kept_layers(plan.cut)],
-                "inputs": trunk.outputs[:1] + trunk.inputs[1:],
-                "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(plan.labels)]}],
-            },
-            "top_onnx": top_onnx,
-            "executorch": executorch,
-            "validation": validation,
-            "warnings": warnings,
-            "files": mf.file_table(tmp),
-        }
-        manifest = mf.seal(manifest)
-        atomic_write_json(tmp / mf.MANIFEST, manifest)  # last: a directory without it is no package
-    say(f"wrote {out}")
-    return ExportResult(out, manifest, warnings, time.perf_counter() - start)
+            validation, baseline = None, None
+            if val is not None:
+                baseline = _package_accuracy(session, top, encoder, val, plan.labels, options, progress)
+                validation = {"data": val.source, "num_examples": len(val), "accuracy": baseline[0]}
+                say(f"validation: package accuracy {baseline[0]:.4f} on {len(val)} examples")
+
+            trunk_int8 = None
+            if options.int8:
+                trunk_int8 = _write_int8(tmp, trunk, top, encoder, val, baseline, plan.labels, options, progress)
+                mb, ratio = trunk_int8["size"] / 1e6, trunk_int8["size_ratio"]
+                msg = f"int8: {TRUNK_INT8_FILE} {mb:.1f} MB ({ratio:.2f}x fp32)"
+                if trunk_int8["accuracy"]:
+                    a = trunk_int8["accuracy"]
+                    msg += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
+                else:
+                    warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
+                say(msg)
+
+            manifest = {
+                "format": mf.FORMAT,
+                "schema_version": mf.SCHEMA_VERSION,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "producer": _versions(),
+                "source": {"kind": source.kind, "path": source.path},
+                "backbone": {
+                    "id": plan.model_id,
+                    "model_type": plan.model_type,
+                    "family": classifier.backbone.family.name,
+                    "num_layers": classifier.num_layers,
+                    "hidden_size": classifier.backbone.hidden_size,
+                    "pooling": classifier.backbone.pooling,
+                    "is_decoder": classifier.backbone.is_decoder,
+                    "hash": fingerprint,
+                    "plan_hash": plan.model_hash,
+                },
+                "cut": plan.cut,
+                "trainable_layers": [i + 1 for i in classifier.kept_layers(plan.cut)],
+                "skip": skip,
+                "labels": list(plan.labels),
+                "head": head,
+                "plan": plan.to_dict(),
+                "tokenizer": {"tokenizer": "tokenizer.json", "encoder": "encoder.json", **encoder.config()},
+                "trunk": {
+                    "file": TRUNK_FILE,
+                    "files": [f.name for f in trunk.files],
+                    "precision": "fp32",
+                    "opset": trunk.opset,
+                    "exporter": "torch.onnx.export(dynamo=True)",
+                    **trunk.io(),
+                    "parity": parity.to_dict(),
+                    "size": size_of(trunk.files),
+                },
+                "trunk_int8": trunk_int8,
+                "top": {
+                    "weights": f"{TOP_NAME}.safetensors",
+                    "spec": f"{TOP_NAME}.json",
+                    "blocks": [i + 1 for i in classifier.kept_layers(plan.cut)],
+                    "inputs": trunk.outputs[:1] + trunk.inputs[1:],
+                    "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(plan.labels)]}],
+                },
+                "top_onnx": top_onnx,
+                "executorch": executorch,
+                "validation": validation,
+                "warnings": warnings,
+                "files": mf.file_table(tmp),
+            }
+            manifest = mf.seal(manifest)
+            atomic_write_json(tmp / mf.MANIFEST, manifest)  # last: a directory without it is no package
+        say(f"wrote {out}")
+        return ExportResult(out, manifest, warnings, time.perf_counter() - start)

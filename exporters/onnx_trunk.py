@@ -138,6 +138,26 @@ def _module_bytes(modules: Sequence[nn.Module]) -> int:
     return total
 
 
+MIN_OPSET = 14  # the trunk's attention and layer norm need opset 14+ (onnxruntime >= 1.14 runs up to 18+)
+
+
+def check_opset(opset: int) -> None:
+    """An opset torch.onnx can target and this onnx knows; anything else is an :class:`ExportError` up front."""
+    import onnx
+
+    latest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= latest:
+        raise ExportError(f"opset {opset!r} is outside {MIN_OPSET}..{latest} (the opsets this exporter can write)")
+
+
+def written_opset(path: Path) -> int:
+    """The default-domain opset a written ONNX file declares (what the manifest records, never the request)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def _export(
     module: nn.Module,
     args: tuple[torch.Tensor, ...],
@@ -231,7 +251,7 @@ def export_trunk(
         _io(TRUNK_OUTPUTS[0], "float32", ["batch", "sequence", backbone.hidden_size]),
         _io(TRUNK_OUTPUTS[1], "int64", ["batch", "sequence"]),
     ]
-    return OnnxExport(Path(path), files, opset, inputs, outputs, time.perf_counter() - start)
+    return OnnxExport(Path(path), files, written_opset(Path(path)), inputs, outputs, time.perf_counter() - start)
 
 
 def top_tensor_names(top: TopModel) -> list[str]:
@@ -288,7 +308,7 @@ def export_top_onnx(
         *(_io(n, "float32", list(t.shape)) for n, t in zip(names, tensors)),
     ]
     outputs = [_io(TOP_OUTPUTS[0], "float32", ["batch", int(top.spec["num_labels"])])]
-    return OnnxExport(Path(path), files, opset, inputs, outputs, time.perf_counter() - start)
+    return OnnxExport(Path(path), files, written_opset(Path(path)), inputs, outputs, time.perf_counter() - start)
 
 
 def verification_batches(encoder: TextEncoder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:

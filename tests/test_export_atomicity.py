@@ -111,7 +111,7 @@ def test_killed_export_leaves_no_package_that_loads(source, tmp_path):
     out = tmp_path / "pkg"
     _kill_mid_write(checkpoint, plan, out, tmp_path)
     assert not out.exists()
-    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".pkg.")]
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".pkg.") and p.name.endswith(".tmp")]
     assert leftovers and (leftovers[0] / "trunk.onnx").exists()  # killed with most files written...
     for left in leftovers:  # ...yet nothing there verifies as a package
         assert not verify_package(left).ok

@@ -214,7 +214,8 @@ def _tar_with(path, members: dict[str, bytes], link: str | None = None) -> None:
 
 
 def test_tar_guards(bert_copy, tmp_path):
-    files = {p.name: p.read_bytes() for p in bert_copy.iterdir()}
+    names = ["manifest.json"] + sorted(p.name for p in bert_copy.iterdir() if p.name != "manifest.json")
+    files = {name: (bert_copy / name).read_bytes() for name in names}  # the manifest first, as export writes it
     traversal = tmp_path / "traversal.tar"
     _tar_with(traversal, {**files, "../escaped.txt": b"x"})
     with pytest.raises(PackageError, match=r"unsafe or duplicate member name '\.\./escaped\.txt'"):

@@ -35,6 +35,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input is wrong", reported without a traceback."""
     from edgetune.backbones import UnsupportedModelError
     from edgetune.data import DataError
+    from edgetune.io import OutputError
     from edgetune.merge import MergeError
     from edgetune.planner.plan import PlanError
     from edgetune.train import TrainError
@@ -46,6 +47,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         TrainError,
         UnsupportedModelError,
         FileNotFoundError,
+        OutputError,
     ]
     try:
         from device_sim.package import PackageError

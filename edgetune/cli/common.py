@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import typer
 from rich.table import Table
 
 if TYPE_CHECKING:  # the device commands must not load the planner
@@ -52,3 +56,110 @@ def print_plan_table(plan: Plan) -> None:
             cells.append("ok" if r.fits_budget else "over")
         table.add_row(*cells, style=style)
     console.print(table)
+
+
+# -- numbers and outputs every command checks before any work ----------------------------------------------------
+
+MAX_THREADS = 256  # onnxruntime aborts the whole process when asked for tens of thousands of threads
+
+
+def check_range(
+    flag: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Refuse a numeric flag outside its range (``None``: the flag was not given) as a usage error (exit 2)."""
+    if value is None:
+        return
+    ok = (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high)
+    )
+    if ok and value == value:  # NaN is never in range
+        return
+    left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+    right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+    raise typer.BadParameter(f"must be {' and '.join(p for p in (left, right) if p)}, got {value:g}", param_hint=flag)
+
+
+def check_threads(value: int | None, flag: str = "--threads") -> None:
+    check_range(flag, value, 1, MAX_THREADS)
+
+
+def positive(**flags: float | None) -> None:
+    """Each ``name=value`` (the flag ``--name``) must be > 0 when given."""
+    for name, value in flags.items():
+        check_range(f"--{name.replace('_', '-')}", value, 0, low_open=True)
+
+
+def at_least_one(**flags: int | None) -> None:
+    """Each ``name=value`` (the flag ``--name``) must be >= 1 when given."""
+    for name, value in flags.items():
+        check_range(f"--{name.replace('_', '-')}", value, 1)
+
+
+@contextlib.contextmanager
+def file_output(
+    out: Path | None,
+    inputs: list[tuple[str, Path | None]],
+    owned: Callable[[Path], bool] | None,
+    what: str,
+) -> Iterator[None]:
+    """A command's output file: never one of its inputs or a file it did not write; locked while it is written."""
+    if out is None:
+        yield
+        return
+    from edgetune.io import check_output_file, output_lock, recover
+
+    check_output_file(out, inputs, owned, what)
+    with output_lock(out):
+        recover(out.parent, [out.name])
+        check_output_file(out, inputs, owned, what)  # again, under the lock
+        yield
+
+
+@contextlib.contextmanager
+def locked_output(out: Path | None) -> Iterator[None]:
+    """Hold the lock on a command's output (a directory the command checks itself) while it is written."""
+    if out is None:
+        yield
+        return
+    from edgetune.io import output_lock, recover
+
+    with output_lock(out):
+        recover(out.parent, [out.name])
+        yield
+
+
+def locks_output(param: str = "out") -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a command so that it holds the lock on its ``--out`` (the ``param`` argument) while it runs."""
+
+    def decorate(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def wrapper(*args: object, **kwargs: object) -> None:
+            out = kwargs.get(param)
+            with locked_output(Path(out) if out is not None else None):  # type: ignore[arg-type]
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def predictions_csv(path: Path) -> bool:
+    """Whether ``path`` is a predictions CSV that ``edgetune predict --out`` wrote (its header)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.readline().rstrip("\r\n") == "text,label,confidence"
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def png_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False

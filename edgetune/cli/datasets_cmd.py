@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edgetune.cli.common import locks_output
+
 
 def register(app: typer.Typer) -> None:
     from edgetune.cli import handle_errors
@@ -16,6 +18,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("bbc-news")
     @handle_errors
+    @locks_output()
     def bbc_news_command(
         out: Annotated[Path, typer.Option("--out", help="Directory for train.csv and test.csv.")] = Path("data/bbc"),
         test_size: Annotated[float, typer.Option(help="Fraction held out for test.csv.")] = 0.2,

@@ -8,6 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgetune.cli.common import (
+    at_least_one,
+    check_range,
+    check_threads,
+    file_output,
+    locked_output,
+    positive,
+    predictions_csv,
+)
 from edgetune.cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
@@ -214,6 +223,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
         from device_sim.settings import PersonalizeConfig
 
+        check_threads(threads)
+        positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops, lr=lr, head_lr=head_lr)
+        at_least_one(epochs=epochs, batch_size=batch_size, checkpoint_steps=checkpoint_steps)
+        check_range("--cut", cut, 0)
+        check_range("--patience", patience, 0)
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
         if select is None:  # a job fixed by hand is trained as asked
@@ -244,7 +258,12 @@ def register(app: typer.Typer) -> None:
             config = PersonalizeConfig(**settings)
         except ValueError as err:
             raise typer.BadParameter(str(err)) from None
-        with Device(package, device_profile, threads) as device:
+        from edgetune.io import same_file
+
+        for flag, path in (("--data", data), ("--package", package)):
+            if same_file(out, path):
+                raise typer.BadParameter(f"{out} is also the command's {flag}", param_hint="--out")
+        with locked_output(out), Device(package, device_profile, threads) as device:
             try:
                 result = device.personalize(data, out, config, backend=backend)
             except ProfileError as err:
@@ -291,6 +310,8 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in FORMATS:
             raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+        check_threads(threads)
+        at_least_one(batch_size=batch_size)
         if data is not None and text:
             raise typer.BadParameter("give either --data or --text (or neither, to read stdin)", param_hint="--text")
         if out is not None and data is None:
@@ -298,7 +319,8 @@ def register(app: typer.Typer) -> None:
         if logits and fmt != "jsonl":
             raise typer.BadParameter("--logits adds a field to --format jsonl", param_hint="--logits")
         precision = "int8" if int8 else "fp32"
-        with Device(package, threads=threads) as device:
+        inputs = [("--data", data), ("--package", package), ("--personal", personal)]
+        with file_output(out, inputs, predictions_csv, "predictions CSV"), Device(package, threads=threads) as device:
             predictor = device.predictor(personal, precision, check_runtime(runtime))
             if data is not None:
                 column = text_column or device.package.manifest["plan"].get("text_column", "text")

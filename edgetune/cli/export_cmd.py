@@ -188,6 +188,7 @@ def _print_summary(m: dict[str, Any]) -> None:
     from edgetune.cli import console
 
     b, trunk = m["backbone"], m["trunk"]
+    trainable = m.get("trainable_layers")
     table = Table(title="device package", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -195,9 +196,9 @@ def _print_summary(m: dict[str, Any]) -> None:
         ("format", f"{m['format']} v{m['schema_version']}, created {m.get('created_at', '?')}"),
         ("backbone", f"{b['id']} ({b['model_type']}, {b['num_layers']} layers, hidden {b['hidden_size']})"),
         ("weights hash", f"{b['hash'][:16]} (plan made for {b['plan_hash'][:16]})"),
-        ("cut", f"trunk = embeddings + blocks 1..{m['cut']}; device trains {m['trainable_layers'] or 'none'} + head"),
+        ("cut", f"trunk = embeddings + blocks 1..{m['cut']}; device trains {trainable or 'none'} + head"),
         ("labels", ", ".join(m["labels"])),
-        ("head", str(m["head"].get("init"))),
+        ("head", str((m.get("head") or {}).get("init"))),
         ("trunk", f"{trunk['file']} opset {trunk['opset']}, parity {trunk['parity']['max_abs_diff']:.2e}"),
         ("trunk in", _fmt_io(trunk["inputs"])),
         ("trunk out", _fmt_io(trunk["outputs"])),

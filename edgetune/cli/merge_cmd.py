@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edgetune.cli.common import locks_output
+
 METHOD_CHOICES = {"rankmean": "rankmean", "average": "average", "task-arithmetic": "task_arithmetic"}
 
 
@@ -15,6 +17,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("merge")
     @handle_errors
+    @locks_output()
     def merge_command(
         base: Annotated[Path, typer.Option("--base", help="The pretrained model all the others were fine-tuned from.")],
         models: Annotated[
@@ -45,6 +48,13 @@ def register(app: typer.Typer) -> None:
 
         if method not in METHOD_CHOICES:
             raise typer.BadParameter(f"choose one of {', '.join(METHOD_CHOICES)}", param_hint="--method")
+        from edgetune.io import check_output_dir, check_output_file
+
+        inputs = [("--base", base), *(("--models", m) for m in [*models, *(more_models or [])])]
+        if out.suffix == ".safetensors":
+            check_output_file(out, inputs, lambda p: p.suffix == ".safetensors", "merged state file")
+        else:
+            check_output_dir(out, inputs, ["edgetune.json"], "merged checkpoint")
         report = merge_files(
             base, [*models, *(more_models or [])], out, METHOD_CHOICES[method], scale, head_from - 1, granularity
         )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgetune.cli.common import print_plan_table
+from edgetune.cli.common import at_least_one, check_range, file_output, png_file, positive, print_plan_table
 from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
 
 PLANNER_CHOICES = ("salf", "topk", "gradnorm", "autofreeze", "random", "full")
@@ -71,11 +71,6 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
     ) -> None:
         """Read the frozen model's latent traces on your data and pick the cheapest top layers worth training."""
-        from edgetune.api import load_model, plan
-        from edgetune.cli import console
-        from edgetune.data import load_dataset
-        from edgetune.planner import Budget, CostConfig
-        from edgetune.report import plot_plan
 
         if planner not in PLANNER_CHOICES:
             raise typer.BadParameter(f"choose one of {', '.join(PLANNER_CHOICES)}", param_hint="--planner")
@@ -87,54 +82,81 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
         if tolerance < 0:
             raise typer.BadParameter("must be >= 0 (accuracy points)", param_hint="--tolerance")
-        tuner, tuner_params = tuner_options(tuner, None, None, tuner_param)
-        dataset = load_dataset(data, text_column, label_column)  # fail on bad data before loading the model
-        budget = Budget(max_backward_frac, max_train_memory_mb, max_device_seconds)
-        params: dict = {}
-        if planner == "salf":
-            params = {
-                "sample_size": sample_size,
-                "min_trainable_layers": min_trainable_layers,
-                "policy": policy,
-                "tolerance": tolerance,
-            }
-        elif planner == "random":
-            params = {"min_trainable_layers": 1 if min_trainable_layers is None else min_trainable_layers}
-        elif planner == "topk":
-            params = {"k": k}
-        backbone, encoder = load_model(model, max_length)
-        cost = CostConfig(
-            seq_len=encoder.max_length,
-            batch_size=batch_size,
-            num_examples=len(dataset),
-            epochs=epochs,
-            device_gflops=device_gflops,
+        check_range("--max-length", max_length, 2, 1 << 16)
+        at_least_one(batch_size=batch_size, epochs=epochs, sample_size=sample_size, k=k)
+        check_range("--min-trainable-layers", min_trainable_layers, 0)
+        positive(
+            max_train_memory_mb=max_train_memory_mb, max_device_seconds=max_device_seconds, device_gflops=device_gflops
         )
-        result = plan(
-            (backbone, encoder),
-            dataset,
-            planner=planner,
-            budget=budget,
-            cost=cost,
-            planner_params=params,
-            tuner=tuner,
-            tuner_params=tuner_params,
-            text_column=text_column,
-            label_column=label_column,
-            seed=seed,
-            progress=not quiet,
-        )
-        result.save(out)
-        if not quiet:
-            print_plan_table(result)
-        what = f"blocks {result.trainable_layers} + head" if result.trainable_layers else "the head only"
-        loss = result.chosen.predicted_loss
-        expected = f", predicted {loss:.2f} points below the best cut" if loss is not None else ""
-        msg = (
-            f"plan: cut {result.cut} -> train {what} ({result.chosen.backward_frac:.0%} of full backward FLOPs"
-            f"{expected}); wrote {out} in {result.seconds:.1f}s"
-        )
+        from edgetune.io import check_output_file, json_with_keys
+
+        inputs = [("--data", data), ("--model", model)]
         if report is not None:
-            plot_plan(result, report)
-            msg += f"; report {report}"
-        console.print(msg, highlight=False)
+            check_output_file(report, [*inputs, ("--out", out)], png_file, "PNG report", "--report")
+        plan_owned = json_with_keys("schema_version", "planner", "cut", "rows")
+        with file_output(out, [*inputs, ("--report", report)], plan_owned, "plan"):
+            _plan(model, data, out, planner, text_column, label_column, max_length, batch_size, epochs, sample_size,
+                  policy, tolerance, min_trainable_layers, k, max_backward_frac, max_train_memory_mb,
+                  max_device_seconds, device_gflops, tuner, tuner_param, seed, report, quiet)  # fmt: skip
+
+
+def _plan(model, data, out, planner, text_column, label_column, max_length, batch_size, epochs, sample_size,
+          policy, tolerance, min_trainable_layers, k, max_backward_frac, max_train_memory_mb, max_device_seconds,
+          device_gflops, tuner, tuner_param, seed, report, quiet) -> None:  # fmt: skip
+    from edgetune.api import load_model, plan
+    from edgetune.cli import console
+    from edgetune.data import load_dataset
+    from edgetune.planner import Budget, CostConfig
+    from edgetune.report import plot_plan
+
+    tuner, tuner_params = tuner_options(tuner, None, None, tuner_param)
+    dataset = load_dataset(data, text_column, label_column)  # fail on bad data before loading the model
+    budget = Budget(max_backward_frac, max_train_memory_mb, max_device_seconds)
+    params: dict = {}
+    if planner == "salf":
+        params = {
+            "sample_size": sample_size,
+            "min_trainable_layers": min_trainable_layers,
+            "policy": policy,
+            "tolerance": tolerance,
+        }
+    elif planner == "random":
+        params = {"min_trainable_layers": 1 if min_trainable_layers is None else min_trainable_layers}
+    elif planner == "topk":
+        params = {"k": k}
+    backbone, encoder = load_model(model, max_length)
+    cost = CostConfig(
+        seq_len=encoder.max_length,
+        batch_size=batch_size,
+        num_examples=len(dataset),
+        epochs=epochs,
+        device_gflops=device_gflops,
+    )
+    result = plan(
+        (backbone, encoder),
+        dataset,
+        planner=planner,
+        budget=budget,
+        cost=cost,
+        planner_params=params,
+        tuner=tuner,
+        tuner_params=tuner_params,
+        text_column=text_column,
+        label_column=label_column,
+        seed=seed,
+        progress=not quiet,
+    )
+    result.save(out)
+    if not quiet:
+        print_plan_table(result)
+    what = f"blocks {result.trainable_layers} + head" if result.trainable_layers else "the head only"
+    loss = result.chosen.predicted_loss
+    expected = f", predicted {loss:.2f} points below the best cut" if loss is not None else ""
+    msg = (
+        f"plan: cut {result.cut} -> train {what} ({result.chosen.backward_frac:.0%} of full backward FLOPs"
+        f"{expected}); wrote {out} in {result.seconds:.1f}s"
+    )
+    if report is not None:
+        plot_plan(result, report)
+        msg += f"; report {report}"
+    console.print(msg, highlight=False)

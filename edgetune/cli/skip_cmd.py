@@ -7,12 +7,15 @@ from typing import Annotated
 
 import typer
 
+from edgetune.cli.common import at_least_one, check_range, locks_output
+
 
 def register(app: typer.Typer) -> None:
     from edgetune.cli import handle_errors
 
     @app.command("skip")
     @handle_errors
+    @locks_output()
     def skip_command(
         model: Annotated[Path, typer.Option("--model", help="Hugging Face model directory (or hub id).")],
         data: Annotated[Path, typer.Option("--data", help="Labelled training data (CSV with a header, or JSONL).")],
@@ -49,6 +52,12 @@ def register(app: typer.Typer) -> None:
 
         if not 0 < budget <= 1:
             raise typer.BadParameter("must be in (0, 1]", param_hint="--budget")
+        at_least_one(epochs=epochs, batch_size=batch_size)
+        from edgetune.io import check_output_dir
+
+        inputs = [("--model", model), ("--data", data), ("--eval-data", eval_data)]
+        check_output_dir(out, inputs, ["edgetune.json"], "checkpoint")
+        check_range("--max-length", max_length, 2, 1 << 16)
         dataset = load_dataset(data, text_column, label_column)  # bad data fails before the model loads
         held_out = load_dataset(eval_data, text_column, label_column) if eval_data is not None else None
         if held_out is not None:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edgetune.cli.common import at_least_one, check_range, check_threads, locks_output
+
 METHOD_HELP = (
     "fala: personal matrix from curated examples (no backbone training); retrain: the new top layers on all the "
     "data; head-only: the new head on the curated examples."
@@ -18,6 +20,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("swap")
     @handle_errors
+    @locks_output()
     def swap_command(
         old: Annotated[Path, typer.Option("--old", help="The package the personal state was trained on.")],
         new: Annotated[Path, typer.Option("--new", help="The package with the new backbone.")],
@@ -46,6 +49,11 @@ def register(app: typer.Typer) -> None:
         from device_sim.swap import SwapConfig, SwapError, swap
         from edgetune.cli import console
 
+        check_threads(threads)
+        at_least_one(k=k, epochs=epochs)
+        check_range("--fraction", fraction, 0, 1, low_open=True)
+        check_range("--tune-epochs", tune_epochs, 0)
+
         try:
             config = SwapConfig(
                 method=method,
@@ -70,6 +78,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("simulate")
     @handle_errors
+    @locks_output()
     def simulate_command(
         old: Annotated[Path, typer.Option("--old", help="The package the fleet runs today.")],
         new: Annotated[Path, typer.Option("--new", help="The package with the new backbone.")],
@@ -102,6 +111,18 @@ def register(app: typer.Typer) -> None:
         from edgetune.io import atomic_write_json
         from edgetune.progress import progress_bar
 
+        check_threads(threads)
+        at_least_one(users=users, random_draws=random_draws, epochs=epochs)
+        check_range("--examples-per-user", examples_per_user, 2)
+        check_range("--test-fraction", test_fraction, 0, 1, low_open=True, high_open=True)
+        check_range("--fraction", fraction, 0, 1, low_open=True)
+        if out.exists() and not out.is_dir():
+            raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
+        from edgetune.cli.common import png_file
+        from edgetune.io import check_output_file, json_with_keys
+
+        check_output_file(out / "simulate.json", [("--data", data)], json_with_keys("summary"), "simulation result")
+        check_output_file(out / "simulate.png", [("--data", data)], png_file, "simulation plot")
         chosen = tuple(methods or FLEET_METHODS)
         try:
             user_config = UserConfig(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgetune.cli.common import at_least_one, check_range, check_threads, file_output, positive
 from edgetune.cli.device_cmd import RUNTIME_OPTION, check_runtime
 from edgetune.cli.tuner_opts import (
     LoraAlphaOption,
@@ -132,6 +133,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
         if cache not in CACHE_PLACES:
             raise typer.BadParameter(f"choose one of {', '.join(CACHE_PLACES)}", param_hint="--cache")
+        at_least_one(epochs=epochs, batch_size=batch_size, checkpoint_steps=checkpoint_steps)
+        check_range("--max-length", max_length, 2, 1 << 16)
+        check_range("--patience", patience, 0)
+        check_range("--val-fraction", val_fraction, 0, 1, high_open=True)
+        positive(head_lr=head_lr)
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         search_lr = lr is not None and lr.strip().lower() == "auto"
         block_lr = None if lr is None or search_lr else parse_rate(lr, "--lr")
@@ -219,43 +225,57 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
         optional personal state (--package [--personal])."""
-        from edgetune.cli import console
-        from edgetune.io import atomic_write_json
+        from edgetune.io import json_with_keys
 
         if (model is None) == (package is None):
             raise typer.BadParameter("give exactly one of --model or --package", param_hint="--model/--package")
         if personal is not None and package is None:
             raise typer.BadParameter("--personal applies to a --package", param_hint="--personal")
-        if package is not None:
-            from device_sim.device import Device
+        check_threads(threads)
+        at_least_one(batch_size=batch_size)
+        inputs = [("--data", data), ("--model", model), ("--package", package), ("--personal", personal)]
+        with file_output(out, inputs, json_with_keys("accuracy", "macro_f1", "num_examples"), "metrics JSON"):
+            _evaluate(
+                data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet,
+                check_runtime(runtime),
+            )  # fmt: skip
 
-            with Device(package, threads=threads) as device:
-                metrics = device.evaluate(
-                    data,
-                    personal,
-                    batch_size=batch_size,
-                    precision="int8" if int8 else "fp32",
-                    text_column=text_column,
-                    label_column=label_column,
-                    progress=not quiet,
-                    backend=check_runtime(runtime),
-                )
-            source: dict[str, Any] = {"package": str(package), "personal": None if personal is None else str(personal)}
-            name = f"{package}" + (f" + {personal}" if personal is not None else "")
-        else:
-            from edgetune.data import load_dataset
-            from edgetune.evaluation import evaluate_classifier, load_trained
 
-            dataset = load_dataset(data, text_column or "text", label_column or "label")
-            classifier, encoder = load_trained(model)
-            metrics = evaluate_classifier(classifier, encoder, dataset, batch_size=batch_size, progress=not quiet)
-            source, name = {"model": str(model)}, str(model)
-        if out is not None:
-            atomic_write_json(out, {**source, "data": str(data), **metrics})
-        if not quiet:
-            print_metrics(metrics, f"{name} on {data}")
-        console.print(
-            f"accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.2%} "
-            f"on {metrics['num_examples']} examples",
-            highlight=False,
-        )
+def _evaluate(
+    data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet, runtime="auto"
+):
+    from edgetune.cli import console
+    from edgetune.io import atomic_write_json
+
+    if package is not None:
+        from device_sim.device import Device
+
+        with Device(package, threads=threads) as device:
+            metrics = device.evaluate(
+                data,
+                personal,
+                batch_size=batch_size,
+                precision="int8" if int8 else "fp32",
+                text_column=text_column,
+                label_column=label_column,
+                progress=not quiet,
+                backend=runtime,
+            )
+        source: dict[str, Any] = {"package": str(package), "personal": None if personal is None else str(personal)}
+        name = f"{package}" + (f" + {personal}" if personal is not None else "")
+    else:
+        from edgetune.data import load_dataset
+        from edgetune.evaluation import evaluate_classifier, load_trained
+
+        dataset = load_dataset(data, text_column or "text", label_column or "label")
+        classifier, encoder = load_trained(model)
+        metrics = evaluate_classifier(classifier, encoder, dataset, batch_size=batch_size, progress=not quiet)
+        source, name = {"model": str(model)}, str(model)
+    if out is not None:
+        atomic_write_json(out, {**source, "data": str(data), **metrics})
+    if not quiet:
+        print_metrics(metrics, f"{name} on {data}")
+    console.print(
+        f"accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.2%} on {metrics['num_examples']} examples",
+        highlight=False,
+    )

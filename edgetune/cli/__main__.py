@@ -1,0 +1,5 @@
+"""``python -m edgetune.cli``: the same as the ``edgetune`` console script."""
+
+from edgetune.cli import main
+
+main()
