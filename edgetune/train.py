@@ -244,6 +244,15 @@ def _all_gather_rows(array: np.ndarray, n_per_rank: list[int], device: torch.dev
     return [t.cpu().numpy().view(array.dtype).reshape(rows, *array.shape[1:])[:n] for t, n in zip(out, n_per_rank)]
 
 
+def _all(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true in every process."""
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def _broadcast(value: Any) -> Any:
     """The main process's ``value`` in every process."""
     import torch.distributed as dist
@@ -633,7 +642,7 @@ class Trainer(TopTrainer):
         world, rank = _world(acc)
         path = _broadcast(self._cache_path(input_ids.shape, name))  # one decision: the main process's
         found = FeatureCache.open(path, expect=key) if path is not None else None
-        if _broadcast(found is not None) and found is not None:
+        if _all(found is not None, self.device) and found is not None:  # every process sees it
             return found
         n, width = input_ids.shape
         shards = [np.arange(r, n, world) for r in range(world)]

@@ -31,8 +31,9 @@ def free_port() -> int:
 
 
 def test_two_processes_train_the_single_process_model_and_resume_its_checkpoint(tmp_path):
-    """A single-process run crashes after step 3; `accelerate launch` resumes it on 2 processes (the cache rebuilt
-    by both, sharded; validation and test predictions gathered; checkpoints and outputs by the main process).
+    """A single-process run crashes after step 3; `accelerate launch` resumes it on 2 processes (each cache built
+    by both, in shards, gathered, written by the main process and mapped by the other; validation and test
+    predictions gathered; checkpoints and outputs by the main process).
     The result equals an uninterrupted single-process run with the same global batch. No dropout in the model:
     each process draws its own masks, so only a model without dropout can match one process exactly."""
     model = build_model("bert", layers=3, seed=4)
@@ -47,7 +48,7 @@ def test_two_processes_train_the_single_process_model_and_resume_its_checkpoint(
     reference = finetune(tmp_path / "model", tmp_path / "plan.json", train, tmp_path / "ref", config, eval_data=test)
 
     out = tmp_path / "run"
-    crashed = TrainConfig(**{**config.__dict__, "checkpoint_steps": 2, "cache": "mmap"})
+    crashed = TrainConfig(**{**config.__dict__, "checkpoint_steps": 2, "cache": "memory"})
     with pytest.raises(Crash):
         finetune(tmp_path / "model", tmp_path / "plan.json", train, out, crashed, callbacks=[crash_at(3)])
     assert load_checkpoint(out / "checkpoint").state.global_step == 2
@@ -57,7 +58,7 @@ def test_two_processes_train_the_single_process_model_and_resume_its_checkpoint(
     launch += ["--main_process_port", str(free_port()), "-m", "edgetune.cli", "train"]
     args = ["--model", str(tmp_path / "model"), "--plan", str(tmp_path / "plan.json"), "--data", str(train)]
     args += ["--out", str(out), "--epochs", "3", "--batch-size", "16", "--lr", "1e-3", "--val-fraction", "0.2"]
-    args += ["--device", "cpu", "--cache", "memory", "--eval-data", str(test), "--checkpoint-steps", "2"]
+    args += ["--device", "cpu", "--cache", "mmap", "--eval-data", str(test), "--checkpoint-steps", "2"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.update(OMP_NUM_THREADS="1", EDGETUNE_NO_PROGRESS="1")
     done = subprocess.run([*launch, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
