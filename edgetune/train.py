@@ -669,7 +669,8 @@ class Trainer(TopTrainer):
         if acc.is_main_process:
             cache.save(path)
         acc.wait_for_everyone()
-        return FeatureCache.open(path, expect=key) or cache  # a path the main process's node alone sees: memory
+        mapped = FeatureCache.open(path, expect=key)
+        return mapped if mapped is not None else cache  # a path only the main process's node sees: in memory
 
     def _cache_path(self, shape: tuple[int, ...], name: str) -> Path | None:
         cfg = self.config
