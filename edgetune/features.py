@@ -92,6 +92,16 @@ class FeatureCache:
         mask_t = torch.from_numpy(mask[:, :width].astype(np.int64))
         return hidden.to(device), mask_t.to(device)
 
+    def save(self, path: str | Path) -> FeatureCache:
+        """Write this cache to ``path`` (atomically, the format above); returns it memory-mapped from there."""
+        with atomic_directory(path) as tmp:
+            np.save(tmp / "features.npy", np.asarray(self.features))
+            np.save(tmp / "mask.npy", np.asarray(self.mask).astype(np.uint8))
+            (tmp / "key.json").write_text(json.dumps(self.key, indent=2))
+        opened = FeatureCache.open(path)
+        assert opened is not None
+        return opened
+
     # -- building ------------------------------------------------------------------
     @classmethod
     def build(

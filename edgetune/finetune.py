@@ -42,7 +42,7 @@ from edgetune.io import atomic_directory, output_lock, private_tempdir, recover
 from edgetune.learning_rates import lr_candidates
 from edgetune.planner.plan import Plan, PlanError
 from edgetune.tokenization import TextEncoder
-from edgetune.train import StepEvent, TrainConfig, Trainer, TrainError, TrainResult
+from edgetune.train import StepEvent, TrainConfig, Trainer, TrainError, TrainResult, is_main_process
 from edgetune.tuners import Tuner, get_tuner
 
 CHECKPOINT = "checkpoint"
@@ -162,7 +162,7 @@ def _finetune(
         )
         if held_out is not None:
             result.metrics = evaluate_classifier(result.classifier, encoder, held_out, progress=config.progress)
-        if out_path is not None:
+        if out_path is not None and is_main_process():
             save_result(out_path, result, plan)
         return result
 
@@ -185,8 +185,9 @@ def _finetune(
             result.metrics = trainer.evaluate(trainer.source(held_out, "test"), held_out.encoded_labels(label_map))
     finally:
         trainer.cleanup()
-    if out_path is not None:
+    if out_path is not None and is_main_process():  # several processes: the first one writes
         save_result(out_path, result, plan)
+    trainer.accelerator.wait_for_everyone()
     return result
 
 

@@ -19,6 +19,19 @@ imports accelerate.
 Checkpoints (:mod:`edgetune.checkpoint`) are atomic; a run that finds a
 checkpoint of the same identity in its output directory resumes from it.
 
+Data parallel (``torchrun --nproc_per_node N -m edgetune.cli train ...`` or
+``accelerate launch --multi_gpu --num_processes N -m edgetune.cli train ...``;
+gloo on CPUs, NCCL on GPUs): every process draws the same global batch (the
+epoch permutation depends on the seed alone) and trains on its share of it
+(examples ``rank::world``), the loss weighted so that DDP's gradient average
+is the gradient of the global batch's mean loss, so N processes train the
+model one process would, up to float rounding (and dropout masks: each
+process draws its own). The feature cache is built once: each process runs
+the trunk over its shard of the examples and the shards are gathered; the main
+process writes it (``--cache mmap``) and the others map the file. Validation
+and test predictions are sharded and gathered; checkpoints are written by the
+main process only, and every process resumes from them.
+
 :class:`TopTrainer` is the loop itself: it trains an already prepared top on
 feature sources and knows nothing of where the features came from.
 :class:`Trainer` adds the server side (the whole classifier, its torch trunk,
@@ -146,6 +159,7 @@ class TrainResult:
     delta: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     lr_search: list[dict[str, Any]] | None = None  # finetune(search_lr=True): every candidate's validation score
+    processes: int = 1  # data-parallel processes that trained it
 
     @property
     def epoch_seconds(self) -> list[float]:
@@ -165,6 +179,7 @@ class TrainResult:
             "cache_bytes": self.cache_bytes,
             "metrics": self.metrics,
             "lr_search": self.lr_search,
+            "processes": self.processes,
             "tuner_report": getattr(self.tuner, "report", None),  # e.g. DSEE's pruning: sparsity and FLOPs
         }
 
@@ -203,6 +218,50 @@ def _distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """False in every process of a distributed launch but the first (what writes outputs and prints)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _world(accelerator: Any) -> tuple[int, int]:
+    """``(number of processes, this process's index)`` of an Accelerator or :class:`SingleProcess`."""
+    return int(getattr(accelerator, "num_processes", 1)), int(getattr(accelerator, "process_index", 0))
+
+
+def _all_gather_rows(array: np.ndarray, n_per_rank: list[int], device: torch.device) -> list[np.ndarray]:
+    """Every process's ``array`` (its first ``n_per_rank[rank]`` rows are real), gathered in rank order. Sent as
+    bytes, padded to the longest shard: gloo and NCCL move any dtype that way."""
+    import torch.distributed as dist
+
+    rows = max(n_per_rank)
+    padded = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    padded[: len(array)] = array
+    local = torch.from_numpy(padded.reshape(-1).view(np.uint8).copy()).to(device)
+    out = [torch.empty_like(local) for _ in n_per_rank]
+    dist.all_gather(out, local)
+    return [t.cpu().numpy().view(array.dtype).reshape(rows, *array.shape[1:])[:n] for t, n in zip(out, n_per_rank)]
+
+
+def _all(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true in every process."""
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _broadcast(value: Any) -> Any:
+    """The main process's ``value`` in every process."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def make_accelerator(config: TrainConfig) -> Any:
     """Accelerate where it has work to do (a GPU, mixed precision, more than one process); a single CPU
     process (every device job) runs :class:`SingleProcess` and never imports accelerate."""
@@ -210,8 +269,15 @@ def make_accelerator(config: TrainConfig) -> Any:
     if local_device and config.mixed_precision in (None, "no") and not _distributed_launch():
         return SingleProcess()
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
-    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
+    # The loop shards each global batch across the processes itself (TopTrainer._step), so the learning-rate
+    # schedule steps once per optimizer step, as in one process: Accelerate calls that split_batches.
+    accelerator = Accelerator(
+        cpu=config.device == "cpu",
+        mixed_precision=config.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     if config.device is not None and config.device != "cpu" and accelerator.device.type != config.device:
         raise TrainError(f"device {config.device!r} requested but Accelerate found {accelerator.device}")
     return accelerator
@@ -238,6 +304,8 @@ class SingleProcess:
 
     device = torch.device("cpu")
     is_main_process = True
+    num_processes = 1
+    process_index = 0
 
     def prepare(self, *objects: Any) -> tuple[Any, ...]:
         return tuple(_EpochLoader(o) if isinstance(o, DataLoader) else o for o in objects)
@@ -296,19 +364,25 @@ class TopTrainer:
     def predict(self, source: Source, batch_size: int = 64) -> np.ndarray:
         """Logits of the top on every example of ``source``, in order."""
         top = self.top
+        world, rank = _world(self.accelerator)
+        # several processes: each predicts a contiguous share of the examples; the shares are gathered
+        bounds = np.linspace(0, len(source), world + 1).round().astype(int)
         # Restore each submodule's own mode: frozen parts of the top stay in eval mode.
         modes = [(module, module.training) for module in top.modules()]
         top.eval()
-        out = []
+        out = [np.zeros((0, len(self.label_map)), dtype=np.float32)]
         try:
-            for start in range(0, len(source), batch_size):
-                hidden, mask = source.batch(np.arange(start, min(start + batch_size, len(source))), self.device)
+            for start in range(bounds[rank], bounds[rank + 1], batch_size):
+                hidden, mask = source.batch(np.arange(start, min(start + batch_size, bounds[rank + 1])), self.device)
                 with self.accelerator.autocast():
                     out.append(top(hidden, mask).float().cpu().numpy())
         finally:
             for module, training in modes:
                 module.training = training
-        return np.concatenate(out)
+        logits = np.concatenate(out)
+        if world > 1:
+            logits = np.concatenate(_all_gather_rows(logits, np.diff(bounds).tolist(), self.device))
+        return logits
 
     def evaluate(self, source: Source, labels: np.ndarray) -> dict[str, Any]:
         logits = self.predict(source)
@@ -360,10 +434,15 @@ class TopTrainer:
             collate_fn=collate_indices,
             generator=torch.Generator(),  # DataLoader iterators draw a seed: keep it off the global RNG
         )
-        model, optimizer, loader, scheduler = acc.prepare(self.top, optimizer, loader, scheduler)
+        # The loader stays ours in every setting: each process draws the same global batches (see _step).
+        model, optimizer, scheduler = acc.prepare(self.top, optimizer, scheduler)
+        loader = _EpochLoader(loader)
         labels_t = torch.from_numpy(y_train).to(self.device)
 
         state, best = self._resume(identity, optimizer, scheduler)
+        world, rank = _world(acc)
+        if rank > 0:  # its own dropout masks: not rank 0's (the same seed), the same after a resume
+            torch.manual_seed(int(np.random.default_rng([cfg.seed, rank, state.global_step]).integers(2**62)))
         while state.epoch < cfg.epochs and not state.stopped_early:
             epoch = state.epoch
             loader.set_epoch(epoch)
@@ -395,11 +474,15 @@ class TopTrainer:
 
     def _step(self, model, optimizer, scheduler, params, idx, source, labels, state: TrainState, total: int) -> float:
         cfg, acc = self.config, self.accelerator
-        hidden, mask = source.batch(idx.cpu().numpy(), self.device)
-        with acc.autocast():
-            logits = model(hidden, mask)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels[idx.to(self.device)])
-        acc.backward(loss)
+        world, rank = _world(acc)
+        if world == 1:
+            hidden, mask = source.batch(idx.cpu().numpy(), self.device)
+            with acc.autocast():
+                logits = model(hidden, mask)
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels[idx.to(self.device)])
+            acc.backward(loss)
+        else:
+            loss = self._shard_backward(model, idx.cpu().numpy(), source, labels, world, rank)
         self.tuner.before_step(self.top, state.global_step, total)
         if cfg.max_grad_norm:
             acc.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
@@ -410,6 +493,29 @@ class TopTrainer:
         state.global_step += 1
         state.step_in_epoch += 1
         return float(loss.detach())
+
+    def _shard_backward(self, model, batch: np.ndarray, source: Source, labels, world: int, rank: int) -> torch.Tensor:
+        """This process's share of a global batch: examples ``rank::world``, their summed loss scaled by
+        ``world / len(batch)``, so that DDP's average of the processes' gradients is the gradient of the whole
+        batch's mean loss. A process left without an example (a last batch smaller than ``world``) runs one
+        with weight 0, since every process must join each gradient all-reduce. Returns the global batch's mean
+        loss (all-reduced)."""
+        import torch.distributed as dist
+
+        acc = self.accelerator
+        local, weight = batch[rank::world], world / len(batch)
+        if len(local) == 0:
+            local, weight = batch[:1], 0.0
+        hidden, mask = source.batch(local, self.device)
+        with acc.autocast():
+            logits = model(hidden, mask)
+            total = torch.nn.functional.cross_entropy(
+                logits.float(), labels[torch.from_numpy(local).to(self.device)], reduction="sum"
+            )
+        acc.backward(total * weight)
+        summed = (total.detach() * (1.0 if weight else 0.0)).reshape(1)
+        dist.all_reduce(summed)
+        return summed[0] / len(batch)
 
     def _track_best(self, state: TrainState, value: float, epoch: int, best: dict | None) -> dict | None:
         if state.best_metric is None or value > state.best_metric:
@@ -515,6 +621,8 @@ class Trainer(TopTrainer):
         cfg = self.config
         key = {"model_hash": self.model_hash, "cut": self.cut, "data": data_digest(input_ids, attention_mask)}
         key["dtype"] = cfg.cache_dtype
+        if _world(self.accelerator)[0] > 1:
+            return self._build_sharded_cache(input_ids, attention_mask, key, name)
         return FeatureCache.reuse_or_build(
             self.trunk,
             input_ids,
@@ -526,6 +634,46 @@ class Trainer(TopTrainer):
             device=self.device,
             progress=cfg.progress,
         )
+
+    def _build_sharded_cache(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, key: dict[str, Any], name: str
+    ) -> FeatureCache:
+        """The cache built once by all processes together: each runs the trunk over examples ``rank::world``; the
+        shards are gathered into every process; the main process writes the file (memory-mapped cache) and the
+        others map it. A cache already on disk with the same key is reused by all."""
+        cfg, acc = self.config, self.accelerator
+        world, rank = _world(acc)
+        path = _broadcast(self._cache_path(input_ids.shape, name))  # one decision: the main process's
+        found = FeatureCache.open(path, expect=key) if path is not None else None
+        if _all(found is not None, self.device) and found is not None:  # every process sees it
+            return found
+        n, width = input_ids.shape
+        shards = [np.arange(r, n, world) for r in range(world)]
+        mine = shards[rank]
+        part = FeatureCache.build(
+            self.trunk,
+            input_ids[mine],
+            attention_mask[mine],
+            batch_size=cfg.cache_batch_size,
+            dtype=cfg.cache_dtype,
+            device=self.device,
+            progress=cfg.progress and acc.is_main_process,
+        ) if len(mine) else None  # fmt: skip
+        hidden = self.classifier.backbone.hidden_size
+        local = part.features if part is not None else np.zeros((0, width, hidden), dtype=cfg.cache_dtype)
+        gathered = _all_gather_rows(np.asarray(local), [len(s) for s in shards], self.device)
+        features = np.zeros((n, width, local.shape[-1]), dtype=cfg.cache_dtype)
+        for idx, rows in zip(shards, gathered):
+            features[idx] = rows
+        full_key = {**key, "num_examples": int(n), "width": int(width)}
+        cache = FeatureCache(features, attention_mask.astype(np.uint8), full_key)
+        if path is None:
+            return cache
+        if acc.is_main_process:
+            cache.save(path)
+        acc.wait_for_everyone()
+        mapped = FeatureCache.open(path, expect=key)
+        return mapped if mapped is not None else cache  # a path only the main process's node sees: in memory
 
     def _cache_path(self, shape: tuple[int, ...], name: str) -> Path | None:
         cfg = self.config
@@ -570,6 +718,7 @@ class Trainer(TopTrainer):
             cache_bytes=train_src.nbytes if isinstance(train_src, FeatureCache) else 0,
             config=self.config,  # with the learning rates the run resolved
             delta=fit.delta,
+            processes=_world(self.accelerator)[0],
         )
 
     def _as_source(self, data: TextDataset | Source, labels: np.ndarray | None, name: str) -> tuple[Source, np.ndarray]:
@@ -580,15 +729,9 @@ class Trainer(TopTrainer):
         return data, np.asarray(labels, dtype=np.int64)
 
 
-def _skip(loader: Any, batches: int, epoch: int) -> Any:
+def _skip(loader: _EpochLoader, batches: int, epoch: int) -> Any:
     """The loader's batches of ``epoch`` after the first ``batches`` (a resume in the middle of an epoch)."""
-    if isinstance(loader, _EpochLoader):
-        import itertools
+    import itertools
 
-        loader.set_epoch(epoch)
-        return itertools.islice(iter(loader), batches, None)
-    from accelerate import skip_first_batches
-
-    skipped = skip_first_batches(loader, batches)
-    skipped.set_epoch(epoch)
-    return skipped
+    loader.set_epoch(epoch)
+    return itertools.islice(iter(loader), batches, None)

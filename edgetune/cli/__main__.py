@@ -1,4 +1,5 @@
-"""``python -m edgetune.cli``: the same as the ``edgetune`` console script."""
+"""``python -m edgetune.cli``: the ``edgetune`` command, for launchers that run a module
+(``torchrun -m edgetune.cli train ...``, ``accelerate launch -m edgetune.cli train ...``)."""
 
 from edgetune.cli import main
 

@@ -98,13 +98,40 @@ def register(app: typer.Typer) -> None:
         random_draws: Annotated[int, typer.Option(help="Random selections per user (fala-random).")] = 3,
         epochs: Annotated[int, typer.Option(help="Personalization / re-training: maximum epochs.")] = 8,
         seed: Annotated[int, typer.Option(help="Seed of the user simulation.")] = 0,
-        threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+        threads: Annotated[
+            int | None, typer.Option(help="CPU threads per user (default: all for local, 1 per Ray task).")
+        ] = None,
+        backend: Annotated[
+            str, typer.Option(help="local: users one after another in this process; ray: one Ray task per user.")
+        ] = "local",
+        workers: Annotated[
+            int | None,
+            typer.Option(help="--backend ray: users in parallel (default: every CPU of the Ray instance / cluster)."),
+        ] = None,
+        ray_address: Annotated[
+            str | None,
+            typer.Option(
+                help="--backend ray: an existing cluster (e.g. ray://head:10001 or auto); default: start one."
+            ),
+        ] = None,
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Start over instead of resuming the simulation logged in OUT.")
+        ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     ) -> None:
         """Simulate a backbone replacement across a fleet: users personalize --old, then move to --new by each
-        method; accuracy before/after, examples used, backward FLOPs and wall time per user and method."""
+        method; accuracy before/after, examples used, backward FLOPs, wall time and per-user cost (trunk,
+        training, swap). Finished users are logged to OUT/simulate.jsonl and OUT/simulate.json as they finish:
+        re-running an interrupted simulation resumes it without redoing them."""
         from device_sim.personalize import PersonalizeConfig
-        from device_sim.simulation.fleet import FLEET_METHODS, FleetConfig, plot_fleet, simulate_fleet
+        from device_sim.simulation.fleet import (
+            BACKENDS,
+            FLEET_METHODS,
+            FleetConfig,
+            FleetError,
+            plot_fleet,
+            simulate_fleet,
+        )
         from device_sim.simulation.users import UserConfig, simulate_users
         from edgetune.cli import console
         from edgetune.data import DataError, load_dataset
@@ -124,6 +151,14 @@ def register(app: typer.Typer) -> None:
         check_output_file(out / "simulate.json", [("--data", data)], json_with_keys("summary"), "simulation result")
         check_output_file(out / "simulate.png", [("--data", data)], png_file, "simulation plot")
         chosen = tuple(methods or FLEET_METHODS)
+        if backend not in BACKENDS:
+            raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
+        if backend == "local" and (workers not in (None, 1) or ray_address is not None):
+            raise typer.BadParameter("--workers and --ray-address need --backend ray", param_hint="--backend")
+        if workers is not None and workers < 1:
+            raise typer.BadParameter(f"must be >= 1, got {workers}", param_hint="--workers")
+        if backend == "ray" and threads is None:
+            threads = 1
         try:
             user_config = UserConfig(
                 num_users=users,
@@ -152,10 +187,23 @@ def register(app: typer.Typer) -> None:
         except ValueError as err:
             raise DataError(f"{data}: {err}") from None
         out.mkdir(parents=True, exist_ok=True)
-        with progress_bar("users", len(fleet), enabled=not quiet) as advance:
-            results = simulate_fleet(old, new, fleet, config, on_user=lambda row: advance(1))
+        try:
+            with progress_bar("users", len(fleet), enabled=not quiet) as advance:
+                results = simulate_fleet(
+                    old, new, fleet, config, on_user=lambda row: advance(1), backend=backend, workers=workers,
+                    ray_address=ray_address, out=out, overwrite=overwrite,
+                )  # fmt: skip
+        except FleetError as err:  # one red line, as every user error (see edgetune.cli.handle_errors)
+            from rich.markup import escape
+
+            from edgetune.cli import err_console
+
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
         atomic_write_json(out / "simulate.json", results)
         plot_fleet(results, out / "simulate.png")
+        if results["run"]["resumed_users"]:
+            console.print(f"resumed: {results['run']['resumed_users']} users were already done in {out}")
         _print_summary(console, results)
         console.print(f"wrote {out / 'simulate.json'} and {out / 'simulate.png'}", highlight=False)
 
@@ -180,6 +228,17 @@ def _print_summary(console, results: dict) -> None:
             f"{m['seconds']['mean']:.1f}",
         )
     console.print(table)
+    cost = summary.get("cost_per_user")
+    if cost:
+        parts = ", ".join(
+            f"{part} {cost[part]['seconds']['mean']:.1f}s ({cost[part]['backward_flops']['mean']:.3g} backward FLOPs)"
+            for part in ("trunk", "training", "swap")
+        )
+        console.print(
+            f"cost per user (mean): {parts}; evaluation {cost['evaluation']['seconds']['mean']:.1f}s; "
+            f"total {cost['total_seconds']['mean']:.1f}s",
+            highlight=False,
+        )
     if "fala_over_retrain" in summary:
         f = summary["fala_over_retrain"]
         console.print(

@@ -127,8 +127,10 @@ def register(app: typer.Typer) -> None:
         """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
         from edgetune.cli import console
         from edgetune.finetune import finetune
-        from edgetune.train import CACHE_PLACES, MODES, TrainConfig, TrainError
+        from edgetune.train import CACHE_PLACES, MODES, TrainConfig, TrainError, is_main_process
 
+        main_process = is_main_process()  # torchrun / accelerate launch: the other processes print nothing
+        quiet = quiet or not main_process
         if mode not in MODES:
             raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
         if cache not in CACHE_PLACES:
@@ -172,6 +174,8 @@ def register(app: typer.Typer) -> None:
             overwrite=overwrite,
             search_lr=search_lr,
         )
+        if not main_process:
+            return
         if not quiet:
             if result.lr_search:
                 print_lr_search(result.lr_search)
