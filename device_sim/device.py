@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device_sim.memory import prefer_mmap
 from device_sim.package import DevicePackage, PackageError, load_package
 from device_sim.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
 from device_sim.profiles import DeviceProfile, get_profile
@@ -159,6 +160,7 @@ class Device:
         if not isinstance(package, DevicePackage) and is_personal_state(package):
             raise PackageError(f"{package}: is a personal state, not a package; pass it as the personal state")
         self._owns_package = not isinstance(package, DevicePackage)  # a package passed in is its owner's to close
+        prefer_mmap()  # freed activations go back to the system: the job's peak is what it uses (device_sim.memory)
         self.package = package if isinstance(package, DevicePackage) else load_package(package, threads=self.threads)
 
     @property

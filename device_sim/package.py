@@ -466,15 +466,18 @@ class DevicePackage:
         raise PackageError(f"{self.path}: no {precision} trunk in this package (has: {', '.join(self.precisions)})")
 
     def trunk_session(self, precision: str = "fp32", threads: int | None = None) -> ort.InferenceSession:
-        """The trunk in onnxruntime (one session per precision and thread count, reused)."""
+        """The trunk in onnxruntime (one session per precision and thread count, reused), without a memory arena:
+        a device's memory peak is the trunk pass, and the arena would keep it for the session's life."""
         threads = self.threads if threads is None else threads
         key = (f"trunk-{precision}", threads)
         if key not in self._sessions:
             entry = self._trunk_entry(precision)
-            self._sessions[key] = self._onnx_session(entry["file"], entry["files"], threads)
+            self._sessions[key] = self._onnx_session(entry["file"], entry["files"], threads, arena=False)
         return self._sessions[key]
 
-    def _onnx_session(self, name: str, files: list[str], threads: int | None) -> ort.InferenceSession:
+    def _onnx_session(
+        self, name: str, files: list[str], threads: int | None, arena: bool = True
+    ) -> ort.InferenceSession:
         """An onnxruntime session of a listed graph whose external data (if any) are the package's own files."""
         path = self.file(name)
         for location in external_data_locations(path):
@@ -484,7 +487,7 @@ class DevicePackage:
                     f"({', '.join(files)}); refused"
                 )
         with self.reading(name):
-            return ort_session(path, threads)
+            return ort_session(path, threads, arena=arena)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 ``(input_ids, attention_mask)``, exactly as the server encoded them."""
@@ -586,15 +589,13 @@ class DevicePackage:
         freed heap is returned to the OS too (glibc keeps it for reuse otherwise, and the training that follows
         would run beside it).
         """
-        import ctypes
         import gc
+
+        from device_sim.memory import trim
 
         self._sessions.clear()
         gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc: nothing to trim
-            pass
+        trim()
 
     def close(self) -> None:
         self._sessions.clear()

@@ -361,8 +361,10 @@ class TopTrainer:
 
     # -- evaluation ----------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, source: Source, batch_size: int = 64) -> np.ndarray:
-        """Logits of the top on every example of ``source``, in order."""
+    def predict(self, source: Source, batch_size: int | None = None) -> np.ndarray:
+        """Logits of the top on every example of ``source``, in order, in batches of ``batch_size`` (default:
+        the training batch, so evaluating never needs more memory than a training step)."""
+        batch_size = batch_size or self.config.batch_size
         top = self.top
         world, rank = _world(self.accelerator)
         # several processes: each predicts a contiguous share of the examples; the shares are gathered
