@@ -60,8 +60,17 @@ def _swap_row(result: Any, accuracy: float) -> dict[str, Any]:
     }
 
 
-def simulate_user(old: Device, new: Device, user: SimulatedUser, work: Path, config: FleetConfig) -> dict[str, Any]:
-    """One user's row: personalize on ``old``, then swap to ``new`` by every method of ``config``."""
+def simulate_user(
+    old: Device,
+    new: Device,
+    user: SimulatedUser,
+    work: Path,
+    config: FleetConfig,
+    before_swaps: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """One user's row: personalize on ``old``, then swap to ``new`` by every method of ``config``.
+    ``before_swaps`` is called between the old package's work (personalize, evaluate) and the swaps (e.g. to
+    clear a :class:`~device_sim.simulation.memo.MemoTrunk`, so the swaps pay for their own trunk passes)."""
     start = time.perf_counter()
     personal = work / f"{user.user_id}-old"
     job = old.personalize(user.train, personal, config.personalize)
@@ -78,6 +87,8 @@ def simulate_user(old: Device, new: Device, user: SimulatedUser, work: Path, con
         },
         "after": {},
     }
+    if before_swaps is not None:
+        before_swaps()
     base = replace(config.fala, fraction=config.fraction, personalize=config.personalize)
     runs: list[tuple[str, SwapConfig]] = []
     for method in config.methods:
