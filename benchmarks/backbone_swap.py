@@ -282,7 +282,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--server-max", type=int, default=500)
-    ap.add_argument("--settings", type=Path, default=None, help="JSON of FaLA settings: skip the validation run")
+    ap.add_argument(
+        "--settings",
+        type=Path,
+        default=None,
+        help="the validation JSON of an earlier --validation-only run: skip the validation run",
+    )
+    ap.add_argument("--validation-only", action="store_true",
+                    help="choose FaLA's settings on the validation users, write <out>/backbone_swap_validation.json, "
+                    "stop (no timing in it: it needs no benchmark lock)")  # fmt: skip
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgetune-backbone-swap"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
@@ -320,6 +328,13 @@ def main() -> None:
             }
         )
     validation_seconds = time.perf_counter() - t
+    if args.validation_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        validation["seconds"] = validation_seconds
+        atomic_write_json(args.out / "backbone_swap_validation.json", _finite(validation))
+        print(f"FaLA settings (validation, {validation['corpus']}): {validation['chosen']} "
+              f"-> {validation['chosen_accuracy']:.3f}", flush=True)  # fmt: skip
+        return
     settings = validation["chosen"]
     print(f"FaLA settings (validation, {validation.get('corpus')}): {settings} "
           f"-> {validation.get('chosen_accuracy', float('nan')):.3f}", flush=True)  # fmt: skip
