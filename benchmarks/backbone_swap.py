@@ -291,9 +291,13 @@ def main() -> None:
     ap.add_argument("--validation-only", action="store_true",
                     help="choose FaLA's settings on the validation users, write <out>/backbone_swap_validation.json, "
                     "stop (no timing in it: it needs no benchmark lock)")  # fmt: skip
+    ap.add_argument("--table", type=Path, default=None, help="print the README table of a results JSON and stop")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgetune-backbone-swap"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
+    if args.table is not None:
+        print(readme_table(json.loads(args.table.read_text())))
+        return
 
     import onnxruntime
     import torch
@@ -414,6 +418,43 @@ def main() -> None:
     print(json.dumps({"accuracy": {m: round(v["accuracy"]["mean"], 4) for m, v in summary["methods"].items()},
                       "fala/retrain": ratio, "paired": summary["cluster_vs_random_paired"],
                       "retrain_accuracy": retrain["accuracy"]["mean"]}, indent=1))  # fmt: skip
+
+
+METHOD_LABELS = {
+    "none": "none (MPNet's global head)",
+    "fala": "**FaLA** (clustered)",
+    "fala-random": "FaLA, random selection (3 draws)",
+    "head-only": "head-only on the curated examples",
+    "retrain": "re-training MPNet's planned top, all texts",
+}
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's swap table from a results JSON."""
+    summary = results["summary"]
+    rows = results["users"]
+    full = float(np.mean([r["after"]["retrain"]["full_retrain_backward_flops"] for r in rows]))
+    kinds = sorted(summary["by_kind"])
+    head = "| method | accuracy (mean ± sd) | " + " | ".join(kinds) + " | examples used | backward FLOPs / user | "
+    head += "vs full MPNet re-training | wall time / user |"
+    lines = [head, "|" + "---|" * (6 + len(kinds))]
+    before = summary["before_personal"]["mean"]
+    lines.append(f"| before the swap (MiniLM + personal state) | {before:.3f} | "
+                 + " | ".join(f"{summary['by_kind'][k]['before_personal']:.3f}" for k in kinds)
+                 + " | | | | |")  # fmt: skip
+    for m, label in METHOD_LABELS.items():
+        if m not in summary["methods"]:
+            continue
+        e = summary["methods"][m]
+        flops = e["backward_flops"]["mean"]
+        factor = f"{full / flops:,.0f}x less" if flops > 0 else "no backward"
+        lines.append(
+            f"| {label} | {e['accuracy']['mean']:.3f} ± {e['accuracy']['std']:.3f} | "
+            + " | ".join(f"{summary['by_kind'][k][m]:.3f}" for k in kinds)
+            + f" | {e['examples_used']['mean']:.1f} | {flops:.3g} | {factor if m != 'none' else ''} | "
+            f"{e['seconds']['mean']:.1f} s |"
+        )
+    return "\n".join(lines)
 
 
 def _finite(obj: Any) -> Any:
