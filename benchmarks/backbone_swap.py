@@ -137,7 +137,8 @@ def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.
         labels = LabelMap(tuple(new.labels))
         for user in users:
             personal = work / f"val-{user.user_id}"
-            old.personalize(user.train, personal, PersonalizeConfig.plain(progress=False))
+            if not (personal / "personal.json").exists():  # written atomically: present means complete
+                old.personalize(user.train, personal, PersonalizeConfig.plain(progress=False))
             state = old.load_personal(personal)
             rows.append(
                 {
