@@ -292,6 +292,11 @@ def main() -> None:
     ap.add_argument("--validation-only", action="store_true",
                     help="choose FaLA's settings on the validation users, write <out>/backbone_swap_validation.json, "
                     "stop (no timing in it: it needs no benchmark lock)")  # fmt: skip
+    ap.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="record that this run was not under the benchmark lock (its wall times are indicative)",
+    )
     ap.add_argument("--table", type=Path, default=None, help="print the README table of a results JSON and stop")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgetune-backbone-swap"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -410,6 +415,7 @@ def main() -> None:
             "python": platform.python_version(),
         },  # fmt: skip
         "commit": _commit(),
+        "timed_under_bench_lock": not args.no_lock,
         "total_seconds": time.perf_counter() - start,
     }
     stem = "backbone_swap" if args.new == "mpnet" else "backbone_swap_derived"
