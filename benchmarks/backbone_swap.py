@@ -233,6 +233,9 @@ def run_users(setup: dict[str, Any], users: list[Any], settings: dict[str, Any],
             row["trunk_seconds"] = {"old": memo_old.seconds, "new": memo_new.seconds}
             memo_old.seconds = memo_new.seconds = 0.0
             rows.append(row)
+            if getattr(args, "rows_file", None) is not None:
+                with open(args.rows_file, "a") as f:
+                    f.write(json.dumps(row, default=float) + "\n")
             after = " ".join(f"{m} {v['accuracy']:.3f}" for m, v in row["after"].items())
             print(f"{row['user']} ({row['kind']}): before {row['before']['personal']:.3f} | {after} "
                   f"[{row['wall_seconds']:.0f}s]", flush=True)  # fmt: skip
@@ -297,6 +300,8 @@ def main() -> None:
         action="store_true",
         help="record that this run was not under the benchmark lock (its wall times are indicative)",
     )
+    ap.add_argument("--shard", default=None, help="i/n: run the i-th of n slices of the users, write their rows")
+    ap.add_argument("--assemble", type=int, default=None, help="n: join the rows of n shards into the results")
     ap.add_argument("--table", type=Path, default=None, help="print the README table of a results JSON and stop")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgetune-backbone-swap"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -355,7 +360,24 @@ def main() -> None:
     plans = {k: {"cut": p.cut, "num_layers": p.num_layers, "model": Path(p.model_id).name}
              for k, p in setup["plans"].items()}  # fmt: skip
     print(f"plans on {args.corpus}: {plans}", flush=True)
-    rows = run_users(setup, users, settings, args, args.work / "report")
+    if args.shard is not None:  # one of n processes, each a slice of the users; --assemble n joins them
+        i, n = (int(x) for x in args.shard.split("/"))
+        args.rows_file = args.work / f"report-rows-{i}of{n}.jsonl"
+        args.rows_file.unlink(missing_ok=True)
+        run_users(setup, users[i::n], settings, args, args.work / f"report-{i}")
+        return
+    if args.assemble is not None:
+        by_user = {}
+        for i in range(args.assemble):
+            for line in (args.work / f"report-rows-{i}of{args.assemble}.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                by_user[row["user"]] = row
+        missing = [u.user_id for u in users if u.user_id not in by_user]
+        if missing:
+            print(f"assembling a PARTIAL run: {len(missing)} users missing ({', '.join(missing)})", flush=True)
+        rows = [by_user[u.user_id] for u in users if u.user_id in by_user]
+    else:
+        rows = run_users(setup, users, settings, args, args.work / "report")
     summary = summarize(rows)
     summary["cluster_vs_random_paired"] = paired_test(rows)
     summary["by_kind"] = by_kind(rows)
@@ -416,6 +438,9 @@ def main() -> None:
         },  # fmt: skip
         "commit": _commit(),
         "timed_under_bench_lock": not args.no_lock,
+        "shards": args.assemble or 1,
+        "users_planned": len(users),
+        "users_reported": len(rows),
         "total_seconds": time.perf_counter() - start,
     }
     stem = "backbone_swap" if args.new == "mpnet" else "backbone_swap_derived"
