@@ -46,6 +46,7 @@ from edgetune.train import TrainError
 
 SWAP_METHODS = ("fala", "retrain", "head-only")
 SELECTIONS = ("cluster", "random")
+FALA_FORMS = ("plain", "residual")
 
 
 class SwapError(Exception):
@@ -63,6 +64,8 @@ class SwapConfig:
     per_label: bool = True  # split k over the labels in proportion to their counts
     silhouette: bool = False  # choose k by the silhouette score (with per_label=False)
     ridge_alpha: float = 1.0
+    # plain: head(W e + b); residual: g_new(e) + head(W e + b) - g_old(W e + b) (edgetune.fala, our extension)
+    form: str = "plain"
     tune_epochs: int = 100  # full-batch steps tuning W + head on the curated examples; 0: ridge only
     tune_lr: float = 1e-3
     seed: int = 0
@@ -74,6 +77,8 @@ class SwapConfig:
     def __post_init__(self) -> None:
         if self.method not in SWAP_METHODS:
             raise ValueError(f"method must be one of {', '.join(SWAP_METHODS)}, got {self.method!r}")
+        if self.form not in FALA_FORMS:
+            raise ValueError(f"form must be one of {', '.join(FALA_FORMS)}, got {self.form!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.k is not None and self.k < 1:
@@ -115,10 +120,15 @@ class SwapResult:
         return d
 
 
-def head_backward_flops(d_new: int, d_old: int, num_labels: int) -> float:
+def head_backward_flops(d_new: int, d_old: int, num_labels: int, residual: bool = False) -> float:
     """Backward FLOPs per example of W + head on fixed features: the weight gradient of W (2 d_new d_old; W's
-    input is a cached feature, so no input gradient) and the head's weight and input gradients (2 x 2 d_old C)."""
-    return 2.0 * d_new * d_old + 4.0 * d_old * num_labels
+    input is a cached feature, so no input gradient) and the head's weight and input gradients (2 x 2 d_old C).
+    The residual form adds the frozen old global head's input gradient (2 d_old C) and the new global head's
+    weight gradient (2 d_new C; its input is a cached feature)."""
+    flops = 2.0 * d_new * d_old + 4.0 * d_old * num_labels
+    if residual:
+        flops += 2.0 * d_old * num_labels + 2.0 * d_new * num_labels
+    return flops
 
 
 def tune_fala_head(
@@ -130,7 +140,7 @@ def tune_fala_head(
     torch.manual_seed(seed)
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.long)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     losses = []
     head.train()
     for _ in range(epochs):
@@ -247,17 +257,21 @@ def _fala(
     t2 = time.perf_counter()
     old_features = old.features([dataset.texts[i] for i in selected], state)  # forward only, k examples
     matrix = PersonalMatrix.fit(new_features[selected], old_features, config.ridge_alpha)
-    head = compose(matrix, old.top(state).head)
+    if config.form == "residual":  # the new global head + the user's difference from the old global head
+        head = compose(matrix, old.top(state).head, base=new.top().head, reference=old.top().head)
+    else:
+        head = compose(matrix, old.top(state).head)
     with torch.inference_mode():
         ridge_train_acc = float((head(torch.as_tensor(new_features[selected])).argmax(1).numpy() == y[selected]).mean())
     t3 = time.perf_counter()
     losses = tune_fala_head(head, new_features[selected], y[selected], config.tune_epochs, config.tune_lr, config.seed)
     t4 = time.perf_counter()
     d_new, d_old = matrix.linear.in_features, head.matrix.linear.out_features
-    per_example = head_backward_flops(d_new, d_old, len(new.labels))
+    per_example = head_backward_flops(d_new, d_old, len(new.labels), residual=config.form == "residual")
     params = {k: v for k, v in asdict(config).items() if k != "personalize"}
     training = {
         "method": "fala",
+        "form": config.form,
         "curated_examples": selected,
         "num_examples": len(dataset),
         "d_new": d_new,
@@ -291,7 +305,13 @@ def _fala(
             "tune": t4 - t3,
             "write": time.perf_counter() - t4,
         },
-        details={"ridge_train_accuracy": ridge_train_acc, "tune_steps": len(losses), "d_new": d_new, "d_old": d_old},
+        details={
+            "ridge_train_accuracy": ridge_train_acc,
+            "tune_steps": len(losses),
+            "d_new": d_new,
+            "d_old": d_old,
+            "form": config.form,
+        },
     )
 
 

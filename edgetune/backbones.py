@@ -17,6 +17,15 @@ Masks are built here with plain tensor ops (no data-dependent branches), so the
 same code path runs eagerly, under autograd and inside an ONNX export.
 Sequences are right-padded everywhere; with a causal mask, padding at the end
 never changes the real tokens, so position ids are simply ``0..S-1``.
+
+MPNet keeps one table of relative-position biases (``encoder.relative_attention_bias``,
+``buckets x heads``) in its encoder, not in its blocks: the encoder computes the
+bias once per forward and hands it to every block. The adapter treats that table
+the way it treats a decoder's rotary embedding: a module beside the blocks
+(``Family.rotary_attr``) from which :meth:`Family.block_inputs` builds each block's
+``position_bias``. The trunk bakes its copy into the ONNX graph; the top carries
+its own copy (``rotary.weight`` in ``top.safetensors``), so blocks above the cut
+see the same bias without the encoder.
 """
 
 from __future__ import annotations
@@ -31,9 +40,15 @@ from typing import Any
 import torch
 from torch import nn
 
-ENCODER_TYPES = ("bert", "roberta", "distilbert")
+ENCODER_TYPES = ("bert", "roberta", "distilbert", "mpnet")
 DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_MODEL_TYPES = ENCODER_TYPES + DECODER_TYPES
+# Architectures whose transformers classes have no SDPA attention: loaded with the eager one.
+EAGER_ONLY_TYPES = ("mpnet",)
+
+
+def default_attn_implementation(model_type: str) -> str:
+    return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
 
 
 class UnsupportedModelError(ValueError):
@@ -71,6 +86,18 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     last = (attention_mask.long().sum(dim=1) - 1).clamp_min(0)
     idx = last[:, None, None].expand(-1, 1, hidden.shape[-1])
     return hidden.gather(1, idx).squeeze(1)
+
+
+def mpnet_position_bias(table: nn.Embedding, hidden: torch.Tensor) -> torch.Tensor:
+    """MPNet's relative position bias ``(1, heads, S, S)`` for a sequence of ``hidden``'s length, as
+    ``MPNetEncoder.compute_position_bias`` computes it (32 buckets, max distance 128; positions ``0..S-1``,
+    whatever the padding), broadcast over the batch instead of copied per example."""
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    positions = torch.arange(hidden.shape[1], dtype=torch.long, device=hidden.device)
+    relative = positions[None, :] - positions[:, None]  # memory - context
+    buckets = MPNetEncoder.relative_position_bucket(relative, num_buckets=32)
+    return table(buckets).permute(2, 0, 1).unsqueeze(0).to(hidden.dtype)
 
 
 def _import_class(path: str) -> type:
@@ -133,7 +160,7 @@ class Family:
             base = self.base(model)
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
             return base.drop(base.wte(input_ids) + base.wpe(positions))
-        if self.name in ("bert", "roberta"):
+        if self.name in ("bert", "roberta", "mpnet"):
             return emb(input_ids=input_ids)
         return emb(input_ids)
 
@@ -148,6 +175,13 @@ class Family:
                 kwargs["position_ids"] = positions
                 kwargs["position_embeddings"] = rotary(hidden, positions)
             return kwargs
+        if self.name == "mpnet":
+            if rotary is None:
+                raise ValueError("an MPNet block needs the encoder's relative_attention_bias table")
+            return {
+                "attention_mask": padding_mask(attention_mask, hidden.dtype),
+                "position_bias": mpnet_position_bias(rotary, hidden),
+            }
         if self.name == "distilbert":
             if getattr(config, "_attn_implementation", "eager") == "eager":
                 return {"attn_mask": attention_mask}
@@ -177,6 +211,8 @@ class Family:
     def build_rotary(self, rotary_class: str | None, config: Any) -> nn.Module | None:
         if rotary_class is None:
             return None
+        if self.name == "mpnet":  # the relative-position bias table (see the module docstring)
+            return _import_class(rotary_class)(config.relative_attention_num_buckets, config.num_attention_heads)
         return _import_class(rotary_class)(config=config)
 
 
@@ -191,6 +227,17 @@ for _family in (
     Family("bert", ("bert",), False, "bert", "embeddings", "encoder.layer", None, None),
     Family("roberta", ("roberta",), False, "roberta", "embeddings", "encoder.layer", None, None),
     Family("distilbert", ("distilbert",), False, "distilbert", "embeddings", "transformer.layer", None, None),
+    Family(
+        "mpnet",
+        ("mpnet",),
+        False,
+        "mpnet",
+        "embeddings",
+        "encoder.layer",
+        None,
+        None,
+        rotary_attr="encoder.relative_attention_bias",
+    ),
     Family("gpt2", ("gpt2",), True, "transformer", "wte", "h", "ln_f", "lm_head"),
     Family(
         "llama",
@@ -245,7 +292,7 @@ class Backbone:
             raise FileNotFoundError(f"{path}: cannot load a model config ({err})") from None
         family = family_for(config.model_type)
         auto = AutoModelForCausalLM if family.is_decoder else AutoModel
-        kwargs.setdefault("attn_implementation", "sdpa")
+        kwargs.setdefault("attn_implementation", default_attn_implementation(config.model_type))
         model = auto.from_pretrained(path, **kwargs)
         model.eval()
         return cls(model, model_id=str(path))

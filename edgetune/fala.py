@@ -18,6 +18,14 @@ DESIGN.md section 2:
 3. **Tuning** (optional, done by the device code): W and the head, plus the new
    backbone's top layer if its plan says so, are fine-tuned on the curated
    examples with cached trunk features.
+
+**Residual form** (our extension, ``SwapConfig(form="residual")``): with k of about 10 examples, a ridge map
+from a 768-wide space to a 384-wide one is barely determined, and a user whose personal head differs little from
+the old global one loses what the new global head already knew (measured on the MiniLM -> MPNet swap's
+validation users). The residual head keeps the new package's global head and adds only the user's personal
+*difference* carried through W: ``g_new(e) + h_personal(W e + b) - g_old(W e + b)`` (``g_old`` frozen); W,
+``h_personal`` and ``g_new`` are tuned on the same k curated examples. Every piece is linear, so a later swap
+folds the whole head into one linear layer (:func:`as_linear`).
 """
 
 from __future__ import annotations
@@ -186,31 +194,84 @@ class PersonalMatrix(nn.Module):
 
 
 class FalaHead(nn.Module):
-    """The personal head after a swap: ``head(W e_new + b)``, the old personal head reading the new features."""
+    """The personal head after a swap, ``head(W e_new + b)``: the old personal head reading the new features.
 
-    def __init__(self, matrix: PersonalMatrix, head: nn.Linear) -> None:
+    The **residual** form (our extension, see the module docstring) adds the new package's global head and
+    carries only the user's *difference* from the old global head through W:
+    ``base(e_new) + head(W e_new + b) - reference(W e_new + b)``, where ``base`` is the new package's global
+    head (trained with the rest) and ``reference`` the old package's global head (frozen). A user who differs
+    little from the old global model then starts from the new global model rather than from a W fitted on a
+    handful of examples."""
+
+    def __init__(
+        self, matrix: PersonalMatrix, head: nn.Linear, base: nn.Linear | None = None, reference: nn.Linear | None = None
+    ) -> None:
         super().__init__()
+        if (base is None) != (reference is None):
+            raise ValueError("the residual form needs both the new global head (base) and the old one (reference)")
         self.matrix = matrix
         self.head = head
+        self.base = base
+        self.reference = reference
+        if reference is not None:
+            reference.requires_grad_(False)
+
+    @property
+    def residual(self) -> bool:
+        return self.base is not None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.matrix(features))
+        z = self.matrix(features)
+        if self.base is None or self.reference is None:
+            return self.head(z)
+        return self.base(features) + self.head(z) - self.reference(z)
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor]) -> FalaHead:
-        """Rebuild from :meth:`state_dict` tensors (``matrix.linear.*``, ``head.*``); shapes give the sizes."""
+        """Rebuild from :meth:`state_dict` tensors (``matrix.linear.*``, ``head.*``, and ``base.*`` +
+        ``reference.*`` in the residual form); shapes give the sizes."""
         d_old, d_new = tensors["matrix.linear.weight"].shape
         num_labels = tensors["head.weight"].shape[0]
-        module = cls(PersonalMatrix(d_new, d_old), nn.Linear(d_old, num_labels))
+        base = reference = None
+        if "base.weight" in tensors or "reference.weight" in tensors:
+            base, reference = nn.Linear(d_new, num_labels), nn.Linear(d_old, num_labels)
+        module = cls(PersonalMatrix(d_new, d_old), nn.Linear(d_old, num_labels), base, reference)
         module.load_state_dict(tensors)
         return module
 
 
-def compose(matrix: PersonalMatrix, old_head: nn.Module) -> FalaHead:
+def as_linear(module: nn.Module, in_features: int) -> nn.Linear:
+    """An affine module (a linear head, a :class:`FalaHead` of either form) as one ``nn.Linear``, exactly: its
+    bias is ``f(0)`` and its weight's columns are ``f(e_i) - f(0)``."""
+    with torch.no_grad():
+        probe = torch.cat([torch.zeros(1, in_features), torch.eye(in_features)])
+        out = module(probe)
+        linear = nn.Linear(in_features, out.shape[1])
+        linear.bias.copy_(out[0])
+        linear.weight.copy_((out[1:] - out[0]).T)
+    return linear
+
+
+def _fresh(linear: nn.Linear) -> nn.Linear:
+    copy = nn.Linear(linear.in_features, linear.out_features)
+    copy.load_state_dict(linear.state_dict())
+    return copy
+
+
+def compose(
+    matrix: PersonalMatrix,
+    old_head: nn.Module,
+    base: nn.Linear | None = None,
+    reference: nn.Module | None = None,
+) -> FalaHead:
     """``old_head`` after ``matrix``; when ``old_head`` is itself a :class:`FalaHead` (a second swap), the two
-    affine maps fold into one, so a personal state always holds one matrix and one head."""
+    affine maps fold into one, so a personal state always holds one matrix and one head. With ``base`` (the new
+    package's global head) and ``reference`` (the old package's global head): the residual form (copies; the
+    arguments are not modified)."""
     head = old_head
-    if isinstance(old_head, FalaHead):
+    if isinstance(old_head, FalaHead) and (old_head.residual or base is not None):  # affine: one linear head
+        head = as_linear(old_head, old_head.matrix.linear.in_features)
+    elif isinstance(old_head, FalaHead):
         inner = old_head.matrix.linear
         folded = PersonalMatrix(matrix.linear.in_features, inner.out_features)
         with torch.no_grad():
@@ -219,6 +280,9 @@ def compose(matrix: PersonalMatrix, old_head: nn.Module) -> FalaHead:
         matrix, head = folded, old_head.head
     if not isinstance(head, nn.Linear):
         raise TypeError(f"the old personal head must be a linear layer, got {type(head).__name__}")
-    fresh = nn.Linear(head.in_features, head.out_features)
-    fresh.load_state_dict(head.state_dict())
-    return FalaHead(matrix, fresh)
+    if base is None:
+        return FalaHead(matrix, _fresh(head))
+    if reference is None:
+        raise ValueError("the residual form needs the old package's global head as reference")
+    ref = reference if isinstance(reference, nn.Linear) else as_linear(reference, matrix.linear.out_features)
+    return FalaHead(matrix, _fresh(head), _fresh(base), _fresh(ref))

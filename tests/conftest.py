@@ -22,7 +22,7 @@ TOPIC_WORDS = {
 }
 FILLER = ["the", "a", "of", "and", "today", "said", "new", "big", "report", "after", "city", "year"]
 VOCAB = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(FILLER) | set(LABELS))
-FAMILIES = ("bert", "roberta", "distilbert", "gpt2", "llama", "qwen2", "mistral")
+FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "gpt2", "llama", "qwen2", "mistral")
 
 
 def synthetic_rows(n: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> list[tuple[str, str]]:
@@ -54,6 +54,8 @@ def build_tokenizer(family: str):
     from transformers import PreTrainedTokenizerFast
 
     decoder = family in ("gpt2", "llama", "qwen2", "mistral")
+    if family == "mpnet":  # MPNet's embeddings take the padding id 1 as fixed (position ids count from it)
+        return _mpnet_tokenizer(tokenizers_module())
     specials = ["<pad>", "<unk>", "<s>", "</s>"] if decoder else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {tok: i for i, tok in enumerate(specials + VOCAB)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1]))
@@ -74,6 +76,29 @@ def build_tokenizer(family: str):
         sep_token="[SEP]",
         mask_token="[MASK]",
     )
+
+
+def tokenizers_module():
+    import tokenizers
+
+    return tokenizers
+
+
+def _mpnet_tokenizer(tk):
+    """MPNet's special tokens in all-mpnet-base-v2's order: <s> 0, <pad> 1, </s> 2, <unk> 3, <mask> 4."""
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {tok: i for i, tok in enumerate(specials + VOCAB)}
+    tok = tk.Tokenizer(tk.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    tok.post_processor = tk.processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        cls_token="<s>", sep_token="</s>", mask_token="<mask>",
+    )  # fmt: skip
 
 
 def tiny_config(family: str, layers: int = 3, hidden: int = 32):
@@ -99,6 +124,16 @@ def tiny_config(family: str, layers: int = 3, hidden: int = 32):
             intermediate_size=2 * hidden,
             max_position_embeddings=70,
             pad_token_id=0,
+            **common,
+        )
+    if family == "mpnet":
+        return tf.MPNetConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=70,
+            pad_token_id=1,
             **common,
         )
     if family == "distilbert":
@@ -131,7 +166,8 @@ def build_model(family: str, layers: int = 3, hidden: int = 32, seed: int = 0):
     torch.manual_seed(seed)
     config = tiny_config(family, layers, hidden)
     auto = AutoModelForCausalLM if family in ("gpt2", "llama", "qwen2", "mistral") else AutoModel
-    return auto.from_config(config, attn_implementation="sdpa").eval()
+    attn = "eager" if family == "mpnet" else "sdpa"  # transformers has no SDPA attention for MPNet
+    return auto.from_config(config, attn_implementation=attn).eval()
 
 
 def save_tiny_model(directory: Path, family: str, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:

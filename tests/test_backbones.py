@@ -35,6 +35,8 @@ def test_adapter_finds_the_pieces(family):
 def test_blockwise_forward_matches_hugging_face(family, attn):
     from transformers import AutoModel, AutoModelForCausalLM
 
+    if family == "mpnet" and attn == "sdpa":
+        pytest.skip("transformers has no SDPA attention for MPNet")
     model = build_model(family)
     auto = AutoModelForCausalLM if family in ("gpt2", "llama", "qwen2", "mistral") else AutoModel
     model = auto.from_config(model.config, attn_implementation=attn).eval()

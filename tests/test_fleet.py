@@ -79,6 +79,12 @@ def test_swap_and_simulate_commands(packages, tmp_path):
     assert "swapped with fala on 8 of 80 examples" in result.output
     predict = ["predict", "--package", str(packages["new"]), "--personal", str(tmp_path / "new-personal")]
     assert runner.invoke(app, [*predict, "--text", "goal match team"]).exit_code == 0
+    residual = ["--form", "residual", "--ridge-alpha", "0.1", "--tune-lr", "0.01", "--tune-epochs", "20"]
+    result = runner.invoke(app, [*swap, "--data", str(user), "--out", str(tmp_path / "residual"), *residual])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "residual" / "personal.json").read_text())["tuner"]["params"]["form"] == "residual"
+    result = runner.invoke(app, [*swap, "--data", str(user), "--out", str(tmp_path / "bad"), "--form", "other"])
+    assert result.exit_code == 2 and "form must be one of" in result.output
 
     # a corrupt new package: one red line, nothing written, the old pair untouched
     broken = tmp_path / "broken"

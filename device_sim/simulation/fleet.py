@@ -78,9 +78,18 @@ def _swap_row(result: Any, accuracy: float) -> dict[str, Any]:
     }
 
 
-def simulate_user(old: Device, new: Device, user: SimulatedUser, work: Path, config: FleetConfig) -> dict[str, Any]:
+def simulate_user(
+    old: Device,
+    new: Device,
+    user: SimulatedUser,
+    work: Path,
+    config: FleetConfig,
+    before_swaps: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """One user's row: personalize on ``old``, then swap to ``new`` by every method of ``config``.
 
+    ``before_swaps`` is called between the old package's work (personalize, evaluate) and the swaps (e.g. to
+    clear a :class:`~device_sim.simulation.memo.MemoTrunk`, so the swaps pay for their own trunk passes).
     ``cost`` splits the user's wall time (and backward FLOPs) into the device's work, trunk passes (the old
     package's over the training texts, the new one's once for every method), training (personalization:
     tokenizing, candidates, guard, writing) and the swaps (each method's job, less the shared trunk pass), and
@@ -104,6 +113,8 @@ def simulate_user(old: Device, new: Device, user: SimulatedUser, work: Path, con
         "after": {},
     }
     evaluation = time.perf_counter() - personalized
+    if before_swaps is not None:
+        before_swaps()
     base = replace(config.fala, fraction=config.fraction, personalize=config.personalize)
     runs: list[tuple[str, SwapConfig]] = []
     for method in config.methods:

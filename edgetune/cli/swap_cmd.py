@@ -39,6 +39,15 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--silhouette", help="Choose k by the silhouette score (one clustering, all labels).")
         ] = False,
         tune_epochs: Annotated[int, typer.Option(help="FaLA: steps tuning matrix + head (0: ridge fit only).")] = 100,
+        tune_lr: Annotated[float, typer.Option(help="FaLA: learning rate of the tuning steps.")] = 1e-3,
+        ridge_alpha: Annotated[float, typer.Option(help="FaLA: ridge penalty of the personal matrix.")] = 1.0,
+        form: Annotated[
+            str,
+            typer.Option(
+                help="FaLA: plain (old personal head after W) or residual (new global head + the user's "
+                "difference from the old global head, through W)."
+            ),
+        ] = "plain",
         epochs: Annotated[int, typer.Option(help="retrain / head-only: maximum epochs.")] = 8,
         seed: Annotated[int, typer.Option(help="Seed of the random selection and of training.")] = 0,
         threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
@@ -63,6 +72,9 @@ def register(app: typer.Typer) -> None:
                 per_label=not silhouette,
                 silhouette=silhouette,
                 tune_epochs=tune_epochs,
+                tune_lr=tune_lr,
+                ridge_alpha=ridge_alpha,
+                form=form,
                 seed=seed,
                 personalize=PersonalizeConfig(epochs=epochs, seed=seed, progress=False),
             )

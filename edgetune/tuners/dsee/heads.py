@@ -47,6 +47,12 @@ def head_slices(block: nn.Module, family: str) -> HeadSlices:
         s = att.self
         heads, dim = s.num_attention_heads, s.attention_head_size
         return HeadSlices(att, [(s.query, 0)], [(s.key, 0), (s.value, 0)], att.output.dense, heads, dim, True)
+    if family == "mpnet":
+        att = block.attention
+        s = att.attn
+        heads, dim = s.num_attention_heads, s.attention_head_size
+        # not prunable: the relative-position bias has one row per head, so heads are masked, not removed
+        return HeadSlices(att, [(s.q, 0)], [(s.k, 0), (s.v, 0)], s.o, heads, dim, False)
     if family == "distilbert":
         att = block.attention
         heads = att.n_heads

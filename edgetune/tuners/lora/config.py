@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from edgetune.tuners.base import TunerConfig
 
-# peft has no default for DistilBERT; its attention projections are named like this.
-FALLBACK_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
+# peft has no default for DistilBERT or MPNet; their query and value projections are named like this.
+FALLBACK_TARGETS = {"distilbert": ["q_lin", "v_lin"], "mpnet": ["q", "v"]}
 
 
 @dataclass
