@@ -141,8 +141,11 @@ def recover(directory: str | Path, names: Iterable[str] | None = None) -> list[P
 
     A temporary entry is removed; a previous version that was moved aside is put back when the new one never
     arrived (the last good one), else removed. Call it only while holding the lock that owns these names (no
-    live writer). Returns the entries removed or restored.
+    live writer). Returns the entries removed or restored. A distributed launch's non-main processes hold no
+    lock (see :func:`output_lock`) and sweep nothing.
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return []
     directory = Path(directory)
     wanted = None if names is None else set(names)
     swept: list[Path] = []
@@ -228,8 +231,13 @@ def output_lock(out: str | Path, flag: str = "--out") -> Iterator[Path]:
 
     A second process that asks for it fails at once with :class:`OutputError` naming the holder. Nested use in
     one process is allowed (the CLI and the library both lock). The lock dies with its process, so a killed
-    run never blocks the next one; the lock file is removed on release.
+    run never blocks the next one; the lock file is removed on release. In a distributed launch (torchrun,
+    ``accelerate launch``) only the main process (``RANK`` 0) writes outputs, so it alone takes the lock; the
+    other processes of the same run go on without it.
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield Path(out)
+        return
     try:
         import fcntl
     except ImportError:  # pragma: no cover (no flock: no lock)
