@@ -60,6 +60,7 @@ from device_sim.selection import (
     Trained,
     choose,
     guard_record,
+    result_of,
     selection_record,
     training_record,
     verdict,
@@ -559,25 +560,5 @@ def personalize(
         shutil.rmtree(work, ignore_errors=True)
     seconds["write"] = time.perf_counter() - writing
     seconds["total"] = time.perf_counter() - start
-    return PersonalizeResult(
-        path=out,
-        manifest=json.loads((out / "personal.json").read_text()),
-        history=chosen.history,
-        best_epoch=chosen.best_epoch,
-        stopped_early=chosen.stopped_early,
-        trainable_params=chosen.trainable_params if keep else 0,
-        num_train=len(job.train_idx),
-        num_val=len(job.val_idx),
-        train_cut=chosen.train_cut if keep else package.cut,
-        tuner=chosen.tuner if keep else {"name": "none", "params": {}},
-        estimate=job.estimate,
-        cache=job.cache,
-        resumed=resumed,
-        seconds=seconds,
-        kept="personal" if keep else "global",
-        guard=guard,
-        num_guard=len(job.guard_idx),
-        selection=selection,
-        candidate=chosen,
-        candidates=[c for c, _ in candidates],
-    )
+    trained = [c for c, _ in candidates]
+    return result_of(out, job, chosen, keep, package.cut, guard, selection, trained, resumed, seconds)

@@ -139,6 +139,47 @@ def write_outcome(
         )  # fmt: skip
 
 
+def result_of(
+    out: Path,
+    job: Any,
+    chosen: Trained,
+    keep: bool,
+    package_cut: int,
+    guard: GuardDecision | None,
+    selection: dict[str, Any],
+    candidates: list[Trained],
+    resumed: bool,
+    seconds: dict[str, float],
+    losses: list[float] | None = None,
+) -> PersonalizeResult:
+    """What a job returns once :func:`write_outcome` has written its state at ``out`` (every backend alike)."""
+    import json
+
+    return PersonalizeResult(
+        path=out,
+        manifest=json.loads((out / "personal.json").read_text()),
+        history=chosen.history,
+        best_epoch=chosen.best_epoch,
+        stopped_early=chosen.stopped_early,
+        trainable_params=chosen.trainable_params if keep else 0,
+        num_train=len(job.train_idx),
+        num_val=len(job.val_idx),
+        train_cut=chosen.train_cut if keep else package_cut,
+        tuner=chosen.tuner if keep else {"name": "none", "params": {}},
+        estimate=job.estimate,
+        cache=job.cache,
+        resumed=resumed,
+        seconds=seconds,
+        kept="personal" if keep else "global",
+        guard=guard,
+        num_guard=len(job.guard_idx),
+        selection=selection,
+        candidate=chosen,
+        candidates=candidates,
+        losses=list(losses or []),
+    )
+
+
 def guard_record(
     config: PersonalizeConfig, keep: bool, reason: str | None, guard: GuardDecision | None, chosen: Trained,
     seconds: float,

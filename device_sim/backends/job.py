@@ -21,7 +21,6 @@ same way.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from device_sim.selection import (
     Trained,
     choose,
     guard_record,
+    result_of,
     selection_record,
     training_record,
     verdict,
@@ -446,29 +446,8 @@ def run_candidates(
     selection = selection_record(trained, chosen, global_val, skipped)
     extra = {"guard": guard_record(settings, keep, reason, guard, chosen, seconds["guard"]), "selection": selection}
     write_outcome(out, package, chosen, keep, training, extra)
-    return PersonalizeResult(
-        path=out,
-        manifest=json.loads((out / "personal.json").read_text()),
-        history=chosen.history,
-        best_epoch=chosen.best_epoch,
-        stopped_early=chosen.stopped_early,
-        trainable_params=chosen.trainable_params if keep else 0,
-        num_train=len(job.train_idx),
-        num_val=len(job.val_idx),
-        train_cut=chosen.train_cut if keep else package.cut,
-        tuner=chosen.tuner if keep else {"name": "none", "params": {}},
-        estimate=job.estimate,
-        cache=job.cache,
-        resumed=False,
-        seconds=seconds,
-        kept="personal" if keep else "global",
-        guard=guard,
-        num_guard=len(job.guard_idx),
-        selection=selection,
-        candidate=chosen,
-        candidates=trained,
-        losses=[float(x) for x in step_losses.get(chosen.name, [])],
-    )
+    losses = [float(x) for x in step_losses.get(chosen.name, [])]
+    return result_of(out, job, chosen, keep, package.cut, guard, selection, trained, False, seconds, losses)
 
 
 def start_output(out: str | Path) -> Path:
