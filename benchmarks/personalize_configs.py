@@ -411,9 +411,9 @@ def summarize(rows: list[dict[str, Any]], flops: dict[str, Any], args) -> dict[s
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    from edgetune.report import _figure, save_figure
+    from edgetune.report import pyplot, save_figure
 
-    plt = _figure()
+    plt = pyplot()
     rows = results["users"]
     methods = ["global", *DEVICE_CONFIGS, "full"]
     names = {

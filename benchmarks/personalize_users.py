@@ -326,9 +326,9 @@ def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    from edgetune.report import _figure, save_figure
+    from edgetune.report import pyplot, save_figure
 
-    plt = _figure()
+    plt = pyplot()
     s = results["summary"]
     kinds = list(s["by_kind"])
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))

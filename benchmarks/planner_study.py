@@ -312,9 +312,9 @@ def fit_law(results: dict[str, Any], tasks: list[str]) -> dict[str, float]:
 
 
 def plot(task: str, res: dict[str, Any], path: Path) -> None:
-    from edgetune.report import _figure, save_figure
+    from edgetune.report import pyplot, save_figure
 
-    plt = _figure()
+    plt = pyplot()
     a = res["analysis"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cuts = sorted(int(c) for c in a["per_cut"])

@@ -31,8 +31,8 @@ from device_runtime import no_dropout_model, run_measured  # benchmarks/ is on s
 from timing import cpu_name
 
 TARGET_RSS_MB = 200.0
-NO_TORCH = "import sys; sys.modules['torch'] = None; from edgetune.cli import app; app()"
-WITH_TORCH = "from edgetune.cli import app; app()"
+NO_TORCH = "import sys; sys.modules['torch'] = None; from edgetune_cli import app; app()"
+WITH_TORCH = "from edgetune_cli import app; app()"
 
 
 def setup(work: Path, threads: int) -> dict[str, Any]:

@@ -8,8 +8,10 @@ the same kind of failure seen from the other side.
 
 from __future__ import annotations
 
+from edgetune.errors import EdgetuneError
 
-class PackageError(Exception):
+
+class PackageError(EdgetuneError):
     """A device package cannot be written or read: missing, truncated, tampered, wrong version."""
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from device_sim import schema
 from device_sim.errors import one_line
 from device_sim.manifest import manifest_digest, seal
+from edgetune.errors import EdgetuneError
 from edgetune.io import atomic_directory, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ WEIGHTS = "delta.safetensors"
 KINDS = ("top_delta", "fala", "kept_global")
 
 
-class PersonalStateError(Exception):
+class PersonalStateError(EdgetuneError):
     """A personal state is missing, damaged, of another schema, or belongs to another package."""
 
 

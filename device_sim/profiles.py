@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from edgetune.costs import ArchSummary, CostConfig, TunerCost, estimate_cut
+from edgetune.errors import EdgetuneError
 
 
-class ProfileError(ValueError):
+class ProfileError(EdgetuneError, ValueError):
     """A personalization job does not fit the device profile; ``suggested_cut`` is the lowest higher cut that
     would (``None`` if none does)."""
 

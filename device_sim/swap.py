@@ -41,6 +41,7 @@ from device_sim.personal import (
 from device_sim.personalize import PersonalizeConfig, read_user_data, torch_threads
 from edgetune.costs import ArchSummary, CostConfig, estimate_cut
 from edgetune.data import LabelMap, TextDataset
+from edgetune.errors import EdgetuneError
 from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
 from edgetune.train import TrainError
 
@@ -49,7 +50,7 @@ SELECTIONS = ("cluster", "random")
 FALA_FORMS = ("plain", "residual")
 
 
-class SwapError(Exception):
+class SwapError(EdgetuneError):
     """A swap that cannot be done as asked; the old package and personal state stay in use."""
 
 

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgetune.errors import EdgetuneError
+
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "mpnet")
 DECODER_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_MODEL_TYPES = ENCODER_TYPES + DECODER_TYPES
@@ -51,7 +53,7 @@ def default_attn_implementation(model_type: str) -> str:
     return "eager" if model_type in EAGER_ONLY_TYPES else "sdpa"
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(EdgetuneError, ValueError):
     """The model's architecture has no adapter."""
 
 

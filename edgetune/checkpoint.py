@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgetune.io import _fsync_dir, fsync_tree, sha256_file
+from edgetune.io import fsync_dir, fsync_tree, sha256_file
 
 
 @dataclass
@@ -116,7 +116,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
         shutil.rmtree(prev, ignore_errors=True)
         os.replace(directory, prev)  # the last good checkpoint stays until the new one is in place
     os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     return directory
 
 

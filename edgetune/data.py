@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetune.errors import EdgetuneError
+
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
-class DataError(ValueError):
+class DataError(EdgetuneError, ValueError):
     """A user's data file cannot be used as given; the message says where and why."""
 
 

@@ -41,6 +41,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from edgetune.data import TextDataset, stratified_split
+from edgetune.errors import EdgetuneError
 
 
 def _package_dir(name: str, pip_name: str) -> Path:
@@ -170,7 +171,7 @@ MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
 VERIFIED_MARKER = ".edgetune-verified"
 
 
-class ModelAssemblyError(Exception):
+class ModelAssemblyError(EdgetuneError):
     """A bundled model cannot be assembled: parts missing, a corrupt archive or a checksum that differs."""
 
 

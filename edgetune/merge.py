@@ -32,13 +32,15 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from edgetune.errors import EdgetuneError
+
 METHODS = ("rankmean", "average", "task_arithmetic")
 GRANULARITIES = ("layer", "module", "tensor")
 # ``...layer.3.``, ``...layers.3.``, ``...h.3.`` (GPT-2), ``blocks.3.`` (edgetune TopModel)
 LAYER_PATTERN = re.compile(r"(^|\.)(layer|layers|h|blocks)\.(\d+)\.")
 
 
-class MergeError(ValueError):
+class MergeError(EdgetuneError, ValueError):
     """Models that cannot be merged (different bases, keys or shapes)."""
 
 

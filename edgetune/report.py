@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from edgetune.cli.common import display_name
+from edgetune.formatting import display_name
 from edgetune.io import atomic_write_bytes
 from edgetune.planner.plan import Plan
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display is needed or opened)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +24,7 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Render to memory, then write atomically (no half-written PNG on a crash)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    _figure().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
@@ -31,7 +32,7 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
 def plot_plan(plan: Plan, path: str | Path) -> Path:
     """Deviation and gain per layer (left), cost per cut with the chosen cut marked (middle) and, for a plan
     with predicted losses, predicted accuracy loss against backward cost with the tolerance (right)."""
-    plt = _figure()
+    plt = pyplot()
     has_loss = any(r.predicted_loss is not None for r in plan.rows)
     fig, axes = plt.subplots(1, 3 if has_loss else 2, figsize=(18 if has_loss else 12, 4.5))
     ax_dev, ax_cost = axes[0], axes[1]

@@ -19,8 +19,8 @@ imports accelerate.
 Checkpoints (:mod:`edgetune.checkpoint`) are atomic; a run that finds a
 checkpoint of the same identity in its output directory resumes from it.
 
-Data parallel (``torchrun --nproc_per_node N -m edgetune.cli train ...`` or
-``accelerate launch --multi_gpu --num_processes N -m edgetune.cli train ...``;
+Data parallel (``torchrun --nproc_per_node N -m edgetune_cli train ...`` or
+``accelerate launch --multi_gpu --num_processes N -m edgetune_cli train ...``;
 gloo on CPUs, NCCL on GPUs): every process draws the same global batch (the
 epoch permutation depends on the seed alone) and trains on its share of it
 (examples ``rank::world``), the loss weighted so that DDP's gradient average
@@ -60,6 +60,7 @@ from edgetune.batches import EpochSampler, Source, TrunkBatches, collate_indices
 from edgetune.checkpoint import Checkpoint, TrainState, identity_mismatch, load_checkpoint, rng_state, set_rng_state
 from edgetune.checkpoint import save_checkpoint as write_checkpoint
 from edgetune.data import LabelMap, TextDataset
+from edgetune.errors import EdgetuneError
 from edgetune.evaluation import METRICS, classification_metrics
 from edgetune.features import FeatureCache, data_digest
 from edgetune.learning_rates import default_learning_rates, linear_warmup_factor
@@ -72,7 +73,7 @@ MODES = ("cached", "naive")
 CACHE_PLACES = ("auto", "memory", "mmap")
 
 
-class TrainError(ValueError):
+class TrainError(EdgetuneError, ValueError):
     """A training run cannot start as asked (output directory, checkpoint, settings)."""
 
 

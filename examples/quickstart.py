@@ -79,10 +79,10 @@ def main() -> None:
     from device_sim.simulation.users import UserConfig, simulate_users
     from device_sim.swap import SwapConfig, full_retrain_flops, swap
     from edgetune.api import plan
-    from edgetune.cli.common import print_plan_table
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
     from edgetune.report import plot_plan
+    from edgetune.tables import plan_table
     from exporters.export import ExportOptions, export_package
 
     console = Console(width=130)
@@ -97,7 +97,7 @@ def main() -> None:
     planned = plan(str(minilm_path()), server, planner="salf", max_length=128)
     planned.save(out / "plan.json")
     plot_plan(planned, out / "plan.png")
-    print_plan_table(planned)
+    console.print(plan_table(planned))
     plan_seconds = time.perf_counter() - t
     console.print(
         f"[1/4] plan: train {trained_what(planned)} "

@@ -28,16 +28,16 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from rich.console import Console
 
     torch.set_num_threads(args.threads)
     from device_sim.simulation.derived import derive_backbone
     from device_sim.simulation.fleet import FleetConfig, plot_fleet, simulate_fleet
     from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
-    from edgetune.cli import console
-    from edgetune.cli.swap_cmd import _print_summary
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
+    from edgetune.tables import fleet_summary
     from exporters.export import ExportOptions, export_package
 
     server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
@@ -54,7 +54,7 @@ def main() -> None:
     )  # fmt: skip
     (args.out / "simulate.json").write_text(json.dumps(results, indent=2))
     plot_fleet(results, args.out / "simulate.png")
-    _print_summary(console, results)
+    Console(width=120).print(*fleet_summary(results), highlight=False)
     print(f"wrote {args.out / 'simulate.json'} and {args.out / 'simulate.png'}")
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from device_sim.runtime import TOP_INPUTS, TOP_OUTPUTS, TRUNK_INPUTS, TRUNK_OUTPUTS, ort_session
-from edgetune.io import _fsync_dir
+from edgetune.io import fsync_dir
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.tokenization import TextEncoder
 from exporters.errors import ExportError, ParityError
@@ -205,7 +205,7 @@ def publish(staging: Path, path: Path) -> list[Path]:
         with open(f, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(f, path.parent / f.name)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return [path.parent / f.name for f in written]
 
 

@@ -157,7 +157,7 @@ def test_device_path_imports(backend, executorch_package, trainer_binary, tmp_pa
 def test_cli_personalize_and_predict_on_executorch_cpp(executorch_package, tmp_path):
     from typer.testing import CliRunner
 
-    from edgetune.cli import app
+    from edgetune_cli import app
 
     runner = CliRunner()
     data = user_data(60, seed=3)
@@ -180,7 +180,7 @@ def test_cli_personalize_and_predict_on_executorch_cpp(executorch_package, tmp_p
 def test_cli_export_refuses_an_unknown_target(tmp_path):
     from typer.testing import CliRunner
 
-    from edgetune.cli import app
+    from edgetune_cli import app
 
     args = ["export", "--model", str(tmp_path), "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "p")]
     result = CliRunner().invoke(app, [*args, "--targets", "onnx,tflite"])

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgetune.cli import app
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 from tests.devices import SWAP
 
@@ -81,7 +81,7 @@ def test_predict_texts_file_and_jsonl(personalized):
 
 def test_predict_streams_stdin_one_line_at_a_time(personalized):
     root, pkg, _ = personalized
-    code = "from edgetune.cli import main; main()"
+    code = "from edgetune_cli import main; main()"
     args = [sys.executable, "-c", code, "predict", "--package", str(pkg), "--personal", str(root / "personal")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from device_sim.package import load_package
-from edgetune.cli import app
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 from tests.packages import make_plan
 

@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from edgetune.cli import app
+from edgetune_cli import app
 from tests.conftest import write_csv
 
 runner = CliRunner()

@@ -8,12 +8,12 @@ from typer.testing import CliRunner
 
 from device_sim.package import load_package
 from edgetune.api import load_model, plan
-from edgetune.cli import app
 from edgetune.data import load_dataset
 from edgetune.evaluation import load_trained
 from edgetune.finetune import finetune
 from edgetune.merge import MergeError, merge_files
 from edgetune.train import TrainConfig
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 
 runner = CliRunner()

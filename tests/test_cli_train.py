@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from edgetune.cli import app
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from device_sim.device import Device
-from edgetune.cli import app
+from edgetune_cli import app
 from tests.devices import export_probe_package
 from tests.test_onnx_top import KINDS, TEXTS, _state
 

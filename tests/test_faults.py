@@ -32,9 +32,9 @@ from device_sim.package import load_package, verify_package, write_tar
 from device_sim.personal import PersonalStateError, read_personal_state
 from device_sim.personalize import work_dir
 from edgetune.checkpoint import TrainState, load_checkpoint, previous_dir, save_checkpoint
-from edgetune.cli import app
 from edgetune.data import load_dataset
 from edgetune.io import output_lock, private_tempdir, recover, sweep_temp
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 from tests.devices import SWAP, export_probe_package, fast, user_data
 

@@ -10,8 +10,8 @@ from device_sim.simulation.derived import derive_backbone
 from device_sim.simulation.fleet import FleetConfig, simulate_fleet
 from device_sim.simulation.users import UserConfig, simulate_users
 from edgetune.backbones import Backbone
-from edgetune.cli import app
 from edgetune.data import TextDataset
+from edgetune_cli import app
 from exporters.export import ExportOptions, export_package
 from tests.conftest import synthetic_rows, write_csv
 from tests.devices import export_probe_package, fast

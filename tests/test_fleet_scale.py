@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from device_sim.simulation.fleet import FleetConfig, FleetError, fleet_rows, simulate_fleet
 from device_sim.simulation.ray_backend import materialize, package_files
 from device_sim.simulation.users import UserConfig, simulate_users
-from edgetune.cli import app
 from edgetune.data import TextDataset
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 from tests.devices import fast
 
@@ -80,7 +80,7 @@ def test_a_killed_simulation_resumes_with_the_same_results(device_packages, tmp_
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgetune.cli", *args, "--out", str(out)], env=env, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "edgetune_cli", *args, "--out", str(out)], env=env, cwd=ROOT)
     log = out / "simulate.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

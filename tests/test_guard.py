@@ -13,7 +13,7 @@ from device_sim.guard import decide, min_wins, prior_shift, sign_test_p_value
 from device_sim.personal import read_personal_state
 from device_sim.personalize import DEFAULT_CANDIDATES, PersonalizeConfig
 from device_sim.profiles import DeviceProfile
-from edgetune.cli import app
+from edgetune_cli import app
 from tests.devices import fast, user_data
 
 

@@ -6,7 +6,6 @@ import pytest
 from typer.testing import CliRunner
 
 from edgetune.api import load_model, plan
-from edgetune.cli import app
 from edgetune.finetune import finetune
 from edgetune.learning_rates import (
     ADAPTER_LR,
@@ -20,6 +19,7 @@ from edgetune.learning_rates import (
     step_factor,
 )
 from edgetune.train import TrainConfig
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 
 

@@ -76,7 +76,7 @@ def test_missing_distributions_are_named_with_the_install_command():
 
 
 def test_cli_prints_the_path_or_a_clear_error(tmp_path, monkeypatch):
-    from edgetune.cli import app
+    from edgetune_cli import app
 
     parts = _split_zip(tmp_path)
     sha = hashlib.sha256(WEIGHTS).hexdigest()

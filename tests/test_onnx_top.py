@@ -85,7 +85,7 @@ PREDICT_WITHOUT_TORCH = """
 import json, sys
 sys.modules["torch"] = None  # as on a device where torch is not installed: any import of it fails
 from typer.testing import CliRunner
-from edgetune.cli import app
+from edgetune_cli import app
 result = CliRunner().invoke(app, ["predict", *sys.argv[1:]])
 assert result.exit_code == 0, result.output
 print(json.dumps({"output": result.output, "torch": sys.modules.get("torch") is not None,
@@ -96,7 +96,7 @@ print(json.dumps({"output": result.output, "torch": sys.modules.get("torch") is 
 def test_predict_runs_without_torch_and_matches_the_torch_path(states, device_packages, tmp_path):
     from typer.testing import CliRunner
 
-    from edgetune.cli import app
+    from edgetune_cli import app
 
     csv = write_csv(tmp_path / "texts.csv", [(t, "alpha") for t in TEXTS])
     args = ["--package", str(device_packages["main"]), "--personal", str(states["lora"]), "--data", str(csv)]

@@ -55,7 +55,7 @@ def test_two_processes_train_the_single_process_model_and_resume_its_checkpoint(
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(free_port()), "-m", "edgetune.cli", "train"]
+    launch += ["--main_process_port", str(free_port()), "-m", "edgetune_cli", "train"]
     args = ["--model", str(tmp_path / "model"), "--plan", str(tmp_path / "plan.json"), "--data", str(train)]
     args += ["--out", str(out), "--epochs", "3", "--batch-size", "16", "--lr", "1e-3", "--val-fraction", "0.2"]
     args += ["--device", "cpu", "--cache", "mmap", "--eval-data", str(test), "--checkpoint-steps", "2"]

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from edgetune.api import load_model, plan
 from edgetune.checkpoint import load_checkpoint
-from edgetune.cli import app
 from edgetune.evaluation import load_trained
 from edgetune.finetune import finetune
 from edgetune.train import TrainConfig
+from edgetune_cli import app
 from tests.conftest import synthetic_rows, write_csv
 
 

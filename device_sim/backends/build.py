@@ -24,11 +24,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgetune.errors import EdgetuneError
+
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "cpp"
 BINARY = "edgetune-trainer"
 
 
-class BuildError(RuntimeError):
+class BuildError(EdgetuneError, RuntimeError):
     """The C++ trainer cannot be built (no cmake or compiler, no executorch wheel) or found."""
 
 

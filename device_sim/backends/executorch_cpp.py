@@ -30,12 +30,12 @@ from device_sim.backends.job import (
     BackendError,
     Candidate,
     Prepared,
+    begin,
     epoch_order,
     param_settings,
     prepare,
     run_candidates,
     schedule,
-    start_output,
 )
 from device_sim.settings import PersonalizeConfig
 
@@ -134,9 +134,7 @@ def personalize(
 ) -> PersonalizeResult:
     """Personalize ``package`` on ``data`` with the C++ trainer; the personal state goes to ``out``."""
     start = time.perf_counter()
-    settings = config or PersonalizeConfig()
-    out = start_output(out)
-    threads = threads if threads is not None else (profile.threads if profile is not None else None)
+    out, settings, threads = begin(out, config, profile, threads)
     binary = trainer_binary()  # built on first use; fails before any work when it cannot be
     work = out.parent / f".{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)

@@ -22,6 +22,7 @@ from device_sim.backends.job import (
     Candidate,
     Prepared,
     batch_width,
+    begin,
     epoch_order,
     lr_factor,
     metrics,
@@ -29,7 +30,6 @@ from device_sim.backends.job import (
     prepare,
     run_candidates,
     schedule,
-    start_output,
 )
 from device_sim.settings import PersonalizeConfig
 
@@ -89,9 +89,7 @@ def personalize(
     import torch
 
     start = time.perf_counter()
-    settings = config or PersonalizeConfig()
-    out = start_output(out)
-    threads = threads if threads is not None else (profile.threads if profile is not None else None)
+    out, settings, threads = begin(out, config, profile, threads)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))

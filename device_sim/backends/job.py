@@ -48,6 +48,7 @@ from device_sim.settings import DEFAULT_CANDIDATES, PersonalizeConfig
 from device_sim.split import guard_split, validation_split
 from edgetune.costs import ArchSummary, CostConfig, CutCost, TunerCost, estimate_cut
 from edgetune.data import DataError, LabelMap, TextDataset, load_dataset
+from edgetune.errors import EdgetuneError
 from edgetune.learning_rates import linear_warmup_factor
 from edgetune.metrics import METRICS, classification_metrics
 
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from device_sim.package import DevicePackage
 
 
-class BackendError(ValueError):
+class BackendError(EdgetuneError, ValueError):
     """An ExecuTorch backend cannot run this job (package without the program, unsupported setting, failed run)."""
 
 
@@ -454,3 +455,13 @@ def start_output(out: str | Path) -> Path:
     out = Path(out)
     check_writable(out)
     return out
+
+
+def begin(
+    out: str | Path, config: PersonalizeConfig | None, profile: DeviceProfile | None, threads: int | None
+) -> tuple[Path, PersonalizeConfig, int | None]:
+    """A backend job's checked inputs, before any work: the output (refused if it cannot be written), the
+    settings (the defaults when none are given) and the thread count (the profile's when none is given)."""
+    if threads is None and profile is not None:
+        threads = profile.threads
+    return start_output(out), config or PersonalizeConfig(), threads

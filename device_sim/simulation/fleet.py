@@ -41,6 +41,7 @@ from device_sim.device import Device
 from device_sim.personalize import PersonalizeConfig
 from device_sim.simulation.users import SimulatedUser
 from device_sim.swap import SwapConfig, swap
+from edgetune.errors import EdgetuneError
 
 FLEET_METHODS = ("none", "fala", "fala-random", "head-only", "retrain")
 BACKENDS = ("local", "ray")
@@ -48,7 +49,7 @@ LOG_NAME, RESULTS_NAME = "simulate.jsonl", "simulate.json"
 LOG_VERSION = 1
 
 
-class FleetError(ValueError):
+class FleetError(EdgetuneError, ValueError):
     """A fleet simulation cannot run as asked (backend, run log, a user's job); the message says what to do."""
 
 

@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edgetune.errors import EdgetuneError
 from edgetune.io import atomic_write_json
 
 PLAN_SCHEMA_VERSION = 1
 
 
-class PlanError(ValueError):
+class PlanError(EdgetuneError, ValueError):
     """A plan file is unreadable, of another schema, or inconsistent."""
 
 

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetune.cli.common import human
+from edgetune.formatting import human
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     @app.command("export")
     @handle_errors
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
         (safetensors), tokenizer and a manifest with every file's sha256."""
-        from edgetune.cli import console, err_console
+        from edgetune_cli import console, err_console
         from exporters.export import ExportOptions, export_package
         from exporters.quantize import Int8Config
 
@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
 
         from device_sim.package import verify_package
-        from edgetune.cli import console
+        from edgetune_cli import console
 
         result = verify_package(package)
         if as_json and result.manifest is not None:
@@ -185,7 +185,7 @@ def _print_summary(m: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgetune.cli import console
+    from edgetune_cli import console
 
     b, trunk = m["backbone"], m["trunk"]
     trainable = m.get("trainable_layers")
@@ -235,7 +235,7 @@ def _print_files(result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgetune.cli import console
+    from edgetune_cli import console
 
     if not result.files:
         return

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from edgetune.cli.common import (
+from edgetune_cli.common import (
     at_least_one,
     check_range,
     check_threads,
@@ -17,7 +17,7 @@ from edgetune.cli.common import (
     positive,
     predictions_csv,
 )
-from edgetune.cli.tuner_opts import (
+from edgetune_cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
     TunerOption,
@@ -134,7 +134,7 @@ def check_runtime(runtime: str) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     @app.command("personalize")
     @handle_errors
@@ -216,8 +216,8 @@ def register(app: typer.Typer) -> None:
         from device_sim.backends import BACKENDS
         from device_sim.device import Device
         from device_sim.profiles import ProfileError
-        from edgetune.cli import console
-        from edgetune.cli.train_cmd import print_history
+        from edgetune_cli import console
+        from edgetune_cli.train_cmd import print_history
 
         if backend not in BACKENDS:
             raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
@@ -271,7 +271,7 @@ def register(app: typer.Typer) -> None:
                     raise
                 raise ProfileError(f"{err}; run again with --cut {err.suggested_cut}", err.suggested_cut) from None
             except KeyboardInterrupt:
-                from edgetune.cli import err_console
+                from edgetune_cli import err_console
 
                 err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
                 raise typer.Exit(code=130) from None

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from edgetune.cli.common import at_least_one, check_range, locks_output
+from edgetune_cli.common import at_least_one, check_range, locks_output
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     @app.command("skip")
     @handle_errors
@@ -45,10 +45,10 @@ def register(app: typer.Typer) -> None:
         executed blocks (HadSkip); save it skipping the blocks its gates turn off for the task."""
         from rich.table import Table
 
-        from edgetune.cli import console
         from edgetune.data import load_dataset
         from edgetune.evaluation import evaluate_classifier
         from edgetune.skip import HadSkipConfig, hadskip_finetune
+        from edgetune_cli import console
 
         if not 0 < budget <= 1:
             raise typer.BadParameter("must be in (0, 1]", param_hint="--budget")

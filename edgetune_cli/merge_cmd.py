@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from edgetune.cli.common import locks_output
+from edgetune_cli.common import locks_output
 
 METHOD_CHOICES = {"rankmean": "rankmean", "average": "average", "task-arithmetic": "task_arithmetic"}
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     @app.command("merge")
     @handle_errors
@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """RankMean: per module, weight each model by the normalized rank of how much it changed that module;
         parameters outside the blocks are averaged. Refuses models of other bases or shapes."""
-        from edgetune.cli import console
         from edgetune.merge import merge_files
+        from edgetune_cli import console
 
         if method not in METHOD_CHOICES:
             raise typer.BadParameter(f"choose one of {', '.join(METHOD_CHOICES)}", param_hint="--method")

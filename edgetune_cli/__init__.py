@@ -16,6 +16,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from edgetune.errors import EdgetuneError
+
 app = typer.Typer(
     name="edgetune",
     help=(
@@ -32,40 +34,11 @@ err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=Tr
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the input is wrong", reported without a traceback."""
-    from edgetune.backbones import UnsupportedModelError
-    from edgetune.data import DataError
-    from edgetune.io import OutputError
-    from edgetune.merge import MergeError
-    from edgetune.planner.plan import PlanError
-    from edgetune.train import TrainError
+    """Exceptions that mean "the input is wrong", reported without a traceback.
 
-    errors: list[type[BaseException]] = [
-        DataError,
-        MergeError,
-        PlanError,
-        TrainError,
-        UnsupportedModelError,
-        FileNotFoundError,
-        OutputError,
-    ]
-    try:
-        from device_sim.package import PackageError
-
-        errors.append(PackageError)
-    except ImportError:
-        pass
-    try:
-        from device_sim.backends.build import BuildError
-        from device_sim.backends.job import BackendError
-        from device_sim.personal import PersonalStateError
-        from device_sim.profiles import ProfileError
-        from device_sim.swap import SwapError
-
-        errors += [PersonalStateError, ProfileError, SwapError, BackendError, BuildError]
-    except ImportError:
-        pass
-    return tuple(errors)
+    Every module's own error derives from :class:`EdgetuneError`, so this imports no command's dependencies.
+    """
+    return (EdgetuneError, FileNotFoundError)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,7 +56,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from edgetune.cli import datasets_cmd, device_cmd, export_cmd, merge_cmd, plan_cmd, skip_cmd, swap_cmd, train_cmd
+    from edgetune_cli import datasets_cmd, device_cmd, export_cmd, merge_cmd, plan_cmd, skip_cmd, swap_cmd, train_cmd
 
     for module in (plan_cmd, train_cmd, export_cmd, device_cmd, swap_cmd, skip_cmd, merge_cmd, datasets_cmd):
         module.register(app)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from edgetune.cli.common import at_least_one, check_range, check_threads, locks_output
+from edgetune.tables import fleet_summary
+from edgetune_cli.common import at_least_one, check_range, check_threads, locks_output
 
 METHOD_HELP = (
     "fala: personal matrix from curated examples (no backbone training); retrain: the new top layers on all the "
@@ -16,7 +17,7 @@ METHOD_HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     @app.command("swap")
     @handle_errors
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
         are never modified: on any failure they stay in use, and nothing is written at --out."""
         from device_sim.personalize import PersonalizeConfig
         from device_sim.swap import SwapConfig, SwapError, swap
-        from edgetune.cli import console
+        from edgetune_cli import console
 
         check_threads(threads)
         at_least_one(k=k, epochs=epochs)
@@ -145,10 +146,10 @@ def register(app: typer.Typer) -> None:
             simulate_fleet,
         )
         from device_sim.simulation.users import UserConfig, simulate_users
-        from edgetune.cli import console
         from edgetune.data import DataError, load_dataset
         from edgetune.io import atomic_write_json
         from edgetune.progress import progress_bar
+        from edgetune_cli import console
 
         check_threads(threads)
         at_least_one(users=users, random_draws=random_draws, epochs=epochs)
@@ -157,8 +158,8 @@ def register(app: typer.Typer) -> None:
         check_range("--fraction", fraction, 0, 1, low_open=True)
         if out.exists() and not out.is_dir():
             raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
-        from edgetune.cli.common import png_file
         from edgetune.io import check_output_file, json_with_keys
+        from edgetune_cli.common import png_file
 
         check_output_file(out / "simulate.json", [("--data", data)], json_with_keys("summary"), "simulation result")
         check_output_file(out / "simulate.png", [("--data", data)], png_file, "simulation plot")
@@ -205,10 +206,10 @@ def register(app: typer.Typer) -> None:
                     old, new, fleet, config, on_user=lambda row: advance(1), backend=backend, workers=workers,
                     ray_address=ray_address, out=out, overwrite=overwrite,
                 )  # fmt: skip
-        except FleetError as err:  # one red line, as every user error (see edgetune.cli.handle_errors)
+        except FleetError as err:  # one red line, as every user error (see edgetune_cli.handle_errors)
             from rich.markup import escape
 
-            from edgetune.cli import err_console
+            from edgetune_cli import err_console
 
             err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
@@ -216,51 +217,5 @@ def register(app: typer.Typer) -> None:
         plot_fleet(results, out / "simulate.png")
         if results["run"]["resumed_users"]:
             console.print(f"resumed: {results['run']['resumed_users']} users were already done in {out}")
-        _print_summary(console, results)
+        console.print(*fleet_summary(results), highlight=False)
         console.print(f"wrote {out / 'simulate.json'} and {out / 'simulate.png'}", highlight=False)
-
-
-def _print_summary(console, results: dict) -> None:
-    from rich.table import Table
-
-    summary = results["summary"]
-    table = Table(title=f"backbone swap, {len(results['users'])} users")
-    for column in ("method", "accuracy (mean ± std)", "examples used", "backward FLOPs", "vs full re-training", "s"):
-        table.add_column(column, justify="right" if column != "method" else "left")
-    before = summary["before_personal"]
-    table.add_row("before (old + personal)", f"{before['mean']:.3f} ± {before['std']:.3f}", "", "", "", "")
-    for name, m in summary["methods"].items():
-        reduction = m.get("flops_reduction", {}).get("mean")
-        table.add_row(
-            name,
-            f"{m['accuracy']['mean']:.3f} ± {m['accuracy']['std']:.3f}",
-            f"{m['examples_used']['mean']:.0f}",
-            f"{m['backward_flops']['mean']:.3g}",
-            f"{reduction:,.0f}x less" if reduction else "",
-            f"{m['seconds']['mean']:.1f}",
-        )
-    console.print(table)
-    cost = summary.get("cost_per_user")
-    if cost:
-        parts = ", ".join(
-            f"{part} {cost[part]['seconds']['mean']:.1f}s ({cost[part]['backward_flops']['mean']:.3g} backward FLOPs)"
-            for part in ("trunk", "training", "swap")
-        )
-        console.print(
-            f"cost per user (mean): {parts}; evaluation {cost['evaluation']['seconds']['mean']:.1f}s; "
-            f"total {cost['total_seconds']['mean']:.1f}s",
-            highlight=False,
-        )
-    if "fala_over_retrain" in summary:
-        f = summary["fala_over_retrain"]
-        console.print(
-            f"FaLA reaches {f['of_mean_accuracy']:.1%} of re-training's accuracy with "
-            f"{f['examples_fraction']:.1%} of the examples",
-            highlight=False,
-        )
-    if "cluster_minus_random" in summary:
-        c = summary["cluster_minus_random"]
-        console.print(
-            f"clustered - random selection: {c['mean']:+.3f} ± {c['std']:.3f} ({c['pairs']} user x draw pairs)",
-            highlight=False,
-        )

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from edgetune.cli.common import at_least_one, check_range, file_output, png_file, positive, print_plan_table
-from edgetune.cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
+from edgetune_cli.common import at_least_one, check_range, file_output, png_file, positive, print_plan_table
+from edgetune_cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
 
 PLANNER_CHOICES = ("salf", "topk", "gradnorm", "autofreeze", "random", "full")
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     @app.command("plan")
     @handle_errors
@@ -104,10 +104,10 @@ def _plan(model, data, out, planner, text_column, label_column, max_length, batc
           policy, tolerance, min_trainable_layers, k, max_backward_frac, max_train_memory_mb, max_device_seconds,
           device_gflops, tuner, tuner_param, seed, report, quiet) -> None:  # fmt: skip
     from edgetune.api import load_model, plan
-    from edgetune.cli import console
     from edgetune.data import load_dataset
     from edgetune.planner import Budget, CostConfig
     from edgetune.report import plot_plan
+    from edgetune_cli import console
 
     tuner, tuner_params = tuner_options(tuner, None, None, tuner_param)
     dataset = load_dataset(data, text_column, label_column)  # fail on bad data before loading the model

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetune.cli.common import at_least_one, check_range, check_threads, file_output, positive
-from edgetune.cli.device_cmd import RUNTIME_OPTION, check_runtime
-from edgetune.cli.tuner_opts import (
+from edgetune_cli.common import at_least_one, check_range, check_threads, file_output, positive
+from edgetune_cli.device_cmd import RUNTIME_OPTION, check_runtime
+from edgetune_cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
     TunerOption,
@@ -21,7 +21,7 @@ from edgetune.cli.tuner_opts import (
 def print_history(history: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from edgetune.cli import console
+    from edgetune_cli import console
 
     has_val = any("val_accuracy" in h for h in history)
     table = Table(title="training")
@@ -48,7 +48,7 @@ def parse_rate(value: str, flag: str) -> float:
 def print_lr_search(trials: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from edgetune.cli import console
+    from edgetune_cli import console
 
     table = Table(title="learning-rate search (validation split)")
     for col in ("block lr", "head lr", "val acc", "val macro-F1"):
@@ -68,7 +68,7 @@ def print_lr_search(trials: list[dict[str, Any]]) -> None:
 def print_metrics(metrics: dict[str, Any], title: str) -> None:
     from rich.table import Table
 
-    from edgetune.cli import console
+    from edgetune_cli import console
 
     table = Table(title=f"{title} ({metrics['num_examples']} examples)")
     table.add_column("metric")
@@ -81,7 +81,7 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from edgetune.cli import handle_errors
+    from edgetune_cli import handle_errors
 
     @app.command("train")
     @handle_errors
@@ -125,9 +125,9 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
     ) -> None:
         """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
-        from edgetune.cli import console
         from edgetune.finetune import finetune
         from edgetune.train import CACHE_PLACES, MODES, TrainConfig, TrainError, is_main_process
+        from edgetune_cli import console
 
         main_process = is_main_process()  # torchrun / accelerate launch: the other processes print nothing
         quiet = quiet or not main_process
@@ -248,8 +248,8 @@ def register(app: typer.Typer) -> None:
 def _evaluate(
     data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet, runtime="auto"
 ):
-    from edgetune.cli import console
     from edgetune.io import atomic_write_json
+    from edgetune_cli import console
 
     if package is not None:
         from device_sim.device import Device
