@@ -22,7 +22,10 @@ every kind of state the project writes:
   above 0) is not applied here: such a state needs the torch top;
 * ``fala`` — the personal matrix ``M`` (``matrix.linear``: d_old x d_new) and
   the old personal head ``H`` fold into one head on the new features:
-  ``head.weight = H_W M_W``, ``head.bias = H_W M_b + H_b``.
+  ``head.weight = H_W M_W``, ``head.bias = H_W M_b + H_b``; the residual form
+  also holds the new global head ``G`` (``base``) and the old global head ``R``
+  (``reference``), and its head ``G e + H (M e) - R (M e)`` folds to
+  ``head.weight = G_W + (H_W - R_W) M_W``, ``head.bias = G_b + (H_W - R_W) M_b + H_b - R_b``.
 
 Tests compare every kind against the torch top with the tuner's own merge.
 """
@@ -125,18 +128,8 @@ def apply_state(
         return out
     tensors = {k: np.asarray(v) for k, v in state.tensors.items()}
     if state.kind == "fala":
-        try:
-            m_w, m_b = tensors["matrix.linear.weight"], tensors["matrix.linear.bias"]
-            h_w, h_b = tensors["head.weight"], tensors["head.bias"]
-        except KeyError as err:
-            raise PersonalStateError(f"{state.path}: not a FaLA personal head (no {err})") from None
-        if m_w.shape[1] != out["head.weight"].shape[1] or h_w.shape[1] != m_w.shape[0]:
-            raise PersonalStateError(
-                f"{state.path}: personal matrix {m_w.shape} and head {h_w.shape} do not fit this package's "
-                f"{out['head.weight'].shape[1]} features"
-            )
-        out["head.weight"] = (h_w @ m_w).astype(np.float32)
-        out["head.bias"] = (h_w @ m_b + h_b).astype(np.float32)
+        weight, bias = fala_head(tensors, out["head.weight"].shape[1], state.path)
+        out["head.weight"], out["head.bias"] = weight, bias
         return out
     name, params = state.tuner.get("name"), state.tuner.get("params", {})
     layers = spec.get("layers", list(range(spec["cut"], spec["num_layers"])))
@@ -159,3 +152,27 @@ def apply_state(
             )
         out[key] = value.astype(np.float32)
     return out
+
+
+def fala_head(tensors: dict[str, np.ndarray], width: int, path: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A FaLA state's head (either form) as one linear layer on the new package's ``width`` features."""
+    try:
+        m_w, m_b = tensors["matrix.linear.weight"], tensors["matrix.linear.bias"]
+        h_w, h_b = tensors["head.weight"], tensors["head.bias"]
+    except KeyError as err:
+        raise PersonalStateError(f"{path}: not a FaLA personal head (no {err})") from None
+    if m_w.shape[1] != width or h_w.shape[1] != m_w.shape[0]:
+        raise PersonalStateError(
+            f"{path}: personal matrix {m_w.shape} and head {h_w.shape} do not fit this package's {width} features"
+        )
+    weight, bias = h_w @ m_w, h_w @ m_b + h_b
+    residual = [name in tensors for name in ("base.weight", "base.bias", "reference.weight", "reference.bias")]
+    if any(residual) and not all(residual):
+        raise PersonalStateError(f"{path}: a residual FaLA head needs both base.* and reference.* tensors")
+    if all(residual):
+        g_w, g_b, r_w, r_b = (tensors[n] for n in ("base.weight", "base.bias", "reference.weight", "reference.bias"))
+        if g_w.shape != (h_w.shape[0], width) or r_w.shape != h_w.shape:
+            raise PersonalStateError(f"{path}: the residual FaLA head's base {g_w.shape} or reference {r_w.shape} "
+                                     f"does not fit its head {h_w.shape}")  # fmt: skip
+        weight, bias = weight + g_w - r_w @ m_w, bias + g_b - r_w @ m_b - r_b
+    return weight.astype(np.float32), bias.astype(np.float32)

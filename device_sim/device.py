@@ -209,8 +209,10 @@ class Device:
         """A verified personal state that belongs to this package."""
         return load_personal_state(path, self.package)
 
-    def top(self, personal: Personal = None) -> TopModel:
-        """The package's top with ``personal`` applied (adapters merged), in eval mode; a fresh module."""
+    def top(self, personal: Personal = None, merged: bool = True) -> TopModel:
+        """The package's top with ``personal`` applied, in eval mode; a fresh module. ``merged``: adapters (and a
+        FaLA head) folded into plain weights; unmerged keeps them as modules (a second swap composes with the
+        FaLA head as it is)."""
         from edgetune.tuners import tuner_from_dict
 
         top = self.package.top_model()
@@ -224,28 +226,16 @@ class Device:
         if state.kept_global:  # the guard refused personalization: the package's own (global) top
             top.requires_grad_(False)
             return top.eval()
-        if state.kind == "fala":  # the package's top, then the personal matrix and the old personal head
-            from edgetune.fala import FalaHead
-
-            try:
-                top.head = FalaHead.from_state(state.tensors)
-            except (KeyError, RuntimeError, ValueError) as err:
-                raise PersonalStateError(f"{state.path}: not a FaLA personal head ({err})") from None
-            if top.head.matrix.linear.in_features != self.package.hidden_size:
-                raise PersonalStateError(
-                    f"{state.path}: personal matrix reads {top.head.matrix.linear.in_features} "
-                    f"features, this package's top gives {self.package.hidden_size}"
-                )
-            top.requires_grad_(False)
-            return top.eval()
         trained = top.above(state.train_cut)
-        tuner = tuner_from_dict(state.tuner)
-        tuner.prepare(trained)
         try:
+            tuner = tuner_from_dict(state.tuner)
+            tuner.prepare(trained)
             tuner.load_delta(trained, state.tensors)
         except ValueError as err:
             raise PersonalStateError(f"{state.path}: does not fit this package's top ({err})") from None
-        tuner.merge(trained)
+        if merged:
+            tuner.merge(trained)
+        top.head = trained.head  # a state may replace the head module (FaLA's); the view shares everything else
         top.requires_grad_(False)
         return top.eval()
 

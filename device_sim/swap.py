@@ -258,10 +258,12 @@ def _fala(
     t2 = time.perf_counter()
     old_features = old.features([dataset.texts[i] for i in selected], state)  # forward only, k examples
     matrix = PersonalMatrix.fit(new_features[selected], old_features, config.ridge_alpha)
+    # the old personal head as it is: a FaLA head stays one, so a second swap folds the two matrices into one
+    old_head = old.top(state, merged=state.kind != "fala").head
     if config.form == "residual":  # the new global head + the user's difference from the old global head
-        head = compose(matrix, old.top(state).head, base=new.top().head, reference=old.top().head)
+        head = compose(matrix, old_head, base=new.top().head, reference=old.top().head)
     else:
-        head = compose(matrix, old.top(state).head)
+        head = compose(matrix, old_head)
     with torch.inference_mode():
         ridge_train_acc = float((head(torch.as_tensor(new_features[selected])).argmax(1).numpy() == y[selected]).mean())
     t3 = time.perf_counter()

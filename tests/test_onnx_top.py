@@ -19,7 +19,7 @@ from tests.conftest import write_csv
 from tests.devices import fast, user_data
 
 TEXTS = user_data(24, seed=11).texts
-KINDS = ["full", "head-only", "lora", "roselora", "dsee", "fala", "kept_global"]
+KINDS = ["full", "head-only", "lora", "roselora", "dsee", "fala", "fala-residual", "kept_global"]
 
 
 def _state(device: Device, kind: str, out: Path) -> Path:
@@ -30,7 +30,7 @@ def _state(device: Device, kind: str, out: Path) -> Path:
         device.personalize(data, out, fast(epochs=3, tuner=kind, tuner_params=params))
     elif kind == "head-only":
         device.personalize(data, out, fast(epochs=3, cut=device.package.num_layers))
-    elif kind == "fala":  # a personal matrix (d x d) and an old personal head, as a swap writes them
+    elif kind.startswith("fala"):  # a personal matrix (d x d) and an old personal head, as a swap writes them
         g = torch.Generator().manual_seed(0)
         d, labels = device.package.hidden_size, len(device.labels)
         tensors = {
@@ -39,8 +39,13 @@ def _state(device: Device, kind: str, out: Path) -> Path:
             "head.weight": torch.randn(labels, d, generator=g),
             "head.bias": torch.randn(labels, generator=g),
         }
+        form = "residual" if kind == "fala-residual" else "plain"
+        if form == "residual":  # + the new global head, - the old global head (both read d features here)
+            for name in ("base", "reference"):
+                tensors[f"{name}.weight"] = torch.randn(labels, d, generator=g)
+                tensors[f"{name}.bias"] = torch.randn(labels, generator=g)
         write_personal_state(out, tensors, device.package, train_cut=device.package.num_layers,
-                             tuner={"name": "fala", "params": {}}, kind="fala")  # fmt: skip
+                             tuner={"name": "fala", "params": {"form": form}}, kind="fala")  # fmt: skip
     else:
         write_personal_state(out, {}, device.package, train_cut=device.package.cut,
                              tuner={"name": "none", "params": {}}, kind="kept_global")  # fmt: skip

@@ -10,11 +10,15 @@ from typing import Any
 
 from edgetune.tuners.base import Tuner, TunerConfig, as_top
 from edgetune.tuners.dsee import DseeConfig, DseeTuner
+from edgetune.tuners.fala import FalaConfig, FalaTuner
 from edgetune.tuners.full import FullConfig, FullTuner
 from edgetune.tuners.lora import LoraConfig, LoraTuner
 from edgetune.tuners.roselora import RoseLoraConfig, RoseLoraTuner
 
 TUNERS: dict[str, type[Tuner]] = {cls.name: cls for cls in (FullTuner, LoraTuner, RoseLoraTuner, DseeTuner)}
+# What a personal state can hold: every tuner's delta, and the head a FaLA backbone swap writes (a swap fits it;
+# no training loop offers it).
+STATE_TUNERS: dict[str, type[Tuner]] = {**TUNERS, FalaTuner.name: FalaTuner}
 
 
 def get_tuner(name: str | Tuner, **params: Any) -> Tuner:
@@ -32,20 +36,29 @@ def get_tuner(name: str | Tuner, **params: Any) -> Tuner:
 
 
 def tuner_from_dict(d: dict[str, Any]) -> Tuner:
-    """Rebuild a tuner from :meth:`Tuner.to_dict`."""
-    return get_tuner(d["name"], **d.get("params", {}))
+    """Rebuild a tuner from :meth:`Tuner.to_dict` (a personal state's ``tuner``; FaLA's included)."""
+    name, params = d["name"], d.get("params", {})
+    if name not in STATE_TUNERS:
+        raise ValueError(f"unknown tuner {name!r}; choose one of {', '.join(STATE_TUNERS)}")
+    try:
+        return STATE_TUNERS[name](**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for tuner {name!r}: {err}") from None
 
 
 __all__ = [
     "TUNERS",
     "DseeConfig",
     "DseeTuner",
+    "FalaConfig",
+    "FalaTuner",
     "FullConfig",
     "FullTuner",
     "LoraConfig",
     "LoraTuner",
     "RoseLoraConfig",
     "RoseLoraTuner",
+    "STATE_TUNERS",
     "Tuner",
     "TunerConfig",
     "as_top",
