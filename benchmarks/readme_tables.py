@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # edgetune.io for --write, from this checkout
 from table_renderers import RENDERERS  # noqa: E402  benchmarks/table_renderers.py
 
 ROOT = Path(__file__).resolve().parent.parent
