@@ -222,7 +222,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
-def write_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+def write_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     from edgetune.report import save_figure
 
