@@ -4,8 +4,8 @@ Run the benchmarks as ``python benchmarks/<name>.py``: the script's directory is
 this module as ``harness``. Nothing here imports torch; the versions record names only what is already imported.
 
 - :func:`parser` — an ``ArgumentParser`` with ``--out``, ``--threads``, ``--lock`` and (optionally) ``--seed``.
-- :func:`exclusive` — hold an ``flock`` on ``--lock`` around the timed part (the same lock as
-  ``flock /work/bench.lock python ...``, so runs of either kind never overlap).
+- :func:`exclusive` — hold an ``flock`` on ``--lock`` around the timed part, or :func:`hold_lock` for the rest of
+  the run (the same lock as ``flock /work/bench.lock python ...``, so runs of either kind never overlap).
 - :func:`load_average` at the start, then :func:`machine_record` at the end: one dict shape for every result.
 - :func:`peak_rss_mb` (this process's VmHWM), :func:`rss_mb`, :func:`tree_rss_mb` and :class:`PeakSampler` (a
   thread sampling any of them).
@@ -69,6 +69,21 @@ def exclusive(lock: Path | None) -> Iterator[float]:
             yield time.perf_counter() - start
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_held: list[Any] = []
+
+
+def hold_lock(lock: Path | None) -> float:
+    """Like running under ``flock LOCK python ...``: take the exclusive lock now (waiting for it) and keep it until
+    the process exits; returns the seconds waited. ``None``: no lock."""
+    if lock is None:
+        return 0.0
+    start = time.perf_counter()
+    f = open(lock, "a")  # noqa: SIM115  closed (and the lock released) at exit
+    fcntl.flock(f, fcntl.LOCK_EX)
+    _held.append(f)
+    return time.perf_counter() - start
 
 
 # -- the machine record ------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,3 +74,18 @@ def test_parser_has_the_common_options() -> None:
     args = harness.parser("doc", seed=3).parse_args(["--threads", "1"])
     assert (args.threads, args.seed, args.lock, args.out) == (1, 3, None, Path("benchmarks/results"))
     assert not hasattr(harness.parser("doc").parse_args([]), "seed")
+
+
+def test_hold_lock_keeps_the_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    assert harness.hold_lock(None) == 0.0
+    code = f"import harness, time; harness.hold_lock({str(lock)!r}); print('held', flush=True); time.sleep(10)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(harness.__file__).parent, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        with open(lock, "a") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        proc.kill()
+        proc.wait()
