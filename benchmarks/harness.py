@@ -31,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-PACKAGES = ("torch", "onnxruntime", "transformers", "executorch", "peft", "ray", "onnx")
+PACKAGES = ("edgetune", "torch", "onnxruntime", "transformers", "executorch", "peft", "ray", "onnx")
 """Packages whose version the machine record names, each only when the benchmark imported it."""
 
 
