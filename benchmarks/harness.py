@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +104,8 @@ def load_average() -> list[float]:
 
 def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """Python and the version of each of ``packages`` that this process has imported (none is imported here)."""
+    from importlib import metadata  # here: a worker that imports this module measures its own RSS
+
     out = {"python": platform.python_version()}
     for name in packages:
         if name in sys.modules:
@@ -112,6 +113,19 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
                 out[name] = metadata.version(name)
             except metadata.PackageNotFoundError:
                 out[name] = str(getattr(sys.modules[name], "__version__", "unknown"))
+    return out
+
+
+def installed(packages: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each of ``packages`` (``missing`` when not installed), without importing them."""
+    from importlib import metadata
+
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
     return out
 
 
@@ -127,17 +141,18 @@ def git_commit(root: Path = ROOT) -> dict[str, Any]:
 
 
 def machine_record(load_start: list[float] | None = None, threads: int | None = None,
-                   **extra: Any) -> dict[str, Any]:  # fmt: skip
+                   workers_import: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:  # fmt: skip
     """One shape for every benchmark: CPU, cores, threads, platform, versions, commit + dirty flag, and the load
-    average at the start (``load_start``, taken by the caller with :func:`load_average`) and now. ``extra``
-    (e.g. a note) is added as is."""
+    average at the start (``load_start``, taken by the caller with :func:`load_average`) and now. Versions: the
+    packages of :data:`PACKAGES` this process imported, and ``workers_import`` (what the benchmark's worker
+    processes import) as installed. ``extra`` (e.g. a note) is added as is."""
     return {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": threads,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": versions(),
+        "versions": {**versions(), **installed(workers_import)},
         **git_commit(),
         "load_average_start": load_start,
         "load_average_end": load_average(),
