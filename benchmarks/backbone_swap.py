@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_name  # noqa: E402  benchmarks/timing.py
+from harness import cpu_name, git_commit  # noqa: E402  benchmarks/harness.py
 
 # FaLA's settings, chosen on the validation users (k = ceil(fraction * n), at most 10% of the user's texts)
 GRID = {
@@ -436,7 +436,7 @@ def main() -> None:
             "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(),
         },  # fmt: skip
-        "commit": _commit(),
+        "commit": git_commit()["commit"],
         "timed_under_bench_lock": not args.no_lock,
         "shards": args.assemble or 1,
         "users_planned": len(users),
@@ -498,16 +498,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
-    except Exception:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,18 +41,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from timing import cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
+from harness import (  # benchmarks/harness.py: the script's directory is on sys.path
+    PeakSampler,
+    hold_lock,
+    load_average,
+    machine_record,
+    parser,
+    rss_mb,
+    tree_rss_mb,
+    write_figure,
+    write_json,
+)
 
 BACKENDS = ("torch", "executorch", "executorch-cpp")
 PARITY_STEPS = 20
 TARGET_RSS_MB = {"executorch-cpp": 250.0, "torch": 500.0}
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # -- workers (fresh processes) ----------------------------------------------------------------------------------------
@@ -69,7 +71,7 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(spec["threads"])
         import device_sim.personalize  # noqa: F401 (the backend's imports, counted before the job)
     imported = time.perf_counter()
-    rss_imports = _rss_mb()
+    rss_imports = rss_mb()
     losses: list[float] = []
     if spec["backend"] == "torch":
         callbacks = [lambda event: losses.append(float(event.loss))]
@@ -113,44 +115,14 @@ IMPORTS = {
 }
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            out += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return out
-
-
-def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and all its descendants (MB), from /proc (cheap: the sampler must not steal the job's
-    CPU)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    break
-        except OSError:
-            continue
-        todo += _children(p)
-    return total / 1024
-
-
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
     """Run ``cmd``; returns (completed process, peak RSS of its process tree in MB, wall seconds)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0.0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss_mb(proc.pid))
-        time.sleep(0.02)
-    out, err = proc.communicate()
+    with PeakSampler(lambda: {"tree": tree_rss_mb(proc.pid)}, interval=0.02) as sampler:
+        out, err = proc.communicate()
     seconds = time.perf_counter() - start
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak, seconds
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), sampler.peak.get("tree", 0.0), seconds
 
 
 def run_job(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -295,24 +267,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[2].set(xticks=x, xticklabels=BACKENDS, ylabel="s", title="time per user (median)")
     axes[2].legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    write_figure(fig, path, dpi=110)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--users", type=int, default=3)
-    parser.add_argument("--blocks", type=int, default=1, help="top blocks the package trains (a top-k plan)")
-    parser.add_argument(
+    ap = parser(__doc__.split("\n")[0], out=Path(__file__).parent / "results")
+    ap.add_argument("--users", type=int, default=3)
+    ap.add_argument("--blocks", type=int, default=1, help="top blocks the package trains (a top-k plan)")
+    ap.add_argument(
         "--cache-batch-size", type=int, default=4, help="texts per trunk call, every backend (device default: 8)"
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
+    args = ap.parse_args()
+    hold_lock(args.lock)
+    load_start = load_average()
 
     from device_sim.backends.build import trainer_binary
-    from edgetune.io import atomic_write_json
 
     binary = trainer_binary()
     os.environ["EDGETUNE_TRAINER"] = str(binary)
@@ -338,14 +307,11 @@ def main() -> None:
                 print(f"{user.user_id} {backend}: peak {peak:.0f} MB, job {secs:.1f}s, accuracy {job['accuracy']:.3f}")
             rows.append(row)
         imports = import_costs()
-        from importlib.metadata import version
-
         report = {
             "benchmark": "device_runtime",
-            "machine": {"cpu": cpu_name(), "platform": platform.platform(), "threads": args.threads},
+            "machine": machine_record(load_start, args.threads,
+                                      workers_import=("torch", "executorch", "onnxruntime", "transformers")),
             "settings": {"cache_batch_size": args.cache_batch_size, "dropout": 0.0},
-            "versions": {p: version(p) for p in ("torch", "executorch", "onnxruntime", "transformers")},
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
             "plan": {"cut": setup["plan"].cut, "num_layers": setup["plan"].num_layers},
             "setup_seconds": setup["seconds"],
             "executorch_export": {k: setup["executorch"][k] for k in ("parity", "seconds", "max_batch")},
@@ -357,7 +323,7 @@ def main() -> None:
             "summary": summarize(rows),
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / "device_runtime.json", report)
+        write_json(args.out / "device_runtime.json", report)
         plot(report, args.out / "device_runtime.png")
         print(json.dumps({"summary": report["summary"], "import_rss_mb": imports}, indent=2))
     finally:

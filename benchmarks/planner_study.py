@@ -33,11 +33,8 @@ prints the fit); the others are reported as held out.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +43,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_name  # noqa: E402
+from harness import hold_lock, load_average, machine_record, parser, write_figure, write_json  # noqa: E402
+from table_renderers import planner_study as markdown_table  # noqa: E402  the README's table
 
 PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "salf": ("salf", {}),
@@ -259,34 +257,6 @@ def summarize(tasks: dict[str, Any], calibration: list[str]) -> dict[str, Any]:
     return out
 
 
-def markdown_table(tasks: dict[str, Any], summary: dict[str, Any], calibration: list[str]) -> str:
-    """One row per task: best cut, the oracle's cheapest cut within 1 point, each planner's pick and loss."""
-    labels = list(PLANNERS)
-    head = "| task | best (cut) | oracle cheapest | " + " | ".join(labels) + " |"
-    lines = [head, "|" + "---|" * (len(labels) + 3)]
-    for task, res in tasks.items():
-        if "analysis" not in res:
-            continue
-        a = res["analysis"]
-        per_cut = {int(c): v for c, v in a["per_cut"].items()}  # int keys fresh, str keys read back from JSON
-        best_cut = max(per_cut, key=lambda c: per_cut[c]["accuracy_mean"])
-        name = f"{task} ({'calibration' if task in calibration else 'held out'})"
-        cheap = a["oracle_cheapest_cut"]
-        cheap_frac = per_cut[cheap]["backward_frac"]
-        cells = [name, f"{a['best_accuracy']:.1f} ({best_cut})", f"cut {cheap} ({100 * cheap_frac:.0f}%)"]
-        for label in labels:
-            p = a["picks"][label]
-            cells.append(f"{'/'.join(map(str, p['cuts']))}: {100 * p['backward_frac']:.0f}%, -{p['below_best']:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    for group, g in summary.items():
-        cells = [f"**mean, {group.replace('_', ' ')}**", "", ""]
-        for label in labels:
-            cells.append(f"{100 * g[label]['backward_frac']:.0f}%, -{g[label]['below_best']:.1f} "
-                         f"(regret {g[label]['regret']:.1f})")  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def fit_law(results: dict[str, Any], tasks: list[str]) -> dict[str, float]:
     """Least-squares gamma, beta, alpha of SALF's loss law on the observed losses of ``tasks`` (grid search)."""
     from edgetune.planner.salf import loss_amplitude, predicted_losses
@@ -312,7 +282,7 @@ def fit_law(results: dict[str, Any], tasks: list[str]) -> dict[str, float]:
 
 
 def plot(task: str, res: dict[str, Any], path: Path) -> None:
-    from edgetune.report import pyplot, save_figure
+    from edgetune.report import pyplot
 
     plt = pyplot()
     a = res["analysis"]
@@ -342,11 +312,11 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{task}: accuracy vs training cost; planners' picks (mean over seeds)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, path)
+    write_figure(fig, path)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out=Path("benchmarks/results/planner_study.json"), threads=1)
     ap.add_argument("--tasks", nargs="+", default=["tweets", "trec", "bbc-news", "sms-spam", "movie-reviews"])
     ap.add_argument("--calibration", nargs="+", default=list(CALIBRATION))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -359,23 +329,21 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=1.0)
     ap.add_argument("--deep-from", type=int, default=4, help="Cuts training more blocks than this are 'deep'.")
     ap.add_argument("--deep-seeds", type=int, default=2, help="Seeds of the deep cuts (the first N of --seeds).")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plans-only", action="store_true", help="Re-run planners and analysis on stored oracle runs.")
     ap.add_argument("--replan", nargs="*", help="With stored plans: re-run only these planners (e.g. salf).")
     ap.add_argument("--fit", action="store_true", help="Print the loss law fitted on the calibration tasks.")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/planner_study.json"))
     args = ap.parse_args()
+    hold_lock(args.lock)
+    load_start = load_average()
 
     import torch
-
-    from edgetune.io import atomic_write_json
 
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     tasks = results.setdefault("tasks", {})
 
     def save() -> None:
-        atomic_write_json(args.out, results)
+        write_json(args.out, results)
 
     for task in args.tasks:
         store = tasks.setdefault(task, {})
@@ -396,16 +364,9 @@ def main() -> None:
         results["fit"] = {"tasks": args.calibration, **fit_law(tasks, args.calibration)}
         print("fitted on", args.calibration, results["fit"])
     results["summary"] = summarize(tasks, args.calibration)
-    print(markdown_table(tasks, results["summary"], args.calibration))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    results["machine"] = {
-        "cpu": cpu_name(),
-        "threads": args.threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "commit": commit,
-    }
-    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "plans_only", "fit")}
+    print(markdown_table(results))
+    results["machine"] = machine_record(load_start, args.threads)
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "lock", "plans_only", "fit")}
     results["calibration_tasks"] = args.calibration
     save()
 

@@ -17,23 +17,20 @@ its own task, and the other task's blocks with this task's head.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import hold_lock, load_average, machine_record, parser, write_figure, write_json
 
 from edgetune.api import load_model, plan
 from edgetune.data import TextDataset, sample, stratified_split
 from edgetune.datasets import bbc_news, minilm_path
 from edgetune.finetune import finetune
-from edgetune.io import atomic_write_json
 from edgetune.merge import merge_state_dicts
 from edgetune.modeling import SequenceClassifier
-from edgetune.report import save_figure
 from edgetune.train import TrainConfig
 
 SECTIONS = {
@@ -68,16 +65,16 @@ def body(state: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--train-limit", type=int, default=None, help="Smoke runs: train on this many examples.")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
+    hold_lock(args.lock)
     torch.set_num_threads(args.threads)
+    load_start = load_average()
 
     train_topics, test_topics = stratified_split(bbc_news(), 0.2, seed=0)
     if args.train_limit:
@@ -133,7 +130,7 @@ def main() -> None:
     margins = [np.mean([r[t]["rankmean"] - r[t]["average"] for t in tasks]) for r in runs]
     out = {
         "benchmark": "rankmean",
-        "machine": {"platform": platform.platform(), "threads": args.threads},
+        "machine": machine_record(load_start, args.threads),
         "model": "all-MiniLM-L6-v2",
         "data": f"BBC news train {len(train_topics)} / test {len(test_topics)} (stratified, seed 0)",
         "tasks": {"topics": "5 BBC topics", "sections": SECTIONS},
@@ -151,7 +148,7 @@ def main() -> None:
         "meets_target": bool(np.mean(margins) >= 0),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "rankmean.json", out)
+    write_json(args.out / "rankmean.json", out)
     plot(summary, list(tasks), args.out / "rankmean.png")
     print(json.dumps(summary, indent=1))
 
@@ -177,7 +174,7 @@ def plot(summary: dict, tasks: list[str], path: Path) -> None:
     ax.set_ylabel("test accuracy (%), mean over seeds")
     ax.set_title(f"Merging top-{K_TOP} blocks fine-tuned on two label groupings of BBC news")
     ax.legend()
-    save_figure(fig, path)
+    write_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), for the results' machine record."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from harness import cpu_name  # noqa: F401  re-exported: benchmarks/harness.py is the one machine record
 
 
 def timed(fn, repeats: int) -> list[float]:

@@ -39,7 +39,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from harness import hold_lock, load_average, machine_record, parser, write_figure, write_json
 
 MODEL = "all-MiniLM-L6-v2"
 TUNERS = ("full", "lora", "roselora", "dsee")
@@ -66,36 +66,6 @@ PRUNINGS = (
 
 def tuner_params(name: str) -> dict[str, Any]:
     return {"full": {}, "lora": dict(ADAPTER), "roselora": dict(ROSELORA), "dsee": dict(DSEE)}[name]
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg_1min_start": os.getloadavg()[0],
-    }
-
-
-def versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    import edgetune
-
-    return {
-        "edgetune": edgetune.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
 
 
 @torch.no_grad()
@@ -395,31 +365,28 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.suptitle(f"{MODEL} + BBC news, SALF cut {result['plan']['cut']}: tuners inside the chosen layers")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(fig, path, dpi=110)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--adapter-lr", type=float, default=5e-4)
-    parser.add_argument("--head-lr", type=float, default=5e-3)
-    parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--user-epochs", type=int, default=5)
-    parser.add_argument("--user-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
+    ap = parser(__doc__, out=Path(__file__).parent / "results")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--adapter-lr", type=float, default=5e-4)
+    ap.add_argument("--head-lr", type=float, default=5e-3)
+    ap.add_argument("--users", type=int, default=4)
+    ap.add_argument("--user-epochs", type=int, default=5)
+    ap.add_argument("--user-seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    hold_lock(args.lock)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from edgetune.io import atomic_write_bytes, atomic_write_json
 
     start = time.perf_counter()
-    info = machine()
+    load_start = load_average()
     bench = Bench(args)
     print(f"SALF cut {bench.cut} ({bench.plan_seconds:.1f}s); caches built in {bench.cache_seconds:.1f}s", flush=True)
     runs, prunings, global_trainer = [], {"dsee": [], "full": []}, None
@@ -441,8 +408,7 @@ def main() -> None:
     result = {
         "benchmark": "tuners",
         "command": "flock /work/bench.lock python benchmarks/tuners.py " + " ".join(sys.argv[1:]),
-        "machine": {**info, "load_avg_1min_end": os.getloadavg()[0]},
-        "versions": versions(),
+        "machine": machine_record(load_start, args.threads),
         "model": MODEL,
         "data": f"BBC news, train {len(bench.train_ds)} / test {len(bench.test_ds)} (stratified, seed 0)",
         "max_length": args.max_length,
@@ -466,11 +432,8 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "tuners.json", result)
-    tmp_png = args.out / ".tuners.tmp.png"
-    plot(result, tmp_png)
-    atomic_write_bytes(args.out / "tuners.png", tmp_png.read_bytes())
-    tmp_png.unlink()
+    write_json(args.out / "tuners.json", result)
+    plot(result, args.out / "tuners.png")
     print(json.dumps(result["targets"], indent=2))
     print(f"done in {result['seconds'] / 60:.1f} min")
 

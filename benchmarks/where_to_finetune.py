@@ -37,59 +37,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from harness import (  # benchmarks/harness.py: the script's directory is on sys.path
+    PeakSampler,
+    hold_lock,
+    load_average,
+    machine_record,
+    parser,
+    rss_mb,
+    status_mb,
+    write_figure,
+    write_json,
+)
 
 MODEL = "all-MiniLM-L6-v2"
 PLANNERS = ("salf", "topk", "gradnorm", "random", "full")
 
 
 # -- memory sampling ----------------------------------------------------------------------------
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+def peak_memory() -> PeakSampler:
+    """Peak VmRSS and RssAnon of this process, sampled by a thread every 5 ms (see :func:`memory_result`)."""
+    return PeakSampler(lambda: {"peak_rss_mb": rss_mb(), "peak_anon_mb": status_mb("RssAnon")}, interval=0.005)
 
 
-class PeakMemory:
-    """Peak VmRSS and RssAnon of this process, sampled by a thread every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self.rss, self.anon = interval, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.rss = max(self.rss, _status_kb("VmRSS"))
-            self.anon = max(self.anon, _status_kb("RssAnon"))
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def result(self) -> dict[str, float]:
-        return {
-            "peak_rss_mb": self.rss / 1024,
-            "peak_anon_mb": self.anon / 1024,
-            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
+def memory_result(sampler: PeakSampler) -> dict[str, float]:
+    return {**sampler.peak, "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 # -- shared setup ---------------------------------------------------------------------------------
@@ -145,15 +126,15 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             backbone, encoder, spec["cut"], label_map, tuner_for(spec), train_config(spec, seed), model_hash=MODEL
         )
         if i == 0:
-            rss_before = _status_kb("VmRSS") / 1024
-            with PeakMemory() as build:
+            rss_before = rss_mb()
+            with peak_memory() as build:
                 start = time.perf_counter()
                 train_src = trainer.source(train)
                 out["cache_seconds"] = time.perf_counter() - start
-            with PeakMemory() as memory:
+            with peak_memory() as memory:
                 result = trainer.fit(train_src, y_train)
-            out["memory"] = {**memory.result(), "rss_before_mb": rss_before}
-            out["memory_build"] = build.result()
+            out["memory"] = {**memory_result(memory), "rss_before_mb": rss_before}
+            out["memory_build"] = memory_result(build)
             if torch.cuda.is_available() and spec["device"] != "cpu":
                 out["memory"]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
             out["cache_bytes"] = result.cache_bytes
@@ -359,7 +340,6 @@ def plot(results: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgetune.report import save_figure
 
     cuts = results["cuts"]
     ks = sorted(int(k) for k in cuts)
@@ -416,7 +396,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax.set_title(f"{MODEL} on BBC news: where to fine-tune ({len(results['seeds'])} seeds, {results['epochs']} epochs)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    save_figure(fig, out / "where_to_finetune.png")
+    write_figure(fig, out / "where_to_finetune.png")
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
     naive = [cuts[str(k)]["naive_epoch_seconds"] for k in ks]
@@ -459,7 +439,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax_m.set_title("peak memory of the training process")
     ax_m.legend(fontsize=7)
     fig.subplots_adjust(wspace=0.3)
-    save_figure(fig, out / "cached_vs_naive.png")
+    write_figure(fig, out / "cached_vs_naive.png")
 
     rows = results["cost_check"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -475,7 +455,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
     fig.suptitle("cost model vs measurement (FlopCounterMode; saved-tensor hooks + optimizer state + cache bytes)")
-    save_figure(fig, out / "cost_model_check.png")
+    write_figure(fig, out / "cost_model_check.png")
 
 
 def train_all(args, base: dict[str, Any], planned: dict[str, Any], salf_cut: int) -> dict[str, Any]:
@@ -518,7 +498,7 @@ def train_all(args, base: dict[str, Any], planned: dict[str, Any], salf_cut: int
 
 # -- main ---------------------------------------------------------------------------------------
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
@@ -527,9 +507,7 @@ def main() -> None:
     ap.add_argument("--head-lr", type=float, default=5e-3)
     ap.add_argument("--lora-lr", type=float, default=5e-4)
     ap.add_argument("--lora-r", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--runs", type=Path, help="Keep the raw training runs here (and reuse them if present).")
     ap.add_argument(
         "--retime",
@@ -544,6 +522,8 @@ def main() -> None:
         spec_path, out_path = args.worker
         out_path.write_text(json.dumps(worker(json.loads(spec_path.read_text()))))
         return
+    hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
+    load_start = load_average()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     train, test = load_split()
@@ -557,15 +537,11 @@ def main() -> None:
         print(f"reusing the training runs in {args.runs}", flush=True)
         if args.retime:
             runs = retime(args, base, runs, args.retime)
-            from edgetune.io import atomic_write_json
-
-            atomic_write_json(args.runs, runs)
+            write_json(args.runs, runs)
     else:
         runs = train_all(args, base, planned, salf_cut)
         if args.runs:
-            from edgetune.io import atomic_write_json
-
-            atomic_write_json(args.runs, runs)
+            write_json(args.runs, runs)
     same_model = runs.pop("same_model")
     checks = cost_check(args, train, planned, runs)
 
@@ -639,13 +615,7 @@ def main() -> None:
     targets["cost_model_within_25pct"]["met"] = all(v <= 0.25 for v in targets["cost_model_within_25pct"].values())
     results = {
         "benchmark": "where_to_finetune",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": args.threads,
-            "device": args.device,
-        },
-        "torch": torch.__version__,
+        "machine": machine_record(load_start, args.threads, device=args.device),
         "model": MODEL,
         "data": f"BBC news, stratified 80/20 split seed 0: train {len(train)}, test {len(test)}",
         **{k: v for k, v in base.items() if k not in ("threads", "device")},
@@ -659,10 +629,8 @@ def main() -> None:
         "targets": targets,
         "total_seconds": time.perf_counter() - started,
     }
-    from edgetune.io import atomic_write_json
-
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "where_to_finetune.json", results)
+    write_json(args.out / "where_to_finetune.json", results)
     plot(results, args.out)
     print(json.dumps(targets, indent=2))
     print(f"total {results['total_seconds'] / 60:.1f} min")

@@ -1,0 +1,260 @@
+"""The README's result tables, one renderer per results JSON (used by ``benchmarks/readme_tables.py``).
+
+Each renderer takes the parsed JSON of one file in ``benchmarks/results/`` and returns the Markdown table (no
+trailing newline). Only the numbers come from the JSON; labels and emphasis are fixed here. No torch, no numpy:
+the README check runs in the fast test tier.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Any
+
+Result = dict[str, Any]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _head(cells: list[str]) -> list[str]:
+    return [_row(cells), "|" + "---|" * len(cells)]
+
+
+# --- planner_study.json ----------------------------------------------------------------------------------------
+
+PLANNER_LABELS = ("salf", "salf-argmax", "topk", "gradnorm", "autofreeze", "random", "full")
+
+
+def planner_study(res: Result) -> str:
+    """One row per task (best cut, the oracle's cheapest cut within 1 point, each planner's picks), then the means."""
+    calibration = set(res["summary"].get("calibration", {}).get("tasks", []))
+    lines = _head(["task", "best (cut)", "oracle cheapest", *PLANNER_LABELS])
+    for task, entry in res["tasks"].items():
+        if "analysis" not in entry:
+            continue
+        a = entry["analysis"]
+        per_cut = {int(c): v for c, v in a["per_cut"].items()}
+        best_cut = max(per_cut, key=lambda c: per_cut[c]["accuracy_mean"])
+        cheap = a["oracle_cheapest_cut"]
+        cells = [f"{task} ({'calibration' if task in calibration else 'held out'})",
+                 f"{a['best_accuracy']:.1f} ({best_cut})",
+                 f"cut {cheap} ({100 * per_cut[cheap]['backward_frac']:.0f}%)"]  # fmt: skip
+        for label in PLANNER_LABELS:
+            p = a["picks"][label]
+            cells.append(f"{'/'.join(map(str, p['cuts']))}: {100 * p['backward_frac']:.0f}%, -{p['below_best']:.1f}")
+        lines.append(_row(cells))
+    for group, g in res["summary"].items():
+        cells = [f"**mean, {group.replace('_', ' ')}**", "", ""]
+        for label in PLANNER_LABELS:
+            cells.append(f"{100 * g[label]['backward_frac']:.0f}%, -{g[label]['below_best']:.1f} "
+                         f"(regret {g[label]['regret']:.1f})")  # fmt: skip
+        lines.append(_row(cells))
+    return "\n".join(lines)
+
+
+# --- tuners.json -----------------------------------------------------------------------------------------------
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def tuners(res: Result) -> str:
+    """Server-side tuners inside the planned block: accuracy over seeds, parameters, delta bytes, step time."""
+    server, params = res["summary"]["server"], res["tuner_params"]
+    labels = {
+        "full": "full",
+        "lora": f"LoRA r={params['lora']['r']}",
+        "roselora": f"RoseLoRA r={params['roselora']['r']}, density {params['roselora']['target_density']:g}",
+        "dsee": f"DSEE r={params['dsee']['r']} + {params['dsee']['sparse_n']} sparse",
+    }
+    lora_bytes = server["lora"]["delta_bytes"]["mean"]
+    lines = _head(["tuner", "test accuracy", "trainable params", "personal delta", "step time"])
+    for name, label in labels.items():
+        s = server[name]
+        acc = f"{100 * s['accuracy']['mean']:.2f} ± {100 * s['accuracy']['std']:.2f}"
+        trainable, delta = _count(s["trainable_params"]), _bytes(s["delta_bytes"]["mean"])
+        if "nonzero_adapter_params" in s:
+            trainable += f" ({_count(s['nonzero_adapter_params']['mean'])} non-zero)"
+        if name == "roselora":
+            delta += f" ({s['delta_bytes']['mean'] / lora_bytes:.0%} of LoRA)"
+        lines.append(_row([label, acc, trainable, delta, f"{1000 * s['step_seconds']['mean']:.0f} ms"]))
+    return "\n".join(lines)
+
+
+# --- personalize_users.json ------------------------------------------------------------------------------------
+
+
+def _users_row(name: str, s: Result) -> str:
+    return _row([
+        name,
+        str(s["users"]),
+        f"{s['global_accuracy']['mean']:.1f}",
+        f"{s['gain_points_before_guard']['mean']:+.2f}",
+        f"{s['gain_points_after_guard']['mean']:+.2f}",
+        f"{100 * s['share_worse_before_guard']:.0f}%",
+        f"{100 * s['share_worse_after_guard']:.0f}% ({s['worse_after_guard']})",
+        f"{100 * s['share_kept_personal']:.0f}%",
+        f"{s['job_seconds']['median']:.1f} ({s['job_seconds']['max']:.1f})",
+        f"{100 * s['guard_share_of_job']['mean']:.1f}% ({100 * s['guard_share_of_job']['max']:.1f}%)",
+        f"{s['peak_rss_mb']['median']:.0f} ({s['peak_rss_mb']['max']:.0f})",
+    ])  # fmt: skip
+
+
+def personalize_users(res: Result) -> str:
+    """Per corpus and kind of user, per kind, then all users: gains before / after the guard, job cost."""
+    s = res["summary"]
+    lines = _head(["users", "n", "global acc.", "mean gain before guard", "after guard", "worse by > 1 pt before",
+                   "after (count)", "kept personal", "job s median (max)", "guard share of job mean (max)",
+                   "peak RSS MB median (max)"])  # fmt: skip
+    for corpus, kinds in s.get("by_corpus_and_kind", {}).items():
+        lines += [_users_row(f"{corpus} / {kind}", k) for kind, k in kinds.items()]
+    lines += [_users_row(f"all / {kind}", k) for kind, k in s["by_kind"].items()]
+    lines.append(_users_row("**all**", s["all"]))
+    return "\n".join(lines)
+
+
+# --- backbone_swap.json (re-measured by another session: keep isolated) -----------------------------------------
+
+SWAP_METHODS = {
+    "none": "none (MPNet's global head)",
+    "fala": "**FaLA** (clustered)",
+    "fala-random": "FaLA, random selection (3 draws)",
+    "head-only": "head-only on the curated examples",
+    "retrain": "re-training MPNet's planned top, all texts",
+}
+
+
+def backbone_swap(res: Result) -> str:
+    """Accuracy per method after the swap (overall and per kind of user), labels used, backward FLOPs, time."""
+    summary = res["summary"]
+    full = fmean(u["after"]["retrain"]["full_retrain_backward_flops"] for u in res["users"])
+    kinds = sorted(summary["by_kind"])
+    lines = _head(["method", "accuracy (mean ± sd)", *kinds, "examples used", "backward FLOPs / user",
+                   "vs full MPNet re-training", "wall time / user"])  # fmt: skip
+    before = [f"{summary['by_kind'][k]['before_personal']:.3f}" for k in kinds]
+    lines.append(_row(["before the swap (MiniLM + personal state)", f"{summary['before_personal']['mean']:.3f}",
+                       *before, "", "", "", ""]))  # fmt: skip
+    for method, label in SWAP_METHODS.items():
+        if method not in summary["methods"]:
+            continue
+        e = summary["methods"][method]
+        flops = e["backward_flops"]["mean"]
+        factor = "" if method == "none" else (f"{full / flops:,.0f}x less" if flops > 0 else "no backward")
+        lines.append(_row([label, f"{e['accuracy']['mean']:.3f} ± {e['accuracy']['std']:.3f}",
+                           *(f"{summary['by_kind'][k][method]:.3f}" for k in kinds),
+                           f"{e['examples_used']['mean']:.1f}", f"{flops:.3g}", factor,
+                           f"{e['seconds']['mean']:.1f} s"]))  # fmt: skip
+    return "\n".join(lines)
+
+
+# --- device_runtime.json --------------------------------------------------------------------------------------
+
+BACKENDS = {
+    "torch": "torch (plain-torch top, one process)",
+    "executorch": "executorch (Python bindings)",
+    "executorch-cpp": "**executorch-cpp** (C++ trainer, no torch)",
+}
+
+
+def device_runtime(res: Result) -> str:
+    """The same configured job on each training backend: loss parity, accuracy, peak RSS, job time."""
+    lines = _head(["backend", "loss vs torch, first 20 steps (max diff)", "held-out accuracy",
+                   "peak RSS, median (max)", "job time, median", "vs torch"])  # fmt: skip
+    for backend, label in BACKENDS.items():
+        s = res["summary"][backend]
+        accuracy = f"{100 * s['accuracy_mean']:.2f}"
+        if s.get("accuracy_diff_points_max") == 0:
+            accuracy += " (same on every user)"
+        rss = f"{s['peak_tree_rss_mb_median']:.0f} MB"
+        if backend == "executorch-cpp":
+            rss = f"**{rss}**"
+        diff = s.get("max_loss_diff_first_20_steps")
+        ratio = s.get("job_time_vs_torch_median", 1.0)
+        lines.append(_row([label, "" if diff is None else f"{diff:.1e}", accuracy,
+                           f"{rss} ({s['peak_tree_rss_mb_max']:.0f})", f"{s['job_seconds_median']:.1f} s",
+                           "1x" if backend == "torch" else f"{ratio:.2f}x"]))  # fmt: skip
+    return "\n".join(lines)
+
+
+# --- fleet_scale.json -----------------------------------------------------------------------------------------
+
+
+def fleet_scale(res: Result) -> str:
+    """One row per timed run of the fleet: workers, throughput, wall time, per-user task time, load."""
+    users = res["setting"]["users"]
+    lines = _head(["run", "workers", "users/hour", f"wall, {users} users", "per-user task, median",
+                   "load average before -> after"])  # fmt: skip
+    for i, run in enumerate(res["runs"], 1):
+        lines.append(_row([str(i), str(run["workers"]), f"{run['users_per_hour']:.0f}",
+                           f"{run['wall_seconds']:.1f} s", f"{run['task_seconds']['median']:.1f} s",
+                           f"{run['load_average_before'][0]:.1f} -> {run['load_average_after'][0]:.1f}"]))  # fmt: skip
+    return "\n".join(lines)
+
+
+# --- hadskip.json ---------------------------------------------------------------------------------------------
+
+
+def hadskip(res: Result) -> str:
+    """Full fine-tuning against HadSkip per budget: blocks kept, accuracy, exported trunk latency, speedup."""
+    lines = _head(["model", "blocks executed", "test accuracy", "trunk latency batch 1", "speedup b1 / b8"])
+    for name, r in res["results"].items():
+        kept = r["kept_layers"]
+        accuracy = f"{100 * r['accuracy']:.2f}"
+        b1 = f"{r['speedup_b1']:.2f}x"
+        if name == "full":
+            label = "full fine-tuning"
+        else:
+            label = f"HadSkip budget {r['budget']:g}"
+            accuracy += f" ({r['accuracy_delta_points']:+.2f})"
+            if r["budget"] == 0.5:  # the target's budget
+                b1 = f"**{b1}**"
+        latency, speedup = f"{1000 * r['latency_b1']['median_s']:.1f} ms", f"{b1} / {r['speedup_b8']:.2f}x"
+        lines.append(_row([label, f"{kept[0] + 1}-{kept[-1] + 1}", accuracy, latency, speedup]))
+    return "\n".join(lines)
+
+
+# --- rankmean.json --------------------------------------------------------------------------------------------
+
+MERGES = {
+    "single": "each task's own model",
+    "other_blocks": "the other task's blocks",
+    "rankmean": "RankMean (per block, as the reference code)",
+    "rankmean_module": "RankMean per module",
+    "average": "plain average",
+    "task_arithmetic": "task arithmetic (lambda = 1)",
+}
+MERGED = ("rankmean", "rankmean_module", "average", "task_arithmetic")
+
+
+def rankmean(res: Result) -> str:
+    """Each task's accuracy with its own blocks, the other task's, and the merges; the best merge's mean in bold."""
+    acc = res["summary_accuracy"]
+    best = max((m for m in MERGED if m in acc), key=lambda m: acc[m]["mean"])
+    lines = _head(["blocks", "topics", "sections", "mean"])
+    for name, label in MERGES.items():
+        if name not in acc:
+            continue
+        a = acc[name]
+        mean = f"{100 * a['mean']:.2f}"
+        lines.append(_row([label, f"{100 * a['topics']:.2f}", f"{100 * a['sections']:.2f}",
+                           f"**{mean}**" if name == best else mean]))  # fmt: skip
+    return "\n".join(lines)
+
+
+RENDERERS = {
+    "planner_study": planner_study,
+    "tuners": tuners,
+    "personalize_users": personalize_users,
+    "backbone_swap": backbone_swap,
+    "device_runtime": device_runtime,
+    "fleet_scale": fleet_scale,
+    "hadskip": hadskip,
+    "rankmean": rankmean,
+}
+"""Table name (the README marker and the results file's stem) -> renderer."""
