@@ -634,10 +634,10 @@ def test_a_killed_personalize_leaves_nothing_that_blocks_the_next_run(device_pac
         "from pathlib import Path\n"
         "from device_sim.device import Device\n"
         "from tests.devices import fast, user_data\n"
-        "def slow(event):\n"
-        "    time.sleep(0.05)\n"
+        "def slow(event):\n"  # step 5 done (checkpoints at 2 and 4 written): wait there to be killed
         "    if event.global_step == 5:\n"
         "        Path(sys.argv[3]).write_text('x')\n"
+        "        time.sleep(600)\n"
         "with Device(sys.argv[1], threads=1) as device:\n"
         "    device.personalize(user_data(80, seed=3), sys.argv[2], fast(epochs=3, checkpoint_steps=2),\n"
         "                       callbacks=[slow])\n"

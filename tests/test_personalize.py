@@ -101,10 +101,10 @@ from tests.devices import fast, user_data
 
 package, out, marker = map(Path, sys.argv[1:4])
 
-def slow(event):
-    time.sleep(0.05)
+def slow(event):  # after step 9 (checkpointed at 8), wait there to be killed: no race with the job's end
     if event.global_step == 9:
         marker.write_text("checkpointed at step 8")
+        time.sleep(600)
 
 with Device(package, threads=1) as device:
     device.personalize(user_data(120, seed=3), out, fast(checkpoint_steps=4), callbacks=[slow])
