@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgetune.metrics import METRICS
+from edgetune.training_config import CACHE_PLACES, TrainingConfig  # noqa: F401 (CACHE_PLACES re-exported)
 
 if TYPE_CHECKING:
     from edgetune.train import TrainConfig
-
-CACHE_PLACES = ("auto", "memory", "mmap")
 
 # The configurations the device chooses between (besides the global top itself), cheapest first: ties on the
 # inner validation split go to the cheaper one. "cut": "plan" (the package's cut, or ``config.cut``) or "head"
@@ -35,33 +33,25 @@ CANDIDATE_KEYS = {"name", "kind", "cut", "tuner", "tuner_params", "lr", "head_lr
 
 
 @dataclass
-class PersonalizeConfig:
-    """How a device trains; the defaults suit a few hundred examples of one user on a phone-class CPU."""
+class PersonalizeConfig(TrainingConfig):
+    """How a device trains; the defaults suit a few hundred examples of one user on a phone-class CPU (the
+    shared fields: :class:`edgetune.training_config.TrainingConfig`; the defaults that differ are re-stated)."""
 
     epochs: int = 8
-    batch_size: int = 16
-    lr: float = 1e-4  # trained blocks (or their adapters)
+    lr: float | None = 1e-4  # trained blocks (or their adapters)
     head_lr: float | None = 3e-3  # head and final norm; None: lr
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float | None = 1.0
     val_fraction: float = 0.15
-    patience: int | None = 3
+    patience: int | None = 3  # applies only when the job validates
     metric: str = "accuracy"
-    seed: int = 0
+    # Texts per trunk call: the trunk's activations, not its weights, set the job's peak memory (MiniLM,
+    # 128 tokens, 200 texts: peak RSS 944 MB at 32, 783 MB at 8, same trunk time on 2 cores).
+    cache_batch_size: int = 8
     cut: int | None = None  # train above this block; None: the package's cut; higher: train less
     tuner: str | None = None  # None: the plan's
     tuner_params: dict[str, Any] | None = None
     precision: str = "fp32"  # trunk used for the features: fp32 or int8 (when the package has it)
-    cache: str = "auto"  # auto | memory | mmap
-    cache_dtype: str = "float32"
-    # Texts per trunk call: the trunk's activations, not its weights, set the job's peak memory (MiniLM,
-    # 128 tokens, 200 texts: peak RSS 944 MB at 32, 783 MB at 8, same trunk time on 2 cores).
-    cache_batch_size: int = 8
-    checkpoint_steps: int | None = None  # also checkpoint every N steps (always at each epoch's end)
     text_column: str | None = None  # None: the plan's
     label_column: str | None = None
-    progress: bool = True
     # Robust defaults: choose between candidate configurations on an inner validation split (False: train the
     # one configuration above: cut, tuner, lr, head_lr).
     select: bool = True
@@ -72,10 +62,7 @@ class PersonalizeConfig:
     guard_alpha: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.cache not in CACHE_PLACES:
-            raise ValueError(f"cache must be one of {CACHE_PLACES}, got {self.cache!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        super().__post_init__()
         if not 0.0 <= self.guard_fraction < 1.0:
             raise ValueError(f"guard_fraction must be in [0, 1), got {self.guard_fraction}")
         if not 0.0 < self.guard_alpha < 1.0:
@@ -91,14 +78,6 @@ class PersonalizeConfig:
                     raise ValueError(f"candidate {c['name']!r}: unknown keys {sorted(unknown)}")
                 if c.get("kind", "train") not in ("train", "prior"):
                     raise ValueError(f"candidate {c['name']!r}: kind must be 'train' or 'prior'")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if (self.lr is not None and self.lr <= 0) or (self.head_lr is not None and self.head_lr <= 0):
-            raise ValueError("learning rates must be positive")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1, got {self.patience}")
 
     @classmethod
     def plain(cls, **settings: Any) -> PersonalizeConfig:
@@ -109,23 +88,10 @@ class PersonalizeConfig:
         """The torch trainer's settings for this job (cached mode on the CPU; no patience without validation)."""
         from edgetune.train import TrainConfig
 
-        return TrainConfig(
-            mode="cached",
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            head_lr=self.head_lr,
-            weight_decay=self.weight_decay,
-            warmup_ratio=self.warmup_ratio,
-            max_grad_norm=self.max_grad_norm,
-            seed=self.seed,
+        shared = self.shared_settings()
+        shared.update(
             val_fraction=self.val_fraction if validating else 0.0,
             patience=self.patience if validating else None,
-            metric=self.metric,
             cache="memory" if self.cache == "auto" else self.cache,
-            cache_dtype=self.cache_dtype,
-            cache_batch_size=self.cache_batch_size,
-            checkpoint_steps=self.checkpoint_steps,
-            device="cpu",
-            progress=self.progress,
         )
+        return TrainConfig(**shared, mode="cached", device="cpu")

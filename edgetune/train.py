@@ -67,10 +67,10 @@ from edgetune.learning_rates import default_learning_rates, linear_warmup_factor
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
+from edgetune.training_config import CACHE_PLACES, TrainingConfig  # noqa: F401 (CACHE_PLACES re-exported)
 from edgetune.tuners import Tuner
 
 MODES = ("cached", "naive")
-CACHE_PLACES = ("auto", "memory", "mmap")
 
 
 class TrainError(EdgetuneError, ValueError):
@@ -78,45 +78,21 @@ class TrainError(EdgetuneError, ValueError):
 
 
 @dataclass
-class TrainConfig:
-    """How to train; the defaults suit a small encoder on a few thousand examples."""
+class TrainConfig(TrainingConfig):
+    """How the server trains; the defaults suit a small encoder on a few thousand examples (the shared fields:
+    :class:`edgetune.training_config.TrainingConfig`)."""
 
     mode: str = "cached"
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float | None = None  # trained blocks; None: the rule in edgetune.learning_rates (depends on the cut)
-    head_lr: float | None = None  # head and final norm; None: the rule's head rate (1e-3)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    val_fraction: float = 0.0  # held out of the training data for model selection / early stopping
-    patience: int | None = None  # epochs without validation improvement before stopping
-    metric: str = "macro_f1"
-    cache: str = "auto"  # auto | memory | mmap
-    cache_dtype: str = "float32"
-    cache_batch_size: int = 64
-    checkpoint_steps: int | None = None  # also checkpoint every N steps (always at each epoch's end)
     release_trunk: bool = False  # cached mode: free the trunk's weights while the top trains
     max_length: int | None = None  # None: the plan's
     device: str | None = None  # None: Accelerate's choice (a GPU when there is one); "cpu"; "cuda"
     mixed_precision: str = "no"
-    progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.cache not in CACHE_PLACES:
-            raise ValueError(f"cache must be one of {CACHE_PLACES}, got {self.cache!r}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if (self.lr is not None and self.lr <= 0) or (self.head_lr is not None and self.head_lr <= 0):
-            raise ValueError("learning rates must be positive")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.patience is not None and (self.patience < 1 or self.val_fraction == 0):
+        if self.patience is not None and self.val_fraction == 0:
             raise ValueError("patience needs val_fraction > 0 and must be >= 1")
         if self.release_trunk and self.mode != "cached":
             raise ValueError("release_trunk needs mode='cached' (naive mode runs the trunk every step)")
