@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from device_sim.settings import PersonalizeConfig
 from edgetune_cli.common import (
     at_least_one,
     check_range,
@@ -24,6 +25,9 @@ from edgetune_cli.tuner_opts import (
     TunerParamOption,
     tuner_options,
 )
+
+# The flags' defaults are the settings object's own (one place to change them).
+DEFAULTS = PersonalizeConfig()
 
 if TYPE_CHECKING:
     from device_sim.device import Prediction
@@ -161,14 +165,17 @@ def register(app: typer.Typer) -> None:
         lora_r: LoraROption = None,
         lora_alpha: LoraAlphaOption = None,
         tuner_param: TunerParamOption = None,
-        epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 8,
-        batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
+        epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = DEFAULTS.epochs,
+        batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = DEFAULTS.batch_size,
         lr: Annotated[
             float | None,
-            typer.Option(help="Learning rate of the trained blocks or adapters (with --no-select; default 1e-4)."),
+            typer.Option(
+                help=f"Learning rate of the trained blocks or adapters (with --no-select; default {DEFAULTS.lr:g})."
+            ),
         ] = None,
         head_lr: Annotated[
-            float | None, typer.Option(help="Learning rate of the head (with --no-select; default 3e-3).")
+            float | None,
+            typer.Option(help=f"Learning rate of the head (with --no-select; default {DEFAULTS.head_lr:g})."),
         ] = None,
         select: Annotated[
             bool | None,
@@ -184,18 +191,22 @@ def register(app: typer.Typer) -> None:
                 help="Share of the data held out for the do-no-harm guard, which keeps the global model unless the "
                 "personal one is significantly better there (0: no guard)."
             ),
-        ] = 0.2,
+        ] = DEFAULTS.guard_fraction,
         guard_alpha: Annotated[
             float, typer.Option(help="Significance level of the guard's one-sided exact McNemar test.")
-        ] = 0.05,
+        ] = DEFAULTS.guard_alpha,
         val_fraction: Annotated[
             float, typer.Option(help="Share of the data held out to pick the best epoch (0: none).")
-        ] = 0.15,
-        patience: Annotated[int, typer.Option(help="Stop after this many epochs without improvement.")] = 3,
-        seed: Annotated[int, typer.Option(help="Seed of the split, batches, dropout and adapters.")] = 0,
+        ] = DEFAULTS.val_fraction,
+        patience: Annotated[
+            int, typer.Option(help="Stop after this many epochs without improvement.")
+        ] = DEFAULTS.patience,
+        seed: Annotated[int, typer.Option(help="Seed of the split, batches, dropout and adapters.")] = DEFAULTS.seed,
         int8: Annotated[bool, typer.Option("--int8", help="Cache the features of the int8 trunk.")] = False,
-        cache: Annotated[str, typer.Option(help="Feature cache: auto, memory or mmap.")] = "auto",
-        cache_dtype: Annotated[str, typer.Option(help="Cached feature storage: float32 or float16.")] = "float32",
+        cache: Annotated[str, typer.Option(help="Feature cache: auto, memory or mmap.")] = DEFAULTS.cache,
+        cache_dtype: Annotated[
+            str, typer.Option(help="Cached feature storage: float32 or float16.")
+        ] = DEFAULTS.cache_dtype,
         checkpoint_steps: Annotated[
             int | None, typer.Option(help="Also checkpoint every N steps (always at each epoch's end).")
         ] = None,
