@@ -31,10 +31,23 @@ BLOCK = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.DOT
 
 
 def render(name: str, results: Path, renderers: dict[str, Callable[[dict[str, Any]], str]] = RENDERERS) -> str:
-    """The Markdown table NAME from ``results/NAME.json``; raises if the renderer or the file is missing or fails."""
+    """The Markdown table NAME from ``results/NAME.json`` and a line saying which code it measured; raises if the
+    renderer or the file is missing or fails."""
     if name not in renderers:
         raise KeyError(f"no renderer named {name!r}")
-    return renderers[name](json.loads((results / f"{name}.json").read_text()))
+    results_json = json.loads((results / f"{name}.json").read_text())
+    return f"{renderers[name](results_json)}\n\n{provenance(name, results_json)}"
+
+
+def provenance(name: str, results_json: dict[str, Any]) -> str:
+    """Which commit the table measured (so a reader sees a result older than the code), as the JSON records it."""
+    machine = results_json.get("machine") if isinstance(results_json.get("machine"), dict) else {}
+    commit = results_json.get("commit") or machine.get("commit")
+    where = f"`benchmarks/results/{name}.json`"
+    if not commit:
+        return f"<sub>{where}: no commit recorded (measured before the benchmarks recorded one).</sub>"
+    dirty = " (with uncommitted changes)" if machine.get("dirty") else ""
+    return f"<sub>{where}: measured on commit `{str(commit)[:7]}`{dirty}.</sub>"
 
 
 def regenerate(text: str, results: Path) -> tuple[str, list[str]]:
