@@ -139,8 +139,8 @@ def apply_state(
         out["head.bias"] = (h_w @ m_b + h_b).astype(np.float32)
         return out
     name, params = state.tuner.get("name"), state.tuner.get("params", {})
-    layers = spec.get("layers", list(range(spec["cut"], spec["num_layers"])))
-    offset = sum(1 for layer in layers if layer < state.train_cut)
+    blocks = spec.get("blocks", list(range(spec["cut"] + 1, spec["num_layers"] + 1)))  # 1-based (top.json v2)
+    offset = sum(1 for block in blocks if block <= state.train_cut)
     tensors = {_renumber(k, offset): v for k, v in tensors.items()}
     if name in ADAPTERS:
         if name == "dsee" and (params.get("prune_ratio", 0) > 0 or params.get("head_prune_ratio", 0) > 0):
