@@ -59,16 +59,31 @@ def test_reader_reproduces_predict_on_bert(kind, bert_states, device_packages):
     assert np.abs(got - want).max() < TOLERANCE
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_reader_reproduces_predict_on_decoders(family, tiny_model_dir, tmp_path):
-    """Decoders: causal blocks, last-token pooling, GPT-2's (in, out) projections, Llama's rotary embeddings."""
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "mpnet", "qwen2", "mistral"])
+def test_reader_reproduces_predict_on_the_other_families(family, tiny_model_dir, tmp_path):
+    """RoBERTa (BERT's block), DistilBERT (its own block names), MPNet (the relative position bias table
+    ``rotary.weight`` fed to the top like any other tensor), Qwen2 (biased q/k/v projections) and Mistral, alone
+    and with a LoRA and a full state."""
     package = export_probe_package(tiny_model_dir(family), tmp_path / "pkg", top_onnx=True)
     with Device(package, threads=1) as device:
-        states = {kind: _state(device, kind, tmp_path / kind) for kind in ("full", "lora", "roselora")}
+        states = {kind: _state(device, kind, tmp_path / kind) for kind in ("full", "lora")}
     for personal in (None, *states.values()):
         want = _predicted_logits(package, personal)
         got = _reader_logits(package, personal)
         assert np.abs(got - want).max() < TOLERANCE, personal
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_reader_reproduces_predict_on_decoders(family, tiny_model_dir, tmp_path):
+    """Decoders with every personal-state kind: causal blocks, last-token pooling, the final norm, GPT-2's
+    (in, out) projections (LoRA and DSEE updates transposed), Llama's rotary embeddings."""
+    package = export_probe_package(tiny_model_dir(family), tmp_path / "pkg", top_onnx=True)
+    with Device(package, threads=1) as device:
+        states = {kind: _state(device, kind, tmp_path / kind) for kind in KINDS}
+    for kind, personal in (("package", None), *states.items()):
+        want = _predicted_logits(package, personal)
+        got = _reader_logits(package, personal)
+        assert np.abs(got - want).max() < TOLERANCE, kind
 
 
 def test_the_reader_refuses_a_state_of_another_package(bert_states, device_packages):

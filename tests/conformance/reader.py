@@ -87,8 +87,9 @@ class Reader:
             weights["head.weight"] = delta["head.weight"] @ m_w
             weights["head.bias"] = delta["head.weight"] @ m_b + delta["head.bias"]
             return weights
-        # top_delta: blocks.{i} of the state is the package top's block at position i + offset
-        offset = sum(1 for layer in self.spec["layers"] if layer < state["train_cut"])
+        # top_delta: blocks.{i} of the state is the package top's block at position i + offset, where offset
+        # counts the top's blocks (top.json "blocks", numbered from 1) at or below train_cut
+        offset = sum(1 for block in self.spec["blocks"] if block <= state["train_cut"])
 
         def rename(name: str) -> str:
             if not name.startswith("blocks."):
