@@ -9,7 +9,7 @@ every kind of state the project writes:
 * ``top_delta`` of tuner ``full`` — the state's tensors replace the package's
   (blocks renumbered from the trained view: a state trained above cut ``c``
   names its first block ``blocks.0``, which is the package top's block
-  ``#{layers < c}``);
+  numbered ``k`` = the count of the top's blocks (``top.json`` ``blocks``, from 1) at or below ``c``);
 * ``top_delta`` of tuners ``lora`` / ``roselora`` / ``dsee`` — per adapted
   projection ``P`` (peft's names ``P.lora_A.default.weight`` (r, in),
   ``P.lora_B.default.weight`` (out, r)): ``W_P += alpha / r * B A`` in the
@@ -22,7 +22,10 @@ every kind of state the project writes:
   above 0) is not applied here: such a state needs the torch top;
 * ``fala`` — the personal matrix ``M`` (``matrix.linear``: d_old x d_new) and
   the old personal head ``H`` fold into one head on the new features:
-  ``head.weight = H_W M_W``, ``head.bias = H_W M_b + H_b``.
+  ``head.weight = H_W M_W``, ``head.bias = H_W M_b + H_b``; in the residual
+  form (``base.*``: the new package's global head, ``reference.*``: the old
+  one) ``head.weight = B_W + (H_W - R_W) M_W``, ``head.bias = B_b + (H_W -
+  R_W) M_b + H_b - R_b``.
 
 Tests compare every kind against the torch top with the tuner's own merge.
 """
@@ -135,6 +138,21 @@ def apply_state(
                 f"{state.path}: personal matrix {m_w.shape} and head {h_w.shape} do not fit this package's "
                 f"{out['head.weight'].shape[1]} features"
             )
+        if "base.weight" in tensors or "reference.weight" in tensors:  # the residual form
+            try:
+                b_w, b_b = tensors["base.weight"], tensors["base.bias"]
+                r_w, r_b = tensors["reference.weight"], tensors["reference.bias"]
+            except KeyError as err:
+                why = f"{state.path}: a residual FaLA head needs base.* and reference.* (no {err})"
+                raise PersonalStateError(why) from None
+            if b_w.shape != out["head.weight"].shape or r_w.shape != h_w.shape:
+                raise PersonalStateError(
+                    f"{state.path}: residual heads base {b_w.shape} / reference {r_w.shape} do not fit"
+                )
+            diff = h_w - r_w  # base(x) + head(W x + b) - reference(W x + b), affine in x
+            out["head.weight"] = (b_w + diff @ m_w).astype(np.float32)
+            out["head.bias"] = (b_b + diff @ m_b + h_b - r_b).astype(np.float32)
+            return out
         out["head.weight"] = (h_w @ m_w).astype(np.float32)
         out["head.bias"] = (h_w @ m_b + h_b).astype(np.float32)
         return out

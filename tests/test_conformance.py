@@ -21,8 +21,8 @@ from tests.test_onnx_top import KINDS, TEXTS, _state
 TOLERANCE = 1e-4
 
 
-def _predicted_logits(package: Path, personal: Path | None) -> np.ndarray:
-    args = ["predict", "--package", str(package), "--format", "jsonl", "--logits", "--runtime", "torch"]
+def _predicted_logits(package: Path, personal: Path | None, runtime: str = "torch") -> np.ndarray:
+    args = ["predict", "--package", str(package), "--format", "jsonl", "--logits", "--runtime", runtime]
     args += ["--personal", str(personal)] if personal is not None else []
     args += [arg for text in TEXTS for arg in ("--text", text)]
     result = CliRunner().invoke(app, args)
@@ -84,6 +84,31 @@ def test_reader_reproduces_predict_on_decoders(family, tiny_model_dir, tmp_path)
         want = _predicted_logits(package, personal)
         got = _reader_logits(package, personal)
         assert np.abs(got - want).max() < TOLERANCE, kind
+
+
+def test_a_residual_fala_state_is_one_affine_head_everywhere(device_packages, tmp_path):
+    """FaLA's residual form (``base(x) + head(M x + b) - reference(M x + b)``): the reader's folded head, the
+    torch top and the ONNX top (torch-free runtime) agree."""
+    import torch
+
+    from device_sim.personal import write_personal_state
+
+    g = torch.Generator().manual_seed(1)
+    with Device(device_packages["main"], threads=1) as device:
+        d, c = device.package.hidden_size, len(device.labels)
+        tensors = {
+            "matrix.linear.weight": torch.eye(d) + 0.1 * torch.randn(d, d, generator=g),
+            "matrix.linear.bias": 0.1 * torch.randn(d, generator=g),
+            "head.weight": torch.randn(c, d, generator=g), "head.bias": torch.randn(c, generator=g),
+            "base.weight": torch.randn(c, d, generator=g), "base.bias": torch.randn(c, generator=g),
+            "reference.weight": torch.randn(c, d, generator=g), "reference.bias": torch.randn(c, generator=g),
+        }  # fmt: skip
+        write_personal_state(tmp_path / "residual", tensors, device.package, train_cut=device.package.num_layers,
+                             tuner={"name": "fala", "params": {"form": "residual"}}, kind="fala")  # fmt: skip
+    personal = tmp_path / "residual"
+    want = _predicted_logits(device_packages["main"], personal)
+    assert np.abs(_reader_logits(device_packages["main"], personal) - want).max() < TOLERANCE
+    assert np.abs(_predicted_logits(device_packages["main"], personal, "onnx") - want).max() < TOLERANCE
 
 
 def test_the_reader_refuses_a_state_of_another_package(bert_states, device_packages):

@@ -84,8 +84,14 @@ class Reader:
         delta = load_file(str(state_dir / state["weights"]))
         if kind == "fala":
             m_w, m_b = delta["matrix.linear.weight"], delta["matrix.linear.bias"]
-            weights["head.weight"] = delta["head.weight"] @ m_w
-            weights["head.bias"] = delta["head.weight"] @ m_b + delta["head.bias"]
+            h_w, h_b = delta["head.weight"], delta["head.bias"]
+            if "base.weight" in delta:  # residual form: base(x) + head(M x) - reference(M x)
+                diff = h_w - delta["reference.weight"]
+                weights["head.weight"] = delta["base.weight"] + diff @ m_w
+                weights["head.bias"] = delta["base.bias"] + diff @ m_b + h_b - delta["reference.bias"]
+            else:
+                weights["head.weight"] = h_w @ m_w
+                weights["head.bias"] = h_w @ m_b + h_b
             return weights
         # top_delta: blocks.{i} of the state is the package top's block at position i + offset, where offset
         # counts the top's blocks (top.json "blocks", numbered from 1) at or below train_cut
