@@ -31,13 +31,18 @@ def _predicted_logits(package: Path, personal: Path | None, runtime: str = "torc
 
 
 def _reader_logits(package: Path, personal: Path | None) -> np.ndarray:
+    """The reader's logits through ``top.onnx``, checked against its own numpy top (the document's block
+    conventions, run in one padded batch) on the way."""
     from tests.conformance.reader import Reader
 
-    return Reader(package).logits(TEXTS, personal)
+    reader = Reader(package)
+    got = reader.logits(TEXTS, personal)
+    assert np.abs(reader.logits(TEXTS, personal, top="numpy") - got).max() < TOLERANCE
+    return got
 
 
 def test_the_reader_imports_nothing_of_the_project():
-    code = "import sys; import tests.conformance.reader; print(sorted(sys.modules))"
+    code = "import sys; import tests.conformance.reader, tests.conformance.blocks; print(sorted(sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stderr
     loaded = [m for m in eval(run.stdout) if m.split(".")[0] in ("edgetune", "device_sim", "exporters", "torch")]
@@ -71,6 +76,27 @@ def test_reader_reproduces_predict_on_the_other_families(family, tiny_model_dir,
         want = _predicted_logits(package, personal)
         got = _reader_logits(package, personal)
         assert np.abs(got - want).max() < TOLERANCE, personal
+
+
+def test_reader_reproduces_predict_on_qwen3(tmp_path):
+    """Qwen3: the Llama block with per-head q/k RMSNorm before the rotary embedding (a tiny model built here;
+    the shared fixtures have no Qwen3)."""
+    import torch
+    import transformers as tf
+
+    from tests.conftest import VOCAB, build_tokenizer
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1}
+    config = tf.Qwen3Config(vocab_size=len(VOCAB) + 8, head_dim=16, intermediate_size=64, max_position_embeddings=64,
+                            **sizes)  # fmt: skip
+    tf.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval().save_pretrained(tmp_path / "m")
+    build_tokenizer("llama").save_pretrained(tmp_path / "m")
+    package = export_probe_package(tmp_path / "m", tmp_path / "pkg", top_onnx=True)
+    with Device(package, threads=1) as device:
+        state = _state(device, "lora", tmp_path / "lora")
+    for personal in (None, state):
+        assert np.abs(_reader_logits(package, personal) - _predicted_logits(package, personal)).max() < TOLERANCE
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -1,7 +1,9 @@
 """A device package reader written from docs/package-format.md alone.
 
 It imports none of edgetune's modules: only json, hashlib, numpy, tokenizers,
-safetensors and onnxruntime, as a third party's runtime would. The
+safetensors and onnxruntime, as a third party's runtime would. The top runs
+in ``top.onnx`` or, to check the document's block conventions, in numpy
+(tests/conformance/blocks.py). The
 conformance test (tests/test_conformance.py) checks that it reproduces
 ``edgetune predict``'s logits for every family and every personal-state kind
 the project writes; anything it needs and the document does not say is a gap
@@ -135,8 +137,16 @@ class Reader:
         weights.update(delta)  # the head and the final norm
         return weights
 
-    def logits(self, texts: list[str], state_dir: str | Path | None = None) -> np.ndarray:
+    def logits(self, texts: list[str], state_dir: str | Path | None = None, top: str = "onnx") -> np.ndarray:
+        """Logits of ``texts``, one at a time (no padding); ``top``: ``onnx`` runs ``top.onnx``, ``numpy`` the
+        top's computation as the document describes it (tests/conformance/blocks.py), in one padded batch."""
         weights = self.personal_weights(state_dir)
+        if top == "numpy":
+            from tests.conformance.blocks import top_logits
+
+            ids, mask = self.encode(texts)
+            hidden = self.trunk.run(["hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+            return top_logits(self.spec, weights, hidden, mask)
         rows = []
         for text in texts:  # one text at a time: no padding
             ids, mask = self.encode([text])
