@@ -19,8 +19,9 @@ missing``), by ``edgetune inspect`` and by every loader alike, instead of a
 
 Validation uses the ``jsonschema`` library with one change: an integer is a
 JSON number without a fraction *as written* (``1.0`` is not an integer, and
-``true`` is never a number). The first failing field (in document order) is
-reported as one line: ``cut: must be an integer, got str``.
+``true`` is never a number). Of the fields that fail, the one whose location
+sorts first is reported (the same document always gives the same message),
+as one line: ``cut: must be an integer, got str``.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def _message(error: Any) -> str:
 
 
 def _order(error: Any) -> tuple:
-    """Document order of an error's location: the first field that fails is the one reported."""
+    """Sort key of an error's location (list positions before keys); the smallest is the one reported."""
     return tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in error.absolute_path)
 
 
