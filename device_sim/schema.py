@@ -166,8 +166,3 @@ def validate(value: Any, document: str) -> None:
     if errors:
         first = min(errors, key=lambda e: (_order(e), e.validator != "required"))
         raise SchemaError(_message(first))
-
-
-def errors(value: Any, document: str) -> list[str]:
-    """Every problem of ``value`` against the schema of ``document``, one line each (empty: it fits)."""
-    return sorted(_message(e) for e in _validator(document).iter_errors(value))
