@@ -17,6 +17,7 @@ from device_sim import schema
 from device_sim.device import Device
 from device_sim.package import PackageError, load_package
 from exporters.export import ExportOptions, export_package
+from tests.devices import fast, user_data
 from tests.packages import dataset, make_plan
 from tests.test_onnx_top import KINDS, TEXTS, _state
 
@@ -123,6 +124,9 @@ def written(device_packages, tiny_model_dir, tmp_path_factory):
     tar = export_package(model, make_plan(model, k=2), root / "gpt2", data=dataset(60, seed=5), options=options).path
     with Device(device_packages["main"], threads=1) as device:
         states = {kind: _state(device, kind, root / kind) for kind in KINDS}
+        # with the do-no-harm guard and the device's selection on: their full records
+        device.personalize(user_data(60, seed=4), root / "guarded", fast(epochs=2, guard_fraction=0.3, select=True))
+        states["guarded"] = root / "guarded"
     return {"packages": [device_packages["main"], tar], "states": states}
 
 
@@ -138,9 +142,12 @@ def test_every_manifest_and_top_json_written_fits_the_schema(written):
             assert top["blocks"] == list(range(raw["cut"] + 1, raw["backbone"]["num_layers"] + 1))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "guarded"])
 def test_every_personal_state_written_fits_the_schema(written, kind):
-    _fits(json.loads((written["states"][kind] / "personal.json").read_text()), "personal")
+    state = json.loads((written["states"][kind] / "personal.json").read_text())
+    _fits(state, "personal")
+    if kind == "guarded":
+        assert {"p_value", "wins", "losses", "keep_personal", "kept"} <= set(state["guard"])
 
 
 def test_a_later_producers_trunk_optimization_entry_is_accepted(device_packages):
