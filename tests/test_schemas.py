@@ -142,6 +142,14 @@ def test_every_manifest_and_top_json_written_fits_the_schema(written):
             assert top["blocks"] == list(range(raw["cut"] + 1, raw["backbone"]["num_layers"] + 1))
 
 
+def test_an_executorch_package_manifest_fits_the_schema(executorch_package):
+    """The ``executorch`` entry (programs, parameters, parity) as the executorch target writes it (the package
+    fixture is shared with the ExecuTorch tests)."""
+    raw = json.loads((Path(executorch_package) / mf.MANIFEST).read_text())
+    assert raw["executorch"]["train"]["parameters"]
+    _fits(raw, "manifest")
+
+
 @pytest.mark.parametrize("kind", [*KINDS, "guarded"])
 def test_every_personal_state_written_fits_the_schema(written, kind):
     state = json.loads((written["states"][kind] / "personal.json").read_text())
