@@ -9,7 +9,7 @@ every kind of state the project writes:
 * ``top_delta`` of tuner ``full`` — the state's tensors replace the package's
   (blocks renumbered from the trained view: a state trained above cut ``c``
   names its first block ``blocks.0``, which is the package top's block
-  ``#{layers < c}``);
+  numbered ``k`` = the count of the top's blocks (``top.json`` ``blocks``, from 1) at or below ``c``);
 * ``top_delta`` of tuners ``lora`` / ``roselora`` / ``dsee`` — per adapted
   projection ``P`` (peft's names ``P.lora_A.default.weight`` (r, in),
   ``P.lora_B.default.weight`` (out, r)): ``W_P += alpha / r * B A`` in the
@@ -132,8 +132,8 @@ def apply_state(
         out["head.weight"], out["head.bias"] = weight, bias
         return out
     name, params = state.tuner.get("name"), state.tuner.get("params", {})
-    layers = spec.get("layers", list(range(spec["cut"], spec["num_layers"])))
-    offset = sum(1 for layer in layers if layer < state.train_cut)
+    blocks = spec.get("blocks", list(range(spec["cut"] + 1, spec["num_layers"] + 1)))  # 1-based (top.json v2)
+    offset = sum(1 for block in blocks if block <= state.train_cut)
     tensors = {_renumber(k, offset): v for k, v in tensors.items()}
     if name in ADAPTERS:
         if name == "dsee" and (params.get("prune_ratio", 0) > 0 or params.get("head_prune_ratio", 0) > 0):

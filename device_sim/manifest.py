@@ -9,7 +9,14 @@ manifest is detected like an edited file. The seal detects corruption and
 accidental edits; it is not a signature (anyone who can write the file can
 re-seal it), so authenticity is the transport's job.
 
-See docs/package-format.md for the field-by-field schema.
+The structure is the JSON Schema ``device_sim/schemas/manifest.schema.json``
+(the field tables of docs/package-format.md list the same fields).
+
+Block numbers count from 1 in every file of a version-2 package (block l is
+the l-th transformer block; the trunk is blocks 1..cut). Version 1 wrote
+``skip.skipped_layers``/``skip.kept_layers`` and ``top.json``'s ``layers``
+from 0; such a package is still read: :func:`upgrade` and
+:func:`upgrade_top_spec` renumber it in memory after its seal was checked.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from device_sim.errors import PackageError
 from edgetune.io import sha256_file
 
 FORMAT = "edgetune-device-package"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: 0-based skip lists and top.json "layers" (converted on read)
 MANIFEST = "manifest.json"
 # The most a package may declare in all (a 1B-parameter decoder's fp32 trunk is ~4 GB): an archive or a manifest
 # that claims more is refused before a byte of it is written or read. EDGETUNE_MAX_PACKAGE_BYTES overrides it.
@@ -93,21 +101,55 @@ def parse(raw: bytes) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PackageError(f"{MANIFEST}: not an edgetune device package manifest (format is not {FORMAT!r})")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PackageError(
-            f"{MANIFEST}: schema version {version!r} is not supported by this reader (it reads version "
-            f"{SCHEMA_VERSION}); re-export the package with this edgetune version"
+            f"{MANIFEST}: schema version {version!r} is not supported by this reader (it reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); re-export the package with this edgetune version"
         )
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise PackageError(f"{MANIFEST}: missing entries {missing}")
     _check_seal(manifest)
+    manifest = upgrade(manifest)
     try:
-        schema.check(manifest, schema.MANIFEST)
+        schema.validate(manifest, schema.MANIFEST)
     except schema.SchemaError as err:
         raise PackageError(f"{MANIFEST}: {err} (not the structure of a package manifest)") from None
     _check_structure(manifest)
     return manifest
+
+
+def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A sealed manifest in the current numbering: version 1's 0-based ``skip`` lists become block numbers.
+
+    The result keeps ``schema_version`` and ``integrity`` as read (the seal covers the bytes as written) and
+    records ``read_as_version``; a version-2 manifest is returned unchanged."""
+    if manifest.get("schema_version") != 1:
+        return manifest
+    manifest = {**manifest, "read_as_version": SCHEMA_VERSION}
+    skip = manifest.get("skip")
+    if isinstance(skip, dict):
+        skip = dict(skip)
+        for key in ("skipped_layers", "kept_layers"):
+            if isinstance(skip.get(key), list):
+                skip[key] = [i + 1 if isinstance(i, int) and not isinstance(i, bool) else i for i in skip[key]]
+        manifest["skip"] = skip
+    return manifest
+
+
+def upgrade_top_spec(spec: Any) -> Any:
+    """``top.json`` in the current form: version 1's 0-based ``layers`` become 1-based ``blocks``.
+
+    A spec that has ``blocks`` is returned unchanged; one with neither gets the blocks ``cut+1..num_layers``."""
+    if not isinstance(spec, dict) or "blocks" in spec:
+        return spec
+    spec = dict(spec)
+    layers = spec.pop("layers", None)
+    if isinstance(layers, list):
+        spec["blocks"] = [i + 1 if isinstance(i, int) and not isinstance(i, bool) else i for i in layers]
+    elif isinstance(spec.get("cut"), int) and isinstance(spec.get("num_layers"), int):
+        spec["blocks"] = list(range(spec["cut"] + 1, spec["num_layers"] + 1))
+    return spec
 
 
 def _check_seal(manifest: dict[str, Any]) -> None:

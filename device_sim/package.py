@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import stat
 import tarfile
@@ -508,14 +507,18 @@ class DevicePackage:
         name = Path(top["weights"]).stem
         if top["spec"] != f"{name}.json" or top["weights"] != f"{name}.safetensors":
             raise PackageError(f"{self.path}: top weights {top['weights']} and spec {top['spec']} do not pair up")
+        self.top_spec()  # its schema first: a wrong top.json is named as such, not as a torch error
         with self.reading(top["weights"], top["spec"]):
             return TopModel.load(self.root, name).eval()
 
     def top_spec(self) -> dict[str, Any]:
-        """``top.json``: the spec that rebuilds the top (family, Hugging Face config, cut, layers)."""
+        """``top.json`` in the current form (family, Hugging Face config, cut, 1-based ``blocks``; a version-1
+        package's 0-based ``layers`` are renumbered)."""
         name = self.manifest["top"]["spec"]
         with self.reading(name):
-            return json.loads(self.file(name).read_text())
+            spec = mf.upgrade_top_spec(schema.load_json(self.file(name).read_bytes(), name))
+            schema.validate(spec, schema.TOP)  # device_sim/schemas/top.schema.json
+            return spec
 
     def onnx_top_entry(self) -> dict[str, Any]:
         """The manifest's entry of the ONNX top (tensors as inputs); a package exported without it says so."""

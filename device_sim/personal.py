@@ -265,7 +265,7 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
             f"{path}: {MANIFEST} does not match its integrity hash (edited or corrupted after it was written)"
         )
     try:
-        schema.check(manifest, schema.PERSONAL_STATE)
+        schema.validate(manifest, schema.PERSONAL_STATE)  # device_sim/schemas/personal.schema.json
     except schema.SchemaError as err:
         raise PersonalStateError(f"{path}: {MANIFEST}: {err} (not the structure of a personal state)") from None
     if manifest["kind"] not in KINDS:

@@ -126,8 +126,9 @@ class TopModel(nn.Module):
             native = not eager and plain.native_support(spec) is None
         elif native and (why := plain.native_support(spec)) is not None:
             raise ValueError(why)
+        spec = internal_spec(spec)
         family = family_for(spec["model_type"])
-        layers = spec.get("layers", list(range(spec["cut"], spec["num_layers"])))
+        layers = spec["layers"]
         if native:
             config = plain.config_namespace(spec["hf_config"])
             blocks = nn.ModuleList(plain.build_block(spec, i) for i in layers)
@@ -149,7 +150,7 @@ class TopModel(nn.Module):
         from edgetune.io import atomic_write_bytes, atomic_write_json
 
         atomic_write_bytes(weights, _safetensors_bytes(tensors))
-        atomic_write_json(spec_path, self.spec)
+        atomic_write_json(spec_path, file_spec(self.spec))
         return [weights, spec_path]
 
     @classmethod
@@ -163,6 +164,27 @@ class TopModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{directory}/{name}.safetensors: missing {missing}, unexpected {unexpected}")
         return top
+
+
+def internal_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A top spec with ``layers``, the 0-based model indices of its blocks (what :class:`TopModel` uses).
+
+    ``top.json`` (package schema version 2) lists 1-based block numbers as ``blocks``; version 1 wrote 0-based
+    ``layers``; a spec with neither holds blocks ``cut+1..num_layers``."""
+    spec = dict(spec)
+    blocks = spec.pop("blocks", None)
+    if blocks is not None:
+        spec["layers"] = [int(b) - 1 for b in blocks]
+    elif "layers" not in spec:
+        spec["layers"] = list(range(spec["cut"], spec["num_layers"]))
+    return spec
+
+
+def file_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as ``top.json`` stores it: 1-based block numbers under ``blocks`` (no 0-based ``layers``)."""
+    spec = internal_spec(spec)
+    layers = spec.pop("layers")
+    return {**spec, "blocks": [int(i) + 1 for i in layers]}
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:

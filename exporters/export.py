@@ -192,7 +192,7 @@ def apply_skip_budget(classifier: SequenceClassifier, budget: float | None) -> d
     if budget is None:
         if not classifier.skipped_layers:
             return None
-        return {"budget": None, "skipped_layers": list(classifier.skipped_layers)}
+        return {"budget": None, "skipped_layers": [i + 1 for i in classifier.skipped_layers]}  # block numbers
     if not 0.0 < budget <= 1.0:
         raise ExportError(f"--skip-budget must be in (0, 1], got {budget}")
     stats = classifier.meta.get("hadskip")
@@ -205,8 +205,8 @@ def apply_skip_budget(classifier: SequenceClassifier, budget: float | None) -> d
     classifier.set_skipped_layers([i for i in range(classifier.num_layers) if i not in keep])
     return {
         "budget": budget,
-        "skipped_layers": list(classifier.skipped_layers),
-        "kept_layers": keep,
+        "skipped_layers": [i + 1 for i in classifier.skipped_layers],  # block numbers, from 1 (schema version 2)
+        "kept_layers": [int(i) + 1 for i in keep],
         "mean_gate": stats["mean_gate"],
         "trained_budget": stats.get("config", {}).get("budget"),
     }
@@ -419,7 +419,7 @@ def export_package(
         classifier, encoder = source.classifier.eval(), source.encoder
         skip = apply_skip_budget(classifier, options.skip_budget)
         if skip:
-            say(f"skip: budget {skip['budget']:.2f}, blocks {[i + 1 for i in skip['skipped_layers']]} are not exported")
+            say(f"skip: budget {skip['budget']:.2f}, blocks {skip['skipped_layers']} are not exported")
         say(f"model: {source.kind} {source.path} ({plan.model_type}, {plan.num_layers} layers), cut {plan.cut}")
         head, val = _prepare_head(source, plan, fit_data, val, options, progress, warnings)
         if head["init"] == "probe":

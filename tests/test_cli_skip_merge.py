@@ -164,6 +164,10 @@ def test_skip_cli_then_export_with_budget(tiny_model_dir, train_csv, tmp_path):
         manifest = loaded.manifest
         assert len(manifest["skip"]["kept_layers"]) == kept
         assert len(manifest["skip"]["skipped_layers"]) == 4 - kept
+        skip = manifest["skip"]  # block numbers from 1, as everywhere in a package (schema version 2)
+        assert sorted(skip["kept_layers"] + skip["skipped_layers"]) == [1, 2, 3, 4]
+        above = [b for b in sorted(skip["kept_layers"]) if b > manifest["cut"]]
+        assert loaded.top_spec()["blocks"] == manifest["trainable_layers"] == manifest["top"]["blocks"] == above
 
         graph = onnx.load(str(pkg / "trunk.onnx"))
         blocks_in_graph = {

@@ -117,8 +117,8 @@ def _rewrite_manifest(path, edit, reseal: bool) -> None:
         (lambda p: _flip_byte(p / "top.safetensors"), r"top\.safetensors: sha256 does not match"),
         (lambda p: _flip_byte(p / "tokenizer.json"), r"tokenizer\.json: sha256 does not match"),
         (lambda p: _flip_byte(p / "trunk.onnx"), r"trunk\.onnx: sha256 does not match"),
-        (lambda p: _rewrite_manifest(p, lambda m: m.update(schema_version=2), False), r"schema version 2 is not"),
-        (lambda p: _rewrite_manifest(p, lambda m: m.update(schema_version=2), True), r"schema version 2 is not"),
+        (lambda p: _rewrite_manifest(p, lambda m: m.update(schema_version=3), False), r"schema version 3 is not"),
+        (lambda p: _rewrite_manifest(p, lambda m: m.update(schema_version=3), True), r"schema version 3 is not"),
         (
             lambda p: _rewrite_manifest(p, lambda m: m.update(labels=["a", "b", "c"]), False),
             r"manifest\.json: .*edited",

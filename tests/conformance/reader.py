@@ -1,7 +1,9 @@
 """A device package reader written from docs/package-format.md alone.
 
 It imports none of edgetune's modules: only json, hashlib, numpy, tokenizers,
-safetensors and onnxruntime, as a third party's runtime would. The
+safetensors and onnxruntime, as a third party's runtime would. The top runs
+in ``top.onnx`` or, to check the document's block conventions, in numpy
+(tests/conformance/blocks.py). The
 conformance test (tests/test_conformance.py) checks that it reproduces
 ``edgetune predict``'s logits for every family and every personal-state kind
 the project writes; anything it needs and the document does not say is a gap
@@ -84,11 +86,18 @@ class Reader:
         delta = load_file(str(state_dir / state["weights"]))
         if kind == "fala":
             m_w, m_b = delta["matrix.linear.weight"], delta["matrix.linear.bias"]
-            weights["head.weight"] = delta["head.weight"] @ m_w
-            weights["head.bias"] = delta["head.weight"] @ m_b + delta["head.bias"]
+            h_w, h_b = delta["head.weight"], delta["head.bias"]
+            if "base.weight" in delta:  # residual form: base(x) + head(M x) - reference(M x)
+                diff = h_w - delta["reference.weight"]
+                weights["head.weight"] = delta["base.weight"] + diff @ m_w
+                weights["head.bias"] = delta["base.bias"] + diff @ m_b + h_b - delta["reference.bias"]
+            else:
+                weights["head.weight"] = h_w @ m_w
+                weights["head.bias"] = h_w @ m_b + h_b
             return weights
-        # top_delta: blocks.{i} of the state is the package top's block at position i + offset
-        offset = sum(1 for layer in self.spec["layers"] if layer < state["train_cut"])
+        # top_delta: blocks.{i} of the state is the package top's block at position i + offset, where offset
+        # counts the top's blocks (top.json "blocks", numbered from 1) at or below train_cut
+        offset = sum(1 for block in self.spec["blocks"] if block <= state["train_cut"])
 
         def rename(name: str) -> str:
             if not name.startswith("blocks."):
@@ -128,8 +137,16 @@ class Reader:
         weights.update(delta)  # the head and the final norm
         return weights
 
-    def logits(self, texts: list[str], state_dir: str | Path | None = None) -> np.ndarray:
+    def logits(self, texts: list[str], state_dir: str | Path | None = None, top: str = "onnx") -> np.ndarray:
+        """Logits of ``texts``, one at a time (no padding); ``top``: ``onnx`` runs ``top.onnx``, ``numpy`` the
+        top's computation as the document describes it (tests/conformance/blocks.py), in one padded batch."""
         weights = self.personal_weights(state_dir)
+        if top == "numpy":
+            from tests.conformance.blocks import top_logits
+
+            ids, mask = self.encode(texts)
+            hidden = self.trunk.run(["hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+            return top_logits(self.spec, weights, hidden, mask)
         rows = []
         for text in texts:  # one text at a time: no padding
             ids, mask = self.encode([text])
