@@ -74,7 +74,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=16, lr=5e-5, head_lr=1e-3, seed=args.seed, progress=False)
     result = finetune((backbone, encoder), full_plan, train, config=cfg)
     manifest = export_whole(result.classifier, encoder, train, work / "full", None)
-    rows["full"] = {"train_seconds": time.perf_counter() - start, "kept_layers": list(range(6)), "budget": 1.0}
+    rows["full"] = {"train_seconds": time.perf_counter() - start, "kept_blocks": list(range(1, 7)), "budget": 1.0}
     print(f"full fine-tuning: {rows['full']['train_seconds']:.0f}s", flush=True)
 
     for budget in args.budgets:
@@ -86,12 +86,12 @@ def main() -> None:
         rows[name] = {
             "train_seconds": time.perf_counter() - start,
             "budget": budget,
-            "kept_layers": manifest["skip"]["kept_layers"],
+            "kept_blocks": manifest["skip"]["kept_layers"],  # 1-based, as in the package
             "executed_fraction_train_end": res.executed_fraction,
             "mean_gate": res.mean_gate,
             "importance": res.importance,
         }
-        print(f"{name}: keeps blocks {[i + 1 for i in rows[name]['kept_layers']]}", flush=True)
+        print(f"{name}: keeps blocks {rows[name]['kept_blocks']}", flush=True)
 
     for name in rows:
         rows[name]["accuracy"] = package_accuracy(work / name, test, args.threads)
@@ -138,7 +138,7 @@ def plot(rows: dict, path: Path) -> None:
         x = 1000 * r["latency_b1"]["median_s"]
         ax.scatter(x, 100 * r["accuracy"], s=60)
         ax.annotate(
-            f"{name}\n{len(r['kept_layers'])} blocks, {r['speedup_b1']:.2f}x",
+            f"{name}\n{len(r['kept_blocks'])} blocks, {r['speedup_b1']:.2f}x",
             (x, 100 * r["accuracy"]),
             textcoords="offset points",
             xytext=(6, -4),

@@ -204,7 +204,8 @@ def hadskip(res: Result) -> str:
     """Full fine-tuning against HadSkip per budget: blocks kept, accuracy, exported trunk latency, speedup."""
     lines = _head(["model", "blocks executed", "test accuracy", "trunk latency batch 1", "speedup b1 / b8"])
     for name, r in res["results"].items():
-        kept = r["kept_layers"]
+        # kept_blocks counts from 1 (package schema 2); results measured earlier hold 0-based kept_layers
+        kept = r["kept_blocks"] if "kept_blocks" in r else [i + 1 for i in r["kept_layers"]]
         accuracy = f"{100 * r['accuracy']:.2f}"
         b1 = f"{r['speedup_b1']:.2f}x"
         if name == "full":
@@ -215,7 +216,7 @@ def hadskip(res: Result) -> str:
             if r["budget"] == 0.5:  # the target's budget
                 b1 = f"**{b1}**"
         latency, speedup = f"{1000 * r['latency_b1']['median_s']:.1f} ms", f"{b1} / {r['speedup_b8']:.2f}x"
-        lines.append(_row([label, f"{kept[0] + 1}-{kept[-1] + 1}", accuracy, latency, speedup]))
+        lines.append(_row([label, f"{kept[0]}-{kept[-1]}", accuracy, latency, speedup]))
     return "\n".join(lines)
 
 
