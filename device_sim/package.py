@@ -190,7 +190,12 @@ def _snapshot_directory(root: Path, into: Path, source: Path) -> Verification:
         return Verification(source, None, [], [str(err)])
     (into / mf.MANIFEST).write_bytes(raw)
     checks = [_copy_listed(root, into, name, entry) for name, entry in manifest["files"].items()]
-    return _verify_snapshot(into, source, manifest, checks)
+    result = _verify_snapshot(into, source, manifest, checks)
+    # The same rule as the tar form: a package is exactly what its manifest lists (a file added after the seal
+    # may be harmless, but nothing vouches for it and a reader must not guess).
+    unlisted = sorted(p.name for p in root.iterdir() if p.name != mf.MANIFEST and p.name not in manifest["files"])
+    result.problems.extend(f"{root / name}: not listed in {mf.MANIFEST} (refused)" for name in unlisted)
+    return result
 
 
 # -- tar form ---------------------------------------------------------------------------------------------------

@@ -224,6 +224,18 @@ def test_archive_members_must_be_exactly_the_manifests_files(pkg, tmp_path, monk
     assert list(scratch.iterdir()) == []
 
 
+def test_a_package_directory_with_an_unlisted_file_is_refused(pkg, tmp_path):
+    copy = tmp_path / "copied-pkg"
+    shutil.copytree(pkg, copy)
+    (copy / "notes.txt").write_text("added after the seal")
+    assert not verify_package(copy).ok
+    with pytest.raises(PackageError, match=r"notes\.txt: not listed in manifest\.json \(refused\)"):
+        load_package(copy)
+    (copy / "notes.txt").unlink()
+    with load_package(copy) as package:  # the package as exported loads
+        assert package.labels
+
+
 def test_a_package_may_not_declare_more_than_the_size_cap(pkg, tmp_path, monkeypatch):
     archive = write_tar(pkg, tmp_path / "pkg.tar")
     with load_package(archive) as package:  # the real archive loads
