@@ -237,7 +237,12 @@ def trainer_binary(tmp_path_factory):
 # whole training run: a module listed here is slow as a whole; otherwise the tests named (every parameter).
 SLOW_MODULES = {
     "test_backends",  # ExecuTorch export + C++ trainer build
+    "test_cli_device",  # packages + personalization through the command line
+    "test_cli_export",
+    "test_cli_skip_merge",
+    "test_cli_train",
     "test_conformance",  # packages of every family, every personal-state kind
+    "test_executorch_export",
     "test_export_atomicity",  # kill -9 mid-export
     "test_fala_residual",
     "test_faults",  # kill -9, locks, recovery
@@ -245,41 +250,39 @@ SLOW_MODULES = {
     "test_fleet_scale",  # Ray
     "test_mpnet",
     "test_onnx_top",
+    "test_package",  # packages of several families
     "test_real_export",  # the bundled MiniLM
     "test_real_model",
     "test_swap",
     "test_train_multiprocess",
+    "test_tuners_train",
 }
 SLOW_TESTS = {
+    "test_budget_is_respected",
+    "test_checkpoint_of_a_different_run_is_refused",
+    "test_output_directory_rules",
+    "test_search_keeps_the_best_candidate_on_validation",
+    "test_selection_tries_every_candidate_and_keeps_a_better_one",
     "test_a_crash_while_writing_keeps_the_previous_checkpoint",
     "test_a_killed_job_keeps_the_previous_state_and_resumes",
-    "test_a_trained_checkpoint_exports_with_the_plan_it_was_trained_from",
     "test_an_interrupted_job_of_other_data_is_discarded",
     "test_autofreeze_runs_on_a_copy_and_freezes_a_converged_prefix",
     "test_early_stopping_keeps_the_best_epoch",
-    "test_fine_tuned_checkpoint_names_its_base_model",
     "test_gates_respect_the_budget_after_training",
     "test_memory_mapped_and_fp16_caches",
     "test_naive_and_cached_modes_train_the_same_model",
-    "test_package_predicts_like_the_source_model",
     "test_parity_failure_is_loud_and_names_the_diff",
     "test_personalization_learns_the_users_labels",
-    "test_plain_model_gets_a_probe_head",
-    "test_plain_model_without_data_warns_and_zeroes_the_head",
     "test_profile_refuses_a_job_that_does_not_fit_and_a_higher_cut_runs",
     "test_released_trunk_frees_its_weights_and_comes_back_bit_for_bit",
     "test_resume_after_a_crash_matches_an_uninterrupted_run",
-    "test_roselora_output_holds_the_compact_delta",
-    "test_roselora_resume_after_a_crash_matches_an_uninterrupted_run",
     "test_salf_plans_every_family",
     "test_same_seed_same_plan",
-    "test_skip_cli_then_export_with_budget",
     "test_sparse_delta_round_trip_is_exact_and_smaller",
     "test_training_learns_the_task",
     "test_trunk_at_the_edges",
     "test_trunk_parity_every_family",
     "test_external_weights_file",
-    "test_tar_round_trip",
 }
 
 
