@@ -211,7 +211,8 @@ def run_user(args: argparse.Namespace, corpus: dict[str, Any], user: Any, train:
     pkg = corpus["package"]
     out = pkg.parent / f"{user.user_id}-personal"
     with Device(pkg, threads=args.threads) as device:
-        block_module = device.package.top_model().blocks[0].__class__.__module__
+        blocks = device.package.top_model().blocks  # none when the plan trains the head alone
+        block_module = blocks[0].__class__.__module__ if len(blocks) else None
         global_metrics = device.evaluate(test)
         spec = {
             "package": str(pkg),
