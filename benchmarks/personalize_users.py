@@ -94,9 +94,8 @@ def device_job(spec: dict[str, Any]) -> dict[str, Any]:
     from device_sim.personal import write_personal_state
     from device_sim.personalize import PersonalizeConfig
 
-    importlib.import_module(spec["block_module"])  # the transformers module of the top's blocks
-    importlib.import_module("accelerate")
-    importlib.import_module("peft")
+    if spec["block_module"]:  # the module of the top's blocks (plain torch: edgetune.native), as the job loads it
+        importlib.import_module(spec["block_module"])
     imported = time.perf_counter()
     rss_imports = rss_mb()
 
