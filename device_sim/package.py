@@ -536,12 +536,14 @@ class DevicePackage:
             return load_file(str(self.file(name)))
 
     def top_session(self, threads: int | None = None) -> ort.InferenceSession:
-        """The ONNX top's onnxruntime session (one per thread count)."""
+        """The ONNX top's onnxruntime session (one per thread count), without a memory arena like the trunk's:
+        measured on MiniLM at 32 texts of 128 tokens, the arena kept ~115 MB for the session's life."""
         entry = self.onnx_top_entry()
         threads = self.threads if threads is None else threads
         key = ("top", threads)
         if key not in self._sessions:
-            self._sessions[key] = self._onnx_session(entry["file"], entry.get("files", [entry["file"]]), threads)
+            files = entry.get("files", [entry["file"]])
+            self._sessions[key] = self._onnx_session(entry["file"], files, threads, arena=False)
         return self._sessions[key]
 
     def onnx_top(self, threads: int | None = None, tensors: dict[str, np.ndarray] | None = None) -> OnnxTop:
