@@ -452,6 +452,12 @@ class DevicePackage:
         """Trunk precisions in the package: ``fp32`` always, ``int8`` when exported with it."""
         return ["fp32"] + (["int8"] if self.manifest.get("trunk_int8") else [])
 
+    @property
+    def trunk_optimization(self) -> str:
+        """``fused`` when ``trunk.onnx`` carries onnxruntime's transformer fusions (the manifest's optional
+        ``trunk_optimization``; its ``com.microsoft`` ops run in onnxruntime), else ``none``."""
+        return str((self.manifest.get("trunk_optimization") or {}).get("level", "none"))
+
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
             raise PackageError(f"{self.path}: no file {name!r} in this package")

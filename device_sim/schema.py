@@ -224,6 +224,7 @@ MANIFEST = Obj(
             )
         ),
         "top_onnx": Opt(Obj({"file": str, "files": ListOf(str, nonempty=True), "parity": _PARITY})),
+        "trunk_optimization": Opt(Obj({"level": str}, {"fused_ops": MapOf(int), "reason": Opt(str)})),
         "executorch": Opt(
             Obj(
                 {
