@@ -20,7 +20,11 @@ Models: all-MiniLM-L6-v2 (bundled) and all-mpnet-base-v2 when ``edgetune dataset
    ``ort_int8_fused`` (the packages' trunks; trunk + top adds the package's ``top.onnx``).
    Every measurement runs in **its own process** (idle onnxruntime and OpenMP threads spin and would slow the
    other runtime in a shared process): per round one fresh process per side, the sides in a rotated order,
-   ``--rounds`` rounds; a process warms up, then times consecutive calls at batch 1 and at batch 32. Reported:
+   ``--rounds`` rounds; a process warms up, then times consecutive calls at batch 1 and at batch 32. Threads
+   wait passively on both sides (torch: ``OMP_WAIT_POLICY=PASSIVE``; onnxruntime: no spinning): on this shared,
+   loaded machine a spinning pool lost its cores to the other jobs (torch batch 1 was 25x slower, onnxruntime's
+   4x). onnxruntime sessions keep their memory arena (the speed setting; a device's predict path drops it to
+   bound its memory). Reported:
    the median over all rounds' calls, ms per text, and speedups = torch median / side median.
 4. The CPU's measured GEMM rate (torch fp32 matmul, ``--threads`` threads, the trunk's shapes at batch 32) next
    to each side's achieved GFLOP/s on the trunk (2 x parameters x tokens + attention 4 n^2 d per block).
@@ -123,15 +127,30 @@ def _torch_fn(spec: dict[str, Any]):
     return fn
 
 
+def _ort_session(path: Path, threads: int, spinning: bool):
+    """The speed configuration: all graph optimizations, the CPU memory arena on (a device's predict path turns
+    it off to bound its memory), worker threads spinning between runs only when asked (``--ort-spinning``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def _ort_fn(spec: dict[str, Any]):
     sys.modules["torch"] = None  # an onnxruntime side never loads torch (nor its OpenMP pool)
     from device_sim.package import load_package
+    from device_sim.runtime import OnnxTop
 
     pkg = load_package(spec["package"], threads=spec["threads"])
-    session = pkg.trunk_session(spec["precision"])
+    entry = pkg.manifest["trunk" if spec["precision"] == "fp32" else "trunk_int8"]
+    session = _ort_session(pkg.file(entry["file"]), spec["threads"], spec["ort_spinning"])
     if spec["part"] == "trunk":
         return lambda ids, mask: session.run(["hidden_state"], {"input_ids": ids, "attention_mask": mask})
-    top = pkg.onnx_top()
+    top_session = _ort_session(pkg.file(pkg.onnx_top_entry()["file"]), spec["threads"], spec["ort_spinning"])
+    top = OnnxTop(top_session, pkg.top_tensors())
 
     def fn(ids, mask):
         hidden = session.run(["hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
@@ -304,6 +323,7 @@ def measure(name: str, info: dict[str, Any], args) -> dict[str, Any]:
                 "package": info["packages"][ORT_SIDES[side][0] if side in ORT_SIDES else "plain"],
                 "precision": ORT_SIDES[side][1] if side in ORT_SIDES else None,
                 "omp_wait_policy": args.omp_wait_policy,
+                "ort_spinning": args.ort_spinning,
             }  # fmt: skip
             got = run_worker(spec)
             for b, times in got.items():
@@ -377,6 +397,12 @@ def main() -> None:
         help="OMP_WAIT_POLICY of the workers (torch's OpenMP pool): on a shared, loaded machine ACTIVE spinning made "
         "torch's batch-1 MiniLM forward 25x slower (730 vs 29 ms); '' leaves the default",
     )
+    ap.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="let onnxruntime's worker threads spin between runs (its default; off here like torch's PASSIVE wait: "
+        "on the loaded machine spinning made the batch-1 MiniLM trunk 4x slower, 95 vs 22 ms)",
+    )
     ap.add_argument("--merge", action="store_true", help="keep the other models' entries of an existing result")
     args = ap.parse_args()
     if args.worker:
@@ -442,6 +468,8 @@ def main() -> None:
             "versions": {p: version(p) for p in ("torch", "onnxruntime", "transformers", "onnx")},
             "commit": commit,
             "omp_wait_policy": args.omp_wait_policy or "default",
+            "ort_spinning": args.ort_spinning,
+            "ort_memory_arena": True,
             "data": f"BBC news, train {len(train)} / test {len(test)} (stratified, seed 0)",
             "max_length": args.max_length,
             "rounds": args.rounds,
