@@ -8,8 +8,9 @@ inputs). One simulated user (:mod:`device_sim.simulation.users`, seed 0) persona
 the ``lora`` tuner (one configured job each, torch backend). Then, each in a fresh process with ``--threads``
 threads, ``edgetune predict --data <the user's held-out texts>`` runs with ``--runtime onnx`` (torch is made
 unimportable in that process, as on a device without it) and with ``--runtime torch``, for the package alone and
-for each state; the parent samples the RSS of the process every 20 ms (peak) and times the process. Both runtimes'
-labels must agree on every text (same argmax); their logits are compared in-process on the same texts.
+for each state, and ``--runtime onnx --int8`` (the package's int8 trunk); the parent samples the RSS of the
+process every 20 ms (peak) and times the process. Both runtimes' labels must agree on every text (same argmax);
+their logits are compared in-process on the same texts (int8: how many labels equal the fp32 ones).
 
 Results: ``predict_runtime.json`` and ``predict_runtime.png`` in ``--out``.
 """
@@ -47,7 +48,7 @@ def setup(work: Path, threads: int) -> dict[str, Any]:
     server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
     model = no_dropout_model(Path(minilm_path()), work / "model")
     planned = plan(str(model), server, planner="topk", planner_params={"k": 1}, max_length=128, progress=False)
-    export_package(model, planned, work / "pkg", data=server, options=ExportOptions(threads=threads))
+    export_package(model, planned, work / "pkg", data=server, options=ExportOptions(threads=threads, int8=True))
     user = simulate_users(pool, UserConfig(num_users=1, examples_per_user=260, test_fraction=60 / 260))[0]
     user.test.to_csv(work / "test.csv")
     states = {"package alone": None}
@@ -59,8 +60,11 @@ def setup(work: Path, threads: int) -> dict[str, Any]:
     return {"states": states, "user": user.user_id, "num_test": len(user.test)}
 
 
-def predict_process(code: str, package: Path, personal: Path | None, data: Path, runtime: str, threads: int) -> dict:
+def predict_process(
+    code: str, package: Path, personal: Path | None, data: Path, runtime: str, threads: int, int8: bool = False
+) -> dict:
     args = ["predict", "--package", str(package), "--data", str(data), "--runtime", runtime, "--threads", str(threads)]
+    args += ["--int8"] if int8 else []
     if personal is not None:
         args += ["--personal", str(personal)]
     env = {**os.environ, "EDGETUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
@@ -92,11 +96,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     names = list(rows)
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (runtime, color) in enumerate((("onnx", "tab:green"), ("torch", "tab:blue"))):
+    sides = (("onnx", "tab:green", "--runtime onnx"), ("onnx_int8", "tab:olive", "--runtime onnx --int8"),
+             ("torch", "tab:blue", "--runtime torch"))  # fmt: skip
+    for i, (runtime, color, label) in enumerate(sides):
         rss = [rows[n][runtime]["peak_rss_mb"] for n in names]
-        axes[0].bar(x + (i - 0.5) * 0.4, rss, 0.4, label=f"--runtime {runtime}", color=color)
+        axes[0].bar(x + (i - 1) * 0.27, rss, 0.27, label=label, color=color)
         secs = [rows[n][runtime]["seconds"] for n in names]
-        axes[1].bar(x + (i - 0.5) * 0.4, secs, 0.4, label=f"--runtime {runtime}", color=color)
+        axes[1].bar(x + (i - 1) * 0.27, secs, 0.27, label=label, color=color)
     axes[0].axhline(TARGET_RSS_MB, color="red", ls="--", label="target (onnx)")
     axes[0].set(xticks=x, xticklabels=names, ylabel="MB", title="peak RSS of a predict process")
     axes[1].set(xticks=x, xticklabels=names, ylabel="s", title=f"predict process time ({report['num_test']} texts)")
@@ -122,12 +128,17 @@ def main() -> None:
         for name, personal in made["states"].items():
             onnx = predict_process(NO_TORCH, work / "pkg", personal, work / "test.csv", "onnx", args.threads)
             torch_ = predict_process(WITH_TORCH, work / "pkg", personal, work / "test.csv", "torch", args.threads)
-            same = onnx.pop("labels") == torch_.pop("labels")
+            int8 = predict_process(NO_TORCH, work / "pkg", personal, work / "test.csv", "onnx", args.threads, True)
+            fp32_labels = onnx.pop("labels")
+            same = fp32_labels == torch_.pop("labels")
+            int8_same = sum(a == b for a, b in zip(int8.pop("labels"), fp32_labels))
             diff = logit_diff(work / "pkg", personal, work / "test.csv", args.threads)
-            rows[name] = {"onnx": onnx, "torch": torch_, "same_labels": same, "max_logit_diff": diff}
+            rows[name] = {"onnx": onnx, "torch": torch_, "onnx_int8": {**int8, "labels_as_fp32": int8_same},
+                          "same_labels": same, "max_logit_diff": diff}  # fmt: skip
             print(
                 f"{name}: onnx {onnx['peak_rss_mb']:.0f} MB {onnx['seconds']:.1f}s, torch "
-                f"{torch_['peak_rss_mb']:.0f} MB {torch_['seconds']:.1f}s, same labels {same}, diff {diff:.1e}"
+                f"{torch_['peak_rss_mb']:.0f} MB {torch_['seconds']:.1f}s, same labels {same}, diff {diff:.1e}; "
+                f"onnx --int8 {int8['peak_rss_mb']:.0f} MB {int8['seconds']:.1f}s"
             )
         from importlib.metadata import version
 

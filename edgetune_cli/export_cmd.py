@@ -37,6 +37,15 @@ def register(app: typer.Typer) -> None:
                 "its size and accuracy change on validation data go into the manifest.",
             ),
         ] = False,
+        optimize: Annotated[
+            str,
+            typer.Option(
+                "--optimize",
+                help="Trunk graph: none (as exported) or fused (onnxruntime's transformer fusions: Attention, "
+                "SkipLayerNorm, BiasGelu; BERT-like encoders; other families are recorded as not fused). With "
+                "--int8 the int8 trunk is quantized from the fused graph.",
+            ),
+        ] = "none",
         top_onnx: Annotated[
             bool,
             typer.Option(
@@ -116,7 +125,10 @@ def register(app: typer.Typer) -> None:
         bad = [t for t in chosen if t not in ("onnx", "executorch")]
         if bad:
             raise typer.BadParameter(f"unknown target {bad[0]!r}; choose onnx, executorch", param_hint="--target")
+        if optimize not in ("none", "fused"):
+            raise typer.BadParameter("choose none or fused", param_hint="--optimize")
         options = ExportOptions(
+            optimize=optimize,
             targets=tuple(dict.fromkeys(chosen)),
             executorch_max_batch=executorch_max_batch,
             int8=int8,

@@ -176,7 +176,8 @@ def test_all_problems_are_reported_at_once(bert_copy):
     result = verify_package(bert_copy)
     assert {p.split(":")[0] for p in result.problems} == {"top.safetensors", "encoder.json"}
     assert {f.name for f in result.files if f.ok} == {"tokenizer.json", "top.json", "top.onnx", "trunk.onnx",
-                                                      "trunk.int8.onnx"}  # fmt: skip
+                                                      "trunk.onnx.data", "trunk.int8.onnx",
+                                                      "trunk.int8.onnx.data"}  # fmt: skip
 
 
 # -- tar form ----------------------------------------------------------------------------------------------------
