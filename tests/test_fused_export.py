@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from device_sim.package import load_package
 from edgetune.api import load_model
-from edgetune.cli import app
 from edgetune.modeling import SequenceClassifier
+from edgetune_cli import app
 from exporters.errors import ExportError
 from exporters.export import ExportOptions, export_package
 from exporters.fused import export_trunk_fused, not_fused_message
