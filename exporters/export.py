@@ -50,6 +50,7 @@ from exporters.onnx_trunk import (
     DEFAULT_OPSET,
     DEFAULT_VERIFY_TEXTS,
     OnnxExport,
+    Parity,
     check_opset,
     export_top_onnx,
     export_trunk,
@@ -398,6 +399,86 @@ def _write_int8(
     return entry
 
 
+@dataclass
+class Written:
+    """What an export wrote into its staging directory, as the manifest describes it."""
+
+    trunk: OnnxExport
+    parity: Parity
+    optimization: dict[str, Any] | None = None  # trunk_optimization (``--optimize``)
+    trunk_int8: dict[str, Any] | None = None
+    top_onnx: dict[str, Any] | None = None
+    executorch: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+
+
+def build_manifest(
+    plan: Plan,
+    source: Source,
+    fingerprint: str,
+    skip: dict[str, Any] | None,
+    head: dict[str, Any],
+    encoder: TextEncoder,
+    written: Written,
+    warnings: list[str],
+    directory: Path,
+) -> dict[str, Any]:
+    """The package's ``manifest.json`` (unsealed) for the files in ``directory``: what the model is, where it is
+    cut, how texts are encoded, and every file with its interface, parity and hash (docs/package-format.md)."""
+    classifier, trunk = source.classifier, written.trunk
+    fused = bool(written.optimization and written.optimization["level"] == "fused")
+    kept = [i + 1 for i in classifier.kept_layers(plan.cut)]  # blocks counted from 1
+    return {
+        "format": mf.FORMAT,
+        "schema_version": mf.SCHEMA_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "producer": _versions(),
+        "source": {"kind": source.kind, "path": source.path},
+        "backbone": {
+            "id": plan.model_id,
+            "model_type": plan.model_type,
+            "family": classifier.backbone.family.name,
+            "num_layers": classifier.num_layers,
+            "hidden_size": classifier.backbone.hidden_size,
+            "pooling": classifier.backbone.pooling,
+            "is_decoder": classifier.backbone.is_decoder,
+            "hash": fingerprint,
+            "plan_hash": plan.model_hash,
+        },
+        "cut": plan.cut,
+        "trainable_layers": kept,
+        "skip": skip,
+        "labels": list(plan.labels),
+        "head": head,
+        "plan": plan.to_dict(),
+        "tokenizer": {"tokenizer": "tokenizer.json", "encoder": "encoder.json", **encoder.config()},
+        "trunk": {
+            "file": TRUNK_FILE,
+            "files": [f.name for f in trunk.files],
+            "precision": "fp32",
+            "opset": trunk.opset,
+            "exporter": FUSED_EXPORTER if fused else DYNAMO,
+            **trunk.io(),
+            "parity": written.parity.to_dict(),
+            "size": size_of(trunk.files),
+        },
+        "trunk_optimization": written.optimization,
+        "trunk_int8": written.trunk_int8,
+        "top": {
+            "weights": f"{TOP_NAME}.safetensors",
+            "spec": f"{TOP_NAME}.json",
+            "blocks": kept,
+            "inputs": trunk.outputs[:1] + trunk.inputs[1:],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(plan.labels)]}],
+        },
+        "top_onnx": written.top_onnx,
+        "executorch": written.executorch,
+        "validation": written.validation,
+        "warnings": warnings,
+        "files": mf.file_table(directory),
+    }
+
+
 def export_package(
     model: str | Path | tuple[SequenceClassifier, TextEncoder],
     plan: Plan | str | Path,
@@ -511,55 +592,8 @@ def export_package(
                     warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
                 say(msg)
 
-            manifest = {
-                "format": mf.FORMAT,
-                "schema_version": mf.SCHEMA_VERSION,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "producer": _versions(),
-                "source": {"kind": source.kind, "path": source.path},
-                "backbone": {
-                    "id": plan.model_id,
-                    "model_type": plan.model_type,
-                    "family": classifier.backbone.family.name,
-                    "num_layers": classifier.num_layers,
-                    "hidden_size": classifier.backbone.hidden_size,
-                    "pooling": classifier.backbone.pooling,
-                    "is_decoder": classifier.backbone.is_decoder,
-                    "hash": fingerprint,
-                    "plan_hash": plan.model_hash,
-                },
-                "cut": plan.cut,
-                "trainable_layers": [i + 1 for i in classifier.kept_layers(plan.cut)],
-                "skip": skip,
-                "labels": list(plan.labels),
-                "head": head,
-                "plan": plan.to_dict(),
-                "tokenizer": {"tokenizer": "tokenizer.json", "encoder": "encoder.json", **encoder.config()},
-                "trunk": {
-                    "file": TRUNK_FILE,
-                    "files": [f.name for f in trunk.files],
-                    "precision": "fp32",
-                    "opset": trunk.opset,
-                    "exporter": FUSED_EXPORTER if optimization and optimization["level"] == "fused" else DYNAMO,
-                    **trunk.io(),
-                    "parity": parity.to_dict(),
-                    "size": size_of(trunk.files),
-                },
-                "trunk_optimization": optimization,
-                "trunk_int8": trunk_int8,
-                "top": {
-                    "weights": f"{TOP_NAME}.safetensors",
-                    "spec": f"{TOP_NAME}.json",
-                    "blocks": [i + 1 for i in classifier.kept_layers(plan.cut)],
-                    "inputs": trunk.outputs[:1] + trunk.inputs[1:],
-                    "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(plan.labels)]}],
-                },
-                "top_onnx": top_onnx,
-                "executorch": executorch,
-                "validation": validation,
-                "warnings": warnings,
-                "files": mf.file_table(tmp),
-            }
+            written = Written(trunk, parity, optimization, trunk_int8, top_onnx, executorch, validation)
+            manifest = build_manifest(plan, source, fingerprint, skip, head, encoder, written, warnings, tmp)
             manifest = mf.seal(manifest)
             atomic_write_json(tmp / mf.MANIFEST, manifest)  # last: a directory without it is no package
         say(f"wrote {out}")
