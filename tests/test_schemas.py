@@ -158,10 +158,13 @@ def test_every_personal_state_written_fits_the_schema(written, kind):
         assert {"p_value", "wins", "losses", "keep_personal", "kept"} <= set(state["guard"])
 
 
-def test_a_later_producers_trunk_optimization_entry_is_accepted(device_packages):
+def test_a_trunk_optimization_entry_with_more_fields_is_accepted_and_a_bad_level_is_not(device_packages):
     raw = json.loads((Path(device_packages["main"]) / mf.MANIFEST).read_text())
-    raw["trunk_optimization"] = {"level": "all", "fused": True, "int8_from": "trunk.fused.onnx", "more": {"x": 1}}
+    raw["trunk_optimization"] = {"level": "fused", "fused_ops": {"Attention": 1}, "more": {"x": 1}}
     _fits(raw, "manifest")
+    raw["trunk_optimization"]["level"] = "all"
+    with pytest.raises(schema.SchemaError, match=r"trunk_optimization\.level"):
+        schema.validate(raw, "manifest")
 
 
 @pytest.mark.parametrize(
