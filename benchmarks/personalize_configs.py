@@ -540,7 +540,7 @@ def main() -> None:
 
     results = {
         "benchmark": "personalize_configs",
-        "command": "flock /work/bench.lock python benchmarks/personalize_configs.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/personalize_configs.py " + " ".join(sys.argv[1:]),
         "machine": machine_record(load_start, args.threads, workers_import=("onnxruntime", "transformers", "peft")),
         "model": MODEL,
         "data": "BBC news",

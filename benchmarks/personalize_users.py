@@ -417,7 +417,7 @@ def main() -> None:
 
     results = {
         "benchmark": "personalize_users" + ("_tune" if args.tune else ""),
-        "command": "flock /work/bench.lock python benchmarks/personalize_users.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/personalize_users.py " + " ".join(sys.argv[1:]),
         "machine": machine_record(load_start, args.threads, workers_import=("onnxruntime", "transformers", "peft")),
         "model": MODEL,
         "setup": {

@@ -407,7 +407,7 @@ def main() -> None:
     summary = summarize(runs, prunings, users)
     result = {
         "benchmark": "tuners",
-        "command": "flock /work/bench.lock python benchmarks/tuners.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/tuners.py " + " ".join(sys.argv[1:]),
         "machine": machine_record(load_start, args.threads),
         "model": MODEL,
         "data": f"BBC news, train {len(bench.train_ds)} / test {len(bench.test_ds)} (stratified, seed 0)",
