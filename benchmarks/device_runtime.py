@@ -309,8 +309,9 @@ def main() -> None:
         imports = import_costs()
         report = {
             "benchmark": "device_runtime",
-            "machine": machine_record(load_start, args.threads,
-                                      workers_import=("torch", "executorch", "onnxruntime", "transformers")),
+            "machine": machine_record(
+                load_start, args.threads, workers_import=("torch", "executorch", "onnxruntime", "transformers")
+            ),
             "settings": {"cache_batch_size": args.cache_batch_size, "dropout": 0.0},
             "plan": {"cut": setup["plan"].cut, "num_layers": setup["plan"].num_layers},
             "setup_seconds": setup["seconds"],

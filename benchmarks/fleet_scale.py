@@ -222,8 +222,9 @@ def main() -> None:
     loads = [x for r in runs for x in (r["load_average_before"][0], r["load_average_after"][0])]
     result: dict[str, Any] = {
         "benchmark": "fleet_scale",
-        "machine": machine_record(load_start, args.threads, note="shared with other engineers' jobs; load averages "
-                                  "per run below"),  # fmt: skip
+        "machine": machine_record(
+            load_start, args.threads, note="shared with other engineers' jobs; load averages per run below"
+        ),  # fmt: skip
         "setting": {
             "model": "all-MiniLM-L6-v2 (A) -> A without its top block (B), SALF plans, probe heads",
             "data": "BBC news, users from the 75% not used by the server",

@@ -131,6 +131,7 @@ def installed(packages: tuple[str, ...]) -> dict[str, str]:
 
 def git_commit(root: Path = ROOT) -> dict[str, Any]:
     """The checked-out commit and whether the work tree differs from it (``dirty``); ``unknown`` outside git."""
+
     def git(*cmd: str) -> str:
         return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 

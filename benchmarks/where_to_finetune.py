@@ -340,7 +340,6 @@ def plot(results: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     cuts = results["cuts"]
     ks = sorted(int(k) for k in cuts)
     x = [100 * cuts[str(k)]["backward_frac"] for k in ks]
