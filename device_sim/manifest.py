@@ -25,6 +25,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,29 +94,77 @@ def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "integrity": {"algorithm": "sha256", "manifest_sha256": manifest_digest(manifest)}}
 
 
+@dataclass(frozen=True)
+class SealedDocument:
+    """One kind of sealed JSON document a device reads: a package's ``manifest.json`` or a personal state's
+    ``personal.json``. Both are read by :func:`read_sealed`, in the same order, with the same messages."""
+
+    name: str  # the file name
+    format: str  # the value of its "format" entry
+    versions: tuple[int, ...]  # the schema versions this reader reads
+    required: tuple[str, ...]  # entries checked before the seal (the rest is the JSON Schema's job)
+    schema: str  # device_sim/schemas/<schema>.schema.json
+    what: str  # "an edgetune device package manifest", ...
+    redo: str  # what the user does about a version this reader cannot read
+
+
+PACKAGE_MANIFEST = SealedDocument(
+    name=MANIFEST,
+    format=FORMAT,
+    versions=READABLE_VERSIONS,
+    required=REQUIRED,
+    schema=schema.MANIFEST,
+    what="an edgetune device package manifest",
+    redo="re-export the package with this edgetune version",
+)
+
+
+def read_sealed(
+    raw: bytes,
+    document: SealedDocument,
+    where: str,
+    error: type[Exception],
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Parse and check a sealed document: size and depth, JSON, format, schema version, required entries, the
+    seal over the bytes as written, then (after ``upgrade`` to the current form) its JSON Schema. Any problem is
+    ``error`` with one line that starts with ``where`` (the file, as the user knows it)."""
+    try:
+        value = schema.load_json(raw, where)
+    except schema.SchemaError as err:
+        raise error(str(err)) from None
+    if not isinstance(value, dict) or value.get("format") != document.format:
+        raise error(f"{where}: not {document.what} (format is not {document.format!r})")
+    version = value.get("schema_version")
+    if version not in document.versions:
+        raise error(
+            f"{where}: schema version {version!r} is not supported by this reader (it reads versions "
+            f"{', '.join(map(str, document.versions))}); {document.redo}"
+        )
+    missing = [k for k in document.required if k not in value]
+    if missing:
+        raise error(f"{where}: missing entries {missing}")
+    integrity = value["integrity"]
+    if not isinstance(integrity, dict) or integrity.get("algorithm", "sha256") != "sha256":
+        raise error(f"{where}: integrity entry is missing or uses an unknown algorithm")
+    try:
+        want = manifest_digest(value)
+    except ValueError as err:
+        raise error(f"{where}: cannot be canonicalized ({err})") from None
+    if integrity.get("manifest_sha256") != want:
+        raise error(f"{where}: content does not match its integrity hash: edited or corrupted after it was written")
+    if upgrade is not None:
+        value = upgrade(value)
+    try:
+        schema.validate(value, document.schema)
+    except schema.SchemaError as err:
+        raise error(f"{where}: {err} (not the structure of {document.what})") from None
+    return value
+
+
 def parse(raw: bytes) -> dict[str, Any]:
     """Parse and validate ``manifest.json`` bytes: format, schema version, seal, structure."""
-    try:
-        manifest = schema.load_json(raw, MANIFEST)
-    except schema.SchemaError as err:
-        raise PackageError(str(err)) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PackageError(f"{MANIFEST}: not an edgetune device package manifest (format is not {FORMAT!r})")
-    version = manifest.get("schema_version")
-    if version not in READABLE_VERSIONS:
-        raise PackageError(
-            f"{MANIFEST}: schema version {version!r} is not supported by this reader (it reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}); re-export the package with this edgetune version"
-        )
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise PackageError(f"{MANIFEST}: missing entries {missing}")
-    _check_seal(manifest)
-    manifest = upgrade(manifest)
-    try:
-        schema.validate(manifest, schema.MANIFEST)
-    except schema.SchemaError as err:
-        raise PackageError(f"{MANIFEST}: {err} (not the structure of a package manifest)") from None
+    manifest = read_sealed(raw, PACKAGE_MANIFEST, MANIFEST, PackageError, upgrade)
     _check_structure(manifest)
     return manifest
 
@@ -150,20 +200,6 @@ def upgrade_top_spec(spec: Any) -> Any:
     elif isinstance(spec.get("cut"), int) and isinstance(spec.get("num_layers"), int):
         spec["blocks"] = list(range(spec["cut"] + 1, spec["num_layers"] + 1))
     return spec
-
-
-def _check_seal(manifest: dict[str, Any]) -> None:
-    integrity = manifest["integrity"]
-    if not isinstance(integrity, dict) or integrity.get("algorithm") != "sha256":
-        raise PackageError(f"{MANIFEST}: integrity entry is missing or uses an unknown algorithm")
-    try:
-        want = manifest_digest(manifest)
-    except ValueError as err:
-        raise PackageError(f"{MANIFEST}: cannot be canonicalized ({err})") from None
-    if integrity.get("manifest_sha256") != want:
-        raise PackageError(
-            f"{MANIFEST}: content does not match its integrity hash: the manifest was edited or corrupted after export"
-        )
 
 
 def referenced_files(manifest: dict[str, Any]) -> list[str]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from device_sim import schema
 from device_sim.errors import one_line
-from device_sim.manifest import manifest_digest, seal
+from device_sim.manifest import SealedDocument, read_sealed, seal
 from edgetune.errors import EdgetuneError
 from edgetune.io import atomic_directory, atomic_write_json, sha256_file
 
@@ -240,34 +240,19 @@ def load_personal_state(path: str | Path, package: DevicePackage) -> PersonalSta
     return state
 
 
-_REQUIRED = ("kind", "package", "train_cut", "tuner", "weights", "tensors", "files", "integrity")
+PERSONAL_STATE = SealedDocument(
+    name=MANIFEST,
+    format=FORMAT,
+    versions=(SCHEMA_VERSION,),
+    required=("kind", "package", "train_cut", "tuner", "weights", "tensors", "files", "integrity"),
+    schema=schema.PERSONAL_STATE,
+    what="a personal state",
+    redo="personalize again",
+)
 
 
 def _parse(path: Path, raw: bytes) -> dict[str, Any]:
-    try:
-        manifest = schema.load_json(raw, f"{path}: {MANIFEST}", joiner=" is ")
-    except schema.SchemaError as err:
-        raise PersonalStateError(str(err)) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PersonalStateError(f"{path}: {MANIFEST} is not a personal state (format is not {FORMAT!r})")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise PersonalStateError(
-            f"{path}: personal state schema version {manifest.get('schema_version')!r} is not supported "
-            f"(this reader reads version {SCHEMA_VERSION}); personalize again"
-        )
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise PersonalStateError(f"{path}: {MANIFEST} misses entries {missing}")
-    integrity = manifest["integrity"]
-    want = manifest_digest(manifest)
-    if not isinstance(integrity, dict) or integrity.get("manifest_sha256") != want:
-        raise PersonalStateError(
-            f"{path}: {MANIFEST} does not match its integrity hash (edited or corrupted after it was written)"
-        )
-    try:
-        schema.validate(manifest, schema.PERSONAL_STATE)  # device_sim/schemas/personal.schema.json
-    except schema.SchemaError as err:
-        raise PersonalStateError(f"{path}: {MANIFEST}: {err} (not the structure of a personal state)") from None
+    manifest = read_sealed(raw, PERSONAL_STATE, f"{path}: {MANIFEST}", PersonalStateError)
     if manifest["kind"] not in KINDS:
         raise PersonalStateError(f"{path}: personal state kind {manifest['kind']!r} is not known to this reader")
     return manifest

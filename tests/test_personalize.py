@@ -249,7 +249,7 @@ def test_personal_state_is_tied_to_its_package(device_packages, device, tmp_path
         (lambda p: (p / "delta.safetensors").unlink(), r"delta\.safetensors missing"),
         (lambda p: _edit(p, lambda m: m.update(train_cut=2)), r"does not match its integrity hash"),
         (lambda p: _edit(p, lambda m: m.update(schema_version=2), reseal=True), r"schema version 2 is not supported"),
-        (lambda p: (p / "personal.json").write_text("{"), r"personal\.json is not valid JSON"),
+        (lambda p: (p / "personal.json").write_text("{"), r"personal\.json: not valid JSON"),
     ],
 )
 def test_a_damaged_personal_state_is_a_clear_error(device, tmp_path, damage, message):
