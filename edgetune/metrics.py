@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("accuracy", "macro_f1")
+from edgetune.training_config import METRICS  # noqa: F401 (re-exported: the metrics computed here)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
