@@ -145,7 +145,7 @@ def read_sealed(
     if missing:
         raise error(f"{where}: missing entries {missing}")
     integrity = value["integrity"]
-    if not isinstance(integrity, dict) or integrity.get("algorithm", "sha256") != "sha256":
+    if not isinstance(integrity, dict) or integrity.get("algorithm") != "sha256":
         raise error(f"{where}: integrity entry is missing or uses an unknown algorithm")
     try:
         want = manifest_digest(value)
