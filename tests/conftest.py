@@ -25,6 +25,20 @@ VOCAB = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(FILLER) | se
 FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "gpt2", "llama", "qwen2", "mistral")
 
 
+class Crash(RuntimeError):
+    """A simulated crash inside a training loop (raised by :func:`crash_at`)."""
+
+
+def crash_at(step: int):
+    """A step callback that crashes the run right after global step ``step``."""
+
+    def callback(event):
+        if event.global_step == step:
+            raise Crash(f"simulated crash after step {step}")
+
+    return callback
+
+
 def synthetic_rows(n: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> list[tuple[str, str]]:
     """Texts whose topic words reveal their label, padded with filler words."""
     rng = random.Random(seed)

@@ -13,6 +13,17 @@ from tests.packages import dataset, make_plan
 SWAP = {"alpha": "beta", "beta": "alpha"}  # this user files fruit under sport and the other way round
 
 
+def export_derived_package(model_dir: Path, root: Path) -> tuple[Path, Path]:
+    """A simulated new backbone: ``model_dir`` without its top block (``root/derived``) and its probe-headed
+    package training one block (``root/new``); returns (package, derived model)."""
+    from device_sim.simulation.derived import derive_backbone
+
+    derived = derive_backbone(model_dir, root / "derived", drop_top=1)
+    options = ExportOptions(threads=1, top_onnx=False)
+    export_package(derived, make_plan(derived, k=1), root / "new", data=dataset(90, seed=5), options=options)
+    return root / "new", derived
+
+
 def export_probe_package(model_dir: Path, out: Path, top_onnx: bool = False) -> Path:
     """A package of ``model_dir`` cut at 1 of 3 (top-2 plan), its head a logistic probe on synthetic data;
     ``top_onnx``: with ``top.onnx`` (its export is the slow part, so only the tests that read it ask)."""

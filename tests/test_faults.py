@@ -35,7 +35,7 @@ from edgetune.checkpoint import TrainState, load_checkpoint, previous_dir, save_
 from edgetune.data import load_dataset
 from edgetune.io import output_lock, private_tempdir, recover, sweep_temp
 from edgetune_cli import app
-from tests.conftest import synthetic_rows, write_csv
+from tests.conftest import Crash, crash_at, synthetic_rows, write_csv
 from tests.devices import SWAP, export_probe_package, fast, user_data
 
 runner = CliRunner()
@@ -346,18 +346,6 @@ def test_nested_locks_in_one_process_are_allowed(tmp_path):
 
 
 # -- 4. interrupted work -----------------------------------------------------------------------------------------
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_at(step: int):
-    def callback(event):
-        if event.global_step == step:
-            raise Crash(f"simulated crash after step {step}")
-
-    return callback
 
 
 def _checkpoint(step: int) -> dict:

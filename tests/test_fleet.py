@@ -12,10 +12,8 @@ from device_sim.simulation.users import UserConfig, simulate_users
 from edgetune.backbones import Backbone
 from edgetune.data import TextDataset
 from edgetune_cli import app
-from exporters.export import ExportOptions, export_package
 from tests.conftest import synthetic_rows, write_csv
-from tests.devices import export_probe_package, fast
-from tests.packages import dataset, make_plan
+from tests.devices import export_derived_package, export_probe_package, fast
 
 runner = CliRunner()
 
@@ -25,15 +23,7 @@ def packages(tiny_model_dir, tmp_path_factory):
     """Old: a 4-block tiny BERT (cut 2); new: the same model without its top block (cut 2 of 3)."""
     root = tmp_path_factory.mktemp("fleet")
     model = tiny_model_dir("bert", layers=4)
-    derived = derive_backbone(model, root / "derived", drop_top=1)
-    new = root / "new"
-    export_package(
-        derived,
-        make_plan(derived, k=1),
-        new,
-        data=dataset(90, seed=5),
-        options=ExportOptions(threads=1, top_onnx=False),
-    )
+    new, derived = export_derived_package(model, root)
     return {"old": export_probe_package(model, root / "old"), "new": new, "derived": derived, "model": model}
 
 

@@ -19,22 +19,10 @@ from device_sim.personalize import work_dir
 from device_sim.profiles import DeviceProfile, ProfileError
 from edgetune.data import DataError
 from edgetune.train import TrainError
-from tests.conftest import write_csv
+from tests.conftest import Crash, crash_at, write_csv
 from tests.devices import fast, user_data
 
 UNLIMITED = DeviceProfile("unlimited", threads=1, memory_mb=1e6, time_budget_s=1e6, gflops=10)
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_at(step: int):
-    def callback(event):
-        if event.global_step == step:
-            raise Crash(f"simulated crash after step {step}")
-
-    return callback
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from device_sim.personal import read_personal_state
 from device_sim.swap import SwapConfig, SwapError, head_backward_flops, swap
 from edgetune.data import DataError, TextDataset
 from edgetune.fala import FalaHead, PersonalMatrix, compose
-from tests.devices import export_probe_package, fast, user_data
+from tests.devices import export_derived_package, export_probe_package, fast, user_data
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +55,9 @@ def test_fala_carries_the_personalization_to_a_wider_backbone(fleet, tmp_path):
 
 def test_fala_recovers_the_personal_labels_on_a_derived_backbone(tiny_model_dir, tmp_path):
     """New backbone = the old one without its top block (features of another block); users swap two labels."""
-    from device_sim.simulation.derived import derive_backbone
-    from exporters.export import ExportOptions, export_package
-    from tests.packages import dataset, make_plan
-
     model = tiny_model_dir("bert", layers=4)
     old = export_probe_package(model, tmp_path / "old")
-    derived = derive_backbone(model, tmp_path / "derived", drop_top=1)
-    new = tmp_path / "new"
-    export_package(
-        derived,
-        make_plan(derived, k=1),
-        new,
-        data=dataset(90, seed=5),
-        options=ExportOptions(threads=1, top_onnx=False),
-    )
+    new, _ = export_derived_package(model, tmp_path)
     data, test = user_data(150, seed=3), user_data(90, seed=4)
     with Device(old, threads=1) as device:
         device.personalize(data, tmp_path / "personal", fast())

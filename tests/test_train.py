@@ -12,19 +12,7 @@ from edgetune.evaluation import evaluate_classifier, load_trained
 from edgetune.finetune import finetune
 from edgetune.planner import PlanError
 from edgetune.train import TrainConfig, TrainError
-from tests.conftest import synthetic_rows, write_csv
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_at(step: int):
-    def callback(event):
-        if event.global_step == step:
-            raise Crash(f"simulated crash after step {step}")
-
-    return callback
+from tests.conftest import Crash, crash_at, synthetic_rows, write_csv
 
 
 def cfg(**kw) -> TrainConfig:

@@ -18,8 +18,7 @@ from edgetune.api import load_model, plan
 from edgetune.checkpoint import load_checkpoint
 from edgetune.finetune import finetune
 from edgetune.train import TrainConfig
-from tests.conftest import build_model, build_tokenizer, synthetic_rows, write_csv
-from tests.test_train import Crash, crash_at
+from tests.conftest import Crash, build_model, build_tokenizer, crash_at, synthetic_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
