@@ -119,7 +119,7 @@ def personalize_users(res: Result) -> str:
     return "\n".join(lines)
 
 
-# --- backbone_swap.json (re-measured by another session: keep isolated) -----------------------------------------
+# --- backbone_swap.json ----------------------------------------------------------------------------------------
 
 SWAP_METHODS = {
     "none": "none (MPNet's global head)",

@@ -14,8 +14,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import harness  # noqa: E402  benchmarks/harness.py
 
-linux = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
-
 
 def test_machine_record_has_one_shape() -> None:
     start = harness.load_average()
@@ -37,7 +35,6 @@ def test_git_commit_outside_a_repository(tmp_path: Path) -> None:
     assert harness.git_commit(tmp_path) == {"commit": "unknown", "dirty": None}
 
 
-@linux
 def test_peak_rss_grows_after_allocating_50_mb() -> None:
     before = harness.peak_rss_mb()
     block = bytearray(int((before - harness.rss_mb() + 50) * 2**20))  # 50 MB past the old peak: it must grow
@@ -47,7 +44,6 @@ def test_peak_rss_grows_after_allocating_50_mb() -> None:
     del block
 
 
-@linux
 def test_sampler_and_tree_see_a_50_mb_allocation() -> None:
     with harness.PeakSampler(lambda: {"rss": harness.rss_mb(), "tree": harness.tree_rss_mb(os.getpid())}, 0.005) as s:
         base = dict(s.peak)
