@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from torch import nn
 
 from edgetune.backbones import Backbone, Family, family_for, last_token_pool, mean_pool
 from edgetune.io import atomic_directory
+
+# (top, position of the block in the top, its input, attention mask, the family's block inputs) -> its output
+BlockRunner = Callable[["TopModel", int, torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
 
 
 def _config_from_dict(model_type: str, values: dict[str, Any]) -> Any:
@@ -56,6 +60,9 @@ class TopModel(nn.Module):
         self.head = head
         self.cut = cut
         self.spec = spec
+        # How each block's output enters the residual stream; None: it replaces it. HadSkip's gates set one
+        # (edgetune.skip.GateRunner) while they train, so the gated model trains on the shared loop.
+        self.block_runner: BlockRunner | None = None
 
     @property
     def num_layers(self) -> int:
@@ -79,9 +86,15 @@ class TopModel(nn.Module):
         """Pooled, normed representation that the head reads (the 'embedding' of a text)."""
         if len(self.blocks):
             kwargs = self.family.block_inputs(self.config, hidden, attention_mask, self.rotary)
-            for block in self.blocks:
-                hidden = self.family.run_block(block, hidden, kwargs)
-        hidden = self.norm(hidden)
+            for position, block in enumerate(self.blocks):
+                if self.block_runner is None:
+                    hidden = self.family.run_block(block, hidden, kwargs)
+                else:
+                    hidden = self.block_runner(self, position, hidden, attention_mask, kwargs)
+        return self.pool(self.norm(hidden), attention_mask)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One vector per example: the family's pooling (mean over tokens, or the last token)."""
         if self.family.pooling == "last":
             return last_token_pool(hidden, attention_mask)
         return mean_pool(hidden, attention_mask)

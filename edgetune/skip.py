@@ -30,7 +30,9 @@ abstract is public; our reading:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import contextlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,34 +41,40 @@ import torch
 from torch import nn
 
 from edgetune.backbones import Backbone
+from edgetune.callbacks import Callback, TrainerCallback
 from edgetune.data import LabelMap, TextDataset, sample
-from edgetune.modeling import SequenceClassifier
-from edgetune.progress import progress_bar
+from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.tokenization import TextEncoder
 from edgetune.traces import length_sorted_batches
+from edgetune.train import TrainConfig, Trainer
 
 
 @dataclass
-class HadSkipConfig:
+class HadSkipConfig(TrainConfig):
+    """HadSkip's settings on top of the trainer's (:class:`~edgetune.train.TrainConfig`): the whole model
+    trains (cut 0, the embeddings frozen) on the shared loop, so warm-up and decay, clipping, device
+    placement, mixed precision and checkpoints work as for any run. Defaults re-stated for joint training."""
+
+    epochs: int = 2
+    lr: float | None = 5e-5
+    head_lr: float | None = 1e-3
     budget: float = 0.5  # target fraction of blocks executed
     penalty: float = 10.0  # lambda of the budget penalty
     init_scale: float = 3.0  # |logit| scale of the fine-grained initialization
     temperature_start: float = 1.0
     temperature_end: float = 0.05
-    adaptive: bool = True
-    epochs: int = 2
-    lr: float = 5e-5
-    head_lr: float = 1e-3
-    gate_lr: float = 5e-2
-    batch_size: int = 16
-    calibration_size: int = 64
-    seed: int = 0
+    adaptive: bool = True  # gates also read each block's pooled input (per-example skipping)
+    gate_lr: float = 5e-2  # the gates' own rate, no weight decay
+    calibration_size: int = 64  # texts for the block importance and the static skip set
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.budget <= 1.0:
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("need 0 < temperature_end <= temperature_start")
+        if self.gate_lr <= 0 or self.penalty < 0 or self.calibration_size < 1:
+            raise ValueError("need gate_lr > 0, penalty >= 0 and calibration_size >= 1")
 
 
 class LayerGates(nn.Module):
@@ -83,6 +91,43 @@ class LayerGates(nn.Module):
         if self.weight is not None:
             z = z + nn.functional.layer_norm(pooled, pooled.shape[-1:]) @ self.weight[layer]
         return z
+
+
+class GateRunner:
+    """Runs a top's blocks behind HadSkip gates: set as :attr:`TopModel.block_runner`.
+
+    Soft (training): h <- h + g (f(h) - h) with g = sigmoid(z / T). Hard (inference): an example runs the
+    block only where z > 0, and the block is called on those examples alone. The gate of every block of the
+    last forward pass is kept in :attr:`values` (the budget penalty reads them).
+    """
+
+    def __init__(self, gates: LayerGates, temperature: float = 1.0, hard: bool = False) -> None:
+        self.gates, self.temperature, self.hard = gates, temperature, hard
+        self.values: list[torch.Tensor] = []
+
+    def __call__(
+        self, top: TopModel, position: int, hidden: torch.Tensor, mask: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        if position == 0:
+            self.values = []
+        block = top.blocks[position]
+        z = self.gates.logits(top.layers[position], top.pool(hidden, mask))
+        if self.hard:
+            run = z > 0
+            self.values.append(run.to(hidden.dtype))
+            if run.any():
+                hidden = hidden.clone()
+                sub = {k: _rows(v, run) for k, v in kwargs.items()}
+                hidden[run] = top.family.run_block(block, hidden[run], sub)
+            return hidden
+        g = torch.sigmoid(z / self.temperature)
+        self.values.append(g)
+        out = top.family.run_block(block, hidden, kwargs)
+        return hidden + g[:, None, None] * (out - hidden)
+
+    def gate_matrix(self) -> torch.Tensor:
+        """(batch, blocks) gates of the last forward pass."""
+        return torch.stack(self.values, dim=1)
 
 
 class SkipClassifier(nn.Module):
@@ -103,26 +148,11 @@ class SkipClassifier(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hard: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the (B, L) gate values; ``hard`` skips per example with z > 0 (no blended compute)."""
-        b = self.classifier.backbone
-        hidden = b.embed(input_ids, attention_mask)
-        kwargs = b.block_inputs(hidden, attention_mask)
-        gates = []
-        for layer in range(b.num_layers):
-            z = self.gates.logits(layer, b.pool(hidden, attention_mask))
-            if hard:
-                run = z > 0
-                gates.append(run.to(hidden.dtype))
-                if run.any():
-                    hidden = hidden.clone()
-                    sub = {k: _rows(v, run) for k, v in kwargs.items()}
-                    hidden[run] = b.family.run_block(b.blocks[layer], hidden[run], sub)
-                continue
-            g = torch.sigmoid(z / self.temperature)
-            gates.append(g)
-            out = b.family.run_block(b.blocks[layer], hidden, kwargs)
-            hidden = hidden + g[:, None, None] * (out - hidden)
-        logits = self.classifier.head(b.pool(b.norm(hidden), attention_mask))
-        return logits, torch.stack(gates, dim=1)
+        top = self.classifier.top(0)
+        runner = GateRunner(self.gates, self.temperature, hard)
+        top.block_runner = runner
+        logits = top(self.classifier.backbone.embed(input_ids, attention_mask), attention_mask)
+        return logits, runner.gate_matrix()
 
 
 def _rows(value: Any, rows: torch.Tensor) -> Any:
@@ -147,7 +177,8 @@ def run_static(
 def block_importance(classifier: SequenceClassifier, encoder: TextEncoder, texts: list[str]) -> np.ndarray:
     """1 - cos(final pooled representation, same with block l skipped), mean over ``texts``."""
     b = classifier.backbone
-    ids, mask = (torch.from_numpy(a) for a in encoder(texts))
+    device = next(classifier.parameters()).device
+    ids, mask = (torch.from_numpy(a).to(device) for a in encoder(texts))
     L = b.num_layers
 
     def final(keep: list[int]) -> torch.Tensor:
@@ -205,89 +236,102 @@ def static_keep(mean_gate: np.ndarray, budget: float) -> list[int]:
     return sorted(order[:keep])
 
 
+class HadSkipSchedule(TrainerCallback):
+    """HadSkip inside the shared training loop: the gates train at their own rate, their temperature is
+    annealed before every step, and the budget penalty lambda (mean gate - B)^2 joins the task loss."""
+
+    def __init__(self, runner: GateRunner, config: HadSkipConfig) -> None:
+        self.runner, self.config = runner, config
+        self._gate_sum, self._steps = 0.0, 0
+
+    def setup(self, device: torch.device) -> list[dict[str, Any]]:
+        self.runner.gates.to(device)
+        return [{"params": list(self.runner.gates.parameters()), "lr": self.config.gate_lr, "weight_decay": 0.0}]
+
+    def on_step_begin(self, step: int, total_steps: int) -> None:
+        cfg = self.config
+        self.runner.temperature = temperature_at(step, total_steps, cfg.temperature_start, cfg.temperature_end)
+
+    def loss(self) -> torch.Tensor:
+        mean_gate = self.runner.gate_matrix().mean()
+        self._gate_sum += float(mean_gate.detach())
+        self._steps += 1
+        return self.config.penalty * (mean_gate - self.config.budget) ** 2
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        # the mean over the steps this process ran (after a resume mid-epoch: since the resume)
+        row.update(temperature=self.runner.temperature, mean_gate=self._gate_sum / max(self._steps, 1))
+        self._gate_sum, self._steps = 0.0, 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: t.detach().cpu().clone() for name, t in self.runner.gates.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.runner.gates.load_state_dict(state)
+
+
 def train_hadskip(
-    classifier: SequenceClassifier,
+    backbone: Backbone,
     encoder: TextEncoder,
     dataset: TextDataset,
     label_map: LabelMap,
     config: HadSkipConfig | None = None,
-    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[SkipClassifier, HadSkipResult]:
-    """Fine-tune ``classifier`` jointly with HadSkip gates under ``config.budget``."""
-    cfg = config or HadSkipConfig()
-    torch.manual_seed(cfg.seed)
-    model = SkipClassifier(classifier, cfg.adaptive)
-    calib = sample(dataset, cfg.calibration_size, seed=cfg.seed)
-    importance = block_importance(classifier, encoder, calib.texts)
-    fine_grained_init(model.gates, importance, cfg.budget, cfg.init_scale)
+    """Fine-tune a new classifier on ``backbone`` jointly with HadSkip gates under ``config.budget``.
 
-    labels = torch.from_numpy(dataset.encoded_labels(label_map))
-    batches = length_sorted_batches(encoder.lengths(dataset.texts), cfg.batch_size)
-    total = cfg.epochs * len(batches)
-    head = list(classifier.head.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for n, p in model.named_parameters() if not n.startswith("gates.") and id(p) not in head_ids]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in body if p.requires_grad], "lr": cfg.lr},
-            {"params": head, "lr": cfg.head_lr},
-            {"params": list(model.gates.parameters()), "lr": cfg.gate_lr, "weight_decay": 0.0},
-        ]
-    )
-    rng = np.random.default_rng(cfg.seed)
-    history: list[dict[str, float]] = []
-    model.train()
-    step = 0
-    with progress_bar(f"HadSkip (budget {cfg.budget:.2f})", total=total, enabled=progress) as advance:
-        for epoch in range(cfg.epochs):
-            for i in rng.permutation(len(batches)):
-                idx = batches[i]
-                model.temperature = temperature_at(step, total, cfg.temperature_start, cfg.temperature_end)
-                ids, mask = encoder([dataset.texts[j] for j in idx])
-                logits, gates = model(torch.from_numpy(ids), torch.from_numpy(mask))
-                task = nn.functional.cross_entropy(logits, labels[idx])
-                budget_loss = (gates.mean() - cfg.budget) ** 2
-                loss = task + cfg.penalty * budget_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                advance(1)
-                if step % max(1, total // 20) == 0 or step == total:
-                    history.append(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "temperature": model.temperature,
-                            "loss": float(task.detach()),
-                            "mean_gate": float(gates.mean().detach()),
-                        }
-                    )
+    The training itself is the project's trainer (cut 0: every block and the head train, the embeddings stay
+    frozen and are cached) with a :class:`HadSkipSchedule`; a ``checkpoint_dir`` makes the run resumable.
+    """
+    cfg = config or HadSkipConfig()
+    trainer = Trainer(backbone, encoder, 0, label_map, _full_tuner(), cfg, checkpoint_dir, cache_dir, callbacks)
+    model = SkipClassifier(trainer.classifier, cfg.adaptive)
+    calib = sample(dataset, cfg.calibration_size, seed=cfg.seed)
+    importance = block_importance(trainer.classifier, encoder, calib.texts)
+    fine_grained_init(model.gates, importance, cfg.budget, cfg.init_scale)
+    runner = GateRunner(model.gates)
+    trainer.top.block_runner = runner
+    trainer.callbacks.append(HadSkipSchedule(runner, cfg))
+    try:
+        fit = trainer.fit(dataset)
+    finally:
+        trainer.top.block_runner = None
+        trainer.cleanup()
+    model.temperature = runner.temperature
     model.eval()
     mean_gate, executed = gate_statistics(model, encoder, calib.texts)
     result = HadSkipResult(
-        config=asdict(cfg),
+        config=asdict(fit.config),
         importance=importance.tolist(),
         executed_fraction=executed,
         mean_gate=mean_gate.tolist(),
         keep=static_keep(mean_gate, cfg.budget),
-        history=history,
+        history=fit.history,
     )
     return model, result
+
+
+def _full_tuner() -> Any:
+    from edgetune.tuners import get_tuner
+
+    return get_tuner("full")
 
 
 @torch.no_grad()
 def gate_statistics(model: SkipClassifier, encoder: TextEncoder, texts: list[str]) -> tuple[np.ndarray, float]:
     """Per-block mean gate probability at the final temperature, and the executed fraction of hard gates."""
     probs, hard = [], []
+    device = next(model.parameters()).device
     for idx in length_sorted_batches(encoder.lengths(texts), 32):
-        ids, mask = (torch.from_numpy(a) for a in encoder([texts[i] for i in idx]))
+        ids, mask = (torch.from_numpy(a).to(device) for a in encoder([texts[i] for i in idx]))
         _, g = model(ids, mask)
         _, h = model(ids, mask, hard=True)
         probs.append(g)
         hard.append(h)
     g = torch.cat(probs)
-    return g.mean(dim=0).numpy(), float(torch.cat(hard).mean())
+    return g.mean(dim=0).cpu().numpy(), float(torch.cat(hard).mean())
 
 
 def hadskip_finetune(
@@ -299,6 +343,8 @@ def hadskip_finetune(
     text_column: str = "text",
     label_column: str = "label",
     progress: bool = True,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[SequenceClassifier, TextEncoder, HadSkipResult]:
     """Fine-tune a model with HadSkip gates and save it as a classifier checkpoint.
 
@@ -306,22 +352,35 @@ def hadskip_finetune(
     and records the gate statistics (``hadskip`` in ``edgetune.json``), so that
     ``edgetune export --skip-budget B`` can choose the blocks for any budget B,
     and ``base_model_hash``, so that plans made for the base model still apply.
+    While it trains, ``out/checkpoint`` holds the run's checkpoint: a killed run
+    started again with the same settings resumes there (``overwrite`` starts over).
+    ``config.max_length``, when set, wins over ``max_length``.
     """
     from edgetune.api import load_model
     from edgetune.data import load_dataset
+    from edgetune.finetune import CHECKPOINT, FEATURES, prepare_output
+    from edgetune.io import output_lock, recover
 
-    cfg = config or HadSkipConfig()
+    cfg = replace(config or HadSkipConfig(), progress=progress)
     dataset = data if isinstance(data, TextDataset) else load_dataset(data, text_column, label_column)
     label_map = dataset.label_map()
-    backbone, encoder = model if isinstance(model, tuple) else load_model(model, max_length)
+    backbone, encoder = model if isinstance(model, tuple) else load_model(model, cfg.max_length or max_length)
     base_hash = backbone.fingerprint()
-    classifier = SequenceClassifier(backbone, len(label_map), list(label_map.labels))
-    _, result = train_hadskip(classifier, encoder, dataset, label_map, cfg, progress)
-    classifier.set_skipped_layers(result.skipped)
-    classifier.meta.update({"base_model_hash": base_hash, "hadskip": asdict(result)})
-    classifier.eval()
-    if out is not None:
-        classifier.save_pretrained(out, encoder)
+    out = Path(out) if out is not None else None
+    # one run per output directory; a killed run's half-written files are swept
+    with output_lock(out) if out is not None else contextlib.nullcontext():
+        if out is not None:
+            recover(out.parent, [out.name])
+            recover(out, [CHECKPOINT, FEATURES])
+            prepare_output(out, overwrite)
+        checkpoint, features = (out / CHECKPOINT, out / FEATURES) if out is not None else (None, None)
+        skip_model, result = train_hadskip(backbone, encoder, dataset, label_map, cfg, checkpoint, features, callbacks)
+        classifier = skip_model.classifier
+        classifier.set_skipped_layers(result.skipped)
+        classifier.meta.update({"base_model_hash": base_hash, "hadskip": asdict(result)})
+        classifier.eval()
+        if out is not None:
+            classifier.save_pretrained(out, encoder)
     return classifier, encoder, result
 
 
@@ -333,6 +392,8 @@ def skipped_flops_fraction(keep: list[int], num_layers: int) -> float:
 __all__ = [
     "HadSkipConfig",
     "HadSkipResult",
+    "HadSkipSchedule",
+    "GateRunner",
     "LayerGates",
     "SkipClassifier",
     "block_importance",
@@ -343,4 +404,5 @@ __all__ = [
     "static_keep",
     "temperature_at",
     "train_hadskip",
+    "hadskip_finetune",
 ]

@@ -46,7 +46,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from edgetune.backbones import Backbone
 from edgetune.batches import EpochSampler, Source, TrunkBatches, collate_indices, trunk_released
+from edgetune.callbacks import Callback, StepEvent, TrainerCallback, as_callbacks, join_state, split_state
 from edgetune.checkpoint import Checkpoint, TrainState, identity_mismatch, load_checkpoint, rng_state, set_rng_state
 from edgetune.checkpoint import save_checkpoint as write_checkpoint
 from edgetune.data import LabelMap, TextDataset
@@ -107,17 +108,6 @@ class TrainConfig(TrainingConfig):
         # naive and cached mode give the same result, so a run may resume in the other mode
         skip = {"mode", "progress", "checkpoint_steps", "cache", "cache_batch_size", "device", "release_trunk"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
-
-
-@dataclass
-class StepEvent:
-    """Passed to callbacks after every optimizer step."""
-
-    epoch: int
-    step_in_epoch: int
-    global_step: int
-    total_steps: int
-    loss: float
 
 
 @dataclass
@@ -317,7 +307,7 @@ class TopTrainer:
         label_map: LabelMap,
         config: TrainConfig | None = None,
         checkpoint_dir: str | Path | None = None,
-        callbacks: Sequence[Callable[[StepEvent], None]] = (),
+        callbacks: Sequence[Callback] = (),
         model_hash: str = "",
         cut: int | None = None,
         accelerator: Any | None = None,
@@ -327,7 +317,7 @@ class TopTrainer:
         self.top, self.tuner, self.label_map = top, tuner, label_map
         self.cut = top.cut if cut is None else cut
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.callbacks = list(callbacks)
+        self.callbacks: list[TrainerCallback] = as_callbacks(callbacks)
         self.model_hash = model_hash
         self.cache_dir: Path | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -403,7 +393,11 @@ class TopTrainer:
         identity = self.identity(train_src)
 
         params = self.tuner.trainable_parameters(self.top)
-        optimizer = torch.optim.AdamW(param_groups(params, cfg.lr, cfg.head_lr, cfg.weight_decay))
+        groups = param_groups(params, cfg.lr, cfg.head_lr, cfg.weight_decay)
+        own = [group for callback in self.callbacks for group in callback.setup(self.device)]
+        if own and _world(acc)[0] > 1:  # DDP all-reduces the gradients of the wrapped top alone
+            raise TrainError("a callback that trains parameters of its own runs in a single process only")
+        optimizer = torch.optim.AdamW(groups + own)
         warmup = int(cfg.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: linear_warmup_factor(k, warmup, total))
         sampler = EpochSampler(len(train_src), cfg.seed)
@@ -431,12 +425,14 @@ class TopTrainer:
             t0, losses = time.perf_counter(), []
             with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch - skip, cfg.progress) as advance:
                 for idx in batches:
+                    for callback in self.callbacks:
+                        callback.on_step_begin(state.global_step, total)
                     loss = self._step(model, optimizer, scheduler, params, idx, train_src, labels_t, state, total)
                     losses.append(loss)
                     advance(1)
                     event = StepEvent(epoch, state.step_in_epoch, state.global_step, total, loss)
                     for callback in self.callbacks:
-                        callback(event)
+                        callback.on_step_end(event)
                     if cfg.checkpoint_steps and state.global_step % cfg.checkpoint_steps == 0:
                         self.save_checkpoint(identity, state, best, optimizer, scheduler)
             seconds = time.perf_counter() - t0
@@ -446,6 +442,8 @@ class TopTrainer:
                 metrics = self.evaluate(val_src, y_val)
                 row.update({f"val_{k}": metrics[k] for k in METRICS})
                 best = self._track_best(state, metrics[cfg.metric], epoch + 1, best)
+            for callback in self.callbacks:
+                callback.on_epoch_end(row)
             state.history.append(row)
             state.epoch, state.step_in_epoch = epoch + 1, 0
             self.save_checkpoint(identity, state, best, optimizer, scheduler)
@@ -459,7 +457,7 @@ class TopTrainer:
             with acc.autocast():
                 logits = model(hidden, mask)
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels[idx.to(self.device)])
-            acc.backward(loss)
+            acc.backward(loss + self._callback_loss())
         else:
             loss = self._shard_backward(model, idx.cpu().numpy(), source, labels, world, rank)
         self.tuner.before_step(self.top, state.global_step, total)
@@ -472,6 +470,11 @@ class TopTrainer:
         state.global_step += 1
         state.step_in_epoch += 1
         return float(loss.detach())
+
+    def _callback_loss(self) -> torch.Tensor | float:
+        """The callbacks' terms for the batch just run forward (the task loss is what the history records)."""
+        terms = [term for callback in self.callbacks if (term := callback.loss()) is not None]
+        return sum(terms) if terms else 0.0
 
     def _shard_backward(self, model, batch: np.ndarray, source: Source, labels, world: int, rank: int) -> torch.Tensor:
         """This process's share of a global batch: examples ``rank::world``, their summed loss scaled by
@@ -491,7 +494,7 @@ class TopTrainer:
             total = torch.nn.functional.cross_entropy(
                 logits.float(), labels[torch.from_numpy(local).to(self.device)], reduction="sum"
             )
-        acc.backward(total * weight)
+        acc.backward(total * weight + self._callback_loss() * (1.0 if weight else 0.0))
         summed = (total.detach() * (1.0 if weight else 0.0)).reshape(1)
         dist.all_reduce(summed)
         return summed[0] / len(batch)
@@ -520,7 +523,7 @@ class TopTrainer:
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 rng=rng_state(),
-                tuner_state=self.tuner.extra_state(self.top),
+                tuner_state=join_state(self.tuner.extra_state(self.top), self.callbacks),
             )
             write_checkpoint(self.checkpoint_dir, ckpt)
         acc.wait_for_everyone()
@@ -536,7 +539,10 @@ class TopTrainer:
                 "use another output directory or overwrite it"
             )
         self.tuner.load_delta(self.top, ckpt.trainable)
-        self.tuner.load_extra_state(self.top, ckpt.tuner_state)
+        tuner_state, callback_states = split_state(ckpt.tuner_state, self.callbacks)
+        self.tuner.load_extra_state(self.top, tuner_state)
+        for callback, callback_state in zip(self.callbacks, callback_states):
+            callback.load_state_dict(callback_state)
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
         set_rng_state(ckpt.rng)
@@ -571,7 +577,7 @@ class Trainer(TopTrainer):
         config: TrainConfig | None = None,
         checkpoint_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
-        callbacks: Sequence[Callable[[StepEvent], None]] = (),
+        callbacks: Sequence[Callback] = (),
         model_hash: str | None = None,
     ) -> None:
         config = config or TrainConfig()

@@ -39,10 +39,15 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Labelled held-out data: accuracy of the saved (static-skip) model.")
         ] = None,
         seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+        overwrite: Annotated[
+            bool, typer.Option(help="Replace a finished model in --out, or start its interrupted run over.")
+        ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
     ) -> None:
         """Fine-tune the whole model jointly with a learnable gate before each block, under a budget of
-        executed blocks (HadSkip); save it skipping the blocks its gates turn off for the task."""
+        executed blocks (HadSkip); save it skipping the blocks its gates turn off for the task. It trains on
+        the same loop as `edgetune train` (warm-up and decay, clipping, a GPU when there is one); an interrupted
+        run started again with the same flags resumes from --out/checkpoint."""
         from rich.table import Table
 
         from edgetune.data import load_dataset
@@ -56,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from edgetune.io import check_output_dir
 
         inputs = [("--model", model), ("--data", data), ("--eval-data", eval_data)]
-        check_output_dir(out, inputs, ["edgetune.json"], "checkpoint")
+        check_output_dir(out, inputs, ["edgetune.json", "checkpoint"], "checkpoint")
         check_range("--max-length", max_length, 2, 1 << 16)
         dataset = load_dataset(data, text_column, label_column)  # bad data fails before the model loads
         held_out = load_dataset(eval_data, text_column, label_column) if eval_data is not None else None
@@ -74,7 +79,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         clf, encoder, result = hadskip_finetune(
-            model, dataset, out, cfg, max_length, text_column, label_column, progress=not quiet
+            model, dataset, out, cfg, max_length, text_column, label_column, progress=not quiet, overwrite=overwrite
         )
         if not quiet:
             table = Table(title=f"HadSkip gates (budget {budget:.2f})")

@@ -193,3 +193,17 @@ def test_skip_cli_then_export_with_budget(tiny_model_dir, train_csv, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "edgetune skip" in result.output
+
+
+def test_skip_cli_refuses_to_replace_a_finished_model_without_overwrite(tiny_model_dir, train_csv, tmp_path):
+    out = tmp_path / "skip"
+    args = ["skip", "--model", str(tiny_model_dir("bert", layers=2)), "--data", str(train_csv), "--out", str(out)]
+    args += ["--epochs", "1", "--max-length", "12", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "head.safetensors").read_bytes()
+    result = runner.invoke(app, [*args, "--seed", "1"])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (out / "head.safetensors").read_bytes() == first  # nothing lost
+    result = runner.invoke(app, [*args, "--seed", "1", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "head.safetensors").read_bytes() != first

@@ -10,11 +10,13 @@ from edgetune.skip import (
     LayerGates,
     SkipClassifier,
     fine_grained_init,
+    hadskip_finetune,
     run_static,
     static_keep,
     temperature_at,
     train_hadskip,
 )
+from tests.conftest import Crash, crash_at
 
 
 def test_temperature_is_annealed_geometrically():
@@ -55,9 +57,8 @@ def test_skipped_blocks_are_not_executed(family, tiny_model_dir):
 def test_gates_respect_the_budget_after_training(tiny_model_dir, train_csv):
     backbone, enc = load_model(tiny_model_dir("bert", layers=4), max_length=16)
     data = load_dataset(train_csv)
-    clf = SequenceClassifier(backbone, 3)
-    cfg = HadSkipConfig(budget=0.5, epochs=3, batch_size=16, calibration_size=30, seed=0)
-    model, result = train_hadskip(clf, enc, data, data.label_map(), cfg, progress=False)
+    cfg = HadSkipConfig(budget=0.5, epochs=3, batch_size=16, calibration_size=30, seed=0, progress=False)
+    model, result = train_hadskip(backbone, enc, data, data.label_map(), cfg)
     assert abs(result.executed_fraction - 0.5) <= 0.25 + 1e-9  # within one block of 4
     assert len(result.keep) == 2 and len(result.skipped) == 2
     g = np.array(result.mean_gate)
@@ -70,3 +71,54 @@ def test_config_validation():
         HadSkipConfig(budget=0)
     with pytest.raises(ValueError, match="temperature"):
         HadSkipConfig(temperature_start=0.1, temperature_end=1.0)
+
+
+def test_soft_gates_at_one_equal_the_plain_model(tiny_model_dir):
+    """The gated path through TopModel.block_runner is the model itself when every gate is open."""
+    backbone, enc = load_model(tiny_model_dir("bert", layers=3), max_length=12)
+    clf = SequenceClassifier(backbone, 3).eval()
+    model = SkipClassifier(clf, adaptive=True).eval()
+    ids, mask = (torch.from_numpy(a) for a in enc(["apple goal vote", "pear the"]))
+    with torch.no_grad():
+        model.gates.bias.fill_(40.0)  # sigmoid(40) == 1 in float32
+        logits, gates = model(ids, mask)
+        assert torch.allclose(gates, torch.ones_like(gates))
+        assert torch.allclose(logits, clf(ids, mask), atol=1e-6)
+        assert clf.top(0).block_runner is None  # a forward through the gates leaves the classifier plain
+
+
+def test_hadskip_trains_on_the_shared_loop(tiny_model_dir, train_csv):
+    """Warm-up/decay, clipping and the callback hooks: the trainer's history carries HadSkip's figures, the
+    embeddings stay frozen, the gates move at their own rate."""
+    backbone, enc = load_model(tiny_model_dir("bert", layers=3), max_length=16)
+    data = load_dataset(train_csv)
+    embeddings = {n: p.detach().clone() for n, p in backbone.model.named_parameters() if "embeddings" in n}
+    cfg = HadSkipConfig(budget=0.67, epochs=2, batch_size=8, calibration_size=20, progress=False)
+    model, result = train_hadskip(backbone, enc, data, data.label_map(), cfg)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert {"loss", "seconds", "mean_gate", "temperature"} <= set(result.history[0])
+    assert result.history[0]["temperature"] > result.history[1]["temperature"] == pytest.approx(0.05)
+    assert result.config["warmup_ratio"] == cfg.warmup_ratio and result.config["max_grad_norm"] == 1.0
+    assert embeddings and all(torch.equal(p, dict(backbone.model.named_parameters())[n]) for n, p in embeddings.items())
+    assert model.classifier.backbone is backbone
+
+
+def test_hadskip_resumes_from_its_checkpoint(tiny_model_dir, train_csv, tmp_path):
+    """A run killed mid-way and started again ends where an uninterrupted run ends (gates included)."""
+    model_dir, data = tiny_model_dir("bert", layers=3), load_dataset(train_csv)
+    cfg = HadSkipConfig(budget=0.67, epochs=2, batch_size=8, calibration_size=20, checkpoint_steps=2)
+
+    def run(out, callbacks=()):
+        backbone, enc = load_model(model_dir, max_length=16)
+        return hadskip_finetune((backbone, enc), data, out, cfg, progress=False, callbacks=callbacks)
+
+    _, _, whole = run(tmp_path / "whole")
+    with pytest.raises(Crash):
+        run(tmp_path / "resumed", callbacks=[crash_at(5)])
+    assert (tmp_path / "resumed" / "checkpoint").is_dir()
+    _, _, resumed = run(tmp_path / "resumed")
+    assert resumed.mean_gate == pytest.approx(whole.mean_gate, abs=1e-5)
+    assert resumed.keep == whole.keep
+    # the interrupted epoch's row covers the steps after the resume; the next epoch is the same run's
+    assert resumed.history[0]["resumed"] and resumed.history[-1]["loss"] == pytest.approx(whole.history[-1]["loss"])
+    assert not (tmp_path / "resumed" / "checkpoint").exists()  # the finished model replaced the run's files
