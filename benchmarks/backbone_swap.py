@@ -272,7 +272,8 @@ def by_kind(rows: list[dict]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The benchmark's options; ``--shard``/``--assemble`` split the reported users over processes."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--new", choices=("mpnet", "derived"), default="mpnet")
     ap.add_argument("--corpus", default="bbc-news", choices=sorted(CORPUS_NAMES))
@@ -305,14 +306,133 @@ def main() -> None:
     ap.add_argument("--table", type=Path, default=None, help="print the README table of a results JSON and stop")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgetune-backbone-swap"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def validate(args: argparse.Namespace, total: int) -> dict[str, Any]:
+    """FaLA's settings, chosen on the validation corpus's users (or read from ``--settings``), with their record."""
+    if args.settings is not None:
+        return json.loads(args.settings.read_text())
+    val_setup = build_packages(args.val_corpus, args.new, args.work, args)
+    val_users = make_users(val_setup["pool"], args.kinds, args.val_users_per_kind, total, args.test_examples,
+                           seed=100)  # fmt: skip
+    rows = validation_features(val_setup, val_users, args, args.work / "val")
+    validation = choose_settings(rows)
+    validation.update(
+        {
+            "corpus": args.val_corpus,
+            "users": [r["user"] for r in rows],
+            "plans": {k: p.cut for k, p in val_setup["plans"].items()},
+            "personal_on_a": float(np.mean([r["personal_acc"] for r in rows])),
+            "none_on_b": float(np.mean([r["none_acc"] for r in rows])),
+        }
+    )
+    return validation
+
+
+def assembled_rows(work: Path, shards: int, users: list[Any]) -> list[dict]:
+    """The rows the ``--shard`` processes wrote, in the users' order; missing users are said, not fatal."""
+    by_user = {}
+    for i in range(shards):
+        for line in (work / f"report-rows-{i}of{shards}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            by_user[row["user"]] = row
+    missing = [u.user_id for u in users if u.user_id not in by_user]
+    if missing:
+        print(f"assembling a PARTIAL run: {len(missing)} users missing ({', '.join(missing)})", flush=True)
+    return [by_user[u.user_id] for u in users if u.user_id in by_user]
+
+
+def swap_targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets for FaLA, each with its value and whether it is met."""
+    fala = summary["methods"]["fala"]
+    ratio = summary["fala_over_retrain"]["of_mean_accuracy"]
+    return {
+        "fala_95pct_of_retrain": {"value": ratio, "met": ratio >= 0.95},
+        "at_most_10pct_examples": {
+            "value": summary["fala_over_retrain"]["examples_fraction"],
+            "met": summary["fala_over_retrain"]["examples_fraction"] <= 0.10 + 1e-9,
+        },
+        "1000x_fewer_backward_flops_than_full_retraining": {
+            "min_over_users": fala["flops_reduction"]["min"] if "flops_reduction" in fala else float("inf"),
+            "met": fala.get("flops_reduction", {"min": float("inf")})["min"] >= 1000,
+        },
+        "cluster_beats_random": {
+            **summary["cluster_vs_random_paired"],
+            "met": summary["cluster_vs_random_paired"]["mean_difference"] > 0,
+        },  # fmt: skip
+    }
+
+
+def environment(args: argparse.Namespace, load_start: Any) -> dict[str, Any]:
+    """The results' ``machine`` and ``versions`` records."""
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+        },  # fmt: skip
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },  # fmt: skip
+    }
+
+
+def results_record(args, setup, plans, validation, validation_seconds, users, rows, summary, load_start, start):
+    """The ``backbone_swap.json`` document: what was swapped, on which data, with which settings, and the rows."""
+    settings = validation["chosen"]
+    new_name = "all-mpnet-base-v2 (MPNet, 12 blocks, hidden 768)" if args.new == "mpnet" else (
+        "all-MiniLM-L6-v2 without its top block (5 blocks, hidden 384): simulated")  # fmt: skip
+    return {
+        "benchmark": "backbone_swap",
+        "swap": "real" if args.new == "mpnet" else "simulated",
+        "model_a": "all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384)",
+        "model_b": new_name,
+        "data": f"{CORPUS_NAMES[args.corpus]}; server split {len(setup['server'])} texts, users from the rest",
+        "settings_chosen_on": f"{CORPUS_NAMES[args.val_corpus]} validation users (never the reported ones)",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "plans": plans,
+        "package_seconds": setup["seconds"],
+        "fala_settings": settings,
+        "validation": validation,
+        "validation_seconds": validation_seconds,
+        "config": {
+            "fraction": settings["fraction"],
+            "random_draws": args.draws,
+            "personalize": "PersonalizeConfig.plain() (device defaults, package cut, no guard)",
+            "retrain_and_head_only": "device defaults (not tuned)",
+        },  # fmt: skip
+        "users": rows,
+        "summary": summary,
+        "targets": swap_targets(summary),
+        **environment(args, load_start),
+        "commit": git_commit()["commit"],
+        "timed_under_bench_lock": not args.no_lock,
+        "shards": args.assemble or 1,
+        "users_planned": len(users),
+        "users_reported": len(rows),
+        "total_seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    """Validation (FaLA's settings), then the reported users (or one shard of them), then the results."""
+    args = parse_args()
     if args.table is not None:
         print(readme_table(json.loads(args.table.read_text())))
         return
 
-    import onnxruntime
     import torch
-    import transformers
 
     from device_sim.simulation.fleet import plot_fleet, summarize
     from edgetune.io import atomic_write_json
@@ -325,23 +445,7 @@ def main() -> None:
 
     # 1. settings on the validation corpus
     t = time.perf_counter()
-    if args.settings is not None:
-        validation = json.loads(args.settings.read_text())
-    else:
-        val_setup = build_packages(args.val_corpus, args.new, args.work, args)
-        val_users = make_users(val_setup["pool"], args.kinds, args.val_users_per_kind, total, args.test_examples,
-                               seed=100)  # fmt: skip
-        rows = validation_features(val_setup, val_users, args, args.work / "val")
-        validation = choose_settings(rows)
-        validation.update(
-            {
-                "corpus": args.val_corpus,
-                "users": [r["user"] for r in rows],
-                "plans": {k: p.cut for k, p in val_setup["plans"].items()},
-                "personal_on_a": float(np.mean([r["personal_acc"] for r in rows])),
-                "none_on_b": float(np.mean([r["none_acc"] for r in rows])),
-            }
-        )
+    validation = validate(args, total)
     validation_seconds = time.perf_counter() - t
     if args.validation_only:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -367,89 +471,22 @@ def main() -> None:
         run_users(setup, users[i::n], settings, args, args.work / f"report-{i}")
         return
     if args.assemble is not None:
-        by_user = {}
-        for i in range(args.assemble):
-            for line in (args.work / f"report-rows-{i}of{args.assemble}.jsonl").read_text().splitlines():
-                row = json.loads(line)
-                by_user[row["user"]] = row
-        missing = [u.user_id for u in users if u.user_id not in by_user]
-        if missing:
-            print(f"assembling a PARTIAL run: {len(missing)} users missing ({', '.join(missing)})", flush=True)
-        rows = [by_user[u.user_id] for u in users if u.user_id in by_user]
+        rows = assembled_rows(args.work, args.assemble, users)
     else:
         rows = run_users(setup, users, settings, args, args.work / "report")
     summary = summarize(rows)
     summary["cluster_vs_random_paired"] = paired_test(rows)
     summary["by_kind"] = by_kind(rows)
-    fala, retrain = summary["methods"]["fala"], summary["methods"]["retrain"]
-    ratio = summary["fala_over_retrain"]["of_mean_accuracy"]
-    targets = {
-        "fala_95pct_of_retrain": {"value": ratio, "met": ratio >= 0.95},
-        "at_most_10pct_examples": {
-            "value": summary["fala_over_retrain"]["examples_fraction"],
-            "met": summary["fala_over_retrain"]["examples_fraction"] <= 0.10 + 1e-9,
-        },
-        "1000x_fewer_backward_flops_than_full_retraining": {
-            "min_over_users": fala["flops_reduction"]["min"] if "flops_reduction" in fala else float("inf"),
-            "met": fala.get("flops_reduction", {"min": float("inf")})["min"] >= 1000,
-        },
-        "cluster_beats_random": {
-            **summary["cluster_vs_random_paired"],
-            "met": summary["cluster_vs_random_paired"]["mean_difference"] > 0,
-        },  # fmt: skip
-    }
-    new_name = "all-mpnet-base-v2 (MPNet, 12 blocks, hidden 768)" if args.new == "mpnet" else (
-        "all-MiniLM-L6-v2 without its top block (5 blocks, hidden 384): simulated")  # fmt: skip
-    results = {
-        "benchmark": "backbone_swap",
-        "swap": "real" if args.new == "mpnet" else "simulated",
-        "model_a": "all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384)",
-        "model_b": new_name,
-        "data": f"{CORPUS_NAMES[args.corpus]}; server split {len(setup['server'])} texts, users from the rest",
-        "settings_chosen_on": f"{CORPUS_NAMES[args.val_corpus]} validation users (never the reported ones)",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "plans": plans,
-        "package_seconds": setup["seconds"],
-        "fala_settings": settings,
-        "validation": validation,
-        "validation_seconds": validation_seconds,
-        "config": {
-            "fraction": settings["fraction"],
-            "random_draws": args.draws,
-            "personalize": "PersonalizeConfig.plain() (device defaults, package cut, no guard)",
-            "retrain_and_head_only": "device defaults (not tuned)",
-        },  # fmt: skip
-        "users": rows,
-        "summary": summary,
-        "targets": targets,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "load_average_start": load_start,
-            "load_average_end": os.getloadavg(),
-        },  # fmt: skip
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "commit": git_commit()["commit"],
-        "timed_under_bench_lock": not args.no_lock,
-        "shards": args.assemble or 1,
-        "users_planned": len(users),
-        "users_reported": len(rows),
-        "total_seconds": time.perf_counter() - start,
-    }
+    results = results_record(args, setup, plans, validation, validation_seconds, users, rows, summary, load_start,
+                             start)  # fmt: skip
     stem = "backbone_swap" if args.new == "mpnet" else "backbone_swap_derived"
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{stem}.json", _finite(results))
     plot_fleet(results, args.out / f"{stem}.png")
     print(json.dumps({"accuracy": {m: round(v["accuracy"]["mean"], 4) for m, v in summary["methods"].items()},
-                      "fala/retrain": ratio, "paired": summary["cluster_vs_random_paired"],
-                      "retrain_accuracy": retrain["accuracy"]["mean"]}, indent=1))  # fmt: skip
+                      "fala/retrain": summary["fala_over_retrain"]["of_mean_accuracy"],
+                      "paired": summary["cluster_vs_random_paired"],
+                      "retrain_accuracy": summary["methods"]["retrain"]["accuracy"]["mean"]}, indent=1))  # fmt: skip
 
 
 METHOD_LABELS = {

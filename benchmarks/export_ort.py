@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness import (  # benchmarks/harness.py: the script's directory is on sys.path
+    git_commit,
+    hold_lock,
+    installed,
+    load_average,
+    machine_record,
+    parser,
+    write_figure,
+    write_json,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,6 +68,7 @@ ORT_SIDES = {  # side -> (package, precision)
 }
 PARTS = ("trunk", "trunk+top")
 BATCHES = (1, 32)
+WORKERS_IMPORT = ("torch", "onnxruntime", "transformers", "onnx")  # the versions the result records
 TARGETS = {"fused_fp32_vs_torch_own_b1": 1.3, "fused_fp32_vs_torch_own_b32": 1.0, "int8_vs_torch_own_b1": 2.0}
 
 
@@ -210,19 +220,12 @@ def trunk_flops(config: Any, blocks: int, batch: int, seq: int) -> float:
     return float(blocks * batch * (2 * per_block * seq + 4 * seq * seq * d))
 
 
-def prepare(name: str, model_path: Path, work: Path, train, test, args) -> dict[str, Any]:
-    from device_sim.package import load_package
-    from edgetune.api import load_model, plan
-    from edgetune.data import LabelMap, stratified_split
+def export_packages(name: str, model_path: Path, work: Path, the_plan, probe, test, args) -> tuple[dict, dict]:
+    """The ``fused`` and ``plain`` packages (int8 included) and what each export recorded; a family whose attention
+    does not fuse gets one plain package under both names."""
     from exporters.export import ExportOptions, export_package
 
-    backbone, encoder = load_model(model_path, args.max_length)
-    the_plan = plan((backbone, encoder), train, planner="salf", progress=False)
-    print(f"{name}: SALF plan cut {the_plan.cut} ({the_plan.seconds:.1f}s)", flush=True)
     packages, records = {}, {}
-    probe = train
-    if args.probe_texts and len(train) > args.probe_texts:
-        probe = stratified_split(train, 1 - args.probe_texts / len(train), seed=0)[0]
     for kind in ("fused", "plain"):
         if kind == "plain" and records["fused"]["trunk_optimization"]["level"] != "fused":
             packages["plain"], records["plain"] = packages["fused"], records["fused"]  # the same plain trunk
@@ -241,29 +244,32 @@ def prepare(name: str, model_path: Path, work: Path, train, test, args) -> dict[
             "validation_accuracy": (m.get("validation") or {}).get("accuracy"),
         }
         packages[kind] = result.path
-    fused_ok = records["fused"]["trunk_optimization"]["level"] == "fused"
+    return packages, records
 
-    # fidelity: the whole package in onnxruntime vs the whole source model in torch eager (same head)
+
+def fidelity_of(backbone, labels: list[str], packages: dict, kinds: tuple[str, ...], test, threads: int) -> dict:
+    """Each package's predictions (onnxruntime alone) against the whole source model in torch eager, same head."""
     import torch
 
+    from device_sim.package import load_package
     from device_sim.runtime import map_batches
+    from edgetune.data import LabelMap
     from edgetune.modeling import SequenceClassifier
 
-    labels_list = list(the_plan.labels)
-    source = SequenceClassifier(backbone, len(labels_list), labels_list).eval()
+    source = SequenceClassifier(backbone, len(labels), labels).eval()
     fidelity = {}
-    with load_package(packages["plain"], threads=args.threads) as pkg:
+    with load_package(packages["plain"], threads=threads) as pkg:
         source.head.load_state_dict(pkg.top_model().head.state_dict())
 
         def source_fn(ids, mask):
             with torch.inference_mode():
                 return source(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
         source_logits = map_batches(pkg.encoder, test.texts, source_fn, 32)
-    truth = test.encoded_labels(LabelMap(tuple(labels_list)))
-    for kind in ("plain", "fused") if fused_ok else ("plain",):
-        with load_package(packages[kind], threads=args.threads) as pkg:
+    truth = test.encoded_labels(LabelMap(tuple(labels)))
+    for kind in kinds:
+        with load_package(packages[kind], threads=threads) as pkg:
             logits = pkg.predict_logits(test.texts, batch_size=32, backend="onnx")
         fidelity[kind] = {
             "num_examples": len(test),
@@ -273,15 +279,37 @@ def prepare(name: str, model_path: Path, work: Path, train, test, args) -> dict[
             "source_accuracy": float((source_logits.argmax(1) == truth).mean()),
         }
         print(f"  fidelity {kind}: {fidelity[kind]}", flush=True)
+    return fidelity
 
-    long_texts = [t for t, n in zip(test.texts, encoder.lengths(test.texts)) if n >= args.max_length]
-    inputs = work / f"{name}-inputs"
+
+def write_inputs(encoder, texts: list[str], max_length: int, inputs: Path) -> Path:
+    """The timed batches, saved for the workers: test texts of ``max_length`` real tokens, so nothing is padding."""
+    long_texts = [t for t, n in zip(texts, encoder.lengths(texts)) if n >= max_length]
     inputs.mkdir()
     for bs in BATCHES:
         ids, mask = encoder(long_texts[:bs])
-        assert ids.shape == (bs, args.max_length) and mask.all()
+        assert ids.shape == (bs, max_length) and mask.all()
         np.save(inputs / f"ids_{bs}.npy", ids)
         np.save(inputs / f"mask_{bs}.npy", mask)
+    return inputs
+
+
+def prepare(name: str, model_path: Path, work: Path, train, test, args) -> dict[str, Any]:
+    """Everything the timed workers need for one model: plan, packages, fidelity, saved inputs, FLOPs per call."""
+    from edgetune.api import load_model, plan
+    from edgetune.data import stratified_split
+
+    backbone, encoder = load_model(model_path, args.max_length)
+    the_plan = plan((backbone, encoder), train, planner="salf", progress=False)
+    print(f"{name}: SALF plan cut {the_plan.cut} ({the_plan.seconds:.1f}s)", flush=True)
+    probe = train
+    if args.probe_texts and len(train) > args.probe_texts:
+        probe = stratified_split(train, 1 - args.probe_texts / len(train), seed=0)[0]
+    packages, records = export_packages(name, model_path, work, the_plan, probe, test, args)
+    fused_ok = records["fused"]["trunk_optimization"]["level"] == "fused"
+    kinds = ("plain", "fused") if fused_ok else ("plain",)
+    fidelity = fidelity_of(backbone, list(the_plan.labels), packages, kinds, test, args.threads)
+    inputs = write_inputs(encoder, test.texts, args.max_length, work / f"{name}-inputs")
     config = backbone.config
     return {
         "model_path": str(model_path),
@@ -380,17 +408,16 @@ def targets_of(model: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> argparse.Namespace:
+    """The harness's common options (``--out``, ``--threads``, ``--lock``) and this benchmark's own."""
+    ap = parser(__doc__, out=HERE / "results", threads=2)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--calls-b1", type=int, default=20)
     ap.add_argument("--calls-b32", type=int, default=3)
     ap.add_argument("--models", default="minilm,mpnet")
     ap.add_argument("--probe-texts", type=int, default=600, help="train texts the head probe is fitted on")
-    ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument(
         "--omp-wait-policy",
         default="PASSIVE",
@@ -404,22 +431,14 @@ def main() -> None:
         "on the loaded machine spinning made the batch-1 MiniLM trunk 4x slower, 95 vs 22 ms)",
     )
     ap.add_argument("--merge", action="store_true", help="keep the other models' entries of an existing result")
-    args = ap.parse_args()
-    if args.worker:
-        worker(json.loads(args.worker))
-        return
-    sys.path.insert(0, str(ROOT))
-    from importlib.metadata import version
+    return ap.parse_args()
 
-    from timing import cpu_name  # benchmarks/timing.py: the script's directory is on sys.path
 
-    from edgetune.data import stratified_split
-    from edgetune.datasets import bbc_news, minilm_path, mpnet_path
-    from edgetune.io import atomic_write_json
+def models_to_run(names: str) -> dict[str, Path | str]:
+    """The chosen models' directories; a model that is not installed gets the reason it is skipped instead."""
+    from edgetune.datasets import minilm_path, mpnet_path
 
-    started = time.perf_counter()
-    train, test = stratified_split(bbc_news(), 0.2, seed=0)
-    chosen = {m.strip() for m in args.models.split(",")}
+    chosen = {m.strip() for m in names.split(",")}
     models: dict[str, Path | str] = {}
     if "minilm" in chosen:
         models["all-MiniLM-L6-v2"] = minilm_path()
@@ -428,44 +447,56 @@ def main() -> None:
             models["all-mpnet-base-v2"] = mpnet_path()
         except Exception as err:  # noqa: BLE001 (not installed: recorded, not fatal)
             models["all-mpnet-base-v2"] = f"skipped: {err}"
+    return models
+
+
+def run_model(name: str, path: Path, work: Path, train, test, args, commit: str) -> dict[str, Any]:
+    """One model's result: export and fidelity, the GEMM rate, the timed rounds and the targets."""
+    info = prepare(name, path, work, train, test, args)
+    spec = {"side": "gemm", "threads": args.threads, "hidden": info["hidden"], "omp_wait_policy": args.omp_wait_policy}
+    gemm = run_worker(spec)
+    info.update(measure(name, info, args))
+    info["gemm"] = gemm
+    info["targets"] = targets_of(info)
+    info["commit"] = commit
+    info["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for k in ("packages", "inputs"):
+        info.pop(k)
+    print(json.dumps(info["targets"], indent=2), flush=True)
+    return info
+
+
+def main() -> None:
+    """Measure every chosen model (each side in its own worker process) and write the JSON and the figure."""
+    args = parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    hold_lock(args.lock)
+    load_start = load_average()
+    sys.path.insert(0, str(ROOT))
+    from edgetune.data import stratified_split
+    from edgetune.datasets import bbc_news
+
+    started = time.perf_counter()
+    train, test = stratified_split(bbc_news(), 0.2, seed=0)
+    models = models_to_run(args.models)
     work = Path(tempfile.mkdtemp(prefix="export_ort-"))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = git_commit(ROOT)["commit"]
     results: dict[str, Any] = {}
     previous = args.out / "export_ort.json"
     if args.merge and previous.is_file():
         results = {k: v for k, v in json.loads(previous.read_text())["models"].items() if "commit" in v}
     try:
-        gemm = {}
         for name, path in models.items():
             if isinstance(path, str):
                 results[name] = {"skipped": path}
-                continue
-            info = prepare(name, Path(path), work, train, test, args)
-            spec = {
-                "side": "gemm",
-                "threads": args.threads,
-                "hidden": info["hidden"],
-                "omp_wait_policy": args.omp_wait_policy,
-            }
-            gemm[name] = run_worker(spec)
-            info.update(measure(name, info, args))
-            info["gemm"] = gemm[name]
-            info["targets"] = targets_of(info)
-            info["commit"] = commit
-            info["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            for k in ("packages", "inputs"):
-                info.pop(k)
-            results[name] = info
-            print(json.dumps(info["targets"], indent=2), flush=True)
+            else:
+                results[name] = run_model(name, Path(path), work, train, test, args, commit)
         report = {
             "benchmark": "export_ort",
-            "machine": {
-                "platform": platform.platform(),
-                "cpu": cpu_name(),
-                "cores": os.cpu_count(),
-                "threads": args.threads,
-            },  # fmt: skip
-            "versions": {p: version(p) for p in ("torch", "onnxruntime", "transformers", "onnx")},
+            "machine": machine_record(load_start, args.threads, workers_import=WORKERS_IMPORT),
+            "versions": installed(WORKERS_IMPORT),
             "commit": commit,
             "omp_wait_policy": args.omp_wait_policy or "default",
             "ort_spinning": args.ort_spinning,
@@ -478,7 +509,7 @@ def main() -> None:
             "seconds": time.perf_counter() - started,
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / "export_ort.json", report)
+        write_json(args.out / "export_ort.json", report)
         plot(report, args.out / "export_ort.png")
         print(f"wrote {args.out / 'export_ort.json'} and {args.out / 'export_ort.png'} in {report['seconds']:.0f}s")
     finally:
@@ -490,8 +521,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from edgetune.report import save_figure
 
     models = {n: m for n, m in report["models"].items() if "timings" in m}
     fig, axes = plt.subplots(len(models), 4, figsize=(20, 4.2 * len(models)), squeeze=False)
@@ -514,7 +543,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         f"{report['max_length']} tokens per text; labels: speedup vs the project's torch module"
     )
     fig.tight_layout()
-    save_figure(fig, path)
+    write_figure(fig, path)
 
 
 if __name__ == "__main__":

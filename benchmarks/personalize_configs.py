@@ -470,7 +470,8 @@ def describe(config: dict[str, Any], cut: int, num_layers: int, plan_tuner: str)
     return f"{config.get('tuner', plan_tuner)}, {trains(config.get('cut', cut), num_layers)}"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The harness's common options, the users' and the targets' settings, and the hidden worker entry."""
     ap = parser(__doc__, seed=0)
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--train-examples", type=int, default=200)
@@ -491,79 +492,102 @@ def main() -> None:
         help="Take each user's full fine-tuning row from this earlier results JSON (same users and settings).",
     )
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def worker_main(kind: str, spec_path: str, out_path: str) -> None:
+    """A worker process: one device or full fine-tuning job from its spec file, the result to ``out_path``."""
+    spec = json.loads(Path(spec_path).read_text())
+    result = device_job(spec) if kind == "device" else full_job(spec)
+    Path(out_path).write_text(json.dumps(result))
+
+
+def reused_full(path: Path | None) -> dict[str, Any] | None:
+    """Each user's full fine-tuning row from an earlier result (``--reuse-full``), marked with where it came from."""
+    if not path:
+        return None
+    earlier = json.loads(path.read_text())
+    return {row["user"]: {**row["full"], "reused_from": str(path)} for row in earlier["users"]}
+
+
+def run_all(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Package, every user's jobs, and the backward FLOPs of each configuration measured on a 16-text batch."""
+    from edgetune.data import LabelMap
+
+    setup = prepare(args, work)
+    planned = setup["plan"]
+    print(f"plan: {planned.planner} cut {planned.cut} of {planned.num_layers}; pool {setup['pool_size']}", flush=True)
+    rows = [run_user(args, setup, user, train, test, work) for user, train, test in setup["users"]]
+    first_user = setup["users"][0][0]
+    batch = first_user.train.subset(range(16))
+    labels = batch.encoded_labels(LabelMap(tuple(planned.labels)))
+    flops = backward_flops(work / "pkg", setup["model"], batch.texts, labels, args.max_length)
+    return setup, rows, flops
+
+
+def setup_record(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
+    """The results' ``setup``: data sizes, the users' settings, the plan, the package head, the hyperparameters."""
+    from device_sim.personalize import PersonalizeConfig
+
+    planned = setup["plan"]
+    return {
+        "server_examples": len(setup["server"]),
+        "pool_examples": setup["pool_size"],
+        "train_examples": args.train_examples,
+        "test_examples": args.test_examples,
+        "users": setup["user_config"],
+        "plan": {
+            "planner": planned.planner,
+            "cut": planned.cut,
+            "tuner": planned.tuner,
+            "seconds": setup["plan_seconds"],
+        },
+        "package_head": "logistic probe on the server split (plain MiniLM, no server fine-tuning)",
+        "export_seconds": setup["export_seconds"],
+        "hyperparameters": {
+            k: v for k, v in asdict(PersonalizeConfig.plain(epochs=args.epochs)).items() if k != "progress"
+        },
+        "full_fine_tuning": "edgetune Trainer at cut 0 (blocks 1..6 + head; embeddings frozen), naive mode, "
+        "from the global model (MiniLM + the package's probe head), same hyperparameters and split",
+    }
+
+
+def main() -> None:
+    """Run every user's device configurations and full fine-tuning, each in a worker, and write the results."""
+    args = parse_args()
     if args.worker:
-        kind, spec_path, out_path = args.worker
-        spec = json.loads(Path(spec_path).read_text())
-        result = device_job(spec) if kind == "device" else full_job(spec)
-        Path(out_path).write_text(json.dumps(result))
+        worker_main(*args.worker)
         return
     hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
     load_start = load_average()
 
     import torch
 
-    args.reused_full = None
-    if args.reuse_full:
-        earlier = json.loads(args.reuse_full.read_text())
-        args.reused_full = {
-            row["user"]: {**row["full"], "reused_from": str(args.reuse_full)} for row in earlier["users"]
-        }
+    args.reused_full = reused_full(args.reuse_full)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
     start = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="personalize-users-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        setup = prepare(args, work)
-        planned = setup["plan"]
-        print(
-            f"plan: {planned.planner} cut {planned.cut} of {planned.num_layers}; pool {setup['pool_size']}", flush=True
-        )
-        rows = [run_user(args, setup, user, train, test, work) for user, train, test in setup["users"]]
-        first_user = setup["users"][0][0]
-        batch = first_user.train.subset(range(16))
-        from edgetune.data import LabelMap
-
-        labels = batch.encoded_labels(LabelMap(tuple(planned.labels)))
-        flops = backward_flops(work / "pkg", setup["model"], batch.texts, labels, args.max_length)
+        setup, rows, flops = run_all(args, work)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    planned = setup["plan"]
     configs = {
         name: describe(
             _job_config(name, planned.num_layers, args.epochs), planned.cut, planned.num_layers, planned.tuner
         )
         for name in DEVICE_CONFIGS
     }
-    from device_sim.personalize import PersonalizeConfig
-
     results = {
         "benchmark": "personalize_configs",
         "command": "python benchmarks/personalize_configs.py " + " ".join(sys.argv[1:]),
         "machine": machine_record(load_start, args.threads, workers_import=("onnxruntime", "transformers", "peft")),
         "model": MODEL,
         "data": "BBC news",
-        "setup": {
-            "server_examples": len(setup["server"]),
-            "pool_examples": setup["pool_size"],
-            "train_examples": args.train_examples,
-            "test_examples": args.test_examples,
-            "users": setup["user_config"],
-            "plan": {
-                "planner": planned.planner,
-                "cut": planned.cut,
-                "tuner": planned.tuner,
-                "seconds": setup["plan_seconds"],
-            },
-            "package_head": "logistic probe on the server split (plain MiniLM, no server fine-tuning)",
-            "export_seconds": setup["export_seconds"],
-            "hyperparameters": {
-                k: v for k, v in asdict(PersonalizeConfig.plain(epochs=args.epochs)).items() if k != "progress"
-            },
-            "full_fine_tuning": "edgetune Trainer at cut 0 (blocks 1..6 + head; embeddings frozen), naive mode, "
-            "from the global model (MiniLM + the package's probe head), same hyperparameters and split",
-        },
+        "setup": setup_record(args, setup),
         "configs": configs,
         "users": rows,
         "backward_flops": flops,

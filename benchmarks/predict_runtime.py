@@ -17,21 +17,19 @@ Results: ``predict_runtime.json`` and ``predict_runtime.png`` in ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from device_runtime import no_dropout_model, run_measured  # benchmarks/ is on sys.path when run as a script
-from timing import cpu_name
+from harness import git_commit, hold_lock, installed, load_average, machine_record, parser, write_figure, write_json
 
 TARGET_RSS_MB = 200.0
+WORKERS_IMPORT = ("torch", "onnxruntime")  # the versions the result records
 NO_TORCH = "import sys; sys.modules['torch'] = None; from edgetune_cli import app; app()"
 WITH_TORCH = "from edgetune_cli import app; app()"
 
@@ -109,51 +107,51 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    write_figure(fig, path, dpi=110)
+
+
+def measure_state(work: Path, personal: Path | None, threads: int) -> dict[str, Any]:
+    """One row: predict processes on onnxruntime (fp32, int8) and torch for one state, and whether they agree."""
+    onnx = predict_process(NO_TORCH, work / "pkg", personal, work / "test.csv", "onnx", threads)
+    torch_ = predict_process(WITH_TORCH, work / "pkg", personal, work / "test.csv", "torch", threads)
+    int8 = predict_process(NO_TORCH, work / "pkg", personal, work / "test.csv", "onnx", threads, True)
+    fp32_labels = onnx.pop("labels")
+    same = fp32_labels == torch_.pop("labels")
+    int8_same = sum(a == b for a, b in zip(int8.pop("labels"), fp32_labels))
+    diff = logit_diff(work / "pkg", personal, work / "test.csv", threads)
+    return {"onnx": onnx, "torch": torch_, "onnx_int8": {**int8, "labels_as_fp32": int8_same},
+            "same_labels": same, "max_logit_diff": diff}  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
-    from edgetune.io import atomic_write_json
-
+    """Set up the package and the states, measure each state's predict processes, write the JSON and the figure."""
+    args = parser(__doc__.split("\n")[0], out=Path(__file__).parent / "results", threads=2).parse_args()
+    hold_lock(args.lock)
+    load_start = load_average()
     work = Path(tempfile.mkdtemp(prefix="predict-runtime-"))
     try:
         made = setup(work, args.threads)
         rows: dict[str, Any] = {}
         for name, personal in made["states"].items():
-            onnx = predict_process(NO_TORCH, work / "pkg", personal, work / "test.csv", "onnx", args.threads)
-            torch_ = predict_process(WITH_TORCH, work / "pkg", personal, work / "test.csv", "torch", args.threads)
-            int8 = predict_process(NO_TORCH, work / "pkg", personal, work / "test.csv", "onnx", args.threads, True)
-            fp32_labels = onnx.pop("labels")
-            same = fp32_labels == torch_.pop("labels")
-            int8_same = sum(a == b for a, b in zip(int8.pop("labels"), fp32_labels))
-            diff = logit_diff(work / "pkg", personal, work / "test.csv", args.threads)
-            rows[name] = {"onnx": onnx, "torch": torch_, "onnx_int8": {**int8, "labels_as_fp32": int8_same},
-                          "same_labels": same, "max_logit_diff": diff}  # fmt: skip
+            rows[name] = row = measure_state(work, personal, args.threads)
+            onnx, torch_, int8 = row["onnx"], row["torch"], row["onnx_int8"]
             print(
                 f"{name}: onnx {onnx['peak_rss_mb']:.0f} MB {onnx['seconds']:.1f}s, torch "
-                f"{torch_['peak_rss_mb']:.0f} MB {torch_['seconds']:.1f}s, same labels {same}, diff {diff:.1e}; "
-                f"onnx --int8 {int8['peak_rss_mb']:.0f} MB {int8['seconds']:.1f}s"
+                f"{torch_['peak_rss_mb']:.0f} MB {torch_['seconds']:.1f}s, same labels {row['same_labels']}, diff "
+                f"{row['max_logit_diff']:.1e}; onnx --int8 {int8['peak_rss_mb']:.0f} MB {int8['seconds']:.1f}s"
             )
-        from importlib.metadata import version
-
         report = {
             "benchmark": "predict_runtime",
-            "machine": {"cpu": cpu_name(), "platform": platform.platform(), "threads": args.threads},
-            "versions": {p: version(p) for p in ("torch", "onnxruntime")},
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+            "machine": machine_record(load_start, args.threads, workers_import=WORKERS_IMPORT),
+            "versions": installed(WORKERS_IMPORT),
+            "commit": git_commit()["commit"],
             "user": made["user"],
             "num_test": made["num_test"],
             "target_peak_rss_mb_onnx": TARGET_RSS_MB,
             "rows": rows,
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / "predict_runtime.json", report)
+        write_json(args.out / "predict_runtime.json", report)
         plot(report, args.out / "predict_runtime.png")
         print(json.dumps(rows, indent=2))
     finally:

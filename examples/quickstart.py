@@ -63,21 +63,17 @@ def trained_what(plan) -> str:
     return f"blocks {plan.trainable_layers} + head" if plan.trainable_layers else "the head only"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The quickstart's three knobs; everything else is fixed so that its numbers are comparable run to run."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     ap.add_argument("--users", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    return ap.parse_args()
 
-    from rich.console import Console
-    from rich.table import Table
 
-    from device_sim.device import Device
-    from device_sim.simulation.derived import derive_backbone
-    from device_sim.simulation.users import UserConfig, simulate_users
-    from device_sim.swap import SwapConfig, full_retrain_flops, swap
+def plan_and_export(out: Path, threads: int, console) -> tuple[Any, Any, Any, Path, float, float]:
+    """Step 1, the server: plan on a 25% split and export the package; the other 75% is the users' pool."""
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
@@ -85,12 +81,6 @@ def main() -> None:
     from edgetune.tables import plan_table
     from exporters.export import ExportOptions, export_package
 
-    console = Console(width=130)
-    start = time.perf_counter()
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 1. server: plan and export --------------------------------------------------------------------------------
     server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
     server.to_csv(out / "server.csv")
     t = time.perf_counter()
@@ -105,15 +95,20 @@ def main() -> None:
     )
     t = time.perf_counter()
     pkg = out / "package"
-    export_package(minilm_path(), planned, pkg, data=server, options=ExportOptions(threads=args.threads),
+    export_package(minilm_path(), planned, pkg, data=server, options=ExportOptions(threads=threads),
                    progress=True)  # fmt: skip
     export_seconds = time.perf_counter() - t
     console.print(f"      package: {pkg} ({package_mb(pkg):.1f} MB, exported and verified in {export_seconds:.0f}s)")
+    return server, pool, planned, pkg, plan_seconds, export_seconds
 
-    # 2. device: personalize three users ---------------------------------------------------------------------------
-    users = simulate_users(pool, UserConfig(num_users=args.users, examples_per_user=260, test_fraction=60 / 260))
+
+def personalize_users(users: list, pkg: Path, out: Path, threads: int, console) -> list[dict[str, Any]]:
+    """Step 2, the devices: each user personalizes the package; one row per user, global vs personal accuracy."""
+    from device_sim.device import Device
+    from device_sim.swap import full_retrain_flops
+
     rows: list[dict[str, Any]] = []
-    with Device(pkg, threads=args.threads) as device:
+    with Device(pkg, threads=threads) as device:
         for user in users:
             t = time.perf_counter()
             result = device.personalize(user.train, out / "users" / user.user_id / "personal")
@@ -137,23 +132,39 @@ def main() -> None:
                 f"[2/4] {user.user_id}{pref}: accuracy {row['global']['accuracy']:.3f} -> "
                 f"{row['personal']['accuracy']:.3f} after {job_seconds:.1f}s of on-device training"
             )
+    return rows
 
-    # 3. backbone swap -----------------------------------------------------------------------------------------------
+
+def export_new_backbone(server, out: Path, threads: int, console) -> tuple[Any, Path]:
+    """Step 3a, the vendor: derive the simulated new backbone, plan it and export its package."""
+    from device_sim.simulation.derived import derive_backbone
+    from edgetune.api import plan
+    from edgetune.datasets import minilm_path
+    from exporters.export import ExportOptions, export_package
+
     t = time.perf_counter()
     new_model = derive_backbone(minilm_path(), out / "backbone-new", drop_top=1)
     new_plan = plan(str(new_model), server, planner="salf", max_length=128, progress=False)
     new_pkg = out / "package-new"
-    export_package(new_model, new_plan, new_pkg, data=server, options=ExportOptions(threads=args.threads))
+    export_package(new_model, new_plan, new_pkg, data=server, options=ExportOptions(threads=threads))
     console.print(
         f"[3/4] new backbone package: {new_pkg} ({package_mb(new_pkg):.1f} MB, {time.perf_counter() - t:.0f}s)"
     )
-    with Device(pkg, threads=args.threads) as old, Device(new_pkg, threads=args.threads) as new:
+    return new_plan, new_pkg
+
+
+def swap_users(users: list, rows: list[dict[str, Any]], pkg: Path, new_pkg: Path, out: Path, threads: int, console):
+    """Step 3b, the devices again: each user moves to the new backbone by FaLA and, to compare, by re-training."""
+    from device_sim.device import Device
+    from device_sim.swap import SwapConfig, swap
+
+    with Device(pkg, threads=threads) as old, Device(new_pkg, threads=threads) as new:
         for user, row in zip(users, rows):
             personal = out / "users" / user.user_id / "personal"
             row["new_global"] = new.evaluate(user.test)
             for method in ("fala", "retrain"):
                 target = out / "users" / user.user_id / f"personal-new-{method}"
-                result = swap(old, new, personal, user.train, target, SwapConfig(method=method), threads=args.threads)
+                result = swap(old, new, personal, user.train, target, SwapConfig(method=method), threads=threads)
                 row[method] = {
                     **new.evaluate(user.test, target),
                     "examples_used": result.examples_used,
@@ -168,9 +179,18 @@ def main() -> None:
                 f"({row['retrain']['examples_used']} examples, {row['retrain']['seconds']:.1f}s)"
             )
 
-    # 4. summary ---------------------------------------------------------------------------------------------------
+
+def mean_over(rows: list[dict[str, Any]], key: str, field: str = "accuracy") -> float:
+    """The users' mean of one number of one stage: the summary reports means."""
+    return float(np.mean([r[key][field] for r in rows]))
+
+
+def summary_table(rows: list[dict[str, Any]], planned):
+    """Step 4's table: each stage's mean accuracy and cost, costs against full re-training."""
+    from rich.table import Table
+
     def mean(key: str, field: str = "accuracy") -> float:
-        return float(np.mean([r[key][field] for r in rows]))
+        return mean_over(rows, key, field)
 
     full = mean("fala", "full_retrain_backward_flops")
     table = Table(title=f"edgetune quickstart: all-MiniLM-L6-v2 + BBC news, {len(rows)} users (means)")
@@ -194,7 +214,32 @@ def main() -> None:
             f"{full / mean(key, 'backward_flops'):,.0f}x less",
             f"{mean(key, 'seconds'):.1f}s",
         )
-    console.print(table)
+    return table
+
+
+def main() -> None:
+    """The README's quickstart: the four steps in order, then the summary table, summary.json and summary.png."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+
+    from rich.console import Console
+
+    from device_sim.simulation.users import UserConfig, simulate_users
+
+    console = Console(width=130)
+    start = time.perf_counter()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    server, pool, planned, pkg, plan_seconds, export_seconds = plan_and_export(out, args.threads, console)
+    users = simulate_users(pool, UserConfig(num_users=args.users, examples_per_user=260, test_fraction=60 / 260))
+    rows = personalize_users(users, pkg, out, args.threads, console)
+    new_plan, new_pkg = export_new_backbone(server, out, args.threads, console)
+    swap_users(users, rows, pkg, new_pkg, out, args.threads, console)
+
+    # 4. summary
+    full = mean_over(rows, "fala", "full_retrain_backward_flops")
+    console.print(summary_table(rows, planned))
     console.print(
         f"package: {package_mb(pkg):.1f} MB (trunk ONNX + top + tokenizer). 'vs full re-training': backward FLOPs of "
         f"training every block + head of that backbone on all the user's texts for 8 epochs (cost model; "

@@ -479,6 +479,134 @@ def build_manifest(
     }
 
 
+def _load_checked_source(model: str | Path | tuple[SequenceClassifier, TextEncoder], plan: Plan) -> tuple[Source, str]:
+    """The model to export and its fingerprint, refused before any work when it is not the one ``plan`` was made for."""
+    if isinstance(model, tuple):
+        source = Source(model[0], model[1], "in-memory", {}, model[0].backbone.model_id)
+    else:
+        source = load_source(model, plan)
+    return source, check_plan(source, plan)
+
+
+def _load_data(
+    data: str | Path | TextDataset | None, val_data: str | Path | TextDataset | None, plan: Plan, options: ExportOptions
+) -> tuple[TextDataset | None, TextDataset | None]:
+    """The fit and validation sets, checked against the plan's labels before the (slow) model load."""
+    fit_data = _as_dataset(data, plan, options)
+    val = _as_dataset(val_data, plan, options)
+    for dataset in (fit_data, val):
+        if dataset is not None:
+            dataset.encoded_labels(LabelMap(tuple(plan.labels)))  # a label the plan does not know names its row
+    return fit_data, val
+
+
+def _write_trunk(
+    classifier: SequenceClassifier,
+    cut: int,
+    encoder: TextEncoder,
+    verify_texts: list[str],
+    tmp: Path,
+    options: ExportOptions,
+    say: Callable[[str], None],
+    warnings: list[str],
+) -> tuple[OnnxExport, Parity, dict[str, Any] | None]:
+    """Export the trunk (fused when asked and possible, else plain) and refuse it unless it matches torch."""
+    trunk, optimization = None, None
+    if options.optimize == "fused":
+        fused = export_trunk_fused(
+            classifier, cut, tmp / TRUNK_FILE, options.opset, options.external_data is not False, encoder.pad_id
+        )
+        trunk, optimization = fused.export, fused.record
+        if fused.fused:
+            say(f"trunk: fused ({', '.join(f'{op} x{n}' for op, n in optimization['fused_ops'].items())})")
+        else:
+            warnings.append(not_fused_message(optimization))
+            say(warnings[-1])
+    if trunk is None:
+        trunk = export_trunk(
+            classifier, cut, tmp / TRUNK_FILE, options.opset, options.external_data is not False, encoder.pad_id
+        )
+    parity = verify_trunk(classifier, cut, trunk.path, encoder, verify_texts, options.atol, options.threads)
+    say(
+        f"trunk: {TRUNK_FILE} {size_of(trunk.files) / 1e6:.1f} MB, parity max abs diff "
+        f"{parity.max_abs_diff:.2e} (tolerance {options.atol:g}) in {trunk.seconds:.1f}s"
+    )
+    return trunk, parity, optimization
+
+
+def _write_top_programs(
+    tmp: Path,
+    top: TopModel,
+    session: Any,
+    encoder: TextEncoder,
+    verify_texts: list[str],
+    num_labels: int,
+    options: ExportOptions,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The top's optional ONNX and ExecuTorch programs, each verified against the safetensors top."""
+    with_top_onnx = options.top_onnx or "executorch" in options.targets  # ExecuTorch devices score with it
+    top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if with_top_onnx else None
+    if top_onnx:
+        say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
+    executorch = None
+    if "executorch" in options.targets:
+        executorch = _write_executorch(tmp, top, session, encoder, verify_texts, num_labels, options)
+        p = executorch["parity"]["max_abs_diff"]
+        say(
+            f"executorch: {executorch['train']['file']} + {executorch['inference']['file']}, parity loss "
+            f"{p['loss']:.2e}, gradients {p['gradients']:.2e}, logits {p['inference_logits']:.2e} "
+            f"(tolerance {options.executorch_atol:g}) in {executorch['seconds']:.1f}s"
+        )
+    return top_onnx, executorch
+
+
+def _validate(
+    session: Any,
+    top: TopModel,
+    encoder: TextEncoder,
+    val: TextDataset | None,
+    labels: list[str],
+    options: ExportOptions,
+    progress: bool,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any] | None, tuple[float, np.ndarray] | None]:
+    """The package's accuracy on ``val`` (manifest record, raw result as the int8 baseline); none without data."""
+    if val is None:
+        return None, None
+    baseline = _package_accuracy(session, top, encoder, val, labels, options, progress)
+    say(f"validation: package accuracy {baseline[0]:.4f} on {len(val)} examples")
+    return {"data": val.source, "num_examples": len(val), "accuracy": baseline[0]}, baseline
+
+
+def _write_int8_trunk(
+    tmp: Path,
+    trunk: OnnxExport,
+    optimization: dict[str, Any] | None,
+    top: TopModel,
+    encoder: TextEncoder,
+    val: TextDataset | None,
+    baseline: tuple[float, np.ndarray] | None,
+    labels: Sequence[str],
+    options: ExportOptions,
+    progress: bool,
+    say: Callable[[str], None],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The int8 trunk with its accuracy change, or a warning that the change went unmeasured (no labelled data)."""
+    is_fused = bool(optimization and optimization["level"] == "fused")
+    trunk_int8 = _write_int8(tmp, trunk, top, encoder, val, baseline, labels, options, progress, is_fused)
+    mb, ratio = trunk_int8["size"] / 1e6, trunk_int8["size_ratio"]
+    msg = f"int8: {TRUNK_INT8_FILE} {mb:.1f} MB ({ratio:.2f}x fp32)"
+    if trunk_int8["accuracy"]:
+        a = trunk_int8["accuracy"]
+        msg += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
+    else:
+        warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
+    say(msg)
+    return trunk_int8
+
+
 def export_package(
     model: str | Path | tuple[SequenceClassifier, TextEncoder],
     plan: Plan | str | Path,
@@ -504,17 +632,8 @@ def export_package(
     out = _check_out(Path(out), options.tar)
     with output_lock(out):  # one export per output; what a killed export left next to it is swept
         recover(out.parent, [out.name])
-        fit_data = _as_dataset(data, plan, options)  # bad data fails before the model is loaded
-        val = _as_dataset(val_data, plan, options)
-        for dataset in (fit_data, val):
-            if dataset is not None:
-                dataset.encoded_labels(LabelMap(tuple(plan.labels)))  # a label the plan does not know names its row
-
-        if isinstance(model, tuple):
-            source = Source(model[0], model[1], "in-memory", {}, model[0].backbone.model_id)
-        else:
-            source = load_source(model, plan)
-        fingerprint = check_plan(source, plan)
+        fit_data, val = _load_data(data, val_data, plan, options)  # bad data fails before the model is loaded
+        source, fingerprint = _load_checked_source(model, plan)
         classifier, encoder = source.classifier.eval(), source.encoder
         skip = apply_skip_budget(classifier, options.skip_budget)
         if skip:
@@ -528,70 +647,22 @@ def export_package(
         top = classifier.detached_top(plan.cut).eval()
         verify_texts = _verify_texts([fit_data, val], encoder)
         with _staging(out, options.tar) as tmp:
-            trunk, optimization = None, None
-            if options.optimize == "fused":
-                fused = export_trunk_fused(
-                    classifier, plan.cut, tmp / TRUNK_FILE, options.opset, options.external_data is not False,
-                    encoder.pad_id,
-                )  # fmt: skip
-                trunk, optimization = fused.export, fused.record
-                if fused.fused:
-                    say(f"trunk: fused ({', '.join(f'{op} x{n}' for op, n in optimization['fused_ops'].items())})")
-                else:
-                    warnings.append(not_fused_message(optimization))
-                    say(warnings[-1])
-            if trunk is None:
-                trunk = export_trunk(
-                    classifier, plan.cut, tmp / TRUNK_FILE, options.opset, options.external_data is not False,
-                    encoder.pad_id,
-                )  # fmt: skip
-            parity = verify_trunk(
-                classifier, plan.cut, trunk.path, encoder, verify_texts, options.atol, options.threads
-            )
-            say(
-                f"trunk: {TRUNK_FILE} {size_of(trunk.files) / 1e6:.1f} MB, parity max abs diff "
-                f"{parity.max_abs_diff:.2e} (tolerance {options.atol:g}) in {trunk.seconds:.1f}s"
+            trunk, parity, optimization = _write_trunk(
+                classifier, plan.cut, encoder, verify_texts, tmp, options, say, warnings
             )
             top.save(tmp, TOP_NAME)
             encoder.save(tmp)
             session = ort_session(trunk.path, options.threads)
-
-            with_top_onnx = options.top_onnx or "executorch" in options.targets  # ExecuTorch devices score with it
-            top_onnx = _write_top_onnx(tmp, top, session, encoder, verify_texts, options) if with_top_onnx else None
-            if top_onnx:
-                say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
-
-            executorch = None
-            if "executorch" in options.targets:
-                executorch = _write_executorch(tmp, top, session, encoder, verify_texts, len(plan.labels), options)
-                p = executorch["parity"]["max_abs_diff"]
-                say(
-                    f"executorch: {executorch['train']['file']} + {executorch['inference']['file']}, parity loss "
-                    f"{p['loss']:.2e}, gradients {p['gradients']:.2e}, logits {p['inference_logits']:.2e} "
-                    f"(tolerance {options.executorch_atol:g}) in {executorch['seconds']:.1f}s"
-                )
-
-            validation, baseline = None, None
-            if val is not None:
-                baseline = _package_accuracy(session, top, encoder, val, plan.labels, options, progress)
-                validation = {"data": val.source, "num_examples": len(val), "accuracy": baseline[0]}
-                say(f"validation: package accuracy {baseline[0]:.4f} on {len(val)} examples")
-
+            top_onnx, executorch = _write_top_programs(
+                tmp, top, session, encoder, verify_texts, len(plan.labels), options, say
+            )
+            validation, baseline = _validate(session, top, encoder, val, plan.labels, options, progress, say)
             trunk_int8 = None
             if options.int8:
-                is_fused = bool(optimization and optimization["level"] == "fused")
-                trunk_int8 = _write_int8(
-                    tmp, trunk, top, encoder, val, baseline, plan.labels, options, progress, is_fused
-                )
-                mb, ratio = trunk_int8["size"] / 1e6, trunk_int8["size_ratio"]
-                msg = f"int8: {TRUNK_INT8_FILE} {mb:.1f} MB ({ratio:.2f}x fp32)"
-                if trunk_int8["accuracy"]:
-                    a = trunk_int8["accuracy"]
-                    msg += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
-                else:
-                    warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
-                say(msg)
-
+                trunk_int8 = _write_int8_trunk(
+                    tmp, trunk, optimization, top, encoder, val, baseline, plan.labels, options, progress, say,
+                    warnings,
+                )  # fmt: skip
             written = Written(trunk, parity, optimization, trunk_int8, top_onnx, executorch, validation)
             manifest = build_manifest(plan, source, fingerprint, skip, head, encoder, written, warnings, tmp)
             manifest = mf.seal(manifest)

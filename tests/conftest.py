@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,21 @@ def crash_at(step: int):
             raise Crash(f"simulated crash after step {step}")
 
     return callback
+
+
+def kill_at_marker(proc: subprocess.Popen, marker: Path, what: str = "the process", timeout: float = 180) -> None:
+    """SIGKILL ``proc`` once it has written ``marker``: the crash tests kill a child at one chosen point of its work.
+    Fails, with the child's stderr, if it exits first; fails if it has not got there within ``timeout`` seconds."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, f"{what} never reached its marker"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def synthetic_rows(n: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> list[tuple[str, str]]:
@@ -120,34 +138,20 @@ def tiny_config(family: str, layers: int = 3, hidden: int = 32):
 
     vocab = len(VOCAB) + 8
     common = {"vocab_size": vocab}
-    if family == "bert":
-        return tf.BertConfig(
+    bert_like = {  # config class, positions (RoBERTa and MPNet offset theirs by the pad id + 1), pad id
+        "bert": (tf.BertConfig, 64, 0),
+        "roberta": (tf.RobertaConfig, 70, 0),
+        "mpnet": (tf.MPNetConfig, 70, 1),
+    }
+    if family in bert_like:
+        cls, positions, pad = bert_like[family]
+        return cls(
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=2,
             intermediate_size=2 * hidden,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            **common,
-        )
-    if family == "roberta":
-        return tf.RobertaConfig(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            intermediate_size=2 * hidden,
-            max_position_embeddings=70,
-            pad_token_id=0,
-            **common,
-        )
-    if family == "mpnet":
-        return tf.MPNetConfig(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            intermediate_size=2 * hidden,
-            max_position_embeddings=70,
-            pad_token_id=1,
+            max_position_embeddings=positions,
+            pad_token_id=pad,
             **common,
         )
     if family == "distilbert":

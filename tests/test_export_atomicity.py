@@ -1,17 +1,15 @@
 """A crash at any point of an export leaves the previous package (or nothing), never half a package."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 
 import pytest
 
 from device_sim.package import load_package, verify_package
 from exporters.export import ExportOptions, export_package
+from tests.conftest import kill_at_marker
 from tests.packages import make_checkpoint, make_plan
 
 
@@ -94,16 +92,7 @@ def _kill_mid_write(checkpoint, plan, out, tmp_path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the export never reached the manifest"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_marker(proc, marker, "the export")  # the marker: it is writing the manifest
 
 
 def test_killed_export_leaves_no_package_that_loads(source, tmp_path):

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from edgetune.checkpoint import TrainState, load_checkpoint, previous_dir, save_
 from edgetune.data import load_dataset
 from edgetune.io import output_lock, private_tempdir, recover, sweep_temp
 from edgetune_cli import app
-from tests.conftest import Crash, crash_at, synthetic_rows, write_csv
+from tests.conftest import Crash, crash_at, kill_at_marker, synthetic_rows, write_csv
 from tests.devices import SWAP, export_probe_package, fast, user_data
 
 runner = CliRunner()
@@ -649,15 +648,7 @@ def test_a_killed_personalize_leaves_nothing_that_blocks_the_next_run(device_pac
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_at_marker(proc, marker, "the job")
     copies = list(Path(tempfile.gettempdir()).glob(f"edgetune-package-{proc.pid}-*"))
     assert copies  # the killed job's private package copy is still there ...
     with Device(device_packages["main"], threads=1) as device:  # ... until the next run sweeps it

@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from device_sim.personalize import work_dir
 from device_sim.profiles import DeviceProfile, ProfileError
 from edgetune.data import DataError
 from edgetune.train import TrainError
-from tests.conftest import Crash, crash_at, write_csv
+from tests.conftest import Crash, crash_at, kill_at_marker, write_csv
 from tests.devices import fast, user_data
 
 UNLIMITED = DeviceProfile("unlimited", threads=1, memory_mb=1e6, time_budget_s=1e6, gflops=10)
@@ -106,16 +104,7 @@ def test_a_killed_job_keeps_the_previous_state_and_resumes(device, device_packag
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "EDGETUNE_NO_PROGRESS": "1"}
     args = [sys.executable, "-c", KILLED_JOB, str(device_packages["main"]), str(out), str(marker)]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the job never reached its checkpoint"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_marker(proc, marker, "the job")  # the marker: it has checkpointed
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     read_personal_state(out).check_package(device.package)
     result = device.personalize(user_data(120, seed=3), out, fast(checkpoint_steps=4))

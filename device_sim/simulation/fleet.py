@@ -79,6 +79,60 @@ def _swap_row(result: Any, accuracy: float) -> dict[str, Any]:
     }
 
 
+def _personalized_row(
+    old: Device, user: SimulatedUser, personal: Path, config: FleetConfig
+) -> tuple[dict, dict, float]:
+    """Personalize ``user`` on the old package: the row's ``before`` part, the job's seconds and evaluation time."""
+    start = time.perf_counter()
+    job = old.personalize(user.train, personal, config.personalize)
+    personalized = time.perf_counter()
+    row: dict[str, Any] = {
+        "user": user.user_id,
+        "num_train": len(user.train),
+        "num_test": len(user.test),
+        "preference": user.preference,
+        "before": {
+            "global": old.evaluate(user.test)["accuracy"],
+            "personal": old.evaluate(user.test, personal)["accuracy"],
+            "personalize_seconds": personalized - start,
+            "backward_flops": job.estimate.backward_flops * job.num_train * len(job.history),
+        },
+        "after": {},
+    }
+    return row, dict(job.seconds), time.perf_counter() - personalized
+
+
+def _swap_runs(config: FleetConfig) -> list[tuple[str, SwapConfig]]:
+    """The swap jobs ``config`` asks for, named as their rows (``fala-random/<seed>`` once per draw)."""
+    base = replace(config.fala, fraction=config.fraction, personalize=config.personalize)
+    runs: list[tuple[str, SwapConfig]] = []
+    for method in config.methods:
+        if method == "fala":
+            runs.append(("fala", replace(base, method="fala", selection="cluster")))
+        elif method == "fala-random":
+            runs += [
+                (f"fala-random/{s}", replace(base, method="fala", selection="random", seed=s))
+                for s in range(config.random_draws)
+            ]
+        elif method in ("head-only", "retrain"):
+            runs.append((method, replace(base, method=method)))
+    return runs
+
+
+def _merge_random_draws(after: dict[str, Any]) -> None:
+    """Replace the ``fala-random/<seed>`` rows by one ``fala-random`` row: mean accuracy and seconds, per draw kept."""
+    draws = [v for k, v in after.items() if k.startswith("fala-random/")]
+    if draws:
+        after["fala-random"] = {
+            **draws[0],
+            "accuracy": float(np.mean([d["accuracy"] for d in draws])),
+            "accuracy_per_draw": [d["accuracy"] for d in draws],
+            "seconds": float(np.mean([d["seconds"] for d in draws])),
+        }
+        for k in [k for k in after if k.startswith("fala-random/")]:
+            del after[k]
+
+
 def simulate_user(
     old: Device,
     new: Device,
@@ -97,37 +151,10 @@ def simulate_user(
     the simulator's own ``evaluation`` on the held-out texts."""
     start = time.perf_counter()
     personal = work / f"{user.user_id}-old"
-    job = old.personalize(user.train, personal, config.personalize)
-    personalized = time.perf_counter()
-    job_seconds = dict(job.seconds)
-    row: dict[str, Any] = {
-        "user": user.user_id,
-        "num_train": len(user.train),
-        "num_test": len(user.test),
-        "preference": user.preference,
-        "before": {
-            "global": old.evaluate(user.test)["accuracy"],
-            "personal": old.evaluate(user.test, personal)["accuracy"],
-            "personalize_seconds": personalized - start,
-            "backward_flops": job.estimate.backward_flops * job.num_train * len(job.history),
-        },
-        "after": {},
-    }
-    evaluation = time.perf_counter() - personalized
+    row, job_seconds, evaluation = _personalized_row(old, user, personal, config)
     if before_swaps is not None:
         before_swaps()
-    base = replace(config.fala, fraction=config.fraction, personalize=config.personalize)
-    runs: list[tuple[str, SwapConfig]] = []
-    for method in config.methods:
-        if method == "fala":
-            runs.append(("fala", replace(base, method="fala", selection="cluster")))
-        elif method == "fala-random":
-            runs += [
-                (f"fala-random/{s}", replace(base, method="fala", selection="random", seed=s))
-                for s in range(config.random_draws)
-            ]
-        elif method in ("head-only", "retrain"):
-            runs.append((method, replace(base, method=method)))
+    runs = _swap_runs(config)
     if "none" in config.methods:
         t = time.perf_counter()
         row["after"]["none"] = {"accuracy": new.evaluate(user.test)["accuracy"], "examples_used": 0,
@@ -148,16 +175,7 @@ def simulate_user(
         if swap_config.method != "retrain":  # it would have embedded the texts itself
             row["after"][name]["seconds"] += embed
         shutil.rmtree(out, ignore_errors=True)
-    draws = [v for k, v in row["after"].items() if k.startswith("fala-random/")]
-    if draws:
-        row["after"]["fala-random"] = {
-            **draws[0],
-            "accuracy": float(np.mean([d["accuracy"] for d in draws])),
-            "accuracy_per_draw": [d["accuracy"] for d in draws],
-            "seconds": float(np.mean([d["seconds"] for d in draws])),
-        }
-        for k in [k for k in row["after"] if k.startswith("fala-random/")]:
-            del row["after"][k]
+    _merge_random_draws(row["after"])
     shutil.rmtree(personal, ignore_errors=True)
     trunk = job_seconds.get("trunk", 0.0)
     row["cost"] = {
@@ -363,6 +381,49 @@ class _Snapshots:
         self.cost = self.last - now
 
 
+def _check_request(backend: str, workers: int | None, users: list[SimulatedUser]) -> None:
+    """Refuse a fleet that cannot run as asked before any package is opened (a missing Ray extra included)."""
+    if backend not in BACKENDS:
+        raise FleetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if workers is not None and workers < 1:
+        raise FleetError(f"workers must be >= 1, got {workers}")
+    if not users:
+        raise ValueError("no users to simulate")
+    if len({u.user_id for u in users}) != len(users):
+        raise ValueError("user ids must be unique")
+    if backend == "ray":
+        from device_sim.simulation.ray_backend import require_ray
+
+        require_ray()  # before any work: a missing extra is a one-line error
+
+
+def _packages_meta(old: Device, new: Device) -> dict[str, Any]:
+    """The results' ``packages`` record; packages with other labels cannot be swapped between."""
+    if old.labels != new.labels:
+        from device_sim.swap import SwapError
+
+        raise SwapError(f"the packages' labels differ: {old.labels} vs {new.labels}")
+    return {"old": old.package.manifest["backbone"], "new": new.package.manifest["backbone"],
+            "old_cut": old.package.cut, "new_cut": new.package.cut}  # fmt: skip
+
+
+def _open_outputs(
+    out: str | Path | None,
+    old_package: str | Path,
+    new_package: str | Path,
+    users: list[SimulatedUser],
+    config: FleetConfig,
+    overwrite: bool,
+) -> tuple[FleetLog | None, _Snapshots | None, dict[str, dict[str, Any]]]:
+    """The run log and results snapshots under ``out`` (none without it) and the rows the log already holds."""
+    if out is None:
+        return None, None, {}
+    out = Path(out)
+    log = FleetLog(out / LOG_NAME, fleet_identity(old_package, new_package, users, config), overwrite)
+    rows = {u.user_id: log.rows[u.user_id] for u in users if u.user_id in log.rows}  # in the order given
+    return log, _Snapshots(out / RESULTS_NAME), rows
+
+
 def simulate_fleet(
     old_package: str | Path,
     new_package: str | Path,
@@ -387,32 +448,10 @@ def simulate_fleet(
     ``simulate.json``, written as users finish; users already in the log are not run again. ``on_user`` is
     called with every finished row (resumed ones first)."""
     config = config or FleetConfig()
-    if backend not in BACKENDS:
-        raise FleetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if workers is not None and workers < 1:
-        raise FleetError(f"workers must be >= 1, got {workers}")
-    if not users:
-        raise ValueError("no users to simulate")
-    if len({u.user_id for u in users}) != len(users):
-        raise ValueError("user ids must be unique")
-    if backend == "ray":
-        from device_sim.simulation.ray_backend import require_ray
-
-        require_ray()  # before any work: a missing extra is a one-line error
+    _check_request(backend, workers, users)
     with Device(old_package, threads=config.threads) as old, Device(new_package, threads=config.threads) as new:
-        if old.labels != new.labels:
-            from device_sim.swap import SwapError
-
-            raise SwapError(f"the packages' labels differ: {old.labels} vs {new.labels}")
-        meta = {"old": old.package.manifest["backbone"], "new": new.package.manifest["backbone"],
-                "old_cut": old.package.cut, "new_cut": new.package.cut}  # fmt: skip
-        log = snapshots = None
-        if out is not None:
-            out = Path(out)
-            log = FleetLog(out / LOG_NAME, fleet_identity(old_package, new_package, users, config), overwrite)
-            snapshots = _Snapshots(out / RESULTS_NAME)
-        rows: dict[str, dict[str, Any]] = dict(log.rows) if log is not None else {}
-        rows = {u.user_id: rows[u.user_id] for u in users if u.user_id in rows}
+        meta = _packages_meta(old, new)
+        log, snapshots, rows = _open_outputs(out, old_package, new_package, users, config, overwrite)
         todo = [u for u in users if u.user_id not in rows]
         run: dict[str, Any] = {"backend": backend, "workers": workers if backend == "ray" else 1,
                                "resumed_users": len(rows), "threads": config.threads}  # fmt: skip

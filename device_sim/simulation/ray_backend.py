@@ -101,6 +101,74 @@ def _user_task(old: tuple, new: tuple, user: SimulatedUser, config: FleetConfig)
     return row
 
 
+def _init_ray(ray: Any, workers: int | None, threads: int, address: str | None) -> bool:
+    """Start a local Ray instance or connect to ``address``, unless Ray is up already; whether this call started it."""
+    if ray.is_initialized():
+        return False
+    import logging
+
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if address is None:
+        ray.init(num_cpus=(workers or os.cpu_count() or 1) * threads, **options)
+    else:
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise FleetError(f"cannot connect to the Ray cluster at {address}: {err}") from None
+    return True
+
+
+def _package_specs(ray: Any, packages: tuple[str | Path, ...], mode: str) -> list[tuple]:
+    """Each package as a task sees it, ``(path, digest, [ref] or None)``: the files go into the object store once."""
+    from edgetune.io import sha256_file
+
+    specs = []
+    for path in packages:
+        digest = sha256_file(Path(path) / "manifest.json")
+        shipped = [ray.put(package_files(path))] if mode == "object-store" else None
+        specs.append((str(Path(path).resolve()), digest, shipped))
+    return specs
+
+
+def _stream_users(
+    ray: Any,
+    task: Any,
+    specs: list[tuple],
+    users: list[SimulatedUser],
+    config: FleetConfig,
+    slots: int,
+    on_row: Callable[[dict[str, Any]], None],
+) -> None:
+    """Keep at most ``2 x slots`` user tasks in flight and hand back each row as it finishes; a failed user stops
+    the fleet with its id, and whatever still runs is cancelled."""
+    queue = list(users)
+    pending: dict[Any, SimulatedUser] = {}
+
+    def submit() -> None:
+        while queue and len(pending) < 2 * slots:
+            user = queue.pop(0)
+            pending[task.remote(specs[0], specs[1], user, config)] = user
+
+    submit()
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                user = pending.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.cause if getattr(err, "cause", None) is not None else err
+                    raise FleetError(f"user {user.user_id}: {cause}") from None
+                except ray.exceptions.RayError as err:
+                    raise FleetError(f"user {user.user_id}: Ray could not run the task ({err})") from None
+                on_row(row)
+            submit()
+    finally:
+        for ref in pending:  # an error or an interrupt: nothing left running for a dead driver
+            ray.cancel(ref, force=True)
+
+
 def run_on_ray(
     old_package: str | Path,
     new_package: str | Path,
@@ -118,60 +186,17 @@ def run_on_ray(
     ray = require_ray()
     if share not in SHARES:
         raise FleetError(f"unknown share {share!r}; choose one of {', '.join(SHARES)}")
-    from edgetune.io import sha256_file
-
     threads = config.threads or 1
     start = time.perf_counter()
-    started = False
-    if not ray.is_initialized():
-        import logging
-
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-        if address is None:
-            ray.init(num_cpus=(workers or os.cpu_count() or 1) * threads, **options)
-        else:
-            try:
-                ray.init(address=address, **options)
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                raise FleetError(f"cannot connect to the Ray cluster at {address}: {err}") from None
-        started = True
+    started = _init_ray(ray, workers, threads, address)
     try:
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         slots = workers or max(1, cluster_cpus // threads)
         mode = share if share != "auto" else ("path" if address is None else "object-store")
-        specs = []
-        for path in (old_package, new_package):
-            digest = sha256_file(Path(path) / "manifest.json")
-            shipped = [ray.put(package_files(path))] if mode == "object-store" else None
-            specs.append((str(Path(path).resolve()), digest, shipped))
+        specs = _package_specs(ray, (old_package, new_package), mode)
         task = ray.remote(_user_task).options(num_cpus=threads, max_retries=max_retries)
         ready_seconds = time.perf_counter() - start
-        queue = list(users)
-        pending: dict[Any, SimulatedUser] = {}
-
-        def submit() -> None:
-            while queue and len(pending) < 2 * slots:
-                user = queue.pop(0)
-                pending[task.remote(specs[0], specs[1], user, config)] = user
-
-        submit()
-        try:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    user = pending.pop(ref)
-                    try:
-                        row = ray.get(ref)
-                    except ray.exceptions.RayTaskError as err:
-                        cause = err.cause if getattr(err, "cause", None) is not None else err
-                        raise FleetError(f"user {user.user_id}: {cause}") from None
-                    except ray.exceptions.RayError as err:
-                        raise FleetError(f"user {user.user_id}: Ray could not run the task ({err})") from None
-                    on_row(row)
-                submit()
-        finally:
-            for ref in pending:  # an error or an interrupt: nothing left running for a dead driver
-                ray.cancel(ref, force=True)
+        _stream_users(ray, task, specs, users, config, slots, on_row)
     finally:
         if started:
             ray.shutdown()

@@ -166,6 +166,65 @@ def _split_user(
     return train, test
 
 
+def _label_users(pool: TextDataset, kind: str, cfg: UserConfig) -> list[SimulatedUser]:
+    """``dirichlet`` and ``swap`` users: :func:`simulate_users` with every user or none filing two labels swapped."""
+    fraction = 1.0 if kind == "swap" else 0.0
+    users = simulate_users(pool, replace(cfg, preference_fraction=fraction))
+    for u in users:
+        u.user_id = u.user_id.replace("user", kind)
+        u.train.source, u.test.source = f"{u.user_id}/train", f"{u.user_id}/test"
+    return users
+
+
+def _prior_draw(
+    rng: np.random.Generator, labels: np.ndarray, names: list[str], size: int, majority: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A prior user's documents and label mix: one random label takes a share drawn from ``majority``, exactly."""
+    lo, hi = majority
+    if not 0 < lo <= hi < 1:
+        raise ValueError(f"majority must be a range inside (0, 1), got {majority}")
+    top = int(rng.integers(len(names)))
+    share = float(rng.uniform(lo, hi))
+    mix = np.full(len(names), (1 - share) / max(1, len(names) - 1))
+    mix[top] = share if len(names) > 1 else 1.0
+    by_label = {n: np.flatnonzero(labels == n) for n in names}
+    available = np.array([len(by_label[n]) for n in names])
+    n_top = min(int(round(share * size)), int(available[top]))  # the top share exactly
+    rest_mix = np.where(np.arange(len(names)) == top, 0.0, mix)
+    rest_available = np.where(np.arange(len(names)) == top, 0, available)
+    if rest_mix.sum() > 0:
+        counts = _draw_counts(rng, rest_mix / rest_mix.sum(), rest_available, size - n_top)
+    else:
+        counts = np.zeros(len(names), dtype=np.int64)
+    counts[top] += n_top
+    idx = np.concatenate([rng.choice(by_label[n], size=c, replace=False) for n, c in zip(names, counts)])
+    return idx, mix
+
+
+def _domain_draw(
+    rng: np.random.Generator, groups: np.ndarray | list[int] | None, labels: np.ndarray, names: list[str], size: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A domain user's documents, label mix and groups: one random group large enough, else a union of groups."""
+    if groups is None:
+        raise ValueError("domain users need the group (source, author or topic cluster) of every document")
+    g = np.asarray(groups)
+    if len(g) != len(labels):
+        raise ValueError(f"groups has {len(g)} entries for {len(labels)} documents")
+    ids = np.unique(g)
+    order = rng.permutation(ids)
+    big = [i for i in order if (g == i).sum() >= size]
+    chosen = [int(big[0])] if big else []
+    for i in order:  # no group is large enough alone: the smallest union of random groups that is
+        if chosen and np.isin(g, chosen).sum() >= size:
+            break
+        if int(i) not in chosen:
+            chosen.append(int(i))
+    members = np.flatnonzero(np.isin(g, chosen))
+    idx = rng.choice(members, size=size, replace=False)
+    counts = np.array([(labels[idx] == n).sum() for n in names])
+    return idx, counts / counts.sum(), chosen
+
+
 def natural_users(
     pool: TextDataset,
     kind: str,
@@ -184,12 +243,7 @@ def natural_users(
     if kind not in USER_KINDS:
         raise ValueError(f"unknown user kind {kind!r}; choose one of {', '.join(USER_KINDS)}")
     if kind in ("dirichlet", "swap"):
-        fraction = 1.0 if kind == "swap" else 0.0
-        users = simulate_users(pool, replace(cfg, preference_fraction=fraction))
-        for u in users:
-            u.user_id = u.user_id.replace("user", kind)
-            u.train.source, u.test.source = f"{u.user_id}/train", f"{u.user_id}/test"
-        return users
+        return _label_users(pool, kind, cfg)
     if cfg.examples_per_user > len(pool):
         raise ValueError(f"examples_per_user={cfg.examples_per_user} exceeds the pool ({len(pool)} documents)")
     labels = np.array(pool.labels)
@@ -200,43 +254,9 @@ def natural_users(
         user_id = f"{kind}{u:03d}"
         chosen: list[int] = []
         if kind == "prior":
-            lo, hi = majority
-            if not 0 < lo <= hi < 1:
-                raise ValueError(f"majority must be a range inside (0, 1), got {majority}")
-            top = int(rng.integers(len(names)))
-            share = float(rng.uniform(lo, hi))
-            mix = np.full(len(names), (1 - share) / max(1, len(names) - 1))
-            mix[top] = share if len(names) > 1 else 1.0
-            by_label = {n: np.flatnonzero(labels == n) for n in names}
-            available = np.array([len(by_label[n]) for n in names])
-            n_top = min(int(round(share * cfg.examples_per_user)), int(available[top]))  # the top share exactly
-            rest_mix = np.where(np.arange(len(names)) == top, 0.0, mix)
-            rest_available = np.where(np.arange(len(names)) == top, 0, available)
-            if rest_mix.sum() > 0:
-                counts = _draw_counts(rng, rest_mix / rest_mix.sum(), rest_available, cfg.examples_per_user - n_top)
-            else:
-                counts = np.zeros(len(names), dtype=np.int64)
-            counts[top] += n_top
-            idx = np.concatenate([rng.choice(by_label[n], size=c, replace=False) for n, c in zip(names, counts)])
+            idx, mix = _prior_draw(rng, labels, names, cfg.examples_per_user, majority)
         else:
-            if groups is None:
-                raise ValueError("domain users need the group (source, author or topic cluster) of every document")
-            g = np.asarray(groups)
-            if len(g) != len(pool):
-                raise ValueError(f"groups has {len(g)} entries for {len(pool)} documents")
-            ids = np.unique(g)
-            order = rng.permutation(ids)
-            big = [i for i in order if (g == i).sum() >= cfg.examples_per_user]
-            chosen = [int(big[0])] if big else []
-            for i in order:  # no group is large enough alone: the smallest union of random groups that is
-                if chosen and np.isin(g, chosen).sum() >= cfg.examples_per_user:
-                    break
-                if int(i) not in chosen:
-                    chosen.append(int(i))
-            members = np.flatnonzero(np.isin(g, chosen))
-            idx = rng.choice(members, size=cfg.examples_per_user, replace=False)
-            counts = np.array([(labels[idx] == n).sum() for n in names])
-            mix = counts / counts.sum()
+            idx, mix, chosen = _domain_draw(rng, groups, labels, names, cfg.examples_per_user)
         rng.shuffle(idx)
         train, test = _split_user(pool, idx, user_id, cfg.test_fraction)
         users.append(
