@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from edgetune.api import load_model
 from edgetune.backbones import Backbone
 from edgetune.batches import split_validation
+from edgetune.callbacks import Callback
 from edgetune.checkpoint import previous_dir
 from edgetune.data import LabelMap, TextDataset, load_dataset
 from edgetune.evaluation import evaluate_classifier
@@ -42,7 +43,7 @@ from edgetune.io import atomic_directory, output_lock, private_tempdir, recover
 from edgetune.learning_rates import lr_candidates
 from edgetune.planner.plan import Plan, PlanError
 from edgetune.tokenization import TextEncoder
-from edgetune.train import StepEvent, TrainConfig, Trainer, TrainError, TrainResult, is_main_process
+from edgetune.train import TrainConfig, Trainer, TrainError, TrainResult, is_main_process
 from edgetune.tuners import Tuner, get_tuner
 
 CHECKPOINT = "checkpoint"
@@ -98,7 +99,7 @@ def finetune(
     tuner_params: dict[str, Any] | None = None,
     eval_data: str | Path | TextDataset | None = None,
     overwrite: bool = False,
-    callbacks: Sequence[Callable[[StepEvent], None]] = (),
+    callbacks: Sequence[Callback] = (),
     search_lr: bool = False,
 ) -> TrainResult:
     """Train ``model`` as ``plan`` says on ``data``; evaluate on ``eval_data``; save to ``out``.
@@ -130,7 +131,7 @@ def _finetune(
     tuner_params: dict[str, Any] | None,
     eval_data: str | Path | TextDataset | None,
     overwrite: bool,
-    callbacks: Sequence[Callable[[StepEvent], None]],
+    callbacks: Sequence[Callback],
     search_lr: bool,
 ) -> TrainResult:
     config = config or TrainConfig()
