@@ -46,11 +46,11 @@ class PersonalizeConfig(TrainingConfig):
             "uses each candidate's own)."
         },
     )
-    head_lr: float | None = field(
+    head_lr: float | None = field(  # None: lr
         default=3e-3,
         metadata={
-            "help": "Learning rate of the head and the final norm (None: lr; a job that selects between candidates "
-            "uses each candidate's own)."
+            "help": "Learning rate of the head and the final norm (a job that selects between candidates uses each "
+            "candidate's own)."
         },
     )
     val_fraction: float = 0.15
