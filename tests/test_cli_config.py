@@ -15,10 +15,16 @@ from edgetune.errors import EdgetuneError
 from edgetune_cli import app
 from edgetune_cli.config_options import ConfigOptions, field_info
 from edgetune_cli.device_cmd import PERSONALIZE_SETTINGS
+from edgetune_cli.swap_cmd import FLEET_SETTINGS, RETRAIN_SETTINGS
 from edgetune_cli.train_cmd import TRAIN_SETTINGS
 
 runner = CliRunner()
-COMMANDS = [("train", TRAIN_SETTINGS), ("personalize", PERSONALIZE_SETTINGS)]
+COMMANDS = [
+    ("train", TRAIN_SETTINGS),
+    ("personalize", PERSONALIZE_SETTINGS),
+    ("swap", RETRAIN_SETTINGS),
+    ("simulate", FLEET_SETTINGS),
+]
 
 
 def options_of(command_name: str) -> dict[str, Any]:
