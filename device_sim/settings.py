@@ -9,7 +9,7 @@ then), the ExecuTorch backends read its fields directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgetune.training_config import CACHE_PLACES, TrainingConfig  # noqa: F401 (CACHE_PLACES re-exported)
@@ -37,29 +37,66 @@ class PersonalizeConfig(TrainingConfig):
     """How a device trains; the defaults suit a few hundred examples of one user on a phone-class CPU (the
     shared fields: :class:`edgetune.training_config.TrainingConfig`; the defaults that differ are re-stated)."""
 
+    # A re-stated field without a help of its own keeps the base's (edgetune_cli.config_options).
     epochs: int = 8
-    lr: float | None = 1e-4  # trained blocks (or their adapters)
-    head_lr: float | None = 3e-3  # head and final norm; None: lr
+    lr: float | None = field(
+        default=1e-4,
+        metadata={
+            "help": "Learning rate of the trained blocks or their adapters (a job that selects between candidates "
+            "uses each candidate's own)."
+        },
+    )
+    head_lr: float | None = field(  # None: lr
+        default=3e-3,
+        metadata={
+            "help": "Learning rate of the head and the final norm (a job that selects between candidates uses each "
+            "candidate's own)."
+        },
+    )
     val_fraction: float = 0.15
-    patience: int | None = 3  # applies only when the job validates
+    patience: int | None = field(
+        default=3,
+        metadata={"help": "Stop after this many epochs without validation improvement (when the job validates)."},
+    )
     metric: str = "accuracy"
     # Texts per trunk call: the trunk's activations, not its weights, set the job's peak memory (MiniLM,
     # 128 tokens, 200 texts: peak RSS 944 MB at 32, 783 MB at 8, same trunk time on 2 cores).
     cache_batch_size: int = 8
-    cut: int | None = None  # train above this block; None: the package's cut; higher: train less
-    tuner: str | None = None  # None: the plan's
-    tuner_params: dict[str, Any] | None = None
-    precision: str = "fp32"  # trunk used for the features: fp32 or int8 (when the package has it)
-    text_column: str | None = None  # None: the plan's
-    label_column: str | None = None
-    # Robust defaults: choose between candidate configurations on an inner validation split (False: train the
-    # one configuration above: cut, tuner, lr, head_lr).
-    select: bool = True
-    candidates: tuple[dict[str, Any], ...] | None = None  # None: DEFAULT_CANDIDATES
-    # The do-no-harm guard: share of the user's data held out to compare the personal top with the global one
-    # (0: no guard), and the significance level of its one-sided test (device_sim.guard).
-    guard_fraction: float = 0.2
-    guard_alpha: float = 0.05
+    cut: int | None = field(
+        default=None,
+        metadata={"help": "Train above this block (default: the package's cut; higher trains less)."},
+    )
+    tuner: str | None = field(default=None, metadata={"help": "Tuner of the trained blocks (default: the plan's)."})
+    tuner_params: dict[str, Any] | None = field(default=None, metadata={"help": "The tuner's settings."})
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "Trunk that computes the features: fp32, or int8 (when the package has it)."},
+    )
+    text_column: str | None = field(default=None, metadata={"help": "Text column (default: the plan's)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: the plan's)."})
+    # Robust defaults: choose between candidate configurations on an inner validation split.
+    select: bool = field(
+        default=True,
+        metadata={
+            "help": "Choose between candidate configurations on an inner validation split (off: train the one "
+            "configuration that cut, tuner, lr and head_lr give)."
+        },
+    )
+    candidates: tuple[dict[str, Any], ...] | None = field(
+        default=None,
+        metadata={"help": "The configurations a selecting job chooses between (None: DEFAULT_CANDIDATES)."},
+    )
+    # The do-no-harm guard (device_sim.guard).
+    guard_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "Share of the data held out for the do-no-harm guard, which keeps the global model unless the "
+            "personal one is significantly better there (0: no guard)."
+        },
+    )
+    guard_alpha: float = field(
+        default=0.05, metadata={"help": "Significance level of the guard's one-sided exact McNemar test."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -83,11 +83,21 @@ class TrainConfig(TrainingConfig):
     """How the server trains; the defaults suit a small encoder on a few thousand examples (the shared fields:
     :class:`edgetune.training_config.TrainingConfig`)."""
 
-    mode: str = "cached"
-    release_trunk: bool = False  # cached mode: free the trunk's weights while the top trains
-    max_length: int | None = None  # None: the plan's
-    device: str | None = None  # None: Accelerate's choice (a GPU when there is one); "cpu"; "cuda"
-    mixed_precision: str = "no"
+    mode: str = field(
+        default="cached",
+        metadata={
+            "help": "cached: run the frozen trunk once and train on its output; naive: run it on every step.",
+            "choices": MODES,
+        },
+    )
+    release_trunk: bool = field(
+        default=False, metadata={"help": "Cached mode: free the trunk's weights while the top trains."}
+    )
+    max_length: int | None = field(default=None, metadata={"help": "Tokens per example (default: the plan's)."})
+    device: str | None = field(
+        default=None, metadata={"help": "cpu or cuda (default: Accelerate's choice, a GPU when there is one)."}
+    )
+    mixed_precision: str = field(default="no", metadata={"help": "Accelerate's mixed precision: no, fp16 or bf16."})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,7 +8,7 @@ setting (a device trains a few hundred texts of one user for more epochs, with v
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 CACHE_PLACES = ("auto", "memory", "mmap")
@@ -21,22 +21,58 @@ METRICS = ("accuracy", "macro_f1")
 class TrainingConfig:
     """Optimization, validation, feature cache and checkpoint settings of a top's training."""
 
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float | None = None  # trained blocks (or their adapters); None: the rule in edgetune.learning_rates
-    head_lr: float | None = None  # head and final norm; None: the rule's head rate
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    val_fraction: float = 0.0  # held out of the training data for model selection / early stopping
-    patience: int | None = None  # epochs without validation improvement before stopping
-    metric: str = "macro_f1"
-    cache: str = "auto"  # auto | memory | mmap
-    cache_dtype: str = "float32"
-    cache_batch_size: int = 64  # texts per trunk call while the cache is built
-    checkpoint_steps: int | None = None  # also checkpoint every N steps (always at each epoch's end)
-    progress: bool = True
+    # Each field's ``help`` is the text of its command-line option (edgetune_cli.config_options builds the
+    # options of `edgetune train` and `edgetune personalize` from these fields); ``choices``: the values
+    # __post_init__ accepts.
+    epochs: int = field(default=3, metadata={"help": "Training epochs (early stopping may end sooner)."})
+    batch_size: int = field(default=16, metadata={"help": "Examples per optimizer step."})
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the trained blocks or their adapters (default: the rule for what is trained, "
+            "edgetune.learning_rates: 3e-4 up to half the blocks, down to 5e-5 for all; 5e-4 for adapters)."
+        },
+    )
+    head_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the head and the final norm (default: the rule's head rate, 1e-3; 9e-3 when "
+            "the head trains alone)."
+        },
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(
+        default=0.06, metadata={"help": "Share of the steps over which the learning rate rises linearly."}
+    )
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping norm (None: no clipping)."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the head, adapters, batches, dropout and the validation split."}
+    )
+    val_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of the training data held out to keep the best epoch and stop early (0: none)."},
+    )
+    patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many epochs without validation improvement (default: never stop early)."},
+    )
+    metric: str = field(
+        default="macro_f1", metadata={"help": "Validation metric that picks the best epoch.", "choices": METRICS}
+    )
+    cache: str = field(
+        default="auto",
+        metadata={
+            "help": "Feature cache: memory, mmap (a memory-mapped file in the output directory) or auto (memory "
+            "when the features fit).",
+            "choices": CACHE_PLACES,
+        },
+    )
+    cache_dtype: str = field(default="float32", metadata={"help": "Cached feature storage: float32 or float16."})
+    cache_batch_size: int = field(default=64, metadata={"help": "Texts per trunk call while the cache is built."})
+    checkpoint_steps: int | None = field(
+        default=None, metadata={"help": "Also checkpoint every N steps (always at each epoch's end)."}
+    )
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
         if self.cache not in CACHE_PLACES:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from device_sim.settings import PersonalizeConfig
 from edgetune_cli.common import (
     at_least_one,
     check_range,
@@ -18,6 +17,7 @@ from edgetune_cli.common import (
     positive,
     predictions_csv,
 )
+from edgetune_cli.config_options import ConfigOptions
 from edgetune_cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
@@ -26,8 +26,29 @@ from edgetune_cli.tuner_opts import (
     tuner_options,
 )
 
-# The flags' defaults are the settings object's own (one place to change them).
-DEFAULTS = PersonalizeConfig()
+# The PersonalizeConfig fields `personalize` takes as options (flag, type, default and help from the fields).
+PERSONALIZE_SETTINGS = ConfigOptions(
+    "device_sim.settings:PersonalizeConfig",
+    fields=(
+        "cut",
+        "epochs",
+        "batch_size",
+        "lr",
+        "head_lr",
+        "guard_fraction",
+        "guard_alpha",
+        "val_fraction",
+        "patience",
+        "seed",
+        "cache",
+        "cache_dtype",
+        "checkpoint_steps",
+        "text_column",
+        "label_column",
+    ),
+)
+# Setting one of these on the command line fixes the job (no selection between candidates unless --select).
+FIXING_FIELDS = {"cut", "lr", "head_lr"}
 
 if TYPE_CHECKING:
     from device_sim.device import Prediction
@@ -140,9 +161,10 @@ def check_runtime(runtime: str) -> str:
 def register(app: typer.Typer) -> None:
     from edgetune_cli import handle_errors
 
-    @app.command("personalize")
+    @app.command("personalize", cls=PERSONALIZE_SETTINGS.command_class())
     @handle_errors
     def personalize_command(
+        ctx: typer.Context,
         package: Annotated[Path, typer.Option("--package", help="Device package (directory or .tar).")],
         data: Annotated[Path, typer.Option("--data", help="The user's labelled texts: CSV with a header, or JSONL.")],
         out: Annotated[
@@ -157,61 +179,27 @@ def register(app: typer.Typer) -> None:
         memory_mb: Annotated[float | None, typer.Option(help="Override the profile's memory budget (MB).")] = None,
         time_budget_s: Annotated[float | None, typer.Option(help="Override the profile's time budget (s).")] = None,
         gflops: Annotated[float | None, typer.Option(help="Override the profile's sustained GFLOP/s.")] = None,
-        cut: Annotated[
-            int | None,
-            typer.Option(help="Train above this block (default: the package's cut; higher trains less)."),
-        ] = None,
         tuner: TunerOption = None,
         lora_r: LoraROption = None,
         lora_alpha: LoraAlphaOption = None,
         tuner_param: TunerParamOption = None,
-        epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = DEFAULTS.epochs,
-        batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = DEFAULTS.batch_size,
-        lr: Annotated[
-            float | None,
-            typer.Option(
-                help=f"Learning rate of the trained blocks or adapters (with --no-select; default {DEFAULTS.lr:g})."
-            ),
-        ] = None,
-        head_lr: Annotated[
-            float | None,
-            typer.Option(help=f"Learning rate of the head (with --no-select; default {DEFAULTS.head_lr:g})."),
-        ] = None,
+        # PersonalizeConfig.select, by hand: unset, the command decides it from the other flags
         select: Annotated[
             bool | None,
             typer.Option(
                 "--select/--no-select",
                 help="Let the device choose between head only, LoRA and the plan's blocks at a few learning rates "
                 "on an inner validation split (default: on, unless --cut, --tuner, --lr or --head-lr fix the job).",
+                rich_help_panel=PERSONALIZE_SETTINGS.panel,
             ),
         ] = None,
-        guard_fraction: Annotated[
-            float,
+        # PersonalizeConfig.precision, by hand: a switch
+        int8: Annotated[
+            bool,
             typer.Option(
-                help="Share of the data held out for the do-no-harm guard, which keeps the global model unless the "
-                "personal one is significantly better there (0: no guard)."
+                "--int8", help="Cache the features of the int8 trunk.", rich_help_panel=PERSONALIZE_SETTINGS.panel
             ),
-        ] = DEFAULTS.guard_fraction,
-        guard_alpha: Annotated[
-            float, typer.Option(help="Significance level of the guard's one-sided exact McNemar test.")
-        ] = DEFAULTS.guard_alpha,
-        val_fraction: Annotated[
-            float, typer.Option(help="Share of the data held out to pick the best epoch (0: none).")
-        ] = DEFAULTS.val_fraction,
-        patience: Annotated[
-            int, typer.Option(help="Stop after this many epochs without improvement.")
-        ] = DEFAULTS.patience,
-        seed: Annotated[int, typer.Option(help="Seed of the split, batches, dropout and adapters.")] = DEFAULTS.seed,
-        int8: Annotated[bool, typer.Option("--int8", help="Cache the features of the int8 trunk.")] = False,
-        cache: Annotated[str, typer.Option(help="Feature cache: auto, memory or mmap.")] = DEFAULTS.cache,
-        cache_dtype: Annotated[
-            str, typer.Option(help="Cached feature storage: float32 or float16.")
-        ] = DEFAULTS.cache_dtype,
-        checkpoint_steps: Annotated[
-            int | None, typer.Option(help="Also checkpoint every N steps (always at each epoch's end).")
-        ] = None,
-        text_column: Annotated[str | None, typer.Option(help="Text column (default: the plan's).")] = None,
-        label_column: Annotated[str | None, typer.Option(help="Label column (default: the plan's).")] = None,
+        ] = False,
         backend: Annotated[
             str,
             typer.Option(
@@ -232,41 +220,26 @@ def register(app: typer.Typer) -> None:
 
         if backend not in BACKENDS:
             raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
-        from device_sim.settings import PersonalizeConfig
 
+        s = PERSONALIZE_SETTINGS.values(ctx)
         check_threads(threads)
-        positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops, lr=lr, head_lr=head_lr)
-        at_least_one(epochs=epochs, batch_size=batch_size, checkpoint_steps=checkpoint_steps)
-        check_range("--cut", cut, 0)
-        check_range("--patience", patience, 0)
+        positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops, lr=s["lr"], head_lr=s["head_lr"])
+        at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
+        check_range("--cut", s["cut"], 0)
+        check_range("--patience", s["patience"], 0)
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
         if select is None:  # a job fixed by hand is trained as asked
-            select = cut is None and tuner_name is None and lr is None and head_lr is None
-        settings: dict[str, Any] = dict(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=1e-4 if lr is None else lr,
-            head_lr=3e-3 if head_lr is None else head_lr,
-            select=select,
-            guard_fraction=guard_fraction,
-            guard_alpha=guard_alpha,
-            val_fraction=val_fraction,
-            patience=patience,
-            seed=seed,
-            cut=cut,
-            tuner=tuner_name,
-            tuner_params=tuner_params,
-            precision="int8" if int8 else "fp32",
-            cache=cache,
-            cache_dtype=cache_dtype,
-            checkpoint_steps=checkpoint_steps,
-            text_column=text_column,
-            label_column=label_column,
-            progress=not quiet,
-        )
+            select = tuner_name is None and not FIXING_FIELDS & PERSONALIZE_SETTINGS.given(ctx)
         try:
-            config = PersonalizeConfig(**settings)
+            config = PERSONALIZE_SETTINGS.build(
+                ctx,
+                select=select,
+                tuner=tuner_name,
+                tuner_params=tuner_params,
+                precision="int8" if int8 else "fp32",
+                progress=not quiet,
+            )
         except ValueError as err:
             raise typer.BadParameter(str(err)) from None
         from edgetune.io import same_file

@@ -9,20 +9,30 @@ import typer
 
 from edgetune.tables import fleet_summary
 from edgetune_cli.common import at_least_one, check_range, check_threads, locks_output
+from edgetune_cli.config_options import ConfigOptions
 
 METHOD_HELP = (
     "fala: personal matrix from curated examples (no backbone training); retrain: the new top layers on all the "
     "data; head-only: the new head on the curated examples."
 )
 
+# The PersonalizeConfig field each command takes as an option (its default and help from the field).
+RETRAIN_SETTINGS = ConfigOptions(
+    "device_sim.settings:PersonalizeConfig", fields=("epochs",), panel="Re-training settings (retrain, head-only)"
+)
+FLEET_SETTINGS = ConfigOptions(
+    "device_sim.settings:PersonalizeConfig", fields=("epochs",), panel="Personalization and re-training settings"
+)
+
 
 def register(app: typer.Typer) -> None:
     from edgetune_cli import handle_errors
 
-    @app.command("swap")
+    @app.command("swap", cls=RETRAIN_SETTINGS.command_class())
     @handle_errors
     @locks_output()
     def swap_command(
+        ctx: typer.Context,
         old: Annotated[Path, typer.Option("--old", help="The package the personal state was trained on.")],
         new: Annotated[Path, typer.Option("--new", help="The package with the new backbone.")],
         personal: Annotated[Path, typer.Option("--personal", help="The user's personal state for --old.")],
@@ -49,18 +59,16 @@ def register(app: typer.Typer) -> None:
                 "difference from the old global head, through W)."
             ),
         ] = "plain",
-        epochs: Annotated[int, typer.Option(help="retrain / head-only: maximum epochs.")] = 8,
         seed: Annotated[int, typer.Option(help="Seed of the random selection and of training.")] = 0,
         threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     ) -> None:
         """Carry a user's personalization from the old package to a new one. The old package and personal state
         are never modified: on any failure they stay in use, and nothing is written at --out."""
-        from device_sim.personalize import PersonalizeConfig
         from device_sim.swap import SwapConfig, SwapError, swap
         from edgetune_cli import console
 
         check_threads(threads)
-        at_least_one(k=k, epochs=epochs)
+        at_least_one(k=k, epochs=RETRAIN_SETTINGS.values(ctx)["epochs"])
         check_range("--fraction", fraction, 0, 1, low_open=True)
         check_range("--tune-epochs", tune_epochs, 0)
 
@@ -77,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 ridge_alpha=ridge_alpha,
                 form=form,
                 seed=seed,
-                personalize=PersonalizeConfig(epochs=epochs, seed=seed, progress=False),
+                personalize=RETRAIN_SETTINGS.build(ctx, seed=seed, progress=False),
             )
         except ValueError as err:
             raise SwapError(str(err)) from None
@@ -89,10 +97,11 @@ def register(app: typer.Typer) -> None:
             highlight=False,
         )
 
-    @app.command("simulate")
+    @app.command("simulate", cls=FLEET_SETTINGS.command_class())
     @handle_errors
     @locks_output()
     def simulate_command(
+        ctx: typer.Context,
         old: Annotated[Path, typer.Option("--old", help="The package the fleet runs today.")],
         new: Annotated[Path, typer.Option("--new", help="The package with the new backbone.")],
         data: Annotated[Path, typer.Option("--data", help="Labelled corpus the simulated users are drawn from.")],
@@ -109,7 +118,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
         fraction: Annotated[float, typer.Option(help="Curated examples per user, as a share of their data.")] = 0.1,
         random_draws: Annotated[int, typer.Option(help="Random selections per user (fala-random).")] = 3,
-        epochs: Annotated[int, typer.Option(help="Personalization / re-training: maximum epochs.")] = 8,
         seed: Annotated[int, typer.Option(help="Seed of the user simulation.")] = 0,
         threads: Annotated[
             int | None, typer.Option(help="CPU threads per user (default: all for local, 1 per Ray task).")
@@ -136,7 +144,6 @@ def register(app: typer.Typer) -> None:
         method; accuracy before/after, examples used, backward FLOPs, wall time and per-user cost (trunk,
         training, swap). Finished users are logged to OUT/simulate.jsonl and OUT/simulate.json as they finish:
         re-running an interrupted simulation resumes it without redoing them."""
-        from device_sim.personalize import PersonalizeConfig
         from device_sim.simulation.fleet import (
             BACKENDS,
             FLEET_METHODS,
@@ -152,7 +159,7 @@ def register(app: typer.Typer) -> None:
         from edgetune_cli import console
 
         check_threads(threads)
-        at_least_one(users=users, random_draws=random_draws, epochs=epochs)
+        at_least_one(users=users, random_draws=random_draws, epochs=FLEET_SETTINGS.values(ctx)["epochs"])
         check_range("--examples-per-user", examples_per_user, 2)
         check_range("--test-fraction", test_fraction, 0, 1, low_open=True, high_open=True)
         check_range("--fraction", fraction, 0, 1, low_open=True)
@@ -185,7 +192,7 @@ def register(app: typer.Typer) -> None:
                 methods=chosen,
                 fraction=fraction,
                 random_draws=random_draws,
-                personalize=PersonalizeConfig(epochs=epochs, progress=False),
+                personalize=FLEET_SETTINGS.build(ctx, progress=False),
                 threads=threads,
             )
         except ValueError as err:

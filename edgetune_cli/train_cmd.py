@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgetune_cli.common import at_least_one, check_range, check_threads, file_output, positive
+from edgetune_cli.config_options import ConfigOptions
 from edgetune_cli.device_cmd import RUNTIME_OPTION, check_runtime
 from edgetune_cli.tuner_opts import (
     LoraAlphaOption,
@@ -15,6 +16,27 @@ from edgetune_cli.tuner_opts import (
     TunerOption,
     TunerParamOption,
     tuner_options,
+)
+
+# The TrainConfig fields `train` takes as options (flag, type, default and help from the fields themselves).
+TRAIN_SETTINGS = ConfigOptions(
+    "edgetune.train:TrainConfig",  # imported only when `train` runs or shows its help: the module imports torch
+    fields=(
+        "mode",
+        "epochs",
+        "batch_size",
+        "head_lr",
+        "val_fraction",
+        "patience",
+        "cache",
+        "cache_dtype",
+        "checkpoint_steps",
+        "max_length",
+        "device",
+        "seed",
+    ),
+    # The command keeps the best epoch on a held-out tenth of the data by default; the library holds nothing out.
+    defaults={"val_fraction": 0.1},
 )
 
 
@@ -83,83 +105,50 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
 def register(app: typer.Typer) -> None:
     from edgetune_cli import handle_errors
 
-    @app.command("train")
+    @app.command("train", cls=TRAIN_SETTINGS.command_class())
     @handle_errors
     def train_command(
+        ctx: typer.Context,
         model: Annotated[Path, typer.Option("--model", help="Hugging Face model directory the plan was made on.")],
         plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan`.")],
         data: Annotated[Path, typer.Option("--data", help="Training data: CSV with a header, or JSONL.")],
         out: Annotated[Path, typer.Option("--out", help="Output directory (resumes a run interrupted there).")],
-        mode: Annotated[
-            str, typer.Option(help="cached: run the frozen trunk once and train on its output; naive: every step.")
-        ] = "cached",
         tuner: TunerOption = None,
         lora_r: LoraROption = None,
         lora_alpha: LoraAlphaOption = None,
         tuner_param: TunerParamOption = None,
-        epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
-        batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 16,
+        # TrainConfig.lr, by hand: the command also takes 'auto' (a search, not a rate)
         lr: Annotated[
             str | None,
             typer.Option(
                 help="Learning rate of the trained blocks: a number; 'auto' trains the rule's rate, 1/3 and 3x "
                 "of it and keeps the best on the validation split (3x the time); default: the rule for the "
-                "cut (3e-4 up to half the blocks, down to 5e-5 for all; 5e-4 for adapters)."
+                "cut (3e-4 up to half the blocks, down to 5e-5 for all; 5e-4 for adapters).",
+                rich_help_panel=TRAIN_SETTINGS.panel,
             ),
         ] = None,
-        head_lr: Annotated[float | None, typer.Option(help="Learning rate of the head (default: 1e-3).")] = None,
-        val_fraction: Annotated[
-            float, typer.Option(help="Share of the training data held out to keep the best epoch (0: none).")
-        ] = 0.1,
-        patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without improvement.")] = None,
         eval_data: Annotated[Path | None, typer.Option(help="Held-out test data, evaluated at the end.")] = None,
-        cache: Annotated[str, typer.Option(help="Feature cache: auto, memory or mmap (a file in OUT).")] = "auto",
-        cache_dtype: Annotated[str, typer.Option(help="Cached feature storage: float32 or float16.")] = "float32",
-        checkpoint_steps: Annotated[
-            int | None, typer.Option(help="Also checkpoint every N steps (always at each epoch's end).")
-        ] = None,
-        max_length: Annotated[int | None, typer.Option(help="Tokens per example (default: the plan's).")] = None,
-        device: Annotated[str | None, typer.Option(help="cpu or cuda (default: a GPU when there is one).")] = None,
-        seed: Annotated[int, typer.Option(help="Seed for the head, batches, dropout and the validation split.")] = 0,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a trained model in OUT.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
     ) -> None:
         """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
         from edgetune.finetune import finetune
-        from edgetune.train import CACHE_PLACES, MODES, TrainConfig, TrainError, is_main_process
+        from edgetune.train import TrainError, is_main_process
         from edgetune_cli import console
 
         main_process = is_main_process()  # torchrun / accelerate launch: the other processes print nothing
         quiet = quiet or not main_process
-        if mode not in MODES:
-            raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
-        if cache not in CACHE_PLACES:
-            raise typer.BadParameter(f"choose one of {', '.join(CACHE_PLACES)}", param_hint="--cache")
-        at_least_one(epochs=epochs, batch_size=batch_size, checkpoint_steps=checkpoint_steps)
-        check_range("--max-length", max_length, 2, 1 << 16)
-        check_range("--patience", patience, 0)
-        check_range("--val-fraction", val_fraction, 0, 1, high_open=True)
-        positive(head_lr=head_lr)
+        s = TRAIN_SETTINGS.values(ctx)  # --mode and --cache were checked against their choices while parsing
+        at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
+        check_range("--max-length", s["max_length"], 2, 1 << 16)
+        check_range("--patience", s["patience"], 0)
+        check_range("--val-fraction", s["val_fraction"], 0, 1, high_open=True)
+        positive(head_lr=s["head_lr"])
         tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
         search_lr = lr is not None and lr.strip().lower() == "auto"
         block_lr = None if lr is None or search_lr else parse_rate(lr, "--lr")
         try:
-            config = TrainConfig(
-                mode=mode,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=block_lr,
-                head_lr=head_lr,
-                val_fraction=val_fraction,
-                patience=patience,
-                cache=cache,
-                cache_dtype=cache_dtype,
-                checkpoint_steps=checkpoint_steps,
-                max_length=max_length,
-                device=device,
-                seed=seed,
-                progress=not quiet,
-            )
+            config = TRAIN_SETTINGS.build(ctx, lr=block_lr, progress=not quiet)
         except ValueError as err:
             raise TrainError(str(err)) from None
         result = finetune(
@@ -187,7 +176,8 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"learning rates: blocks {result.config.lr:.2g}, head {result.config.head_lr:.2g}", highlight=False
         )
-        msg = f"trained {what} with {result.tuner.name} ({result.trainable_params:,} trainable parameters, {mode} mode)"
+        params = f"{result.trainable_params:,} trainable parameters"
+        msg = f"trained {what} with {result.tuner.name} ({params}, {config.mode} mode)"
         if result.metrics is not None:
             msg += f"; held-out accuracy {result.metrics['accuracy']:.2%}, macro-F1 {result.metrics['macro_f1']:.2%}"
         console.print(f"{msg}; wrote {out}", highlight=False)

@@ -52,22 +52,3 @@ def test_a_bad_package_is_one_line_without_torch(tmp_path: Path) -> None:
     text = " ".join(output)
     assert "error:" in text and "manifest.json" in text
     assert "Traceback" not in run.stdout + run.stderr
-
-
-def test_personalize_flags_default_to_the_settings_objects_values() -> None:
-    """The command line states no default of its own: each flag that names a PersonalizeConfig field starts at
-    that field's default, so the library and the command cannot drift apart."""
-    import typer.main
-
-    from device_sim.settings import PersonalizeConfig
-    from edgetune_cli import app
-
-    command = typer.main.get_command(app).commands["personalize"]
-    defaults = PersonalizeConfig()
-    checked = 0
-    per_job = ("lr", "head_lr", "cut", "select")  # None on the command line: decided per job
-    for param in command.params:
-        if param.name in PersonalizeConfig.__dataclass_fields__ and param.name not in per_job:
-            assert param.default == getattr(defaults, param.name), param.name
-            checked += 1
-    assert checked >= 10
