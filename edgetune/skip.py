@@ -46,35 +46,8 @@ from edgetune.data import LabelMap, TextDataset, sample
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.tokenization import TextEncoder
 from edgetune.traces import length_sorted_batches
-from edgetune.train import TrainConfig, Trainer
-
-
-@dataclass
-class HadSkipConfig(TrainConfig):
-    """HadSkip's settings on top of the trainer's (:class:`~edgetune.train.TrainConfig`): the whole model
-    trains (cut 0, the embeddings frozen) on the shared loop, so warm-up and decay, clipping, device
-    placement, mixed precision and checkpoints work as for any run. Defaults re-stated for joint training."""
-
-    epochs: int = 2
-    lr: float | None = 5e-5
-    head_lr: float | None = 1e-3
-    budget: float = 0.5  # target fraction of blocks executed
-    penalty: float = 10.0  # lambda of the budget penalty
-    init_scale: float = 3.0  # |logit| scale of the fine-grained initialization
-    temperature_start: float = 1.0
-    temperature_end: float = 0.05
-    adaptive: bool = True  # gates also read each block's pooled input (per-example skipping)
-    gate_lr: float = 5e-2  # the gates' own rate, no weight decay
-    calibration_size: int = 64  # texts for the block importance and the static skip set
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
-        if not 0 < self.temperature_end <= self.temperature_start:
-            raise ValueError("need 0 < temperature_end <= temperature_start")
-        if self.gate_lr <= 0 or self.penalty < 0 or self.calibration_size < 1:
-            raise ValueError("need gate_lr > 0, penalty >= 0 and calibration_size >= 1")
+from edgetune.train import Trainer
+from edgetune.training_config import HadSkipConfig
 
 
 class LayerGates(nn.Module):

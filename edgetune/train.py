@@ -47,7 +47,7 @@ import math
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,60 +64,18 @@ from edgetune.data import LabelMap, TextDataset
 from edgetune.errors import EdgetuneError
 from edgetune.evaluation import METRICS, classification_metrics
 from edgetune.features import FeatureCache, data_digest
-from edgetune.learning_rates import default_learning_rates, linear_warmup_factor
+from edgetune.learning_rates import linear_warmup_factor
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
-from edgetune.training_config import CACHE_PLACES, TrainingConfig  # noqa: F401 (CACHE_PLACES re-exported)
-from edgetune.tuners import Tuner
 
-MODES = ("cached", "naive")
+# the configs are torch-free (the command line reads them at start-up); re-exported here, where they are used
+from edgetune.training_config import CACHE_PLACES, MODES, TrainConfig, TrainingConfig  # noqa: F401
+from edgetune.tuners import Tuner
 
 
 class TrainError(EdgetuneError, ValueError):
     """A training run cannot start as asked (output directory, checkpoint, settings)."""
-
-
-@dataclass
-class TrainConfig(TrainingConfig):
-    """How the server trains; the defaults suit a small encoder on a few thousand examples (the shared fields:
-    :class:`edgetune.training_config.TrainingConfig`)."""
-
-    mode: str = field(
-        default="cached",
-        metadata={
-            "help": "cached: run the frozen trunk once and train on its output; naive: run it on every step.",
-            "choices": MODES,
-        },
-    )
-    release_trunk: bool = field(
-        default=False, metadata={"help": "Cached mode: free the trunk's weights while the top trains."}
-    )
-    max_length: int | None = field(default=None, metadata={"help": "Tokens per example (default: the plan's)."})
-    device: str | None = field(
-        default=None, metadata={"help": "cpu or cuda (default: Accelerate's choice, a GPU when there is one)."}
-    )
-    mixed_precision: str = field(default="no", metadata={"help": "Accelerate's mixed precision: no, fp16 or bf16."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.patience is not None and self.val_fraction == 0:
-            raise ValueError("patience needs val_fraction > 0 and must be >= 1")
-        if self.release_trunk and self.mode != "cached":
-            raise ValueError("release_trunk needs mode='cached' (naive mode runs the trunk every step)")
-
-    def with_learning_rates(self, trained_blocks: int, num_layers: int, tuner: str, steps: int) -> TrainConfig:
-        """A copy with both learning rates set: the ones given, else the rule for what is trained, for how long."""
-        block, head = default_learning_rates(trained_blocks, num_layers, tuner, steps)
-        return replace(self, lr=self.lr if self.lr is not None else block, head_lr=self.head_lr or head)
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that change the result (a checkpoint resumes only under the same ones)."""
-        # naive and cached mode give the same result, so a run may resume in the other mode
-        skip = {"mode", "progress", "checkpoint_steps", "cache", "cache_batch_size", "device", "release_trunk"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 @dataclass

@@ -1,15 +1,20 @@
-"""The settings every training loop of the project shares, in one torch-free dataclass.
+"""The settings of every training loop of the project: one family of torch-free dataclasses.
 
-The server trainer (:class:`edgetune.train.TrainConfig`) and a device's personalization job
-(:class:`device_sim.settings.PersonalizeConfig`) both derive from :class:`TrainingConfig`: the fields are
-declared and checked here once; a subclass only adds its own fields and re-states the defaults that suit its
-setting (a device trains a few hundred texts of one user for more epochs, with validation on by default).
+The server trainer's :class:`TrainConfig` (and HadSkip's :class:`HadSkipConfig`, a TrainConfig) and a device's
+personalization job (:class:`device_sim.settings.PersonalizeConfig`) all derive from :class:`TrainingConfig`: the
+shared fields are declared and checked here once; a subclass only adds its own fields and re-states the defaults
+that suit its setting (a device trains a few hundred texts of one user for more epochs, with validation on by
+default). Each field's ``metadata["help"]`` is also its command-line help (``edgetune_cli.config_options``
+generates the options from the fields), so nothing here may import torch or numpy: the command line reads these
+classes at start-up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from edgetune.learning_rates import default_learning_rates
 
 CACHE_PLACES = ("auto", "memory", "mmap")
 # The metrics a run can select its best epoch on (edgetune.metrics computes them). Declared here, not there, so
@@ -91,3 +96,84 @@ class TrainingConfig:
     def shared_settings(self) -> dict[str, Any]:
         """The values of the fields declared here (what another config of the family takes over)."""
         return {f.name: getattr(self, f.name) for f in fields(TrainingConfig)}
+
+
+MODES = ("cached", "naive")
+
+
+@dataclass
+class TrainConfig(TrainingConfig):
+    """How the server trains; the defaults suit a small encoder on a few thousand examples (the shared fields:
+    :class:`edgetune.training_config.TrainingConfig`)."""
+
+    mode: str = field(
+        default="cached",
+        metadata={
+            "help": "cached: run the frozen trunk once and train on its output; naive: run it on every step.",
+            "choices": MODES,
+        },
+    )
+    release_trunk: bool = field(
+        default=False, metadata={"help": "Cached mode: free the trunk's weights while the top trains."}
+    )
+    max_length: int | None = field(default=None, metadata={"help": "Tokens per example (default: the plan's)."})
+    device: str | None = field(
+        default=None, metadata={"help": "cpu or cuda (default: Accelerate's choice, a GPU when there is one)."}
+    )
+    mixed_precision: str = field(default="no", metadata={"help": "Accelerate's mixed precision: no, fp16 or bf16."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.patience is not None and self.val_fraction == 0:
+            raise ValueError("patience needs val_fraction > 0 and must be >= 1")
+        if self.release_trunk and self.mode != "cached":
+            raise ValueError("release_trunk needs mode='cached' (naive mode runs the trunk every step)")
+
+    def with_learning_rates(self, trained_blocks: int, num_layers: int, tuner: str, steps: int) -> TrainConfig:
+        """A copy with both learning rates set: the ones given, else the rule for what is trained, for how long."""
+        block, head = default_learning_rates(trained_blocks, num_layers, tuner, steps)
+        return replace(self, lr=self.lr if self.lr is not None else block, head_lr=self.head_lr or head)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the result (a checkpoint resumes only under the same ones)."""
+        # naive and cached mode give the same result, so a run may resume in the other mode
+        skip = {"mode", "progress", "checkpoint_steps", "cache", "cache_batch_size", "device", "release_trunk"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+@dataclass
+class HadSkipConfig(TrainConfig):
+    """HadSkip's settings on top of the trainer's (:mod:`edgetune.skip`): the whole model trains (cut 0, the
+    embeddings frozen) on the shared loop, so warm-up and decay, clipping, device placement, mixed precision and
+    checkpoints work as for any run. The defaults that suit joint training are re-stated."""
+
+    epochs: int = 2
+    lr: float | None = field(default=5e-5, metadata={"help": "Learning rate of the blocks."})
+    head_lr: float | None = field(default=1e-3, metadata={"help": "Learning rate of the task head."})
+    budget: float = field(default=0.5, metadata={"help": "Target fraction of blocks executed at inference, in (0, 1]."})
+    penalty: float = field(default=10.0, metadata={"help": "Weight of the budget penalty (mean gate - budget)^2."})
+    init_scale: float = field(
+        default=3.0, metadata={"help": "Scale of the gates' initial logits (from each block's importance)."}
+    )
+    temperature_start: float = field(default=1.0, metadata={"help": "Gate temperature at the first step."})
+    temperature_end: float = field(
+        default=0.05, metadata={"help": "Gate temperature at the last step (annealed geometrically)."}
+    )
+    adaptive: bool = field(
+        default=True, metadata={"help": "Gates also read each block's input (per-example skipping while training)."}
+    )
+    gate_lr: float = field(default=5e-2, metadata={"help": "Learning rate of the gates (no weight decay)."})
+    calibration_size: int = field(
+        default=64, metadata={"help": "Texts that measure block importance and choose the exported skip set."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+        if not 0 < self.temperature_end <= self.temperature_start:
+            raise ValueError("need 0 < temperature_end <= temperature_start")
+        if self.gate_lr <= 0 or self.penalty < 0 or self.calibration_size < 1:
+            raise ValueError("need gate_lr > 0, penalty >= 0 and calibration_size >= 1")

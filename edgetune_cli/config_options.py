@@ -7,7 +7,7 @@ re-stated field without metadata of its own (a subclass that only changes a defa
 
 A command lists the fields it exposes in a :class:`ConfigOptions` and declares only its other options by hand::
 
-    TRAIN = ConfigOptions("edgetune.train:TrainConfig", fields=("epochs", "head_lr"))
+    TRAIN = ConfigOptions("edgetune.training_config:TrainConfig", fields=("epochs", "head_lr"))
 
     @app.command("train", cls=TRAIN.command_class())
     def train_command(ctx: typer.Context, out: Annotated[Path, typer.Option()]) -> None:

@@ -20,7 +20,7 @@ from edgetune_cli.tuner_opts import (
 
 # The TrainConfig fields `train` takes as options (flag, type, default and help from the fields themselves).
 TRAIN_SETTINGS = ConfigOptions(
-    "edgetune.train:TrainConfig",  # imported only when `train` runs or shows its help: the module imports torch
+    "edgetune.training_config:TrainConfig",
     fields=(
         "mode",
         "epochs",

@@ -1,4 +1,4 @@
-"""The options of `train` and `personalize` are generated from their config dataclasses
+"""The options of `train`, `personalize`, `swap`, `simulate` and `skip` are generated from their config dataclasses
 (edgetune_cli.config_options): each has its field's help and default, and its value reaches the config."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from edgetune.errors import EdgetuneError
 from edgetune_cli import app
 from edgetune_cli.config_options import ConfigOptions, field_info
 from edgetune_cli.device_cmd import PERSONALIZE_SETTINGS
+from edgetune_cli.skip_cmd import SKIP_SETTINGS
 from edgetune_cli.swap_cmd import FLEET_SETTINGS, RETRAIN_SETTINGS
 from edgetune_cli.train_cmd import TRAIN_SETTINGS
 
@@ -24,6 +25,7 @@ COMMANDS = [
     ("personalize", PERSONALIZE_SETTINGS),
     ("swap", RETRAIN_SETTINGS),
     ("simulate", FLEET_SETTINGS),
+    ("skip", SKIP_SETTINGS),
 ]
 
 
@@ -50,7 +52,14 @@ def test_every_exposed_field_has_its_help_and_its_default(command_name: str, set
     assert TRAIN_SETTINGS.defaults == {"val_fraction": 0.1}  # the one deliberate difference (see train_cmd)
 
 
-@pytest.mark.parametrize("cls_path", ["edgetune.train:TrainConfig", "device_sim.settings:PersonalizeConfig"])
+@pytest.mark.parametrize(
+    "cls_path",
+    [
+        "edgetune.training_config:TrainConfig",
+        "edgetune.training_config:HadSkipConfig",
+        "device_sim.settings:PersonalizeConfig",
+    ],
+)
 def test_every_config_field_has_a_help_text(cls_path: str) -> None:
     """Any field can become an option (the skip command's too) without writing its help a second time."""
     cls = ConfigOptions(cls_path, fields=()).config_class()
