@@ -42,6 +42,8 @@ TARGET_SPEEDUP = 1.7
 
 
 def build_packages(work: Path, max_length: int) -> dict[str, Any]:
+    """Plan and export package A (MiniLM) and B (A without its top block) on the server split; the rest is the
+    users' pool."""
     from device_sim.simulation.derived import derive_backbone
     from edgetune.api import plan
     from edgetune.data import stratified_split
@@ -99,6 +101,7 @@ def one_run(old: Path, new: Path, users: list, warm: list, workers: int, methods
 
 
 def cost_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-user seconds and backward FLOPs of each part of a user's task: where a user's time goes."""
     out = {}
     for part in ("trunk", "training", "swap", "evaluation"):
         out[part] = {
@@ -111,6 +114,7 @@ def cost_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def projection(t_user: float, t_start: float, efficiency: float, users: int = 10_000, workers: int = 100) -> dict:
+    """Wall time and core-hours for ``users`` on ``workers`` from the measured per-user and start times."""
     wall = t_start + users * t_user / (workers * efficiency)
     return {
         "users": users,
@@ -127,6 +131,7 @@ def projection(t_user: float, t_start: float, efficiency: float, users: int = 10
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    """Throughput per worker count against the ideal and the target, and the per-user cost broken down."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,59 +173,73 @@ def plot(result: dict[str, Any], path: Path) -> None:
     write_figure(fig, path, dpi=110)
 
 
-def main() -> None:
+def parse_args():
+    """The common benchmark options plus the fleet's size and the rounds of timing."""
     ap = parser(__doc__, threads=2)
     ap.add_argument("--users", type=int, default=12)
     ap.add_argument("--train-examples", type=int, default=60)
     ap.add_argument("--test-examples", type=int, default=20)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    import torch
 
-    from device_sim.simulation.fleet import fleet_rows
+def make_users(pool, args) -> tuple[list, list]:
+    """The fleet's users, and two small warm-up users (their own ids) that start each worker before the timing."""
     from device_sim.simulation.users import UserConfig, simulate_users
 
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
-    methods = ("none", "fala", "retrain")
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
-        work = Path(tmp)
-        setup = build_packages(work, args.max_length)
-        total = args.train_examples + args.test_examples
-        users = simulate_users(
-            setup["pool"],
-            UserConfig(num_users=args.users, examples_per_user=total, test_fraction=args.test_examples / total),
-        )
-        warm = simulate_users(setup["pool"], UserConfig(num_users=2, examples_per_user=40, test_fraction=0.25, seed=99))
-        for u in warm:
-            u.user_id = f"warmup-{u.user_id}"
-        print(f"packages ready ({setup['seconds']}); {len(users)} users", flush=True)
-        runs = []
-        order = [w for r in range(args.rounds) for w in ((1, 2) if r % 2 == 0 else (2, 1))]
-        with exclusive(args.lock) as waited:
-            print(f"lock held after {waited:.0f}s of waiting", flush=True)
-            for workers in order:
-                run = one_run(work / "pkg-a", work / "pkg-b", users, warm, workers, methods)
-                print(
-                    f"{workers} worker(s): {run['users_per_hour']:.0f} users/h (wall {run['wall_seconds']:.1f}s, "
-                    f"busy {run['busy_fraction']:.0%}, load {run['load_average_before'][0]:.1f} -> "
-                    f"{run['load_average_after'][0]:.1f})",
-                    flush=True,
-                )
-                runs.append(run)
+    total = args.train_examples + args.test_examples
+    users = simulate_users(
+        pool, UserConfig(num_users=args.users, examples_per_user=total, test_fraction=args.test_examples / total)
+    )
+    warm = simulate_users(pool, UserConfig(num_users=2, examples_per_user=40, test_fraction=0.25, seed=99))
+    for u in warm:
+        u.user_id = f"warmup-{u.user_id}"
+    return users, warm
+
+
+def timed_runs(work: Path, users: list, warm: list, args, methods: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every round at 1 and 2 workers under the lock, alternating the order so drift in the load lands on both."""
+    runs = []
+    order = [w for r in range(args.rounds) for w in ((1, 2) if r % 2 == 0 else (2, 1))]
+    with exclusive(args.lock) as waited:
+        print(f"lock held after {waited:.0f}s of waiting", flush=True)
+        for workers in order:
+            run = one_run(work / "pkg-a", work / "pkg-b", users, warm, workers, methods)
+            print(
+                f"{workers} worker(s): {run['users_per_hour']:.0f} users/h (wall {run['wall_seconds']:.1f}s, "
+                f"busy {run['busy_fraction']:.0%}, load {run['load_average_before'][0]:.1f} -> "
+                f"{run['load_average_after'][0]:.1f})",
+                flush=True,
+            )
+            runs.append(run)
+    return runs
+
+
+def throughput(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median users/hour per worker count, the speed-up, and the 1-worker per-user and worker-start times that the
+    projection needs."""
     rate = {str(w): float(np.median([r["users_per_hour"] for r in runs if r["workers"] == w])) for w in (1, 2)}
-    speedup = rate["2"] / rate["1"]
-    one = [r for r in runs if r["workers"] == 1]
-    rows_one = [row for r in one for row in r["results"]["users"]]
-    t_user = float(np.median([row["cost"]["total_seconds"] for row in rows_one]))
-    t_start = float(np.median([r["worker_start_seconds"] for r in runs]))
+    rows_one = [row for r in runs if r["workers"] == 1 for row in r["results"]["users"]]
+    return {
+        "rate": rate,
+        "speedup": rate["2"] / rate["1"],
+        "rows_one": rows_one,
+        "t_user": float(np.median([row["cost"]["total_seconds"] for row in rows_one])),
+        "t_start": float(np.median([r["worker_start_seconds"] for r in runs])),
+        "loads": [x for r in runs for x in (r["load_average_before"][0], r["load_average_after"][0])],
+    }
+
+
+def result_record(args, setup: dict, runs: list, methods: tuple[str, ...], load_start: list, start: float) -> dict:
+    """The JSON record: setting, per-run measurements (without the per-user rows), throughput, cost, projection."""
+    from device_sim.simulation.fleet import fleet_rows
+
+    tp = throughput(runs)
+    speedup = tp["speedup"]
     reference = fleet_rows(runs[0]["results"]["users"])
     summary = runs[0]["results"]["summary"]
-    loads = [x for r in runs for x in (r["load_average_before"][0], r["load_average_after"][0])]
-    result: dict[str, Any] = {
+    return {
         "benchmark": "fleet_scale",
         "machine": machine_record(
             load_start, args.threads, note="shared with other engineers' jobs; load averages per run below"
@@ -238,17 +257,36 @@ def main() -> None:
         },
         "setup_seconds": setup["seconds"],
         "runs": [{k: v for k, v in r.items() if k != "results"} for r in runs],
-        "users_per_hour": rate,
+        "users_per_hour": tp["rate"],
         "speedup": speedup,
         "efficiency": speedup / 2,
         "target": {"speedup": TARGET_SPEEDUP, "met": speedup >= TARGET_SPEEDUP},
-        "load_average_median": float(np.median(loads)),
+        "load_average_median": float(np.median(tp["loads"])),
         "rows_identical_across_runs": all(fleet_rows(r["results"]["users"]) == reference for r in runs),
-        "cost_per_user": cost_table(rows_one),
-        "projection": projection(t_user, t_start, min(1.0, speedup / 2)),
+        "cost_per_user": cost_table(tp["rows_one"]),
+        "projection": projection(tp["t_user"], tp["t_start"], min(1.0, speedup / 2)),
         "accuracy": {"before": summary["before_personal"], **summary["methods"]},
         "total_seconds": time.perf_counter() - start,
     }
+
+
+def main() -> None:
+    """Build both packages, time the fleet at 1 and 2 workers, then write the record and the figure."""
+    args = parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    load_start = load_average()
+    methods = ("none", "fala", "retrain")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
+        work = Path(tmp)
+        setup = build_packages(work, args.max_length)
+        users, warm = make_users(setup["pool"], args)
+        print(f"packages ready ({setup['seconds']}); {len(users)} users", flush=True)
+        runs = timed_runs(work, users, warm, args, methods)
+    result = result_record(args, setup, runs, methods, load_start, start)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "fleet_scale.json", result)
     plot(result, args.out / "fleet_scale.png")

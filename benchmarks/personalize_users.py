@@ -132,6 +132,7 @@ def device_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_subprocess(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Run :func:`device_job` in a fresh process, so its time and peak memory are the job's alone."""
     spec_path, out_path = tmp / "spec.json", tmp / "out.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "EDGETUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(spec["threads"])}
@@ -205,6 +206,7 @@ def prepare_corpus(name: str, args: argparse.Namespace, work: Path) -> dict[str,
 
 
 def run_user(args: argparse.Namespace, corpus: dict[str, Any], user: Any, train: Path, test: Path) -> dict:
+    """One user's job, scored on the user's held-out texts: global, chosen (before the guard) and kept."""
     from device_sim.device import Device
 
     pkg = corpus["package"]
@@ -256,11 +258,13 @@ def run_user(args: argparse.Namespace, corpus: dict[str, Any], user: Any, train:
 
 # -- summary ------------------------------------------------------------------------------------------------------
 def _stats(values: list[float]) -> dict[str, float]:
+    """Mean, median and range: the shape of every summary statistic."""
     a = np.asarray(values, dtype=float)
     return {"mean": float(a.mean()), "median": float(np.median(a)), "min": float(a.min()), "max": float(a.max())}
 
 
 def summarize_rows(rows: list[dict[str, Any]], worse_points: float) -> dict[str, Any]:
+    """Gains, users made worse, what the guard kept, job time and memory over a group of users."""
     before = 100 * (np.array([r["before_guard"] for r in rows]) - np.array([r["global"] for r in rows]))
     after = 100 * (np.array([r["after_guard"] for r in rows]) - np.array([r["global"] for r in rows]))
     guard_share = [r["job"]["phases"]["guard"] / r["job"]["job_seconds"] for r in rows]
@@ -285,6 +289,7 @@ def summarize_rows(rows: list[dict[str, Any]], worse_points: float) -> dict[str,
 
 
 def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The summary over all users, per kind and per corpus and kind (``--tune``: candidates and an alpha sweep)."""
     kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
     out: dict[str, Any] = {"all": summarize_rows(rows, args.worse_points)}
     out["by_kind"] = {k: summarize_rows([r for r in rows if r["kind"] == k], args.worse_points) for k in kinds}
@@ -327,6 +332,7 @@ def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    """Gain and users made worse per kind, before and after the guard, and every user's accuracy against global."""
     from edgetune.report import pyplot
 
     plt = pyplot()
@@ -369,7 +375,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     write_figure(fig, path)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The common benchmark options, the users and the split settings, and the hidden worker entry point."""
     ap = parser(__doc__, seed=0)
     ap.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
@@ -387,20 +394,12 @@ def main() -> None:
     ap.add_argument("--worse-points", type=float, default=1.0)
     ap.add_argument("--work", type=Path, help="Keep the packages and user files here (reused by a later run).")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        spec_path, out_path = args.worker
-        result = device_job(json.loads(Path(spec_path).read_text()))
-        Path(out_path).write_text(json.dumps(result))
-        return
-    hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
-    load_start = load_average()
+    return ap.parse_args()
 
-    import torch
 
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
-    start = time.perf_counter()
+def run_corpora(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every user of every corpus, in a work directory that is removed afterwards unless ``--work`` keeps it.
+    Returns (the corpora's records, one row per user)."""
     work = args.work or Path(tempfile.mkdtemp(prefix="personalize-users-"))
     work.mkdir(parents=True, exist_ok=True)
     corpora, rows = [], []
@@ -413,9 +412,15 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    return corpora, rows
+
+
+def result_record(args: argparse.Namespace, corpora: list, rows: list, load_start: list[float],
+                  start: float) -> dict[str, Any]:  # fmt: skip
+    """The JSON record: the setting, the corpora, every user's row and the summary."""
     from device_sim.personalize import DEFAULT_CANDIDATES
 
-    results = {
+    return {
         "benchmark": "personalize_users" + ("_tune" if args.tune else ""),
         "command": "python benchmarks/personalize_users.py " + " ".join(sys.argv[1:]),
         "machine": machine_record(load_start, args.threads, workers_import=("onnxruntime", "transformers", "peft")),
@@ -442,6 +447,26 @@ def main() -> None:
         "summary": summarize(rows, args),
         "seconds": time.perf_counter() - start,
     }
+
+
+def main() -> None:
+    """Run every user's device job (or, as ``--worker``, one job), then write the record and the figure."""
+    args = parse_args()
+    if args.worker:
+        spec_path, out_path = args.worker
+        result = device_job(json.loads(Path(spec_path).read_text()))
+        Path(out_path).write_text(json.dumps(result))
+        return
+    hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
+    load_start = load_average()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
+    start = time.perf_counter()
+    corpora, rows = run_corpora(args)
+    results = result_record(args, corpora, rows, load_start, start)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "personalize_users_tune" if args.tune else "personalize_users"
     write_json(args.out / f"{stem}.json", results)

@@ -65,11 +65,13 @@ PRUNINGS = (
 
 
 def tuner_params(name: str) -> dict[str, Any]:
+    """Each tuner's hyper-parameters, a fresh copy per call so no run can change another's."""
     return {"full": {}, "lora": dict(ADAPTER), "roselora": dict(ROSELORA), "dsee": dict(DSEE)}[name]
 
 
 @torch.no_grad()
 def predict(top: torch.nn.Module, source: Any, batch_size: int = 64) -> np.ndarray:
+    """Logits of the top over a cached feature source, in batches to bound memory."""
     top.eval()
     out = []
     for start in range(0, len(source), batch_size):
@@ -79,6 +81,7 @@ def predict(top: torch.nn.Module, source: Any, batch_size: int = 64) -> np.ndarr
 
 
 def scores(top: torch.nn.Module, source: Any, labels: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Accuracy and macro-F1: the two numbers every row reports."""
     from edgetune.evaluation import classification_metrics
 
     m = classification_metrics(labels, predict(top, source).argmax(axis=1), names)
@@ -86,6 +89,7 @@ def scores(top: torch.nn.Module, source: Any, labels: np.ndarray, names: list[st
 
 
 def delta_bytes(delta: dict[str, torch.Tensor]) -> dict[str, int]:
+    """What a user would store: the serialized delta, in all and without the head and norms."""
     from safetensors.torch import save
 
     adapter = {k: v for k, v in delta.items() if not k.startswith(("head.", "norm."))}
@@ -119,6 +123,7 @@ class Bench:
         self.y_test = self.test_ds.encoded_labels(self.label_map)
 
     def config(self, tuner: str, seed: int, epochs: int) -> Any:
+        """The shared training settings; only the learning rate depends on the tuner (full vs the LoRA family)."""
         from edgetune.train import TrainConfig
 
         lr = self.args.lr if tuner == "full" else self.args.adapter_lr
@@ -135,6 +140,7 @@ class Bench:
         )
 
     def trainer(self, tuner: str, seed: int, backbone: Any = None, epochs: int | None = None) -> Any:
+        """A trainer on a private copy of the backbone, so no run sees another's updates."""
         from edgetune.train import Trainer
         from edgetune.tuners import get_tuner
 
@@ -151,6 +157,7 @@ class Bench:
 
 
 def run_server(bench: Bench, tuner: str, seed: int) -> tuple[dict[str, Any], Any]:
+    """One tuner trained on the server split: its row and its trainer (kept for pruning and as the global model)."""
     trainer = bench.trainer(tuner, seed)
     nonzero = None
     if tuner == "roselora":  # count what survived pruning before the adapters are merged away
@@ -180,6 +187,7 @@ def run_server(bench: Bench, tuner: str, seed: int) -> tuple[dict[str, Any], Any
 
 
 def prune_variants(bench: Bench, trainer: Any) -> list[dict[str, Any]]:
+    """Stage-2 pruning of copies of a trained top at every setting: accuracy against FLOPs saved."""
     from edgetune.tuners import get_tuner
     from edgetune.tuners.dsee import inference_flops
 
@@ -207,6 +215,7 @@ def prune_variants(bench: Bench, trainer: Any) -> list[dict[str, Any]]:
 
 
 def run_users(bench: Bench, global_trainer: Any, seeds: list[int]) -> dict[str, Any]:
+    """Every simulated user personalizes the global model with each tuner and is scored on its own held-out data."""
     from device_sim.simulation.users import UserConfig, simulate_users
 
     users = simulate_users(bench.test_ds, UserConfig(num_users=bench.args.users, examples_per_user=200, seed=0))
@@ -252,10 +261,12 @@ def run_users(bench: Bench, global_trainer: Any, seeds: list[int]) -> dict[str, 
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean, spread and count over seeds, the shape every summary entry uses."""
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
 
 def summarize(runs: list[dict[str, Any]], prunings: dict[str, list[dict[str, Any]]], users: dict | None) -> dict:
+    """Per tuner and per pruning setting, the means over seeds (and over users) the targets and the figure read."""
     summary: dict[str, Any] = {"server": {}, "pruning": {}, "users": {}}
     for tuner in TUNERS:
         rs = [r for r in runs if r["tuner"] == tuner]
@@ -292,6 +303,7 @@ def summarize(runs: list[dict[str, Any]], prunings: dict[str, list[dict[str, Any
 
 
 def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """Whether RoseLoRA and DSEE meet their targets against LoRA and full tuning."""
     s = summary["server"]
     rose_gap = s["lora"]["accuracy"]["mean"] - s["roselora"]["accuracy"]["mean"]
     bytes_ratio = s["roselora"]["delta_bytes"]["mean"] / s["lora"]["delta_bytes"]["mean"]
@@ -320,6 +332,7 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    """Accuracy, delta size, step time per tuner and the pruning trade-off, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -368,7 +381,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     write_figure(fig, path, dpi=110)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The common benchmark options plus the server runs' and the users' training settings."""
     ap = parser(__doc__, out=Path(__file__).parent / "results")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -379,18 +393,14 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=4)
     ap.add_argument("--user-epochs", type=int, default=5)
     ap.add_argument("--user-seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = ap.parse_args()
-    hold_lock(args.lock)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    return ap.parse_args()
 
-    start = time.perf_counter()
-    load_start = load_average()
-    bench = Bench(args)
-    print(f"SALF cut {bench.cut} ({bench.plan_seconds:.1f}s); caches built in {bench.cache_seconds:.1f}s", flush=True)
+
+def server_runs(bench: Bench, seeds: list[int]) -> tuple[list[dict[str, Any]], dict[str, list], Any]:
+    """Every tuner on the server split for every seed, with stage-2 pruning of the DSEE and full models; the first
+    full-tuning model is kept as the users' global model."""
     runs, prunings, global_trainer = [], {"dsee": [], "full": []}, None
-    for seed in args.seeds:
+    for seed in seeds:
         for tuner in TUNERS:
             row, trainer = run_server(bench, tuner, seed)
             runs.append(row)
@@ -403,9 +413,14 @@ def main() -> None:
                 prunings[tuner] += [{**r, "seed": seed} for r in prune_variants(bench, trainer)]
             if tuner == "full" and global_trainer is None:
                 global_trainer = trainer
-    users = run_users(bench, global_trainer, args.user_seeds) if args.users > 0 else None
+    return runs, prunings, global_trainer
+
+
+def result_record(args: argparse.Namespace, bench: Bench, runs: list, prunings: dict, users: dict | None,
+                  load_start: list[float], start: float) -> dict[str, Any]:  # fmt: skip
+    """The JSON record: the setting, every run, the pruning and personalization rows, the summary and targets."""
     summary = summarize(runs, prunings, users)
-    result = {
+    return {
         "benchmark": "tuners",
         "command": "python benchmarks/tuners.py " + " ".join(sys.argv[1:]),
         "machine": machine_record(load_start, args.threads),
@@ -431,6 +446,23 @@ def main() -> None:
         "targets": targets(summary),
         "seconds": time.perf_counter() - start,
     }
+
+
+def main() -> None:
+    """Server runs, pruning and personalization under the lock, then the JSON record and the figure."""
+    args = parse_args()
+    hold_lock(args.lock)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("EDGETUNE_NO_PROGRESS", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+    start = time.perf_counter()
+    load_start = load_average()
+    bench = Bench(args)
+    print(f"SALF cut {bench.cut} ({bench.plan_seconds:.1f}s); caches built in {bench.cache_seconds:.1f}s", flush=True)
+    runs, prunings, global_trainer = server_runs(bench, args.seeds)
+    users = run_users(bench, global_trainer, args.user_seeds) if args.users > 0 else None
+    result = result_record(args, bench, runs, prunings, users, load_start, start)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "tuners.json", result)
     plot(result, args.out / "tuners.png")

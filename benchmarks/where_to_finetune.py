@@ -70,11 +70,13 @@ def peak_memory() -> PeakSampler:
 
 
 def memory_result(sampler: PeakSampler) -> dict[str, float]:
+    """The sampled peaks plus the kernel's high-water mark, the memory record of every run."""
     return {**sampler.peak, "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 # -- shared setup ---------------------------------------------------------------------------------
 def load_split():
+    """The fixed stratified 80/20 BBC news split every process of the benchmark shares."""
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news
 
@@ -82,6 +84,7 @@ def load_split():
 
 
 def train_config(spec: dict[str, Any], seed: int):
+    """A worker's TrainConfig from its JSON spec (the spec crosses the process boundary, a config does not)."""
     from edgetune.train import TrainConfig
 
     lr = spec["lora_lr"] if spec["tuner"] == "lora" else spec["lr"]
@@ -102,6 +105,7 @@ def train_config(spec: dict[str, Any], seed: int):
 
 
 def tuner_for(spec: dict[str, Any]):
+    """LoRA or full tuning, as the spec says."""
     from edgetune.tuners import get_tuner
 
     return get_tuner("lora", r=spec["lora_r"]) if spec["tuner"] == "lora" else get_tuner("full")
@@ -185,6 +189,7 @@ def retime(args, base: dict[str, Any], runs: dict[str, Any], cuts: list[int]) ->
 
 # -- planners and the cost model ------------------------------------------------------------------
 def plan_all(args, train) -> dict[str, Any]:
+    """Every planner's pick and time, and the cost model's estimate of every cut and of LoRA."""
     from edgetune.api import load_model, plan
     from edgetune.datasets import minilm_path
     from edgetune.planner import ArchSummary, CostConfig, estimate_all, estimate_cut
@@ -212,80 +217,103 @@ def plan_all(args, train) -> dict[str, Any]:
     }
 
 
+def full_length_batch(args, train, encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Up to one batch of rows that fill ``max_length`` (no padding), so measurement and the cost model see the
+    same sequence length. Returns (ids, mask, labels)."""
+    ids, mask = encoder(train.texts[: args.batch_size * 4])
+    full = np.flatnonzero(mask.sum(axis=1) == args.max_length)[: args.batch_size]  # a batch of full-length rows
+    labels = torch.from_numpy(train.encoded_labels(train.label_map())[full])
+    return torch.from_numpy(ids[full]), torch.from_numpy(mask[full]), labels
+
+
+def measure_run(args, backbone, num_labels: int, key: str, ids_t, mask_t, labels) -> tuple[Any, float, int]:
+    """One real training step of run ``key`` from the same seed: its measurements, the trunk's forward FLOPs and
+    the bytes of frozen weights inside the top (LoRA's base weights)."""
+    from edgetune.measure import measure_step, trunk_forward_flops
+    from edgetune.modeling import SequenceClassifier
+    from edgetune.tuners import get_tuner
+
+    torch.manual_seed(0)
+    cut = 0 if key == "lora" else int(key[3:])
+    clf = SequenceClassifier(backbone, num_labels)
+    tuner = get_tuner("lora", r=args.lora_r) if key == "lora" else get_tuner("full")
+    top = tuner.prepare(clf, cut)
+    with torch.no_grad():
+        hidden = clf.trunk_forward(ids_t, mask_t, cut)
+    trunk = trunk_forward_flops(lambda c=clf, k=cut: c.trunk_forward(ids_t, mask_t, k), len(ids_t))
+    optimizer = torch.optim.AdamW(list(tuner.trainable_parameters(top).values()), lr=1e-5)
+    m = measure_step(top, hidden, mask_t, labels, optimizer, owner=clf)
+    frozen_in_top = sum(4 * p.numel() for p in top.parameters() if not p.requires_grad)  # LoRA base weights
+    tuner.merge(top)
+    return m, trunk, frozen_in_top
+
+
+def frozen_weight_bytes(backbone, cut: int) -> int:
+    """fp32 bytes of the embeddings and the blocks below ``cut``: what naive mode keeps in memory and cached drops."""
+    return 4 * (
+        sum(p.numel() for p in backbone.embeddings.parameters())
+        + sum(p.numel() for b in list(backbone.blocks)[:cut] for p in b.parameters())
+    )
+
+
+def cost_row(key: str, cut: int, cached, naive, m, trunk: float, frozen_in_top: int, frozen_bytes: int,
+             run: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Predicted against measured for one run: FLOPs, activations, training state, cache, frozen weights, memory."""
+    measured_state = m.trainable_bytes + m.gradient_bytes + m.optimizer_bytes
+    predicted_state = sum(cached.memory_bytes[k] for k in ("trainable_weights", "gradients", "adam_states"))
+    return {
+        "run": key,
+        "cut": cut,
+        "forward_flops": {"predicted": cached.forward_flops, "measured": trunk + m.forward_flops},
+        "backward_flops": {"predicted": cached.backward_flops, "measured": m.backward_flops},
+        "activation_bytes": {"predicted": cached.memory_bytes["activations"], "measured": m.activation_bytes},
+        "train_state_bytes": {"predicted": predicted_state, "measured": measured_state},
+        "cached_features_bytes": {
+            "predicted": cached.memory_bytes["cached_features"],
+            "measured": run["cache_bytes"],
+        },
+        "frozen_weight_bytes_naive": {
+            "predicted": naive.memory_bytes["frozen_weights"],
+            "measured": frozen_bytes,
+        },
+        "train_memory_cached": {
+            "predicted": sum(cached.memory_bytes.values()),
+            "measured": measured_state + frozen_in_top + m.activation_bytes + run["cache_bytes"],
+        },
+        "rss_growth_cached": {
+            "predicted": sum(cached.memory_bytes[k] for k in ("gradients", "adam_states", "activations"))
+            + cached.memory_bytes["cached_features"],
+            "measured": (run["memory"]["peak_rss_mb"] - run["memory"]["rss_before_mb"]) * 2**20,
+        },
+    }
+
+
 def cost_check(args, train, planned: dict[str, Any], runs: dict[str, Any]) -> list[dict[str, Any]]:
     """Predicted vs measured FLOPs and memory of one training step at every cut (and LoRA on all blocks)."""
     from dataclasses import replace
 
     from edgetune.api import load_model
     from edgetune.datasets import minilm_path
-    from edgetune.measure import measure_step, trunk_forward_flops
-    from edgetune.modeling import SequenceClassifier
     from edgetune.planner import estimate_cut
-    from edgetune.tuners import get_tuner
 
     backbone, encoder = load_model(minilm_path(), args.max_length)
-    ids, mask = encoder(train.texts[: args.batch_size * 4])
-    full = np.flatnonzero(mask.sum(axis=1) == args.max_length)[: args.batch_size]  # a batch of full-length rows
-    ids_t, mask_t = torch.from_numpy(ids[full]), torch.from_numpy(mask[full])
-    labels = torch.from_numpy(train.encoded_labels(train.label_map())[full])
-    cfg = replace(planned["cost_config"], batch_size=len(full))
+    ids_t, mask_t, labels = full_length_batch(args, train, encoder)
+    cfg = replace(planned["cost_config"], batch_size=len(ids_t))
     rows = []
     for key in [f"cut{k}" for k in range(backbone.num_layers + 1)] + ["lora"]:
-        torch.manual_seed(0)
+        m, trunk, frozen_in_top = measure_run(args, backbone, len(train.label_map()), key, ids_t, mask_t, labels)
         cut = 0 if key == "lora" else int(key[3:])
-        clf = SequenceClassifier(backbone, len(train.label_map()))
-        tuner = get_tuner("lora", r=args.lora_r) if key == "lora" else get_tuner("full")
         profile = planned["lora_profile"] if key == "lora" else None
-        top = tuner.prepare(clf, cut)
-        with torch.no_grad():
-            hidden = clf.trunk_forward(ids_t, mask_t, cut)
-        trunk = trunk_forward_flops(lambda c=clf, k=cut: c.trunk_forward(ids_t, mask_t, k), len(full))
-        optimizer = torch.optim.AdamW(list(tuner.trainable_parameters(top).values()), lr=1e-5)
-        m = measure_step(top, hidden, mask_t, labels, optimizer, owner=clf)
-        frozen_in_top = sum(4 * p.numel() for p in top.parameters() if not p.requires_grad)  # LoRA base weights
-        tuner.merge(top)
         cached = estimate_cut(planned["arch"], cfg, cut, profile)
         naive = estimate_cut(planned["arch"], replace(cfg, cached=False), cut, profile)
-        frozen_bytes = 4 * (
-            sum(p.numel() for p in backbone.embeddings.parameters())
-            + sum(p.numel() for b in list(backbone.blocks)[:cut] for p in b.parameters())
-        )
-        run = runs[key]
-        measured_state = m.trainable_bytes + m.gradient_bytes + m.optimizer_bytes
-        predicted_state = sum(cached.memory_bytes[k] for k in ("trainable_weights", "gradients", "adam_states"))
-        rows.append(
-            {
-                "run": key,
-                "cut": cut,
-                "forward_flops": {"predicted": cached.forward_flops, "measured": trunk + m.forward_flops},
-                "backward_flops": {"predicted": cached.backward_flops, "measured": m.backward_flops},
-                "activation_bytes": {"predicted": cached.memory_bytes["activations"], "measured": m.activation_bytes},
-                "train_state_bytes": {"predicted": predicted_state, "measured": measured_state},
-                "cached_features_bytes": {
-                    "predicted": cached.memory_bytes["cached_features"],
-                    "measured": run["cache_bytes"],
-                },
-                "frozen_weight_bytes_naive": {
-                    "predicted": naive.memory_bytes["frozen_weights"],
-                    "measured": frozen_bytes,
-                },
-                "train_memory_cached": {
-                    "predicted": sum(cached.memory_bytes.values()),
-                    "measured": measured_state + frozen_in_top + m.activation_bytes + run["cache_bytes"],
-                },
-                "rss_growth_cached": {
-                    "predicted": sum(cached.memory_bytes[k] for k in ("gradients", "adam_states", "activations"))
-                    + cached.memory_bytes["cached_features"],
-                    "measured": (run["memory"]["peak_rss_mb"] - run["memory"]["rss_before_mb"]) * 2**20,
-                },
-            }
-        )
+        row = cost_row(key, cut, cached, naive, m, trunk, frozen_in_top, frozen_weight_bytes(backbone, cut), runs[key])
+        rows.append(row)
         for name in ("forward_flops", "backward_flops", "activation_bytes", "train_memory_cached"):
-            pair = rows[-1][name]
+            pair = row[name]
             pair["error"] = pair["predicted"] / pair["measured"] - 1 if pair["measured"] else None
         print(
-            f"cost check {key}: bwd {rows[-1]['backward_flops']['error']:+.1%}, "
-            f"act {rows[-1]['activation_bytes']['error']:+.1%}, mem {rows[-1]['train_memory_cached']['error']:+.1%}",
+            f"cost check {key}: bwd {row['backward_flops']['error']:+.1%}, "
+            f"act {row['activation_bytes']['error']:+.1%}, mem {row['train_memory_cached']['error']:+.1%}",
             flush=True,
         )
     for row in rows:
@@ -296,6 +324,7 @@ def cost_check(args, train, planned: dict[str, Any], runs: dict[str, Any]) -> li
 
 # -- summarising ------------------------------------------------------------------------------
 def summarize_run(run: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy over seeds, and epoch time and memory from the re-timed run when there is one."""
     acc = [s["test"]["accuracy"] for s in run["seeds"]]
     f1 = [s["test"]["macro_f1"] for s in run["seeds"]]
     timed = run.get("timing", run)  # a re-measured epoch replaces a disturbed one
@@ -334,10 +363,29 @@ def regret(cut: int, table: dict[int, dict[str, Any]]) -> float:
     return best - table[cut]["accuracy"]
 
 
+PLANNER_MARKERS = {
+    "salf": ("*", "red", 260),
+    "topk": ("v", "C1", 90),
+    "gradnorm": ("^", "C4", 90),
+    "random": ("s", "C5", 70),
+    "full": ("P", "C3", 90),
+}
+"""Marker, colour and size of each planner's pick in the accuracy-vs-cost figure."""
+
+
 def plot(results: dict[str, Any], out: Path) -> None:
+    """The three figures: accuracy against cost, cached against naive, the cost model against measurement."""
     import matplotlib
 
     matplotlib.use("Agg")
+
+    plot_accuracy_vs_cost(results, out)
+    plot_cached_vs_naive(results, out)
+    plot_cost_check(results, out)
+
+
+def plot_accuracy_vs_cost(results: dict[str, Any], out: Path) -> None:
+    """Accuracy of every cut and of LoRA against backward FLOPs, the Pareto front, and where each planner picked."""
     import matplotlib.pyplot as plt
 
     cuts = results["cuts"]
@@ -370,15 +418,19 @@ def plot(results: dict[str, Any], out: Path) -> None:
         lw=1,
         label="Pareto front",
     )
-    markers = {
-        "salf": ("*", "red", 260),
-        "topk": ("v", "C1", 90),
-        "gradnorm": ("^", "C4", 90),
-        "random": ("s", "C5", 70),
-        "full": ("P", "C3", 90),
-    }
-    for name, info in results["planners"].items():
-        m, color, size = markers[name]
+    plot_planner_picks(ax, results["planners"], cuts)
+    ax.set_xlabel("backward FLOPs, % of full fine-tuning (cost model)")
+    ax.set_ylabel("test accuracy, % (mean ± std over seeds)")
+    ax.set_title(f"{MODEL} on BBC news: where to fine-tune ({len(results['seeds'])} seeds, {results['epochs']} epochs)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    write_figure(fig, out / "where_to_finetune.png")
+
+
+def plot_planner_picks(ax, planners: dict[str, Any], cuts: dict[str, Any]) -> None:
+    """Each planner's pick on the sweep's point for that cut (SALF filled, the others hollow)."""
+    for name, info in planners.items():
+        m, color, size = PLANNER_MARKERS[name]
         k = info["cut"]
         ax.scatter(
             [100 * cuts[str(k)]["backward_frac"]],
@@ -390,13 +442,14 @@ def plot(results: dict[str, Any], out: Path) -> None:
             zorder=5,
             label=f"{name} pick (k={k})",
         )
-    ax.set_xlabel("backward FLOPs, % of full fine-tuning (cost model)")
-    ax.set_ylabel("test accuracy, % (mean ± std over seeds)")
-    ax.set_title(f"{MODEL} on BBC news: where to fine-tune ({len(results['seeds'])} seeds, {results['epochs']} epochs)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    write_figure(fig, out / "where_to_finetune.png")
 
+
+def plot_cached_vs_naive(results: dict[str, Any], out: Path) -> None:
+    """Seconds per epoch and peak memory per cut, naive against cached (and the fp16 memory-mapped cache)."""
+    import matplotlib.pyplot as plt
+
+    cuts = results["cuts"]
+    ks = sorted(int(k) for k in cuts)
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
     naive = [cuts[str(k)]["naive_epoch_seconds"] for k in ks]
     cached = [cuts[str(k)]["cached_epoch_seconds"] for k in ks]
@@ -409,6 +462,14 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax_t.set_ylabel("seconds per epoch")
     ax_t.set_title(f"cached vs naive freezing ({results['machine']['threads']} CPU threads; label: speedup)")
     ax_t.legend(fontsize=8)
+    plot_peak_memory(ax_m, results, ks)
+    fig.subplots_adjust(wspace=0.3)
+    write_figure(fig, out / "cached_vs_naive.png")
+
+
+def plot_peak_memory(ax_m, results: dict[str, Any], ks: list[int]) -> None:
+    """Peak RSS and anonymous memory per cut, naive against cached, with the fp16 memory-mapped run as a star."""
+    cuts = results["cuts"]
     ax_m.plot(ks, [cuts[str(k)]["memory_naive"]["peak_rss_mb"] for k in ks], "o-", color="C1", label="naive peak RSS")
     ax_m.plot(
         ks,
@@ -437,8 +498,11 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax_m.set_ylabel("MB")
     ax_m.set_title("peak memory of the training process")
     ax_m.legend(fontsize=7)
-    fig.subplots_adjust(wspace=0.3)
-    write_figure(fig, out / "cached_vs_naive.png")
+
+
+def plot_cost_check(results: dict[str, Any], out: Path) -> None:
+    """Cost model against measurement per run: backward FLOPs, saved activations, training memory."""
+    import matplotlib.pyplot as plt
 
     rows = results["cost_check"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -496,7 +560,8 @@ def train_all(args, base: dict[str, Any], planned: dict[str, Any], salf_cut: int
 
 
 # -- main ---------------------------------------------------------------------------------------
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The common benchmark options, the training settings, raw-run reuse, and the hidden worker entry point."""
     ap = parser(__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=2)
@@ -516,21 +581,12 @@ def main() -> None:
         help="With --runs: measure these cuts' naive and cached epochs again (runs another process disturbed).",
     )
     ap.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        spec_path, out_path = args.worker
-        out_path.write_text(json.dumps(worker(json.loads(spec_path.read_text()))))
-        return
-    hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
-    load_start = load_average()
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    train, test = load_split()
-    planned = plan_all(args, train)
-    salf_cut = planned["picks"]["salf"]
-    base = {k: getattr(args, k) for k in ("epochs", "max_length", "batch_size", "lr", "head_lr", "lora_lr", "lora_r")}
-    base.update(threads=args.threads, device=args.device, seeds=args.seeds)
+    return ap.parse_args()
 
+
+def training_runs(args, base: dict[str, Any], planned: dict[str, Any], salf_cut: int) -> dict[str, Any]:
+    """The raw training runs: reused from ``--runs`` (re-timing the cuts of ``--retime``) or trained now, and kept
+    there when asked, so the summary can be redone without retraining."""
     runs: dict[str, Any] = json.loads(args.runs.read_text()) if args.runs and args.runs.exists() else {}
     if runs:
         print(f"reusing the training runs in {args.runs}", flush=True)
@@ -541,10 +597,11 @@ def main() -> None:
         runs = train_all(args, base, planned, salf_cut)
         if args.runs:
             write_json(args.runs, runs)
-    same_model = runs.pop("same_model")
-    checks = cost_check(args, train, planned, runs)
+    return runs
 
-    costs = planned["costs"]
+
+def cut_table(args, costs: list[dict[str, Any]], runs: dict[str, Any]) -> dict[str, Any]:
+    """Per cut: accuracy, epoch times and memory of the naive and cached runs next to the cost model's prediction."""
     cuts: dict[str, Any] = {}
     for k, c in enumerate(costs):
         s = summarize_run(runs[f"cut{k}"])
@@ -562,10 +619,12 @@ def main() -> None:
             "memory_naive": runs[f"naive{k}"]["memory"],
             "memory_naive_tokenize": runs[f"naive{k}"]["memory_build"],
         }
-    table = {int(k): v for k, v in cuts.items()}
-    lora = {**summarize_run(runs["lora"]), "backward_frac": planned["lora_cost"]["backward_frac"]}
-    fp16_run = {**summarize_run(runs["fp16_mmap"]), "cut": salf_cut}
-    planners = {
+    return cuts
+
+
+def planner_table(planned: dict[str, Any], table: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Each planner's pick scored by the oracle sweep: its accuracy, cost and regret."""
+    return {
         name: {
             "cut": cut,
             "seconds": planned["seconds"][name],
@@ -576,9 +635,34 @@ def main() -> None:
         }
         for name, cut in planned["picks"].items()
     }
+
+
+def memory_target(top1: dict, top2: dict, at_salf: dict, fp16_run: dict) -> dict[str, Any]:
+    """Peak memory naive vs cached: the in-memory fp32 cache at the top cuts, and the fp16 memory-mapped cache with
+    the trunk released at the SALF cut."""
+    return {
+        "in_memory_fp32_cache_rss_mb_naive_vs_cached": {
+            "top1": [top1["memory_naive"]["peak_rss_mb"], top1["memory_cached"]["peak_rss_mb"]],
+            "top2": [top2["memory_naive"]["peak_rss_mb"], top2["memory_cached"]["peak_rss_mb"]],
+        },
+        "fp16_mmap_trunk_released_at_salf_mb_naive_vs_cached": {
+            "rss": [at_salf["memory_naive"]["peak_rss_mb"], fp16_run["memory_cached"]["peak_rss_mb"]],
+            "anon": [at_salf["memory_naive"]["peak_anon_mb"], fp16_run["memory_cached"]["peak_anon_mb"]],
+            "cache_build_rss": fp16_run["memory_cache_build"]["peak_rss_mb"],
+            "cache_build_anon": fp16_run["memory_cache_build"]["peak_anon_mb"],
+        },
+        "met_in_memory_fp32": top1["memory_cached"]["peak_rss_mb"] < top1["memory_naive"]["peak_rss_mb"],
+        "met_fp16_mmap_trunk_released": fp16_run["memory_cached"]["peak_rss_mb"]
+        < at_salf["memory_naive"]["peak_rss_mb"],
+    }
+
+
+def targets_met(table: dict[int, dict], planners: dict, fp16_run: dict, salf_cut: int, checks: list) -> dict:
+    """Each target of the benchmark with the value that decides it: SALF against full tuning and the sweep, cached
+    against naive speed and memory, the cost model against measurement."""
     full_ft = table[0]
     salf = planners["salf"]
-    top1, top2 = table[len(costs) - 2], table[len(costs) - 3]
+    top1, top2 = table[len(table) - 2], table[len(table) - 3]
     targets = {
         "salf_within_1pt_of_full": {
             "value_points": 100 * (full_ft["accuracy"] - salf["accuracy"]),
@@ -591,27 +675,43 @@ def main() -> None:
             "top2": top2["speedup_per_epoch"],
             "met": max(top1["speedup_per_epoch"], top2["speedup_per_epoch"]) >= 3.0,
         },
-        "cached_lower_peak_memory": {
-            "in_memory_fp32_cache_rss_mb_naive_vs_cached": {
-                "top1": [top1["memory_naive"]["peak_rss_mb"], top1["memory_cached"]["peak_rss_mb"]],
-                "top2": [top2["memory_naive"]["peak_rss_mb"], top2["memory_cached"]["peak_rss_mb"]],
-            },
-            "fp16_mmap_trunk_released_at_salf_mb_naive_vs_cached": {
-                "rss": [table[salf_cut]["memory_naive"]["peak_rss_mb"], fp16_run["memory_cached"]["peak_rss_mb"]],
-                "anon": [table[salf_cut]["memory_naive"]["peak_anon_mb"], fp16_run["memory_cached"]["peak_anon_mb"]],
-                "cache_build_rss": fp16_run["memory_cache_build"]["peak_rss_mb"],
-                "cache_build_anon": fp16_run["memory_cache_build"]["peak_anon_mb"],
-            },
-            "met_in_memory_fp32": top1["memory_cached"]["peak_rss_mb"] < top1["memory_naive"]["peak_rss_mb"],
-            "met_fp16_mmap_trunk_released": fp16_run["memory_cached"]["peak_rss_mb"]
-            < table[salf_cut]["memory_naive"]["peak_rss_mb"],
-        },
+        "cached_lower_peak_memory": memory_target(top1, top2, table[salf_cut], fp16_run),
         "cost_model_within_25pct": {
             name: max(abs(r[name]["error"]) for r in checks if r[name]["error"] is not None)
             for name in ("forward_flops", "backward_flops", "activation_bytes", "train_memory_cached")
         },
     }
     targets["cost_model_within_25pct"]["met"] = all(v <= 0.25 for v in targets["cost_model_within_25pct"].values())
+    return targets
+
+
+def main() -> None:
+    """Plan, train every cut (or reuse the runs), check the cost model, then write the record and the figures."""
+    args = parse_args()
+    if args.worker:
+        spec_path, out_path = args.worker
+        out_path.write_text(json.dumps(worker(json.loads(spec_path.read_text()))))
+        return
+    hold_lock(args.lock)  # the parent only: its workers run while it holds the lock
+    load_start = load_average()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    train, test = load_split()
+    planned = plan_all(args, train)
+    salf_cut = planned["picks"]["salf"]
+    base = {k: getattr(args, k) for k in ("epochs", "max_length", "batch_size", "lr", "head_lr", "lora_lr", "lora_r")}
+    base.update(threads=args.threads, device=args.device, seeds=args.seeds)
+
+    runs = training_runs(args, base, planned, salf_cut)
+    same_model = runs.pop("same_model")
+    checks = cost_check(args, train, planned, runs)
+
+    cuts = cut_table(args, planned["costs"], runs)
+    table = {int(k): v for k, v in cuts.items()}
+    lora = {**summarize_run(runs["lora"]), "backward_frac": planned["lora_cost"]["backward_frac"]}
+    fp16_run = {**summarize_run(runs["fp16_mmap"]), "cut": salf_cut}
+    planners = planner_table(planned, table)
+    targets = targets_met(table, planners, fp16_run, salf_cut, checks)
     results = {
         "benchmark": "where_to_finetune",
         "machine": machine_record(load_start, args.threads, device=args.device),
