@@ -273,28 +273,9 @@ def _prepare(
     plans: list[_Plan] = []
     trunk_seconds: dict[int, float] = {}
     for spec in specs:
-        kind = spec.get("kind", "train")
-        cand = _candidate_config(package, config, spec) if config.select else config
-        cut = resolve_cut(package, cand.cut) if kind == "train" else package.num_layers
-        tuner = resolve_tuner(package.manifest["plan"], cand) if kind == "train" else get_tuner("full")
-        trained = top.above(cut)
-        estimate = estimate_job(package, trained, tuner, cut, len(ids), width, cand, True, gflops)[3]
-        # the trunk runs once for the whole job: a candidate's own cost is its training (epochs x per epoch)
-        one, two = (
-            estimate_job(package, trained, tuner, cut, len(ids), width, replace(cand, epochs=e), True, gflops)[3]
-            for e in (1, 2)
-        )
-        per_epoch = two.device_seconds - one.device_seconds
-        trunk_seconds[cut] = one.device_seconds - per_epoch
-        estimate = replace(estimate, device_seconds=(0.0 if kind == "prior" else per_epoch * cand.epochs))
-        if kind == "train":  # refuse impossible settings (e.g. LoRA layers below the cut) before any work
-            try:
-                get_tuner(tuner.name, **tuner.to_dict()["params"]).prepare(package.top_model().above(cut))
-            except ValueError as err:
-                raise TrainError(f"tuner {tuner.name}: {err}") from None
-        name = spec["name"]
-        checkpoint = "checkpoint" if not config.select else f"checkpoint-{name}"
-        plans.append(_Plan(name, kind, cut, cand, tuner if kind == "train" else None, estimate, checkpoint))
+        plan, trunk = _price_candidate(package, config, spec, top, (len(ids), width), gflops)
+        plans.append(plan)
+        trunk_seconds[plan.cut] = trunk
     cut = min(p.cut for p in plans)
     fits = None if profile is None else max(p.estimate.train_memory_mb for p in plans) <= profile.memory_mb
     place = _cache_place(config, len(ids) * width * package.hidden_size * np.dtype(config.cache_dtype).itemsize, fits)
@@ -306,23 +287,8 @@ def _prepare(
         )
         if profile is not None:
             check_job(profile, arch, cost, plan.cut, tuner_cost)
-    elif profile is not None:  # drop what does not fit, then the most expensive until the sum fits the time budget
-        for plan in list(plans):
-            if plan.kind == "train" and plan.estimate.train_memory_mb > profile.memory_mb:
-                plans.remove(plan)
-                skipped.append({"name": plan.name, "reason": f"needs ~{plan.estimate.train_memory_mb:.0f} MB"})
-
-        def total(plans: list[_Plan]) -> float:  # the trunk once (up to the highest cut) + every candidate
-            return max((trunk_seconds[p.cut] for p in plans), default=0.0) + sum(
-                p.estimate.device_seconds for p in plans
-            )
-
-        while total(plans) > profile.time_budget_s and any(p.kind == "train" for p in plans):
-            costly = max((p for p in plans if p.kind == "train"), key=lambda p: p.estimate.device_seconds)
-            plans.remove(costly)
-            skipped.append(
-                {"name": costly.name, "reason": f"over the time budget (~{costly.estimate.device_seconds:.0f} s)"}
-            )
+    elif profile is not None:
+        skipped = _fit_profile(plans, profile, trunk_seconds)
         cut = min([p.cut for p in plans] or [package.num_layers])
     if not plans:
         raise TrainError("no candidate configuration fits the device profile")
@@ -333,6 +299,62 @@ def _prepare(
     else:
         estimate = plans[0].estimate
     return _Job(dataset, y, ids, mask, train_idx, val_idx, guard_idx, cut, plans, skipped, place, estimate)
+
+
+def _price_candidate(
+    package: DevicePackage,
+    config: PersonalizeConfig,
+    spec: dict[str, Any],
+    top: TopModel,
+    shape: tuple[int, int],
+    gflops: float | None,
+) -> tuple[_Plan, float]:
+    """One candidate's plan with its own price (its training: epochs x one epoch; the trunk runs once for the
+    whole job), and the trunk's seconds up to its cut; impossible settings (LoRA layers below the cut) refused
+    here, before any work."""
+    kind = spec.get("kind", "train")
+    cand = _candidate_config(package, config, spec) if config.select else config
+    cut = resolve_cut(package, cand.cut) if kind == "train" else package.num_layers
+    tuner = resolve_tuner(package.manifest["plan"], cand) if kind == "train" else get_tuner("full")
+    trained = top.above(cut)
+    examples, width = shape
+    estimate = estimate_job(package, trained, tuner, cut, examples, width, cand, True, gflops)[3]
+    one, two = (
+        estimate_job(package, trained, tuner, cut, examples, width, replace(cand, epochs=e), True, gflops)[3]
+        for e in (1, 2)
+    )
+    per_epoch = two.device_seconds - one.device_seconds
+    estimate = replace(estimate, device_seconds=(0.0 if kind == "prior" else per_epoch * cand.epochs))
+    if kind == "train":
+        try:
+            get_tuner(tuner.name, **tuner.to_dict()["params"]).prepare(package.top_model().above(cut))
+        except ValueError as err:
+            raise TrainError(f"tuner {tuner.name}: {err}") from None
+    name = spec["name"]
+    checkpoint = "checkpoint" if not config.select else f"checkpoint-{name}"
+    plan = _Plan(name, kind, cut, cand, tuner if kind == "train" else None, estimate, checkpoint)
+    return plan, one.device_seconds - per_epoch
+
+
+def _fit_profile(plans: list[_Plan], profile: DeviceProfile, trunk_seconds: dict[int, float]) -> list[dict[str, Any]]:
+    """Drop (in place) the candidates that do not fit the profile's memory, then the most expensive until the job
+    fits its time budget; returns what was dropped and why."""
+    skipped = []
+    for plan in list(plans):
+        if plan.kind == "train" and plan.estimate.train_memory_mb > profile.memory_mb:
+            plans.remove(plan)
+            skipped.append({"name": plan.name, "reason": f"needs ~{plan.estimate.train_memory_mb:.0f} MB"})
+
+    def total(plans: list[_Plan]) -> float:  # the trunk once (up to the highest cut) + every candidate
+        return max((trunk_seconds[p.cut] for p in plans), default=0.0) + sum(p.estimate.device_seconds for p in plans)
+
+    while total(plans) > profile.time_budget_s and any(p.kind == "train" for p in plans):
+        costly = max((p for p in plans if p.kind == "train"), key=lambda p: p.estimate.device_seconds)
+        plans.remove(costly)
+        skipped.append(
+            {"name": costly.name, "reason": f"over the time budget (~{costly.estimate.device_seconds:.0f} s)"}
+        )
+    return skipped
 
 
 def _cache_features(
@@ -483,6 +505,37 @@ def _prior_candidate(package: DevicePackage, plan: _Plan, logits: dict[str, np.n
     )
 
 
+def _run_candidates(
+    package: DevicePackage,
+    job: _Job,
+    caches: dict[str, FeatureCache | None],
+    work: Path,
+    package_digest: str,
+    callbacks: Sequence[Callable[[StepEvent], None]],
+) -> tuple[list[tuple[Trained, Callable[[], np.ndarray]]], dict[str, np.ndarray], TopModel]:
+    """Step 4: every candidate trained (the prior: fitted) at its own cut, each with a function that scores it on
+    the guard split; also the global top's logits (train, validation) and the global top itself."""
+    global_top = package.top_model().eval()
+    lifted: dict[int, dict[str, FeatureCache | None]] = {job.cut: caches}
+
+    def at(cut: int) -> dict[str, FeatureCache | None]:  # the caches lifted to a higher cut, once per cut
+        if cut not in lifted:
+            lifted[cut] = {k: None if c is None else _lift(c, global_top, job.cut, cut) for k, c in caches.items()}
+        return lifted[cut]
+
+    global_logits = {k: _logits(global_top.above(job.cut), c) for k, c in caches.items() if k != "guard"}
+    candidates: list[tuple[Trained, Callable[[], np.ndarray]]] = []
+    for plan in job.plans:
+        if plan.kind == "prior":
+            cand = _prior_candidate(package, plan, global_logits, job)
+            shift = np.asarray(cand.tuner["prior_shift"])
+            candidates.append((cand, lambda shift=shift: _logits(global_top.above(job.cut), caches["guard"]) + shift))
+            continue
+        cand, top = _train_candidate(package, plan, at(plan.cut), job, work, package_digest, callbacks)
+        candidates.append((cand, lambda top=top, cut=plan.cut: _logits(top, at(cut)["guard"])))
+    return candidates, global_logits, global_top
+
+
 def personalize(
     package: DevicePackage,
     data: str | Path | TextDataset,
@@ -512,27 +565,9 @@ def personalize(
         caches, cache_seconds = _cache_features(package, job, work, identity["package"], config, threads)
         cached = time.perf_counter()
 
-        # -- step 4: train every candidate, pick the best on the inner validation split
-        global_top = package.top_model().eval()
-        lifted: dict[int, dict[str, FeatureCache | None]] = {job.cut: caches}
-
-        def at(cut: int) -> dict[str, FeatureCache | None]:
-            if cut not in lifted:
-                lifted[cut] = {k: None if c is None else _lift(c, global_top, job.cut, cut) for k, c in caches.items()}
-            return lifted[cut]
-
-        global_logits = {k: _logits(global_top.above(job.cut), c) for k, c in caches.items() if k != "guard"}
-        candidates: list[tuple[Trained, Callable[[], np.ndarray]]] = []
-        for plan in job.plans:
-            if plan.kind == "prior":
-                cand = _prior_candidate(package, plan, global_logits, job)
-                shift = np.asarray(cand.tuner["prior_shift"])
-                candidates.append(
-                    (cand, lambda shift=shift: _logits(global_top.above(job.cut), caches["guard"]) + shift)
-                )
-                continue
-            cand, top = _train_candidate(package, plan, at(plan.cut), job, work, identity["package"], callbacks)
-            candidates.append((cand, lambda top=top, cut=plan.cut: _logits(top, at(cut)["guard"])))
+        candidates, global_logits, global_top = _run_candidates(
+            package, job, caches, work, identity["package"], callbacks
+        )
         trained_at = time.perf_counter()
         global_val = None
         if len(job.val_idx):
