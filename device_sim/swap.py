@@ -258,12 +258,7 @@ def _fala(
     t2 = time.perf_counter()
     old_features = old.features([dataset.texts[i] for i in selected], state)  # forward only, k examples
     matrix = PersonalMatrix.fit(new_features[selected], old_features, config.ridge_alpha)
-    # the old personal head as it is: a FaLA head stays one, so a second swap folds the two matrices into one
-    old_head = old.top(state, merged=state.kind != "fala").head
-    if config.form == "residual":  # the new global head + the user's difference from the old global head
-        head = compose(matrix, old_head, base=new.top().head, reference=old.top().head)
-    else:
-        head = compose(matrix, old_head)
+    head = _fala_head(old, new, state, matrix, config)
     with torch.inference_mode():
         ridge_train_acc = float((head(torch.as_tensor(new_features[selected])).argmax(1).numpy() == y[selected]).mean())
     t3 = time.perf_counter()
@@ -271,7 +266,6 @@ def _fala(
     t4 = time.perf_counter()
     d_new, d_old = matrix.linear.in_features, head.matrix.linear.out_features
     per_example = head_backward_flops(d_new, d_old, len(new.labels), residual=config.form == "residual")
-    params = {k: v for k, v in asdict(config).items() if k != "personalize"}
     training = {
         "method": "fala",
         "form": config.form,
@@ -283,16 +277,7 @@ def _fala(
         "tune_losses": losses[:: max(1, len(losses) // 20)],
         "from_package": package_identity(old.package),
     }
-    tensors = {name: t.detach().clone() for name, t in head.state_dict().items()}
-    write_personal_state(
-        out,
-        tensors,
-        new.package,
-        train_cut=new.package.num_layers,
-        tuner={"name": "fala", "params": params},
-        training=training,
-        kind="fala",
-    )
+    _write_fala_state(out, head, new, config, training)
     return SwapResult(
         path=out,
         method="fala",
@@ -315,6 +300,31 @@ def _fala(
             "d_old": d_old,
             "form": config.form,
         },
+    )
+
+
+def _fala_head(old: Device, new: Device, state: PersonalState, matrix: PersonalMatrix, config: SwapConfig) -> Any:
+    """The personal head on the new backbone before tuning: the fitted matrix in front of the old personal head
+    (in the residual form, on top of the new global head, minus the old global one)."""
+    # the old personal head as it is: a FaLA head stays one, so a second swap folds the two matrices into one
+    old_head = old.top(state, merged=state.kind != "fala").head
+    if config.form == "residual":  # the new global head + the user's difference from the old global head
+        return compose(matrix, old_head, base=new.top().head, reference=old.top().head)
+    return compose(matrix, old_head)
+
+
+def _write_fala_state(out: Path, head: Any, new: Device, config: SwapConfig, training: dict[str, Any]) -> None:
+    """The FaLA head as a personal state of the new package (kind ``fala``; its settings as the tuner's)."""
+    params = {k: v for k, v in asdict(config).items() if k != "personalize"}
+    tensors = {name: t.detach().clone() for name, t in head.state_dict().items()}
+    write_personal_state(
+        out,
+        tensors,
+        new.package,
+        train_cut=new.package.num_layers,
+        tuner={"name": "fala", "params": params},
+        training=training,
+        kind="fala",
     )
 
 
