@@ -7,9 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetune_cli.common import at_least_one, check_range, check_threads, file_output, positive
+from edgetune_cli.common import (
+    RuntimeOption,
+    at_least_one,
+    check_range,
+    check_runtime,
+    check_threads,
+    file_output,
+    positive,
+)
 from edgetune_cli.config_options import ConfigOptions
-from edgetune_cli.device_cmd import RUNTIME_OPTION, check_runtime
 from edgetune_cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
@@ -215,7 +222,7 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int | None, typer.Option(help="With --package: CPU threads.")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
-        runtime: Annotated[str, RUNTIME_OPTION] = "auto",
+        runtime: RuntimeOption = "auto",
     ) -> None:
         """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
         optional personal state (--package [--personal])."""
