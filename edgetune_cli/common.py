@@ -6,7 +6,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -127,3 +127,31 @@ def png_file(path: Path) -> bool:
             return f.read(8) == b"\x89PNG\r\n\x1a\n"
     except OSError:
         return False
+
+
+# -- option types several commands share (one declaration, one help text) ----------------------------------------
+
+RuntimeOption = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        "--backend",
+        help="The top's runtime: torch; onnx (the package's top.onnx in onnxruntime alone, any personal state applied "
+        "in numpy; never imports torch); auto (default): torch where it is installed, else onnx.",
+    ),
+]
+PackageOption = Annotated[Path, typer.Option("--package", help="Device package (directory or .tar).")]
+QuietTablesOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+QuietTableOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+TextColumnOption = Annotated[str, typer.Option(help="Column holding the text.")]
+LabelColumnOption = Annotated[str, typer.Option(help="Column holding the label.")]
+MaxLengthOption = Annotated[int, typer.Option(help="Tokens per example (truncation).")]
+
+
+def check_runtime(runtime: str) -> str:
+    """Refuse a ``--runtime`` the device cannot run, before the package is opened."""
+    from device_sim.device import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}", param_hint="--runtime")
+    return runtime

@@ -9,8 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgetune_cli.common import (
+    PackageOption,
+    QuietTablesOption,
+    RuntimeOption,
     at_least_one,
     check_range,
+    check_runtime,
     check_threads,
     file_output,
     locked_output,
@@ -142,188 +146,246 @@ def personalize_summary(result: Any, out: Path) -> str:
     return f"{msg}{detail}; wrote {out}"
 
 
-RUNTIME_OPTION = typer.Option(
-    "--runtime",
-    "--backend",
-    help="The top's runtime: torch; onnx (the package's top.onnx in onnxruntime alone, any personal state applied "
-    "in numpy; never imports torch); auto (default): torch where it is installed, else onnx.",
-)
-
-
-def check_runtime(runtime: str) -> str:
-    from device_sim.device import RUNTIMES
-
-    if runtime not in RUNTIMES:
-        raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}", param_hint="--runtime")
-    return runtime
+# The options of `personalize` whose declarations take more than a line.
+PersonalOutOption = Annotated[
+    Path, typer.Option("--out", help="Personal state directory (replaced atomically; an interrupted run resumes).")
+]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(help="Device profile: phone-low, phone-high or edge-box (memory, time and thread budget)."),
+]
+# PersonalizeConfig.select, by hand: unset, the command decides it from the other flags
+SelectOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--select/--no-select",
+        help="Let the device choose between head only, LoRA and the plan's blocks at a few learning rates "
+        "on an inner validation split (default: on, unless --cut, --tuner, --lr or --head-lr fix the job).",
+        rich_help_panel=PERSONALIZE_SETTINGS.panel,
+    ),
+]
+# PersonalizeConfig.precision, by hand: a switch
+CacheInt8Option = Annotated[
+    bool,
+    typer.Option("--int8", help="Cache the features of the int8 trunk.", rich_help_panel=PERSONALIZE_SETTINGS.panel),
+]
+TrainBackendOption = Annotated[
+    str,
+    typer.Option(
+        help="Who trains the top: torch (every tuner, resumable), executorch (the package's top_train.pte in "
+        "ExecuTorch's Python runtime) or executorch-cpp (the same program in the C++ trainer; this process "
+        "never imports torch). The executorch backends need a package exported with --target executorch.",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
     from edgetune_cli import handle_errors
 
-    @app.command("personalize", cls=PERSONALIZE_SETTINGS.command_class())
-    @handle_errors
-    def personalize_command(
-        ctx: typer.Context,
-        package: Annotated[Path, typer.Option("--package", help="Device package (directory or .tar).")],
-        data: Annotated[Path, typer.Option("--data", help="The user's labelled texts: CSV with a header, or JSONL.")],
-        out: Annotated[
-            Path,
-            typer.Option("--out", help="Personal state directory (replaced atomically; an interrupted run resumes)."),
-        ],
-        profile: Annotated[
-            str | None,
-            typer.Option(help="Device profile: phone-low, phone-high or edge-box (memory, time and thread budget)."),
-        ] = None,
-        threads: Annotated[int | None, typer.Option(help="CPU threads (default: the profile's).")] = None,
-        memory_mb: Annotated[float | None, typer.Option(help="Override the profile's memory budget (MB).")] = None,
-        time_budget_s: Annotated[float | None, typer.Option(help="Override the profile's time budget (s).")] = None,
-        gflops: Annotated[float | None, typer.Option(help="Override the profile's sustained GFLOP/s.")] = None,
-        tuner: TunerOption = None,
-        lora_r: LoraROption = None,
-        lora_alpha: LoraAlphaOption = None,
-        tuner_param: TunerParamOption = None,
-        # PersonalizeConfig.select, by hand: unset, the command decides it from the other flags
-        select: Annotated[
-            bool | None,
-            typer.Option(
-                "--select/--no-select",
-                help="Let the device choose between head only, LoRA and the plan's blocks at a few learning rates "
-                "on an inner validation split (default: on, unless --cut, --tuner, --lr or --head-lr fix the job).",
-                rich_help_panel=PERSONALIZE_SETTINGS.panel,
-            ),
-        ] = None,
-        # PersonalizeConfig.precision, by hand: a switch
-        int8: Annotated[
-            bool,
-            typer.Option(
-                "--int8", help="Cache the features of the int8 trunk.", rich_help_panel=PERSONALIZE_SETTINGS.panel
-            ),
-        ] = False,
-        backend: Annotated[
-            str,
-            typer.Option(
-                help="Who trains the top: torch (every tuner, resumable), executorch (the package's top_train.pte in "
-                "ExecuTorch's Python runtime) or executorch-cpp (the same program in the C++ trainer; this process "
-                "never imports torch). The executorch backends need a package exported with --target executorch.",
-            ),
-        ] = "torch",
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
-    ) -> None:
-        """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch or
-        ExecuTorch) and write the personal state."""
-        from device_sim.backends import BACKENDS
-        from device_sim.device import Device
-        from device_sim.profiles import ProfileError
-        from edgetune_cli import console
-        from edgetune_cli.train_cmd import print_history
+    app.command("personalize", cls=PERSONALIZE_SETTINGS.command_class())(handle_errors(personalize_command))
+    app.command("predict")(handle_errors(predict_command))
 
-        if backend not in BACKENDS:
-            raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
 
-        s = PERSONALIZE_SETTINGS.values(ctx)
-        check_threads(threads)
-        positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops, lr=s["lr"], head_lr=s["head_lr"])
-        at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
-        check_range("--cut", s["cut"], 0)
-        check_range("--patience", s["patience"], 0)
-        tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
-        device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
-        if select is None:  # a job fixed by hand is trained as asked
-            select = tuner_name is None and not FIXING_FIELDS & PERSONALIZE_SETTINGS.given(ctx)
+def personalize_command(
+    ctx: typer.Context,
+    package: PackageOption,
+    data: Annotated[Path, typer.Option("--data", help="The user's labelled texts: CSV with a header, or JSONL.")],
+    out: PersonalOutOption,
+    profile: ProfileOption = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: the profile's).")] = None,
+    memory_mb: Annotated[float | None, typer.Option(help="Override the profile's memory budget (MB).")] = None,
+    time_budget_s: Annotated[float | None, typer.Option(help="Override the profile's time budget (s).")] = None,
+    gflops: Annotated[float | None, typer.Option(help="Override the profile's sustained GFLOP/s.")] = None,
+    tuner: TunerOption = None,
+    lora_r: LoraROption = None,
+    lora_alpha: LoraAlphaOption = None,
+    tuner_param: TunerParamOption = None,
+    select: SelectOption = None,
+    int8: CacheInt8Option = False,
+    backend: TrainBackendOption = "torch",
+    quiet: QuietTablesOption = False,
+) -> None:
+    """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch or
+    ExecuTorch) and write the personal state."""
+    check_personalize_flags(ctx, backend, threads, memory_mb, time_budget_s, gflops)
+    tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
+    device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
+    config = personalize_config(ctx, select, tuner_name, tuner_params, int8, quiet)
+    check_not_an_input(out, [("--data", data), ("--package", package)])
+    result = run_personalize(package, data, out, device_profile, threads, config, backend)
+    report_personalize(result, out, quiet)
+
+
+def check_personalize_flags(
+    ctx: typer.Context,
+    backend: str,
+    threads: int | None,
+    memory_mb: float | None,
+    time_budget_s: float | None,
+    gflops: float | None,
+) -> None:
+    """Refuse an out-of-range number or an unknown backend before the package is opened."""
+    from device_sim.backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
+    s = PERSONALIZE_SETTINGS.values(ctx)
+    check_threads(threads)
+    positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops, lr=s["lr"], head_lr=s["head_lr"])
+    at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
+    check_range("--cut", s["cut"], 0)
+    check_range("--patience", s["patience"], 0)
+
+
+def personalize_config(
+    ctx: typer.Context,
+    select: bool | None,
+    tuner_name: str | None,
+    tuner_params: dict[str, Any] | None,
+    int8: bool,
+    quiet: bool,
+) -> Any:
+    """The PersonalizeConfig of the flags; a job fixed by hand (--cut, --tuner, --lr ...) is trained as asked."""
+    if select is None:
+        select = tuner_name is None and not FIXING_FIELDS & PERSONALIZE_SETTINGS.given(ctx)
+    try:
+        return PERSONALIZE_SETTINGS.build(
+            ctx,
+            select=select,
+            tuner=tuner_name,
+            tuner_params=tuner_params,
+            precision="int8" if int8 else "fp32",
+            progress=not quiet,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def check_not_an_input(out: Path, inputs: list[tuple[str, Path]]) -> None:
+    """Refuse an --out that is one of the command's inputs (replacing it would destroy that input)."""
+    from edgetune.io import same_file
+
+    for flag, path in inputs:
+        if same_file(out, path):
+            raise typer.BadParameter(f"{out} is also the command's {flag}", param_hint="--out")
+
+
+def run_personalize(
+    package: Path, data: Path, out: Path, profile: DeviceProfile | None, threads: int | None, config: Any, backend: str
+) -> Any:
+    """Personalize on the device with --out locked; a cut over budget names the one to run with, and Ctrl-C
+    says the run can be resumed (exit 130)."""
+    from device_sim.device import Device
+    from device_sim.profiles import ProfileError
+
+    with locked_output(out), Device(package, profile, threads) as device:
         try:
-            config = PERSONALIZE_SETTINGS.build(
-                ctx,
-                select=select,
-                tuner=tuner_name,
-                tuner_params=tuner_params,
-                precision="int8" if int8 else "fp32",
-                progress=not quiet,
-            )
-        except ValueError as err:
-            raise typer.BadParameter(str(err)) from None
-        from edgetune.io import same_file
+            return device.personalize(data, out, config, backend=backend)
+        except ProfileError as err:
+            if err.suggested_cut is None:
+                raise
+            raise ProfileError(f"{err}; run again with --cut {err.suggested_cut}", err.suggested_cut) from None
+        except KeyboardInterrupt:
+            from edgetune_cli import err_console
 
-        for flag, path in (("--data", data), ("--package", package)):
-            if same_file(out, path):
-                raise typer.BadParameter(f"{out} is also the command's {flag}", param_hint="--out")
-        with locked_output(out), Device(package, device_profile, threads) as device:
-            try:
-                result = device.personalize(data, out, config, backend=backend)
-            except ProfileError as err:
-                if err.suggested_cut is None:
-                    raise
-                raise ProfileError(f"{err}; run again with --cut {err.suggested_cut}", err.suggested_cut) from None
-            except KeyboardInterrupt:
-                from edgetune_cli import err_console
+            err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
+            raise typer.Exit(code=130) from None
 
-                err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
-                raise typer.Exit(code=130) from None
-        if not quiet and result.history:
-            print_history(result.history)
-        console.print(personalize_summary(result, out), highlight=False)
 
-    @app.command("predict")
-    @handle_errors
-    def predict_command(
-        package: Annotated[Path, typer.Option("--package", help="Device package (directory or .tar).")],
-        personal: Annotated[
-            Path | None, typer.Option("--personal", help="Personal state from `edgetune personalize`.")
-        ] = None,
-        data: Annotated[
-            Path | None, typer.Option("--data", help="Texts to label: CSV with a header, or JSONL (labels ignored).")
-        ] = None,
-        text: Annotated[list[str] | None, typer.Option("--text", help="A text to label (repeatable).")] = None,
-        text_column: Annotated[str | None, typer.Option(help="Text column of --data (default: the plan's).")] = None,
-        out: Annotated[
-            Path | None, typer.Option("--out", help="Write text,label,confidence CSV here (with --data).")
-        ] = None,
-        fmt: Annotated[str, typer.Option("--format", help="label: one label per line; jsonl: with scores.")] = "label",
-        logits: Annotated[
-            bool, typer.Option("--logits", help="With --format jsonl: add the raw logits at full precision.")
-        ] = False,
-        int8: Annotated[bool, typer.Option("--int8", help="Run the int8 trunk (if the package has one).")] = False,
-        threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
-        batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
-        runtime: Annotated[str, RUNTIME_OPTION] = "auto",
-    ) -> None:
-        """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
-        one text per line, each answered as soon as it is read."""
-        from device_sim.device import Device
-        from edgetune.data import load_dataset
+def report_personalize(result: Any, out: Path, quiet: bool) -> None:
+    """The training table (unless --quiet) and the summary of what personalize did."""
+    from edgetune_cli import console
+    from edgetune_cli.train_cmd import print_history
 
-        if fmt not in FORMATS:
-            raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
-        check_threads(threads)
-        at_least_one(batch_size=batch_size)
-        if data is not None and text:
-            raise typer.BadParameter("give either --data or --text (or neither, to read stdin)", param_hint="--text")
-        if out is not None and data is None:
-            raise typer.BadParameter("--out writes the predictions of --data", param_hint="--out")
-        if logits and fmt != "jsonl":
-            raise typer.BadParameter("--logits adds a field to --format jsonl", param_hint="--logits")
-        precision = "int8" if int8 else "fp32"
-        inputs = [("--data", data), ("--package", package), ("--personal", personal)]
-        with file_output(out, inputs, predictions_csv, "predictions CSV"), Device(package, threads=threads) as device:
-            predictor = device.predictor(personal, precision, check_runtime(runtime))
-            if data is not None:
-                column = text_column or device.package.manifest["plan"].get("text_column", "text")
-                texts = load_dataset(data, column, None).texts
-                predictions = predictor.predict(texts, batch_size)
-                if out is not None:
-                    _write_predictions(out, texts, predictions)
-                    typer.echo(f"wrote {len(predictions)} predictions to {out}", err=True)
-                    return
-                for t, p in zip(texts, predictions):
-                    typer.echo(_format(p, fmt, t, logits))
-                return
-            if text:
-                for t, p in zip(text, predictor.predict(text, batch_size)):
-                    typer.echo(_format(p, fmt, t, logits))
-                return
-            for line in sys.stdin:  # streaming: each line is answered before the next is read
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                typer.echo(_format(predictor(line), fmt, line, logits))
-                sys.stdout.flush()
+    if not quiet and result.history:
+        print_history(result.history)
+    console.print(personalize_summary(result, out), highlight=False)
+
+
+def predict_command(
+    package: PackageOption,
+    personal: Annotated[
+        Path | None, typer.Option("--personal", help="Personal state from `edgetune personalize`.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Texts to label: CSV with a header, or JSONL (labels ignored).")
+    ] = None,
+    text: Annotated[list[str] | None, typer.Option("--text", help="A text to label (repeatable).")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of --data (default: the plan's).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write text,label,confidence CSV here (with --data).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="label: one label per line; jsonl: with scores.")] = "label",
+    logits: Annotated[
+        bool, typer.Option("--logits", help="With --format jsonl: add the raw logits at full precision.")
+    ] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Run the int8 trunk (if the package has one).")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
+    runtime: RuntimeOption = "auto",
+) -> None:
+    """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
+    one text per line, each answered as soon as it is read."""
+    from device_sim.device import Device
+
+    check_predict_flags(fmt, threads, batch_size, data, text, out, logits)
+    precision = "int8" if int8 else "fp32"
+    inputs = [("--data", data), ("--package", package), ("--personal", personal)]
+    with file_output(out, inputs, predictions_csv, "predictions CSV"), Device(package, threads=threads) as device:
+        predictor = device.predictor(personal, precision, check_runtime(runtime))
+        if data is not None:
+            column = text_column or device.package.manifest["plan"].get("text_column", "text")
+            predict_file(predictor, data, column, out, fmt, logits, batch_size)
+        elif text:
+            for t, p in zip(text, predictor.predict(text, batch_size)):
+                typer.echo(_format(p, fmt, t, logits))
+        else:
+            predict_stdin(predictor, fmt, logits)
+
+
+def check_predict_flags(
+    fmt: str,
+    threads: int | None,
+    batch_size: int,
+    data: Path | None,
+    text: list[str] | None,
+    out: Path | None,
+    logits: bool,
+) -> None:
+    """Refuse flags that contradict each other (or a number out of range) before the package is opened."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+    check_threads(threads)
+    at_least_one(batch_size=batch_size)
+    if data is not None and text:
+        raise typer.BadParameter("give either --data or --text (or neither, to read stdin)", param_hint="--text")
+    if out is not None and data is None:
+        raise typer.BadParameter("--out writes the predictions of --data", param_hint="--out")
+    if logits and fmt != "jsonl":
+        raise typer.BadParameter("--logits adds a field to --format jsonl", param_hint="--logits")
+
+
+def predict_file(
+    predictor: Any, data: Path, column: str, out: Path | None, fmt: str, logits: bool, batch_size: int
+) -> None:
+    """Label every text of --data in batches: to the --out CSV, else one line each on stdout."""
+    from edgetune.data import load_dataset
+
+    texts = load_dataset(data, column, None).texts
+    predictions = predictor.predict(texts, batch_size)
+    if out is not None:
+        _write_predictions(out, texts, predictions)
+        typer.echo(f"wrote {len(predictions)} predictions to {out}", err=True)
+        return
+    for t, p in zip(texts, predictions):
+        typer.echo(_format(p, fmt, t, logits))
+
+
+def predict_stdin(predictor: Any, fmt: str, logits: bool) -> None:
+    """Answer each non-blank line of stdin before reading the next (a stream, not a batch)."""
+    for line in sys.stdin:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        typer.echo(_format(predictor(line), fmt, line, logits))
+        sys.stdout.flush()

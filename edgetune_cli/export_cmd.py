@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,184 +10,222 @@ import typer
 
 from edgetune.formatting import human
 
+# The options of `export` whose declarations take more than a line.
+ModelCheckpointOption = Annotated[
+    Path,
+    typer.Option(
+        "--model",
+        help="An edgetune classifier checkpoint (directory with edgetune.json) or a plain Hugging Face "
+        "model directory (its head is then fitted on --data, or zero-initialized).",
+    ),
+]
+PackageOutOption = Annotated[
+    Path,
+    typer.Option("--out", help="Package directory to write (replaced atomically if it is already a package)."),
+]
+Int8TrunkOption = Annotated[
+    bool,
+    typer.Option(
+        "--int8",
+        help="Also ship an int8 trunk (onnxruntime dynamic quantization of MatMul and embedding Gather); "
+        "its size and accuracy change on validation data go into the manifest.",
+    ),
+]
+OptimizeOption = Annotated[
+    str,
+    typer.Option(
+        "--optimize",
+        help="Trunk graph: none (as exported) or fused (onnxruntime's transformer fusions: Attention, "
+        "SkipLayerNorm, BiasGelu; BERT-like encoders; other families are recorded as not fused). With "
+        "--int8 the int8 trunk is quantized from the fused graph.",
+    ),
+]
+TopOnnxOption = Annotated[
+    bool,
+    typer.Option(
+        "--top-onnx/--no-top-onnx",
+        help="Ship the top layers + head as ONNX too (top.onnx, tensors as inputs): devices predict with "
+        "onnxruntime alone, with or without a personal state.",
+    ),
+]
+TargetsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        "--targets",
+        help="What the package carries: onnx (always: trunk.onnx + top safetensors) and executorch "
+        "(top_train.pte: the top's joint forward + backward for on-device training; top.pte: inference). "
+        "Repeat or comma-separate: --targets onnx,executorch.",
+    ),
+]
+ExecutorchMaxBatchOption = Annotated[
+    int, typer.Option(help="executorch: the largest batch the programs accept (memory is planned for it).")
+]
+TarOption = Annotated[
+    bool, typer.Option("--tar", help="Write one .tar file (--out gets a .tar suffix) instead of a directory.")
+]
+ExportDataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Labelled CSV/JSONL. Fits the head probe of a plain model (minus a --val-fraction held out "
+        "for validation); validates a checkpoint. Its texts also serve the parity check.",
+    ),
+]
+ValDataOption = Annotated[
+    Path | None,
+    typer.Option("--val-data", help="Labelled validation CSV/JSONL (instead of holding out part of --data)."),
+]
+ValFractionOption = Annotated[
+    float, typer.Option(help="Part of --data held out for validation when a head probe is fitted.")
+]
+AtolOption = Annotated[
+    float, typer.Option(help="Max abs difference allowed between the ONNX and torch outputs (fp32).")
+]
+PerChannelOption = Annotated[
+    bool, typer.Option(help="int8: one scale per weight column (more accurate than one per tensor).")
+]
+ReduceRangeOption = Annotated[
+    bool, typer.Option(help="int8: 7-bit weights, for x86 CPUs without VNNI (avoids u8s8 saturation).")
+]
+CheckThreadsOption = Annotated[
+    int | None, typer.Option(help="onnxruntime threads for the checks (default: onnxruntime's choice).")
+]
+SkipBudgetOption = Annotated[
+    float | None,
+    typer.Option(
+        help="HadSkip: keep this fraction of blocks (0-1]; the blocks the gates of a model trained with "
+        "`edgetune skip` rank lowest are left out of the trunk and the top, and the manifest records them.",
+    ),
+]
+
 
 def register(app: typer.Typer) -> None:
     from edgetune_cli import handle_errors
 
-    @app.command("export")
-    @handle_errors
-    def export_command(
-        model: Annotated[
-            Path,
-            typer.Option(
-                "--model",
-                help="An edgetune classifier checkpoint (directory with edgetune.json) or a plain Hugging Face "
-                "model directory (its head is then fitted on --data, or zero-initialized).",
-            ),
-        ],
-        plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan` for this very model.")],
-        out: Annotated[
-            Path,
-            typer.Option("--out", help="Package directory to write (replaced atomically if it is already a package)."),
-        ],
-        int8: Annotated[
-            bool,
-            typer.Option(
-                "--int8",
-                help="Also ship an int8 trunk (onnxruntime dynamic quantization of MatMul and embedding Gather); "
-                "its size and accuracy change on validation data go into the manifest.",
-            ),
-        ] = False,
-        optimize: Annotated[
-            str,
-            typer.Option(
-                "--optimize",
-                help="Trunk graph: none (as exported) or fused (onnxruntime's transformer fusions: Attention, "
-                "SkipLayerNorm, BiasGelu; BERT-like encoders; other families are recorded as not fused). With "
-                "--int8 the int8 trunk is quantized from the fused graph.",
-            ),
-        ] = "none",
-        top_onnx: Annotated[
-            bool,
-            typer.Option(
-                "--top-onnx/--no-top-onnx",
-                help="Ship the top layers + head as ONNX too (top.onnx, tensors as inputs): devices predict with "
-                "onnxruntime alone, with or without a personal state.",
-            ),
-        ] = True,
-        targets: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--target",
-                "--targets",
-                help="What the package carries: onnx (always: trunk.onnx + top safetensors) and executorch "
-                "(top_train.pte: the top's joint forward + backward for on-device training; top.pte: inference). "
-                "Repeat or comma-separate: --targets onnx,executorch.",
-            ),
-        ] = None,
-        executorch_max_batch: Annotated[
-            int, typer.Option(help="executorch: the largest batch the programs accept (memory is planned for it).")
-        ] = 16,
-        tar: Annotated[
-            bool, typer.Option("--tar", help="Write one .tar file (--out gets a .tar suffix) instead of a directory.")
-        ] = False,
-        data: Annotated[
-            Path | None,
-            typer.Option(
-                "--data",
-                help="Labelled CSV/JSONL. Fits the head probe of a plain model (minus a --val-fraction held out "
-                "for validation); validates a checkpoint. Its texts also serve the parity check.",
-            ),
-        ] = None,
-        val_data: Annotated[
-            Path | None,
-            typer.Option("--val-data", help="Labelled validation CSV/JSONL (instead of holding out part of --data)."),
-        ] = None,
-        val_fraction: Annotated[
-            float, typer.Option(help="Part of --data held out for validation when a head probe is fitted.")
-        ] = 0.2,
-        text_column: Annotated[str | None, typer.Option(help="Text column (default: the plan's).")] = None,
-        label_column: Annotated[str | None, typer.Option(help="Label column (default: the plan's).")] = None,
-        opset: Annotated[int, typer.Option(help="ONNX opset (18 runs on onnxruntime >= 1.14).")] = 18,
-        atol: Annotated[
-            float, typer.Option(help="Max abs difference allowed between the ONNX and torch outputs (fp32).")
-        ] = 1e-4,
-        per_channel: Annotated[
-            bool, typer.Option(help="int8: one scale per weight column (more accurate than one per tensor).")
-        ] = True,
-        reduce_range: Annotated[
-            bool, typer.Option(help="int8: 7-bit weights, for x86 CPUs without VNNI (avoids u8s8 saturation).")
-        ] = False,
-        threads: Annotated[
-            int | None, typer.Option(help="onnxruntime threads for the checks (default: onnxruntime's choice).")
-        ] = None,
-        batch_size: Annotated[int, typer.Option(help="Batch size for probe features and validation.")] = 32,
-        seed: Annotated[int, typer.Option(help="Seed of the validation split and the probe.")] = 0,
-        skip_budget: Annotated[
-            float | None,
-            typer.Option(
-                help="HadSkip: keep this fraction of blocks (0-1]; the blocks the gates of a model trained with "
-                "`edgetune skip` rank lowest are left out of the trunk and the top, and the manifest records them.",
-            ),
-        ] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
-    ) -> None:
-        """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
-        (safetensors), tokenizer and a manifest with every file's sha256."""
-        from edgetune_cli import console, err_console
-        from exporters.export import ExportOptions, export_package
-        from exporters.quantize import Int8Config
+    app.command("export")(handle_errors(export_command))
+    app.command("inspect")(handle_errors(inspect_command))
 
-        if not 0 <= val_fraction < 1:
-            raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
-        if atol <= 0:
-            raise typer.BadParameter("must be > 0", param_hint="--atol")
-        chosen = ["onnx"] + [t.strip() for v in (targets or []) for t in v.split(",") if t.strip()]
-        bad = [t for t in chosen if t not in ("onnx", "executorch")]
-        if bad:
-            raise typer.BadParameter(f"unknown target {bad[0]!r}; choose onnx, executorch", param_hint="--target")
-        if optimize not in ("none", "fused"):
-            raise typer.BadParameter("choose none or fused", param_hint="--optimize")
-        options = ExportOptions(
-            optimize=optimize,
-            targets=tuple(dict.fromkeys(chosen)),
-            executorch_max_batch=executorch_max_batch,
-            int8=int8,
-            int8_config=Int8Config(per_channel=per_channel, reduce_range=reduce_range),
-            top_onnx=top_onnx,
-            tar=tar,
-            opset=opset,
-            atol=atol,
-            threads=threads,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            seed=seed,
-            text_column=text_column,
-            label_column=label_column,
-            skip_budget=skip_budget,
-        )
 
-        def log(msg: str) -> None:
-            if not quiet:
-                console.print(msg, highlight=False, soft_wrap=True)
+def export_command(
+    model: ModelCheckpointOption,
+    plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan` for this very model.")],
+    out: PackageOutOption,
+    int8: Int8TrunkOption = False,
+    optimize: OptimizeOption = "none",
+    top_onnx: TopOnnxOption = True,
+    targets: TargetsOption = None,
+    executorch_max_batch: ExecutorchMaxBatchOption = 16,
+    tar: TarOption = False,
+    data: ExportDataOption = None,
+    val_data: ValDataOption = None,
+    val_fraction: ValFractionOption = 0.2,
+    text_column: Annotated[str | None, typer.Option(help="Text column (default: the plan's).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column (default: the plan's).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 runs on onnxruntime >= 1.14).")] = 18,
+    atol: AtolOption = 1e-4,
+    per_channel: PerChannelOption = True,
+    reduce_range: ReduceRangeOption = False,
+    threads: CheckThreadsOption = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size for probe features and validation.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split and the probe.")] = 0,
+    skip_budget: SkipBudgetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
+) -> None:
+    """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
+    (safetensors), tokenizer and a manifest with every file's sha256."""
+    from exporters.export import ExportOptions, export_package
+    from exporters.quantize import Int8Config
 
-        result = export_package(model, plan, out, data, val_data, options, log=log, progress=not quiet)
-        for warning in result.warnings:
-            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        m = result.manifest
-        size = sum(f["size"] for f in m["files"].values())
-        console.print(
-            f"package: {result.path} ({human(size, 'B')}, {len(m['files'])} files), trunk = embeddings + blocks "
-            f"1..{m['cut']}, device trains blocks {m['trainable_layers'] or 'none'} + head; {result.seconds:.1f}s",
-            highlight=False,
-        )
+    chosen = export_targets(val_fraction, atol, targets, optimize)
+    options = ExportOptions(
+        optimize=optimize,
+        targets=chosen,
+        executorch_max_batch=executorch_max_batch,
+        int8=int8,
+        int8_config=Int8Config(per_channel=per_channel, reduce_range=reduce_range),
+        top_onnx=top_onnx,
+        tar=tar,
+        opset=opset,
+        atol=atol,
+        threads=threads,
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        text_column=text_column,
+        label_column=label_column,
+        skip_budget=skip_budget,
+    )
+    result = export_package(model, plan, out, data, val_data, options, log=step_log(quiet), progress=not quiet)
+    report_export(result)
 
-    @app.command("inspect")
-    @handle_errors
-    def inspect_command(
-        package: Annotated[Path, typer.Argument(help="Package directory or .tar to verify and describe.")],
-        as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
-    ) -> None:
-        """Verify a package (schema, integrity seal, every file's size and sha256) and summarize it.
-        Exit code 1 when verification fails."""
-        import json
 
-        from rich.markup import escape
+def export_targets(val_fraction: float, atol: float, targets: list[str] | None, optimize: str) -> tuple[str, ...]:
+    """Refuse a bad share, tolerance, target or graph choice before the model loads; returns the targets
+    (onnx first, each once)."""
+    if not 0 <= val_fraction < 1:
+        raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
+    if atol <= 0:
+        raise typer.BadParameter("must be > 0", param_hint="--atol")
+    chosen = ["onnx"] + [t.strip() for v in (targets or []) for t in v.split(",") if t.strip()]
+    bad = [t for t in chosen if t not in ("onnx", "executorch")]
+    if bad:
+        raise typer.BadParameter(f"unknown target {bad[0]!r}; choose onnx, executorch", param_hint="--target")
+    if optimize not in ("none", "fused"):
+        raise typer.BadParameter("choose none or fused", param_hint="--optimize")
+    return tuple(dict.fromkeys(chosen))
 
-        from device_sim.package import verify_package
-        from edgetune_cli import console
 
-        result = verify_package(package)
-        if as_json and result.manifest is not None:
-            console.print_json(json.dumps(result.manifest))
-        elif result.manifest is not None:
-            _print_summary(result.manifest)
-        _print_files(result)
-        if not result.ok:
-            for problem in result.problems:
-                console.print(f"[bold red]FAILED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=1)
-        console.print(f"[bold green]verified:[/] {package}", highlight=False)
+def step_log(quiet: bool) -> Callable[[str], None]:
+    """Where the export reports each step as it goes: the console, or nowhere with --quiet."""
+    from edgetune_cli import console
+
+    def log(msg: str) -> None:
+        if not quiet:
+            console.print(msg, highlight=False, soft_wrap=True)
+
+    return log
+
+
+def report_export(result: Any) -> None:
+    """The export's warnings (in yellow, on stderr) and a one-line summary of the package."""
+    from edgetune_cli import console, err_console
+
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    m = result.manifest
+    size = sum(f["size"] for f in m["files"].values())
+    console.print(
+        f"package: {result.path} ({human(size, 'B')}, {len(m['files'])} files), trunk = embeddings + blocks "
+        f"1..{m['cut']}, device trains blocks {m['trainable_layers'] or 'none'} + head; {result.seconds:.1f}s",
+        highlight=False,
+    )
+
+
+def inspect_command(
+    package: Annotated[Path, typer.Argument(help="Package directory or .tar to verify and describe.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+) -> None:
+    """Verify a package (schema, integrity seal, every file's size and sha256) and summarize it.
+    Exit code 1 when verification fails."""
+    import json
+
+    from rich.markup import escape
+
+    from device_sim.package import verify_package
+    from edgetune_cli import console
+
+    result = verify_package(package)
+    if as_json and result.manifest is not None:
+        console.print_json(json.dumps(result.manifest))
+    elif result.manifest is not None:
+        _print_summary(result.manifest)
+    _print_files(result)
+    if not result.ok:
+        for problem in result.problems:
+            console.print(f"[bold red]FAILED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+    console.print(f"[bold green]verified:[/] {package}", highlight=False)
 
 
 def _fmt_io(entries: list[dict[str, Any]]) -> str:

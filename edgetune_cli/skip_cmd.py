@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from edgetune_cli.common import at_least_one, check_range, locks_output
+from edgetune_cli.common import (
+    LabelColumnOption,
+    MaxLengthOption,
+    QuietTableOption,
+    TextColumnOption,
+    at_least_one,
+    check_range,
+    locks_output,
+)
 from edgetune_cli.config_options import ConfigOptions
 
 if TYPE_CHECKING:
@@ -46,38 +54,25 @@ def skip_command(
     model: Annotated[Path, typer.Option("--model", help="Hugging Face model directory (or hub id).")],
     data: Annotated[Path, typer.Option("--data", help="Labelled training data (CSV with a header, or JSONL).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write (atomically).")],
-    max_length: Annotated[int, typer.Option(help="Tokens per example (truncation).")] = 128,
-    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
-    label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
+    max_length: MaxLengthOption = 128,
+    text_column: TextColumnOption = "text",
+    label_column: LabelColumnOption = "label",
     eval_data: Annotated[
         Path | None, typer.Option(help="Labelled held-out data: accuracy of the saved (static-skip) model.")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a finished model in --out, or start its interrupted run over.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+    quiet: QuietTableOption = False,
 ) -> None:
     """Fine-tune the whole model jointly with a learnable gate before each block, under a budget of
     executed blocks (HadSkip); save it skipping the blocks its gates turn off for the task. It trains on
     the same loop as `edgetune train` (warm-up and decay, clipping, a GPU when there is one); an interrupted
     run started again with the same flags resumes from --out/checkpoint."""
-    from edgetune.data import load_dataset
-    from edgetune.evaluation import evaluate_classifier
-    from edgetune.io import check_output_dir
     from edgetune.skip import hadskip_finetune
-    from edgetune_cli import console
 
-    settings = SKIP_SETTINGS.values(ctx)
-    if not 0 < settings["budget"] <= 1:
-        raise typer.BadParameter("must be in (0, 1]", param_hint="--budget")
-    at_least_one(epochs=settings["epochs"], batch_size=settings["batch_size"])
-    inputs = [("--model", model), ("--data", data), ("--eval-data", eval_data)]
-    check_output_dir(out, inputs, ["edgetune.json", "checkpoint"], "checkpoint")
-    check_range("--max-length", max_length, 2, 1 << 16)
-    dataset = load_dataset(data, text_column, label_column)  # bad data fails before the model loads
-    held_out = load_dataset(eval_data, text_column, label_column) if eval_data is not None else None
-    if held_out is not None:
-        held_out.encoded_labels(dataset.label_map())
+    check_skip_flags(ctx, [("--model", model), ("--data", data), ("--eval-data", eval_data)], out, max_length)
+    dataset, held_out = load_skip_data(data, eval_data, text_column, label_column)
     try:
         cfg = SKIP_SETTINGS.build(ctx, max_length=max_length, progress=not quiet)
     except ValueError as e:
@@ -85,10 +80,44 @@ def skip_command(
     clf, encoder, result = hadskip_finetune(
         model, dataset, out, cfg, max_length, text_column, label_column, progress=not quiet, overwrite=overwrite
     )
+    report_skip(result, cfg.budget, out, clf, encoder, held_out, quiet)
+
+
+def check_skip_flags(ctx: typer.Context, inputs: list[tuple[str, Path | None]], out: Path, max_length: int) -> None:
+    """Refuse a budget or count out of range, or an --out skip may not write, before any data is read."""
+    from edgetune.io import check_output_dir
+
+    settings = SKIP_SETTINGS.values(ctx)
+    if not 0 < settings["budget"] <= 1:
+        raise typer.BadParameter("must be in (0, 1]", param_hint="--budget")
+    at_least_one(epochs=settings["epochs"], batch_size=settings["batch_size"])
+    check_output_dir(out, inputs, ["edgetune.json", "checkpoint"], "checkpoint")
+    check_range("--max-length", max_length, 2, 1 << 16)
+
+
+def load_skip_data(data: Path, eval_data: Path | None, text_column: str, label_column: str) -> tuple[Any, Any]:
+    """The training data and the held-out data (whose labels must be the training data's), read before the
+    model loads so that bad data fails fast."""
+    from edgetune.data import load_dataset
+
+    dataset = load_dataset(data, text_column, label_column)
+    held_out = load_dataset(eval_data, text_column, label_column) if eval_data is not None else None
+    if held_out is not None:
+        held_out.encoded_labels(dataset.label_map())
+    return dataset, held_out
+
+
+def report_skip(
+    result: HadSkipResult, budget: float, out: Path, clf: Any, encoder: Any, held_out: Any, quiet: bool
+) -> None:
+    """The gates table (unless --quiet) and the one-line result, with the held-out accuracy when asked."""
+    from edgetune.evaluation import evaluate_classifier
+    from edgetune_cli import console
+
     if not quiet:
-        print_gates(result, cfg.budget)
+        print_gates(result, budget)
     msg = (
-        f"skip: executed fraction {result.executed_fraction:.2f} (target {cfg.budget:.2f}); "
+        f"skip: executed fraction {result.executed_fraction:.2f} (target {budget:.2f}); "
         f"saved {out} running blocks {[i + 1 for i in result.keep]}"
     )
     if held_out is not None:

@@ -7,9 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetune_cli.common import at_least_one, check_range, check_threads, file_output, positive
+from edgetune_cli.common import (
+    QuietTablesOption,
+    RuntimeOption,
+    at_least_one,
+    check_range,
+    check_runtime,
+    check_threads,
+    file_output,
+    positive,
+)
 from edgetune_cli.config_options import ConfigOptions
-from edgetune_cli.device_cmd import RUNTIME_OPTION, check_runtime
 from edgetune_cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
@@ -102,142 +110,168 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     console.print(table)
 
 
+# TrainConfig.lr, by hand: the command also takes 'auto' (a search, not a rate)
+LrOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Learning rate of the trained blocks: a number; 'auto' trains the rule's rate, 1/3 and 3x "
+        "of it and keeps the best on the validation split (3x the time); default: the rule for the "
+        "cut (3e-4 up to half the blocks, down to 5e-5 for all; 5e-4 for adapters).",
+        rich_help_panel=TRAIN_SETTINGS.panel,
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     from edgetune_cli import handle_errors
 
-    @app.command("train", cls=TRAIN_SETTINGS.command_class())
-    @handle_errors
-    def train_command(
-        ctx: typer.Context,
-        model: Annotated[Path, typer.Option("--model", help="Hugging Face model directory the plan was made on.")],
-        plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan`.")],
-        data: Annotated[Path, typer.Option("--data", help="Training data: CSV with a header, or JSONL.")],
-        out: Annotated[Path, typer.Option("--out", help="Output directory (resumes a run interrupted there).")],
-        tuner: TunerOption = None,
-        lora_r: LoraROption = None,
-        lora_alpha: LoraAlphaOption = None,
-        tuner_param: TunerParamOption = None,
-        # TrainConfig.lr, by hand: the command also takes 'auto' (a search, not a rate)
-        lr: Annotated[
-            str | None,
-            typer.Option(
-                help="Learning rate of the trained blocks: a number; 'auto' trains the rule's rate, 1/3 and 3x "
-                "of it and keeps the best on the validation split (3x the time); default: the rule for the "
-                "cut (3e-4 up to half the blocks, down to 5e-5 for all; 5e-4 for adapters).",
-                rich_help_panel=TRAIN_SETTINGS.panel,
-            ),
-        ] = None,
-        eval_data: Annotated[Path | None, typer.Option(help="Held-out test data, evaluated at the end.")] = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a trained model in OUT.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
-    ) -> None:
-        """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
-        from edgetune.finetune import finetune
-        from edgetune.train import TrainError, is_main_process
-        from edgetune_cli import console
+    app.command("train", cls=TRAIN_SETTINGS.command_class())(handle_errors(train_command))
+    app.command("evaluate")(handle_errors(evaluate_command))
 
-        main_process = is_main_process()  # torchrun / accelerate launch: the other processes print nothing
-        quiet = quiet or not main_process
-        s = TRAIN_SETTINGS.values(ctx)  # --mode and --cache were checked against their choices while parsing
-        at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
-        check_range("--max-length", s["max_length"], 2, 1 << 16)
-        check_range("--patience", s["patience"], 0)
-        check_range("--val-fraction", s["val_fraction"], 0, 1, high_open=True)
-        positive(head_lr=s["head_lr"])
-        tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
-        search_lr = lr is not None and lr.strip().lower() == "auto"
-        block_lr = None if lr is None or search_lr else parse_rate(lr, "--lr")
-        try:
-            config = TRAIN_SETTINGS.build(ctx, lr=block_lr, progress=not quiet)
-        except ValueError as err:
-            raise TrainError(str(err)) from None
-        result = finetune(
-            model,
-            plan,
-            data,
-            out,
-            config,
-            tuner=tuner_name,
-            tuner_params=tuner_params,
-            eval_data=eval_data,
-            overwrite=overwrite,
-            search_lr=search_lr,
-        )
-        if not main_process:
-            return
-        if not quiet:
-            if result.lr_search:
-                print_lr_search(result.lr_search)
-            print_history(result.history)
-            if result.metrics is not None:
-                print_metrics(result.metrics, f"held-out {eval_data}")
-        layers = result.classifier.num_layers
-        what = f"blocks {result.cut + 1}..{layers} + head" if result.cut < layers else "the head only"
-        console.print(
-            f"learning rates: blocks {result.config.lr:.2g}, head {result.config.head_lr:.2g}", highlight=False
-        )
-        params = f"{result.trainable_params:,} trainable parameters"
-        msg = f"trained {what} with {result.tuner.name} ({params}, {config.mode} mode)"
+
+def train_command(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Option("--model", help="Hugging Face model directory the plan was made on.")],
+    plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan`.")],
+    data: Annotated[Path, typer.Option("--data", help="Training data: CSV with a header, or JSONL.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (resumes a run interrupted there).")],
+    tuner: TunerOption = None,
+    lora_r: LoraROption = None,
+    lora_alpha: LoraAlphaOption = None,
+    tuner_param: TunerParamOption = None,
+    lr: LrOption = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Held-out test data, evaluated at the end.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a trained model in OUT.")] = False,
+    quiet: QuietTablesOption = False,
+) -> None:
+    """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
+    from edgetune.finetune import finetune
+    from edgetune.train import is_main_process
+
+    main_process = is_main_process()  # torchrun / accelerate launch: the other processes print nothing
+    quiet = quiet or not main_process
+    check_train_numbers(ctx)
+    tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
+    config, search_lr = train_config(ctx, lr, quiet)
+    result = finetune(
+        model,
+        plan,
+        data,
+        out,
+        config,
+        tuner=tuner_name,
+        tuner_params=tuner_params,
+        eval_data=eval_data,
+        overwrite=overwrite,
+        search_lr=search_lr,
+    )
+    if main_process:
+        report_train(result, config, out, eval_data, quiet)
+
+
+def check_train_numbers(ctx: typer.Context) -> None:
+    """Refuse a training setting out of range before the model loads (--mode and --cache were checked against
+    their choices while parsing)."""
+    s = TRAIN_SETTINGS.values(ctx)
+    at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
+    check_range("--max-length", s["max_length"], 2, 1 << 16)
+    check_range("--patience", s["patience"], 0)
+    check_range("--val-fraction", s["val_fraction"], 0, 1, high_open=True)
+    positive(head_lr=s["head_lr"])
+
+
+def train_config(ctx: typer.Context, lr: str | None, quiet: bool) -> tuple[Any, bool]:
+    """The TrainConfig of the flags, and whether --lr auto asks for a search (then the config has no rate)."""
+    from edgetune.train import TrainError
+
+    search_lr = lr is not None and lr.strip().lower() == "auto"
+    block_lr = None if lr is None or search_lr else parse_rate(lr, "--lr")
+    try:
+        return TRAIN_SETTINGS.build(ctx, lr=block_lr, progress=not quiet), search_lr
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+
+
+def report_train(result: Any, config: Any, out: Path, eval_data: Path | None, quiet: bool) -> None:
+    """The search, training and held-out tables (unless --quiet), then what was trained at which rates."""
+    from edgetune_cli import console
+
+    if not quiet:
+        if result.lr_search:
+            print_lr_search(result.lr_search)
+        print_history(result.history)
         if result.metrics is not None:
-            msg += f"; held-out accuracy {result.metrics['accuracy']:.2%}, macro-F1 {result.metrics['macro_f1']:.2%}"
-        console.print(f"{msg}; wrote {out}", highlight=False)
-        report = getattr(result.tuner, "report", None)
-        if report:
-            before = report["flops_before"]
-            console.print(
-                f"pruned: weight sparsity {report['weight_sparsity']:.1%}, inference FLOPs of the trained blocks "
-                f"-{1 - report['flops_dense_after'] / before:.1%} (dense kernels), "
-                f"-{1 - report['flops_nonzero_after'] / before:.1%} (non-zero weights only, theoretical)",
-                highlight=False,
-            )
+            print_metrics(result.metrics, f"held-out {eval_data}")
+    layers = result.classifier.num_layers
+    what = f"blocks {result.cut + 1}..{layers} + head" if result.cut < layers else "the head only"
+    console.print(f"learning rates: blocks {result.config.lr:.2g}, head {result.config.head_lr:.2g}", highlight=False)
+    params = f"{result.trainable_params:,} trainable parameters"
+    msg = f"trained {what} with {result.tuner.name} ({params}, {config.mode} mode)"
+    if result.metrics is not None:
+        msg += f"; held-out accuracy {result.metrics['accuracy']:.2%}, macro-F1 {result.metrics['macro_f1']:.2%}"
+    console.print(f"{msg}; wrote {out}", highlight=False)
+    report = getattr(result.tuner, "report", None)
+    if report:
+        print_pruning(report)
 
-    @app.command("evaluate")
-    @handle_errors
-    def evaluate_command(
-        data: Annotated[Path, typer.Option("--data", help="Labelled held-out data: CSV with a header, or JSONL.")],
-        model: Annotated[
-            Path | None, typer.Option("--model", help="A trained model directory (from `edgetune train`).")
-        ] = None,
-        package: Annotated[
-            Path | None, typer.Option("--package", help="A device package (instead of --model).")
-        ] = None,
-        personal: Annotated[
-            Path | None, typer.Option("--personal", help="A personal state for --package (`edgetune personalize`).")
-        ] = None,
-        text_column: Annotated[
-            str | None, typer.Option(help="Column holding the text (default: text, or the plan's).")
-        ] = None,
-        label_column: Annotated[
-            str | None, typer.Option(help="Column holding the label (default: label, or the plan's).")
-        ] = None,
-        batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
-        int8: Annotated[bool, typer.Option("--int8", help="With --package: run its int8 trunk.")] = False,
-        threads: Annotated[int | None, typer.Option(help="With --package: CPU threads.")] = None,
-        out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
-        runtime: Annotated[str, RUNTIME_OPTION] = "auto",
-    ) -> None:
-        """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
-        optional personal state (--package [--personal])."""
-        from edgetune.io import json_with_keys
 
-        if (model is None) == (package is None):
-            raise typer.BadParameter("give exactly one of --model or --package", param_hint="--model/--package")
-        if personal is not None and package is None:
-            raise typer.BadParameter("--personal applies to a --package", param_hint="--personal")
-        check_threads(threads)
-        at_least_one(batch_size=batch_size)
-        inputs = [("--data", data), ("--model", model), ("--package", package), ("--personal", personal)]
-        with file_output(out, inputs, json_with_keys("accuracy", "macro_f1", "num_examples"), "metrics JSON"):
-            _evaluate(
-                data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet,
-                check_runtime(runtime),
-            )  # fmt: skip
+def print_pruning(report: dict[str, Any]) -> None:
+    """What a pruning tuner (dsee) removed: weight sparsity and the inference FLOPs it saves."""
+    from edgetune_cli import console
+
+    before = report["flops_before"]
+    console.print(
+        f"pruned: weight sparsity {report['weight_sparsity']:.1%}, inference FLOPs of the trained blocks "
+        f"-{1 - report['flops_dense_after'] / before:.1%} (dense kernels), "
+        f"-{1 - report['flops_nonzero_after'] / before:.1%} (non-zero weights only, theoretical)",
+        highlight=False,
+    )
+
+
+def evaluate_command(
+    data: Annotated[Path, typer.Option("--data", help="Labelled held-out data: CSV with a header, or JSONL.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A trained model directory (from `edgetune train`).")
+    ] = None,
+    package: Annotated[Path | None, typer.Option("--package", help="A device package (instead of --model).")] = None,
+    personal: Annotated[
+        Path | None, typer.Option("--personal", help="A personal state for --package (`edgetune personalize`).")
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="Column holding the text (default: text, or the plan's).")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Column holding the label (default: label, or the plan's).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 64,
+    int8: Annotated[bool, typer.Option("--int8", help="With --package: run its int8 trunk.")] = False,
+    threads: Annotated[int | None, typer.Option(help="With --package: CPU threads.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
+    runtime: RuntimeOption = "auto",
+) -> None:
+    """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
+    optional personal state (--package [--personal])."""
+    from edgetune.io import json_with_keys
+
+    if (model is None) == (package is None):
+        raise typer.BadParameter("give exactly one of --model or --package", param_hint="--model/--package")
+    if personal is not None and package is None:
+        raise typer.BadParameter("--personal applies to a --package", param_hint="--personal")
+    check_threads(threads)
+    at_least_one(batch_size=batch_size)
+    inputs = [("--data", data), ("--model", model), ("--package", package), ("--personal", personal)]
+    with file_output(out, inputs, json_with_keys("accuracy", "macro_f1", "num_examples"), "metrics JSON"):
+        _evaluate(
+            data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet,
+            check_runtime(runtime),
+        )  # fmt: skip
 
 
 def _evaluate(
     data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet, runtime="auto"
 ):
+    """Measure the model or the package (+ personal state), write --out, print the table and the summary line."""
     from edgetune.io import atomic_write_json
     from edgetune_cli import console
 
