@@ -216,8 +216,19 @@ def hadskip(res: Result) -> str:
             if r["budget"] == 0.5:  # the target's budget
                 b1 = f"**{b1}**"
         latency, speedup = f"{1000 * r['latency_b1']['median_s']:.1f} ms", f"{b1} / {r['speedup_b8']:.2f}x"
-        lines.append(_row([label, f"{kept[0]}-{kept[-1]}", accuracy, latency, speedup]))
+        lines.append(_row([label, block_runs(kept), accuracy, latency, speedup]))
     return "\n".join(lines)
+
+
+def block_runs(blocks: list[int]) -> str:
+    """Block numbers as runs, ``[1, 5, 6]`` -> ``1, 5-6``: a skip set need not be contiguous."""
+    runs: list[list[int]] = []
+    for block in sorted(blocks):
+        if runs and block == runs[-1][-1] + 1:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 # --- rankmean.json --------------------------------------------------------------------------------------------

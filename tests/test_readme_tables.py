@@ -45,3 +45,11 @@ def test_write_then_check(tmp_path: Path) -> None:
     assert readme_tables.main(["--write", "--readme", str(readme), "--results", str(tmp_path)]) == 0
     assert readme_tables.check(readme, tmp_path) == (True, "")
     assert "| plain average |" in readme.read_text() and readme.read_text().endswith("<!-- /table -->\ny\n")
+
+
+def test_skip_sets_are_shown_as_runs_of_blocks() -> None:
+    from table_renderers import block_runs  # benchmarks/ is on the path (above)
+
+    assert block_runs([1, 5, 6]) == "1, 5-6"
+    assert block_runs([6, 1, 2, 3]) == "1-3, 6"
+    assert block_runs([4]) == "4"
