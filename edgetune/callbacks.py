@@ -111,12 +111,16 @@ def join_state(tuner_state: dict[str, torch.Tensor], callbacks: list[TrainerCall
     """The tuner's extra state and every callback's in one dict of tensors, a callback's keys prefixed with its
     class name (not its position: a run resumed with other stateless callbacks finds its state)."""
     state = dict(tuner_state)
-    stateful = [type(callback).__name__ for callback in callbacks if callback.state_dict()]
-    if len(set(stateful)) != len(stateful):
-        raise ValueError(f"two callbacks of one class keep state: {stateful}")
+    seen: set[str] = set()
     for callback in callbacks:
-        for name, value in callback.state_dict().items():
-            state[f"{CALLBACK_PREFIX}{type(callback).__name__}.{name}"] = value
+        own = callback.state_dict()
+        if not own:
+            continue
+        name = type(callback).__name__
+        if name in seen:
+            raise ValueError(f"two callbacks of one class keep state: {name}")
+        seen.add(name)
+        state.update({f"{CALLBACK_PREFIX}{name}.{key}": value for key, value in own.items()})
     return state
 
 

@@ -48,6 +48,7 @@ from edgetune.tokenization import TextEncoder
 from edgetune.traces import length_sorted_batches
 from edgetune.train import Trainer
 from edgetune.training_config import HadSkipConfig
+from edgetune.tuners import get_tuner
 
 
 class LayerGates(nn.Module):
@@ -215,7 +216,9 @@ class HadSkipSchedule(TrainerCallback):
 
     def __init__(self, runner: GateRunner, config: HadSkipConfig) -> None:
         self.runner, self.config = runner, config
-        self._gate_sum, self._steps = 0.0, 0
+        # summed where the gates live and read once an epoch: no device-to-host sync on every step
+        self._gate_sum: torch.Tensor | float = 0.0
+        self._steps = 0
 
     def setup(self, device: torch.device) -> list[dict[str, Any]]:
         self.runner.gates.to(device)
@@ -227,13 +230,13 @@ class HadSkipSchedule(TrainerCallback):
 
     def loss(self) -> torch.Tensor:
         mean_gate = self.runner.gate_matrix().mean()
-        self._gate_sum += float(mean_gate.detach())
+        self._gate_sum = self._gate_sum + mean_gate.detach()
         self._steps += 1
         return self.config.penalty * (mean_gate - self.config.budget) ** 2
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         # the mean over the steps this process ran (after a resume mid-epoch: since the resume)
-        row.update(temperature=self.runner.temperature, mean_gate=self._gate_sum / max(self._steps, 1))
+        row.update(temperature=self.runner.temperature, mean_gate=float(self._gate_sum) / max(self._steps, 1))
         self._gate_sum, self._steps = 0.0, 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -259,7 +262,7 @@ def train_hadskip(
     frozen and are cached) with a :class:`HadSkipSchedule`; a ``checkpoint_dir`` makes the run resumable.
     """
     cfg = config or HadSkipConfig()
-    trainer = Trainer(backbone, encoder, 0, label_map, _full_tuner(), cfg, checkpoint_dir, cache_dir, callbacks)
+    trainer = Trainer(backbone, encoder, 0, label_map, get_tuner("full"), cfg, checkpoint_dir, cache_dir, callbacks)
     model = SkipClassifier(trainer.classifier, cfg.adaptive)
     calib = sample(dataset, cfg.calibration_size, seed=cfg.seed)
     importance = block_importance(trainer.classifier, encoder, calib.texts)
@@ -284,12 +287,6 @@ def train_hadskip(
         history=fit.history,
     )
     return model, result
-
-
-def _full_tuner() -> Any:
-    from edgetune.tuners import get_tuner
-
-    return get_tuner("full")
 
 
 @torch.no_grad()
