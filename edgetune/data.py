@@ -243,3 +243,38 @@ def sample(dataset: TextDataset, n: int, seed: int = 0) -> TextDataset:
         return dataset
     _, picked = stratified_split(dataset, test_size=int(n), seed=seed)
     return picked
+
+
+def content_rank(dataset: TextDataset, seed: int = 0) -> np.ndarray:
+    """Indices of ``dataset`` ordered by a keyed hash of each example's (label, text): the order depends on the
+    examples and the seed, never on the order of the rows (duplicates keep their file order)."""
+    import hashlib
+
+    key = seed.to_bytes(8, "little", signed=True)
+    digests = [
+        hashlib.blake2b(f"{label}\x1f{text}".encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
+        for text, label in zip(dataset.texts, dataset.labels)
+    ]
+    return np.array(sorted(range(len(dataset)), key=lambda i: digests[i]), dtype=np.int64)
+
+
+def order_invariant_sample(dataset: TextDataset, n: int, seed: int = 0) -> TextDataset:
+    """A stratified sample of at most ``n`` examples that the row order of the file cannot change.
+
+    Each label gets its share of ``n`` (largest remainders, ties to the label name) and takes its examples
+    in :func:`content_rank` order; the sample is returned in that order too. A larger ``n`` with the same seed
+    draws a superset wherever the label shares allow it.
+    """
+    if n >= len(dataset):
+        return dataset.subset(content_rank(dataset, seed))
+    ranked = content_rank(dataset, seed)
+    by_label: dict[str, list[int]] = {}
+    for i in ranked:
+        by_label.setdefault(dataset.labels[i], []).append(int(i))
+    total = len(dataset)
+    exact = {label: n * len(rows) / total for label, rows in by_label.items()}
+    quota = {label: int(share) for label, share in exact.items()}
+    for label in sorted(exact, key=lambda lb: (-(exact[lb] - quota[lb]), lb))[: n - sum(quota.values())]:
+        quota[label] += 1
+    picked = {i for label, rows in by_label.items() for i in rows[: quota[label]]}
+    return dataset.subset([int(i) for i in ranked if int(i) in picked])

@@ -22,11 +22,16 @@ def plan_table(plan: Plan) -> Table:
     has_gains = any(r.expected_gain is not None for r in plan.rows)
     has_budget = any(v is not None for v in plan.budget.values())
     has_loss = any(r.predicted_loss is not None for r in plan.rows)
+    has_interval = any(r.predicted_loss_high is not None for r in plan.rows)
+    has_share = any(r.chosen_share is not None for r in plan.rows)
     columns = ["cut", "trains", *(("dev", "gain", "G") if has_gains else ("score",))]
-    columns += [*(("pred. loss",) if has_loss else ()), "bwd", "params", "MB", "est s"]
+    columns += [*(("pred. loss",) if has_loss else ()), *(("90% interval",) if has_interval else ())]
+    columns += [*(("chosen by",) if has_share else ()), "bwd", "params", "MB", "est s"]
     if has_budget:
         columns.append("budget")
-    table = Table(title=f"{plan.planner} cost-benefit per cut ({plan.num_layers} layers)")
+    sure = plan.confidence_text()
+    caption = f"{sure} of the calibration sample" if sure else None
+    table = Table(title=f"{plan.planner} cost-benefit per cut ({plan.num_layers} layers)", caption=caption)
     for col in columns:
         table.add_column(col, justify="right", no_wrap=True)
     for r in plan.rows:
@@ -34,6 +39,10 @@ def plan_table(plan: Plan) -> Table:
         style = "bold green" if r.cut == plan.cut else ("dim" if not r.fits_budget else "")
         method = (_fmt(r.deviation), _fmt(r.gain), _fmt(r.expected_gain)) if has_gains else (_fmt(r.score, ".2f"),)
         loss = (_fmt(r.predicted_loss, ".2f"),) if has_loss else ()
+        if has_interval:
+            loss += (f"{_fmt(r.predicted_loss_low, '.2f')}-{_fmt(r.predicted_loss_high, '.2f')}",)
+        if has_share:
+            loss += ("-" if r.chosen_share is None else f"{r.chosen_share:.0%}",)
         cells = [str(r.cut), trains, *method, *loss, f"{r.backward_frac:.0%}", human(r.trainable_params)]
         cells += [f"{r.train_memory_mb:.0f}", f"{r.device_seconds:.0f}"]
         if has_budget:

@@ -232,6 +232,20 @@ def _fmt_io(entries: list[dict[str, Any]]) -> str:
     return ", ".join(f"{e['name']} {e['dtype']}[{', '.join(str(s) for s in e['shape'])}]" for e in entries)
 
 
+def _plan_words(plan: dict[str, Any]) -> str:
+    """Who chose the cut and how sure it was: "salf (cheapest within 1 point), chosen in 190 of 200 resamples"."""
+    params = plan.get("planner_params") or {}
+    words = str(plan.get("planner", "?"))
+    if params.get("policy"):
+        within = f" within {params['tolerance']:g} points" if "tolerance" in params else ""
+        words += f" ({params['policy']}{within})"
+    confidence = plan.get("confidence") or {}
+    if confidence.get("resamples"):
+        share = confidence["chosen"] / confidence["resamples"]
+        words += f", chosen in {confidence['chosen']} of {confidence['resamples']} resamples ({share:.0%})"
+    return words
+
+
 def _print_summary(m: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -248,6 +262,7 @@ def _print_summary(m: dict[str, Any]) -> None:
         ("backbone", f"{b['id']} ({b['model_type']}, {b['num_layers']} layers, hidden {b['hidden_size']})"),
         ("weights hash", f"{b['hash'][:16]} (plan made for {b['plan_hash'][:16]})"),
         ("cut", f"trunk = embeddings + blocks 1..{m['cut']}; device trains {trainable or 'none'} + head"),
+        ("plan", _plan_words(m.get("plan") or {})),
         ("labels", ", ".join(m["labels"])),
         ("head", str((m.get("head") or {}).get("init"))),
         ("trunk", f"{trunk['file']} opset {trunk['opset']}, parity {trunk['parity']['max_abs_diff']:.2e}"),

@@ -189,9 +189,11 @@ def report_plan(result: Plan, out: Path, report: Path | None, quiet: bool) -> No
     what = f"blocks {result.trainable_layers} + head" if result.trainable_layers else "the head only"
     loss = result.chosen.predicted_loss
     expected = f", predicted {loss:.2f} points below the best cut" if loss is not None else ""
+    sure = result.confidence_text()
+    sure = f"; {sure.split(': ', 1)[1]}" if sure else ""
     msg = (
         f"plan: cut {result.cut} -> train {what} ({result.chosen.backward_frac:.0%} of full backward FLOPs"
-        f"{expected}); wrote {out} in {result.seconds:.1f}s"
+        f"{expected}{sure}); wrote {out} in {result.seconds:.1f}s"
     )
     if report is not None:
         plot_plan(result, report)

@@ -16,8 +16,8 @@ from edgetune.planner.salf import (
     fit_scaling_law,
     loss_amplitude,
     predicted_losses,
+    agreement,
     probe_basis,
-    probe_error,
     readout_basis,
 )
 
@@ -111,10 +111,11 @@ def test_predicted_losses_follow_the_law_and_are_zero_at_full_depth():
 
 
 def test_amplitude_counts_what_a_lower_latent_space_knows():
-    top_is_best = np.array([40.0, 35.0, 30.0])  # probe error per latent space, the top lowest
-    assert loss_amplitude(top_is_best, scale=0.1, recoverable=2.0) == pytest.approx(3.0)
-    top_discards = np.array([40.0, 20.0, 30.0])  # latent 1 knows 10 points more than the top
-    assert loss_amplitude(top_discards, scale=0.1, recoverable=2.0) == pytest.approx(3.0 + 20.0)
+    # the head leaves 30 (squared error x100); no lower latent space does better: only the gamma share
+    assert loss_amplitude(30.0, 0.0, scale=0.1, recoverable=2.0) == pytest.approx(3.0)
+    # a lower latent space is 10 lower: error that training the top blocks can win back
+    assert loss_amplitude(30.0, 10.0, scale=0.1, recoverable=2.0) == pytest.approx(3.0 + 20.0)
+    assert loss_amplitude(30.0, -5.0, scale=0.1, recoverable=2.0) == pytest.approx(3.0)
 
 
 def test_cheapest_cut_within_tolerance_on_a_hand_made_curve():
@@ -136,14 +137,25 @@ def test_budgets_bind_the_cheapest_policy():
     assert choose_cut(cheapest_within(losses, 0.3, np.ones(6, bool)), costs, budget) == 3
 
 
-def test_probe_error_is_cross_validated():
-    rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1, 2], 40)
-    separable = np.eye(3)[labels] * 5 + rng.standard_normal((120, 3)) * 0.1
-    noise = rng.standard_normal((120, 3))
-    assert probe_error(separable, labels, 5, 1.0, 0) == 0.0
-    assert probe_error(noise, labels, 5, 1.0, 0) > 40.0  # about chance (66.7) on pure noise
-    assert np.isnan(probe_error(noise, np.zeros(120, int), 5, 1.0, 0))
+def test_agreement_counts_resamples_that_pick_the_same_cut():
+    scores = np.array([-2.0, 0.0, 0.0, -1.0])  # cheapest within tolerance: cut 2
+    same = np.array([[-3.0, 0.0, 0.0, -2.0], [-1.0, -0.5, 0.0, -4.0]])  # both pick 2
+    other = np.array([[0.0, -1.0, -2.0, -3.0]])  # picks 0
+    assert agreement(scores, same) == 1.0
+    assert agreement(scores, np.vstack([same, other, other])) == 0.5
+    assert agreement(scores, np.zeros((0, 4))) == 1.0
+
+
+def test_sample_limit_follows_the_time_budget():
+    cfg = SALFConfig(sample_size=256, max_sample_size=1024, plan_time_fraction=0.05)
+    assert cfg.sample_limit(100) == 100  # the whole (small) set
+    assert cfg.sample_limit(1000) == 256  # 5% of an epoch affords 150 traces: never less than the sample size
+    assert cfg.sample_limit(4000) == 600
+    assert cfg.sample_limit(100_000) == 1024
+    with pytest.raises(ValueError, match="max_sample_size"):
+        SALFConfig(sample_size=512, max_sample_size=256)
+    with pytest.raises(ValueError, match="confidence"):
+        SALFConfig(confidence=1.5)
 
 
 def test_policy_validation():

@@ -42,6 +42,8 @@ class CutScores:
     expected_gains: np.ndarray | None = None  # the method's per-layer estimate, also where a cut is not allowed
     diagnostics: dict[str, Any] = field(default_factory=dict)
     predicted_loss: np.ndarray | None = None  # accuracy points lost against the best cut (SALF's cheapest policy)
+    resampled_scores: np.ndarray | None = None  # (B, L + 1): the scores on B bootstrap resamples of the sample
+    loss_interval: np.ndarray | None = None  # (2, L + 1): 5th and 95th percentile of predicted_loss over resamples
 
 
 def _num(x: Any) -> float | None:
@@ -87,6 +89,8 @@ class Planner(ABC):
         arch = ArchSummary.from_backbone(backbone, len(label_map))
         costs = estimate_all(arch, cost, tuner_cost(backbone, tuner, tuner_params))
         cut = choose_cut(scored.scores, costs, budget)
+        votes = resample_votes(scored.resampled_scores, costs, budget)
+        interval = scored.loss_interval
 
         expected = scored.expected_gains
         rows = []
@@ -107,6 +111,9 @@ class Planner(ABC):
                     device_seconds=c.device_seconds,
                     fits_budget=not violations,
                     budget_violations=violations,
+                    predicted_loss_low=_num(interval[0][k]) if interval is not None else None,
+                    predicted_loss_high=_num(interval[1][k]) if interval is not None else None,
+                    chosen_share=float(votes[k] / votes.sum()) if votes is not None else None,
                 )
             )
         return Plan(
@@ -127,6 +134,7 @@ class Planner(ABC):
             tuner_params=tuner_params or {},
             seconds=time.perf_counter() - start,
             max_length=encoder.max_length,
+            confidence=None if votes is None else {"resamples": int(votes.sum()), "chosen": int(votes[cut])},
         )
 
 
@@ -152,9 +160,25 @@ def choose_cut(scores: np.ndarray, costs: list, budget: Budget) -> int:
             f"no cut fits the budget; the cheapest allowed cut ({cheapest}) has "
             + "; ".join(budget.violations(costs[cheapest]))
         )
-    best = max(scores[k] for k in fitting)
+    return best_cut(scores, fitting)
+
+
+def best_cut(scores: np.ndarray, candidates: list[int] | None = None) -> int:
+    """The best-scoring cut among ``candidates`` (every finite score by default); ties -> the higher (cheaper)."""
+    keys = [k for k in range(len(scores)) if np.isfinite(scores[k])] if candidates is None else candidates
+    best = max(scores[k] for k in keys)
     tol = 1e-9 * max(1.0, abs(best))
-    return max(k for k in fitting if scores[k] >= best - tol)
+    return max(k for k in keys if scores[k] >= best - tol)
+
+
+def resample_votes(resampled_scores: np.ndarray | None, costs: list, budget: Budget) -> np.ndarray | None:
+    """How many resamples choose each cut, under the same budget as the plan; ``None`` without resamples."""
+    if resampled_scores is None or len(resampled_scores) == 0:
+        return None
+    votes = np.zeros(resampled_scores.shape[1], dtype=np.int64)
+    for row in resampled_scores:
+        votes[choose_cut(row, costs, budget)] += 1
+    return votes
 
 
 def allowed_cuts_mask(num_layers: int, min_trainable_layers: int) -> np.ndarray:

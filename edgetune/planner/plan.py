@@ -35,6 +35,9 @@ class CutRow:
     fits_budget: bool
     budget_violations: list[str] = field(default_factory=list)
     predicted_loss: float | None = None  # accuracy points below the best cut, predicted from the traces
+    predicted_loss_low: float | None = None  # 5th percentile of predicted_loss over resamples of the sample
+    predicted_loss_high: float | None = None  # 95th percentile
+    chosen_share: float | None = None  # share of the resamples whose plan chose this cut
 
 
 @dataclass
@@ -59,6 +62,9 @@ class Plan:
     text_column: str = "text"
     label_column: str = "label"
     max_length: int = 128
+    # how sure the choice is: {"resamples": B, "chosen": how many of them chose ``cut``}; None when the planner
+    # does not resample (the baselines, SALF's argmax-gain rule)
+    confidence: dict[str, int] | None = None
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -71,6 +77,13 @@ class Plan:
     def trainable_layers(self) -> list[int]:
         """1-based indices of the blocks that are trained (l*+1..L)."""
         return list(range(self.cut + 1, self.num_layers + 1))
+
+    def confidence_text(self) -> str | None:
+        """ "cut 4: chosen in 190 of 200 resamples (95%)", or None when the plan carries no confidence."""
+        if not self.confidence or not self.confidence.get("resamples"):
+            return None
+        chosen, total = self.confidence["chosen"], self.confidence["resamples"]
+        return f"cut {self.cut}: chosen in {chosen} of {total} resamples ({100 * chosen / total:.0f}%)"
 
     @property
     def chosen(self) -> CutRow:

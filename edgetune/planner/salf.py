@@ -26,19 +26,27 @@ interpretation (see docs/methods.md for the derivation):
    against the best cut and takes the cheapest cut within ``tolerance``
    points (:func:`predicted_losses`):
 
-       A       = gamma * e_head + beta * max(0, e_head - min_{l<L} e_l)
+       A       = gamma * q_head + beta * max(0, max_{l<L} (q_head - q_l))
        loss(k) = A * [(1 + u_k)^-alpha - (1 + L)^-alpha]
 
-   e_l is the cross-validated error (in points) of a linear probe on the
-   traces' pooled latent h_l; e_head = e_L is what training the head alone
-   reaches on the sample. The second term is task information that a lower
-   latent space holds and the frozen top discards: error that training the
-   top blocks can win back (a task whose top latent is already its best one
-   has only the gamma share to gain). u_k is the trained depth of cut k in
-   block units (parameters of blocks k+1..L / mean block parameters), so the
-   loss follows a power law in trained parameters, loss = A N^-alpha + E.
+   q_l is the leave-one-out squared error (x100) of a ridge probe on the
+   traces' pooled latent h_l, averaged over the sample, and the difference is
+   taken example by example (edgetune/planner/evidence.py says why these are
+   the stable choices). q_head = q_L is what the head alone leaves; the second
+   term is task information that a lower latent space holds and the frozen top
+   discards: error that training the top blocks can win back. u_k is the
+   trained depth of cut k in block units (parameters of blocks k+1..L / mean
+   block parameters), so the loss follows a power law in trained parameters.
    gamma, beta and alpha were fitted once on the calibration tasks of
    ``benchmarks/planner_study.py`` and are reported on the others.
+6. Confidence. The sample is drawn by a keyed hash of each example (row order
+   cannot change it); the bootstrap of its examples gives every number above a
+   spread: each cut's loss interval and, per resample, the cut the policy would
+   choose. While fewer than ``confidence`` of the resamples agree with the
+   choice, the planner traces a larger sample (doubling, up to
+   ``max_sample_size``, the data, and ``plan_time_fraction`` of one full
+   fine-tuning epoch: a trace is one forward pass, an epoch about three per
+   example). The plan records the share of resamples that chose its cut.
 """
 
 from __future__ import annotations
@@ -50,16 +58,18 @@ import numpy as np
 import torch
 from scipy.optimize import least_squares, minimize_scalar
 
-from edgetune.data import LabelMap, sample
-from edgetune.planner.base import CutScores, Planner, PlanningInputs, allowed_cuts_mask
+from edgetune.backbones import Backbone
+from edgetune.data import LabelMap, order_invariant_sample
+from edgetune.planner.base import CutScores, Planner, PlanningInputs, allowed_cuts_mask, best_cut
+from edgetune.planner.evidence import LayerEvidence, bootstrap_indices, layer_evidence
 from edgetune.planner.plan import PlanError
 from edgetune.tokenization import TextEncoder
 from edgetune.traces import collect_traces
 
 POLICIES = ("cheapest", "argmax-gain")
-# Calibrated on the calibration tasks of benchmarks/planner_study.py (see docs/methods.md).
+# Fitted on the calibration tasks of benchmarks/planner_study.py (`--fit`; see docs/methods.md).
 LOSS_SCALE = 0.05
-LOSS_RECOVERABLE = 3.25
+LOSS_RECOVERABLE = 1.5
 LOSS_ALPHA = 0.875
 
 
@@ -79,7 +89,10 @@ class SALFConfig:
     loss_scale: float = LOSS_SCALE  # gamma of predicted_losses
     loss_recoverable: float = LOSS_RECOVERABLE  # beta of predicted_losses
     loss_alpha: float = LOSS_ALPHA  # alpha of predicted_losses
-    probe_folds: int = 5  # cross-validation folds of the head-only error e_head
+    resamples: int = 200  # bootstrap resamples of the calibration sample (the plan's confidence)
+    confidence: float = 0.8  # trace a larger sample while fewer resamples than this agree with the choice
+    max_sample_size: int = 1024  # the largest calibration sample the planner grows to
+    plan_time_fraction: float = 0.05  # ... and at most this share of one full fine-tuning epoch's compute
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -91,16 +104,32 @@ class SALFConfig:
                 "loss_scale and loss_recoverable must be >= 0 and loss_alpha > 0, got "
                 f"{self.loss_scale}, {self.loss_recoverable}, {self.loss_alpha}"
             )
-        if self.probe_folds < 2:
-            raise ValueError(f"probe_folds must be >= 2, got {self.probe_folds}")
         if self.basis not in ("auto", "readout", "probe"):
             raise ValueError(f"basis must be auto, readout or probe, got {self.basis!r}")
         if self.sample_size < 4:
             raise ValueError(f"sample_size must be >= 4, got {self.sample_size}")
+        if self.max_sample_size < self.sample_size:
+            raise ValueError(f"max_sample_size ({self.max_sample_size}) must be >= sample_size ({self.sample_size})")
         if self.folds < 1 or self.repeats < 1:
             raise ValueError(f"folds and repeats must be >= 1, got {self.folds}, {self.repeats}")
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.resamples < 0:
+            raise ValueError(f"resamples must be >= 0, got {self.resamples}")
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
+        if self.plan_time_fraction <= 0:
+            raise ValueError(f"plan_time_fraction must be > 0, got {self.plan_time_fraction}")
+
+    def sample_limit(self, num_examples: int) -> int:
+        """The largest sample the planner may trace for a training set of ``num_examples``.
+
+        A trace is one forward pass per example and an epoch of full fine-tuning about three (forward and
+        backward), so ``plan_time_fraction`` of an epoch affords about ``3 * fraction * N`` traces; never less
+        than ``sample_size``.
+        """
+        by_time = int(3 * self.plan_time_fraction * num_examples)
+        return min(num_examples, max(self.sample_size, min(self.max_sample_size, by_time)))
 
 
 # -- the method's pieces (pure numpy, unit-tested) ------------------------------
@@ -200,35 +229,13 @@ def expected_gains(deviations: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, n
     return g, g - law_gain, law
 
 
-def probe_error(features: np.ndarray, labels: np.ndarray, folds: int, c: float, seed: int) -> float:
-    """Cross-validated error, in accuracy points, of a logistic probe on ``features`` (on h_L: the head-only cut)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
-
-    counts = np.bincount(labels)
-    if np.count_nonzero(counts) < 2 or len(labels) < 4:
-        return float("nan")
-    stratify = int(counts[counts > 0].min()) >= folds
-    # A label rarer than the folds cannot be stratified: plain shuffled folds still estimate the error.
-    cv = (StratifiedKFold if stratify else KFold)(folds, shuffle=True, random_state=seed)
-    x = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-6)
-    probe = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    try:
-        pred = cross_val_predict(probe, x, labels, cv=cv)
-    except ValueError:  # a training fold with a single label
-        return float("nan")
-    return float(100.0 * np.mean(pred != labels))
-
-
-def loss_amplitude(layer_errors: np.ndarray, scale: float, recoverable: float) -> float:
+def loss_amplitude(head_points: float, recoverable_points: float, scale: float, recoverable: float) -> float:
     """A of :func:`predicted_losses`: the head-only cut's predicted loss against full depth (before the law's shape).
 
-    ``layer_errors[l]`` is the probe error (points) on latent space l = 0..L.
+    ``head_points`` is the head-only probe's squared error (x100), ``recoverable_points`` how much lower the best
+    lower layer's is (:class:`edgetune.planner.evidence.LayerEvidence`).
     """
-    e = np.asarray(layer_errors, dtype=np.float64)
-    e_head = float(e[-1])
-    below = float(np.nanmin(e[:-1])) if len(e) > 1 and np.isfinite(e[:-1]).any() else e_head
-    return scale * e_head + recoverable * max(0.0, e_head - below)
+    return scale * head_points + recoverable * max(0.0, recoverable_points)
 
 
 def predicted_losses(amplitude: float, trained_units: np.ndarray, alpha: float) -> np.ndarray:
@@ -276,15 +283,86 @@ class SALFPlanner(Planner):
     def score_cuts(self, inputs: PlanningInputs) -> CutScores:
         cfg: SALFConfig = self.config
         backbone = inputs.backbone
-        calib = sample(inputs.dataset, cfg.sample_size, seed=inputs.seed)
-        labels = calib.encoded_labels(inputs.label_map)
-        traces = collect_traces(backbone, inputs.encoder, calib.texts, cfg.batch_size, inputs.progress)
-        pooled = traces.pooled
-        if backbone.is_decoder and backbone.final_norm is not None:
-            with torch.inference_mode():
-                pooled = backbone.final_norm(torch.from_numpy(pooled)).numpy()
+        x = block_units(backbone.block_param_counts())
+        units = x[-1] - x
+        allowed = self._allowed_cuts(backbone.num_layers)
+        traces = _TraceStore(backbone, inputs.encoder, cfg.batch_size, inputs.progress)
+        limit = cfg.sample_limit(len(inputs.dataset))
+        size, tried = min(cfg.sample_size, len(inputs.dataset)), []
+        while True:  # module docstring, step 6: a larger sample while the choice is uncertain
+            calib = order_invariant_sample(inputs.dataset, size, seed=inputs.seed)
+            labels = calib.encoded_labels(inputs.label_map)
+            pooled = traces.pooled(calib.texts)
+            t0 = time.perf_counter()
+            evidence = layer_evidence(pooled, labels, len(inputs.label_map))
+            losses, resampled = self._losses(evidence, units, inputs.seed)
+            scores = cheapest_within(losses, cfg.tolerance, allowed)
+            resampled_scores = np.stack([cheapest_within(r, cfg.tolerance, allowed) for r in resampled])
+            share = agreement(scores, resampled_scores)
+            tried.append({"sample_size": len(calib), "agreement": share})
+            if cfg.policy != "cheapest" or share >= cfg.confidence or size >= limit:
+                break
+            size = min(2 * size, limit)
 
-        t0 = time.perf_counter()
+        devs, gains, expected, deviation_info = self._deviations(inputs, pooled, labels)
+        if cfg.policy == "argmax-gain":
+            scores = np.where(allowed, expected, np.nan)
+            scores[0] = np.nan  # l* is a layer (1..L); full fine-tuning is the "full" planner
+            resampled_scores = None  # the paper's rule: no resampling of the deviation curve
+        head = evidence.head_points()
+        recoverable = evidence.recoverable_points()
+        diagnostics = {
+            "policy": cfg.policy,
+            "tolerance": cfg.tolerance,
+            "head_only_error": float(evidence.error_points()[-1]),
+            "probe_errors": [float(e) for e in evidence.error_points()],
+            "head_sq_error": head,
+            "recoverable": recoverable,
+            "ridge_penalties": evidence.penalties,
+            "loss_law": {"gamma": cfg.loss_scale, "beta": cfg.loss_recoverable, "alpha": cfg.loss_alpha},
+            "loss_amplitude": loss_amplitude(head, recoverable, cfg.loss_scale, cfg.loss_recoverable),
+            **deviation_info,
+            "block_units": x.tolist(),
+            "sample_size": len(calib),
+            "sample_limit": limit,
+            "samples_tried": tried,
+            "trace_seconds": traces.seconds,
+            "analysis_seconds": time.perf_counter() - t0,
+        }
+        interval = np.percentile(resampled, [5, 95], axis=0) if len(resampled) else None
+        return CutScores(
+            scores, devs, gains, expected, diagnostics, predicted_loss=losses,
+            resampled_scores=resampled_scores, loss_interval=interval,
+        )  # fmt: skip
+
+    def _allowed_cuts(self, num_layers: int) -> np.ndarray:
+        cfg: SALFConfig = self.config
+        default = 1 if cfg.policy == "argmax-gain" else 0
+        return allowed_cuts_mask(num_layers, default if cfg.min_trainable_layers is None else cfg.min_trainable_layers)
+
+    def _losses(self, evidence: LayerEvidence, units: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted losses of every cut on the sample, and on each bootstrap resample of it ``(B, L + 1)``."""
+        cfg: SALFConfig = self.config
+        amplitude = loss_amplitude(
+            evidence.head_points(), evidence.recoverable_points(), cfg.loss_scale, cfg.loss_recoverable
+        )
+        point = predicted_losses(amplitude, units, cfg.loss_alpha)
+        resampled = [
+            predicted_losses(
+                loss_amplitude(evidence.head_points(idx), evidence.recoverable_points(idx), cfg.loss_scale,
+                               cfg.loss_recoverable),
+                units, cfg.loss_alpha,
+            )
+            for idx in bootstrap_indices(evidence.num_examples, cfg.resamples, seed)
+        ]  # fmt: skip
+        return point, np.array(resampled).reshape(len(resampled), len(units))
+
+    def _deviations(
+        self, inputs: PlanningInputs, pooled: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """The paper's deviation curve d_0..d_L, raw gains g_l and expected fine-tuning gains G_l (steps 2-4)."""
+        cfg: SALFConfig = self.config
+        backbone = inputs.backbone
         readout = backbone.readout_weight()
         use_readout = cfg.basis == "readout" or (cfg.basis == "auto" and readout is not None)
         if use_readout:
@@ -293,49 +371,22 @@ class SALFPlanner(Planner):
             tokens = label_tokens(inputs.encoder, inputs.label_map, cfg.label_words)
             basis = readout_basis(readout.detach().float().cpu().numpy(), tokens)
             cos_sets = [np.stack([cosine_to_basis(p, basis) for p in pooled])]
-            basis_info = {"basis": "readout", "label_tokens": tokens}
+            info: dict = {"basis": "readout", "label_tokens": tokens}
         else:
             cos_sets = self._cross_fitted_cosines(pooled, labels, len(inputs.label_map), inputs.seed)
-            basis_info = {"basis": "probe", "folds": cfg.folds, "repeats": len(cos_sets)}
-
+            info = {"basis": "probe", "folds": cfg.folds, "repeats": len(cos_sets)}
         taus, curves = [], []
         for cos in cos_sets:
             tau = cfg.temperature or calibrate_temperature(cos[-1], labels)
             taus.append(tau)
             curves.append([deviation(cos[layer], labels, tau) for layer in range(len(cos))])
         devs = np.mean(curves, axis=0)
-        tau = float(np.mean(taus))
-        x = block_units(backbone.block_param_counts())
-        gains, expected, law = expected_gains(devs, x)
-        errors = np.array([probe_error(p, labels, cfg.probe_folds, cfg.probe_c, inputs.seed) for p in pooled])
-        if not np.isfinite(errors[-1]):
-            errors[-1] = 100.0 * (1.0 - 1.0 / len(inputs.label_map))  # no estimate: assume chance, nothing is cheap
-        amplitude = loss_amplitude(errors, cfg.loss_scale, cfg.loss_recoverable)
-        losses = predicted_losses(amplitude, x[-1] - x, cfg.loss_alpha)
-        min_layers = cfg.min_trainable_layers
-        if cfg.policy == "argmax-gain":
-            allowed = allowed_cuts_mask(backbone.num_layers, 1 if min_layers is None else min_layers)
-            scores = np.where(allowed, expected, np.nan)
-            scores[0] = np.nan  # l* is a layer (1..L); full fine-tuning is the "full" planner
-        else:
-            allowed = allowed_cuts_mask(backbone.num_layers, 0 if min_layers is None else min_layers)
-            scores = cheapest_within(losses, cfg.tolerance, allowed)
-        diagnostics = {
-            "policy": cfg.policy,
-            "tolerance": cfg.tolerance,
-            "head_only_error": float(errors[-1]),
-            "probe_errors": [float(e) for e in errors],
-            "loss_law": {"gamma": cfg.loss_scale, "beta": cfg.loss_recoverable, "alpha": cfg.loss_alpha},
-            "loss_amplitude": amplitude,
-            **basis_info,
-            "temperature": tau,
+        gains, expected, law = expected_gains(devs, block_units(backbone.block_param_counts()))
+        info |= {
+            "temperature": float(np.mean(taus)),
             "law": {"A": law.a, "alpha": law.alpha, "E": law.e, "converged": law.ok},
-            "block_units": x.tolist(),
-            "sample_size": len(calib),
-            "trace_seconds": traces.seconds,
-            "analysis_seconds": time.perf_counter() - t0,
         }
-        return CutScores(scores, devs, gains, expected, diagnostics, predicted_loss=losses)
+        return devs, gains, expected, info
 
     def _cross_fitted_cosines(
         self, pooled: np.ndarray, labels: np.ndarray, num_labels: int, seed: int
@@ -362,3 +413,34 @@ class SALFPlanner(Planner):
             for layer in range(pooled.shape[0]):
                 out[-1][layer, read_idx] = cosine_to_basis(pooled[layer][read_idx], basis)
         return out
+
+
+def agreement(scores: np.ndarray, resampled_scores: np.ndarray) -> float:
+    """Share of the resampled score rows whose best cut (ties to the cheaper cut) is the one ``scores`` picks."""
+    if len(resampled_scores) == 0:
+        return 1.0
+    picks = [best_cut(row) for row in resampled_scores]
+    return float(np.mean(np.array(picks) == best_cut(scores)))
+
+
+class _TraceStore:
+    """Pooled traces of the texts traced so far: a larger sample traces only the texts it adds."""
+
+    def __init__(self, backbone: Backbone, encoder: TextEncoder, batch_size: int, progress: bool) -> None:
+        self.backbone, self.encoder, self.batch_size, self.progress = backbone, encoder, batch_size, progress
+        self.rows: dict[str, np.ndarray] = {}
+        self.seconds = 0.0
+
+    def pooled(self, texts: list[str]) -> np.ndarray:
+        """``(L + 1, n, d)`` pooled traces of ``texts`` (the final norm applied for decoders, as in step 1)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if new:
+            traced = collect_traces(self.backbone, self.encoder, new, self.batch_size, self.progress)
+            self.seconds += traced.seconds
+            pooled = traced.pooled
+            if self.backbone.is_decoder and self.backbone.final_norm is not None:
+                with torch.inference_mode():
+                    pooled = self.backbone.final_norm(torch.from_numpy(pooled)).numpy()
+            for i, text in enumerate(new):
+                self.rows[text] = pooled[:, i]
+        return np.stack([self.rows[t] for t in texts], axis=1)
