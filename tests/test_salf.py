@@ -7,6 +7,7 @@ from edgetune.planner import Budget, choose_cut
 from edgetune.planner.base import allowed_cuts_mask
 from edgetune.planner.salf import (
     SALFConfig,
+    agreement,
     block_units,
     calibrate_temperature,
     cheapest_within,
@@ -16,7 +17,6 @@ from edgetune.planner.salf import (
     fit_scaling_law,
     loss_amplitude,
     predicted_losses,
-    agreement,
     probe_basis,
     readout_basis,
 )
@@ -163,3 +163,10 @@ def test_policy_validation():
         SALFConfig(policy="cheapest-ever")
     with pytest.raises(ValueError, match="tolerance"):
         SALFConfig(tolerance=-1)
+
+
+def test_default_sample_limit_lets_an_uncertain_plan_read_a_small_set_whole():
+    cfg = SALFConfig()
+    assert cfg.sample_limit(1000) == 1000  # a third of an epoch affords every example of a small set
+    assert cfg.sample_limit(200) == 200
+    assert cfg.sample_limit(50_000) == cfg.max_sample_size == 2048

@@ -89,16 +89,19 @@ class LayerEvidence:
         sq = self.sq_error[-1] if idx is None else self.sq_error[-1, idx]
         return float(100.0 * sq.mean())
 
-    def recoverable_points(self, idx: np.ndarray | None = None) -> float:
-        """How much lower (x100) the best lower layer's squared error is than the top's, on the same examples.
+    def recoverable_points(self, idx: np.ndarray | None = None, margin: float = 0.0) -> float:
+        """How much lower (x100) the best lower layer's squared error is than the top's, on the same examples,
+        less ``margin`` standard errors of that paired difference (a lower confidence bound: a gap the sample
+        cannot tell from noise counts as none).
 
         Zero when no lower latent space does better: the frozen top then discards nothing a probe can see.
         """
         sq = self.sq_error if idx is None else self.sq_error[:, idx]
         if sq.shape[0] < 2:
             return 0.0
-        gaps = (sq[-1][None, :] - sq[:-1]).mean(axis=1)
-        return float(100.0 * max(0.0, gaps.max()))
+        diffs = sq[-1][None, :] - sq[:-1]
+        bound = diffs.mean(axis=1) - margin * diffs.std(axis=1, ddof=1) / np.sqrt(max(1, diffs.shape[1]))
+        return float(100.0 * max(0.0, bound.max()))
 
 
 def layer_evidence(pooled: np.ndarray, labels: np.ndarray, num_labels: int) -> LayerEvidence:

@@ -42,11 +42,14 @@ interpretation (see docs/methods.md for the derivation):
 6. Confidence. The sample is drawn by a keyed hash of each example (row order
    cannot change it); the bootstrap of its examples gives every number above a
    spread: each cut's loss interval and, per resample, the cut the policy would
-   choose. While fewer than ``confidence`` of the resamples agree with the
-   choice, the planner traces a larger sample (doubling, up to
-   ``max_sample_size``, the data, and ``plan_time_fraction`` of one full
-   fine-tuning epoch: a trace is one forward pass, an epoch about three per
-   example). The plan records the share of resamples that chose its cut.
+   choose. Unless the resamples are all but unanimous (``confidence``, 99%), the
+   planner traces a larger sample, doubling up to ``max_sample_size``, the whole
+   training set, and ``plan_time_fraction`` of one full fine-tuning epoch (a
+   trace is one forward pass, an epoch about three per example). Stopping at the
+   first sample that looks "confident enough" (80%) was measured to flip the
+   choice between adjacent cuts on borderline tasks; reading the data whole
+   makes the plan a function of the data alone. The plan records the share of
+   resamples that chose its cut.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ POLICIES = ("cheapest", "argmax-gain")
 LOSS_SCALE = 0.05
 LOSS_RECOVERABLE = 1.5
 LOSS_ALPHA = 0.875
+RECOVERABLE_MARGIN = 1.0
 
 
 @dataclass
@@ -89,10 +93,11 @@ class SALFConfig:
     loss_scale: float = LOSS_SCALE  # gamma of predicted_losses
     loss_recoverable: float = LOSS_RECOVERABLE  # beta of predicted_losses
     loss_alpha: float = LOSS_ALPHA  # alpha of predicted_losses
+    recoverable_margin: float = RECOVERABLE_MARGIN  # standard errors taken off the recoverable gap (evidence.py)
     resamples: int = 200  # bootstrap resamples of the calibration sample (the plan's confidence)
-    confidence: float = 0.8  # trace a larger sample while fewer resamples than this agree with the choice
-    max_sample_size: int = 1024  # the largest calibration sample the planner grows to
-    plan_time_fraction: float = 0.05  # ... and at most this share of one full fine-tuning epoch's compute
+    confidence: float = 0.99  # trace a larger sample unless at least this share of resamples agree with the choice
+    max_sample_size: int = 2048  # the largest calibration sample the planner grows to
+    plan_time_fraction: float = 0.35  # ... and at most this share of one full fine-tuning epoch's compute
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -286,7 +291,7 @@ class SALFPlanner(Planner):
         x = block_units(backbone.block_param_counts())
         units = x[-1] - x
         allowed = self._allowed_cuts(backbone.num_layers)
-        traces = _TraceStore(backbone, inputs.encoder, cfg.batch_size, inputs.progress)
+        traces = self._trace_store(inputs)
         limit = cfg.sample_limit(len(inputs.dataset))
         size, tried = min(cfg.sample_size, len(inputs.dataset)), []
         while True:  # module docstring, step 6: a larger sample while the choice is uncertain
@@ -310,7 +315,7 @@ class SALFPlanner(Planner):
             scores[0] = np.nan  # l* is a layer (1..L); full fine-tuning is the "full" planner
             resampled_scores = None  # the paper's rule: no resampling of the deviation curve
         head = evidence.head_points()
-        recoverable = evidence.recoverable_points()
+        recoverable = evidence.recoverable_points(margin=cfg.recoverable_margin)
         diagnostics = {
             "policy": cfg.policy,
             "tolerance": cfg.tolerance,
@@ -335,6 +340,15 @@ class SALFPlanner(Planner):
             resampled_scores=resampled_scores, loss_interval=interval,
         )  # fmt: skip
 
+    def _trace_store(self, inputs: PlanningInputs) -> _TraceStore:
+        """The traces of this backbone and tokenizer so far: planning again (another seed, budget or tolerance)
+        traces only texts it has not seen."""
+        store = getattr(self, "_traces", None)
+        if store is None or store.backbone is not inputs.backbone or store.encoder is not inputs.encoder:
+            store = self._traces = _TraceStore(inputs.backbone, inputs.encoder, self.config.batch_size, inputs.progress)
+        store.seconds = 0.0
+        return store
+
     def _allowed_cuts(self, num_layers: int) -> np.ndarray:
         cfg: SALFConfig = self.config
         default = 1 if cfg.policy == "argmax-gain" else 0
@@ -343,13 +357,14 @@ class SALFPlanner(Planner):
     def _losses(self, evidence: LayerEvidence, units: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Predicted losses of every cut on the sample, and on each bootstrap resample of it ``(B, L + 1)``."""
         cfg: SALFConfig = self.config
+        margin = cfg.recoverable_margin
         amplitude = loss_amplitude(
-            evidence.head_points(), evidence.recoverable_points(), cfg.loss_scale, cfg.loss_recoverable
+            evidence.head_points(), evidence.recoverable_points(margin=margin), cfg.loss_scale, cfg.loss_recoverable
         )
         point = predicted_losses(amplitude, units, cfg.loss_alpha)
         resampled = [
             predicted_losses(
-                loss_amplitude(evidence.head_points(idx), evidence.recoverable_points(idx), cfg.loss_scale,
+                loss_amplitude(evidence.head_points(idx), evidence.recoverable_points(idx, margin), cfg.loss_scale,
                                cfg.loss_recoverable),
                 units, cfg.loss_alpha,
             )
