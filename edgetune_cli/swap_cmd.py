@@ -67,6 +67,32 @@ def register(app: typer.Typer) -> None:
 
     app.command("swap", cls=RETRAIN_SETTINGS.command_class())(handle_errors(locks_output()(swap_command)))
     app.command("simulate", cls=FLEET_SETTINGS.command_class())(handle_errors(locks_output()(simulate_command)))
+    app.command("derive-backbone")(handle_errors(locks_output()(derive_backbone_command)))
+
+
+def derive_backbone_command(
+    model: Annotated[Path, typer.Option("--model", help="The backbone to derive from (a Hugging Face directory).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the derived backbone (replaced atomically).")],
+    drop_top: Annotated[int, typer.Option(help="How many top blocks to leave out (1 .. blocks - 1).")] = 1,
+) -> None:
+    """A second backbone for trying a swap in seconds: --model without its top --drop-top blocks, saved with its
+    tokenizer as a plain Hugging Face directory that plan and export take like any model. Its features (a lower
+    block's output) live in another space than the original's, as after a vendor's update: a simulated swap."""
+    from device_sim.simulation.derived import derive_backbone
+    from edgetune_cli import console
+
+    if not (model / "config.json").is_file():
+        raise typer.BadParameter(f"{model}: not a model directory (no config.json)", param_hint="--model")
+    check_range("--drop-top", drop_top, 1)
+    if model.resolve() == out.resolve():
+        raise typer.BadParameter("--out must not be --model (the source is never replaced)", param_hint="--out")
+    try:
+        path = derive_backbone(model, out, drop_top=drop_top)
+    except ValueError as err:  # more blocks dropped than the model has
+        raise typer.BadParameter(str(err), param_hint="--drop-top") from None
+    console.print(
+        f"wrote {path}: {model} without its top {drop_top} block{'s' if drop_top > 1 else ''}", highlight=False
+    )
 
 
 def swap_command(

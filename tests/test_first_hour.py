@@ -149,3 +149,21 @@ def test_errors_are_one_line_that_says_what_to_do(device_packages, tmp_path):
     result = runner.invoke(app, ["evaluate", "--package", str(tampered), "--data", str(user)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "sha256 does not match" in result.output and "re-export it (edgetune export)" in result.output
+
+
+def test_derive_backbone_makes_a_second_model_to_swap_to(tiny_model_dir, tmp_path):
+    from edgetune.backbones import Backbone
+
+    model, out = tiny_model_dir("bert"), tmp_path / "backbone-new"
+    result = runner.invoke(app, ["derive-backbone", "--model", str(model), "--drop-top", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Backbone.from_pretrained(out).num_layers == Backbone.from_pretrained(model).num_layers - 1
+    assert (out / "tokenizer.json").exists() or (out / "vocab.txt").exists()
+    for args, message in (
+        (["--drop-top", "3"], "drop_top must be in 1..2, got 3"),
+        (["--drop-top", "0"], "must be >= 1, got 0"),
+    ):
+        result = runner.invoke(app, ["derive-backbone", "--model", str(model), "--out", str(tmp_path / "x"), *args])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert message in result.output
+    assert not (tmp_path / "x").exists()
