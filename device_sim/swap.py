@@ -3,7 +3,7 @@
 The vendor ships a package with a new backbone; the user's personal state was trained on the old one. Three
 ways to get a personal state for the new package (``SwapConfig.method``):
 
-* ``fala`` (DESIGN.md section 2, :mod:`edgetune.fala`): embed the user's texts with the new package, pick k
+* ``fala`` (docs/methods.md, :mod:`edgetune.fala`): embed the user's texts with the new package, pick k
   curated examples by correlation clustering (one medoid per cluster, per label), embed those k with the old
   package + old personal state, fit the personal matrix W: new -> old by ridge regression, put the old personal
   head after it, and optionally tune W + head on the k examples (pooled features, computed once). Written as a
