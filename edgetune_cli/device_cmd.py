@@ -142,13 +142,11 @@ def personalize_summary(result: Any, out: Path) -> str:
     if result.val_metrics:
         msg += f"; validation accuracy {accuracy(result.val_metrics['accuracy'])}"
     skipped = result.selection.get("skipped") or []
-    if skipped:  # say what the default budget left out, and how to get it
+    if skipped:  # say what was left out and, when the budget left it out, how to get it
         profile = result.manifest.get("training", {}).get("profile") or {}
-        reasons = ", ".join(f"{s['name']} ({s['reason']})" for s in skipped)
-        msg += (
-            f"\nskipped over profile {profile.get('name', '?')}'s budget: {reasons}; "
-            "--profile edge-box or none tries them"
-        )
+        msg += "\nskipped: " + ", ".join(f"{s['name']} ({s['reason']})" for s in skipped)
+        if profile and any(s["reason"].startswith(("needs ~", "over the time budget")) for s in skipped):
+            msg += f"; over profile {profile.get('name')}'s budget: --profile edge-box or none tries more"
     guard = result.manifest.get("guard", {})
     scores = ""
     if result.guard is not None:
