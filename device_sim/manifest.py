@@ -106,6 +106,7 @@ class SealedDocument:
     schema: str  # device_sim/schemas/<schema>.schema.json
     what: str  # "an edgetune device package manifest", ...
     redo: str  # what the user does about a version this reader cannot read
+    remedy: str = ""  # what the user does about a damaged one (edited, corrupt)
 
 
 PACKAGE_MANIFEST = SealedDocument(
@@ -116,6 +117,7 @@ PACKAGE_MANIFEST = SealedDocument(
     schema=schema.MANIFEST,
     what="an edgetune device package manifest",
     redo="re-export the package with this edgetune version",
+    remedy="download the package again, or re-export it (edgetune export)",
 )
 
 
@@ -152,7 +154,10 @@ def read_sealed(
     except ValueError as err:
         raise error(f"{where}: cannot be canonicalized ({err})") from None
     if integrity.get("manifest_sha256") != want:
-        raise error(f"{where}: content does not match its integrity hash: edited or corrupted after it was written")
+        raise error(
+            f"{where}: content does not match its integrity hash: edited or corrupted after it was written; "
+            f"{document.remedy}"
+        )
     if upgrade is not None:
         value = upgrade(value)
     try:

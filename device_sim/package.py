@@ -92,7 +92,7 @@ class Verification:
 
     def raise_for_problems(self) -> None:
         if self.problems:
-            raise PackageError(f"{self.path}: " + "; ".join(self.problems))
+            raise PackageError(f"{self.path}: " + "; ".join(self.problems) + f"; {mf.PACKAGE_MANIFEST.remedy}")
 
 
 def _size_problem(name: str, actual: int, size: int) -> str:

@@ -215,7 +215,9 @@ def read_personal_state(path: str | Path, framework: str = "pt") -> PersonalStat
     if size != entry.get("size"):
         raise PersonalStateError(f"{path}: {WEIGHTS}: {size} bytes, {MANIFEST} says {entry.get('size')} (truncated?)")
     if sha256_file(weights) != entry.get("sha256"):
-        raise PersonalStateError(f"{path}: {WEIGHTS}: sha256 does not match {MANIFEST} (tampered or corrupt)")
+        raise PersonalStateError(
+            f"{path}: {WEIGHTS}: sha256 does not match {MANIFEST} (tampered or corrupt); {PERSONAL_STATE.remedy}"
+        )
     if framework == "np":
         from safetensors.numpy import load_file
     else:
@@ -248,6 +250,7 @@ PERSONAL_STATE = SealedDocument(
     schema=schema.PERSONAL_STATE,
     what="a personal state",
     redo="personalize again",
+    remedy="personalize again to rewrite it",
 )
 
 

@@ -73,6 +73,17 @@ class PersonalizeResult:
     losses: list[float] = field(default_factory=list)  # the chosen candidate's step losses (ExecuTorch backends)
 
     @property
+    def backward_flops(self) -> float:
+        """Backward FLOPs the whole job spent (cost model): every candidate it trained, each for the epochs it ran
+        on the training examples. A selecting job that keeps the prior shift (which trains nothing) still paid
+        for the candidates it tried; only a job that trained nothing at all spent none."""
+        if self.candidates:
+            return float(
+                sum(c.estimate.backward_flops * self.num_train * len(c.history) for c in self.candidates if c.estimate)
+            )
+        return float(self.estimate.backward_flops * self.num_train * len(self.history))
+
+    @property
     def val_metrics(self) -> dict[str, Any] | None:
         """Validation metrics of the epoch that was kept (``None`` without validation)."""
         return self.manifest["training"].get("val_metrics")

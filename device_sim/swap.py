@@ -3,7 +3,7 @@
 The vendor ships a package with a new backbone; the user's personal state was trained on the old one. Three
 ways to get a personal state for the new package (``SwapConfig.method``):
 
-* ``fala`` (DESIGN.md section 2, :mod:`edgetune.fala`): embed the user's texts with the new package, pick k
+* ``fala`` (docs/methods.md, :mod:`edgetune.fala`): embed the user's texts with the new package, pick k
   curated examples by correlation clustering (one medoid per cluster, per label), embed those k with the old
   package + old personal state, fit the personal matrix W: new -> old by ridge regression, put the old personal
   head after it, and optionally tune W + head on the k examples (pooled features, computed once). Written as a
@@ -110,9 +110,10 @@ class SwapResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def flops_reduction(self) -> float:
-        """How many times fewer backward FLOPs than full re-training of the new backbone (inf: none at all)."""
-        return self.full_retrain_backward_flops / self.backward_flops if self.backward_flops else float("inf")
+    def flops_reduction(self) -> float | None:
+        """How many times fewer backward FLOPs than full re-training of the new backbone (``None``: the swap trained
+        nothing, so there is no ratio; JSON has no infinity)."""
+        return self.full_retrain_backward_flops / self.backward_flops if self.backward_flops else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -358,7 +359,7 @@ def _personalize(
         num_examples=len(dataset),
         examples_used=len(selected),
         selected=selected,
-        backward_flops=result.estimate.backward_flops * result.num_train * epochs,
+        backward_flops=result.backward_flops,
         full_retrain_backward_flops=full_flops,
         seconds={"select": selecting - t0, **result.seconds},
         details={"epochs": epochs, "train_cut": result.train_cut, "best_epoch": result.best_epoch},

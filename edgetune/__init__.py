@@ -9,7 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from edgetune.quiet import quiet_third_party
+
 __version__ = "0.1.0"
+
+# Before torch or transformers can be imported through this package (edgetune/quiet.py says why).
+quiet_third_party()
 
 _LAZY = {
     "plan": "edgetune.api",

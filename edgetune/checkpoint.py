@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from edgetune import strict_json
 from edgetune.io import fsync_dir, fsync_tree, sha256_file
 
 
@@ -106,7 +107,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
             save_file(ckpt.tuner_state, str(tmp / "tuner.safetensors"))
         files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         meta = {"identity": ckpt.identity, "state": asdict(ckpt.state), "files": files}
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "state.json").write_text(strict_json.dumps(meta, indent=2))
         fsync_tree(tmp)  # every file on disk before the rename publishes the directory
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

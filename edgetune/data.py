@@ -152,14 +152,20 @@ def load_dataset(
     labels: list[str] = []
     rows: list[int] = []
     for row, record in records:
-        for column in (text_column, label_column):
-            if column is not None and column not in record:
-                found = ", ".join(repr(c) for c in record) or "none"
-                flag = "--text-column" if column == text_column else "--label-column"
-                raise DataError(
-                    f"{path}: row {row}: missing column {column!r} (columns found: {found}); "
-                    f"name yours with {flag}, or add a {column!r} column"
-                )
+        # every missing column at once: fixing one only to be told of the next wastes a run
+        missing = [
+            (column, flag)
+            for column, flag in ((text_column, "--text-column"), (label_column, "--label-column"))
+            if column is not None and column not in record
+        ]
+        if missing:
+            found = ", ".join(repr(c) for c in record) or "none"
+            names = " and ".join(repr(c) for c, _ in missing)
+            flags = " and ".join(f for _, f in missing)
+            raise DataError(
+                f"{path}: row {row}: missing column{'s' if len(missing) > 1 else ''} {names} (columns found: "
+                f"{found}); name yours with {flags}, or add {'them' if len(missing) > 1 else 'it'}"
+            )
         value = record[text_column]
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{path}: row {row}: empty text in column {text_column!r}")

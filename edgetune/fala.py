@@ -1,7 +1,7 @@
 """FaLA: keep a user's personalization across a backbone replacement.
 
-FaLA (Findings of EMNLP 2023); only the abstract is public. Our reading, as in
-DESIGN.md section 2:
+FaLA (Findings of EMNLP 2023); only the abstract is public. Our reading (docs/methods.md,
+"FaLA"):
 
 1. **Correlation clustering.** The user's documents are embedded by the *new*
    backbone and clustered by correlation distance, 1 - Pearson r between two

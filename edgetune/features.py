@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgetune import strict_json
 from edgetune.io import atomic_directory
 from edgetune.progress import progress_bar
 
@@ -97,7 +98,7 @@ class FeatureCache:
         with atomic_directory(path) as tmp:
             np.save(tmp / "features.npy", np.asarray(self.features))
             np.save(tmp / "mask.npy", np.asarray(self.mask).astype(np.uint8))
-            (tmp / "key.json").write_text(json.dumps(self.key, indent=2))
+            (tmp / "key.json").write_text(strict_json.dumps(self.key, indent=2))
         opened = FeatureCache.open(path)
         assert opened is not None
         return opened
@@ -139,7 +140,7 @@ class FeatureCache:
             features.flush()
             del features
             np.save(tmp / "mask.npy", mask)
-            (tmp / "key.json").write_text(json.dumps(key, indent=2))
+            (tmp / "key.json").write_text(strict_json.dumps(key, indent=2))
         return cls.open(path)
 
     @classmethod

@@ -22,7 +22,6 @@ out/
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,6 +30,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from edgetune import strict_json
 from edgetune.api import load_model
 from edgetune.backbones import Backbone
 from edgetune.batches import split_validation
@@ -258,7 +258,7 @@ def save_result(out: Path, result: TrainResult, plan: Plan) -> Path:
     with atomic_directory(out) as tmp:
         result.classifier.write_files(tmp, result.encoder)
         plan.save(tmp / "plan.json")
-        (tmp / "tuner.json").write_text(json.dumps(result.tuner.to_dict(), indent=2))
+        (tmp / "tuner.json").write_text(strict_json.dumps(result.tuner.to_dict(), indent=2))
         save_file(result.delta, str(tmp / "delta.safetensors"))
-        (tmp / "train.json").write_text(json.dumps(result.summary(), indent=2))
+        (tmp / "train.json").write_text(strict_json.dumps(result.summary(), indent=2))
     return out

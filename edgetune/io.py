@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from edgetune import strict_json
 from edgetune.errors import EdgetuneError
 
 
@@ -80,7 +81,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, strict_json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager

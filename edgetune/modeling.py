@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from edgetune import strict_json
 from edgetune.backbones import Backbone, Family, family_for, last_token_pool, mean_pool
 from edgetune.io import atomic_directory
 
@@ -298,7 +299,7 @@ class SequenceClassifier(nn.Module):
         }
         if self.skipped_layers:
             meta["skipped_layers"] = list(self.skipped_layers)
-        (directory / "edgetune.json").write_text(json.dumps(meta, indent=2))
+        (directory / "edgetune.json").write_text(strict_json.dumps(meta, indent=2))
         if encoder is not None:
             encoder.save(directory / "backbone")
 

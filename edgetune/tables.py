@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from rich.console import RenderableType
 from rich.table import Table
 
-from edgetune.formatting import human
+from edgetune.formatting import accuracy, human
 
 if TYPE_CHECKING:  # the device commands must not load the planner
     from edgetune.planner.plan import Plan
@@ -58,15 +58,15 @@ def fleet_summary(results: dict) -> list[RenderableType]:
     for column in ("method", "accuracy (mean ± std)", "examples used", "backward FLOPs", "vs full re-training", "s"):
         table.add_column(column, justify="right" if column != "method" else "left")
     before = summary["before_personal"]
-    table.add_row("before (old + personal)", f"{before['mean']:.3f} ± {before['std']:.3f}", "", "", "", "")
+    table.add_row("before (old + personal)", f"{accuracy(before['mean'])} ± {accuracy(before['std'])}", "", "", "", "")
     for name, m in summary["methods"].items():
         reduction = m.get("flops_reduction", {}).get("mean")
         table.add_row(
             name,
-            f"{m['accuracy']['mean']:.3f} ± {m['accuracy']['std']:.3f}",
+            f"{accuracy(m['accuracy']['mean'])} ± {accuracy(m['accuracy']['std'])}",
             f"{m['examples_used']['mean']:.0f}",
             f"{m['backward_flops']['mean']:.3g}",
-            f"{reduction:,.0f}x less" if reduction else "",
+            f"{reduction:,.0f}x less" if reduction else ("nothing trained" if not m["backward_flops"]["mean"] else "-"),
             f"{m['seconds']['mean']:.1f}",
         )
     out: list[RenderableType] = [table]
@@ -88,5 +88,8 @@ def fleet_summary(results: dict) -> list[RenderableType]:
         )
     if "cluster_minus_random" in summary:
         c = summary["cluster_minus_random"]
-        out.append(f"clustered - random selection: {c['mean']:+.3f} ± {c['std']:.3f} ({c['pairs']} user x draw pairs)")
+        out.append(
+            f"clustered - random selection: {100 * c['mean']:+.1f} ± {100 * c['std']:.1f} accuracy points "
+            f"({c['pairs']} user x draw pairs)"
+        )
     return out

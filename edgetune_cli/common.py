@@ -135,11 +135,30 @@ RuntimeOption = Annotated[
     str,
     typer.Option(
         "--runtime",
-        "--backend",
         help="The top's runtime: torch; onnx (the package's top.onnx in onnxruntime alone, any personal state applied "
         "in numpy; never imports torch); auto (default): torch where it is installed, else onnx.",
     ),
 ]
+# The old name of --runtime (predict, evaluate) and of --trainer (personalize): "backend" now means only the fleet's
+# execution backend (simulate --backend local|ray, joblib's and Dask's word for it). Still read, with a warning.
+LegacyBackendOption = Annotated[
+    str | None, typer.Option("--backend", hidden=True, help="Deprecated: --runtime (predict, evaluate) or --trainer.")
+]
+
+
+def deprecated_alias(old_flag: str, old: str | None, new_flag: str, new: str, default: str) -> str:
+    """The value of ``new_flag``, or of its deprecated spelling ``old_flag`` (with a one-line warning); both given
+    with different values is a usage error."""
+    if old is None:
+        return new
+    if new != default and new != old:
+        raise typer.BadParameter(f"{old_flag} is the old name of {new_flag}: give one of them", param_hint=new_flag)
+    from edgetune_cli import err_console
+
+    err_console.print(f"[bold yellow]warning:[/] {old_flag} is deprecated here: use {new_flag} {old}", highlight=False)
+    return old
+
+
 PackageOption = Annotated[Path, typer.Option("--package", help="Device package (directory or .tar).")]
 QuietTablesOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
 QuietTableOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgetune.formatting import accuracy
 from edgetune_cli.common import (
+    LegacyBackendOption,
     PackageOption,
     QuietTablesOption,
     RuntimeOption,
@@ -16,6 +18,7 @@ from edgetune_cli.common import (
     check_range,
     check_runtime,
     check_threads,
+    deprecated_alias,
     file_output,
     locked_output,
     positive,
@@ -61,24 +64,33 @@ if TYPE_CHECKING:
 FORMATS = ("label", "jsonl")
 
 
+# `personalize` without --profile: the smallest budget, so that a default job ends in seconds (it drops the
+# candidates that train blocks when the cost model says they do not fit); the wider search is one flag away.
+DEFAULT_PROFILE = "phone-low"
+# --profile none: no budget at all, every candidate (minutes on a CPU for a few hundred texts).
+NO_PROFILE = "none"
+
+
 def resolve_profile(
     name: str | None, threads: int | None, memory_mb: float | None, time_budget_s: float | None, gflops: float | None
 ) -> DeviceProfile | None:
-    """A named profile, refined by the flags; budgets without a profile name are refused (they refine one)."""
+    """A named profile (:data:`DEFAULT_PROFILE` when none is named), refined by the flags; ``none`` is no budget,
+    which the budget flags cannot refine."""
     from device_sim.profiles import get_profile
 
-    if name is None:
+    if name == NO_PROFILE:
         if any(v is not None for v in (memory_mb, time_budget_s, gflops)):
             raise typer.BadParameter(
-                "--memory-mb, --time-budget-s and --gflops refine a device profile: pass --profile NAME too",
+                "--memory-mb, --time-budget-s and --gflops refine a device profile: name one, not 'none'",
                 param_hint="--profile",
             )
         return None
+    name = DEFAULT_PROFILE if name is None else name
     return get_profile(name, threads=threads, memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops)
 
 
 def _format(prediction: Prediction, fmt: str, text: str | None = None, logits: bool = False) -> str:
-    import json
+    from edgetune import strict_json
 
     if fmt == "label":
         return prediction.label
@@ -88,7 +100,7 @@ def _format(prediction: Prediction, fmt: str, text: str | None = None, logits: b
     row["scores"] = {k: round(v, 6) for k, v in prediction.scores.items()}
     if logits:  # full precision (shortest repr of each float32 value), for parity checks against other readers
         row["logits"] = prediction.logits
-    return json.dumps(row, ensure_ascii=False)
+    return strict_json.dumps(row, ensure_ascii=False)
 
 
 def _write_predictions(out: Path, texts: list[str], predictions: list[Prediction]) -> None:
@@ -124,18 +136,24 @@ def personalize_summary(result: Any, out: Path) -> str:
     )
     backend = result.manifest.get("training", {}).get("backend", "torch")
     if backend != "torch":
-        msg += f", backend {backend}"
+        msg += f", trainer {backend}"
     if result.resumed:
         msg += ", resumed an interrupted run"
     if result.val_metrics:
-        msg += f"; validation accuracy {result.val_metrics['accuracy']:.2%}"
+        msg += f"; validation accuracy {accuracy(result.val_metrics['accuracy'])}"
+    skipped = result.selection.get("skipped") or []
+    if skipped:  # say what was left out and, when the budget left it out, how to get it
+        profile = result.manifest.get("training", {}).get("profile") or {}
+        msg += "\nskipped: " + ", ".join(f"{s['name']} ({s['reason']})" for s in skipped)
+        if profile and any(s["reason"].startswith(("needs ~", "over the time budget")) for s in skipped):
+            msg += f"; over profile {profile.get('name')}'s budget: --profile edge-box or none tries more"
     guard = result.manifest.get("guard", {})
     scores = ""
     if result.guard is not None:
         g = result.guard
         scores = (
-            f"on {g.num_examples} held-out examples: personal {g.personal_accuracy:.1%}, global "
-            f"{g.global_accuracy:.1%} ({g.wins} wins, {g.losses} losses, one-sided p = {g.p_value:.3g}, "
+            f"on {g.num_examples} held-out examples: personal {accuracy(g.personal_accuracy)}, global "
+            f"{accuracy(g.global_accuracy)} ({g.wins} wins, {g.losses} losses, one-sided p = {g.p_value:.3g}, "
             f"alpha {g.alpha})"
         )
     if result.kept == "global":
@@ -152,7 +170,11 @@ PersonalOutOption = Annotated[
 ]
 ProfileOption = Annotated[
     str | None,
-    typer.Option(help="Device profile: phone-low, phone-high or edge-box (memory, time and thread budget)."),
+    typer.Option(
+        help="Device profile, the job's memory, time and thread budget: phone-low (the default: seconds; "
+        "candidates that train blocks are dropped when they do not fit), phone-high, edge-box, or none (no "
+        "budget: every candidate, minutes on a CPU)."
+    ),
 ]
 # PersonalizeConfig.select, by hand: unset, the command decides it from the other flags
 SelectOption = Annotated[
@@ -169,12 +191,13 @@ CacheInt8Option = Annotated[
     bool,
     typer.Option("--int8", help="Cache the features of the int8 trunk.", rich_help_panel=PERSONALIZE_SETTINGS.panel),
 ]
-TrainBackendOption = Annotated[
+TrainerOption = Annotated[
     str,
     typer.Option(
+        "--trainer",
         help="Who trains the top: torch (every tuner, resumable), executorch (the package's top_train.pte in "
         "ExecuTorch's Python runtime) or executorch-cpp (the same program in the C++ trainer; this process "
-        "never imports torch). The executorch backends need a package exported with --target executorch.",
+        "never imports torch). The executorch trainers need a package exported with --target executorch.",
     ),
 ]
 
@@ -202,11 +225,13 @@ def personalize_command(
     tuner_param: TunerParamOption = None,
     select: SelectOption = None,
     int8: CacheInt8Option = False,
-    backend: TrainBackendOption = "torch",
+    trainer: TrainerOption = "torch",
     quiet: QuietTablesOption = False,
+    legacy_backend: LegacyBackendOption = None,
 ) -> None:
     """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch or
     ExecuTorch) and write the personal state."""
+    backend = deprecated_alias("--backend", legacy_backend, "--trainer", trainer, "torch")
     check_personalize_flags(ctx, backend, threads, memory_mb, time_budget_s, gflops)
     tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
     device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
@@ -224,11 +249,11 @@ def check_personalize_flags(
     time_budget_s: float | None,
     gflops: float | None,
 ) -> None:
-    """Refuse an out-of-range number or an unknown backend before the package is opened."""
+    """Refuse an out-of-range number or an unknown trainer before the package is opened."""
     from device_sim.backends import BACKENDS
 
     if backend not in BACKENDS:
-        raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
+        raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--trainer")
     s = PERSONALIZE_SETTINGS.values(ctx)
     check_threads(threads)
     positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops, lr=s["lr"], head_lr=s["head_lr"])
@@ -323,11 +348,13 @@ def predict_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
     runtime: RuntimeOption = "auto",
+    legacy_backend: LegacyBackendOption = None,
 ) -> None:
     """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
     one text per line, each answered as soon as it is read."""
     from device_sim.device import Device
 
+    runtime = deprecated_alias("--backend", legacy_backend, "--runtime", runtime, "auto")
     check_predict_flags(fmt, threads, batch_size, data, text, out, logits)
     precision = "int8" if int8 else "fp32"
     inputs = [("--data", data), ("--package", package), ("--personal", personal)]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetune.formatting import human
+from edgetune.formatting import accuracy, device_trains, human
 
 # The options of `export` whose declarations take more than a line.
 ModelCheckpointOption = Annotated[
@@ -197,7 +197,7 @@ def report_export(result: Any) -> None:
     size = sum(f["size"] for f in m["files"].values())
     console.print(
         f"package: {result.path} ({human(size, 'B')}, {len(m['files'])} files), trunk = embeddings + blocks "
-        f"1..{m['cut']}, device trains blocks {m['trainable_layers'] or 'none'} + head; {result.seconds:.1f}s",
+        f"1..{m['cut']}, device trains {device_trains(m['trainable_layers'])}; {result.seconds:.1f}s",
         highlight=False,
     )
 
@@ -261,7 +261,7 @@ def _print_summary(m: dict[str, Any]) -> None:
         ("format", f"{m['format']} v{m['schema_version']}, created {m.get('created_at', '?')}"),
         ("backbone", f"{b['id']} ({b['model_type']}, {b['num_layers']} layers, hidden {b['hidden_size']})"),
         ("weights hash", f"{b['hash'][:16]} (plan made for {b['plan_hash'][:16]})"),
-        ("cut", f"trunk = embeddings + blocks 1..{m['cut']}; device trains {trainable or 'none'} + head"),
+        ("cut", f"trunk = embeddings + blocks 1..{m['cut']}; device trains {device_trains(trainable)}"),
         ("plan", _plan_words(m.get("plan") or {})),
         ("labels", ", ".join(m["labels"])),
         ("head", str((m.get("head") or {}).get("init"))),
@@ -272,13 +272,13 @@ def _print_summary(m: dict[str, Any]) -> None:
     ]
     if m.get("validation"):
         v = m["validation"]
-        rows.append(("validation", f"accuracy {v['accuracy']:.4f} on {v['num_examples']} examples"))
+        rows.append(("validation", f"accuracy {accuracy(v['accuracy'])} on {v['num_examples']} examples"))
     q = m.get("trunk_int8")
     if q:
         line = f"{q['file']} {q['size_ratio']:.2f}x fp32 size"
         if q.get("accuracy"):
             a = q["accuracy"]
-            line += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
+            line += f", accuracy {accuracy(a['fp32'])} -> {accuracy(a['int8'])} ({a['delta_points']:+.2f} points)"
         rows.append(("int8", line))
     if m.get("executorch"):
         e = m["executorch"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgetune.formatting import accuracy
 from edgetune_cli.common import (
     LabelColumnOption,
     MaxLengthOption,
@@ -122,7 +123,7 @@ def report_skip(
     )
     if held_out is not None:
         metrics = evaluate_classifier(clf, encoder, held_out, progress=not quiet)
-        msg += f"; held-out accuracy {metrics['accuracy']:.4f}"
+        msg += f"; held-out accuracy {accuracy(metrics['accuracy'])}"
     console.print(msg, highlight=False)
 
 

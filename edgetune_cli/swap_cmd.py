@@ -67,6 +67,32 @@ def register(app: typer.Typer) -> None:
 
     app.command("swap", cls=RETRAIN_SETTINGS.command_class())(handle_errors(locks_output()(swap_command)))
     app.command("simulate", cls=FLEET_SETTINGS.command_class())(handle_errors(locks_output()(simulate_command)))
+    app.command("derive-backbone")(handle_errors(locks_output()(derive_backbone_command)))
+
+
+def derive_backbone_command(
+    model: Annotated[Path, typer.Option("--model", help="The backbone to derive from (a Hugging Face directory).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the derived backbone (replaced atomically).")],
+    drop_top: Annotated[int, typer.Option(help="How many top blocks to leave out (1 .. blocks - 1).")] = 1,
+) -> None:
+    """A second backbone for trying a swap in seconds: --model without its top --drop-top blocks, saved with its
+    tokenizer as a plain Hugging Face directory that plan and export take like any model. Its features (a lower
+    block's output) live in another space than the original's, as after a vendor's update: a simulated swap."""
+    from device_sim.simulation.derived import derive_backbone
+    from edgetune_cli import console
+
+    if not (model / "config.json").is_file():
+        raise typer.BadParameter(f"{model}: not a model directory (no config.json)", param_hint="--model")
+    check_range("--drop-top", drop_top, 1)
+    if model.resolve() == out.resolve():
+        raise typer.BadParameter("--out must not be --model (the source is never replaced)", param_hint="--out")
+    try:
+        path = derive_backbone(model, out, drop_top=drop_top)
+    except ValueError as err:  # more blocks dropped than the model has
+        raise typer.BadParameter(str(err), param_hint="--drop-top") from None
+    console.print(
+        f"wrote {path}: {model} without its top {drop_top} block{'s' if drop_top > 1 else ''}", highlight=False
+    )
 
 
 def swap_command(
@@ -89,6 +115,14 @@ def swap_command(
     form: FormOption = "plain",
     seed: Annotated[int, typer.Option(help="Seed of the random selection and of training.")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-data",
+            help="The user's held-out labelled texts: the accuracy before (old package + personal state) and "
+            "after the swap is measured on them (default: on --data, which the swap itself used).",
+        ),
+    ] = None,
 ) -> None:
     """Carry a user's personalization from the old package to a new one. The old package and personal state
     are never modified: on any failure they stay in use, and nothing is written at --out."""
@@ -101,12 +135,33 @@ def swap_command(
     check_range("--tune-epochs", tune_epochs, 0)
     config = swap_config(ctx, method, k, fraction, selection, silhouette, tune_epochs, tune_lr, ridge_alpha, form, seed)
     result = swap(old, new, personal, data, out, config, threads=threads)
+    reduction = result.flops_reduction
     console.print(
         f"swapped with {result.method} on {result.examples_used} of {result.num_examples} examples in "
         f"{result.seconds['total']:.1f}s; backward FLOPs {result.backward_flops:.3g} "
-        f"({result.flops_reduction:,.0f}x below full re-training of the new backbone); wrote {out}",
+        + (f"({reduction:,.0f}x below full re-training of the new backbone)" if reduction else "(nothing trained)")
+        + f"; wrote {out}",
         highlight=False,
     )
+    console.print(
+        swap_accuracy(old, new, personal, out, eval_data or data, eval_data is None, threads), highlight=False
+    )
+
+
+def swap_accuracy(
+    old: Path, new: Path, personal: Path, out: Path, data: Path, own_data: bool, threads: int | None
+) -> str:
+    """The user's accuracy before the swap (old package + personal state) and after it (new package + new state)."""
+    from device_sim.device import Device
+    from edgetune.formatting import accuracy
+
+    with Device(old, threads=threads) as before_device, Device(new, threads=threads) as after_device:
+        before = before_device.evaluate(data, personal)
+        after = after_device.evaluate(data, out)
+    where = f"{before['num_examples']} texts of {data}" + (
+        " (the swap's own data, not held out: --eval-data for a held-out score)" if own_data else ""
+    )
+    return f"accuracy on {where}: before {accuracy(before['accuracy'])}, after {accuracy(after['accuracy'])}"
 
 
 def swap_config(

@@ -7,13 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
+from edgetune.formatting import accuracy
 from edgetune_cli.common import (
+    LegacyBackendOption,
     QuietTablesOption,
     RuntimeOption,
     at_least_one,
     check_range,
     check_runtime,
     check_threads,
+    deprecated_alias,
     file_output,
     positive,
 )
@@ -60,7 +63,7 @@ def print_history(history: list[dict[str, Any]]) -> None:
     for h in history:
         cells = [str(h["epoch"]), "-" if h["loss"] is None else f"{h['loss']:.4f}", f"{h['seconds']:.1f}"]
         if has_val:
-            cells += [f"{h['val_accuracy']:.2%}", f"{h['val_macro_f1']:.2%}"]
+            cells += [accuracy(h["val_accuracy"]), accuracy(h["val_macro_f1"])]
         table.add_row(*cells)
     console.print(table)
 
@@ -88,8 +91,8 @@ def print_lr_search(trials: list[dict[str, Any]]) -> None:
         table.add_row(
             f"{t['lr']:.2g}",
             f"{t['head_lr']:.2g}",
-            f"{t['val_accuracy']:.2%}",
-            f"{t['val_macro_f1']:.2%}",
+            accuracy(t["val_accuracy"]),
+            accuracy(t["val_macro_f1"]),
             style="bold" if i == best else None,
         )
     console.print(table)
@@ -103,10 +106,10 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     table = Table(title=f"{title} ({metrics['num_examples']} examples)")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("accuracy", f"{metrics['accuracy']:.2%}")
-    table.add_row("macro-F1", f"{metrics['macro_f1']:.2%}")
+    table.add_row("accuracy", accuracy(metrics["accuracy"]))
+    table.add_row("macro-F1", accuracy(metrics["macro_f1"]))
     for label, f1 in metrics["per_label_f1"].items():
-        table.add_row(f"F1 {label}", f"{f1:.2%}", style="dim")
+        table.add_row(f"F1 {label}", accuracy(f1), style="dim")
     console.print(table)
 
 
@@ -208,7 +211,8 @@ def report_train(result: Any, config: Any, out: Path, eval_data: Path | None, qu
     params = f"{result.trainable_params:,} trainable parameters"
     msg = f"trained {what} with {result.tuner.name} ({params}, {config.mode} mode)"
     if result.metrics is not None:
-        msg += f"; held-out accuracy {result.metrics['accuracy']:.2%}, macro-F1 {result.metrics['macro_f1']:.2%}"
+        m = result.metrics
+        msg += f"; held-out accuracy {accuracy(m['accuracy'])}, macro-F1 {accuracy(m['macro_f1'])}"
     console.print(f"{msg}; wrote {out}", highlight=False)
     report = getattr(result.tuner, "report", None)
     if report:
@@ -249,11 +253,13 @@ def evaluate_command(
     out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
     runtime: RuntimeOption = "auto",
+    legacy_backend: LegacyBackendOption = None,
 ) -> None:
     """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
     optional personal state (--package [--personal])."""
     from edgetune.io import json_with_keys
 
+    runtime = deprecated_alias("--backend", legacy_backend, "--runtime", runtime, "auto")
     if (model is None) == (package is None):
         raise typer.BadParameter("give exactly one of --model or --package", param_hint="--model/--package")
     if personal is not None and package is None:
@@ -304,6 +310,7 @@ def _evaluate(
     if not quiet:
         print_metrics(metrics, f"{name} on {data}")
     console.print(
-        f"accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.2%} on {metrics['num_examples']} examples",
+        f"accuracy {accuracy(metrics['accuracy'])}, macro-F1 {accuracy(metrics['macro_f1'])} "
+        f"on {metrics['num_examples']} examples",
         highlight=False,
     )

@@ -51,6 +51,7 @@ def main() -> None:
     from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news
+    from edgetune.formatting import accuracy as percent
 
     package = args.package or build_package(args.out / "package", args.threads)
     _, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
@@ -76,7 +77,7 @@ def main() -> None:
               f"training {result.seconds['train']:.1f}s, best epoch {result.best_epoch})")  # fmt: skip
         before = device.evaluate(user.test)["accuracy"]
         after = device.evaluate(user.test, result.path)["accuracy"]
-        print(f"accuracy on the user's held-out texts: global {before:.3f} -> personal {after:.3f}")
+        print(f"accuracy on the user's held-out texts: global {percent(before)} -> personal {percent(after)}")
         predictor = device.predictor(result.path)
         for prediction, text in zip(predictor.stream(user.test.texts[:3]), user.test.texts[:3]):
             print(f"  {prediction.label:<14} ({prediction.confidence:.2f})  {text[:70]!r}")

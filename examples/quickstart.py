@@ -18,13 +18,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from edgetune.formatting import accuracy
 
 
 def package_mb(path: Path) -> float:
@@ -36,6 +37,7 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     columns = [
         ("global", "global package"),
@@ -46,11 +48,17 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
     ]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(columns)
-    for i, (key, label) in enumerate(columns):
-        ax.bar(np.arange(len(rows)) + i * width, [r[key]["accuracy"] for r in rows], width, label=label)
+    values = [[r[key]["accuracy"] for r in rows] for key, _ in columns]
+    for i, (_, label) in enumerate(columns):
+        xs = np.arange(len(rows)) + i * width
+        bars = ax.bar(xs, values[i], width, label=label)
+        ax.bar_label(bars, [accuracy(v) for v in values[i]], fontsize=6, padding=1)
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["user"] for r in rows])
-    ax.set_ylabel("accuracy on the user's held-out texts")
-    ax.set_ylim(0, 1.05)
+    # Not from 0: the stages differ by a few points near the top, which a 0-based axis flattens into equal bars.
+    low = max(0.0, np.floor((min(min(v) for v in values) - 0.05) * 10) / 10)
+    ax.set_ylim(low, 1.04)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_ylabel(f"accuracy on the user's held-out texts\n(the axis starts at {low:.0%})")
     ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.set_title("all-MiniLM-L6-v2 + BBC news: personalization and a backbone swap")
     fig.tight_layout()
@@ -121,7 +129,7 @@ def personalize_users(users: list, pkg: Path, out: Path, threads: int, console) 
                 "personal": device.evaluate(user.test, result.path),
                 "personalize": {
                     "seconds": job_seconds,
-                    "backward_flops": result.estimate.backward_flops * result.num_train * len(result.history),
+                    "backward_flops": result.backward_flops,
                     # every block + head of this backbone on all the user's texts, the same epochs (cost model)
                     "full_backward_flops": full_retrain_flops(device, width, len(user.train), 8),
                 },
@@ -129,8 +137,8 @@ def personalize_users(users: list, pkg: Path, out: Path, threads: int, console) 
             rows.append(row)
             pref = f", prefers {user.preference}" if user.preference else ""
             console.print(
-                f"[2/4] {user.user_id}{pref}: accuracy {row['global']['accuracy']:.3f} -> "
-                f"{row['personal']['accuracy']:.3f} after {job_seconds:.1f}s of on-device training"
+                f"[2/4] {user.user_id}{pref}: accuracy {accuracy(row['global']['accuracy'])} -> "
+                f"{accuracy(row['personal']['accuracy'])} after {job_seconds:.1f}s of on-device training"
             )
     return rows
 
@@ -173,9 +181,9 @@ def swap_users(users: list, rows: list[dict[str, Any]], pkg: Path, new_pkg: Path
                     "seconds": result.seconds["total"],
                 }
             console.print(
-                f"      {user.user_id}: new backbone {row['new_global']['accuracy']:.3f}, FaLA "
-                f"{row['fala']['accuracy']:.3f} ({row['fala']['examples_used']} examples, "
-                f"{row['fala']['seconds']:.1f}s), re-trained {row['retrain']['accuracy']:.3f} "
+                f"      {user.user_id}: new backbone {accuracy(row['new_global']['accuracy'])}, FaLA "
+                f"{accuracy(row['fala']['accuracy'])} ({row['fala']['examples_used']} examples, "
+                f"{row['fala']['seconds']:.1f}s), re-trained {accuracy(row['retrain']['accuracy'])} "
                 f"({row['retrain']['examples_used']} examples, {row['retrain']['seconds']:.1f}s)"
             )
 
@@ -196,20 +204,20 @@ def summary_table(rows: list[dict[str, Any]], planned):
     table = Table(title=f"edgetune quickstart: all-MiniLM-L6-v2 + BBC news, {len(rows)} users (means)")
     for column in ("stage", "accuracy", "backward FLOPs / user", "vs full re-training", "wall time / user"):
         table.add_column(column, justify="left" if column == "stage" else "right")
-    table.add_row("global package (no personalization)", f"{mean('global'):.3f}", "0", "", "")
+    table.add_row("global package (no personalization)", f"{accuracy(mean('global'))}", "0", "", "")
     table.add_row(
         f"personalized on device ({trained_what(planned)})",
-        f"{mean('personal'):.3f}",
+        f"{accuracy(mean('personal'))}",
         f"{mean('personalize', 'backward_flops'):.3g}",
         f"{mean('personalize', 'full_backward_flops') / mean('personalize', 'backward_flops'):,.0f}x less",
         f"{mean('personalize', 'seconds'):.1f}s",
     )
-    table.add_row("new backbone (simulated), no adaptation", f"{mean('new_global'):.3f}", "0", "", "")
+    table.add_row("new backbone (simulated), no adaptation", f"{accuracy(mean('new_global'))}", "0", "", "")
     for key, label in (("fala", "new backbone (simulated) + FaLA (10% of texts)"),
                        ("retrain", "new backbone (simulated) + re-trained top")):  # fmt: skip
         table.add_row(
             label,
-            f"{mean(key):.3f}",
+            f"{accuracy(mean(key))}",
             f"{mean(key, 'backward_flops'):.3g}",
             f"{full / mean(key, 'backward_flops'):,.0f}x less",
             f"{mean(key, 'seconds'):.1f}s",
@@ -225,6 +233,7 @@ def main() -> None:
     from rich.console import Console
 
     from device_sim.simulation.users import UserConfig, simulate_users
+    from edgetune.io import atomic_write_json
 
     console = Console(width=130)
     start = time.perf_counter()
@@ -248,7 +257,7 @@ def main() -> None:
     summary = {"users": rows, "plan_cut": planned.cut, "new_plan_cut": new_plan.cut, "package_mb": package_mb(pkg),
                "new_package_mb": package_mb(new_pkg), "plan_seconds": plan_seconds, "export_seconds": export_seconds,
                "total_seconds": time.perf_counter() - start}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     plot_summary(rows, out / "summary.png")
     console.print(
         f"[4/4] done in {time.perf_counter() - start:.0f}s; plots: {out / 'plan.png'}, {out / 'summary.png'}; "

@@ -16,7 +16,6 @@ Command-line equivalent, given the two packages:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -37,6 +36,7 @@ def main() -> None:
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
+    from edgetune.io import atomic_write_json
     from edgetune.tables import fleet_summary
     from exporters.export import ExportOptions, export_package
 
@@ -52,7 +52,7 @@ def main() -> None:
         args.out / "package-old", args.out / "package-new", users, FleetConfig(threads=args.threads),
         on_user=lambda row: print(f"  {row['user']} done"),
     )  # fmt: skip
-    (args.out / "simulate.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(args.out / "simulate.json", results)  # strict JSON: a ratio over nothing is null
     plot_fleet(results, args.out / "simulate.png")
     Console(width=120).print(*fleet_summary(results), highlight=False)
     print(f"wrote {args.out / 'simulate.json'} and {args.out / 'simulate.png'}")

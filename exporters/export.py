@@ -37,6 +37,8 @@ from device_sim import manifest as mf
 from device_sim.package import is_package, write_tar
 from device_sim.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
+from edgetune.formatting import accuracy as percent
+from edgetune.formatting import stable_model_id
 from edgetune.io import atomic_directory, atomic_write_json, output_lock, recover
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.planner.plan import Plan
@@ -433,9 +435,9 @@ def build_manifest(
         "schema_version": mf.SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "producer": _versions(),
-        "source": {"kind": source.kind, "path": source.path},
+        "source": {"kind": source.kind, "path": stable_model_id(source.path)},
         "backbone": {
-            "id": plan.model_id,
+            "id": stable_model_id(plan.model_id),
             "model_type": plan.model_type,
             "family": classifier.backbone.family.name,
             "num_layers": classifier.num_layers,
@@ -575,7 +577,7 @@ def _validate(
     if val is None:
         return None, None
     baseline = _package_accuracy(session, top, encoder, val, labels, options, progress)
-    say(f"validation: package accuracy {baseline[0]:.4f} on {len(val)} examples")
+    say(f"validation: package accuracy {percent(baseline[0])} on {len(val)} examples")
     return {"data": val.source, "num_examples": len(val), "accuracy": baseline[0]}, baseline
 
 
@@ -600,7 +602,7 @@ def _write_int8_trunk(
     msg = f"int8: {TRUNK_INT8_FILE} {mb:.1f} MB ({ratio:.2f}x fp32)"
     if trunk_int8["accuracy"]:
         a = trunk_int8["accuracy"]
-        msg += f", accuracy {a['fp32']:.4f} -> {a['int8']:.4f} ({a['delta_points']:+.2f} points)"
+        msg += f", accuracy {percent(a['fp32'])} -> {percent(a['int8'])} ({a['delta_points']:+.2f} points)"
     else:
         warnings.append("--int8 without labelled data: the int8 accuracy change was not measured")
     say(msg)
@@ -642,7 +644,7 @@ def export_package(
         head, val = _prepare_head(source, plan, fit_data, val, options, progress, warnings)
         if head["init"] == "probe":
             n, acc = head["num_examples"], head["train_accuracy"]
-            say(f"head: logistic probe on {n} examples (train accuracy {acc:.3f})")
+            say(f"head: logistic probe on {n} examples (train accuracy {percent(acc)})")
 
         top = classifier.detached_top(plan.cut).eval()
         verify_texts = _verify_texts([fit_data, val], encoder)

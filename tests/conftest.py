@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -68,6 +69,16 @@ def synthetic_rows(n: int, seed: int = 0, labels: tuple[str, ...] = LABELS) -> l
         rng.shuffle(words)
         rows.append((" ".join(words), label))
     return rows
+
+
+def strict_json(path: Path) -> object:
+    """``path`` parsed by a strict reader: NaN, Infinity and -Infinity are refused, as most parsers do."""
+
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"{path}: non-standard JSON constant {constant}")
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_constant=refuse)
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:

@@ -75,7 +75,7 @@ def test_executorch_backends_refuse_what_the_program_cannot_train(executorch_pac
         with pytest.raises(BackendError, match="--target executorch"):
             device.personalize(user_data(40, seed=3), tmp_path / "p", fast(), backend="executorch-cpp")
     with Device(executorch_package, threads=1) as device:
-        with pytest.raises(BackendError, match="needs --backend torch"):
+        with pytest.raises(BackendError, match="needs --trainer torch"):
             device.personalize(user_data(40, seed=3), tmp_path / "p", fast(tuner="lora"), backend="executorch")
         with pytest.raises(BackendError, match="largest batch"):
             device.personalize(user_data(40, seed=3), tmp_path / "p", fast(batch_size=64), backend="executorch")
@@ -92,7 +92,7 @@ def test_executorch_backends_select_and_guard_like_the_torch_backend(backend, ex
         manifest = result.manifest
         names = [c["name"] for c in manifest["selection"]["candidates"]]
         assert names == ["prior", "head", "head-fast", "block"]
-        assert manifest["selection"]["skipped"] == [{"name": "lora", "reason": "tuner 'lora' needs --backend torch"}]
+        assert manifest["selection"]["skipped"] == [{"name": "lora", "reason": "tuner 'lora' needs --trainer torch"}]
         assert manifest["guard"]["enabled"] and manifest["guard"]["candidate"] == manifest["selection"]["chosen"]
         assert result.num_guard == 18 and result.num_train + result.num_val + result.num_guard == 90
         assert manifest["training"]["backend"] == backend
@@ -164,15 +164,22 @@ def test_cli_personalize_and_predict_on_executorch_cpp(executorch_package, tmp_p
     csv = write_csv(tmp_path / "user.csv", list(zip(data.texts, data.labels)))
     out = tmp_path / "personal"
     args = ["personalize", "--package", str(executorch_package), "--data", str(csv), "--out", str(out)]
-    result = runner.invoke(app, [*args, "--backend", "executorch-cpp", "--epochs", "2", "--threads", "1", "-q"])
+    result = runner.invoke(app, [*args, "--trainer", "executorch-cpp", "--epochs", "2", "--threads", "1", "-q"])
     assert result.exit_code == 0, result.output
-    assert "backend executorch-cpp" in result.output
-    predict = ["predict", "--package", str(executorch_package), "--personal", str(out), "--backend", "onnx"]
+    assert "trainer executorch-cpp" in result.output
+    predict = ["predict", "--package", str(executorch_package), "--personal", str(out), "--runtime", "onnx"]
     result = runner.invoke(app, [*predict, "--text", "apple juice today"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() in ("alpha", "beta", "gamma")
-    result = runner.invoke(app, [*args, "--backend", "tflite"])
-    assert result.exit_code == 2 and "--backend" in result.output
+    result = runner.invoke(app, [*args, "--trainer", "tflite"])
+    assert result.exit_code == 2 and "--trainer" in result.output
+    # the old spelling of both still works, with a warning on stderr that names the new one
+    result = runner.invoke(app, [*predict[:-2], "--backend", "onnx", "--text", "apple juice today"])
+    assert result.exit_code == 0 and "--backend is deprecated here: use --runtime onnx" in result.output
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p2"), "--backend", "executorch", "--epochs", "1"])
+    assert result.exit_code == 0 and "use --trainer executorch" in result.output, result.output
+    result = runner.invoke(app, [*args, "--backend", "executorch", "--trainer", "executorch-cpp"])
+    assert result.exit_code == 2 and "old name of --trainer" in result.output
     result = runner.invoke(app, ["inspect", str(executorch_package)])
     assert result.exit_code == 0 and "top_train.pte" in result.output
 

@@ -1,7 +1,9 @@
 """Fleet simulation of a backbone swap, the derived backbone, and the swap / simulate commands."""
 
 import json
+import re
 import shutil
+import warnings
 
 import pytest
 from typer.testing import CliRunner
@@ -12,7 +14,7 @@ from device_sim.simulation.users import UserConfig, simulate_users
 from edgetune.backbones import Backbone
 from edgetune.data import TextDataset
 from edgetune_cli import app
-from tests.conftest import synthetic_rows, write_csv
+from tests.conftest import strict_json, synthetic_rows, write_csv
 from tests.devices import export_derived_package, export_probe_package, fast
 
 runner = CliRunner()
@@ -67,6 +69,7 @@ def test_swap_and_simulate_commands(packages, tmp_path):
     result = runner.invoke(app, [*swap, "--data", str(user), "--out", str(tmp_path / "new-personal")])
     assert result.exit_code == 0, result.output
     assert "swapped with fala on 8 of 80 examples" in result.output
+    assert re.search(r"accuracy on 80 texts of .*: before \d+\.\d%, after \d+\.\d%", " ".join(result.output.split()))
     predict = ["predict", "--package", str(packages["new"]), "--personal", str(tmp_path / "new-personal")]
     assert runner.invoke(app, [*predict, "--text", "goal match team"]).exit_code == 0
     residual = ["--form", "residual", "--ridge-alpha", "0.1", "--tune-lr", "0.01", "--tune-epochs", "20"]
@@ -91,10 +94,21 @@ def test_swap_and_simulate_commands(packages, tmp_path):
     out = tmp_path / "sim"
     sim = ["simulate", "--old", str(packages["old"]), "--new", str(packages["new"]), "--data", str(corpus)]
     sim += ["--out", str(out), "--users", "2", "--examples-per-user", "60", "--epochs", "2", "-q"]
-    result = runner.invoke(app, [*sim, "--method", "none", "--method", "fala", "--method", "retrain"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "invalid value" on a ratio over nothing
+        result = runner.invoke(app, [*sim, "--method", "none", "--method", "fala", "--method", "retrain"])
     assert result.exit_code == 0, result.output
-    saved = json.loads((out / "simulate.json").read_text())
+    saved = strict_json(out / "simulate.json")  # "none" trains nothing: its FLOPs ratio is null, not Infinity
+    for line in (out / "simulate.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: 1 / 0)
     assert set(saved["summary"]["methods"]) == {"none", "fala", "retrain"}
+    assert "flops_reduction" not in saved["summary"]["methods"]["none"]
+    assert all(u["after"]["none"].get("flops_reduction") is None for u in saved["users"])
+    # a selecting job that keeps the prior shift still trained its other candidates: never 0 FLOPs
+    assert all(
+        u["before"]["backward_flops"] > 0 and u["after"]["retrain"]["backward_flops"] > 0 for u in saved["users"]
+    )
+    assert "nothing trained" in result.output and "inf" not in result.output
     assert (out / "simulate.png").stat().st_size > 10_000
     assert "FaLA reaches" in result.output
     result = runner.invoke(app, [*sim, "--method", "magic"])

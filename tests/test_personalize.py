@@ -118,7 +118,7 @@ def test_a_killed_job_keeps_the_previous_state_and_resumes(device, device_packag
     [
         ([("apple juice", "alpha"), ("vote law", "delta")], ("text", "label"), r"row 3: label 'delta' was not seen"),
         ([], None, r"file is empty"),
-        ([("apple juice", "alpha")], ("body", "topic"), r"row 2: missing column 'text'"),
+        ([("apple juice", "alpha")], ("body", "topic"), r"row 2: missing columns 'text' and 'label'"),
         ([], ("text", "label"), r"header but no rows"),
         ([("apple juice", "")], ("text", "label"), r"row 2: empty label"),
     ],

@@ -99,7 +99,7 @@ def program_entry(package: DevicePackage, backend: str) -> dict[str, Any]:
     if not entry:
         raise BackendError(
             f"{package.path}: exported without the executorch target (no top_train.pte); re-export with "
-            f"`edgetune export ... --target executorch` to train with --backend {backend}"
+            f"`edgetune export ... --target executorch` to train with --trainer {backend}"
         )
     return entry
 
@@ -122,7 +122,7 @@ def _check_batch(settings: PersonalizeConfig, program: dict[str, Any], backend: 
             "for; lower --batch-size or re-export with a larger --executorch-max-batch"
         )
     if settings.cache_dtype != "float32":
-        raise BackendError(f"--backend {backend} reads float32 features (cache dtype {settings.cache_dtype!r})")
+        raise BackendError(f"--trainer {backend} reads float32 features (cache dtype {settings.cache_dtype!r})")
 
 
 def plan_candidates(
@@ -136,13 +136,13 @@ def plan_candidates(
         tuner = settings.tuner or plan_tuner
         if tuner != "full":
             raise BackendError(
-                f"--backend {backend} trains the full top (tuner 'full'); tuner {tuner!r} needs --backend torch"
+                f"--trainer {backend} trains the full top (tuner 'full'); tuner {tuner!r} needs --trainer torch"
             )
         cut = package.cut if settings.cut is None else settings.cut
         if cut not in (package.cut, package.num_layers):
             raise BackendError(
-                f"--backend {backend} trains the exported top (above cut {package.cut}) or its head alone "
-                f"(--cut {package.num_layers}); --cut {cut} needs --backend torch"
+                f"--trainer {backend} trains the exported top (above cut {package.cut}) or its head alone "
+                f"(--cut {package.num_layers}); --cut {cut} needs --trainer torch"
             )
         return [Candidate("configured", "train", cut == package.num_layers, settings)], []
     candidates, skipped = [], []
@@ -155,10 +155,10 @@ def plan_candidates(
         cut = package.num_layers if where == "head" else (settings.cut if where == "plan" else where)
         cut = package.cut if cut is None else int(cut)
         if tuner != "full" and cut != package.num_layers:
-            skipped.append({"name": spec["name"], "reason": f"tuner {tuner!r} needs --backend torch"})
+            skipped.append({"name": spec["name"], "reason": f"tuner {tuner!r} needs --trainer torch"})
             continue
         if cut not in (package.cut, package.num_layers):
-            skipped.append({"name": spec["name"], "reason": f"cut {cut} needs --backend torch"})
+            skipped.append({"name": spec["name"], "reason": f"cut {cut} needs --trainer torch"})
             continue
         rates = {k: spec[k] for k in ("lr", "head_lr") if k in spec}
         candidates.append(Candidate(spec["name"], "train", cut == package.num_layers, replace(settings, **rates)))

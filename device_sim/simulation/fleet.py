@@ -41,6 +41,7 @@ from device_sim.device import Device
 from device_sim.personalize import PersonalizeConfig
 from device_sim.simulation.users import SimulatedUser
 from device_sim.swap import SwapConfig, swap
+from edgetune import strict_json
 from edgetune.errors import EdgetuneError
 
 FLEET_METHODS = ("none", "fala", "fala-random", "head-only", "retrain")
@@ -95,7 +96,7 @@ def _personalized_row(
             "global": old.evaluate(user.test)["accuracy"],
             "personal": old.evaluate(user.test, personal)["accuracy"],
             "personalize_seconds": personalized - start,
-            "backward_flops": job.estimate.backward_flops * job.num_train * len(job.history),
+            "backward_flops": job.backward_flops,
         },
         "after": {},
     }
@@ -205,8 +206,12 @@ def without_timings(value: Any) -> Any:
 _RUN_KEYS = ("worker", "threads")
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
+def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
+    """Mean, std, min and max of the values that exist (``None`` or non-finite ones are left out: a ratio over
+    nothing); all ``None`` when none does, never NaN."""
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if not arr.size:
+        return {"mean": None, "std": None, "min": None, "max": None}
     return {"mean": float(arr.mean()), "std": float(arr.std()), "min": float(arr.min()), "max": float(arr.max())}
 
 
@@ -226,8 +231,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "backward_flops": _stats([a["backward_flops"] for a in after]),
             "seconds": _stats([a["seconds"] for a in after]),
         }
-        if after[0].get("flops_reduction"):
-            entry["flops_reduction"] = _stats([a["flops_reduction"] for a in after])
+        if any(a.get("flops_reduction") for a in after):
+            entry["flops_reduction"] = _stats([a.get("flops_reduction") for a in after])
         summary["methods"][m] = entry
     if "fala" in methods and "retrain" in methods:
         ratio = [r["after"]["fala"]["accuracy"] / r["after"]["retrain"]["accuracy"] for r in rows]
@@ -307,7 +312,7 @@ class FleetLog:
         if self.path.exists() and not overwrite:
             lines = self._read(identity)
         if not lines:
-            lines = [json.dumps(header)]
+            lines = [strict_json.dumps(header)]
         atomic_write_text(self.path, "".join(line + "\n" for line in lines))  # drops a torn last line
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
 
@@ -339,7 +344,7 @@ class FleetLog:
         return kept
 
     def append(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(strict_json.dumps(row) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.rows[row["user"]] = row
@@ -502,26 +507,38 @@ def plot_fleet(results: dict[str, Any], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
+    from edgetune.formatting import accuracy
     from edgetune.io import atomic_write_bytes
 
     rows, summary = results["users"], results["summary"]
     methods = ["before"] + list(summary["methods"])
     acc = {m: [r["before"]["personal"] if m == "before" else r["after"][m]["accuracy"] for r in rows] for m in methods}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # One accuracy range for both panels (sharey), from just below the lowest user: a method reads the same height
+    # in each, and the differences near the top are not flattened by an axis from 0.
+    lowest = min(min(v) for v in acc.values())
+    low = max(0.0, float(np.floor((lowest - 0.05) * 10) / 10))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     x = np.arange(len(methods))
-    left.bar(x, [np.mean(acc[m]) for m in methods], color=["#888"] + ["C0"] * (len(methods) - 1), alpha=0.7)
+    means = [float(np.mean(acc[m])) for m in methods]
+    bars = left.bar(x, means, color=["#888"] + ["C0"] * (len(methods) - 1), alpha=0.7)
+    left.bar_label(bars, [accuracy(v) for v in means], fontsize=7, padding=2)
     for i, m in enumerate(methods):
         left.scatter(np.full(len(acc[m]), i) + np.linspace(-0.2, 0.2, len(acc[m])), acc[m], s=12, color="k", zorder=3)
     left.set_xticks(x, ["old + personal\n(before)"] + methods[1:], fontsize=8)
-    left.set_ylabel("accuracy on the user's held-out texts")
-    left.set_title(f"{len(rows)} users, after the backbone swap")
-    left.set_ylim(0, 1.02)
-    for m in methods[1:]:
+    left.set_ylabel(f"accuracy on the user's held-out texts (axis from {low:.0%})")
+    left.set_title(f"{len(rows)} users, after the backbone swap (bars: mean, dots: users)", fontsize=10)
+    left.set_ylim(low, 1.04)
+    left.yaxis.set_major_formatter(PercentFormatter(1.0))
+    for i, m in enumerate(methods[1:]):
         flops = summary["methods"][m]["backward_flops"]["mean"]
-        if flops > 0:
-            right.scatter(flops, summary["methods"][m]["accuracy"]["mean"], s=40, label=m)
-            right.annotate(m, (flops, summary["methods"][m]["accuracy"]["mean"]), fontsize=8)
+        mean = summary["methods"][m]["accuracy"]["mean"]
+        if flops and flops > 0:
+            right.scatter(flops, mean, s=40, color=f"C{i}", label=m)
+            right.annotate(m, (flops, mean), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        else:  # no backward FLOPs: no place on a log axis, so a level line instead of a point
+            right.axhline(mean, color=f"C{i}", ls=":", lw=1.2, label=f"{m} (0 backward FLOPs)")
     full = [r["after"][m].get("full_retrain_backward_flops") for r in rows for m in r["after"]]
     full = [f for f in full if f]
     if full:
@@ -529,8 +546,9 @@ def plot_fleet(results: dict[str, Any], path: str | Path) -> Path:
     right.set_xscale("log")
     right.set_xlabel("backward FLOPs per user (whole job)")
     right.set_ylabel("mean accuracy")
-    right.legend(fontsize=8)
-    right.set_title("accuracy vs training compute")
+    right.yaxis.set_tick_params(labelleft=True)
+    right.legend(fontsize=8, loc="lower right")
+    right.set_title("accuracy vs training compute", fontsize=10)
     fig.tight_layout()
     import io
 
