@@ -140,16 +140,24 @@ def _copy_listed(root: Path, into: Path, name: str, entry: dict[str, Any]) -> Fi
     return FileCheck(name, size, copied, True)
 
 
-def _check_top_spec(root: Path, manifest: dict[str, Any]) -> str | None:
-    """The top spec must describe the manifest's cut and labels (a consistent package)."""
+def _check_top_spec(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """The top spec must describe the manifest's cut and labels (a consistent package), and the parts must fit
+    each other (:mod:`device_sim.fit`): every check a job makes before it runs anything."""
+    from device_sim.fit import fit_problems
+
     name = manifest["top"]["spec"]
     try:
         spec = schema.load_json((root / name).read_bytes(), name)
     except (OSError, schema.SchemaError) as err:
-        return f"{name}: unreadable top spec ({err})"
+        return [f"{name}: unreadable top spec ({err})"]
     if not isinstance(spec, dict) or spec.get("cut") != manifest["cut"] or spec.get("labels") != manifest["labels"]:
-        return f"{name}: cut/labels differ from the manifest"
-    return None
+        return [f"{name}: cut/labels differ from the manifest"]
+    spec = mf.upgrade_top_spec(spec)
+    try:
+        schema.validate(spec, schema.TOP)
+    except schema.SchemaError as err:
+        return [f"{name}: {err} (not the structure of a top spec)"]
+    return fit_problems(root, manifest, spec)
 
 
 def _read_manifest(path: Path) -> bytes:
@@ -167,9 +175,7 @@ def _read_manifest(path: Path) -> bytes:
 def _verify_snapshot(root: Path, source: Path, manifest: dict[str, Any], checks: list[FileCheck]) -> Verification:
     problems = [c.problem for c in checks if not c.ok]
     if not problems:
-        spec_problem = _check_top_spec(root, manifest)
-        if spec_problem:
-            problems.append(spec_problem)
+        problems.extend(_check_top_spec(root, manifest))
     return Verification(source, manifest, checks, problems)
 
 
@@ -400,6 +406,29 @@ def external_data_locations(path: Path) -> list[str]:
     return found
 
 
+class PartSession:
+    """An onnxruntime session that reports a failure while it runs as one :class:`PackageError` naming the
+    package part (the graph file), instead of onnxruntime's multi-line message from deep inside a job."""
+
+    def __init__(self, session: ort.InferenceSession, part: str) -> None:
+        self._session = session
+        self._part = part
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._session.run(*args, **kwargs)
+        except Exception as err:
+            if not type(err).__module__.startswith("onnxruntime"):
+                raise
+            raise PackageError(
+                f"{self._part}: onnxruntime failed while running it ({one_line(err)}); the package's parts do not "
+                "fit each other: re-export it"
+            ) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 class DevicePackage:
     """A verified package, as a device uses it. Close it (or use ``with``) to free an extracted ``.tar``."""
 
@@ -497,7 +526,7 @@ class DevicePackage:
                     f"({', '.join(files)}); refused"
                 )
         with self.reading(name):
-            return ort_session(path, threads, arena=arena)
+            return PartSession(ort_session(path, threads, arena=arena), f"{self.path}: {name}")  # type: ignore[return-value]
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 ``(input_ids, attention_mask)``, exactly as the server encoded them."""
@@ -596,6 +625,17 @@ class DevicePackage:
         """Predicted label of each text (see :meth:`predict_logits` for the options)."""
         logits = self.predict_logits(texts, **kwargs)
         return [self.labels[i] for i in logits.argmax(axis=1)]
+
+    def check_runnable(self) -> None:
+        """Open every graph and read every tensor a job may use (each precision's trunk, the ONNX top, the top's
+        weights and spec): what ``inspect`` adds to verification so that it refuses what a job would."""
+        for precision in self.precisions:
+            self.trunk_session(precision)
+        if self.manifest.get("top_onnx"):
+            self.top_session()
+        self.top_spec()
+        self.top_tensors()
+        self.release_sessions()
 
     # -- lifetime ------------------------------------------------------------------------------------------------
     def release_sessions(self) -> None:

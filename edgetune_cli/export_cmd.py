@@ -207,7 +207,7 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
 ) -> None:
     """Verify a package (schema, integrity seal, every file's size and sha256) and summarize it.
-    Exit code 1 when verification fails."""
+    Exit code 2 when verification fails (like every other refusal)."""
     import json
 
     from rich.markup import escape
@@ -216,6 +216,8 @@ def inspect_command(
     from edgetune_cli import console
 
     result = verify_package(package)
+    if result.ok:
+        result.problems.extend(_load_problems(package))
     if as_json and result.manifest is not None:
         console.print_json(json.dumps(result.manifest))
     elif result.manifest is not None:
@@ -224,8 +226,22 @@ def inspect_command(
     if not result.ok:
         for problem in result.problems:
             console.print(f"[bold red]FAILED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=2)
     console.print(f"[bold green]verified:[/] {package}", highlight=False)
+
+
+def _load_problems(package: Path) -> list[str]:
+    """What loading the package for a job would refuse beyond verification (a graph or tensor file that matches
+    the manifest yet does not load): ``inspect`` says "verified" only where ``predict`` would run."""
+    from device_sim.errors import PackageError
+    from device_sim.package import load_package
+
+    try:
+        with load_package(package) as loaded:
+            loaded.check_runnable()
+    except PackageError as err:
+        return [str(err)]
+    return []
 
 
 def _fmt_io(entries: list[dict[str, Any]]) -> str:
