@@ -43,7 +43,7 @@ from device_sim.runtime import (
     run_trunk,
     torch_top_fn,
 )
-from edgetune.io import private_tempdir
+from edgetune.io import honour_umask, naming, private_tempdir
 from edgetune.tokenization import TextEncoder
 
 if TYPE_CHECKING:
@@ -229,6 +229,7 @@ def write_tar(directory: Path, dest: Path) -> Path:
                         tar.addfile(info, member)
             handle.flush()
             os.fsync(handle.fileno())
+        honour_umask(tmp)  # mkstemp's 0600 would keep a shared package from other users of the device
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -340,6 +341,9 @@ def _snapshot(path: Path) -> tuple[Verification, tempfile.TemporaryDirectory]:
             result = _snapshot_directory(path, Path(tmp.name), path)
         else:
             result = extract_tar(path, Path(tmp.name))
+    except OSError as err:  # the temp directory is full or unwritable: name it (writes on a descriptor do not)
+        tmp.cleanup()
+        raise naming(err, tmp.name) from None
     except BaseException:
         tmp.cleanup()
         raise

@@ -78,6 +78,12 @@ def package_identity(package: DevicePackage) -> dict[str, Any]:
     }
 
 
+# What must be equal for a state to belong to a package. ``backbone_id`` is recorded too but only for messages:
+# it is where the model was read from (a path), and the same weights exported from elsewhere are the same model.
+# ``files`` is compared as a whole, so an empty or partial table in a state never matches.
+IDENTITY_KEYS = ("backbone_hash", "cut", "num_layers", "labels", "files")
+
+
 def identity_digest(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -112,11 +118,18 @@ class PersonalState:
         return dict(self.manifest["package"])
 
     def check_package(self, package: DevicePackage) -> None:
-        """Refuse a package this state was not trained for, saying what differs."""
+        """Refuse a package this state was not trained for, saying what differs (the spec's identity rule: the
+        keys of :data:`IDENTITY_KEYS`, the file table naming exactly the package's feature and top files), and a
+        ``train_cut`` outside the package's top (both runtimes refuse it here, before either applies the state)."""
         mine, theirs = self.package, package_identity(package)
-        if mine == theirs:
+        if not package.cut <= self.train_cut <= package.num_layers:
+            raise PersonalStateError(
+                f"{self.path}: train cut {self.train_cut} is outside this package's top (blocks {package.cut + 1}.."
+                f"{package.num_layers}, train cut {package.cut}..{package.num_layers})"
+            )
+        differ = [key for key in IDENTITY_KEYS if mine.get(key) != theirs.get(key)]
+        if not differ:
             return
-        differ = [key for key in sorted(mine.keys() | theirs.keys()) if mine.get(key) != theirs.get(key)]
         if "files" in differ:
             names = sorted(mine["files"].keys() | theirs["files"].keys())
             files = [n for n in names if mine["files"].get(n) != theirs["files"].get(n)]
@@ -235,8 +248,6 @@ def load_personal_state(path: str | Path, package: DevicePackage) -> PersonalSta
     """Read and verify a personal state, and check that it belongs to ``package``."""
     state = read_personal_state(path)
     state.check_package(package)
-    if not package.cut <= state.train_cut <= package.num_layers:
-        raise PersonalStateError(f"{path}: train cut {state.train_cut} is outside this package's top")
     return state
 
 

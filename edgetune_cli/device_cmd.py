@@ -286,10 +286,11 @@ def run_personalize(
                 raise
             raise ProfileError(f"{err}; run again with --cut {err.suggested_cut}", err.suggested_cut) from None
         except KeyboardInterrupt:
+            from edgetune.io import stop_requested
             from edgetune_cli import err_console
 
             err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=128 + (stop_requested() or 2)) from None
 
 
 def report_personalize(result: Any, out: Path, quiet: bool) -> None:
@@ -382,10 +383,28 @@ def predict_file(
 
 
 def predict_stdin(predictor: Any, fmt: str, logits: bool) -> None:
-    """Answer each non-blank line of stdin before reading the next (a stream, not a batch)."""
-    for line in sys.stdin:
+    """Answer each non-blank line of stdin before reading the next (a stream, not a batch).
+
+    Lines are read as bytes and decoded one by one: a line that is not UTF-8 is named on stderr and skipped
+    (the others are still answered), and the command then exits 2 so a pipeline sees that some were not."""
+    stream = getattr(sys.stdin, "buffer", None)
+    bad = 0
+    for number, raw in enumerate(stream if stream is not None else sys.stdin, start=1):
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad += 1
+                byte = raw[err.start]
+                typer.echo(f"error: stdin line {number}: not valid UTF-8 (byte 0x{byte:02x}); skipped", err=True)
+                continue
+        else:
+            line = raw
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
         typer.echo(_format(predictor(line), fmt, line, logits))
         sys.stdout.flush()
+    if bad:
+        typer.echo(f"error: {bad} line(s) of stdin were not valid UTF-8 and got no answer", err=True)
+        raise typer.Exit(code=2)
