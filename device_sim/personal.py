@@ -39,8 +39,9 @@ import numpy as np
 from device_sim import schema
 from device_sim.errors import one_line
 from device_sim.manifest import SealedDocument, read_sealed, seal
+from device_sim.trust import PERSONAL_MAC, check_personal_mac, device_key, personal_mac
 from edgetune.errors import EdgetuneError
-from edgetune.io import atomic_directory, atomic_write_json, sha256_file
+from edgetune.io import atomic_directory, atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -193,6 +194,9 @@ def write_personal_state(
             "files": {WEIGHTS: {"sha256": sha256_file(tmp / WEIGHTS), "size": (tmp / WEIGHTS).stat().st_size}},
         }
         atomic_write_json(tmp / MANIFEST, seal(manifest))
+        key = device_key()
+        if key is not None:  # bound to this device: another device's (or an edited) state is refused on read
+            atomic_write_bytes(tmp / PERSONAL_MAC, personal_mac(key, (tmp / MANIFEST).read_bytes()))
     return out
 
 
@@ -219,7 +223,9 @@ def read_personal_state(path: str | Path, framework: str = "pt") -> PersonalStat
             "a device package, not a personal state" if (path / "manifest.json").is_file() else "not a personal state"
         )
         raise PersonalStateError(f"{path}: {MANIFEST} missing ({what})")
-    manifest = _parse(path, manifest_path.read_bytes())
+    raw = manifest_path.read_bytes()
+    check_personal_mac(path, raw)
+    manifest = _parse(path, raw)
     entry = manifest["files"].get(WEIGHTS)
     weights = path / WEIGHTS
     if not isinstance(entry, dict) or not weights.is_file():

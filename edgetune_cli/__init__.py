@@ -101,10 +101,21 @@ def install_signal_handlers() -> None:
 
 
 def _register() -> None:
-    from edgetune_cli import datasets_cmd, device_cmd, export_cmd, merge_cmd, plan_cmd, skip_cmd, swap_cmd, train_cmd
+    from edgetune_cli import (
+        datasets_cmd,
+        device_cmd,
+        export_cmd,
+        merge_cmd,
+        plan_cmd,
+        skip_cmd,
+        swap_cmd,
+        train_cmd,
+        trust_cmd,
+    )
 
     for module in (plan_cmd, train_cmd, export_cmd, device_cmd, swap_cmd, skip_cmd, merge_cmd, datasets_cmd):
         module.register(app)
+    trust_cmd.register(app)
 
 
 _register()

@@ -12,6 +12,7 @@ from edgetune_cli.common import (
     PackageOption,
     QuietTablesOption,
     RuntimeOption,
+    TrustOption,
     at_least_one,
     check_range,
     check_runtime,
@@ -20,6 +21,7 @@ from edgetune_cli.common import (
     locked_output,
     positive,
     predictions_csv,
+    trusting,
 )
 from edgetune_cli.config_options import ConfigOptions
 from edgetune_cli.tuner_opts import (
@@ -204,6 +206,7 @@ def personalize_command(
     int8: CacheInt8Option = False,
     backend: TrainBackendOption = "torch",
     quiet: QuietTablesOption = False,
+    trust: TrustOption = None,
 ) -> None:
     """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch or
     ExecuTorch) and write the personal state."""
@@ -212,7 +215,8 @@ def personalize_command(
     device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
     config = personalize_config(ctx, select, tuner_name, tuner_params, int8, quiet)
     check_not_an_input(out, [("--data", data), ("--package", package)])
-    result = run_personalize(package, data, out, device_profile, threads, config, backend)
+    with trusting(trust):
+        result = run_personalize(package, data, out, device_profile, threads, config, backend)
     report_personalize(result, out, quiet)
 
 
@@ -324,6 +328,7 @@ def predict_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: the runtimes' choice).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
     runtime: RuntimeOption = "auto",
+    trust: TrustOption = None,
 ) -> None:
     """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
     one text per line, each answered as soon as it is read."""
@@ -332,7 +337,11 @@ def predict_command(
     check_predict_flags(fmt, threads, batch_size, data, text, out, logits)
     precision = "int8" if int8 else "fp32"
     inputs = [("--data", data), ("--package", package), ("--personal", personal)]
-    with file_output(out, inputs, predictions_csv, "predictions CSV"), Device(package, threads=threads) as device:
+    with (
+        trusting(trust),
+        file_output(out, inputs, predictions_csv, "predictions CSV"),
+        Device(package, threads=threads) as device,
+    ):
         predictor = device.predictor(personal, precision, check_runtime(runtime))
         if data is not None:
             column = text_column or device.package.manifest["plan"].get("text_column", "text")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgetune.tables import fleet_summary
-from edgetune_cli.common import at_least_one, check_range, check_threads, locks_output
+from edgetune_cli.common import TrustOption, at_least_one, check_range, check_threads, locks_output, trusting
 from edgetune_cli.config_options import ConfigOptions
 
 METHOD_HELP = (
@@ -89,6 +89,7 @@ def swap_command(
     form: FormOption = "plain",
     seed: Annotated[int, typer.Option(help="Seed of the random selection and of training.")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    trust: TrustOption = None,
 ) -> None:
     """Carry a user's personalization from the old package to a new one. The old package and personal state
     are never modified: on any failure they stay in use, and nothing is written at --out."""
@@ -100,7 +101,8 @@ def swap_command(
     check_range("--fraction", fraction, 0, 1, low_open=True)
     check_range("--tune-epochs", tune_epochs, 0)
     config = swap_config(ctx, method, k, fraction, selection, silhouette, tune_epochs, tune_lr, ridge_alpha, form, seed)
-    result = swap(old, new, personal, data, out, config, threads=threads)
+    with trusting(trust):
+        result = swap(old, new, personal, data, out, config, threads=threads)
     console.print(
         f"swapped with {result.method} on {result.examples_used} of {result.num_examples} examples in "
         f"{result.seconds['total']:.1f}s; backward FLOPs {result.backward_flops:.3g} "

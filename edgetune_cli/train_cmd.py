@@ -10,12 +10,14 @@ import typer
 from edgetune_cli.common import (
     QuietTablesOption,
     RuntimeOption,
+    TrustOption,
     at_least_one,
     check_range,
     check_runtime,
     check_threads,
     file_output,
     positive,
+    trusting,
 )
 from edgetune_cli.config_options import ConfigOptions
 from edgetune_cli.tuner_opts import (
@@ -249,6 +251,7 @@ def evaluate_command(
     out: Annotated[Path | None, typer.Option("--out", help="Also write the metrics as JSON here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
     runtime: RuntimeOption = "auto",
+    trust: TrustOption = None,
 ) -> None:
     """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
     optional personal state (--package [--personal])."""
@@ -261,7 +264,8 @@ def evaluate_command(
     check_threads(threads)
     at_least_one(batch_size=batch_size)
     inputs = [("--data", data), ("--model", model), ("--package", package), ("--personal", personal)]
-    with file_output(out, inputs, json_with_keys("accuracy", "macro_f1", "num_examples"), "metrics JSON"):
+    owned = json_with_keys("accuracy", "macro_f1", "num_examples")
+    with trusting(trust), file_output(out, inputs, owned, "metrics JSON"):
         _evaluate(
             data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet,
             check_runtime(runtime),
