@@ -123,13 +123,13 @@ class PersonalState:
         keys of :data:`IDENTITY_KEYS`, the file table naming exactly the package's feature and top files), and a
         ``train_cut`` outside the package's top (both runtimes refuse it here, before either applies the state)."""
         mine, theirs = self.package, package_identity(package)
-        if not package.cut <= self.train_cut <= package.num_layers:
-            raise PersonalStateError(
-                f"{self.path}: train cut {self.train_cut} is outside this package's top (blocks {package.cut + 1}.."
-                f"{package.num_layers}, train cut {package.cut}..{package.num_layers})"
-            )
         differ = [key for key in IDENTITY_KEYS if mine.get(key) != theirs.get(key)]
         if not differ:
+            if not package.cut <= self.train_cut <= package.num_layers:
+                raise PersonalStateError(
+                    f"{self.path}: train cut {self.train_cut} is outside this package's top (blocks "
+                    f"{package.cut + 1}..{package.num_layers}, train cut {package.cut}..{package.num_layers})"
+                )
             return
         if "files" in differ:
             names = sorted(mine["files"].keys() | theirs["files"].keys())

@@ -19,7 +19,7 @@ def test_help_explains_every_flag():
     for flag in ("--model", "--plan", "--out", "--int8", "--top-onnx", "--tar", "--data", "--val-data", "--atol"):
         assert flag in result.output
     result = runner.invoke(app, ["inspect", "--help"])
-    assert result.exit_code == 0 and "Exit code 1" in result.output
+    assert result.exit_code == 0 and "Exit code 2" in result.output
 
 
 @pytest.fixture(scope="module")
