@@ -250,6 +250,31 @@ def test_a_signal_before_publishing_exits_128_plus_it_with_one_line_and_no_lefto
     assert not list(Path(tempfile.gettempdir()).glob(f"edgetune-package-{proc.pid}-*"))  # removed on the way out
 
 
+def test_sigterm_during_export_keeps_the_previous_package(device_packages, tiny_model_dir, tmp_path):
+    from tests.packages import make_plan
+
+    model = tiny_model_dir("bert")
+    plan = tmp_path / "plan.json"
+    make_plan(model).save(plan)
+    out, marker = Path(shutil.copytree(device_packages["main"], tmp_path / "pkg")), tmp_path / "marker"
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "EDGETUNE_NO_PROGRESS": "1"}
+    command = ["export", "--model", str(model), "--plan", str(plan), "--out", str(out), "--no-top-onnx", "--threads",
+               "1", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PUBLISH, str(marker), *command], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "interrupted (SIGTERM)" in err.decode() and "Traceback" not in err.decode()
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before and _no_temp_left(tmp_path)
+
+
 # -- runtimes -----------------------------------------------------------------------------------------------------
 
 

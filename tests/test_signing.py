@@ -245,3 +245,18 @@ def test_a_personal_state_from_another_device_is_refused(device_packages, tmp_pa
     os.unlink(tmp_path / "theirs" / "personal.mac")
     with Device(device_packages["main"], threads=1) as device, pytest.raises(TrustError, match="missing"):
         device.load_personal(tmp_path / "theirs")
+
+
+def test_evaluate_and_swap_take_trust_too(device_packages, keys, user_csv, tmp_path):
+    unsigned = device_packages["main"]
+    result = runner.invoke(app, ["evaluate", "--package", str(unsigned), "--data", str(user_csv), "--trust",
+                                 str(_pub(keys["vendor"]))])  # fmt: skip
+    _one_line_exit_2(result)
+    assert "not signed" in result.output
+    with Device(unsigned, threads=1) as device:
+        device.personalize(user_data(30, seed=3), tmp_path / "p", fast(epochs=1))
+    result = runner.invoke(app, ["swap", "--old", str(unsigned), "--new", str(device_packages["other"]), "--personal",
+                                 str(tmp_path / "p"), "--data", str(user_csv), "--out", str(tmp_path / "q"),
+                                 "--trust", str(_pub(keys["vendor"]))])  # fmt: skip
+    _one_line_exit_2(result)
+    assert "not signed" in result.output and not (tmp_path / "q").exists()
