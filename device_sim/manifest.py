@@ -38,6 +38,7 @@ FORMAT = "edgetune-device-package"
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: 0-based skip lists and top.json "layers" (converted on read)
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # the Ed25519 signature of manifest.json's bytes (device_sim.trust); never listed in it
 # The most a package may declare in all (a 1B-parameter decoder's fp32 trunk is ~4 GB): an archive or a manifest
 # that claims more is refused before a byte of it is written or read. EDGETUNE_MAX_PACKAGE_BYTES overrides it.
 MAX_PACKAGE_BYTES = int(os.environ.get("EDGETUNE_MAX_PACKAGE_BYTES", 8 << 30))
@@ -60,7 +61,7 @@ REQUIRED = (
 
 def safe_name(name: str) -> bool:
     """A plain file name inside the package: no directories, no '..', no hidden or absolute paths."""
-    return bool(_SAFE_NAME.match(name)) and name != MANIFEST and ".." not in name
+    return bool(_SAFE_NAME.match(name)) and name not in (MANIFEST, SIGNATURE) and ".." not in name
 
 
 def file_entry(path: Path) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def file_table(directory: Path) -> dict[str, dict[str, Any]]:
     """``{name: {sha256, size}}`` for every file of a package directory except the manifest."""
     table = {}
     for path in sorted(directory.iterdir()):
-        if path.name == MANIFEST:
+        if path.name in (MANIFEST, SIGNATURE):
             continue
         if not path.is_file() or not safe_name(path.name):
             raise PackageError(f"{path.name}: not a plain file with a safe name; a package holds only flat files")

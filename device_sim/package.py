@@ -43,7 +43,7 @@ from device_sim.runtime import (
     run_trunk,
     torch_top_fn,
 )
-from edgetune.io import private_tempdir
+from edgetune.io import honour_umask, naming, private_tempdir
 from edgetune.tokenization import TextEncoder
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class Verification:
     manifest: dict[str, Any] | None
     files: list[FileCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    signer: str | None = None  # the key id a manifest.sig names (checked only against a trust store)
+    trusted: bool = False  # the signature was checked against the device's trust store and held
 
     @property
     def ok(self) -> bool:
@@ -140,16 +142,64 @@ def _copy_listed(root: Path, into: Path, name: str, entry: dict[str, Any]) -> Fi
     return FileCheck(name, size, copied, True)
 
 
-def _check_top_spec(root: Path, manifest: dict[str, Any]) -> str | None:
-    """The top spec must describe the manifest's cut and labels (a consistent package)."""
+def _check_top_spec(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """The top spec must describe the manifest's cut and labels (a consistent package), and the parts must fit
+    each other (:mod:`device_sim.fit`): every check a job makes before it runs anything."""
+    from device_sim.fit import fit_problems
+
     name = manifest["top"]["spec"]
     try:
         spec = schema.load_json((root / name).read_bytes(), name)
     except (OSError, schema.SchemaError) as err:
-        return f"{name}: unreadable top spec ({err})"
+        return [f"{name}: unreadable top spec ({err})"]
     if not isinstance(spec, dict) or spec.get("cut") != manifest["cut"] or spec.get("labels") != manifest["labels"]:
-        return f"{name}: cut/labels differ from the manifest"
-    return None
+        return [f"{name}: cut/labels differ from the manifest"]
+    spec = mf.upgrade_top_spec(spec)
+    try:
+        schema.validate(spec, schema.TOP)
+    except schema.SchemaError as err:
+        return [f"{name}: {err} (not the structure of a top spec)"]
+    return fit_problems(root, manifest, spec)
+
+
+def _trust_problem(raw: bytes, signature: bytes | None, manifest: dict[str, Any], result: Verification) -> None:
+    """Record who signed the package, and refuse it when the device's trust store does not accept it."""
+    from device_sim import trust
+
+    if signature is not None:
+        try:
+            result.signer = trust.signer_of(signature)
+        except trust.TrustError as err:
+            result.problems.insert(0, str(err))
+            return
+    store = trust.active()
+    if store is None:
+        return
+    try:
+        store.check(raw, signature, manifest)
+    except trust.TrustError as err:
+        result.problems[:] = [str(err)]  # nothing else about an untrusted package is worth a user's reading
+        return
+    result.trusted = True
+
+
+def _read_signature(path: Path) -> bytes | None:
+    """``manifest.sig`` of a package directory (size-capped), or None when the package is unsigned."""
+    from device_sim.trust import MAX_SIGNATURE_BYTES
+
+    try:
+        fd = os.open(path / mf.SIGNATURE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise PackageError(f"{mf.SIGNATURE}: cannot be read ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise PackageError(f"{mf.SIGNATURE}: not a regular file")
+        data = f.read(MAX_SIGNATURE_BYTES + 1)
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise PackageError(f"{mf.SIGNATURE}: more than {MAX_SIGNATURE_BYTES} bytes (not a signature)")
+    return data
 
 
 def _read_manifest(path: Path) -> bytes:
@@ -167,9 +217,7 @@ def _read_manifest(path: Path) -> bytes:
 def _verify_snapshot(root: Path, source: Path, manifest: dict[str, Any], checks: list[FileCheck]) -> Verification:
     problems = [c.problem for c in checks if not c.ok]
     if not problems:
-        spec_problem = _check_top_spec(root, manifest)
-        if spec_problem:
-            problems.append(spec_problem)
+        problems.extend(_check_top_spec(root, manifest))
     return Verification(source, manifest, checks, problems)
 
 
@@ -185,15 +233,20 @@ def _snapshot_directory(root: Path, into: Path, source: Path) -> Verification:
     """Copy the manifest and the files it lists (nothing else) into ``into``, verifying the copied bytes."""
     try:
         raw = _read_manifest(root)
+        signature = _read_signature(root)
         manifest = mf.parse(raw)
     except PackageError as err:
         return Verification(source, None, [], [str(err)])
     (into / mf.MANIFEST).write_bytes(raw)
+    if signature is not None:
+        (into / mf.SIGNATURE).write_bytes(signature)
     checks = [_copy_listed(root, into, name, entry) for name, entry in manifest["files"].items()]
     result = _verify_snapshot(into, source, manifest, checks)
+    _trust_problem(raw, signature, manifest, result)
     # The same rule as the tar form: a package is exactly what its manifest lists (a file added after the seal
     # may be harmless, but nothing vouches for it and a reader must not guess).
-    unlisted = sorted(p.name for p in root.iterdir() if p.name != mf.MANIFEST and p.name not in manifest["files"])
+    own = (mf.MANIFEST, mf.SIGNATURE)
+    unlisted = sorted(p.name for p in root.iterdir() if p.name not in own and p.name not in manifest["files"])
     result.problems.extend(f"{root / name}: not listed in {mf.MANIFEST} (refused)" for name in unlisted)
     return result
 
@@ -208,7 +261,8 @@ def write_tar(directory: Path, dest: Path) -> Path:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    names = [mf.MANIFEST] + sorted(p.name for p in directory.iterdir() if p.name != mf.MANIFEST)
+    own = [name for name in (mf.MANIFEST, mf.SIGNATURE) if (directory / name).exists()]
+    names = own + sorted(p.name for p in directory.iterdir() if p.name not in own)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -223,6 +277,7 @@ def write_tar(directory: Path, dest: Path) -> Path:
                         tar.addfile(info, member)
             handle.flush()
             os.fsync(handle.fileno())
+        honour_umask(tmp)  # mkstemp's 0600 would keep a shared package from other users of the device
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -240,9 +295,12 @@ def _check_member(path: Path, m: tarfile.TarInfo, what: str) -> None:
         raise PackageError(f"{path}: member {m.name!r} is a sparse file (refused{': ' + what if what else ''})")
 
 
-def _tar_members(path: Path, tar: tarfile.TarFile) -> tuple[bytes, dict[str, Any], list[tarfile.TarInfo]]:
-    """The archive's manifest and its members, checked before a byte is written: the manifest first, then only
-    files it lists, each a regular member of exactly the size it declares, none twice."""
+def _tar_members(path: Path, tar: tarfile.TarFile) -> tuple[bytes, bytes | None, dict[str, Any], list[tarfile.TarInfo]]:
+    """The archive's manifest, its signature (the second member, when signed) and its members, checked before a
+    byte is written: the manifest first, then only files it lists, each a regular member of exactly the size it
+    declares, none twice."""
+    from device_sim.trust import MAX_SIGNATURE_BYTES
+
     members = tar.getmembers()
     if len(members) > _TAR_MAX_MEMBERS:
         raise PackageError(f"{path}: {len(members)} members; a package has at most {_TAR_MAX_MEMBERS}")
@@ -260,7 +318,18 @@ def _tar_members(path: Path, tar: tarfile.TarFile) -> tuple[bytes, dict[str, Any
     manifest = mf.parse(raw)
     files = manifest["files"]
     seen = {mf.MANIFEST}
-    for m in members[1:]:
+    rest = members[1:]
+    signature = None
+    if rest and rest[0].name == mf.SIGNATURE:
+        _check_member(path, rest[0], "a signature is a few hundred bytes")
+        if rest[0].size > MAX_SIGNATURE_BYTES:
+            raise PackageError(f"{path}: {mf.SIGNATURE} declares {rest[0].size} bytes (not a signature)")
+        src = tar.extractfile(rest[0])
+        assert src is not None
+        with src:
+            signature = src.read(rest[0].size)
+        rest = rest[1:]
+    for m in rest:
         if not mf.safe_name(m.name) or m.name in seen:
             raise PackageError(f"{path}: unsafe or duplicate member name {m.name!r}")
         _check_member(path, m, f"{mf.MANIFEST} lists {files[m.name]['size']} bytes" if m.name in files else "")
@@ -269,7 +338,7 @@ def _tar_members(path: Path, tar: tarfile.TarFile) -> tuple[bytes, dict[str, Any
         if m.size != files[m.name]["size"]:
             raise PackageError(f"{path}: {_size_problem(m.name, m.size, files[m.name]['size'])}")
         seen.add(m.name)
-    return raw, manifest, members[1:]
+    return raw, signature, manifest, rest
 
 
 def extract_tar(path: Path, into: Path) -> Verification:
@@ -282,8 +351,10 @@ def extract_tar(path: Path, into: Path) -> Verification:
     """
     try:
         with tarfile.open(path, mode="r:") as tar:
-            raw, manifest, members = _tar_members(path, tar)
+            raw, signature, manifest, members = _tar_members(path, tar)
             (into / mf.MANIFEST).write_bytes(raw)
+            if signature is not None:
+                (into / mf.SIGNATURE).write_bytes(signature)
             checks = []
             for m in members:
                 entry = manifest["files"][m.name]
@@ -302,7 +373,9 @@ def extract_tar(path: Path, into: Path) -> Verification:
     for name, entry in manifest["files"].items():
         if name not in present:
             checks.append(FileCheck(name, int(entry["size"]), None, False, f"{name}: missing from the package"))
-    return _verify_snapshot(into, path, manifest, checks)
+    result = _verify_snapshot(into, path, manifest, checks)
+    _trust_problem(raw, signature, manifest, result)
+    return result
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -334,6 +407,9 @@ def _snapshot(path: Path) -> tuple[Verification, tempfile.TemporaryDirectory]:
             result = _snapshot_directory(path, Path(tmp.name), path)
         else:
             result = extract_tar(path, Path(tmp.name))
+    except OSError as err:  # the temp directory is full or unwritable: name it (writes on a descriptor do not)
+        tmp.cleanup()
+        raise naming(err, tmp.name) from None
     except BaseException:
         tmp.cleanup()
         raise
@@ -351,12 +427,14 @@ def verify_package(path: str | Path) -> Verification:
     return result
 
 
-def load_package(path: str | Path, threads: int | None = None) -> DevicePackage:
+def load_package(path: str | Path, threads: int | None = None, record: bool = True) -> DevicePackage:
     """Open and fully verify a package (directory or ``.tar``); :class:`PackageError` names any bad file.
 
     The package is read once, into a private snapshot that the returned package uses for everything (the
     tokenizer, the trunk, the top): replacing ``path`` while a job runs cannot mix two versions.
-    ``threads`` is the default onnxruntime intra-op thread count of the sessions it creates.
+    ``threads`` is the default onnxruntime intra-op thread count of the sessions it creates. With a trust store
+    in force (:mod:`device_sim.trust`) the signature is checked too, and unless ``record`` is false the package's
+    release version becomes the lowest this device accepts for its release name.
     """
     path = Path(path)
     check_threads(threads)
@@ -364,7 +442,15 @@ def load_package(path: str | Path, threads: int | None = None) -> DevicePackage:
     try:
         result.raise_for_problems()
         assert result.manifest is not None
-        return DevicePackage(path, Path(tmp.name), result.manifest, threads, tmp)
+        package = DevicePackage(path, Path(tmp.name), result.manifest, threads, tmp)
+        if result.trusted and record:  # accepted for a job: from now on an older release of it is a rollback
+            from device_sim import trust
+
+            store = trust.active()
+            assert store is not None
+            store.record(result.manifest)
+        package.signer, package.trusted = result.signer, result.trusted
+        return package
     except BaseException:
         tmp.cleanup()
         raise
@@ -400,6 +486,29 @@ def external_data_locations(path: Path) -> list[str]:
     return found
 
 
+class PartSession:
+    """An onnxruntime session that reports a failure while it runs as one :class:`PackageError` naming the
+    package part (the graph file), instead of onnxruntime's multi-line message from deep inside a job."""
+
+    def __init__(self, session: ort.InferenceSession, part: str) -> None:
+        self._session = session
+        self._part = part
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._session.run(*args, **kwargs)
+        except Exception as err:
+            if not type(err).__module__.startswith("onnxruntime"):
+                raise
+            raise PackageError(
+                f"{self._part}: onnxruntime failed while running it ({one_line(err)}); the package's parts do not "
+                "fit each other: re-export it"
+            ) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 class DevicePackage:
     """A verified package, as a device uses it. Close it (or use ``with``) to free an extracted ``.tar``."""
 
@@ -416,6 +525,8 @@ class DevicePackage:
         self.manifest = manifest
         self.threads = threads
         self._tmp = tmp
+        self.signer: str | None = None  # set by load_package from the verification
+        self.trusted = False
         self._sessions: dict[tuple[str, int | None], ort.InferenceSession] = {}
         with self.reading(manifest["tokenizer"]["tokenizer"], manifest["tokenizer"]["encoder"]):
             self.encoder = TextEncoder.from_dir(root)
@@ -497,7 +608,7 @@ class DevicePackage:
                     f"({', '.join(files)}); refused"
                 )
         with self.reading(name):
-            return ort_session(path, threads, arena=arena)
+            return PartSession(ort_session(path, threads, arena=arena), f"{self.path}: {name}")  # type: ignore[return-value]
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 ``(input_ids, attention_mask)``, exactly as the server encoded them."""
@@ -596,6 +707,17 @@ class DevicePackage:
         """Predicted label of each text (see :meth:`predict_logits` for the options)."""
         logits = self.predict_logits(texts, **kwargs)
         return [self.labels[i] for i in logits.argmax(axis=1)]
+
+    def check_runnable(self) -> None:
+        """Open every graph and read every tensor a job may use (each precision's trunk, the ONNX top, the top's
+        weights and spec): what ``inspect`` adds to verification so that it refuses what a job would."""
+        for precision in self.precisions:
+            self.trunk_session(precision)
+        if self.manifest.get("top_onnx"):
+            self.top_session()
+        self.top_spec()
+        self.top_tensors()
+        self.release_sessions()
 
     # -- lifetime ------------------------------------------------------------------------------------------------
     def release_sessions(self) -> None:

@@ -39,8 +39,9 @@ import numpy as np
 from device_sim import schema
 from device_sim.errors import one_line
 from device_sim.manifest import SealedDocument, read_sealed, seal
+from device_sim.trust import PERSONAL_MAC, check_personal_mac, device_key, personal_mac
 from edgetune.errors import EdgetuneError
-from edgetune.io import atomic_directory, atomic_write_json, sha256_file
+from edgetune.io import atomic_directory, atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +79,12 @@ def package_identity(package: DevicePackage) -> dict[str, Any]:
     }
 
 
+# What must be equal for a state to belong to a package. ``backbone_id`` is recorded too but only for messages:
+# it is where the model was read from (a path), and the same weights exported from elsewhere are the same model.
+# ``files`` is compared as a whole, so an empty or partial table in a state never matches.
+IDENTITY_KEYS = ("backbone_hash", "cut", "num_layers", "labels", "files")
+
+
 def identity_digest(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -112,11 +119,18 @@ class PersonalState:
         return dict(self.manifest["package"])
 
     def check_package(self, package: DevicePackage) -> None:
-        """Refuse a package this state was not trained for, saying what differs."""
+        """Refuse a package this state was not trained for, saying what differs (the spec's identity rule: the
+        keys of :data:`IDENTITY_KEYS`, the file table naming exactly the package's feature and top files), and a
+        ``train_cut`` outside the package's top (both runtimes refuse it here, before either applies the state)."""
         mine, theirs = self.package, package_identity(package)
-        if mine == theirs:
+        differ = [key for key in IDENTITY_KEYS if mine.get(key) != theirs.get(key)]
+        if not differ:
+            if not package.cut <= self.train_cut <= package.num_layers:
+                raise PersonalStateError(
+                    f"{self.path}: train cut {self.train_cut} is outside this package's top (blocks "
+                    f"{package.cut + 1}..{package.num_layers}, train cut {package.cut}..{package.num_layers})"
+                )
             return
-        differ = [key for key in sorted(mine.keys() | theirs.keys()) if mine.get(key) != theirs.get(key)]
         if "files" in differ:
             names = sorted(mine["files"].keys() | theirs["files"].keys())
             files = [n for n in names if mine["files"].get(n) != theirs["files"].get(n)]
@@ -180,6 +194,9 @@ def write_personal_state(
             "files": {WEIGHTS: {"sha256": sha256_file(tmp / WEIGHTS), "size": (tmp / WEIGHTS).stat().st_size}},
         }
         atomic_write_json(tmp / MANIFEST, seal(manifest))
+        key = device_key()
+        if key is not None:  # bound to this device: another device's (or an edited) state is refused on read
+            atomic_write_bytes(tmp / PERSONAL_MAC, personal_mac(key, (tmp / MANIFEST).read_bytes()))
     return out
 
 
@@ -206,7 +223,9 @@ def read_personal_state(path: str | Path, framework: str = "pt") -> PersonalStat
             "a device package, not a personal state" if (path / "manifest.json").is_file() else "not a personal state"
         )
         raise PersonalStateError(f"{path}: {MANIFEST} missing ({what})")
-    manifest = _parse(path, manifest_path.read_bytes())
+    raw = manifest_path.read_bytes()
+    check_personal_mac(path, raw)
+    manifest = _parse(path, raw)
     entry = manifest["files"].get(WEIGHTS)
     weights = path / WEIGHTS
     if not isinstance(entry, dict) or not weights.is_file():
@@ -237,8 +256,6 @@ def load_personal_state(path: str | Path, package: DevicePackage) -> PersonalSta
     """Read and verify a personal state, and check that it belongs to ``package``."""
     state = read_personal_state(path)
     state.check_package(package)
-    if not package.cut <= state.train_cut <= package.num_layers:
-        raise PersonalStateError(f"{path}: train cut {state.train_cut} is outside this package's top")
     return state
 
 

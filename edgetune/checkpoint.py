@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edgetune import strict_json
-from edgetune.io import fsync_dir, fsync_tree, sha256_file
+from edgetune.io import fsync_dir, fsync_tree, honour_umask_tree, sha256_file
 
 
 @dataclass
@@ -108,6 +108,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
         files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         meta = {"identity": ckpt.identity, "state": asdict(ckpt.state), "files": files}
         (tmp / "state.json").write_text(strict_json.dumps(meta, indent=2))
+        honour_umask_tree(tmp)  # mkdtemp made it 0700 and safetensors writes 0600: give it the umask's modes
         fsync_tree(tmp)  # every file on disk before the rename publishes the directory
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

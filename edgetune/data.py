@@ -194,6 +194,12 @@ def _read_csv(path: Path, text: str) -> list[tuple[int, dict]]:
     except csv.Error as err:
         raise DataError(f"{path}: row 1: malformed CSV header ({err})") from None
     header = [h.strip() for h in header]
+    # dict(zip(...)) would let the last of two equal names win: a silently wrong column, so refuse it
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"{path}: row 1: column {name!r} appears more than once in the header; rename one")
+        seen.add(name)
     records = []
     try:
         for values in reader:
@@ -210,7 +216,10 @@ def _read_csv(path: Path, text: str) -> list[tuple[int, dict]]:
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
     records = []
-    for row, line in enumerate(text.splitlines(), start=1):
+    # Records end at "\n" only (JSON Lines): str.splitlines() would also break at U+2028, U+0085 and the other
+    # Unicode line separators, which a valid JSON string may hold raw.
+    for row, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

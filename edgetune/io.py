@@ -17,11 +17,13 @@ process left in the temp directory are removed by the next run
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -35,6 +37,63 @@ from edgetune.errors import EdgetuneError
 
 class OutputError(EdgetuneError):
     """An output cannot be written as asked: it is an input, it holds something else, another run writes it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the command stops before it publishes anything (exit 128 + the signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# The signal that asked this process to stop (0: none). Set by the CLI's handler; checked before every final
+# rename, so a KeyboardInterrupt that Python swallowed (raised inside a __del__) cannot let a run publish.
+_stop_signal = 0
+
+
+def request_stop(signum: int) -> None:
+    global _stop_signal
+    _stop_signal = signum
+
+
+def stop_requested() -> int:
+    return _stop_signal
+
+
+def check_not_stopped() -> None:
+    """Raise :class:`Interrupted` when a stop was asked for: called right before an output is published."""
+    if _stop_signal:
+        raise Interrupted(_stop_signal)
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; done once per write, immediately restored
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | Path, directory: bool = False) -> None:
+    """Give a file or directory made by mkstemp/mkdtemp (0600/0700) the mode an ordinary ``open``/``mkdir``
+    would have given it under the process umask, so a shared package is readable by whom the user intends."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def honour_umask_tree(root: str | Path) -> None:
+    """:func:`honour_umask` for a directory and everything in it (libraries such as safetensors write their
+    files through private temporaries too); executable files keep their execute bits."""
+    mask = _umask()
+    for here, _dirs, files in os.walk(root):
+        with contextlib.suppress(OSError):
+            os.chmod(here, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(here, name)
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode):
+                    os.chmod(path, (0o777 if info.st_mode & 0o111 else 0o666) & ~mask)
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,6 +118,16 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(root))
 
 
+def naming(err: OSError, path: str | Path) -> OSError:
+    """``err`` with ``path`` as its file name when it has none (a write or fsync on a descriptor names no file):
+    the command line prints it as one line naming where the disk was full."""
+    if err.filename is not None:
+        return err
+    named = type(err)(err.errno, err.strerror or str(err), str(path))
+    named.__cause__ = err
+    return named
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +137,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        honour_umask(tmp)
+        check_not_stopped()
         os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise naming(err, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -99,10 +174,15 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        honour_umask_tree(tmp)
+        fsync_tree(tmp)  # every file's bytes are on disk before the directory is renamed in
+        check_not_stopped()
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise naming(err, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_tree(tmp)  # every file's bytes are on disk before the directory is renamed in
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -241,6 +321,7 @@ def output_lock(out: str | Path, flag: str = "--out") -> Iterator[Path]:
     if int(os.environ.get("RANK", "0")) != 0:
         yield Path(out)
         return
+    check_not_in_package(out, flag)
     try:
         import fcntl
     except ImportError:  # pragma: no cover (no flock: no lock)
@@ -268,9 +349,14 @@ def output_lock(out: str | Path, flag: str = "--out") -> Iterator[Path]:
         return
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a lock name planted as a link must not make us truncate and write to its target
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
-            raise OutputError(f"{out}: cannot take the lock {lock.name} ({err.strerror})") from None
+            why = "it is a symbolic link" if err.errno == errno.ELOOP else err.strerror
+            raise OutputError(f"{out}: cannot take the lock {lock.name} ({why}); remove it and run again") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device opened under the lock's name
+            os.close(fd)
+            raise OutputError(f"{out}: the lock {lock.name} is not a plain file; remove it and run again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -301,6 +387,20 @@ def output_lock(out: str | Path, flag: str = "--out") -> Iterator[Path]:
         os.close(fd)
 
 
+PACKAGE_MARKER = "manifest.json"  # what makes a directory a device package (device_sim.manifest.MANIFEST)
+
+
+def check_not_in_package(out: str | Path, flag: str = "--out") -> None:
+    """Refuse an output placed inside a device package's directory: a package is exactly the files its manifest
+    lists, so a file written there would make the package refused until someone removed it."""
+    parent = Path(out).parent
+    if (parent / PACKAGE_MARKER).is_file():
+        raise OutputError(
+            f"{out}: is inside {parent}, a device package (it holds {PACKAGE_MARKER}); a package holds only the "
+            f"files its manifest lists, so write elsewhere (choose another {flag})"
+        )
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two paths name the same file (also through links); false when either does not exist."""
     try:
@@ -323,6 +423,7 @@ def check_output_file(
         if path is not None and (same_file(out, path) or os.path.abspath(out) == os.path.abspath(path)):
             raise OutputError(f"{out}: is also the command's {input_flag}; refusing to overwrite an input (choose "
                               f"another {flag})")  # fmt: skip
+    check_not_in_package(out, flag)
     if out.is_dir():
         raise OutputError(f"{out}: is a directory; {flag} names the {what} to write")
     if out.exists() and not (owned is not None and owned(out)):

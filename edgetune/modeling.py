@@ -255,7 +255,9 @@ class SequenceClassifier(nn.Module):
         return {
             "model_type": b.config.model_type,
             **b.top_spec(),
-            "hf_config": b.config.to_dict(),
+            # where the model was read from is not part of what it computes: with it, re-exporting the same model
+            # from another directory changed top.json's hash and so every personal state's identity
+            "hf_config": {k: v for k, v in b.config.to_dict().items() if k != "_name_or_path"},
             "cut": int(cut),
             "num_layers": b.num_layers,
             "hidden_size": b.hidden_size,

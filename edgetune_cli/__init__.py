@@ -73,11 +73,31 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (EdgetuneError, FileNotFoundError)
 
 
+def os_error_line(err: OSError) -> str:
+    """An operating-system error (disk full, permission, read-only file system) as one line naming the path."""
+    where = err.filename if err.filename is not None else "?"
+    if err.filename2 is not None:
+        where = f"{where} -> {err.filename2}"
+    return f"{where}: {err.strerror or err}"
+
+
+def interrupted(signum: int) -> typer.Exit:
+    """One line on stderr, and the shell's exit code for death by that signal (130 for SIGINT, 143 for SIGTERM):
+    whatever the command was writing was not published, and its temporary files were removed on the way out."""
+    import signal
+
+    name = signal.Signals(signum).name if signum else "SIGINT"
+    err_console.print(f"interrupted ({name}); nothing was written", highlight=False)
+    return typer.Exit(code=128 + (signum or signal.SIGINT))
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgetune.io import Interrupted, stop_requested
+
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except user_errors() as err:
             if os.environ.get("EDGETUNE_DEBUG"):
                 raise
@@ -86,21 +106,58 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except typer.BadParameter as err:  # a flag the command's own checks refuse: one line, not a usage box
             err_console.print(f"[bold red]error:[/] {escape(err.format_message())}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
+        except Interrupted as err:
+            raise interrupted(err.signum) from None
+        except OSError as err:
+            if os.environ.get("EDGETUNE_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {os_error_line(err)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        if stop_requested():  # an interrupt Python swallowed (raised inside a __del__) still ends the run as one
+            raise interrupted(stop_requested())
+        return result
 
     return wrapper
 
 
+def _on_signal(signum: int, _frame: Any) -> None:
+    from edgetune.io import Interrupted, request_stop
+
+    request_stop(signum)  # checked again before every final rename, in case this exception is swallowed
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM unwind the command like Ctrl-C does (temporary directories are removed on the way)."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+
+
 def _register() -> None:
-    from edgetune_cli import datasets_cmd, device_cmd, export_cmd, merge_cmd, plan_cmd, skip_cmd, swap_cmd, train_cmd
+    from edgetune_cli import (
+        datasets_cmd,
+        device_cmd,
+        export_cmd,
+        merge_cmd,
+        plan_cmd,
+        skip_cmd,
+        swap_cmd,
+        train_cmd,
+        trust_cmd,
+    )
 
     for module in (plan_cmd, train_cmd, export_cmd, device_cmd, swap_cmd, skip_cmd, merge_cmd, datasets_cmd):
         module.register(app)
+    trust_cmd.register(app)
 
 
 _register()
 
 
 def main() -> None:
+    install_signal_handlers()
     app(prog_name="edgetune")
 
 

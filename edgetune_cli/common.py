@@ -174,3 +174,22 @@ def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"choose one of {', '.join(RUNTIMES)}", param_hint="--runtime")
     return runtime
+
+
+TrustOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trust",
+        help="Run only packages signed by this public key or trust store (repeatable; default: the file "
+        "EDGETUNE_TRUST names, if set).",
+    ),
+]
+
+
+@contextlib.contextmanager
+def trusting(trust: list[Path] | None) -> Iterator[None]:
+    """The command's packages are checked against ``--trust`` (or ``EDGETUNE_TRUST``) while it runs."""
+    from device_sim.trust import trusting as use
+
+    with use(trust):
+        yield

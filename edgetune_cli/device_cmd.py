@@ -14,6 +14,7 @@ from edgetune_cli.common import (
     PackageOption,
     QuietTablesOption,
     RuntimeOption,
+    TrustOption,
     at_least_one,
     check_range,
     check_runtime,
@@ -23,6 +24,7 @@ from edgetune_cli.common import (
     locked_output,
     positive,
     predictions_csv,
+    trusting,
 )
 from edgetune_cli.config_options import ConfigOptions
 from edgetune_cli.tuner_opts import (
@@ -228,6 +230,7 @@ def personalize_command(
     trainer: TrainerOption = "torch",
     quiet: QuietTablesOption = False,
     legacy_backend: LegacyBackendOption = None,
+    trust: TrustOption = None,
 ) -> None:
     """Train the package's top layers on the user's data (trunk once in onnxruntime, top in torch or
     ExecuTorch) and write the personal state."""
@@ -237,7 +240,8 @@ def personalize_command(
     device_profile = resolve_profile(profile, threads, memory_mb, time_budget_s, gflops)
     config = personalize_config(ctx, select, tuner_name, tuner_params, int8, quiet)
     check_not_an_input(out, [("--data", data), ("--package", package)])
-    result = run_personalize(package, data, out, device_profile, threads, config, backend)
+    with trusting(trust):
+        result = run_personalize(package, data, out, device_profile, threads, config, backend)
     report_personalize(result, out, quiet)
 
 
@@ -311,10 +315,11 @@ def run_personalize(
                 raise
             raise ProfileError(f"{err}; run again with --cut {err.suggested_cut}", err.suggested_cut) from None
         except KeyboardInterrupt:
+            from edgetune.io import stop_requested
             from edgetune_cli import err_console
 
             err_console.print(f"interrupted; {out} is unchanged. Run the same command again to resume.")
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=128 + (stop_requested() or 2)) from None
 
 
 def report_personalize(result: Any, out: Path, quiet: bool) -> None:
@@ -349,6 +354,7 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass (with --data).")] = 32,
     runtime: RuntimeOption = "auto",
     legacy_backend: LegacyBackendOption = None,
+    trust: TrustOption = None,
 ) -> None:
     """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
     one text per line, each answered as soon as it is read."""
@@ -358,7 +364,11 @@ def predict_command(
     check_predict_flags(fmt, threads, batch_size, data, text, out, logits)
     precision = "int8" if int8 else "fp32"
     inputs = [("--data", data), ("--package", package), ("--personal", personal)]
-    with file_output(out, inputs, predictions_csv, "predictions CSV"), Device(package, threads=threads) as device:
+    with (
+        trusting(trust),
+        file_output(out, inputs, predictions_csv, "predictions CSV"),
+        Device(package, threads=threads) as device,
+    ):
         predictor = device.predictor(personal, precision, check_runtime(runtime))
         if data is not None:
             column = text_column or device.package.manifest["plan"].get("text_column", "text")
@@ -409,10 +419,28 @@ def predict_file(
 
 
 def predict_stdin(predictor: Any, fmt: str, logits: bool) -> None:
-    """Answer each non-blank line of stdin before reading the next (a stream, not a batch)."""
-    for line in sys.stdin:
+    """Answer each non-blank line of stdin before reading the next (a stream, not a batch).
+
+    Lines are read as bytes and decoded one by one: a line that is not UTF-8 is named on stderr and skipped
+    (the others are still answered), and the command then exits 2 so a pipeline sees that some were not."""
+    stream = getattr(sys.stdin, "buffer", None)
+    bad = 0
+    for number, raw in enumerate(stream if stream is not None else sys.stdin, start=1):
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad += 1
+                byte = raw[err.start]
+                typer.echo(f"error: stdin line {number}: not valid UTF-8 (byte 0x{byte:02x}); skipped", err=True)
+                continue
+        else:
+            line = raw
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
         typer.echo(_format(predictor(line), fmt, line, logits))
         sys.stdout.flush()
+    if bad:
+        typer.echo(f"error: {bad} line(s) of stdin were not valid UTF-8 and got no answer", err=True)
+        raise typer.Exit(code=2)

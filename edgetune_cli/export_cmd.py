@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from edgetune.formatting import accuracy, device_trains, human
+from edgetune_cli.common import TrustOption, trusting
 
 # The options of `export` whose declarations take more than a line.
 ModelCheckpointOption = Annotated[
@@ -131,6 +132,15 @@ def export_command(
     seed: Annotated[int, typer.Option(help="Seed of the validation split and the probe.")] = 0,
     skip_budget: SkipBudgetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
+    sign: Annotated[
+        Path | None, typer.Option("--sign", help="Sign the package with this private key (edgetune keygen).")
+    ] = None,
+    release: Annotated[
+        str | None, typer.Option("--release", help="Release name (needed with --sign): rollback is refused per name.")
+    ] = None,
+    release_version: Annotated[
+        int, typer.Option("--release-version", help="Release counter; a device refuses one lower than it has run.")
+    ] = 1,
 ) -> None:
     """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
     (safetensors), tokenizer and a manifest with every file's sha256."""
@@ -155,6 +165,9 @@ def export_command(
         text_column=text_column,
         label_column=label_column,
         skip_budget=skip_budget,
+        sign=sign,
+        release=release,
+        release_version=release_version if release else None,
     )
     result = export_package(model, plan, out, data, val_data, options, log=step_log(quiet), progress=not quiet)
     report_export(result)
@@ -205,9 +218,10 @@ def report_export(result: Any) -> None:
 def inspect_command(
     package: Annotated[Path, typer.Argument(help="Package directory or .tar to verify and describe.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+    trust: TrustOption = None,
 ) -> None:
     """Verify a package (schema, integrity seal, every file's size and sha256) and summarize it.
-    Exit code 1 when verification fails."""
+    Exit code 2 when verification fails (like every other refusal)."""
     import json
 
     from rich.markup import escape
@@ -215,7 +229,10 @@ def inspect_command(
     from device_sim.package import verify_package
     from edgetune_cli import console
 
-    result = verify_package(package)
+    with trusting(trust):
+        result = verify_package(package)
+        if result.ok:
+            result.problems.extend(_load_problems(package))
     if as_json and result.manifest is not None:
         console.print_json(json.dumps(result.manifest))
     elif result.manifest is not None:
@@ -224,8 +241,25 @@ def inspect_command(
     if not result.ok:
         for problem in result.problems:
             console.print(f"[bold red]FAILED:[/] {escape(problem)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=2)
+    if result.signer is not None:
+        how = "checked against the trusted keys" if result.trusted else "not checked: no --trust or EDGETUNE_TRUST"
+        console.print(f"signed by key {result.signer} ({how})", highlight=False)
     console.print(f"[bold green]verified:[/] {package}", highlight=False)
+
+
+def _load_problems(package: Path) -> list[str]:
+    """What loading the package for a job would refuse beyond verification (a graph or tensor file that matches
+    the manifest yet does not load): ``inspect`` says "verified" only where ``predict`` would run."""
+    from device_sim.errors import PackageError
+    from device_sim.package import load_package
+
+    try:
+        with load_package(package, record=False) as loaded:  # inspect checks; only a job's load is recorded
+            loaded.check_runnable()
+    except PackageError as err:
+        return [str(err)]
+    return []
 
 
 def _fmt_io(entries: list[dict[str, Any]]) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgetune.tables import fleet_summary
-from edgetune_cli.common import at_least_one, check_range, check_threads, locks_output
+from edgetune_cli.common import TrustOption, at_least_one, check_range, check_threads, locks_output, trusting
 from edgetune_cli.config_options import ConfigOptions
 
 METHOD_HELP = (
@@ -123,6 +123,7 @@ def swap_command(
             "after the swap is measured on them (default: on --data, which the swap itself used).",
         ),
     ] = None,
+    trust: TrustOption = None,
 ) -> None:
     """Carry a user's personalization from the old package to a new one. The old package and personal state
     are never modified: on any failure they stay in use, and nothing is written at --out."""
@@ -134,7 +135,8 @@ def swap_command(
     check_range("--fraction", fraction, 0, 1, low_open=True)
     check_range("--tune-epochs", tune_epochs, 0)
     config = swap_config(ctx, method, k, fraction, selection, silhouette, tune_epochs, tune_lr, ridge_alpha, form, seed)
-    result = swap(old, new, personal, data, out, config, threads=threads)
+    with trusting(trust):
+        result = swap(old, new, personal, data, out, config, threads=threads)
     reduction = result.flops_reduction
     console.print(
         f"swapped with {result.method} on {result.examples_used} of {result.num_examples} examples in "
@@ -143,9 +145,9 @@ def swap_command(
         + f"; wrote {out}",
         highlight=False,
     )
-    console.print(
-        swap_accuracy(old, new, personal, out, eval_data or data, eval_data is None, threads), highlight=False
-    )
+    with trusting(trust):
+        summary = swap_accuracy(old, new, personal, out, eval_data or data, eval_data is None, threads)
+    console.print(summary, highlight=False)
 
 
 def swap_accuracy(

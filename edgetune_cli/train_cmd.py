@@ -12,6 +12,7 @@ from edgetune_cli.common import (
     LegacyBackendOption,
     QuietTablesOption,
     RuntimeOption,
+    TrustOption,
     at_least_one,
     check_range,
     check_runtime,
@@ -19,6 +20,7 @@ from edgetune_cli.common import (
     deprecated_alias,
     file_output,
     positive,
+    trusting,
 )
 from edgetune_cli.config_options import ConfigOptions
 from edgetune_cli.tuner_opts import (
@@ -254,6 +256,7 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary.")] = False,
     runtime: RuntimeOption = "auto",
     legacy_backend: LegacyBackendOption = None,
+    trust: TrustOption = None,
 ) -> None:
     """Accuracy and macro-F1 on labelled data, of a trained model (--model) or of a device package with an
     optional personal state (--package [--personal])."""
@@ -267,7 +270,8 @@ def evaluate_command(
     check_threads(threads)
     at_least_one(batch_size=batch_size)
     inputs = [("--data", data), ("--model", model), ("--package", package), ("--personal", personal)]
-    with file_output(out, inputs, json_with_keys("accuracy", "macro_f1", "num_examples"), "metrics JSON"):
+    owned = json_with_keys("accuracy", "macro_f1", "num_examples")
+    with trusting(trust), file_output(out, inputs, owned, "metrics JSON"):
         _evaluate(
             data, model, package, personal, text_column, label_column, batch_size, int8, threads, out, quiet,
             check_runtime(runtime),

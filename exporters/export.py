@@ -36,10 +36,11 @@ import numpy as np
 from device_sim import manifest as mf
 from device_sim.package import is_package, write_tar
 from device_sim.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
+from device_sim.trust import load_signing_key, signature_document
 from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
 from edgetune.formatting import accuracy as percent
 from edgetune.formatting import stable_model_id
-from edgetune.io import atomic_directory, atomic_write_json, output_lock, recover
+from edgetune.io import atomic_directory, atomic_write_bytes, atomic_write_json, output_lock, recover
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.planner.plan import Plan
 from edgetune.tokenization import TextEncoder
@@ -96,9 +97,16 @@ class ExportOptions:
     targets: tuple[str, ...] = ("onnx",)  # onnx (always) + executorch (top_train.pte, top.pte)
     executorch_max_batch: int = 16  # largest batch the ExecuTorch programs accept (memory is planned for it)
     executorch_atol: float = 1e-5  # ExecuTorch vs torch: loss, logits, gradients
+    sign: Path | None = None  # an Ed25519 private key (edgetune keygen): write manifest.sig (device_sim.trust)
+    release: str | None = None  # release.name: the package lineage a device's rollback record is kept for
+    release_version: int | None = None  # release.version: a device refuses a lower one than it has accepted
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
+        if self.sign is not None and not self.release:
+            raise ExportError("a signed package needs a release name (--release NAME): rollback is refused per name")
+        if self.release_version is not None and self.release_version < 0:
+            raise ExportError(f"release version must be >= 0, got {self.release_version}")
         if self.optimize not in OPTIMIZE_LEVELS:
             raise ExportError(f"optimize must be one of {', '.join(OPTIMIZE_LEVELS)}, got {self.optimize!r}")
         if self.batch_size < 1 or self.executorch_max_batch < 1:
@@ -324,6 +332,10 @@ def _prepare_head(
 def _write_top_onnx(
     tmp: Path, top: TopModel, session: Any, encoder: TextEncoder, texts: list[str], options: ExportOptions
 ) -> dict[str, Any]:
+    # Export and check against the top the device's torch runtime builds from top.json + top.safetensors, not the
+    # server's module: transformers' SDPA attention skips GPT-2's scale_attn_by_inverse_layer_idx, so a graph
+    # traced from it matched its source (2.9e-6) while differing from the device's top by 0.012.
+    top = TopModel.load(tmp, TOP_NAME).eval()
     exported = export_top_onnx(top, tmp / TOP_ONNX_FILE, options.opset, options.external_data)
     hidden = [(run_trunk(session, ids, mask), mask) for ids, mask in verification_batches(encoder, texts)]
     parity = verify_top_onnx(top, exported.path, hidden, options.atol, options.threads)
@@ -632,6 +644,7 @@ def export_package(
     warnings: list[str] = []
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     out = _check_out(Path(out), options.tar)
+    signing_key = load_signing_key(options.sign) if options.sign is not None else None  # a bad key fails first
     with output_lock(out):  # one export per output; what a killed export left next to it is swept
         recover(out.parent, [out.name])
         fit_data, val = _load_data(data, val_data, plan, options)  # bad data fails before the model is loaded
@@ -667,7 +680,14 @@ def export_package(
                 )  # fmt: skip
             written = Written(trunk, parity, optimization, trunk_int8, top_onnx, executorch, validation)
             manifest = build_manifest(plan, source, fingerprint, skip, head, encoder, written, warnings, tmp)
+            if options.release:
+                manifest["release"] = {"name": options.release, "version": int(options.release_version or 1)}
             manifest = mf.seal(manifest)
             atomic_write_json(tmp / mf.MANIFEST, manifest)  # last: a directory without it is no package
+            if signing_key is not None:  # over the bytes just written, exactly as a device will read them
+                signed = signature_document((tmp / mf.MANIFEST).read_bytes(), signing_key)
+                atomic_write_bytes(tmp / mf.SIGNATURE, signed)
+                say(f"signed with key {signing_key.key_id[:16]} (release {options.release} "
+                    f"version {manifest['release']['version']})")  # fmt: skip
         say(f"wrote {out}")
         return ExportResult(out, manifest, warnings, time.perf_counter() - start)

@@ -19,7 +19,7 @@ def test_help_explains_every_flag():
     for flag in ("--model", "--plan", "--out", "--int8", "--top-onnx", "--tar", "--data", "--val-data", "--atol"):
         assert flag in result.output
     result = runner.invoke(app, ["inspect", "--help"])
-    assert result.exit_code == 0 and "Exit code 1" in result.output
+    assert result.exit_code == 0 and "Exit code 2" in result.output
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +63,10 @@ def test_inspect_fails_on_a_damaged_package(exported, tmp_path):
     data[-1] ^= 0xFF
     (pkg / "top.safetensors").write_bytes(bytes(data))
     result = runner.invoke(app, ["inspect", str(pkg)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "FAILED" in result.output and "top.safetensors: sha256 does not match" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path / "nowhere")])
-    assert result.exit_code == 1 and "no such package" in result.output
+    assert result.exit_code == 2 and "no such package" in result.output
 
 
 def test_export_tar_without_data_warns(exported, tiny_model_dir, tmp_path):

@@ -1,7 +1,7 @@
 """Fault injection: a package that changes under a running job, hostile archives, outputs that would overwrite
 inputs, interrupted runs, re-sealed but wrong files, numeric flags out of range.
 
-Every case must end in the correct result or one line with exit code 2 (``inspect``: exit 1 and FAILED lines):
+Every case must end in the correct result or one line with exit code 2 (``inspect``: exit 2 and FAILED lines):
 never a traceback, never a silent mix of two versions, never a lost input, and a re-run after a kill completes.
 The README's reliability table summarizes what this module tries.
 """
@@ -197,7 +197,7 @@ def test_a_sparse_archive_bomb_is_refused_before_anything_is_written(pkg, tmp_pa
     assert not verify_package(bomb).ok
     assert list(scratch.iterdir()) == []  # nothing was extracted, not even the manifest
     result = runner.invoke(app, ["inspect", str(bomb)])
-    assert result.exit_code == 1 and "FAILED" in result.output and "verified" not in result.output
+    assert result.exit_code == 2 and "FAILED" in result.output and "verified" not in result.output
 
 
 @pytest.mark.parametrize(
@@ -504,7 +504,7 @@ def test_a_resealed_manifest_without_what_readers_need_is_one_clear_error(pkg, e
     with pytest.raises(PackageError, match=message):
         load_package(pkg)
     result = runner.invoke(app, ["inspect", str(pkg)])
-    assert result.exit_code == 1 and "verified" not in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "verified" not in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["predict", "--package", str(pkg), "--text", "apple"])
     _one_line_exit_2(result)
 
@@ -514,23 +514,26 @@ def test_a_resealed_manifest_without_what_readers_need_is_one_clear_error(pkg, e
     [
         ("tokenizer.json", b'{"version": "1.0", "model": 7}', "load"),
         ("trunk.onnx", b"\x08\x07garbage that is not a protobuf model", "predict"),
-        ("top.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json header}", "predict"),
-        ("top.json", json.dumps({"cut": 1, "labels": ["alpha", "beta", "gamma"]}).encode(), "predict"),
+        ("top.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json header}", "load"),
+        ("top.json", json.dumps({"cut": 1, "labels": ["alpha", "beta", "gamma"]}).encode(), "load"),
     ],
     ids=["tokenizer", "onnx", "safetensors", "top-spec"],
 )
 def test_resealed_corrupt_files_are_one_line_naming_the_file(pkg, name, data, when):
     _reseal(pkg, files={name: data})
-    assert verify_package(pkg).ok  # the hashes match: only loading can tell
-    if when == "load":
-        with pytest.raises(PackageError, match=rf"{name}.*matches the manifest but cannot be loaded"):
+    if when == "load":  # the fit checks read the tokenizer, the top's tensors and its spec: verification tells
+        assert any(name in p for p in verify_package(pkg).problems)
+        with pytest.raises(PackageError, match=name):
             load_package(pkg)
-    else:
+    else:  # the hashes match and nothing but onnxruntime can read a graph: loading it tells
+        assert verify_package(pkg).ok
         with load_package(pkg) as package, pytest.raises(PackageError, match=rf"{name}.*cannot be loaded"):
             package.predict(TEXTS)
     result = runner.invoke(app, ["predict", "--package", str(pkg), "--text", "apple"])
     _one_line_exit_2(result)
     assert name in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["inspect", str(pkg)])  # inspect refuses whatever predict refuses
+    assert result.exit_code == 2 and "verified" not in result.output and name in result.output
 
 
 def test_onnx_external_data_outside_the_package_is_refused(pkg):
@@ -543,8 +546,9 @@ def test_onnx_external_data_outside_the_package_is_refused(pkg):
     tensor.data_location = onnx.TensorProto.EXTERNAL
     tensor.ClearField("raw_data")
     _reseal(pkg, files={"trunk.onnx": model.SerializeToString()})
-    with load_package(pkg) as package, pytest.raises(PackageError, match=r"external data '\.\./\.\./outside\.bin'"):
-        package.predict(TEXTS)
+    with pytest.raises(PackageError, match=r"external data '\.\./\.\./outside\.bin'"):
+        load_package(pkg)  # refused at load, by the same check inspect runs
+    assert any("outside.bin" in p for p in verify_package(pkg).problems)
 
 
 def test_a_resealed_personal_state_without_a_nested_key_is_refused(device_packages, tmp_path):

@@ -1,7 +1,8 @@
 """A device package reader written from docs/package-format.md alone.
 
-It imports none of edgetune's modules: only json, hashlib, numpy, tokenizers,
-safetensors and onnxruntime, as a third party's runtime would. The top runs
+It imports none of edgetune's modules: only json, hashlib, base64, numpy,
+tokenizers, safetensors, onnxruntime and (for signatures) cryptography's
+Ed25519, as a third party's runtime would. The top runs
 in ``top.onnx`` or, to check the document's block conventions, in numpy
 (tests/conformance/blocks.py). The
 conformance test (tests/test_conformance.py) checks that it reproduces
@@ -12,6 +13,7 @@ in the document.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -26,9 +28,45 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _sealed(path: Path) -> dict:
-    """A manifest (package or personal state) whose seal and file table check out."""
-    manifest = json.loads(path.read_text())
+def _ed25519_ok(key: bytes, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def check_signature(raw_manifest: bytes, signature_file: Path, trusted: list[bytes]) -> None:
+    """The document's "Signature" rules: a signer key reached from a trusted key through rotation certificates,
+    and its Ed25519 signature over manifest.json's bytes as read."""
+    if not signature_file.is_file():
+        raise ValueError("unsigned package")
+    sig = json.loads(signature_file.read_bytes())
+    if sig["format"] != "edgetune-package-signature" or sig["algorithm"] != "ed25519":
+        raise ValueError("not a package signature")
+    ids = {hashlib.sha256(k).hexdigest(): k for k in trusted}
+    for cert in sig.get("rotations", []):
+        old, new = ids.get(cert["signed_by"]), base64.b64decode(cert["key"])
+        if old is not None and _ed25519_ok(old, base64.b64decode(cert["signature"]),
+                                           b"edgetune-key-rotation-v1\n" + new):  # fmt: skip
+            ids[hashlib.sha256(new).hexdigest()] = new
+    signer = base64.b64decode(sig["key"])
+    if hashlib.sha256(signer).hexdigest() not in ids:
+        raise ValueError("signed by an untrusted key")
+    if not _ed25519_ok(signer, base64.b64decode(sig["signature"]), raw_manifest):
+        raise ValueError("signature does not match manifest.json")
+
+
+def _sealed(path: Path, trusted: list[bytes] | None = None) -> dict:
+    """A manifest (package or personal state) whose seal and file table check out (and, given trusted keys, its
+    signature)."""
+    raw = path.read_bytes()
+    if trusted is not None:
+        check_signature(raw, path.parent / "manifest.sig", trusted)
+    manifest = json.loads(raw)
     body = {k: v for k, v in manifest.items() if k != "integrity"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     if hashlib.sha256(canonical).hexdigest() != manifest["integrity"]["manifest_sha256"]:
@@ -41,9 +79,9 @@ def _sealed(path: Path) -> dict:
 
 
 class Reader:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, trusted: list[bytes] | None = None) -> None:
         self.root = Path(root)
-        self.manifest = _sealed(self.root / "manifest.json")
+        self.manifest = _sealed(self.root / "manifest.json", trusted)
         tok = self.manifest["tokenizer"]
         encoder = json.loads((self.root / tok["encoder"]).read_text())
         self.tokenizer = Tokenizer.from_file(str(self.root / tok["tokenizer"]))

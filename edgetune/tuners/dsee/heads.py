@@ -40,8 +40,40 @@ class HeadSlices:
     prunable: bool  # the module has transformers' prune_heads
 
 
+def _native_head_slices(block: nn.Module) -> HeadSlices | None:
+    """The layout of a block of :mod:`edgetune.native` (the device's torch top): the same attribute names as
+    transformers' blocks, but the head count lives on the block and there is no ``prune_heads``, so heads are
+    masked (their Q rows and O columns zeroed: the same output as removing them)."""
+    from edgetune import native
+
+    heads = getattr(block, "heads", None)
+    if isinstance(block, native.BertBlock):
+        s = block.attention.self
+        return HeadSlices(
+            block.attention, [(s.query, 0)], [(s.key, 0), (s.value, 0)], block.attention.output.dense, heads,
+            s.query.out_features // heads, False,
+        )  # fmt: skip
+    if isinstance(block, native.DistilBertBlock):
+        a = block.attention
+        return HeadSlices(a, [(a.q_lin, 0)], [(a.k_lin, 0), (a.v_lin, 0)], a.out_lin, heads,
+                          a.q_lin.out_features // heads, False)  # fmt: skip
+    if isinstance(block, native.GPT2Block):
+        a = block.attn
+        split = a.c_proj.weight.shape[-1]  # Conv1D(d, d): weight (in, out)
+        return HeadSlices(a, [(a.c_attn, 0)], [(a.c_attn, split), (a.c_attn, 2 * split)], a.c_proj, heads,
+                          split // heads, False)  # fmt: skip
+    if isinstance(block, native.LlamaBlock):
+        a = block.self_attn
+        kv = [(a.k_proj, 0), (a.v_proj, 0)] if block.kv_heads == heads else []
+        return HeadSlices(a, [(a.q_proj, 0)], kv, a.o_proj, heads, block.head_dim, False)
+    return None
+
+
 def head_slices(block: nn.Module, family: str) -> HeadSlices:
-    """Locate the attention of ``block`` (a block of ``family``)."""
+    """Locate the attention of ``block`` (a block of ``family``, from transformers or :mod:`edgetune.native`)."""
+    native_slices = _native_head_slices(block)
+    if native_slices is not None:
+        return native_slices
     if family in ("bert", "roberta"):
         att = block.attention
         s = att.self
