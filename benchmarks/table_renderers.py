@@ -27,28 +27,36 @@ PLANNER_LABELS = ("salf", "salf-argmax", "topk", "gradnorm", "autofreeze", "rand
 
 
 def planner_study(res: Result) -> str:
-    """One row per task (best cut, the oracle's cheapest cut within 1 point, each planner's picks), then the means."""
-    calibration = set(res["summary"].get("calibration", {}).get("tasks", []))
-    lines = _head(["task", "best (cut)", "oracle cheapest", *PLANNER_LABELS])
+    """One row per task (the oracle's best and cheapest-within-1-point cuts, SALF's stability, each planner's picks
+    with cost and points below the best), then each group's means with 95% intervals."""
+    calibration = set(res.get("calibration_tasks", []))
+    lines = _head(["task", "best (cut)", "oracle cheapest", "SALF same cut", *PLANNER_LABELS])
     for task, entry in res["tasks"].items():
+        st = entry["plans"]["stability"]
+        stable = f"{st['resample_mode_share']:.0%} resamples, {st['row_order_mode_share']:.0%} row orders"
+        role = "calibration" if task in calibration else "held out"
         if "analysis" not in entry:
+            lines.append(_row([f"{task} ({role})", "oracle running", "", stable, *[
+                "/".join(str(e["cut"]) for e in entry["plans"][label]) for label in PLANNER_LABELS]]))  # fmt: skip
             continue
         a = entry["analysis"]
         per_cut = {int(c): v for c, v in a["per_cut"].items()}
-        best_cut = max(per_cut, key=lambda c: per_cut[c]["accuracy_mean"])
         cheap = a["oracle_cheapest_cut"]
-        cells = [f"{task} ({'calibration' if task in calibration else 'held out'})",
-                 f"{a['best_accuracy']:.1f} ({best_cut})",
-                 f"cut {cheap} ({100 * per_cut[cheap]['backward_frac']:.0f}%)"]  # fmt: skip
+        cells = [f"{task} ({role})", f"{a['best_accuracy']:.1f} ({a['best_cut']})",
+                 f"cut {cheap} ({100 * per_cut[cheap]['backward_frac']:.0f}%)", stable]  # fmt: skip
         for label in PLANNER_LABELS:
             p = a["picks"][label]
-            cells.append(f"{'/'.join(map(str, p['cuts']))}: {100 * p['backward_frac']:.0f}%, -{p['below_best']:.1f}")
+            below = p["below_best"]
+            cells.append(f"{'/'.join(map(str, p['cuts']))}: {100 * p['backward_frac']:.0f}%, "
+                         f"-{below['mean']:.1f} [{below['low']:.1f}, {below['high']:.1f}]")  # fmt: skip
         lines.append(_row(cells))
-    for group, g in res["summary"].items():
-        cells = [f"**mean, {group.replace('_', ' ')}**", "", ""]
+    for group, g in res.get("summary", {}).items():
+        cells = [f"**mean, {group.replace('_', ' ')}** ({len(g['tasks'])} tasks)", "", "", ""]
         for label in PLANNER_LABELS:
-            cells.append(f"{100 * g[label]['backward_frac']:.0f}%, -{g[label]['below_best']:.1f} "
-                         f"(regret {g[label]['regret']:.1f})")  # fmt: skip
+            below, regret = g[label]["below_best"], g[label]["regret"]
+            cells.append(f"{100 * g[label]['backward_frac']:.0f}%, -{below['mean']:.1f} [{below['low']:.1f}, "
+                         f"{below['high']:.1f}], regret {regret['mean']:.1f} [{regret['low']:.1f}, "
+                         f"{regret['high']:.1f}]")  # fmt: skip
         lines.append(_row(cells))
     return "\n".join(lines)
 

@@ -163,3 +163,35 @@ def test_converged_prefix_by_hand():
     assert converged_prefix_cut(np.array([0.1, 0.2, 0.9, 0.05]), 75.0) == 2
     assert converged_prefix_cut(np.array([0.9, 0.1, 0.1, 0.1]), 50.0) == 0
     assert converged_prefix_cut(np.array([0.1, 0.1, 0.1, 0.1]), 50.0) == 4
+
+
+def _without_timings(p: Plan) -> dict:
+    d = p.to_dict()
+    d.pop("seconds"), d.pop("created_at")
+    for key in ("trace_seconds", "analysis_seconds"):
+        d["planner_params"]["fitted"].pop(key)
+    return d
+
+
+def test_row_order_does_not_change_the_plan(bert, train_csv):
+    from edgetune.data import TextDataset
+
+    data = load_dataset(train_csv)
+    first = plan(bert, data, planner_params={"sample_size": 24, "max_sample_size": 24}, progress=False)
+    for seed in (1, 2):
+        perm = np.random.default_rng(seed).permutation(len(data))
+        shuffled = TextDataset([data.texts[i] for i in perm], [data.labels[i] for i in perm], data.source)
+        again = plan(bert, shuffled, planner_params={"sample_size": 24, "max_sample_size": 24}, progress=False)
+        assert _without_timings(again) == _without_timings(first)
+    assert first.confidence is not None and 0 < first.confidence["chosen"] <= first.confidence["resamples"] == 200
+    assert abs(sum(r.chosen_share for r in first.rows) - 1.0) < 1e-9
+    assert all(r.predicted_loss_low <= r.predicted_loss_high for r in first.rows)
+
+
+def test_the_sample_grows_to_the_whole_set_by_default(bert, train_csv):
+    data = load_dataset(train_csv)
+    p = plan(bert, data, planner_params={"sample_size": 8}, progress=False)
+    tried = [t["sample_size"] for t in p.planner_params["fitted"]["samples_tried"]]
+    assert tried[0] == 8 and tried[-1] == len(data) and tried == sorted(tried)
+    early = plan(bert, data, planner_params={"sample_size": 8, "confidence": 0.0}, progress=False)
+    assert [t["sample_size"] for t in early.planner_params["fitted"]["samples_tried"]] == [8]

@@ -170,3 +170,39 @@ def test_default_sample_limit_lets_an_uncertain_plan_read_a_small_set_whole():
     assert cfg.sample_limit(1000) == 1000  # a third of an epoch affords every example of a small set
     assert cfg.sample_limit(200) == 200
     assert cfg.sample_limit(50_000) == cfg.max_sample_size == 2048
+
+
+def _noisy_evidence(rng: np.random.Generator, gap: float, n: int = 400, layers: int = 7):
+    """Per-example squared errors: the top's, and lower layers equal to it on average less ``gap``, each with
+    its own per-example noise (what a probe on a sample of ``n`` examples measures)."""
+    from edgetune.planner.evidence import LayerEvidence
+
+    top = rng.uniform(0.2, 0.4, n)
+    sq = np.stack([np.clip(top - gap + rng.normal(0, 0.25, n), 0, 2) for _ in range(layers - 1)] + [top])
+    return LayerEvidence(np.zeros_like(sq, bool), sq, [1.0] * layers)
+
+
+def test_a_noisy_curve_does_not_flip_the_decision():
+    from edgetune.planner.base import best_cut
+    from edgetune.planner.salf import SALFPlanner
+
+    units = block_units([1] * 6)[-1] - block_units([1] * 6)
+    planner = SALFPlanner(SALFConfig(resamples=0))
+    allowed = np.ones(7, bool)
+    chosen = {}
+    for gap in (0.0, 0.25):  # nothing recoverable; a lower layer clearly better
+        cuts = set()
+        for draw in range(20):
+            losses, _ = planner._losses(_noisy_evidence(np.random.default_rng(draw), gap), units, seed=0)
+            cuts.add(best_cut(cheapest_within(losses, 1.0, allowed)))
+        assert len(cuts) == 1, (gap, cuts)
+        chosen[gap] = cuts.pop()
+    assert chosen[0.0] == 5 and chosen[0.25] < 3  # one block when nothing is recoverable, deep when much is
+    # without the standard-error margin, the same noise moves the zero-gap task's cut
+    naive = SALFPlanner(SALFConfig(resamples=0, recoverable_margin=0.0))
+    cuts = {
+        best_cut(cheapest_within(naive._losses(_noisy_evidence(np.random.default_rng(d), 0.0), units, 0)[0], 1.0,
+                                 allowed))
+        for d in range(20)
+    }  # fmt: skip
+    assert len(cuts) > 1
