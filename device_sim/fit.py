@@ -39,7 +39,7 @@ def external_data_problems(root: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _positions(spec: dict[str, Any]) -> int | None:
+def token_positions(spec: dict[str, Any]) -> int | None:
     """How many token positions the trunk has, when they are a learned table (None: rotary or unknown)."""
     config = spec.get("hf_config") or {}
     family = str(spec.get("family") or spec.get("model_type") or "")
@@ -68,7 +68,7 @@ def tokenizer_problems(root: Path, manifest: dict[str, Any], spec: dict[str, Any
         problems.append(
             f"{names['encoder']}: max_length {max_length!r} differs from the manifest's {names.get('max_length')!r}"
         )
-    positions = _positions(spec)
+    positions = token_positions(spec)
     if positions is not None and isinstance(max_length, int) and max_length > positions:
         problems.append(
             f"{names['encoder']}: max_length {max_length} is more than the trunk's {positions} token positions"

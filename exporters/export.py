@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from device_sim import manifest as mf
+from device_sim.fit import token_positions
 from device_sim.package import is_package, write_tar
 from device_sim.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
 from device_sim.trust import load_signing_key, signature_document
@@ -195,6 +196,13 @@ def check_plan(source: Source, plan: Plan) -> str:
     if list(source.classifier.labels) != list(plan.labels):
         raise ExportError(
             f"{source.path}: the classifier's labels {source.classifier.labels} differ from the plan's {plan.labels}"
+        )
+    config = source.classifier.backbone.config
+    positions = token_positions({"family": config.model_type, "hf_config": config.to_dict()})
+    if positions is not None and plan.max_length > positions:  # the device would refuse such a package
+        raise ExportError(
+            f"the plan's max_length {plan.max_length} is more than {source.path}'s {positions} token positions; "
+            f"re-run `edgetune plan --max-length {positions}` (or less)"
         )
     return fingerprint
 

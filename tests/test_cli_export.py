@@ -100,3 +100,22 @@ def test_bad_data_fails_before_any_work(exported, tmp_path):
     assert "row 3: label 'omega'" in result.output and not (tmp_path / "pkg").exists()
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "pkg"), "--val-fraction", "1.5"])
     assert result.exit_code == 2 and "--val-fraction" in result.output
+
+
+def test_export_refuses_a_plan_longer_than_the_models_positions(tiny_model_dir, train_csv, tmp_path):
+    """A package whose max_length the trunk has no positions for would be refused on every device: refuse it at
+    export, in one line that says what to do."""
+    from typer.testing import CliRunner
+
+    from edgetune_cli import app
+
+    model = tiny_model_dir("bert")
+    runner = CliRunner()
+    plan = tmp_path / "plan.json"
+    done = runner.invoke(app, ["plan", "--model", str(model), "--data", str(train_csv), "--out", str(plan), "-q"])
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(app, ["export", "--model", str(model), "--plan", str(plan), "--data", str(train_csv),
+                               "--out", str(tmp_path / "pkg")])  # fmt: skip
+    assert done.exit_code == 2
+    assert "token positions" in done.output and "--max-length" in done.output
+    assert not (tmp_path / "pkg").exists()

@@ -53,7 +53,7 @@ def test_a_clean_run_prints_nothing_on_stderr_but_progress(tiny_model_dir, tmp_p
     user = write_csv(tmp_path / "user.csv", synthetic_rows(60, seed=3))
     plan, pkg, personal = tmp_path / "plan.json", tmp_path / "pkg", tmp_path / "personal"
     steps = [
-        ("plan", "--model", str(model), "--data", str(train), "--out", str(plan)),
+        ("plan", "--model", str(model), "--data", str(train), "--out", str(plan), "--max-length", "32"),
         ("export", "--model", str(model), "--plan", str(plan), "--data", str(train), "--out", str(pkg)),
         ("personalize", "--package", str(pkg), "--data", str(user), "--out", str(personal), "--threads", "1"),
         ("predict", "--package", str(pkg), "--personal", str(personal), "--text", "apple juice"),
