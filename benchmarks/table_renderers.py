@@ -26,6 +26,11 @@ def _head(cells: list[str]) -> list[str]:
 PLANNER_LABELS = ("salf", "salf-argmax", "topk", "gradnorm", "autofreeze", "random", "full")
 
 
+def _pt(x: float) -> str:
+    """Points with one decimal, without a negative zero."""
+    return f"{round(x, 1) + 0.0:.1f}"
+
+
 def planner_study(res: Result) -> str:
     """One row per task (the oracle's best and cheapest-within-1-point cuts, SALF's stability, each planner's picks
     with cost and points below the best), then each group's means with 95% intervals."""
@@ -48,15 +53,15 @@ def planner_study(res: Result) -> str:
             p = a["picks"][label]
             below = p["below_best"]
             cells.append(f"{'/'.join(map(str, p['cuts']))}: {100 * p['backward_frac']:.0f}%, "
-                         f"-{below['mean']:.1f} [{below['low']:.1f}, {below['high']:.1f}]")  # fmt: skip
+                         f"{_pt(below['mean'])} below [{_pt(below['low'])}, {_pt(below['high'])}]")  # fmt: skip
         lines.append(_row(cells))
     for group, g in res.get("summary", {}).items():
         cells = [f"**mean, {group.replace('_', ' ')}** ({len(g['tasks'])} tasks)", "", "", ""]
         for label in PLANNER_LABELS:
             below, regret = g[label]["below_best"], g[label]["regret"]
-            cells.append(f"{100 * g[label]['backward_frac']:.0f}%, -{below['mean']:.1f} [{below['low']:.1f}, "
-                         f"{below['high']:.1f}], regret {regret['mean']:.1f} [{regret['low']:.1f}, "
-                         f"{regret['high']:.1f}]")  # fmt: skip
+            cells.append(f"{100 * g[label]['backward_frac']:.0f}%, {_pt(below['mean'])} below "
+                         f"[{_pt(below['low'])}, {_pt(below['high'])}], regret {_pt(regret['mean'])} "
+                         f"[{_pt(regret['low'])}, {_pt(regret['high'])}]")  # fmt: skip
         lines.append(_row(cells))
     return "\n".join(lines)
 
