@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from edgetune.formatting import display_name
+from edgetune.formatting import display_name, stable_model_id
 from edgetune.io import atomic_write_bytes
 from edgetune.planner.plan import Plan
 
@@ -42,8 +42,9 @@ def plot_plan(plan: Plan, path: str | Path) -> Path:
         _plot_predicted_loss(axes[1][0], plan)
         _plot_confidence(axes[1][1], plan)
     fig.subplots_adjust(wspace=0.42, hspace=0.5)
+    name = display_name(stable_model_id(plan.model_id))
     fig.suptitle(
-        f"Where to fine-tune {display_name(plan.model_id)} ({plan.model_type}, {plan.num_layers} blocks) on "
+        f"Where to fine-tune {name} ({plan.model_type}, {plan.num_layers} blocks) on "
         f"{len(plan.labels)} labels: {_chosen_words(plan)}",
         fontsize=11,
     )
@@ -131,7 +132,8 @@ def _plot_predicted_loss(ax, plan: Plan) -> None:
         ax.plot([100 * chosen.backward_frac], [chosen.predicted_loss], "o", color="red", ms=10, label="chosen cut")
     tolerance = plan.planner_params.get("tolerance")
     if tolerance is not None and plan.planner_params.get("policy", "cheapest") == "cheapest":
-        ax.axhline(tolerance, color="grey", ls="--", lw=1, label=f"tolerance {tolerance:g} points")
+        unit = "point" if tolerance == 1 else "points"
+        ax.axhline(tolerance, color="grey", ls="--", lw=1, label=f"tolerance {tolerance:g} {unit}")
     ax.set_xlabel("backward FLOPs, % of full fine-tuning")
     ax.set_ylabel("predicted accuracy loss vs the best cut (points)")
     ax.set_title("predicted loss vs cost: the cheapest cut under the line wins", fontsize=10)
