@@ -309,6 +309,9 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=10, help="SALF runs with other seeds (calibration samples).")
     ap.add_argument("--row-orders", type=int, default=5, help="SALF runs on shuffled training rows.")
     ap.add_argument("--fit", action="store_true", help="Print the loss law fitted on the calibration tasks.")
+    ap.add_argument("--reuse-plans", action="store_true",
+                    help="Take each task's planner runs from --out (the planners did not change) and redo the analysis "
+                    "on the oracle as it is now.")  # fmt: skip
     args = ap.parse_args()
     hold_lock(args.lock)
     load_start = load_average()
@@ -320,6 +323,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     backbone, encoder = load_model(backbone_path(args.backbone), args.max_length)
+    stored = json.loads(args.out.read_text()).get("tasks", {}) if args.reuse_plans and args.out.exists() else {}
     results: dict[str, Any] = {"tasks": {}}
     draws: dict[str, Any] = {}
     for task in args.tasks:
@@ -328,7 +332,7 @@ def main() -> None:
         train_size = store.get("split", {}).get("train", args.train)
         cost = CostConfig(seq_len=args.max_length, batch_size=args.batch_size, num_examples=train_size,
                           epochs=args.epochs)  # fmt: skip
-        plans = run_planners(task, args, backbone, encoder, cost)
+        plans = stored[task]["plans"] if task in stored else run_planners(task, args, backbone, encoder, cost)
         entry: dict[str, Any] = {"plans": plans, "split": store.get("split")}
         table = oracle_table(store, args.seeds)
         if table is not None:
