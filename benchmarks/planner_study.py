@@ -127,9 +127,12 @@ def _mode_share(cuts: list[int]) -> float | None:
 
 
 # -- analysis -----------------------------------------------------------------------------------------------------
-def analyse(table: dict[int, dict[str, Any]], plans: dict[str, Any], seeds: list[int], tolerance: float) -> dict:
+def analyse(
+    table: dict[int, dict[str, Any]], plans: dict[str, Any], seeds: list[int], tolerance: float
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Oracle summary, and per planner: accuracy, cost, points below the best cut and regret, each with its
-    bootstrap interval (paired: every cut is scored on the same seeds and test examples)."""
+    bootstrap interval (paired: every cut is scored on the same seeds and test examples). Also returns each
+    planner's bootstrap draws of points below the best and of regret, for the group means."""
     cuts = sorted(table)
     best = max(cuts, key=lambda c: table[c]["accuracy"])
     cheapest = max(c for c in cuts if table[c]["accuracy"] >= table[best]["accuracy"] - tolerance)
@@ -139,10 +142,12 @@ def analyse(table: dict[int, dict[str, Any]], plans: dict[str, Any], seeds: list
     out: dict[str, Any] = {"best_cut": best, "best_accuracy": table[best]["accuracy"], "oracle_cheapest_cut": cheapest,
                            "per_cut": {c: {k: v for k, v in table[c].items() if k != "correct"} | {
                                "backward_frac": plans["backward_frac"][c]} for c in cuts}, "picks": {}}  # fmt: skip
+    draws_by_planner: dict[str, dict[str, np.ndarray]] = {}
     for label, chosen in picks.items():
         pick_draws = draws[:, chosen].mean(axis=1)  # each seed's pick, averaged over seeds (seed order as run)
         below = draws[:, best] - pick_draws
         regret = draws[:, cheapest] - pick_draws
+        draws_by_planner[label] = {"below": below, "regret": regret}
         out["picks"][label] = {
             "cuts": chosen,
             "accuracy": float(np.mean([table[c]["accuracy"] for c in chosen])),
@@ -152,7 +157,7 @@ def analyse(table: dict[int, dict[str, Any]], plans: dict[str, Any], seeds: list
             "seconds": float(np.mean([e["seconds"] for e in plans[label]])),
         }
     out["full_epoch_seconds"] = table[0]["epoch_seconds"]
-    return out
+    return out, draws_by_planner
 
 
 def _bootstrap_accuracy(correct: np.ndarray, draws: int, seed: int) -> np.ndarray:
@@ -192,18 +197,6 @@ def summarize(analysed: dict[str, dict], calibration: list[str], draws_by_task: 
                 "below_best": _interval(float(np.mean([p["below_best"]["mean"] for p in picks])), below),
                 "regret": _interval(float(np.mean([p["regret"]["mean"] for p in picks])), regret),
             }
-    return out
-
-
-def task_draws(table: dict[int, dict], analysis: dict) -> dict[str, dict[str, np.ndarray]]:
-    """The bootstrap draws of points below the best cut and of regret, per planner (for the group means)."""
-    cuts = sorted(table)
-    draws = _bootstrap_accuracy(np.stack([table[c]["correct"] for c in cuts]), BOOTSTRAP, seed=0)
-    best, cheapest = analysis["best_cut"], analysis["oracle_cheapest_cut"]
-    out = {}
-    for label, pick in analysis["picks"].items():
-        mean_pick = draws[:, pick["cuts"]].mean(axis=1)
-        out[label] = {"below": draws[:, best] - mean_pick, "regret": draws[:, cheapest] - mean_pick}
     return out
 
 
@@ -336,8 +329,7 @@ def main() -> None:
         entry: dict[str, Any] = {"plans": plans, "split": store.get("split")}
         table = oracle_table(store, args.seeds)
         if table is not None:
-            entry["analysis"] = analyse(table, entry["plans"], args.seeds, args.tolerance)
-            draws[task] = task_draws(table, entry["analysis"])
+            entry["analysis"], draws[task] = analyse(table, entry["plans"], args.seeds, args.tolerance)
             plot(task, entry, args.out.with_name(f"planner_study_{task}.png"))
         results["tasks"][task] = entry
         print(progress_line(task, entry), flush=True)
