@@ -63,6 +63,17 @@ def planner_study(res: Result) -> str:
                          f"[{_pt(below['low'])}, {_pt(below['high'])}], regret {_pt(regret['mean'])} "
                          f"[{_pt(regret['low'])}, {_pt(regret['high'])}]")  # fmt: skip
         lines.append(_row(cells))
+        versus = g.get("salf_vs")
+        if versus:  # SALF's accuracy and cost against each planner, paired on the same draws
+            cells = [f"SALF minus planner, {group.replace('_', ' ')}", "", "", ""]
+            for label in PLANNER_LABELS:
+                if label not in versus:
+                    cells.append("")
+                    continue
+                gain = versus[label]["accuracy_gain"]
+                cells.append(f"{_pt(gain['mean'])} points [{_pt(gain['low'])}, {_pt(gain['high'])}], "
+                             f"{100 * versus[label]['cost_difference']:+.0f}% FLOPs")  # fmt: skip
+            lines.append(_row(cells))
     return "\n".join(lines)
 
 
