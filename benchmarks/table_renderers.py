@@ -41,8 +41,8 @@ def planner_study(res: Result) -> str:
         stable = f"{st['resample_mode_share']:.0%} resamples, {st['row_order_mode_share']:.0%} row orders"
         role = "calibration" if task in calibration else "held out"
         if "analysis" not in entry:
-            lines.append(_row([f"{task} ({role})", "oracle running", "", stable, *[
-                "/".join(str(e["cut"]) for e in entry["plans"][label]) for label in PLANNER_LABELS]]))  # fmt: skip
+            picks = ["/".join(str(e["cut"]) for e in entry["plans"].get(label, [])) for label in PLANNER_LABELS]
+            lines.append(_row([f"{task} ({role})", "oracle running", "", stable, *picks]))
             continue
         a = entry["analysis"]
         per_cut = {int(c): v for c, v in a["per_cut"].items()}
