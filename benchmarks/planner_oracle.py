@@ -13,7 +13,9 @@ and the other seeds train at that rate. Every cut trains every seed, so a planne
 any other cut seed by seed (paired).
 
 Each task's runs go to ``<out-dir>/<backbone>-<task>.json`` as they finish, so a killed run resumes and
-several processes can run different tasks side by side. ``benchmarks/planner_study.py`` reads these files.
+several processes can run different tasks side by side. One task can be split over processes too: each trains
+some ``--cuts`` into its own ``--out`` directory, then ``--merge-from DIR`` adds DIR's runs of the same task and
+settings to ``--out``'s file. ``benchmarks/planner_study.py`` reads these files.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def oracle(task: str, args, store: dict[str, Any], save) -> None:
     L = backbone.num_layers
     steps = run_steps(len(train), args.batch_size, args.epochs)
     for cut in range(L, -1, -1):
+        if args.cuts is not None and cut not in args.cuts:
+            continue
         grid = lr_candidates(L - cut, L, steps=steps)
         if L - cut > args.deep_from:  # deep cuts cost the most: no x1/3 candidate
             grid = grid[1:]
@@ -149,6 +153,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--deep-from", type=int, default=4, help="Cuts training more blocks than this search 2 rates.")
+    ap.add_argument("--cuts", nargs="+", type=int, default=None, help="Train only these cuts (default: every cut).")
+    ap.add_argument("--merge-from", type=Path, default=None,
+                    help="Instead of training: add the runs stored in this directory to --out's files.")  # fmt: skip
     args = ap.parse_args()
     load_start = load_average()
 
@@ -158,7 +165,8 @@ def main() -> None:
     for task in args.tasks:
         path = oracle_file(args.out, args.backbone, task)
         store: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        settings = {k: v for k, v in vars(args).items() if k not in ("out", "lock", "tasks", "threads")}
+        settings = {k: v for k, v in vars(args).items()
+                    if k not in ("out", "lock", "tasks", "threads", "cuts", "merge_from")}  # fmt: skip
         if store.get("settings", settings) != settings:
             raise SystemExit(f"{path}: stored with other settings {store['settings']}; use another --out")
         store["settings"] = settings
@@ -167,9 +175,26 @@ def main() -> None:
             store["machine"] = machine_record(load_start, args.threads)
             write_json(path, store)
 
-        print(f"oracle: {args.backbone} {task}", flush=True)
-        oracle(task, args, store, save)
+        if args.merge_from is not None:
+            merge_runs(store, oracle_file(args.merge_from, args.backbone, task))
+        else:
+            print(f"oracle: {args.backbone} {task}", flush=True)
+            oracle(task, args, store, save)
         save()
+
+
+def merge_runs(store: dict[str, Any], other_path: Path) -> None:
+    """Add the runs of ``other_path`` (the same task, trained with the same settings by another process) that
+    ``store`` lacks."""
+    other = json.loads(other_path.read_text())
+    if other["settings"] != store["settings"]:
+        raise SystemExit(f"{other_path}: stored with other settings {other['settings']}")
+    runs = store.setdefault("runs", [])
+    have = {(r["cut"], r["seed"], r["lr"], r["head_lr"]) for r in runs}
+    added = [r for r in other["runs"] if (r["cut"], r["seed"], r["lr"], r["head_lr"]) not in have]
+    runs.extend(added)
+    store.setdefault("split", other.get("split"))
+    print(f"merged {len(added)} runs from {other_path}", flush=True)
 
 
 if __name__ == "__main__":
