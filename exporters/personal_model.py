@@ -6,8 +6,9 @@ inputs) and a personal state holds only what training changed. Tools outside edg
 ``input_ids`` and ``attention_mask`` to ``logits``, a ``config.json`` with the labels, and tokenizer files. This
 module writes exactly that:
 
-* ``model.onnx`` — the package's trunk graph followed by its top graph, the top's tensors baked in as
-  initializers: the tensors of the torch top that ``edgetune predict`` runs with the state merged
+* ``model.onnx`` — the package's trunk graph followed by its top graph (``top.onnx``; for a package exported
+  without it, the same graph exported here from the torch top), the top's tensors baked in as initializers:
+  the tensors of the torch top that ``edgetune predict`` runs with the state merged
   (:meth:`device_sim.device.Device.top`), so every kind of state the torch top applies is merged the same way
   (``full``, head only, ``lora``, ``roselora``, ``dsee`` pruned or not, ``fala`` in both forms,
   ``kept_global``); a state whose merged top has tensors the graph does not read is refused;
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from device_sim.personal import PersonalStateError
-from edgetune.io import atomic_directory, check_output_dir, output_lock, recover, sha256_file
+from edgetune.io import atomic_directory, check_output_dir, output_lock, private_tempdir, recover, sha256_file
 from exporters.errors import ExportError, ParityError
 from exporters.onnx_trunk import DEFAULT_ATOL, EXTERNAL_DATA_BYTES, top_tensor_names
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     import onnx
 
     from device_sim.device import Device
+    from edgetune.modeling import TopModel
 
 MODEL_FILE = "model.onnx"
 MODEL_DATA = "model.onnx_data"  # the name optimum looks for next to model.onnx
@@ -180,14 +182,12 @@ def verification_texts(device: Device, n: int = 12, seed: int = 0) -> list[str]:
     return texts
 
 
-def merged_top_tensors(device: Device, state: Any) -> dict[str, np.ndarray]:
-    """The top's tensors with the state merged, as the torch top that ``predict`` runs holds them, named as the
-    ONNX top's inputs; a state that leaves tensors the graph cannot read is refused."""
-    top = device.top(state, merged=True)
+def merged_top_tensors(top: TopModel, graph: onnx.ModelProto, state: Any) -> dict[str, np.ndarray]:
+    """The torch ``top``'s tensors (the state merged), named as the top graph's tensor inputs; a state whose
+    merged top has tensors the graph does not read, or lacks some it does, is refused."""
     params = dict(top.named_parameters())
-    names = top_tensor_names(top)
-    tensors = {name: params[name].detach().float().numpy() for name in names}
-    expected = {i.name for i in device.package.top_session().get_inputs()[2:]}
+    tensors = {name: params[name].detach().float().numpy() for name in top_tensor_names(top)}
+    expected = {i.name for i in graph.graph.input[2:]}  # after hidden_state and attention_mask
     if set(tensors) != expected:
         extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
         raise PersonalStateError(
@@ -221,16 +221,25 @@ def verify_model(device: Device, state: Any, path: Path, texts: list[str], atol:
     return worst
 
 
-def _load_graphs(device: Device) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+def load_graphs(device: Device, top: TopModel, scratch: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The package's trunk graph and its top graph (tensors as inputs): ``top.onnx`` when the package has one,
+    else ``top`` exported here the way the exporter writes ``top.onnx`` (into ``scratch``)."""
     import onnx
+
+    from exporters.onnx_trunk import export_top_onnx
 
     package = device.package
     trunk = package.manifest["trunk"]["file"]
-    top = package.onnx_top_entry()["file"]
-    device.package.top_session()  # opens the top as the device does: its external data must be package files
-    device.package.trunk_session()
-    with package.reading(trunk, top):
-        return onnx.load(str(package.file(trunk))), onnx.load(str(package.file(top)))
+    package.trunk_session()  # opened as the device opens it: its external data must be the package's own files
+    if package.manifest.get("top_onnx"):
+        name = package.onnx_top_entry()["file"]
+        package.top_session()
+        path = package.file(name)
+    else:  # exported without --top-onnx: the same graph, from the torch top that predict runs
+        path = export_top_onnx(top, scratch / "top.onnx").path
+        name = "top.onnx (exported from the torch top)"
+    with package.reading(trunk, name):
+        return onnx.load(str(package.file(trunk))), onnx.load(str(path))
 
 
 def export_personal_model(
@@ -254,9 +263,10 @@ def export_personal_model(
         check_output_dir(out, [("--package", package), ("--personal", personal)], [INFO_FILE], "personalized model")
         with Device(package, threads=threads) as device:
             state = device.load_personal(personal)  # verified, and refused when it belongs to another package
-            tensors = merged_top_tensors(device, state)
-            trunk, top = _load_graphs(device)
-            model = compose_model(trunk, top, tensors)
+            top = device.top(state, merged=True)
+            with private_tempdir("edgetune-personal-model-") as scratch:
+                trunk, graph = load_graphs(device, top, Path(scratch))
+                model = compose_model(trunk, graph, merged_top_tensors(top, graph, state))
             texts = verification_texts(device)
             with atomic_directory(out) as tmp:
                 files = _save(model, tmp / MODEL_FILE)

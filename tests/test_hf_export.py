@@ -174,3 +174,21 @@ def test_help_explains_the_command():
     assert result.exit_code == 0
     for words in ("--package", "--personal", "--out", "ORTModelForSequenceClassification", "pipeline"):
         assert words in result.output
+
+
+@pytest.mark.slow
+def test_a_package_without_the_onnx_top_gets_its_top_exported(states, device_packages, tiny_model_dir, tmp_path):
+    """A package exported with --no-top-onnx: the top graph is exported from the torch top on the spot, and the
+    model still answers as predict does."""
+    from device_sim.runtime import ort_session
+    from exporters.personal_model import export_personal_model
+    from tests.devices import export_probe_package
+
+    package = export_probe_package(tiny_model_dir("bert"), tmp_path / "pkg")  # the same model: states still fit
+    assert "top.onnx" not in {p.name for p in package.iterdir()}
+    export_personal_model(package, states["lora"], tmp_path / "model", threads=1)
+    with Device(package) as device:
+        ids, mask = device.package.encode(TEXTS)
+        want = device.predict_logits(TEXTS, states["lora"])
+    got = ort_session(tmp_path / "model" / "model.onnx").run(["logits"], {"input_ids": ids, "attention_mask": mask})
+    assert np.abs(got[0] - want).max() < 1e-4
