@@ -10,12 +10,12 @@ builds one graph from it:
 * truncation at the package's ``max_length`` as the ``tokenizers`` library truncates one sequence: the first
   ``max_length - 1`` ids, then the closing special token (``Slice`` + ``Concat``; a text that fits is unchanged).
 
-Supported: a WordPiece model with the BERT normalizer and pre-tokenizer and a ``[CLS] A [SEP]``-shaped template —
-BERT, DistilBERT and the MiniLM sentence-transformers (all-MiniLM-L6-v2 is tested on every text of the bundled
-BBC corpus: ids identical). MPNet's tokenizer is WordPiece with ``<s> A </s>``, but its ``tokenizer.json``
-normalizes and pre-tokenizes as BERT does only in some exports; it is accepted exactly when its file has that
-shape. Byte-level BPE (GPT-2, RoBERTa) and SentencePiece (Llama, Mistral, Qwen) tokenizers are refused with
-:class:`TokenizerNotSupported`: use the ``tokenizers`` path for them.
+Supported: a WordPiece model with the BERT normalizer and pre-tokenizer and a ``[CLS] A [SEP]``-shaped
+post-processor (a template, ``BertProcessing``, or MPNet's ``RobertaProcessing`` with ``<s> A </s>``) — BERT,
+DistilBERT, the MiniLM and MPNet sentence-transformers (all-MiniLM-L6-v2 and all-mpnet-base-v2 give ids identical
+to ``tokenizers`` on every text of the bundled BBC news and tweets corpora). Byte-level BPE (GPT-2, RoBERTa) and
+SentencePiece (Llama, Mistral, Qwen) tokenizers are refused with :class:`TokenizerNotSupported`: use the
+``tokenizers`` path for them.
 
 The op reads at most two texts per call as a *pair*, so the encoder runs the graph once per text; batches are
 padded in numpy as :class:`edgetune.tokenization.TextEncoder` pads them (right padding, the package's pad id).
@@ -40,7 +40,7 @@ class TokenizerNotSupported(PackageError):
     """The package's tokenizer has no onnxruntime-extensions equivalent here; use the ``tokenizers`` path."""
 
 
-def _bert_shape(spec: dict[str, Any], path: Any) -> dict[str, Any]:
+def _bert_shape(spec: dict[str, Any], path: Any, pad_token: str = "") -> dict[str, Any]:
     """The op's attributes for a BERT-shaped WordPiece tokenizer; :class:`TokenizerNotSupported` for any other."""
     model, normalizer = spec.get("model") or {}, spec.get("normalizer") or {}
     pre, post = spec.get("pre_tokenizer") or {}, spec.get("post_processor") or {}
@@ -52,7 +52,7 @@ def _bert_shape(spec: dict[str, Any], path: Any) -> dict[str, Any]:
             f"{path}: normalizer {normalizer.get('type')} / pre-tokenizer {pre.get('type')}; the in-graph tokenizer "
             "reads BertNormalizer + BertPreTokenizer only: use --tokenizer tokenizers"
         )
-    if post.get("type") == "BertProcessing":
+    if post.get("type") in ("BertProcessing", "RobertaProcessing"):  # MPNet's: <s> A </s> for one sequence
         first, last = post["cls"][0], post["sep"][0]
     elif post.get("type") == "TemplateProcessing" and len(post.get("single", [])) == 3:
         single = post["single"]
@@ -70,26 +70,31 @@ def _bert_shape(spec: dict[str, Any], path: Any) -> dict[str, Any]:
         raise TokenizerNotSupported(f"{path}: the vocabulary's ids are not 0..{len(ids) - 1}")
     lowercase = bool(normalizer.get("lowercase", True))
     strip = normalizer.get("strip_accents")
+    unk = model.get("unk_token", "[UNK]")
+    # the op looks its pad and mask tokens up in the vocabulary when it loads (an encoding never emits them)
+    mask = next((t for t in ("[MASK]", "<mask>") if t in vocab), unk)
     return {
         "vocab": "\n".join(sorted(vocab, key=vocab.get)),
         "do_lower_case": int(lowercase),
         # tokenizers' BertNormalizer: strip_accents None means "as lowercase"
         "strip_accents": int(lowercase if strip is None else bool(strip)),
-        "unk_token": model.get("unk_token", "[UNK]"),
+        "unk_token": unk,
+        "pad_token": pad_token if pad_token in vocab else unk,
+        "mask_token": mask,
         "cls_token": first,
         "sep_token": last,
         "suffix_indicator": model.get("continuing_subword_prefix", "##"),
     }
 
 
-def tokenizer_graph(spec: dict[str, Any], max_length: int, path: Any = "tokenizer.json") -> Any:
+def tokenizer_graph(spec: dict[str, Any], max_length: int, path: Any = "tokenizer.json", pad_token: str = "") -> Any:
     """One ONNX graph ``text`` (string ``[1]``) -> ``input_ids`` (int64 ``[n]``, n <= ``max_length``) for the
     ``tokenizers`` document ``spec`` (see the module docstring)."""
     import onnx
     from onnx import helper
     from onnxruntime_extensions import SingleOpGraph, make_onnx_model
 
-    graph = SingleOpGraph.build_graph("BertTokenizer", **_bert_shape(spec, path))
+    graph = SingleOpGraph.build_graph("BertTokenizer", **_bert_shape(spec, path, pad_token))
     (ids,) = [o.name for o in graph.output if o.name == "input_ids"]
     consts = {"zero": [0], "last": [-1], "stop": [INT64_MAX], "limit": [max_length], "one": [1]}
     graph.initializer.extend(
@@ -120,7 +125,7 @@ class OnnxTextEncoder:
         options = ort.SessionOptions()
         options.register_custom_ops_library(get_library_path())
         options.intra_op_num_threads = 1  # one short text per call: threads would only wait on each other
-        model = tokenizer_graph(spec, self.max_length, path)
+        model = tokenizer_graph(spec, self.max_length, path, pad_token)
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     @classmethod

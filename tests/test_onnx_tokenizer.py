@@ -31,17 +31,24 @@ TRICKY = [
 ]
 
 
-def wordpiece_tokenizer(directory: Path, max_length: int = 12) -> Path:
-    """A BERT-style WordPiece tokenizer over a small vocabulary, saved as a package holds it."""
+def wordpiece_tokenizer(directory: Path, max_length: int = 12, family: str = "bert") -> Path:
+    """A BERT-style WordPiece tokenizer over a small vocabulary, saved as a package holds it; ``family="mpnet"``:
+    MPNet's shape instead (``<s> A </s>`` by a RobertaProcessing post-processor, as all-mpnet-base-v2's)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VOCAB, "chelsea", "won", "the", "cup", "final", "cafe",
+    specials = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] if family == "mpnet" else ["[PAD]", "[UNK]", "[CLS]",
+                                                                                      "[SEP]", "[MASK]"]  # fmt: skip
+    pieces = [*specials, *VOCAB, "chelsea", "won", "the", "cup", "final", "cafe",
               "creme", "a", "la", "carte", "naive", "facade", "un", "##bel", "##iev", "##able", "football", "##ers",
               "东", "京", "tokyo", "spaces", "and", "new", "##lines", "goal", "-", ",", "!", "—", "3", "1"]  # fmt: skip
     vocab = {piece: i for i, piece in enumerate(dict.fromkeys(pieces))}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    if family == "mpnet":
+        tok.post_processor = processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]))
+        TextEncoder(tok, max_length, vocab["<pad>"], "<pad>").save(directory)
+        return directory
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
@@ -49,13 +56,15 @@ def wordpiece_tokenizer(directory: Path, max_length: int = 12) -> Path:
     return directory
 
 
-def test_the_graph_gives_the_tokenizers_ids_on_a_tiny_wordpiece_tokenizer(tmp_path):
-    directory = wordpiece_tokenizer(tmp_path)
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_the_graph_gives_the_tokenizers_ids_on_a_tiny_wordpiece_tokenizer(family, tmp_path):
+    directory = wordpiece_tokenizer(tmp_path, family=family)
     texts = TRICKY + [t for t, _ in synthetic_rows(30)]
     want = TextEncoder.from_dir(directory)
     got = OnnxTextEncoder.from_dir(directory)
     assert [got.encode(t) for t in texts] == [want.tokenizer.encode(t).ids for t in texts]
-    assert max(len(got.encode(t)) for t in texts) == 12 and got.encode(TRICKY[-1])[-1] == 3  # cut, [SEP] kept
+    closing = 3 if family == "bert" else 2  # [SEP] / </s>
+    assert max(len(got.encode(t)) for t in texts) == 12 and got.encode(TRICKY[-1])[-1] == closing  # cut, kept
     for a, b in zip(got(texts), want(texts)):  # padded batches too
         assert np.array_equal(a, b)
     assert np.array_equal(got.lengths(texts), want.lengths(texts))
