@@ -118,7 +118,8 @@ def _save(model: onnx.ModelProto, path: Path) -> list[str]:
     """``model.onnx``, its weights in ``model.onnx_data`` when one file would pass protobuf's 2 GiB limit."""
     import onnx
 
-    if model.ByteSize() > EXTERNAL_DATA_BYTES:
+    # the weights' bytes, not ByteSize(): protobuf cannot measure (or write) a message past 2 GiB
+    if sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=MODEL_DATA)
         return [path.name, MODEL_DATA]
     onnx.save(model, str(path))
