@@ -170,7 +170,9 @@ class Device:
     """A device with one verified package; see the module docstring.
 
     ``profile``: a :class:`DeviceProfile` or a profile name; it bounds personalization jobs and sets the
-    thread count (``threads`` overrides it). Use as a context manager, or call :meth:`close`.
+    thread count (``threads`` overrides it). ``tokenizer``: ``auto``, ``tokenizers`` or ``onnx`` (the package's
+    tokenizer as an onnxruntime-extensions graph, :mod:`device_sim.onnx_tokenizer`). Use as a context manager, or
+    call :meth:`close`.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class Device:
         package: str | Path | DevicePackage,
         profile: DeviceProfile | str | None = None,
         threads: int | None = None,
+        tokenizer: str = "auto",
     ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.threads = threads if threads is not None else (self.profile.threads if self.profile else None)
@@ -185,7 +188,10 @@ class Device:
             raise PackageError(f"{package}: is a personal state, not a package; pass it as the personal state")
         self._owns_package = not isinstance(package, DevicePackage)  # a package passed in is its owner's to close
         prefer_mmap()  # freed activations go back to the system: the job's peak is what it uses (device_sim.memory)
-        self.package = package if isinstance(package, DevicePackage) else load_package(package, threads=self.threads)
+        if isinstance(package, DevicePackage):
+            self.package = package
+        else:
+            self.package = load_package(package, threads=self.threads, tokenizer=tokenizer)
 
     @property
     def labels(self) -> list[str]:

@@ -55,8 +55,6 @@ def token_positions(spec: dict[str, Any]) -> int | None:
 
 def tokenizer_problems(root: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     """The tokenizer's largest id against the trunk's vocabulary, and ``max_length`` against its positions."""
-    from tokenizers import Tokenizer
-
     names = manifest["tokenizer"]
     problems = []
     try:
@@ -75,17 +73,29 @@ def tokenizer_problems(root: Path, manifest: dict[str, Any], spec: dict[str, Any
         )
     vocab = (spec.get("hf_config") or {}).get("vocab_size")
     try:
-        tokenizer = Tokenizer.from_str((root / names["tokenizer"]).read_text(encoding="utf-8"))
+        largest = _largest_id((root / names["tokenizer"]).read_text(encoding="utf-8"))
     except Exception as err:  # noqa: BLE001 (tokenizers raises its own exception type)
         return [*problems, f"{names['tokenizer']}: cannot be loaded ({type(err).__name__}: {err})"]
-    ids = tokenizer.get_vocab(with_added_tokens=True).values()
-    largest = max(ids, default=-1)
     if isinstance(vocab, int) and largest >= vocab:
         problems.append(
             f"{names['tokenizer']}: token id {largest} is outside the trunk's vocabulary of {vocab} "
             f"(ids 0..{vocab - 1})"
         )
     return problems
+
+
+def _largest_id(text: str) -> int:
+    """The largest token id of a ``tokenizers`` document (its vocabulary and added tokens), read by the
+    ``tokenizers`` library when it is installed; a device that tokenizes in onnxruntime
+    (:mod:`device_sim.onnx_tokenizer`) has no such library, and reads the ids from the JSON document."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        doc = json.loads(text)
+        vocab = (doc.get("model") or {}).get("vocab")
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))  # Unigram: a list
+        return max([*ids, *(int(t["id"]) for t in doc.get("added_tokens") or [])], default=-1)
+    return max(Tokenizer.from_str(text).get_vocab(with_added_tokens=True).values(), default=-1)
 
 
 def top_problems(root: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> list[str]:

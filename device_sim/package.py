@@ -34,6 +34,7 @@ import numpy as np
 from device_sim import manifest as mf
 from device_sim import schema
 from device_sim.errors import PackageError, one_line
+from device_sim.onnx_tokenizer import load_encoder
 from device_sim.runtime import (
     OnnxTop,
     check_threads,
@@ -44,7 +45,6 @@ from device_sim.runtime import (
     torch_top_fn,
 )
 from edgetune.io import honour_umask, naming, private_tempdir
-from edgetune.tokenization import TextEncoder
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -427,14 +427,17 @@ def verify_package(path: str | Path) -> Verification:
     return result
 
 
-def load_package(path: str | Path, threads: int | None = None, record: bool = True) -> DevicePackage:
+def load_package(
+    path: str | Path, threads: int | None = None, record: bool = True, tokenizer: str = "auto"
+) -> DevicePackage:
     """Open and fully verify a package (directory or ``.tar``); :class:`PackageError` names any bad file.
 
     The package is read once, into a private snapshot that the returned package uses for everything (the
     tokenizer, the trunk, the top): replacing ``path`` while a job runs cannot mix two versions.
     ``threads`` is the default onnxruntime intra-op thread count of the sessions it creates. With a trust store
     in force (:mod:`device_sim.trust`) the signature is checked too, and unless ``record`` is false the package's
-    release version becomes the lowest this device accepts for its release name.
+    release version becomes the lowest this device accepts for its release name. ``tokenizer``: how texts become
+    ids (:func:`device_sim.onnx_tokenizer.load_encoder`: ``auto``, ``tokenizers`` or ``onnx``).
     """
     path = Path(path)
     check_threads(threads)
@@ -442,7 +445,7 @@ def load_package(path: str | Path, threads: int | None = None, record: bool = Tr
     try:
         result.raise_for_problems()
         assert result.manifest is not None
-        package = DevicePackage(path, Path(tmp.name), result.manifest, threads, tmp)
+        package = DevicePackage(path, Path(tmp.name), result.manifest, threads, tmp, tokenizer)
         if result.trusted and record:  # accepted for a job: from now on an older release of it is a rollback
             from device_sim import trust
 
@@ -519,6 +522,7 @@ class DevicePackage:
         manifest: dict[str, Any],
         threads: int | None = None,
         tmp: tempfile.TemporaryDirectory | None = None,
+        tokenizer: str = "auto",
     ) -> None:
         self.path = path
         self.root = root
@@ -529,7 +533,8 @@ class DevicePackage:
         self.trusted = False
         self._sessions: dict[tuple[str, int | None], ort.InferenceSession] = {}
         with self.reading(manifest["tokenizer"]["tokenizer"], manifest["tokenizer"]["encoder"]):
-            self.encoder = TextEncoder.from_dir(root)
+            # tokenizers, or the same tokenizer as an onnxruntime-extensions graph (device_sim.onnx_tokenizer)
+            self.encoder = load_encoder(root, tokenizer)
 
     @contextlib.contextmanager
     def reading(self, *names: str) -> Iterator[None]:

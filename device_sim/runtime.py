@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetune.progress import progress_bar
-from edgetune.tokenization import TextEncoder
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
     from edgetune.modeling import TopModel
+    from edgetune.tokenization import TextEncoder
 
 TRUNK_INPUTS = ("input_ids", "attention_mask")
 TRUNK_OUTPUTS = ("hidden_state", "attention_mask_out")

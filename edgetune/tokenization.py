@@ -11,11 +11,25 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from edgetune.io import atomic_write_json
+
+if TYPE_CHECKING:  # imported where a tokenizer is built: a device that tokenizes in onnxruntime has no tokenizers
+    from tokenizers import Tokenizer
+
+
+def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int64 ``(input_ids, attention_mask)`` of token id lists."""
+    width = max(1, max(len(t) for t in token_ids))
+    ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(token_ids), width), dtype=np.int64)
+    for i, t in enumerate(token_ids):
+        ids[i, : len(t)] = t
+        mask[i, : len(t)] = 1
+    return ids, mask
 
 
 class TextEncoder:
@@ -34,6 +48,7 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, path: str | Path, max_length: int = 128) -> TextEncoder:
         """From a model directory or hub id holding a fast tokenizer."""
+        from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(path, use_fast=True)
@@ -48,6 +63,8 @@ class TextEncoder:
     @classmethod
     def from_dir(cls, directory: str | Path) -> TextEncoder:
         """From ``tokenizer.json`` + ``encoder.json`` as written by :meth:`save`."""
+        from tokenizers import Tokenizer
+
         directory = Path(directory)
         meta = json.loads((directory / "encoder.json").read_text())
         tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
@@ -86,14 +103,7 @@ class TextEncoder:
         return out
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        token_ids = self._token_ids(texts)
-        width = max(1, max(len(t) for t in token_ids))
-        ids = np.full((len(token_ids), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(token_ids), width), dtype=np.int64)
-        for i, t in enumerate(token_ids):
-            ids[i, : len(t)] = t
-            mask[i, : len(t)] = 1
-        return ids, mask
+        return pad_batch(self._token_ids(texts), self.pad_id)
 
     def lengths(self, texts: Sequence[str]) -> np.ndarray:
         return np.array([len(t) for t in self._token_ids(texts)])

@@ -140,6 +140,7 @@ def _register() -> None:
         datasets_cmd,
         device_cmd,
         export_cmd,
+        hf_cmd,
         merge_cmd,
         plan_cmd,
         skip_cmd,
@@ -148,7 +149,7 @@ def _register() -> None:
         trust_cmd,
     )
 
-    for module in (plan_cmd, train_cmd, export_cmd, device_cmd, swap_cmd, skip_cmd, merge_cmd, datasets_cmd):
+    for module in (plan_cmd, train_cmd, export_cmd, hf_cmd, device_cmd, swap_cmd, skip_cmd, merge_cmd, datasets_cmd):
         module.register(app)
     trust_cmd.register(app)
 

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from device_sim.profiles import DeviceProfile
 
 FORMATS = ("label", "jsonl")
+TOKENIZERS = ("auto", "tokenizers", "onnx")  # device_sim.onnx_tokenizer.TOKENIZERS, without importing it here
 
 
 # `personalize` without --profile: the smallest budget, so that a default job ends in seconds (it drops the
@@ -355,6 +356,14 @@ def predict_command(
     runtime: RuntimeOption = "auto",
     legacy_backend: LegacyBackendOption = None,
     trust: TrustOption = None,
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="How texts become token ids: tokenizers (the library), onnx (the package's tokenizer as an "
+            "onnxruntime-extensions graph: text -> labels in onnxruntime alone; WordPiece/BERT-style tokenizers), "
+            "or auto (tokenizers when installed, else onnx)."
+        ),
+    ] = "auto",
 ) -> None:
     """Label texts with the package (and a personal state): from --data, from --text, or streamed from stdin,
     one text per line, each answered as soon as it is read."""
@@ -362,12 +371,14 @@ def predict_command(
 
     runtime = deprecated_alias("--backend", legacy_backend, "--runtime", runtime, "auto")
     check_predict_flags(fmt, threads, batch_size, data, text, out, logits)
+    if tokenizer not in TOKENIZERS:
+        raise typer.BadParameter(f"choose one of {', '.join(TOKENIZERS)}, got {tokenizer!r}", param_hint="--tokenizer")
     precision = "int8" if int8 else "fp32"
     inputs = [("--data", data), ("--package", package), ("--personal", personal)]
     with (
         trusting(trust),
         file_output(out, inputs, predictions_csv, "predictions CSV"),
-        Device(package, threads=threads) as device,
+        Device(package, threads=threads, tokenizer=tokenizer) as device,
     ):
         predictor = device.predictor(personal, precision, check_runtime(runtime))
         if data is not None:

@@ -18,6 +18,7 @@ from edgetune_cli.common import (
     locks_output,
 )
 from edgetune_cli.config_options import ConfigOptions
+from edgetune_cli.report_opts import LoggingDirOption, ReportToOption, reporting
 
 if TYPE_CHECKING:
     from edgetune.skip import HadSkipResult
@@ -65,6 +66,8 @@ def skip_command(
         bool, typer.Option(help="Replace a finished model in --out, or start its interrupted run over.")
     ] = False,
     quiet: QuietTableOption = False,
+    report_to: ReportToOption = "none",
+    logging_dir: LoggingDirOption = None,
 ) -> None:
     """Fine-tune the whole model jointly with a learnable gate before each block, under a budget of
     executed blocks (HadSkip); save it skipping the blocks its gates turn off for the task. It trains on
@@ -78,9 +81,11 @@ def skip_command(
         cfg = SKIP_SETTINGS.build(ctx, max_length=max_length, progress=not quiet)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    clf, encoder, result = hadskip_finetune(
-        model, dataset, out, cfg, max_length, text_column, label_column, progress=not quiet, overwrite=overwrite
-    )
+    with reporting(report_to, logging_dir, out) as callbacks:
+        clf, encoder, result = hadskip_finetune(
+            model, dataset, out, cfg, max_length, text_column, label_column, progress=not quiet,
+            overwrite=overwrite, callbacks=callbacks,
+        )  # fmt: skip
     report_skip(result, cfg.budget, out, clf, encoder, held_out, quiet)
 
 

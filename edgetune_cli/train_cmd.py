@@ -23,6 +23,7 @@ from edgetune_cli.common import (
     trusting,
 )
 from edgetune_cli.config_options import ConfigOptions
+from edgetune_cli.report_opts import LoggingDirOption, ReportToOption, reporting
 from edgetune_cli.tuner_opts import (
     LoraAlphaOption,
     LoraROption,
@@ -148,6 +149,8 @@ def train_command(
     eval_data: Annotated[Path | None, typer.Option(help="Held-out test data, evaluated at the end.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a trained model in OUT.")] = False,
     quiet: QuietTablesOption = False,
+    report_to: ReportToOption = "none",
+    logging_dir: LoggingDirOption = None,
 ) -> None:
     """Fine-tune the layers the plan chose (the trunk below the cut stays frozen) and save the model."""
     from edgetune.finetune import finetune
@@ -158,18 +161,20 @@ def train_command(
     check_train_numbers(ctx)
     tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
     config, search_lr = train_config(ctx, lr, quiet)
-    result = finetune(
-        model,
-        plan,
-        data,
-        out,
-        config,
-        tuner=tuner_name,
-        tuner_params=tuner_params,
-        eval_data=eval_data,
-        overwrite=overwrite,
-        search_lr=search_lr,
-    )
+    with reporting(report_to, logging_dir, out, main_process) as callbacks:
+        result = finetune(
+            model,
+            plan,
+            data,
+            out,
+            config,
+            tuner=tuner_name,
+            tuner_params=tuner_params,
+            eval_data=eval_data,
+            overwrite=overwrite,
+            search_lr=search_lr,
+            callbacks=callbacks,
+        )
     if main_process:
         report_train(result, config, out, eval_data, quiet)
 

@@ -277,11 +277,13 @@ SLOW_MODULES = {
     "test_faults",  # kill -9, locks, recovery
     "test_fleet",
     "test_fleet_scale",  # Ray
+    "test_hf_export",  # export-personal end to end: package + states, optimum's exporter, pipelines
     "test_mpnet",
     "test_onnx_top",
     "test_package",  # packages of several families
     "test_real_export",  # the bundled MiniLM
     "test_real_model",
+    "test_report_to",  # train and skip runs through the command line
     "test_swap",
     "test_train_multiprocess",
     "test_tuners_train",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from device_sim.device import Device
 from device_sim.personalize import PersonalizeConfig
 from edgetune.data import TextDataset
 from exporters.export import ExportOptions, export_package
@@ -50,3 +51,41 @@ def fast(**overrides) -> PersonalizeConfig:
     selection or guard (the tests of those set them on)."""
     base = {"epochs": 8, "lr": 3e-3, "head_lr": 0.1, "progress": False, "select": False, "guard_fraction": 0.0}
     return PersonalizeConfig(**{**base, **overrides})
+
+
+STATE_KINDS = ["full", "head-only", "lora", "roselora", "dsee", "fala", "fala-residual", "kept_global"]
+
+
+def make_state(device: Device, kind: str, out: Path) -> Path:
+    """A personal state of ``kind`` (one of :data:`STATE_KINDS`) for ``device``'s package, trained for real where
+    a tuner trains."""
+    import torch
+
+    from device_sim.personal import write_personal_state
+
+    data = user_data(60, seed=4)
+    if kind in ("full", "lora", "roselora", "dsee"):
+        params = {"r": 4} if kind != "full" else None
+        device.personalize(data, out, fast(epochs=3, tuner=kind, tuner_params=params))
+    elif kind == "head-only":
+        device.personalize(data, out, fast(epochs=3, cut=device.package.num_layers))
+    elif kind.startswith("fala"):  # a personal matrix (d x d) and an old personal head, as a swap writes them
+        g = torch.Generator().manual_seed(0)
+        d, labels = device.package.hidden_size, len(device.labels)
+        tensors = {
+            "matrix.linear.weight": torch.eye(d) + 0.1 * torch.randn(d, d, generator=g),
+            "matrix.linear.bias": 0.1 * torch.randn(d, generator=g),
+            "head.weight": torch.randn(labels, d, generator=g),
+            "head.bias": torch.randn(labels, generator=g),
+        }
+        form = "residual" if kind == "fala-residual" else "plain"
+        if form == "residual":  # + the new global head, - the old global head (both read d features here)
+            for name in ("base", "reference"):
+                tensors[f"{name}.weight"] = torch.randn(labels, d, generator=g)
+                tensors[f"{name}.bias"] = torch.randn(labels, generator=g)
+        write_personal_state(out, tensors, device.package, train_cut=device.package.num_layers,
+                             tuner={"name": "fala", "params": {"form": form}}, kind="fala")  # fmt: skip
+    else:
+        write_personal_state(out, {}, device.package, train_cut=device.package.cut,
+                             tuner={"name": "none", "params": {}}, kind="kept_global")  # fmt: skip
+    return out

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from device_sim.device import Device
 from edgetune_cli import app
-from tests.devices import export_probe_package
-from tests.test_onnx_top import KINDS, TEXTS, _state
+from tests.devices import STATE_KINDS as KINDS
+from tests.devices import export_probe_package, make_state
+from tests.test_onnx_top import TEXTS
 
 TOLERANCE = 1e-4
 
@@ -53,7 +54,7 @@ def test_the_reader_imports_nothing_of_the_project():
 def bert_states(device_packages, tmp_path_factory):
     root = tmp_path_factory.mktemp("conformance-bert")
     with Device(device_packages["main"], threads=1) as device:
-        return {kind: _state(device, kind, root / kind) for kind in KINDS}
+        return {kind: make_state(device, kind, root / kind) for kind in KINDS}
 
 
 @pytest.mark.parametrize("kind", [None, *KINDS])
@@ -71,7 +72,7 @@ def test_reader_reproduces_predict_on_the_other_families(family, tiny_model_dir,
     and with a LoRA and a full state."""
     package = export_probe_package(tiny_model_dir(family), tmp_path / "pkg", top_onnx=True)
     with Device(package, threads=1) as device:
-        states = {kind: _state(device, kind, tmp_path / kind) for kind in ("full", "lora")}
+        states = {kind: make_state(device, kind, tmp_path / kind) for kind in ("full", "lora")}
     for personal in (None, *states.values()):
         want = _predicted_logits(package, personal)
         got = _reader_logits(package, personal)
@@ -94,7 +95,7 @@ def test_reader_reproduces_predict_on_qwen3(tmp_path):
     build_tokenizer("llama").save_pretrained(tmp_path / "m")
     package = export_probe_package(tmp_path / "m", tmp_path / "pkg", top_onnx=True)
     with Device(package, threads=1) as device:
-        state = _state(device, "lora", tmp_path / "lora")
+        state = make_state(device, "lora", tmp_path / "lora")
     for personal in (None, state):
         assert np.abs(_reader_logits(package, personal) - _predicted_logits(package, personal)).max() < TOLERANCE
 
@@ -105,7 +106,7 @@ def test_reader_reproduces_predict_on_decoders(family, tiny_model_dir, tmp_path)
     (in, out) projections (LoRA and DSEE updates transposed), Llama's rotary embeddings."""
     package = export_probe_package(tiny_model_dir(family), tmp_path / "pkg", top_onnx=True)
     with Device(package, threads=1) as device:
-        states = {kind: _state(device, kind, tmp_path / kind) for kind in KINDS}
+        states = {kind: make_state(device, kind, tmp_path / kind) for kind in KINDS}
     for kind, personal in (("package", None), *states.items()):
         want = _predicted_logits(package, personal)
         got = _reader_logits(package, personal)

@@ -11,52 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from device_sim.device import Device
-from device_sim.personal import PersonalStateError, write_personal_state
+from device_sim.personal import PersonalStateError
 from tests.conftest import write_csv
-from tests.devices import fast, user_data
+from tests.devices import STATE_KINDS as KINDS
+from tests.devices import make_state, user_data
 
 TEXTS = user_data(24, seed=11).texts
-KINDS = ["full", "head-only", "lora", "roselora", "dsee", "fala", "fala-residual", "kept_global"]
-
-
-def _state(device: Device, kind: str, out: Path) -> Path:
-    """A personal state of ``kind`` for ``device``'s package, trained for real where a tuner trains."""
-    data = user_data(60, seed=4)
-    if kind in ("full", "lora", "roselora", "dsee"):
-        params = {"r": 4} if kind != "full" else None
-        device.personalize(data, out, fast(epochs=3, tuner=kind, tuner_params=params))
-    elif kind == "head-only":
-        device.personalize(data, out, fast(epochs=3, cut=device.package.num_layers))
-    elif kind.startswith("fala"):  # a personal matrix (d x d) and an old personal head, as a swap writes them
-        g = torch.Generator().manual_seed(0)
-        d, labels = device.package.hidden_size, len(device.labels)
-        tensors = {
-            "matrix.linear.weight": torch.eye(d) + 0.1 * torch.randn(d, d, generator=g),
-            "matrix.linear.bias": 0.1 * torch.randn(d, generator=g),
-            "head.weight": torch.randn(labels, d, generator=g),
-            "head.bias": torch.randn(labels, generator=g),
-        }
-        form = "residual" if kind == "fala-residual" else "plain"
-        if form == "residual":  # + the new global head, - the old global head (both read d features here)
-            for name in ("base", "reference"):
-                tensors[f"{name}.weight"] = torch.randn(labels, d, generator=g)
-                tensors[f"{name}.bias"] = torch.randn(labels, generator=g)
-        write_personal_state(out, tensors, device.package, train_cut=device.package.num_layers,
-                             tuner={"name": "fala", "params": {"form": form}}, kind="fala")  # fmt: skip
-    else:
-        write_personal_state(out, {}, device.package, train_cut=device.package.cut,
-                             tuner={"name": "none", "params": {}}, kind="kept_global")  # fmt: skip
-    return out
 
 
 @pytest.fixture(scope="module")
 def states(device_packages, tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx-top-states")
     with Device(device_packages["main"], threads=1) as device:
-        return {kind: _state(device, kind, root / kind) for kind in KINDS}
+        return {kind: make_state(device, kind, root / kind) for kind in KINDS}
 
 
 @pytest.mark.parametrize("kind", KINDS)

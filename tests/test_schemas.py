@@ -17,9 +17,10 @@ from device_sim import schema
 from device_sim.device import Device
 from device_sim.package import PackageError, load_package
 from exporters.export import ExportOptions, export_package
-from tests.devices import fast, user_data
+from tests.devices import STATE_KINDS as KINDS
+from tests.devices import fast, make_state, user_data
 from tests.packages import dataset, make_plan
-from tests.test_onnx_top import KINDS, TEXTS, _state
+from tests.test_onnx_top import TEXTS
 
 ROOT = Path(__file__).parent.parent
 DOC = ROOT / "docs" / "package-format.md"
@@ -123,7 +124,7 @@ def written(device_packages, tiny_model_dir, tmp_path_factory):
     options = ExportOptions(threads=1, top_onnx=False, int8=True, tar=True)
     tar = export_package(model, make_plan(model, k=2), root / "gpt2", data=dataset(60, seed=5), options=options).path
     with Device(device_packages["main"], threads=1) as device:
-        states = {kind: _state(device, kind, root / kind) for kind in KINDS}
+        states = {kind: make_state(device, kind, root / kind) for kind in KINDS}
         # with the do-no-harm guard and the device's selection on: their full records
         device.personalize(user_data(60, seed=4), root / "guarded", fast(epochs=2, guard_fraction=0.3, select=True))
         states["guarded"] = root / "guarded"
