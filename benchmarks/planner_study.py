@@ -294,10 +294,10 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
     ax.axhline(a["best_accuracy"] - 1.0, color="grey", ls=":", lw=1, label="best - 1 point")
     markers = {"salf": "*", "salf-argmax": "P", "topk": "s", "gradnorm": "^", "autofreeze": "v", "random": "x",
                "full": "D"}  # fmt: skip
-    for i, (label, pick) in enumerate(a["picks"].items()):
+    for i, (label, pick) in enumerate(a["picks"].items()):  # SALF drawn on top of a planner with the same pick
         ax.plot([100 * pick["backward_frac"]], [pick["accuracy"]], markers[label], ms=13 if label == "salf" else 9,
                 color=f"C{i + 1}", label=f"{label}: cuts {pick['cuts']}", zorder=5 if label == "salf" else 3,
-                alpha=1.0 if label == "salf" else 0.8)  # fmt: skip  SALF drawn on top of a planner with the same pick
+                alpha=1.0 if label == "salf" else 0.8)  # fmt: skip
     ax.set_xlabel("backward FLOPs, % of full fine-tuning")
     ax.set_ylabel("test accuracy (%)")
     st = res["plans"]["stability"]
