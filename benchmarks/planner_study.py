@@ -246,7 +246,8 @@ def law_picks(tasks: dict[str, Any], names: list[str], law: dict[str, float], to
     """What SALF's cheapest-within-tolerance rule picks on ``names`` with the loss-law constants ``law`` (gamma,
     beta, alpha), from the evidence its stored runs measured: per task the cuts, the regret against the oracle's
     cheapest cut within tolerance and the backward FLOPs (share of full fine-tuning)."""
-    from edgetune.planner.salf import loss_amplitude, predicted_losses
+    from edgetune.planner.base import allowed_cuts_mask, best_cut
+    from edgetune.planner.salf import cheapest_within, loss_amplitude, predicted_losses
 
     out = {}
     for task in names:
@@ -257,7 +258,7 @@ def law_picks(tasks: dict[str, Any], names: list[str], law: dict[str, float], to
         for e in plans["salf"]:
             amplitude = loss_amplitude(e["head_sq_error"], e["recoverable"], law["gamma"], law["beta"])
             losses = predicted_losses(amplitude, units, law["alpha"])
-            cuts.append(max(c for c in sorted(per_cut) if losses[c] <= tolerance + 1e-9))
+            cuts.append(best_cut(cheapest_within(losses, tolerance, allowed_cuts_mask(max(per_cut), 0))))  # SALF's rule
         cheapest = per_cut[a["oracle_cheapest_cut"]]["accuracy"]
         out[task] = {
             "cuts": cuts,
