@@ -45,11 +45,14 @@ PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "salf": ("salf", {}),
     "salf-argmax": ("salf", {"policy": "argmax-gain"}),
     "topk": ("topk", {"k": 2}),
+    "topk-3": ("topk", {"k": 3}),
     "gradnorm": ("gradnorm", {}),
     "autofreeze": ("autofreeze", {}),
     "random": ("random", {}),
     "full": ("full", {}),
 }
+CROSS_TASK = "salf-cross-task"  # SALF with its loss law fitted on the other tasks (cross_task_picks)
+VALIDATION = "validation"  # the ceiling of trial-based planning (validation_picks), read from the oracle's runs
 CALIBRATION = ("tweets", "trec")  # the tasks SALF's loss-law constants were chosen on (salf.py)
 BOOTSTRAP = 10_000
 
@@ -74,6 +77,7 @@ def oracle_table(store: dict[str, Any], seeds: list[int]) -> dict[int, dict[str,
         correct = np.array([[c == "1" for c in tuned[s]["test_correct"]] for s in seeds], dtype=np.float64)
         table[cut] = {
             "correct": correct,  # (seeds, test examples)
+            "val_accuracy_by_seed": [float(100 * tuned[s]["val_accuracy"]) for s in seeds],
             "accuracy": float(100 * correct.mean()),
             "accuracy_by_seed": [float(100 * c.mean()) for c in correct],
             "lr": chosen["lr"],
@@ -84,15 +88,20 @@ def oracle_table(store: dict[str, Any], seeds: list[int]) -> dict[int, dict[str,
 
 
 # -- planners -----------------------------------------------------------------------------------------------------
-def run_planners(task: str, args, backbone, encoder, cost) -> dict[str, Any]:
-    """Every planner at every seed; SALF's stability over resamples and row orders."""
+def run_planners(
+    task: str, args, backbone, encoder, cost, labels: list[str] | None = None, stability: bool = True
+) -> dict[str, Any]:
+    """``labels`` (every planner by default; SALF alone with ``--stability-only``) at every seed, and SALF's
+    stability over resamples and row orders unless ``stability`` is False."""
     from edgetune.data import TextDataset
     from edgetune.planner import get_planner
 
     train, _, _ = load_task(task, args.train, SPLIT["val"], SPLIT["test"])
     out: dict[str, Any] = {}
-    chosen = {"salf": PLANNERS["salf"]} if args.stability_only else PLANNERS
-    for label, (name, params) in chosen.items():
+    if labels is None:
+        labels = ["salf"] if args.stability_only else list(PLANNERS)
+    for label in labels:
+        name, params = PLANNERS[label]
         planner = get_planner(name, **params)  # one object per planner: SALF re-plans on the traces it has
         for seed in args.seeds:
             start = time.perf_counter()
@@ -105,6 +114,8 @@ def run_planners(task: str, args, backbone, encoder, cost) -> dict[str, Any]:
                 entry["predicted_loss"] = [r.predicted_loss for r in p.rows]
             out.setdefault(label, []).append(entry)
     out["backward_frac"] = [r.backward_frac for r in p.rows]
+    if not stability:
+        return out
     salf = get_planner("salf")
     resampled = [
         salf.plan(backbone, encoder, train, cost=cost, seed=s, progress=False).cut for s in range(args.resamples)
@@ -139,7 +150,7 @@ def analyse(
     best = max(cuts, key=lambda c: table[c]["accuracy"])
     cheapest = max(c for c in cuts if table[c]["accuracy"] >= table[best]["accuracy"] - tolerance)
     correct = np.stack([table[c]["correct"] for c in cuts])  # (cuts, seeds, examples)
-    picks = {label: [e["cut"] for e in plans[label]] for label in PLANNERS}
+    picks = {label: [e["cut"] for e in plans[label]] for label in (*PLANNERS, CROSS_TASK, VALIDATION) if label in plans}
     draws = _bootstrap_accuracy(correct, BOOTSTRAP, seed=0)  # (draws, cuts)
     out: dict[str, Any] = {"best_cut": best, "best_accuracy": table[best]["accuracy"], "oracle_cheapest_cut": cheapest,
                            "per_cut": {c: {k: v for k, v in table[c].items() if k != "correct"} | {
@@ -159,7 +170,24 @@ def analyse(
             "seconds": float(np.mean([e["seconds"] for e in plans[label]])),
         }
     out["full_epoch_seconds"] = table[0]["epoch_seconds"]
+    draws_by_planner["accuracy"] = draws  # type: ignore[assignment]  every cut's draws, for rules read off the oracle
     return out, draws_by_planner
+
+
+def validation_picks(table: dict[int, dict[str, Any]], seeds: list[int], tolerance: float, epochs: int) -> list:
+    """The ceiling of trial-based planning: every cut trained in full (the oracle's runs, at its tuned rate) and
+    judged on the validation split; per seed, the cheapest cut within ``tolerance`` of that seed's best validation
+    accuracy. Short trials see less than this; its planning cost is the training of every cut, in epochs of full
+    fine-tuning (measured seconds)."""
+    cuts = sorted(table)
+    seconds = epochs * sum(table[c]["epoch_seconds"] for c in cuts)
+    out = []
+    for i, _ in enumerate(seeds):
+        val = {c: table[c]["val_accuracy_by_seed"][i] for c in cuts}
+        top = max(val.values())
+        out.append({"cut": max(c for c in cuts if val[c] >= top - tolerance), "seconds": seconds,
+                    "full_epochs": seconds / table[0]["epoch_seconds"]})  # fmt: skip
+    return out
 
 
 def _bootstrap_accuracy(correct: np.ndarray, draws: int, seed: int) -> np.ndarray:
@@ -190,7 +218,7 @@ def summarize(analysed: dict[str, dict], calibration: list[str], draws_by_task: 
         if not names:
             continue
         out[group] = {"tasks": names}
-        for label in PLANNERS:
+        for label in analysed[names[0]]["picks"]:
             picks = [analysed[t]["picks"][label] for t in names]
             below = np.mean([draws_by_task[t][label]["below"] for t in names], axis=0)
             regret = np.mean([draws_by_task[t][label]["regret"] for t in names], axis=0)
@@ -208,8 +236,8 @@ def _salf_versus(group: dict[str, Any], names: list[str], draws_by_task: dict[st
     > 0: SALF more accurate) and its mean backward FLOPs minus theirs (share of full fine-tuning; < 0: cheaper)."""
     out = {}
     salf_below = np.mean([draws_by_task[t]["salf"]["below"] for t in names], axis=0)
-    for label in PLANNERS:
-        if label == "salf":
+    for label in group:
+        if label in ("salf", "tasks"):
             continue
         other_below = np.mean([draws_by_task[t][label]["below"] for t in names], axis=0)
         point = group[label]["below_best"]["mean"] - group["salf"]["below_best"]["mean"]
@@ -221,8 +249,11 @@ def _salf_versus(group: dict[str, Any], names: list[str], draws_by_task: dict[st
 
 
 def fit_law(tasks: dict[str, Any], names: list[str], tolerance: float) -> dict[str, float]:
-    """Least-squares gamma, beta, alpha of SALF's loss law against the observed losses of ``names`` (grid)."""
-    from edgetune.planner.salf import loss_amplitude, predicted_losses
+    """Least-squares gamma, beta, alpha of SALF's loss law against the observed losses of ``names`` (grid).
+
+    The law is A * shape_alpha(u) with A = gamma * head + beta * recoverable (never negative), so for each alpha the
+    squared error of every (gamma, beta) is A^2 sum(s^2) - 2 A sum(s o) + sum(o^2), summed over the runs."""
+    from edgetune.planner.salf import predicted_losses
 
     curves = []
     for task in names:
@@ -231,15 +262,17 @@ def fit_law(tasks: dict[str, Any], names: list[str], tolerance: float) -> dict[s
         units = np.array([max(per_cut) - c for c in sorted(per_cut)], dtype=float)
         observed = np.array([a["best_accuracy"] - per_cut[c]["accuracy"] for c in sorted(per_cut)])
         curves += [(e["head_sq_error"], e["recoverable"], units, observed) for e in tasks[task]["plans"]["salf"]]
-    best = (np.inf, 0.0, 0.0, 0.0)
-    for gamma in np.arange(0.0, 0.301, 0.01):
-        for beta in np.arange(0.0, 4.01, 0.1):
-            for alpha in np.arange(0.25, 3.01, 0.125):
-                err = sum(float(np.sum((predicted_losses(loss_amplitude(h, r, gamma, beta), u, alpha) - o) ** 2))
-                          for h, r, u, o in curves)  # fmt: skip
-                if err < best[0]:
-                    best = (err, float(gamma), float(beta), float(alpha))
-    return {"sse": best[0], "gamma": best[1], "beta": best[2], "alpha": best[3]}
+    gammas, betas = np.arange(0.0, 0.301, 0.01), np.arange(0.0, 4.01, 0.1)
+    alphas = np.arange(0.25, 3.01, 0.125)
+    sse = np.zeros((len(gammas), len(betas), len(alphas)))
+    for h, r, u, o in curves:
+        amplitude = gammas[:, None] * h + betas[None, :] * max(0.0, r)  # (gammas, betas)
+        for i, alpha in enumerate(alphas):
+            shape = predicted_losses(1.0, u, alpha)
+            ss, so, oo = float(shape @ shape), float(shape @ o), float(o @ o)
+            sse[:, :, i] += amplitude**2 * ss - 2 * amplitude * so + oo
+    g, b, a = np.unravel_index(int(np.argmin(sse)), sse.shape)
+    return {"sse": float(sse[g, b, a]), "gamma": float(gammas[g]), "beta": float(betas[b]), "alpha": float(alphas[a])}
 
 
 def law_picks(tasks: dict[str, Any], names: list[str], law: dict[str, float], tolerance: float) -> dict[str, Any]:
@@ -268,6 +301,80 @@ def law_picks(tasks: dict[str, Any], names: list[str], law: dict[str, float], to
     return out
 
 
+def cross_task_picks(tasks: dict[str, Any], names: list[str], tolerance: float) -> dict[str, Any]:
+    """Leave one task out: the loss law fitted (:func:`fit_law`) on the other tasks of ``names``, applied to the one
+    left out, so every pick is made with constants that never saw its task."""
+    out = {}
+    for task in names:
+        law = fit_law(tasks, [t for t in names if t != task], tolerance)
+        out[task] = {"law": law} | law_picks(tasks, [task], law, tolerance)[task]
+    return out
+
+
+FRONTIER_TOLERANCES = (0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+def frontier(tasks: dict[str, Any], names: list[str], accuracy_draws: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Accuracy against cost on the tasks ``names``: SALF's rule at every tolerance in FRONTIER_TOLERANCES (its
+    stored evidence, the default constants), training the top k blocks for every k, and the oracle's own frontier
+    (per cost weight, each task's cut minimizing points below the best plus weight x FLOPs). Each point: mean backward
+    FLOPs (share of full fine-tuning), points below the best cut and regret, with 95% bootstrap intervals."""
+    from edgetune.planner.salf import LOSS_ALPHA, LOSS_RECOVERABLE, LOSS_SCALE
+
+    default = {"gamma": LOSS_SCALE, "beta": LOSS_RECOVERABLE, "alpha": LOSS_ALPHA}
+    analyses = {t: tasks[t]["analysis"] for t in names}
+    per_cuts = {t: {int(c): v for c, v in analyses[t]["per_cut"].items()} for t in names}
+    rules: list[tuple[str, str, dict[str, list[int]]]] = []
+    for tol in FRONTIER_TOLERANCES:
+        picked = law_picks(tasks, names, default, tol)
+        rules.append(("salf", f"tolerance {tol:g}", {t: picked[t]["cuts"] for t in names}))
+    for k in range(min(max(per_cuts[t]) for t in names) + 1):
+        rules.append(("topk", f"k = {k}", {t: [max(per_cuts[t]) - k] for t in names}))
+    seen = set()
+    for weight in np.linspace(0.0, 10.0, 201):  # points given up per unit of full fine-tuning's FLOPs
+        cuts = tuple(min(per_cuts[t], key=lambda c, t=t: analyses[t]["best_accuracy"] - per_cuts[t][c]["accuracy"]
+                         + weight * per_cuts[t][c]["backward_frac"]) for t in names)  # fmt: skip
+        if cuts not in seen:
+            seen.add(cuts)
+            rules.append(("oracle", f"weight {weight:g}", {t: [c] for t, c in zip(names, cuts)}))
+    points = []
+    for rule, setting, cuts in rules:
+        below, regret, frac = [], [], []
+        for t in names:
+            a, draws = analyses[t], accuracy_draws[t]
+            per_cut = per_cuts[t]
+            picked, accuracy = draws[:, cuts[t]].mean(axis=1), np.mean([per_cut[c]["accuracy"] for c in cuts[t]])
+            below.append((draws[:, a["best_cut"]] - picked, a["best_accuracy"] - accuracy))
+            cheapest = a["oracle_cheapest_cut"]
+            regret.append((draws[:, cheapest] - picked, per_cut[cheapest]["accuracy"] - accuracy))
+            frac.append(np.mean([per_cut[c]["backward_frac"] for c in cuts[t]]))
+        points.append({
+            "rule": rule, "setting": setting, "cuts": cuts, "backward_frac": float(np.mean(frac)),
+            "below_best": _interval(float(np.mean([b[1] for b in below])), np.mean([b[0] for b in below], axis=0)),
+            "regret": _interval(float(np.mean([r[1] for r in regret])), np.mean([r[0] for r in regret], axis=0)),
+        })  # fmt: skip
+    return points
+
+
+def analyse_all(results: dict[str, Any], tables: dict[str, Any], args) -> dict[str, Any]:
+    """Analyse every task with an oracle (``entry["analysis"]``) and return each task's bootstrap draws. With three
+    or more such tasks, SALF with its loss law fitted on the other tasks (:func:`cross_task_picks`) joins the
+    planners as CROSS_TASK before the analysis is final."""
+    tasks, draws = results["tasks"], {}
+    for task in tables:
+        tasks[task]["plans"].pop(CROSS_TASK, None)  # derived from the other tasks' analyses: computed afresh
+    for final in (False, True):
+        for task, table in tables.items():
+            tasks[task]["analysis"], draws[task] = analyse(table, tasks[task]["plans"], args.seeds, args.tolerance)
+        if final or len(tables) < 3:
+            break
+        for task, picked in cross_task_picks(tasks, list(tables), args.tolerance).items():
+            seconds = [e["seconds"] for e in tasks[task]["plans"]["salf"]]
+            tasks[task]["plans"][CROSS_TASK] = [{"cut": c, "seconds": t, "law": picked["law"]}
+                                                for c, t in zip(picked["cuts"], seconds)]  # fmt: skip
+    return draws
+
+
 def progress_line(task: str, entry: dict[str, Any]) -> str:
     st = entry["plans"]["stability"]
     line = f"{task}: SALF resamples {st['resample_cuts']} row orders {st['row_order_cuts']}"
@@ -293,11 +400,11 @@ def plot(task: str, res: dict[str, Any], path: Path) -> None:
         ax.annotate("head" if c == cuts[-1] else f"cut {c}", (xi, yi), textcoords="offset points", xytext=(4, -12),
                     fontsize=7)  # fmt: skip
     ax.axhline(a["best_accuracy"] - 1.0, color="grey", ls=":", lw=1, label="best - 1 point")
-    markers = {"salf": "*", "salf-argmax": "P", "topk": "s", "gradnorm": "^", "autofreeze": "v", "random": "x",
-               "full": "D"}  # fmt: skip
+    markers = {"salf": "*", "salf-argmax": "P", "topk": "s", "topk-3": "<", "gradnorm": "^", "autofreeze": "v",
+               "random": "x", "full": "D", CROSS_TASK: "p", VALIDATION: "h"}  # fmt: skip
     for i, (label, pick) in enumerate(a["picks"].items()):  # SALF drawn on top of a planner with the same pick
         ax.plot([100 * pick["backward_frac"]], [pick["accuracy"]], markers[label], ms=13 if label == "salf" else 9,
-                color=f"C{i + 1}", label=f"{label}: cuts {pick['cuts']}", zorder=5 if label == "salf" else 3,
+                color=f"C{(i + 1) % 10}", label=f"{label}: cuts {pick['cuts']}", zorder=5 if label == "salf" else 3,
                 alpha=1.0 if label == "salf" else 0.8)  # fmt: skip
     ax.set_xlabel("backward FLOPs, % of full fine-tuning")
     ax.set_ylabel("test accuracy (%)")
@@ -330,6 +437,54 @@ def plot_stability(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("runs giving the most frequent cut (%)")
     ax.set_title("SALF's plan over resamples of its calibration sample and row orders", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
+    write_figure(fig, path)
+
+
+def plot_frontier(results: dict[str, Any], path: Path) -> None:
+    """Held-out tasks: points below the best cut against backward FLOPs for SALF at every tolerance, top-k for every
+    k, the oracle's own frontier and the other planners; bars are 95% intervals; the shaded box is the target."""
+    from edgetune.report import pyplot
+
+    plt = pyplot()
+    points, group = results["frontier"]["points"], results["summary"]["held_out"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.fill_between([0, 40], -0.5, 1.0, color="C2", alpha=0.08, label="target: within 1 point at <= 40% FLOPs")
+    styles = {"salf": ("C0", "o-", "SALF, tolerance"), "topk": ("C1", "s-", "top k blocks"),
+              "oracle": ("grey", ".--", "oracle's frontier (hindsight)")}  # fmt: skip
+    for rule, (color, fmt, label) in styles.items():
+        pts = sorted((p for p in points if p["rule"] == rule), key=lambda p: p["backward_frac"])
+        x = [100 * p["backward_frac"] for p in pts]
+        y = [p["below_best"]["mean"] for p in pts]
+        err = (
+            None
+            if rule == "oracle"
+            else np.array(
+                [
+                    [p["below_best"]["mean"] - p["below_best"]["low"] for p in pts],
+                    [p["below_best"]["high"] - p["below_best"]["mean"] for p in pts],
+                ]
+            )
+        )
+        ax.errorbar(x, y, yerr=err, fmt=fmt, color=color, capsize=2, ms=5, lw=1.2, label=label, alpha=0.9)
+        if rule != "oracle":
+            for p, xi, yi in zip(pts, x, y):
+                ax.annotate(p["setting"].split()[-1], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=color)  # fmt: skip
+    markers = {"gradnorm": "^", "autofreeze": "v", "random": "x", "full": "D", "salf-argmax": "P",
+               CROSS_TASK: "*", VALIDATION: "h"}  # fmt: skip
+    for i, (label, marker) in enumerate(markers.items()):
+        if label not in group:
+            continue
+        g = group[label]
+        below = g["below_best"]
+        ax.errorbar([100 * g["backward_frac"]], [below["mean"]], fmt=marker, color=f"C{i + 3}", ms=8, capsize=2,
+                    yerr=[[below["mean"] - below["low"]], [below["high"] - below["mean"]]], label=label)  # fmt: skip
+    ax.set_xlabel("backward FLOPs of the chosen cut, % of full fine-tuning (mean over tasks)")
+    ax.set_ylabel("points below the best cut (mean over tasks)")
+    ax.set_ylim(-0.5, None)
+    ax.set_title(f"Accuracy against cost on the held-out tasks ({', '.join(results['frontier']['tasks'])})",
+                 fontsize=9)  # fmt: skip
+    ax.legend(fontsize=7, loc="upper right")
     write_figure(fig, path)
 
 
@@ -368,22 +523,31 @@ def main() -> None:
     backbone, encoder = load_model(backbone_path(args.backbone), args.max_length)
     stored = json.loads(args.out.read_text()).get("tasks", {}) if args.reuse_plans and args.out.exists() else {}
     results: dict[str, Any] = {"tasks": {}}
-    draws: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
     for task in args.tasks:
         path = oracle_file(args.oracle_dir, args.backbone, task)
         store = json.loads(path.read_text()) if path.exists() else {}
         train_size = store.get("split", {}).get("train", args.train)
         cost = CostConfig(seq_len=args.max_length, batch_size=args.batch_size, num_examples=train_size,
                           epochs=args.epochs)  # fmt: skip
-        plans = stored[task]["plans"] if task in stored else run_planners(task, args, backbone, encoder, cost)
-        entry: dict[str, Any] = {"plans": plans, "split": store.get("split")}
+        if task in stored:  # planners added since the stored run are run now
+            plans = stored[task]["plans"]
+            missing = [] if args.stability_only else [label for label in PLANNERS if label not in plans]
+            if missing:
+                plans |= run_planners(task, args, backbone, encoder, cost, missing, stability=False)
+        else:
+            plans = run_planners(task, args, backbone, encoder, cost)
         table = oracle_table(store, args.seeds)
         if table is not None and not args.stability_only:
-            entry["analysis"], draws[task] = analyse(table, entry["plans"], args.seeds, args.tolerance)
-            plot(task, entry, args.out.with_name(f"{args.out.stem}_{task}.png"))
-        results["tasks"][task] = entry
-        print(progress_line(task, entry), flush=True)
+            tables[task] = table
+            plans[VALIDATION] = validation_picks(table, args.seeds, args.tolerance, store["settings"]["epochs"])
+        results["tasks"][task] = {"plans": plans, "split": store.get("split")}
         write_json(args.out, results)
+    draws = analyse_all(results, tables, args)
+    for task, entry in results["tasks"].items():
+        if "analysis" in entry:
+            plot(task, entry, args.out.with_name(f"{args.out.stem}_{task}.png"))
+        print(progress_line(task, entry), flush=True)
     analysed = {t: r["analysis"] for t, r in results["tasks"].items() if "analysis" in r}
     if args.fit:
         names = [t for t in args.calibration if t in analysed]
@@ -396,6 +560,11 @@ def main() -> None:
             "default": law_picks(results["tasks"], names, default, args.tolerance)}}  # fmt: skip
         print("fitted on", names, results["fit"])
     results["summary"] = summarize(analysed, args.calibration, draws)
+    held_out = [t for t in analysed if t not in args.calibration]
+    if held_out:
+        accuracy = {t: draws[t]["accuracy"] for t in held_out}
+        results["frontier"] = {"tasks": held_out, "points": frontier(results["tasks"], held_out, accuracy)}
+        plot_frontier(results, args.out.with_name(f"{args.out.stem}_frontier.png"))
     results["calibration_tasks"] = args.calibration
     results["machine"] = machine_record(load_start, args.threads)
     results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()

@@ -74,6 +74,41 @@ def planner_study(res: Result) -> str:
                 cells.append(f"{_pt(gain['mean'])} points [{_pt(gain['low'])}, {_pt(gain['high'])}], "
                              f"{100 * versus[label]['cost_difference']:+.0f}% FLOPs")  # fmt: skip
             lines.append(_row(cells))
+    if "frontier" in res:
+        lines += ["", _planner_frontier(res)]
+    return "\n".join(lines)
+
+
+FRONTIER_RULES = {"salf": "SALF", "topk": "top k blocks", "oracle": "oracle (hindsight)"}
+OTHER_PLANNERS = {"salf-cross-task": "SALF, law fitted on the other tasks", "validation": "every cut trained, "
+                  "cheapest within 1 point on validation", "gradnorm": "grad-norm", "autofreeze": "AutoFreeze-like",
+                  "random": "random", "salf-argmax": "SALF argmax-gain"}  # fmt: skip
+
+
+def _planner_frontier(res: Result) -> str:
+    """Held-out tasks: each rule's mean cost, points below the best cut and regret with 95% intervals; SALF at every
+    tolerance and top-k at every k side by side, so a reader sees whether SALF beats a fixed depth at equal cost."""
+    tasks = res["frontier"]["tasks"]
+    group = res["summary"]["held_out"]
+    lines = _head([f"rule, held-out tasks ({', '.join(tasks)})", "cuts per task", "backward FLOPs",
+                   "points below the best [95%]", "regret [95%]"])  # fmt: skip
+
+    def cells(name: str, cuts: str, frac: float, below: dict, regret: dict) -> list[str]:
+        return [name, cuts, f"{100 * frac:.0f}%", f"{_pt(below['mean'])} [{_pt(below['low'])}, {_pt(below['high'])}]",
+                f"{_pt(regret['mean'])} [{_pt(regret['low'])}, {_pt(regret['high'])}]"]  # fmt: skip
+
+    for p in res["frontier"]["points"]:
+        cuts = " / ".join("-".join(map(str, sorted(set(p["cuts"][t])))) for t in tasks)
+        name = f"{FRONTIER_RULES[p['rule']]}, {p['setting']}"
+        if p["rule"] == "salf" and p["setting"] == "tolerance 1":
+            name = f"**{name} (default)**"
+        lines.append(_row(cells(name, cuts, p["backward_frac"], p["below_best"], p["regret"])))
+    for label, name in OTHER_PLANNERS.items():
+        if label in group:
+            g = group[label]
+            cuts = " / ".join("-".join(map(str, sorted(set(res["tasks"][t]["analysis"]["picks"][label]["cuts"]))))
+                              for t in tasks)  # fmt: skip
+            lines.append(_row(cells(name, cuts, g["backward_frac"], g["below_best"], g["regret"])))
     return "\n".join(lines)
 
 
