@@ -43,7 +43,7 @@ def export_personal_command(
     with trusting(trust):
         result = export_personal_model(package, personal, out, threads=threads)
     console.print(
-        f"export-personal: {result.kind} state merged; logits match predict within {result.max_abs_diff:.2g} on "
+        f"export-personal: {result.what}; logits match predict within {result.max_abs_diff:.2g} on "
         f"{result.num_texts} texts; wrote {out} ({', '.join(result.files)}) in {result.seconds:.1f}s",
         highlight=False,
     )

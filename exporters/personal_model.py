@@ -68,6 +68,20 @@ class PersonalModelExport:
     num_texts: int
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    what: str = ""  # the merged state in words, for the command's summary line (see :func:`describe_state`)
+
+
+def describe_state(kind: str, tuner: dict[str, Any], train_cut: int, num_layers: int) -> str:
+    """What a personal state brings to the merged model, in words: ``merged a lora state (blocks 6..6 + head)``,
+    ``merged a full state (the head only)``, ``merged a FaLA state (plain form: ...)`` or, for a state that kept
+    the global model, ``a kept-global state: the package's own top, nothing to merge``."""
+    if kind == "kept_global":
+        return "a kept-global state: the package's own top, nothing to merge"
+    if kind == "fala":
+        form = tuner.get("params", {}).get("form", "plain")
+        return f"merged a FaLA state ({form} form: a personal feature matrix + head)"
+    trained = "the head only" if train_cut >= num_layers else f"blocks {train_cut + 1}..{num_layers} + head"
+    return f"merged a {tuner.get('name')} state ({trained})"
 
 
 def _bake(top: onnx.ModelProto, tensors: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -265,6 +279,7 @@ def export_personal_model(
         with Device(package, threads=threads) as device:
             state = device.load_personal(personal)  # verified, and refused when it belongs to another package
             top = device.top(state, merged=True)
+            what = describe_state(state.kind, state.tuner, state.train_cut, device.package.num_layers)
             with private_tempdir("edgetune-personal-model-") as scratch:
                 trunk, graph = load_graphs(device, top, Path(scratch))
                 model = compose_model(trunk, graph, merged_top_tensors(top, graph, state))
@@ -287,4 +302,4 @@ def export_personal_model(
                 }  # fmt: skip
                 (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return PersonalModelExport(out, sorted([*files, INFO_FILE]), state.kind, worst, len(texts),
-                               time.perf_counter() - start, info)  # fmt: skip
+                               time.perf_counter() - start, info, what)  # fmt: skip

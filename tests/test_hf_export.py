@@ -50,6 +50,7 @@ def test_optimum_and_a_pipeline_load_the_personal_model_and_match_predict(states
     out = tmp_path / "personal-model"
     result = export(device_packages["main"], states["lora"], out)
     assert result.exit_code == 0, result.output
+    assert "export-personal: merged a lora state (block" in " ".join(result.output.split())  # what went in, in words
     assert {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
     want = predict_logits(device_packages["main"], states["lora"], tmp_path)
 
@@ -106,6 +107,7 @@ def test_optimum_exporter_and_ours_agree_on_the_global_model(states, device_pack
     main_export(str(tiny_model_dir("bert")), output=tmp_path / "optimum", task="feature-extraction", opset=18)
     result = export(device_packages["main"], states["kept_global"], tmp_path / "ours")
     assert result.exit_code == 0, result.output
+    assert "a kept-global state: the package's own top, nothing to merge" in " ".join(result.output.split())
     with Device(device_packages["main"]) as device:
         ids, mask = device.package.encode(TEXTS)
         top = device.top().above(device.package.num_layers)  # the final norm, pooling and head
@@ -116,6 +118,20 @@ def test_optimum_exporter_and_ours_agree_on_the_global_model(states, device_pack
         theirs = top(torch.from_numpy(hidden), torch.from_numpy(mask)).numpy()
     ours = ort_session(tmp_path / "ours" / "model.onnx").run(["logits"], {"input_ids": ids, "attention_mask": mask})
     assert np.abs(ours[0] - theirs).max() < 1e-4
+
+
+def test_the_summary_line_says_what_the_state_brings():
+    """The command names the tuner and what it trained, not the state file's internal kind (``top_delta``)."""
+    from exporters.personal_model import describe_state
+
+    lora, full = {"name": "lora", "params": {"r": 8}}, {"name": "full", "params": {}}
+    assert describe_state("top_delta", lora, 5, 6) == "merged a lora state (blocks 6..6 + head)"
+    assert describe_state("top_delta", full, 3, 6) == "merged a full state (blocks 4..6 + head)"
+    assert describe_state("top_delta", full, 6, 6) == "merged a full state (the head only)"
+    fala = {"name": "fala", "params": {"form": "residual"}}
+    assert describe_state("fala", fala, 6, 6) == "merged a FaLA state (residual form: a personal feature matrix + head)"
+    none = {"name": "none", "params": {}}
+    assert describe_state("kept_global", none, 5, 6) == "a kept-global state: the package's own top, nothing to merge"
 
 
 def test_a_state_of_another_package_is_refused(states, device_packages, tmp_path):
