@@ -322,10 +322,11 @@ def draw_users(old: Path, data: Path, user_config: Any) -> Any:
     from device_sim.device import Device
     from device_sim.simulation.users import simulate_users
     from edgetune.data import DataError, load_dataset
+    from edgetune.package_plan import PackagePlan
 
     with Device(old) as device:
-        plan = device.package.manifest["plan"]
-    corpus = load_dataset(data, plan.get("text_column", "text"), plan.get("label_column", "label"))
+        plan = PackagePlan.from_manifest(device.package.manifest)
+    corpus = load_dataset(data, plan.text_column, plan.label_column)
     try:
         return simulate_users(corpus, user_config)
     except ValueError as err:
