@@ -171,8 +171,7 @@ class HadSkipConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+        check_setting("budget", self.budget, 0, 1, low_open=True)
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("need 0 < temperature_end <= temperature_start")
         if self.gate_lr <= 0 or self.penalty < 0 or self.calibration_size < 1:

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgetune.errors import EdgetuneError, SettingError, check_setting, out_of_range
-from edgetune.training_config import TrainConfig, TrainingConfig
+from edgetune.training_config import HadSkipConfig, TrainConfig, TrainingConfig
 from edgetune_cli import app
 
 runner = CliRunner()
@@ -52,6 +52,8 @@ def test_train_config_checks_its_own_settings() -> None:
         TrainConfig(max_length=1)
     with pytest.raises(SettingError, match="^mode must be one of"):
         TrainConfig(mode="fast")
+    with pytest.raises(SettingError, match=r"^budget must be > 0 and <= 1, got 1\.5$"):
+        HadSkipConfig(budget=1.5)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +84,9 @@ def test_export_options_check_every_setting_once(options: dict, message: str) ->
 EXPORT = ["export", "--model", "{tmp}/no-model", "--plan", "{tmp}/no-plan.json", "--out", "{tmp}/pkg"]
 PERSONALIZE = ["personalize", "--package", "{tmp}/no-pkg", "--data", "{tmp}/no.csv", "--out", "{tmp}/p"]
 TRAIN = ["train", "--model", "{tmp}/no-model", "--plan", "{tmp}/no-plan.json", "--data", "{tmp}/no.csv"]
+SKIP = ["skip", "--model", "{tmp}/no-model", "--data", "{tmp}/no.csv", "--out", "{tmp}/s"]
+SWAP = ["swap", "--old", "{tmp}/a", "--new", "{tmp}/b", "--personal", "{tmp}/p", "--data", "{tmp}/no.csv"]
+SIMULATE = ["simulate", "--old", "{tmp}/a", "--new", "{tmp}/b", "--data", "{tmp}/no.csv", "--out", "{tmp}/f"]
 
 
 @pytest.mark.parametrize(
@@ -104,6 +109,10 @@ TRAIN = ["train", "--model", "{tmp}/no-model", "--plan", "{tmp}/no-plan.json", "
             "Invalid value for --max-length: must be >= 2 and <= 65536, got 1",
         ),
         ([*TRAIN, "--out", "{tmp}/t", "--patience", "0"], "Invalid value for --patience: must be >= 1, got 0"),
+        ([*SKIP, "--budget", "2"], "Invalid value for --budget: must be > 0 and <= 1, got 2"),
+        ([*SKIP, "--epochs", "0"], "Invalid value for --epochs: must be >= 1, got 0"),
+        ([*SWAP, "--out", "{tmp}/q", "--epochs", "0"], "Invalid value for --epochs: must be >= 1, got 0"),
+        ([*SIMULATE, "--epochs", "0"], "Invalid value for --epochs: must be >= 1, got 0"),
     ],
 )
 def test_the_command_line_shows_a_refused_setting_under_its_flag(tmp_path, args: list[str], line: str) -> None:
