@@ -303,7 +303,7 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--shard", default=None, help="i/n: run the i-th of n slices of the users, write their rows")
     ap.add_argument("--assemble", type=int, default=None, help="n: join the rows of n shards into the results")
-    ap.add_argument("--table", type=Path, default=None, help="print the README table of a results JSON and stop")
+    ap.add_argument("--table", type=Path, default=None, help="print the results.md table of a results JSON and stop")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgetune-backbone-swap"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return ap.parse_args()
@@ -499,7 +499,7 @@ METHOD_LABELS = {
 
 
 def readme_table(results: dict[str, Any]) -> str:
-    """The README's swap table from a results JSON."""
+    """The swap table of docs/results.md from a results JSON."""
     summary = results["summary"]
     rows = results["users"]
     full = float(np.mean([r["after"]["retrain"]["full_retrain_backward_flops"] for r in rows]))

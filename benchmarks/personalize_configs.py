@@ -189,13 +189,14 @@ def backward_flops(package: Path, model: Path, texts: list[str], labels: np.ndar
     from edgetune.api import load_model
     from edgetune.measure import measure_step
     from edgetune.modeling import SequenceClassifier
-    from edgetune.planner.cost import ArchSummary, CostConfig, TunerCost, estimate_cut
+    from edgetune.package_plan import PackagePlan
+    from edgetune.planner.cost import CostConfig, TunerCost, estimate_cut
     from edgetune.tuners import get_tuner
 
     out: dict[str, Any] = {}
     y = torch.from_numpy(labels)
     with load_package(package) as pkg:
-        arch = ArchSummary.from_dict(pkg.manifest["plan"]["arch"])
+        arch = PackagePlan.from_manifest(pkg.manifest).arch
         ids, mask = pkg.encode(texts)
         hidden = torch.from_numpy(pkg.run_trunk(ids, mask))
         mask_t = torch.from_numpy(mask)

@@ -12,7 +12,7 @@ device profile (phone-high: its time budget bounds which candidate configuration
 2. The rest is split (stratified, seed 0) into a **tuning pool** (30%) and a **report pool** (70%). The device's
    settings (candidate configurations, learning rates, the guard's alpha) are meant to be chosen with ``--tune``
    on users drawn from the tuning pool (user seed 100), never on the report pool (seed 0) that the numbers come
-   from. The settings in this release are prior choices: the ``--tune`` run was not completed (README).
+   from. The settings in this release are prior choices: the ``--tune`` run was not completed (docs/results.md).
 3. Users (:func:`device_sim.simulation.users.natural_users`), ``--users-per-kind`` of each kind, ``--train-examples``
    training + ``--test-examples`` held-out texts each: ``prior`` (one label makes up 50-85% of their texts,
    labels the corpus's own), ``domain`` (all texts from one topic cluster of the pool: TF-IDF + k-means,

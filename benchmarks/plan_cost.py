@@ -48,7 +48,7 @@ def main() -> None:
 
     train, _ = stratified_split(bbc_news(), 0.2, seed=0)
     # "salf-256" caps the calibration sample at the 256 texts the planner read before it grew its sample: the time
-    # a 5%-of-an-epoch plan buys, at the stability README's planner study measures for small samples.
+    # a 5%-of-an-epoch plan buys, at the stability docs/results.md's planner study measures for small samples.
     planners = {
         "salf": ("salf", {}),
         "salf-256": ("salf", {"max_sample_size": 256}),

@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import hold_lock, load_average, machine_record, parser, write_figure, write_json  # noqa: E402
 from planner_oracle import ORACLE_DIR, SPLIT, backbone_path, load_task, oracle_file  # noqa: E402
-from table_renderers import planner_study as markdown_table  # noqa: E402  the README's table
+from table_renderers import planner_study as markdown_table  # noqa: E402  the table in docs/results.md
 
 PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "salf": ("salf", {}),

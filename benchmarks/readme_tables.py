@@ -1,12 +1,13 @@
-"""The README's result tables, generated from the JSON in ``benchmarks/results/``.
+"""The result tables of README.md and docs/results.md, generated from the JSON in ``benchmarks/results/``.
 
-Every results table in README.md sits between ``<!-- table: NAME -->`` and ``<!-- /table -->``; NAME is a
+Every results table in those files sits between ``<!-- table: NAME -->`` and ``<!-- /table -->``; NAME is a
 results file's stem and the renderer of ``benchmarks/table_renderers.py`` of that name writes the block. The
 prose around the tables stays hand-written.
 
-    python benchmarks/readme_tables.py --write   # rewrite the blocks from the JSON
-    python benchmarks/readme_tables.py --check   # exit 1 with a diff when README.md differs
+    python benchmarks/readme_tables.py           # rewrite the blocks from the JSON (also: --write)
+    python benchmarks/readme_tables.py --check   # exit 1, naming each stale table, with a diff, when a file differs
 
+``--file PATH`` (repeatable) checks or writes other files than the two above.
 A renderer that fails (a results file re-measured in another shape, a missing key) is reported as
 ``renderer for NAME failed: ...`` and its block is left as it is; the other blocks are still checked or written.
 """
@@ -18,7 +19,7 @@ import difflib
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # edgetune.io f
 from table_renderers import RENDERERS  # noqa: E402  benchmarks/table_renderers.py
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGETS = (ROOT / "README.md", ROOT / "docs" / "results.md")  # the files with generated table blocks, checked in order
 BLOCK = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.DOTALL)
 
 
@@ -51,7 +53,7 @@ def provenance(name: str, results_json: dict[str, Any]) -> str:
 
 
 def regenerate(text: str, results: Path) -> tuple[str, list[str]]:
-    """README text with every table block rendered from the JSON, and one line per block that failed."""
+    """Markdown text with every table block rendered from the JSON, and one line per block that failed."""
     failures: list[str] = []
 
     def block(m: re.Match[str]) -> str:
@@ -67,42 +69,79 @@ def regenerate(text: str, results: Path) -> tuple[str, list[str]]:
 
 
 def table_names(text: str) -> list[str]:
-    """The names of the table blocks in README text, in order."""
+    """The names of the table blocks in Markdown text, in order."""
     return [m.group(2) for m in BLOCK.finditer(text)]
 
 
-def check(readme: Path, results: Path) -> tuple[bool, str]:
-    """Whether README.md equals its regenerated self, and a report (failures and a unified diff)."""
-    text = readme.read_text()
+def stale_tables(text: str, results: Path) -> list[str]:
+    """The names of the blocks in TEXT whose table differs from what the JSON renders (a failed renderer aside)."""
+    stale = []
+    for m in BLOCK.finditer(text):
+        try:
+            table = render(m.group(2), results)
+        except Exception:  # reported by regenerate() as a failure, not as a stale table
+            continue
+        if m.group(3) != f"{table}\n":
+            stale.append(m.group(2))
+    return stale
+
+
+def _shown(path: Path) -> str:
+    """PATH relative to the checkout where it lies inside it (``docs/results.md``), else as given."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def check(path: Path, results: Path) -> tuple[bool, str]:
+    """Whether a Markdown file equals its regenerated self, and a report: one line per stale table and per failed
+    renderer, then a unified diff."""
+    text = path.read_text()
     new, failures = regenerate(text, results)
+    stale = [f"{_shown(path)}: table {name} is stale (differs from benchmarks/results/{name}.json)"
+             for name in stale_tables(text, results)]  # fmt: skip
     diff = "".join(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
-                                        f"{readme.name} (as committed)", f"{readme.name} (from the JSON)"))  # fmt: skip
-    return not failures and not diff, "\n".join([*failures, diff]).strip()
+                                        f"{path.name} (as committed)", f"{path.name} (from the JSON)"))  # fmt: skip
+    return not failures and not diff, "\n".join([*stale, *failures, diff]).strip()
+
+
+def check_all(paths: Sequence[Path], results: Path) -> tuple[bool, str]:
+    """check() over every file: whether all match, and their reports joined."""
+    outcomes = [check(path, results) for path in paths]
+    return all(ok for ok, _ in outcomes), "\n".join(report for _, report in outcomes if report)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="rewrite the README's table blocks from the JSON")
-    mode.add_argument("--check", action="store_true", help="exit 1 with a diff when the README differs")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the table blocks from the JSON (the default)")
+    mode.add_argument("--check", action="store_true", help="exit 1, naming each stale table, when a file differs")
+    ap.add_argument("--file", "--readme", dest="files", type=Path, action="append", default=None,
+                    help="a Markdown file of tables (repeatable; default: README.md, docs/results.md)")  # fmt: skip
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
+    files: list[Path] = args.files or list(TARGETS)
 
     if args.check:
-        ok, report = check(args.readme, args.results)
+        ok, report = check_all(files, args.results)
         if report:
             print(report)
         if ok:
-            print(f"{len(table_names(args.readme.read_text()))} tables match the JSON")
+            print(f"{sum(len(table_names(f.read_text())) for f in files)} tables match the JSON")
         return 0 if ok else 1
     from edgetune.io import atomic_write_text
 
-    text = args.readme.read_text()
-    new, failures = regenerate(text, args.results)
-    if new != text:
-        atomic_write_text(args.readme, new)
-    print("\n".join(failures) or f"wrote {len(table_names(new))} tables")
+    failures: list[str] = []
+    written = 0
+    for path in files:
+        text = path.read_text()
+        new, failed = regenerate(text, args.results)
+        if new != text:
+            atomic_write_text(path, new)
+        failures += [f"{_shown(path)}: {line}" for line in failed]
+        written += len(table_names(new))
+    print("\n".join(failures) or f"wrote {written} tables")
     return 1 if failures else 0
 
 

@@ -1,8 +1,8 @@
-"""The README's result tables, one renderer per results JSON (used by ``benchmarks/readme_tables.py``).
+"""The result tables of README.md and docs/results.md, one renderer per results JSON (for ``readme_tables.py``).
 
 Each renderer takes the parsed JSON of one file in ``benchmarks/results/`` and returns the Markdown table (no
 trailing newline). Only the numbers come from the JSON; labels and emphasis are fixed here. No torch, no numpy:
-the README check runs in the fast test tier.
+the tables' check runs in the fast test tier.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from edgetune.errors import SettingError, check_setting
 from edgetune.learning_rates import default_learning_rates
 
 CACHE_PLACES = ("auto", "memory", "mmap")
@@ -80,18 +81,16 @@ class TrainingConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
+        """The one check of the shared settings (the command line shows a refusal under the field's flag)."""
         if self.cache not in CACHE_PLACES:
-            raise ValueError(f"cache must be one of {CACHE_PLACES}, got {self.cache!r}")
+            raise SettingError("cache", f"must be one of {CACHE_PLACES}, got {self.cache!r}")
         if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if (self.lr is not None and self.lr <= 0) or (self.head_lr is not None and self.head_lr <= 0):
-            raise ValueError("learning rates must be positive")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1, got {self.patience}")
+            raise SettingError("metric", f"must be one of {METRICS}, got {self.metric!r}")
+        for name in ("epochs", "batch_size", "patience", "checkpoint_steps", "cache_batch_size"):
+            check_setting(name, getattr(self, name), 1)
+        for name in ("lr", "head_lr"):
+            check_setting(name, getattr(self, name), 0, low_open=True)
+        check_setting("val_fraction", self.val_fraction, 0, 1, high_open=True)
 
     def shared_settings(self) -> dict[str, Any]:
         """The values of the fields declared here (what another config of the family takes over)."""
@@ -125,7 +124,8 @@ class TrainConfig(TrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise SettingError("mode", f"must be one of {MODES}, got {self.mode!r}")
+        check_setting("max_length", self.max_length, 2, 1 << 16)
         if self.patience is not None and self.val_fraction == 0:
             raise ValueError("patience needs val_fraction > 0 and must be >= 1")
         if self.release_trunk and self.mode != "cached":
@@ -171,8 +171,7 @@ class HadSkipConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+        check_setting("budget", self.budget, 0, 1, low_open=True)
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("need 0 < temperature_end <= temperature_start")
         if self.gate_lr <= 0 or self.penalty < 0 or self.calibration_size < 1:

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgetune.errors import EdgetuneError
+from edgetune.errors import EdgetuneError, SettingError
 
 # Below this many columns rich's option table squeezes the help into a sliver and cuts long option names
 # (`--executorch-ma...`); click's plain layout wraps the help under whole names instead.
@@ -98,6 +98,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             result = fn(*args, **kwargs)
+        except SettingError as err:  # a config's check of a setting: shown under the setting's flag
+            if os.environ.get("EDGETUNE_DEBUG"):
+                raise
+            from edgetune_cli.common import usage_error
+
+            usage = usage_error(err).format_message()
+            err_console.print(f"[bold red]error:[/] {escape(usage)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
         except user_errors() as err:
             if os.environ.get("EDGETUNE_DEBUG"):
                 raise

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from edgetune.errors import SettingError, out_of_range
 from edgetune.tables import plan_table
 
 if TYPE_CHECKING:  # the device commands must not load the planner
@@ -38,14 +39,9 @@ def check_range(
     """Refuse a numeric flag outside its range (``None``: the flag was not given) as a usage error (exit 2)."""
     if value is None:
         return
-    ok = (low is None or (value > low if low_open else value >= low)) and (
-        high is None or (value < high if high_open else value <= high)
-    )
-    if ok and value == value:  # NaN is never in range
-        return
-    left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-    right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-    raise typer.BadParameter(f"must be {' and '.join(p for p in (left, right) if p)}, got {value:g}", param_hint=flag)
+    requirement = out_of_range(value, low, high, low_open, high_open)
+    if requirement is not None:
+        raise typer.BadParameter(requirement, param_hint=flag)
 
 
 def check_threads(value: int | None, flag: str = "--threads") -> None:
@@ -193,3 +189,10 @@ def trusting(trust: list[Path] | None) -> Iterator[None]:
 
     with use(trust):
         yield
+
+
+def usage_error(err: SettingError, flags: Mapping[str, str] | None = None) -> typer.BadParameter:
+    """A config's refusal of one setting as the usage error of its flag: ``--`` + the field's name with hyphens
+    (``batch_size`` -> ``--batch-size``), or the flag ``flags`` maps the field to."""
+    flag = (flags or {}).get(err.setting, f"--{err.setting.replace('_', '-')}")
+    return typer.BadParameter(err.requirement, param_hint=flag.split("/")[0])

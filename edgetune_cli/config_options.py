@@ -148,9 +148,18 @@ class ConfigOptions:
         return {n for n in self.fields if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") != "DEFAULT"}
 
     def build(self, ctx: typer.Context, **settings: Any) -> Any:
-        """The config from the parsed values and the command's other ``settings`` (a ``ValueError`` where the
-        config's ``__post_init__`` refuses them)."""
-        return self.config_class()(**{**self.values(ctx), **settings})
+        """The config from the parsed values and the command's other ``settings``. Where the config's
+        ``__post_init__`` refuses an exposed field (a :class:`~edgetune.errors.SettingError`), the usage error of
+        its flag ("Invalid value for --epochs: must be >= 1, got 0"); any other refusal stays a ``ValueError``."""
+        from edgetune.errors import SettingError
+        from edgetune_cli.common import usage_error
+
+        try:
+            return self.config_class()(**{**self.values(ctx), **settings})
+        except SettingError as err:
+            if err.setting in self.fields and err.setting not in settings:
+                raise usage_error(err, self.flags) from None
+            raise
 
 
 class ConfigCommand(TyperCommand):

@@ -261,10 +261,8 @@ def check_personalize_flags(
         raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--trainer")
     s = PERSONALIZE_SETTINGS.values(ctx)
     check_threads(threads)
-    positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops, lr=s["lr"], head_lr=s["head_lr"])
-    at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
+    positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops)  # epochs, lr...: TrainingConfig checks
     check_range("--cut", s["cut"], 0)
-    check_range("--patience", s["patience"], 0)
 
 
 def personalize_config(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgetune.planner_registry import PLANNER_NAMES
 from edgetune_cli.common import (
     LabelColumnOption,
     MaxLengthOption,
@@ -24,7 +25,7 @@ from edgetune_cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
 if TYPE_CHECKING:  # the planner loads torch: only when planning
     from edgetune.planner.plan import Plan
 
-PLANNER_CHOICES = ("salf", "topk", "gradnorm", "autofreeze", "random", "full")
+PLANNER_CHOICES = PLANNER_NAMES  # the registry's names, read without loading the planners (torch)
 
 # The options of `plan` whose declarations take more than a line.
 PlannerOption = Annotated[

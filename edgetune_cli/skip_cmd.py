@@ -13,7 +13,6 @@ from edgetune_cli.common import (
     MaxLengthOption,
     QuietTableOption,
     TextColumnOption,
-    at_least_one,
     check_range,
     locks_output,
 )
@@ -75,12 +74,12 @@ def skip_command(
     run started again with the same flags resumes from --out/checkpoint."""
     from edgetune.skip import hadskip_finetune
 
-    check_skip_flags(ctx, [("--model", model), ("--data", data), ("--eval-data", eval_data)], out, max_length)
-    dataset, held_out = load_skip_data(data, eval_data, text_column, label_column)
-    try:
+    check_skip_flags([("--model", model), ("--data", data), ("--eval-data", eval_data)], out, max_length)
+    try:  # HadSkipConfig checks the settings, before any data is read
         cfg = SKIP_SETTINGS.build(ctx, max_length=max_length, progress=not quiet)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    dataset, held_out = load_skip_data(data, eval_data, text_column, label_column)
     with reporting(report_to, logging_dir, out) as callbacks:
         clf, encoder, result = hadskip_finetune(
             model, dataset, out, cfg, max_length, text_column, label_column, progress=not quiet,
@@ -89,14 +88,10 @@ def skip_command(
     report_skip(result, cfg.budget, out, clf, encoder, held_out, quiet)
 
 
-def check_skip_flags(ctx: typer.Context, inputs: list[tuple[str, Path | None]], out: Path, max_length: int) -> None:
-    """Refuse a budget or count out of range, or an --out skip may not write, before any data is read."""
+def check_skip_flags(inputs: list[tuple[str, Path | None]], out: Path, max_length: int) -> None:
+    """Refuse an --out skip may not write or a --max-length out of range, before any data is read."""
     from edgetune.io import check_output_dir
 
-    settings = SKIP_SETTINGS.values(ctx)
-    if not 0 < settings["budget"] <= 1:
-        raise typer.BadParameter("must be in (0, 1]", param_hint="--budget")
-    at_least_one(epochs=settings["epochs"], batch_size=settings["batch_size"])
     check_output_dir(out, inputs, ["edgetune.json", "checkpoint"], "checkpoint")
     check_range("--max-length", max_length, 2, 1 << 16)
 

@@ -131,7 +131,7 @@ def swap_command(
     from edgetune_cli import console
 
     check_threads(threads)
-    at_least_one(k=k, epochs=RETRAIN_SETTINGS.values(ctx)["epochs"])
+    at_least_one(k=k)  # --epochs: PersonalizeConfig checks it when swap_config builds it
     check_range("--fraction", fraction, 0, 1, low_open=True)
     check_range("--tune-epochs", tune_epochs, 0)
     config = swap_config(ctx, method, k, fraction, selection, silhouette, tune_epochs, tune_lr, ridge_alpha, form, seed)
@@ -251,7 +251,7 @@ def check_fleet_numbers(
 ) -> None:
     """Refuse a count or share out of range before anything is read."""
     check_threads(threads)
-    at_least_one(users=users, random_draws=random_draws, epochs=FLEET_SETTINGS.values(ctx)["epochs"])
+    at_least_one(users=users, random_draws=random_draws)  # --epochs: the config checks it (fleet_config)
     check_range("--examples-per-user", examples_per_user, 2)
     check_range("--test-fraction", test_fraction, 0, 1, low_open=True, high_open=True)
     check_range("--fraction", fraction, 0, 1, low_open=True)
@@ -322,10 +322,11 @@ def draw_users(old: Path, data: Path, user_config: Any) -> Any:
     from device_sim.device import Device
     from device_sim.simulation.users import simulate_users
     from edgetune.data import DataError, load_dataset
+    from edgetune.package_plan import PackagePlan
 
     with Device(old) as device:
-        plan = device.package.manifest["plan"]
-    corpus = load_dataset(data, plan.get("text_column", "text"), plan.get("label_column", "label"))
+        plan = PackagePlan.from_manifest(device.package.manifest)
+    corpus = load_dataset(data, plan.text_column, plan.label_column)
     try:
         return simulate_users(corpus, user_config)
     except ValueError as err:

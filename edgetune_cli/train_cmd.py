@@ -14,12 +14,10 @@ from edgetune_cli.common import (
     RuntimeOption,
     TrustOption,
     at_least_one,
-    check_range,
     check_runtime,
     check_threads,
     deprecated_alias,
     file_output,
-    positive,
     trusting,
 )
 from edgetune_cli.config_options import ConfigOptions
@@ -158,7 +156,6 @@ def train_command(
 
     main_process = is_main_process()  # torchrun / accelerate launch: the other processes print nothing
     quiet = quiet or not main_process
-    check_train_numbers(ctx)
     tuner_name, tuner_params = tuner_options(tuner, lora_r, lora_alpha, tuner_param)
     config, search_lr = train_config(ctx, lr, quiet)
     with reporting(report_to, logging_dir, out, main_process) as callbacks:
@@ -177,17 +174,6 @@ def train_command(
         )
     if main_process:
         report_train(result, config, out, eval_data, quiet)
-
-
-def check_train_numbers(ctx: typer.Context) -> None:
-    """Refuse a training setting out of range before the model loads (--mode and --cache were checked against
-    their choices while parsing)."""
-    s = TRAIN_SETTINGS.values(ctx)
-    at_least_one(epochs=s["epochs"], batch_size=s["batch_size"], checkpoint_steps=s["checkpoint_steps"])
-    check_range("--max-length", s["max_length"], 2, 1 << 16)
-    check_range("--patience", s["patience"], 0)
-    check_range("--val-fraction", s["val_fraction"], 0, 1, high_open=True)
-    positive(head_lr=s["head_lr"])
 
 
 def train_config(ctx: typer.Context, lr: str | None, quiet: bool) -> tuple[Any, bool]:

@@ -10,7 +10,7 @@
    features, other package, ready in seconds). Each user moves to it with FaLA (a personal matrix fitted on 10%
    of their texts, chosen by correlation clustering) and, for comparison, by re-training the new top layers on
    all their texts. The **real** swap, all-MiniLM-L6-v2 -> all-mpnet-base-v2 (another family, 384 -> 768 wide),
-   is ``benchmarks/backbone_swap.py --new mpnet`` (``pip install -e ".[swap]"``; README, "Backbone swap").
+   is ``benchmarks/backbone_swap.py --new mpnet`` (``pip install -e ".[swap]"``; docs/results.md, "Backbone swap").
 4. Prints one summary table (accuracy on each user's held-out texts, backward FLOPs, wall time, package size)
    and writes summary.json + summary.png next to plan.png.
 """

@@ -8,12 +8,21 @@ line can print it as one line instead of a traceback.
 from __future__ import annotations
 
 from device_sim.errors import PackageError
+from edgetune.errors import SettingError
 
-__all__ = ["ExportError", "PackageError", "ParityError", "PlanMismatchError"]
+__all__ = ["ExportError", "ExportSettingError", "PackageError", "ParityError", "PlanMismatchError"]
 
 
 class ExportError(PackageError):
     """A model and plan cannot be exported as they are (the plan is for another model, bad options...)."""
+
+
+class ExportSettingError(ExportError, SettingError):
+    """An :class:`~exporters.export.ExportOptions` setting out of range: an ExportError to the exporters' callers,
+    a :class:`~edgetune.errors.SettingError` (which field, what it must be) to the command line."""
+
+    def __init__(self, setting: str, requirement: str) -> None:
+        SettingError.__init__(self, setting, requirement)
 
 
 class PlanMismatchError(ExportError):

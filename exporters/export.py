@@ -39,13 +39,14 @@ from device_sim.package import is_package, write_tar
 from device_sim.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
 from device_sim.trust import load_signing_key, signature_document
 from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
+from edgetune.errors import check_setting
 from edgetune.formatting import accuracy as percent
 from edgetune.formatting import stable_model_id
 from edgetune.io import atomic_directory, atomic_write_bytes, atomic_write_json, output_lock, recover
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.planner.plan import Plan
 from edgetune.tokenization import TextEncoder
-from exporters.errors import ExportError, PlanMismatchError
+from exporters.errors import ExportError, ExportSettingError, PlanMismatchError
 from exporters.fused import EXPORTER as FUSED_EXPORTER
 from exporters.fused import FUSED_INT8_OP_TYPES, OPTIMIZE_LEVELS, export_trunk_fused, not_fused_message
 from exporters.head import init_head_from_probe, zero_head
@@ -103,24 +104,26 @@ class ExportOptions:
     release_version: int | None = None  # release.version: a device refuses a lower one than it has accepted
 
     def __post_init__(self) -> None:
+        """The one check of every option (an :class:`ExportSettingError` names the field; the command line shows
+        it under the field's flag)."""
         check_opset(self.opset)
         if self.sign is not None and not self.release:
             raise ExportError("a signed package needs a release name (--release NAME): rollback is refused per name")
-        if self.release_version is not None and self.release_version < 0:
-            raise ExportError(f"release version must be >= 0, got {self.release_version}")
+        check_setting("release_version", self.release_version, 0, error=ExportSettingError)
         if self.optimize not in OPTIMIZE_LEVELS:
-            raise ExportError(f"optimize must be one of {', '.join(OPTIMIZE_LEVELS)}, got {self.optimize!r}")
-        if self.batch_size < 1 or self.executorch_max_batch < 1:
-            raise ExportError("batch sizes must be >= 1")
-        if self.threads is not None and not 1 <= self.threads <= 256:
-            raise ExportError(f"threads must be in 1..256, got {self.threads}")
-        if not 0 <= self.val_fraction < 1:
-            raise ExportError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.skip_budget is not None and not 0 < self.skip_budget <= 1:
-            raise ExportError(f"skip budget must be in (0, 1], got {self.skip_budget}")
+            raise ExportSettingError("optimize", f"must be one of {', '.join(OPTIMIZE_LEVELS)}, got {self.optimize!r}")
+        for name in ("batch_size", "executorch_max_batch"):
+            check_setting(name, getattr(self, name), 1, error=ExportSettingError)
+        check_setting("threads", self.threads, 1, 256, error=ExportSettingError)
+        check_setting("val_fraction", self.val_fraction, 0, 1, high_open=True, error=ExportSettingError)
+        check_setting("skip_budget", self.skip_budget, 0, 1, low_open=True, error=ExportSettingError)
+        for name in ("atol", "executorch_atol"):
+            check_setting(name, getattr(self, name), 0, low_open=True, error=ExportSettingError)
         unknown = [t for t in self.targets if t not in TARGETS]
-        if unknown or "onnx" not in self.targets:
-            raise ExportError(f"targets must include onnx and be among {TARGETS}, got {list(self.targets)}")
+        if unknown:
+            raise ExportSettingError("targets", f"must be among {', '.join(TARGETS)}: unknown target {unknown[0]!r}")
+        if "onnx" not in self.targets:
+            raise ExportSettingError("targets", f"must include onnx, got {', '.join(self.targets) or 'none'}")
 
 
 @dataclass
@@ -212,7 +215,8 @@ def apply_skip_budget(classifier: SequenceClassifier, budget: float | None) -> d
 
     The gates' mean probabilities (``hadskip.mean_gate`` in ``edgetune.json``, written by
     ``edgetune skip``) rank the blocks; the round(budget * L) highest are kept. Without a
-    budget, blocks the checkpoint already skips stay skipped.
+    budget, blocks the checkpoint already skips stay skipped. ``budget`` is :class:`ExportOptions`'s, which
+    checked its range.
     """
     from edgetune.skip import static_keep
 
@@ -220,8 +224,6 @@ def apply_skip_budget(classifier: SequenceClassifier, budget: float | None) -> d
         if not classifier.skipped_layers:
             return None
         return {"budget": None, "skipped_layers": [i + 1 for i in classifier.skipped_layers]}  # block numbers
-    if not 0.0 < budget <= 1.0:
-        raise ExportError(f"--skip-budget must be in (0, 1], got {budget}")
     stats = classifier.meta.get("hadskip")
     if not stats or "mean_gate" not in stats:
         raise ExportError(

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from edgetune_cli import app
@@ -98,3 +99,18 @@ def test_wrong_model_path_and_bad_planner(train_csv, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "choose one of" in result.output
+
+
+def test_planner_choices_are_the_registry(monkeypatch):
+    """`--planner` reads the registry's names (no torch); the registry loads each class and checks its name."""
+    import edgetune.planner as planner_pkg
+    from edgetune.planner_registry import PLANNER_CLASSES
+    from edgetune_cli.plan_cmd import PLANNER_CHOICES
+
+    assert PLANNER_CHOICES == tuple(planner_pkg.PLANNERS) == tuple(PLANNER_CLASSES)
+    assert all(cls.name == name for name, cls in planner_pkg.PLANNERS.items())
+    result = runner.invoke(app, ["plan", "--help"], terminal_width=200)
+    assert ", ".join(PLANNER_CHOICES) in " ".join(result.output.split())
+    monkeypatch.setattr(planner_pkg, "PLANNER_CLASSES", {"topk": "edgetune.planner.baselines:FullPlanner"})
+    with pytest.raises(RuntimeError, match="is named 'full', registered as 'topk'"):
+        planner_pkg._load_planners()

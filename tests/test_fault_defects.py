@@ -1,7 +1,7 @@
 """The fault defects of the trust round, each tried the way it was found: a planted lock link, an output inside a
 package, a CSV with a repeated column, signals, a full disk, bad bytes on stdin, the umask, a raw U+2028 in JSONL,
 a pruned DSEE state in the torch runtime, a train cut below the package's, GPT-2's per-layer attention scaling,
-and a re-export from another directory. The README's reliability table lists them.
+and a re-export from another directory. docs/reliability.md's table lists them.
 """
 
 from __future__ import annotations

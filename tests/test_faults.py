@@ -3,7 +3,7 @@ inputs, interrupted runs, re-sealed but wrong files, numeric flags out of range.
 
 Every case must end in the correct result or one line with exit code 2 (``inspect``: exit 2 and FAILED lines):
 never a traceback, never a silent mix of two versions, never a lost input, and a re-run after a kill completes.
-The README's reliability table summarizes what this module tries.
+docs/reliability.md's table summarizes what this module tries.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The README's result tables equal what benchmarks/readme_tables.py renders from benchmarks/results/*.json."""
+"""The result tables of README.md and docs/results.md equal what benchmarks/readme_tables.py renders from
+benchmarks/results/*.json."""
 
 from __future__ import annotations
 
@@ -7,24 +8,45 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import readme_tables  # noqa: E402  benchmarks/readme_tables.py
 
 
 def test_readme_tables_match_the_json() -> None:
-    """In a fresh interpreter, to show the check needs no torch (CI's fast tier, < 1 s)."""
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); import readme_tables as r; ok, report = r.check("
-            "r.ROOT / 'README.md', r.ROOT / 'benchmarks' / 'results'); print(report); "
-            "assert 'torch' not in sys.modules; sys.exit(0 if ok else 1)")  # fmt: skip
+    """The script's own ``--check``, in a fresh interpreter, to show it needs no torch (CI's fast tier, < 1 s)."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import readme_tables as r; rc = r.main(['--check']); "
+            "assert 'torch' not in sys.modules; sys.exit(rc)")  # fmt: skip
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, "README tables differ from the JSON; run `python benchmarks/readme_tables.py " \
-                                f"--write`:\n{run.stdout}{run.stderr}"  # fmt: skip
+    assert run.returncode == 0, "result tables differ from the JSON; run `python benchmarks/readme_tables.py`:\n" \
+                                f"{run.stdout}{run.stderr}"  # fmt: skip
+
+
+def test_the_check_covers_the_readme_and_docs_results() -> None:
+    assert readme_tables.TARGETS == (ROOT / "README.md", ROOT / "docs" / "results.md")
 
 
 def test_every_renderer_has_a_block() -> None:
-    names = readme_tables.table_names((ROOT / "README.md").read_text())
+    names = [name for path in readme_tables.TARGETS for name in readme_tables.table_names(path.read_text())]
     assert sorted(names) == sorted(readme_tables.RENDERERS) and len(set(names)) == len(names)
+
+
+def test_check_names_the_stale_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "rankmean.json").write_text((ROOT / "benchmarks/results/rankmean.json").read_text())
+    (tmp_path / "hadskip.json").write_text((ROOT / "benchmarks/results/hadskip.json").read_text())
+    fresh, stale = tmp_path / "fresh.md", tmp_path / "stale.md"
+    fresh.write_text("<!-- table: hadskip -->\n<!-- /table -->\n")
+    stale.write_text("<!-- table: rankmean -->\n| old |\n<!-- /table -->\n")
+    assert readme_tables.main(["--file", str(fresh), "--results", str(tmp_path)]) == 0  # no flag: rewrite
+    assert readme_tables.main(["--check", "--file", str(fresh), "--file", str(stale), "--results", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{stale}: table rankmean is stale (differs from benchmarks/results/rankmean.json)" in out
+    assert "hadskip" not in out.replace("wrote 1 tables", "")
+    assert readme_tables.main(["--file", str(stale), "--results", str(tmp_path)]) == 0
+    assert readme_tables.main(["--check", "--file", str(fresh), "--file", str(stale), "--results", str(tmp_path)]) == 0
+    assert "2 tables match the JSON" in capsys.readouterr().out
 
 
 def test_a_broken_renderer_is_reported_not_raised(tmp_path: Path) -> None:

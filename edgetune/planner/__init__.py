@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from edgetune.planner.base import CutScores, Planner, PlanningInputs, choose_cut
@@ -9,10 +10,22 @@ from edgetune.planner.baselines import AutoFreezePlanner, FullPlanner, GradNormP
 from edgetune.planner.cost import ArchSummary, Budget, CostConfig, CutCost, TunerCost, estimate_all, estimate_cut
 from edgetune.planner.plan import PLAN_SCHEMA_VERSION, CutRow, Plan, PlanError
 from edgetune.planner.salf import SALFConfig, SALFPlanner
+from edgetune.planner_registry import PLANNER_CLASSES
 
-PLANNERS: dict[str, type[Planner]] = {
-    cls.name: cls for cls in (SALFPlanner, TopKPlanner, GradNormPlanner, AutoFreezePlanner, RandomPlanner, FullPlanner)
-}
+
+def _load_planners() -> dict[str, type[Planner]]:
+    """The classes :data:`edgetune.planner_registry.PLANNER_CLASSES` names, each checked to bear its key as name."""
+    planners: dict[str, type[Planner]] = {}
+    for name, where in PLANNER_CLASSES.items():
+        module, _, cls_name = where.partition(":")
+        cls = getattr(import_module(module), cls_name)
+        if cls.name != name:
+            raise RuntimeError(f"planner registry: {where} is named {cls.name!r}, registered as {name!r}")
+        planners[name] = cls
+    return planners
+
+
+PLANNERS: dict[str, type[Planner]] = _load_planners()
 
 
 def get_planner(name: str, **params: Any) -> Planner:
