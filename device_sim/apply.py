@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from device_sim.personal import PersonalState, PersonalStateError
+from edgetune.families import family_for
 
 ADAPTERS = ("lora", "roselora", "dsee")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -138,7 +139,7 @@ def apply_state(
     if name in ADAPTERS:
         if name == "dsee" and (params.get("prune_ratio", 0) > 0 or params.get("head_prune_ratio", 0) > 0):
             raise PersonalStateError(f"{state.path}: a DSEE state with stage-2 pruning needs the torch top")
-        conv1d = spec.get("model_type") == "gpt2"
+        conv1d = family_for(spec["model_type"]).conv1d_projections
         tensors = _dense(tensors, _factor_shapes(tensors, out, conv1d), state.path)
         tensors = _merge_adapters(out, tensors, float(params["alpha"]) / int(params["r"]), conv1d, state.path)
     elif name != "full":

@@ -14,10 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Families whose positions are a learned table of ``max_position_embeddings`` rows, and how many rows a model
-# reserves before the first position (RoBERTa and MPNet count positions from padding_idx + 1).
-_LEARNED_POSITIONS = ("bert", "roberta", "distilbert", "mpnet", "gpt2")
-_POSITION_OFFSET_BY_PAD = ("roberta", "mpnet")
+from edgetune.families import FAMILIES
 
 
 def external_data_problems(root: Path, manifest: dict[str, Any]) -> list[str]:
@@ -42,13 +39,13 @@ def external_data_problems(root: Path, manifest: dict[str, Any]) -> list[str]:
 def token_positions(spec: dict[str, Any]) -> int | None:
     """How many token positions the trunk has, when they are a learned table (None: rotary or unknown)."""
     config = spec.get("hf_config") or {}
-    family = str(spec.get("family") or spec.get("model_type") or "")
-    if family not in _LEARNED_POSITIONS:
+    family = FAMILIES.get(str(spec.get("family") or spec.get("model_type") or ""))
+    if family is None or not family.learned_positions:  # rotary positions, or a family this runtime lacks
         return None
     rows = config.get("max_position_embeddings", config.get("n_positions"))
     if not isinstance(rows, int):
         return None
-    if family in _POSITION_OFFSET_BY_PAD:
+    if family.positions_after_padding:  # RoBERTa and MPNet count positions from padding_idx + 1
         rows -= int(config.get("pad_token_id") or 0) + 1
     return rows
 

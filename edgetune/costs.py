@@ -41,6 +41,8 @@ Training memory for cut k (bytes):
   gated MLP; a_p = 3 when attention dropout is on (sdpa falls back to the math
   kernel and keeps the probabilities, their dropout mask and the dropped
   probabilities), 1 for eager attention without dropout, 0 for fused kernels.
+  Each family holds its a_h and a_i (``Family.activation_counts``,
+  :mod:`edgetune.families`).
   Measured with as many K/V heads as query heads and full tuning; models that
   share K/V heads (GQA) and LoRA (frozen layers need not keep their inputs)
   keep less, so for them the numbers are an upper bound;
@@ -54,6 +56,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from edgetune.families import Family
 
 MB = 1024.0 * 1024.0
 
@@ -94,7 +98,7 @@ class ArchSummary:
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or cfg.n_head
         norm = 0 if backbone.final_norm is None else sum(p.numel() for p in backbone.final_norm.parameters())
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        a_h, a_i, a_p = activation_profile(backbone.family.name, cfg)
+        a_h, a_i, a_p = activation_profile(backbone.family, cfg)
         return cls(
             num_layers=backbone.num_layers,
             hidden_size=d,
@@ -104,7 +108,7 @@ class ArchSummary:
             embedding_params=backbone.embedding_param_count(),
             norm_params=norm,
             num_labels=num_labels,
-            gated_mlp=backbone.family.name == "llama",
+            gated_mlp=backbone.family.gated_mlp,
             act_hidden=a_h,
             act_intermediate=a_i,
             act_probs=a_p,
@@ -186,16 +190,6 @@ def block_forward_flops(params: int, seq_len: int, hidden: int) -> float:
     return 2.0 * params * seq_len + 4.0 * seq_len * seq_len * hidden
 
 
-# family -> (a_h without dropout, extra a_h per active hidden dropout, a_i); see the module docstring
-_ACTIVATIONS = {
-    "bert": (8.0, 2.0, 2.0),
-    "roberta": (8.0, 2.0, 2.0),
-    "distilbert": (8.0, 1.0, 2.0),
-    "gpt2": (10.0, 2.0, 5.0),
-    "llama": (12.0, 0.0, 4.0),
-}
-
-
 def _config_value(config: Any, *names: str) -> float:
     for name in names:
         value = getattr(config, name, None)
@@ -204,9 +198,9 @@ def _config_value(config: Any, *names: str) -> float:
     return 0.0
 
 
-def activation_profile(family: str, config: Any) -> tuple[float, float, float]:
+def activation_profile(family: Family, config: Any) -> tuple[float, float, float]:
     """(a_h, a_i, a_p) of one trained block of ``family`` under ``config``, as measured in training mode."""
-    base, per_dropout, a_i = _ACTIVATIONS.get(family, (8.0, 2.0, 2.0))
+    base, per_dropout, a_i = family.activation_counts
     hidden_dropout = _config_value(config, "hidden_dropout_prob", "resid_pdrop", "dropout", "hidden_dropout")
     attention_dropout = _config_value(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
     a_h = base + (per_dropout if hidden_dropout > 0 else 0.0)

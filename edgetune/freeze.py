@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from edgetune.backbones import Family, family_for
+from edgetune.families import Family, family_for
 from edgetune.planner.plan import Plan, PlanError
 
 
@@ -38,11 +38,8 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 def embedding_modules(family: Family, model: nn.Module) -> list[nn.Module]:
-    """Every module of the embedding map (GPT-2 keeps its position embeddings apart from ``wte``)."""
-    modules = [family.embeddings(model)]
-    if family.name == "gpt2":
-        modules.append(family.base(model).wpe)
-    return modules
+    """Every module of the embedding map (the family knows them: GPT-2 keeps its positions apart from ``wte``)."""
+    return family.embedding_modules(model)
 
 
 def check_structure(plan: Plan, model_type: str, num_layers: int, hidden_size: int, where: str = "model") -> None:

@@ -23,7 +23,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgetune import strict_json
-from edgetune.backbones import Backbone, Family, family_for, last_token_pool, mean_pool
+from edgetune.backbones import Backbone
+from edgetune.families import Family, family_for
+from edgetune.families.masks import last_token_pool, mean_pool
 from edgetune.io import atomic_directory
 
 # (top, position of the block in the top, its input, attention mask, the family's block inputs) -> its output

@@ -10,7 +10,7 @@ dict with ``torch.nn`` only:
 * the same parameter names and shapes as transformers' blocks (a state dict
   loads into either; a personal state trained on one applies to the other);
 * the same call convention as the family adapter uses for transformers'
-  blocks (:meth:`edgetune.backbones.Family.block_inputs`): an additive mask,
+  blocks (:meth:`edgetune.families.base.Family.block_inputs`): an additive mask,
   and for rotary decoders ``position_embeddings = (cos, sin)``;
 * attention through ``torch.nn.functional.scaled_dot_product_attention``
   with that additive mask (transformers' "sdpa" path; eager attention agrees
@@ -20,8 +20,9 @@ Covered: BERT / RoBERTa / DistilBERT encoders, GPT-2, and the Llama family
 (Llama, Mistral, Qwen2, Qwen3) with the default rotary embedding. A spec this
 module does not cover (another family, a rope scaling, an unknown
 activation) is reported by :func:`native_support` and the caller falls back
-to transformers' classes. Tests check parity against transformers on every
-covered family.
+to transformers' classes. Which block class a family's top gets, and what a
+family's config must not ask for, the family says (:mod:`edgetune.families`).
+Tests check parity against transformers on every covered family.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ENCODERS = ("bert", "roberta")
-DECODERS_ROTARY = ("llama", "mistral", "qwen2", "qwen3")
-COVERED = (*ENCODERS, "distilbert", "gpt2", *DECODERS_ROTARY)
+from edgetune.families import FAMILIES, family_for
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -58,23 +57,13 @@ ACTIVATIONS = {
 def native_support(spec: dict[str, Any]) -> str | None:
     """``None`` when this module rebuilds ``spec``'s top exactly, else why not (the caller uses transformers)."""
     model_type, cfg = spec.get("model_type"), spec.get("hf_config", {})
-    if model_type not in COVERED:
+    family = FAMILIES.get(model_type)
+    if family is None or not family.native_blocks:
         return f"no plain-torch blocks for model type {model_type!r}"
-    act = {
-        "distilbert": cfg.get("activation"),
-        "gpt2": cfg.get("activation_function"),
-    }.get(model_type, cfg.get("hidden_act"))
+    act = cfg.get(family.activation_key)
     if act not in ACTIVATIONS:
         return f"activation {act!r} has no plain-torch equivalent here"
-    if model_type in DECODERS_ROTARY:
-        scaling = cfg.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
-            return f"rope scaling {scaling!r} is not covered"
-        if cfg.get("partial_rotary_factor", 1.0) != 1.0:
-            return "partial rotary embeddings are not covered"
-    if model_type == "gpt2" and cfg.get("reorder_and_upcast_attn"):
-        return "GPT-2's reorder_and_upcast_attn is not covered"
-    return None
+    return family.native_problem(cfg)
 
 
 def config_namespace(cfg: dict[str, Any]) -> SimpleNamespace:
@@ -247,9 +236,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaBlock(nn.Module):
-    """``LlamaDecoderLayer`` (and Mistral's, Qwen2's, Qwen3's): pre-RMSNorm, rotary GQA attention, gated MLP."""
+    """``LlamaDecoderLayer`` (and Mistral's, Qwen2's, Qwen3's): pre-RMSNorm, rotary GQA attention, gated MLP.
 
-    def __init__(self, cfg: dict[str, Any], model_type: str = "llama") -> None:
+    Which projections carry biases and whether queries and keys are normalized per head differ by model type;
+    the Llama family says which (:mod:`edgetune.families.llama`)."""
+
+    def __init__(
+        self, cfg: dict[str, Any], qkv_bias: bool = False, o_bias: bool = False, qk_norm: bool = False
+    ) -> None:
         super().__init__()
         d, eps = cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6)
         self.heads, self.kv_heads = (
@@ -259,15 +253,13 @@ class LlamaBlock(nn.Module):
         self.head_dim = head_dim(cfg)
         self.p_attn = cfg.get("attention_dropout", 0.0)
         self.act = ACTIVATIONS[cfg.get("hidden_act", "silu")]
-        qkv_bias = True if model_type == "qwen2" else bool(cfg.get("attention_bias", False))
-        o_bias = False if model_type == "qwen2" else bool(cfg.get("attention_bias", False))
         attn = {
             "q_proj": nn.Linear(d, self.heads * self.head_dim, bias=qkv_bias),
             "k_proj": nn.Linear(d, self.kv_heads * self.head_dim, bias=qkv_bias),
             "v_proj": nn.Linear(d, self.kv_heads * self.head_dim, bias=qkv_bias),
             "o_proj": nn.Linear(self.heads * self.head_dim, d, bias=o_bias),
         }
-        if model_type == "qwen3":
+        if qk_norm:
             attn.update(q_norm=RMSNorm(self.head_dim, eps), k_norm=RMSNorm(self.head_dim, eps))
         self.self_attn = _Named(attn)
         mlp_bias, inner = bool(cfg.get("mlp_bias", False)), cfg["intermediate_size"]
@@ -306,25 +298,15 @@ class LlamaBlock(nn.Module):
         return hidden + self.mlp.down_proj(self.act(self.mlp.gate_proj(x)) * self.mlp.up_proj(x))
 
 
-# -- builders used by TopModel.from_spec ----------------------------------------------
+# -- builders used by TopModel.from_spec: the family picks the class ---------------------
 def build_block(spec: dict[str, Any], layer_idx: int) -> nn.Module:
-    model_type, cfg = spec["model_type"], spec["hf_config"]
-    if model_type in ENCODERS:
-        return BertBlock(cfg)
-    if model_type == "distilbert":
-        return DistilBertBlock(cfg)
-    if model_type == "gpt2":
-        return GPT2Block(cfg, layer_idx)
-    return LlamaBlock(cfg, model_type)
+    return family_for(spec["model_type"]).build_native_block(spec["hf_config"], layer_idx, spec["model_type"])
 
 
 def build_norm(spec: dict[str, Any]) -> nn.Module | None:
-    model_type, cfg = spec["model_type"], spec["hf_config"]
     if spec.get("norm_class") is None:
         return None
-    if model_type == "gpt2":
-        return nn.LayerNorm(cfg["n_embd"], eps=cfg.get("layer_norm_epsilon", 1e-5))
-    return RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
+    return family_for(spec["model_type"]).build_native_norm(spec["hf_config"])
 
 
 def build_rotary(spec: dict[str, Any]) -> nn.Module | None:

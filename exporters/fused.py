@@ -9,8 +9,8 @@ matches the op patterns that the **TorchScript** exporter writes
 plain trunk comes from it finds almost nothing, so a fused trunk is exported
 with the TorchScript exporter first, then optimized.
 
-The optimizer has a pattern set per model type; a family maps to one
-(:data:`OPTIMIZER_MODEL_TYPES`). A trunk counts as fused only when every block
+The optimizer has a pattern set per model type; a family names the one
+that fits it (``Family.ort_optimizer_type``). A trunk counts as fused only when every block
 in it got a fused attention op: anything less is reported as *not fused*, with
 the operator counts and the reason, and the exporter then ships the plain
 trunk (a half-fused graph is no faster and harder to reason about).
@@ -51,8 +51,6 @@ from exporters.onnx_trunk import (
 OPTIMIZE_LEVELS = ("none", "fused")
 OPTIMIZER = "onnxruntime.transformers.optimizer.optimize_model"
 EXPORTER = "torch.onnx.export(dynamo=False)"
-# edgetune family -> the optimizer's model type (its fusion patterns); a family not listed is not fused.
-OPTIMIZER_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "mpnet": "bert", "gpt2": "gpt2"}
 ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "QAttention")
 # Fused ops the int8 quantizer has integer kernels for (QAttention, QEmbedLayerNormalization), beyond MatMul/Gather.
 FUSED_INT8_OP_TYPES = ("Attention", "EmbedLayerNormalization")
@@ -129,7 +127,7 @@ def export_trunk_fused(
     backbone = classifier.backbone
     blocks = len(classifier.kept_layers(0, cut))
     family = backbone.family.name
-    model_type = OPTIMIZER_MODEL_TYPES.get(family)
+    model_type = backbone.family.ort_optimizer_type
     if model_type is None:
         reason = f"onnxruntime's transformer optimizer has no fusion patterns for the {family} family"
         return FusedTrunk(None, _record("none", None, blocks, fused_ops={}, reason=reason))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgetune.families import FAMILIES
 from edgetune.tuners.base import TunerConfig
 
-# peft has no default for DistilBERT or MPNet; their query and value projections are named like this.
-FALLBACK_TARGETS = {"distilbert": ["q_lin", "v_lin"], "mpnet": ["q", "v"]}
+# Every family's default LoRA targets (peft's where peft has the architecture; a test keeps them equal):
+# the families hold them (Family.lora_targets); this table is the built-in families' view.
+FALLBACK_TARGETS = {model_type: list(family.lora_targets) for model_type, family in FAMILIES.items()}
 
 
 @dataclass

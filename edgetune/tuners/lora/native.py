@@ -24,19 +24,14 @@ import re
 import torch
 from torch import nn
 
+from edgetune.families import FAMILIES
+
 ADAPTER = "default"
 
-# peft's default targets (peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING) for the families the
-# plain-torch top covers, plus DistilBERT's; a test keeps the two equal.
+# The default targets (peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING's) of the families the
+# plain-torch top covers, as the families hold them (Family.lora_targets); a test keeps them equal to peft's.
 DEFAULT_TARGETS = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-    "gpt2": ["c_attn"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
+    model_type: list(family.lora_targets) for model_type, family in FAMILIES.items() if family.native_blocks
 }
 
 

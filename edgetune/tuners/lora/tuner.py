@@ -14,22 +14,16 @@ from typing import Any
 from torch import nn
 
 from edgetune.costs import TunerCost
+from edgetune.families import family_for
 from edgetune.modeling import TopModel
 from edgetune.tuners.base import Tuner
 from edgetune.tuners.lora import native
-from edgetune.tuners.lora.config import FALLBACK_TARGETS, LoraConfig
+from edgetune.tuners.lora.config import LoraConfig
 
 
 def default_target_modules(model_type: str) -> list[str]:
-    """peft's default LoRA targets for ``model_type`` (attention projections)."""
-    if model_type in native.DEFAULT_TARGETS:  # peft's own table, without importing peft (a test compares)
-        return list(native.DEFAULT_TARGETS[model_type])
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
-
-    targets = PEFT_DEFAULTS.get(model_type) or FALLBACK_TARGETS.get(model_type)
-    if not targets:
-        raise ValueError(f"no default LoRA target modules for {model_type!r}; pass target_modules")
-    return list(targets)
+    """The default LoRA targets of ``model_type``'s family (peft's, where peft has one; a test compares)."""
+    return list(family_for(model_type).lora_targets)
 
 
 def peft_lora_config(config: LoraConfig, model_type: str, layers_to_transform: list[int], layers_pattern: str) -> Any:
@@ -44,7 +38,7 @@ def peft_lora_config(config: LoraConfig, model_type: str, layers_to_transform: l
         layers_to_transform=layers_to_transform,
         layers_pattern=layers_pattern,
         bias="none",
-        fan_in_fan_out=model_type == "gpt2",  # GPT-2 stores its projections as Conv1D (in, out)
+        fan_in_fan_out=family_for(model_type).conv1d_projections,  # Conv1D stores its weight (in, out)
     )
 
 
