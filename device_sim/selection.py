@@ -40,6 +40,7 @@ class Trained:
     val_accuracy: float | None = None
     estimate: CutCost | None = None
     seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # every optimizer step's loss (ExecuTorch backends)
 
 
 @dataclass

@@ -38,7 +38,8 @@ from device_sim.personal import (
     package_identity,
     write_personal_state,
 )
-from device_sim.personalize import PersonalizeConfig, read_user_data, torch_threads
+from device_sim.personalize import PersonalizeConfig, read_user_data
+from device_sim.runtime import torch_threads
 from edgetune.costs import ArchSummary, CostConfig, estimate_cut
 from edgetune.data import LabelMap, TextDataset
 from edgetune.errors import EdgetuneError
