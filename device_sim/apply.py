@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from device_sim.personal import PersonalState, PersonalStateError
+from edgetune_format.personal import PersonalState, PersonalStateError
 
 ADAPTERS = ("lora", "roselora", "dsee")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")

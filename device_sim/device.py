@@ -13,7 +13,7 @@ A personal state is applied by rebuilding the package's top, preparing the part
 above the state's cut with the state's tuner, loading the tensors and merging
 adapters: the result is a plain :class:`~edgetune.modeling.TopModel` that
 reads the package's trunk output. A state trained for another package is
-refused (:class:`~device_sim.personal.PersonalStateError`). A state of kind
+refused (:class:`~edgetune_format.personal.PersonalStateError`). A state of kind
 ``kept_global`` (the do-no-harm guard refused the personal top) applies as the
 package's global top.
 """
@@ -30,10 +30,10 @@ import numpy as np
 
 from device_sim.memory import prefer_mmap
 from device_sim.package import DevicePackage, PackageError, load_package
-from device_sim.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
 from device_sim.profiles import DeviceProfile, get_profile
 from device_sim.runtime import OnnxTop, run_trunk, torch_threads, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset
+from edgetune_format.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
 
 if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
     from device_sim.selection import PersonalizeResult
@@ -74,7 +74,7 @@ def onnx_top(package: DevicePackage, personal: Personal = None, threads: int | N
     """The package's top in onnxruntime, torch-free, with ``personal`` applied to its tensors in numpy
     (:mod:`device_sim.apply`: every state kind the project writes; DSEE with stage-2 pruning needs torch)."""
     from device_sim.apply import apply_state
-    from device_sim.personal import read_personal_state
+    from edgetune_format.personal import read_personal_state
 
     state = None
     if personal is not None:

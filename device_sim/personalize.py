@@ -20,7 +20,7 @@ supplies steps 3 and 4 and the logits of step 5, the job does the rest:
    (:mod:`device_sim.selection`);
 5. the guard (:mod:`device_sim.guard`): the picked top against the global one
    on the guard split, one-sided exact McNemar test at ``guard_alpha``;
-6. write the personal state (:mod:`device_sim.personal`) in one atomic step:
+6. write the personal state (:mod:`edgetune_format.personal`) in one atomic step:
    the picked top's tensors (kind ``top_delta``), or, when the guard refused
    it, a state of kind ``kept_global`` that holds no tensor and both scores.
 
@@ -52,7 +52,6 @@ from device_sim.backends.base import Backend, Candidate, StaleWorkError
 from device_sim.candidates import price_candidates, resolve_candidates, trainable
 from device_sim.guard import prior_shift
 from device_sim.package import DevicePackage
-from device_sim.personal import check_writable, identity_digest, package_identity
 from device_sim.profiles import DeviceProfile
 from device_sim.selection import (
     PersonalizeResult,
@@ -71,6 +70,7 @@ from edgetune.arrays import data_digest
 from edgetune.costs import CutCost
 from edgetune.data import DataError, LabelMap, TextDataset, load_dataset
 from edgetune.io import atomic_write_json, output_lock, recover
+from edgetune_format.personal import check_writable, identity_digest, package_identity
 
 
 def read_user_data(package: DevicePackage, data: str | Path | TextDataset, config: PersonalizeConfig) -> TextDataset:

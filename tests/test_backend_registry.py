@@ -12,9 +12,9 @@ import pytest
 from device_sim.backends import BUILT_IN, REGISTRY, backend_names, get_backend, register
 from device_sim.backends.base import Backend, Candidate
 from device_sim.device import Device
-from device_sim.personal import read_personal_state
 from device_sim.selection import Trained
 from device_sim.settings import PersonalizeConfig
+from edgetune_format.personal import read_personal_state
 from tests.devices import user_data
 
 
