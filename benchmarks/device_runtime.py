@@ -69,7 +69,7 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(spec["threads"])
-        import device_sim.personalize  # noqa: F401 (the backend's imports, counted before the job)
+        import device_sim.backends.torch_backend  # noqa: F401 (the backend's imports, counted before the job)
     imported = time.perf_counter()
     rss_imports = rss_mb()
     losses: list[float] = []
@@ -110,7 +110,9 @@ IMPORTS = {
     "light device (device_sim.device, onnxruntime, tokenizers)": "import device_sim.device, onnxruntime, tokenizers",
     "torch": "import torch",
     "torch + transformers BERT": "import torch, transformers.models.bert.modeling_bert",
-    "torch backend's job imports (plain-torch top, no transformers)": "import device_sim.personalize, edgetune.native",
+    "torch backend's job imports (plain-torch top, no transformers)": (
+        "import device_sim.backends.torch_backend, edgetune.native"
+    ),
     "executorch Python runtime": "import executorch.extension.pybindings.portable_lib",
 }
 

@@ -91,8 +91,8 @@ def device_job(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime  # noqa: F401
 
     from device_sim.device import Device
-    from device_sim.personal import write_personal_state
     from device_sim.personalize import PersonalizeConfig
+    from edgetune_format.personal import write_personal_state
 
     if spec["block_module"]:  # the module of the top's blocks (plain torch: edgetune.native), as the job loads it
         importlib.import_module(spec["block_module"])

@@ -28,10 +28,10 @@ from harness import exclusive, load_average, machine_record, parser, write_figur
 
 
 def export_signed(work: Path, threads: int) -> tuple[Path, Path, dict[str, int]]:
-    from device_sim.trust import generate_key
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
+    from edgetune_format.trust import generate_key
     from exporters.export import ExportOptions, export_package
 
     key, public = generate_key(work / "vendor")
@@ -57,9 +57,9 @@ def main() -> None:
     args = ap.parse_args()
     load_start = load_average()
 
-    from device_sim import manifest as mf
     from device_sim.package import load_package, verify_package
-    from device_sim.trust import TrustStore, trusting
+    from edgetune_format import manifest as mf
+    from edgetune_format.trust import TrustStore, trusting
 
     with tempfile.TemporaryDirectory(prefix="verify-cost-") as tmp:
         pkg, public, sizes = export_signed(Path(tmp), args.threads)

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from device_sim.personal import PersonalState, PersonalStateError
 from edgetune.families import family_for
+from edgetune_format.personal import PersonalState, PersonalStateError
 
 ADAPTERS = ("lora", "roselora", "dsee")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")

@@ -13,7 +13,7 @@ A personal state is applied by rebuilding the package's top, preparing the part
 above the state's cut with the state's tuner, loading the tensors and merging
 adapters: the result is a plain :class:`~edgetune.modeling.TopModel` that
 reads the package's trunk output. A state trained for another package is
-refused (:class:`~device_sim.personal.PersonalStateError`). A state of kind
+refused (:class:`~edgetune_format.personal.PersonalStateError`). A state of kind
 ``kept_global`` (the do-no-harm guard refused the personal top) applies as the
 package's global top.
 """
@@ -21,7 +21,6 @@ package's global top.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,10 @@ import numpy as np
 
 from device_sim.memory import prefer_mmap
 from device_sim.package import DevicePackage, PackageError, load_package
-from device_sim.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
 from device_sim.profiles import DeviceProfile, get_profile
-from device_sim.runtime import OnnxTop, run_trunk, torch_top_fn
+from device_sim.runtime import OnnxTop, run_trunk, torch_threads, torch_top_fn
 from edgetune.data import LabelMap, TextDataset, load_dataset
-from edgetune.io import output_lock, recover
+from edgetune_format.personal import PersonalState, PersonalStateError, is_personal_state, load_personal_state
 
 if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the torch backend's path
     from device_sim.selection import PersonalizeResult
@@ -43,15 +41,6 @@ if TYPE_CHECKING:  # torch, transformers and the server trainer load only on the
     from edgetune.modeling import TopModel
 
 Personal = PersonalState | str | Path | None
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """:func:`device_sim.personalize.torch_threads`, imported only when torch runs."""
-    from device_sim.personalize import torch_threads as threads_of
-
-    with threads_of(threads):
-        yield
 
 
 @dataclass
@@ -85,7 +74,7 @@ def onnx_top(package: DevicePackage, personal: Personal = None, threads: int | N
     """The package's top in onnxruntime, torch-free, with ``personal`` applied to its tensors in numpy
     (:mod:`device_sim.apply`: every state kind the project writes; DSEE with stage-2 pruning needs torch)."""
     from device_sim.apply import apply_state
-    from device_sim.personal import read_personal_state
+    from edgetune_format.personal import read_personal_state
 
     state = None
     if personal is not None:
@@ -208,32 +197,11 @@ class Device:
     ) -> PersonalizeResult:
         """Train this package's top on the user's labelled ``data``; write the personal state to ``out``.
 
-        ``backend``: ``torch`` (:mod:`device_sim.personalize`), ``executorch`` or ``executorch-cpp``
-        (:mod:`device_sim.backends`; the package needs the executorch export target)."""
-        out = Path(out)
-        with output_lock(out):  # one job per output; a second one fails at once instead of mixing partial states
-            recover(out.parent, [out.name])  # what a killed job left half-written next to the output
-            partial = out.parent / f".{out.name}.partial"
-            if partial.is_dir():
-                recover(partial)
-            if backend != "torch":
-                from device_sim.backends import personalize_light
+        ``backend``: who trains, ``torch``, ``executorch`` or ``executorch-cpp`` (:mod:`device_sim.backends`; the
+        ExecuTorch ones need the package's executorch export target); the job is :mod:`device_sim.personalize`."""
+        from device_sim.personalize import personalize
 
-                return personalize_light(
-                    backend, self.package, data, out, config, self.profile, self.threads, callbacks
-                )
-            from device_sim.personalize import personalize
-            from edgetune.train import TrainError
-
-            try:
-                return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
-            except TrainError as err:
-                # a checkpoint in the job's own work directory that no run of this job wrote (an older version's,
-                # or one written without the lock): it cannot be resumed; the job starts over without it
-                if "checkpoint of a different run" not in str(err) or not partial.is_dir():
-                    raise
-            shutil.rmtree(partial)
-            return personalize(self.package, data, out, config, self.profile, self.threads, callbacks)
+        return personalize(self.package, data, out, config, self.profile, self.threads, callbacks, backend)
 
     def load_personal(self, path: str | Path) -> PersonalState:
         """A verified personal state that belongs to this package."""

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from device_sim.errors import PackageError
 from edgetune.tokenization import pad_batch
+from edgetune_format.errors import PackageError
 
 INT64_MAX = np.iinfo(np.int64).max
 

@@ -31,9 +31,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from device_sim import manifest as mf
-from device_sim import schema
-from device_sim.errors import PackageError, one_line
 from device_sim.onnx_tokenizer import load_encoder
 from device_sim.runtime import (
     OnnxTop,
@@ -45,6 +42,9 @@ from device_sim.runtime import (
     torch_top_fn,
 )
 from edgetune.io import honour_umask, naming, private_tempdir
+from edgetune_format import manifest as mf
+from edgetune_format import schema
+from edgetune_format.errors import PackageError, one_line
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -164,7 +164,7 @@ def _check_top_spec(root: Path, manifest: dict[str, Any]) -> list[str]:
 
 def _trust_problem(raw: bytes, signature: bytes | None, manifest: dict[str, Any], result: Verification) -> None:
     """Record who signed the package, and refuse it when the device's trust store does not accept it."""
-    from device_sim import trust
+    from edgetune_format import trust
 
     if signature is not None:
         try:
@@ -185,7 +185,7 @@ def _trust_problem(raw: bytes, signature: bytes | None, manifest: dict[str, Any]
 
 def _read_signature(path: Path) -> bytes | None:
     """``manifest.sig`` of a package directory (size-capped), or None when the package is unsigned."""
-    from device_sim.trust import MAX_SIGNATURE_BYTES
+    from edgetune_format.trust import MAX_SIGNATURE_BYTES
 
     try:
         fd = os.open(path / mf.SIGNATURE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -299,7 +299,7 @@ def _tar_members(path: Path, tar: tarfile.TarFile) -> tuple[bytes, bytes | None,
     """The archive's manifest, its signature (the second member, when signed) and its members, checked before a
     byte is written: the manifest first, then only files it lists, each a regular member of exactly the size it
     declares, none twice."""
-    from device_sim.trust import MAX_SIGNATURE_BYTES
+    from edgetune_format.trust import MAX_SIGNATURE_BYTES
 
     members = tar.getmembers()
     if len(members) > _TAR_MAX_MEMBERS:
@@ -345,7 +345,7 @@ def extract_tar(path: Path, into: Path) -> Verification:
     """Extract a package ``.tar`` into ``into`` and verify what was written.
 
     Only what the manifest lists is accepted, as regular members of the size it declares (their sum is capped,
-    :data:`device_sim.manifest.MAX_PACKAGE_BYTES`); the manifest must come first. Anything else (links, devices,
+    :data:`edgetune_format.manifest.MAX_PACKAGE_BYTES`); the manifest must come first. Anything else (links, devices,
     sparse members, unlisted or oversized files, unsafe names) is refused before a byte is written, and
     members are copied by hand (at most their declared size each) rather than with ``extractall``.
     """
@@ -435,7 +435,7 @@ def load_package(
     The package is read once, into a private snapshot that the returned package uses for everything (the
     tokenizer, the trunk, the top): replacing ``path`` while a job runs cannot mix two versions.
     ``threads`` is the default onnxruntime intra-op thread count of the sessions it creates. With a trust store
-    in force (:mod:`device_sim.trust`) the signature is checked too, and unless ``record`` is false the package's
+    in force (:mod:`edgetune_format.trust`) the signature is checked too, and unless ``record`` is false the package's
     release version becomes the lowest this device accepts for its release name. ``tokenizer``: how texts become
     ids (:func:`device_sim.onnx_tokenizer.load_encoder`: ``auto``, ``tokenizers`` or ``onnx``).
     """
@@ -447,7 +447,7 @@ def load_package(
         assert result.manifest is not None
         package = DevicePackage(path, Path(tmp.name), result.manifest, threads, tmp, tokenizer)
         if result.trusted and record:  # accepted for a job: from now on an older release of it is a rollback
-            from device_sim import trust
+            from edgetune_format import trust
 
             store = trust.active()
             assert store is not None
@@ -644,7 +644,7 @@ class DevicePackage:
         name = self.manifest["top"]["spec"]
         with self.reading(name):
             spec = mf.upgrade_top_spec(schema.load_json(self.file(name).read_bytes(), name))
-            schema.validate(spec, schema.TOP)  # device_sim/schemas/top.schema.json
+            schema.validate(spec, schema.TOP)  # edgetune_format/schemas/top.schema.json
             return spec
 
     def onnx_top_entry(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@ every consumer of the trunk output masks the padding positions).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,23 @@ def map_batches(
             advance(len(idx))
     assert out is not None
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run torch with ``threads`` intra-op threads (a device shares its cores), then restore the old count; torch
+    is imported only when a count is given."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def torch_top_fn(top: TopModel, trunk: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..., Any]:

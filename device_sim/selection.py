@@ -40,6 +40,7 @@ class Trained:
     val_accuracy: float | None = None
     estimate: CutCost | None = None
     seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # every optimizer step's loss (ExecuTorch backends)
 
 
 @dataclass
@@ -136,7 +137,7 @@ def write_outcome(
     out: Path, package: Any, chosen: Trained, keep: bool, training: dict[str, Any], extra: dict[str, Any]
 ) -> None:
     """The job's personal state: the chosen top's tensors, or, when it is not kept, a ``kept_global`` state."""
-    from device_sim.personal import write_personal_state
+    from edgetune_format.personal import write_personal_state
 
     if keep:
         write_personal_state(

@@ -31,19 +31,20 @@ from torch import nn
 
 from device_sim.device import Device
 from device_sim.package import PackageError
-from device_sim.personal import (
+from device_sim.personalize import PersonalizeConfig, read_user_data
+from device_sim.runtime import torch_threads
+from edgetune.costs import ArchSummary, CostConfig, estimate_cut
+from edgetune.data import LabelMap, TextDataset
+from edgetune.errors import EdgetuneError
+from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
+from edgetune.train import TrainError
+from edgetune_format.personal import (
     PersonalState,
     PersonalStateError,
     check_writable,
     package_identity,
     write_personal_state,
 )
-from device_sim.personalize import PersonalizeConfig, read_user_data, torch_threads
-from edgetune.costs import ArchSummary, CostConfig, estimate_cut
-from edgetune.data import LabelMap, TextDataset
-from edgetune.errors import EdgetuneError
-from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
-from edgetune.train import TrainError
 
 SWAP_METHODS = ("fala", "retrain", "head-only")
 SELECTIONS = ("cluster", "random")

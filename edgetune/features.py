@@ -20,7 +20,6 @@ identical shapes whether it trains on the cache or on the live trunk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,31 +30,12 @@ import numpy as np
 import torch
 
 from edgetune import strict_json
+from edgetune.arrays import batch_width, data_digest, length_sorted_batches  # noqa: F401 (re-exported)
 from edgetune.io import atomic_directory
 from edgetune.progress import progress_bar
 
 TrunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CACHE_DTYPES = ("float32", "float16")
-
-
-def data_digest(input_ids: np.ndarray, attention_mask: np.ndarray) -> str:
-    """sha256 over the token ids and mask: identifies the tokenized data a cache was built from."""
-    h = hashlib.sha256(f"{input_ids.shape}:{input_ids.dtype}".encode())
-    h.update(np.ascontiguousarray(input_ids).tobytes())
-    h.update(np.ascontiguousarray(attention_mask).astype(np.uint8).tobytes())
-    return h.hexdigest()
-
-
-def batch_width(mask: np.ndarray) -> int:
-    """Columns up to the last real token of any row (the width a tokenizer pads this batch to)."""
-    used = np.flatnonzero(mask.any(axis=0))
-    return int(used[-1]) + 1 if used.size else 1
-
-
-def length_sorted_batches(mask: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar length (less padding); deterministic."""
-    order = np.argsort(mask.sum(axis=1), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @dataclass

@@ -387,7 +387,7 @@ def output_lock(out: str | Path, flag: str = "--out") -> Iterator[Path]:
         os.close(fd)
 
 
-PACKAGE_MARKER = "manifest.json"  # what makes a directory a device package (device_sim.manifest.MANIFEST)
+PACKAGE_MARKER = "manifest.json"  # what makes a directory a device package (edgetune_format.manifest.MANIFEST)
 
 
 def check_not_in_package(out: str | Path, flag: str = "--out") -> None:

@@ -61,7 +61,6 @@ from edgetune.callbacks import Callback, StepEvent, TrainerCallback, as_callback
 from edgetune.checkpoint import Checkpoint, TrainState, identity_mismatch, load_checkpoint, rng_state, set_rng_state
 from edgetune.checkpoint import save_checkpoint as write_checkpoint
 from edgetune.data import LabelMap, TextDataset
-from edgetune.errors import EdgetuneError
 from edgetune.evaluation import METRICS, classification_metrics
 from edgetune.features import FeatureCache, data_digest
 from edgetune.learning_rates import linear_warmup_factor
@@ -70,12 +69,8 @@ from edgetune.progress import progress_bar
 from edgetune.tokenization import TextEncoder
 
 # the configs are torch-free (the command line reads them at start-up); re-exported here, where they are used
-from edgetune.training_config import CACHE_PLACES, MODES, TrainConfig, TrainingConfig  # noqa: F401
+from edgetune.training_config import CACHE_PLACES, MODES, TrainConfig, TrainError, TrainingConfig  # noqa: F401
 from edgetune.tuners import Tuner
-
-
-class TrainError(EdgetuneError, ValueError):
-    """A training run cannot start as asked (output directory, checkpoint, settings)."""
 
 
 @dataclass

@@ -14,8 +14,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from edgetune.errors import SettingError, check_setting
+from edgetune.errors import EdgetuneError, SettingError, check_setting
 from edgetune.learning_rates import default_learning_rates
+
+
+class TrainError(EdgetuneError, ValueError):
+    """A training run cannot start as asked (output directory, checkpoint, settings); declared here, beside the
+    settings, so that a torch-free device job raises the same class as the server trainer."""
+
 
 CACHE_PLACES = ("auto", "memory", "mmap")
 # The metrics a run can select its best epoch on (edgetune.metrics computes them). Declared here, not there, so

@@ -185,7 +185,7 @@ TrustOption = Annotated[
 @contextlib.contextmanager
 def trusting(trust: list[Path] | None) -> Iterator[None]:
     """The command's packages are checked against ``--trust`` (or ``EDGETUNE_TRUST``) while it runs."""
-    from device_sim.trust import trusting as use
+    from edgetune_format.trust import trusting as use
 
     with use(trust):
         yield

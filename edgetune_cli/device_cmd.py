@@ -21,7 +21,6 @@ from edgetune_cli.common import (
     check_threads,
     deprecated_alias,
     file_output,
-    locked_output,
     positive,
     predictions_csv,
     trusting,
@@ -255,10 +254,10 @@ def check_personalize_flags(
     gflops: float | None,
 ) -> None:
     """Refuse an out-of-range number or an unknown trainer before the package is opened."""
-    from device_sim.backends import BACKENDS
+    from device_sim.backends import backend_names
 
-    if backend not in BACKENDS:
-        raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--trainer")
+    if backend not in backend_names():
+        raise typer.BadParameter(f"choose one of {', '.join(backend_names())}", param_hint="--trainer")
     s = PERSONALIZE_SETTINGS.values(ctx)
     check_threads(threads)
     positive(memory_mb=memory_mb, time_budget_s=time_budget_s, gflops=gflops)  # epochs, lr...: TrainingConfig checks
@@ -306,7 +305,7 @@ def run_personalize(
     from device_sim.device import Device
     from device_sim.profiles import ProfileError
 
-    with locked_output(out), Device(package, profile, threads) as device:
+    with Device(package, profile, threads) as device:  # the job locks --out (device_sim.personalize)
         try:
             return device.personalize(data, out, config, backend=backend)
         except ProfileError as err:

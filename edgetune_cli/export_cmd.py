@@ -241,8 +241,8 @@ def inspect_command(
 def _load_problems(package: Path) -> list[str]:
     """What loading the package for a job would refuse beyond verification (a graph or tensor file that matches
     the manifest yet does not load): ``inspect`` says "verified" only where ``predict`` would run."""
-    from device_sim.errors import PackageError
     from device_sim.package import load_package
+    from edgetune_format.errors import PackageError
 
     try:
         with load_package(package, record=False) as loaded:  # inspect checks; only a job's load is recorded

@@ -29,8 +29,8 @@ def keygen_command(
 ) -> None:
     """Make an Ed25519 signing key pair for `export --sign` (devices trust OUT.pub with --trust), or with
     --device a secret that binds personal states to this device."""
-    from device_sim.trust import generate_device_key, generate_key, key_id, load_signing_key
     from edgetune_cli import console
+    from edgetune_format.trust import generate_device_key, generate_key, key_id, load_signing_key
 
     if device:
         if rotate_from is not None:

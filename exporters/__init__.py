@@ -22,7 +22,7 @@ _LAZY = {
     "load_package": "device_sim.package",
     "verify_package": "device_sim.package",
     "DevicePackage": "device_sim.package",
-    "PackageError": "device_sim.errors",
+    "PackageError": "edgetune_format.errors",
     "ExportError": "exporters.errors",
     "ParityError": "exporters.errors",
     "PlanMismatchError": "exporters.errors",

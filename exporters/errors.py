@@ -7,8 +7,8 @@ line can print it as one line instead of a traceback.
 
 from __future__ import annotations
 
-from device_sim.errors import PackageError
 from edgetune.errors import SettingError
+from edgetune_format.errors import PackageError
 
 __all__ = ["ExportError", "ExportSettingError", "PackageError", "ParityError", "PlanMismatchError"]
 

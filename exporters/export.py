@@ -33,11 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from device_sim import manifest as mf
 from device_sim.fit import token_positions
 from device_sim.package import is_package, write_tar
 from device_sim.runtime import accuracy, map_batches, ort_session, run_trunk, torch_top_fn
-from device_sim.trust import load_signing_key, signature_document
 from edgetune.data import LabelMap, TextDataset, load_dataset, stratified_split
 from edgetune.errors import check_setting
 from edgetune.formatting import accuracy as percent
@@ -46,6 +44,8 @@ from edgetune.io import atomic_directory, atomic_write_bytes, atomic_write_json,
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.planner.plan import Plan
 from edgetune.tokenization import TextEncoder
+from edgetune_format import manifest as mf
+from edgetune_format.trust import load_signing_key, signature_document
 from exporters.errors import ExportError, ExportSettingError, PlanMismatchError
 from exporters.fused import EXPORTER as FUSED_EXPORTER
 from exporters.fused import FUSED_INT8_OP_TYPES, OPTIMIZE_LEVELS, export_trunk_fused, not_fused_message
@@ -99,7 +99,7 @@ class ExportOptions:
     targets: tuple[str, ...] = ("onnx",)  # onnx (always) + executorch (top_train.pte, top.pte)
     executorch_max_batch: int = 16  # largest batch the ExecuTorch programs accept (memory is planned for it)
     executorch_atol: float = 1e-5  # ExecuTorch vs torch: loss, logits, gradients
-    sign: Path | None = None  # an Ed25519 private key (edgetune keygen): write manifest.sig (device_sim.trust)
+    sign: Path | None = None  # an Ed25519 private key (edgetune keygen): write manifest.sig (edgetune_format.trust)
     release: str | None = None  # release.name: the package lineage a device's rollback record is kept for
     release_version: int | None = None  # release.version: a device refuses a lower one than it has accepted
 

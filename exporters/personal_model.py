@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from device_sim.personal import PersonalStateError
 from edgetune.io import atomic_directory, check_output_dir, output_lock, private_tempdir, recover, sha256_file
+from edgetune_format.personal import PersonalStateError
 from exporters.errors import ExportError, ParityError
 from exporters.onnx_trunk import DEFAULT_ATOL, EXTERNAL_DATA_BYTES, top_tensor_names
 

@@ -61,7 +61,7 @@ def make_state(device: Device, kind: str, out: Path) -> Path:
     a tuner trains."""
     import torch
 
-    from device_sim.personal import write_personal_state
+    from edgetune_format.personal import write_personal_state
 
     data = user_data(60, seed=4)
     if kind in ("full", "lora", "roselora", "dsee"):

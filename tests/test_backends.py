@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sim.backends.job import BackendError
+from device_sim.backends import BackendError
 from device_sim.device import Device
 from device_sim.personalize import PersonalizeConfig
 from tests.conftest import write_csv

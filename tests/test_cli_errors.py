@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from device_sim.errors import PackageError
-from device_sim.personal import PersonalStateError
 from edgetune.data import DataError
 from edgetune.errors import EdgetuneError
 from edgetune.io import OutputError
+from edgetune_format.errors import PackageError
+from edgetune_format.personal import PersonalStateError
 
 ROOT = Path(__file__).resolve().parents[1]
 

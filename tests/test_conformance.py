@@ -118,7 +118,7 @@ def test_a_residual_fala_state_is_one_affine_head_everywhere(device_packages, tm
     torch top and the ONNX top (torch-free runtime) agree."""
     import torch
 
-    from device_sim.personal import write_personal_state
+    from edgetune_format.personal import write_personal_state
 
     g = torch.Generator().manual_seed(1)
     with Device(device_packages["main"], threads=1) as device:

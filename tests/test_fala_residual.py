@@ -5,9 +5,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from device_sim.device import Device
-from device_sim.personal import read_personal_state
 from device_sim.swap import SwapConfig, head_backward_flops, swap
 from edgetune.fala import FalaHead, PersonalMatrix, as_linear, compose
+from edgetune_format.personal import read_personal_state
 from tests.devices import export_probe_package, fast, user_data
 
 

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from device_sim import manifest as mf
 from device_sim.device import Device
-from device_sim.errors import PackageError
-from device_sim.personal import PersonalStateError, read_personal_state
 from edgetune.data import DataError, load_dataset
 from edgetune.io import Interrupted, atomic_directory, atomic_write_text, output_lock, request_stop
 from edgetune_cli import app
+from edgetune_format import manifest as mf
+from edgetune_format.errors import PackageError
+from edgetune_format.personal import PersonalStateError, read_personal_state
 from tests.conftest import save_tiny_model, synthetic_rows, write_csv
 from tests.devices import export_probe_package, fast, user_data
 from tests.test_faults import _one_line_exit_2

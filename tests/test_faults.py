@@ -24,16 +24,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from device_sim import manifest as mf
 from device_sim.device import Device
-from device_sim.errors import PackageError
 from device_sim.package import load_package, verify_package, write_tar
-from device_sim.personal import PersonalStateError, read_personal_state
 from device_sim.personalize import work_dir
 from edgetune.checkpoint import TrainState, load_checkpoint, previous_dir, save_checkpoint
 from edgetune.data import load_dataset
 from edgetune.io import output_lock, private_tempdir, recover, sweep_temp
 from edgetune_cli import app
+from edgetune_format import manifest as mf
+from edgetune_format.errors import PackageError
+from edgetune_format.personal import PersonalStateError, read_personal_state
 from tests.conftest import Crash, crash_at, kill_at_marker, synthetic_rows, write_csv
 from tests.devices import SWAP, export_probe_package, fast, user_data
 

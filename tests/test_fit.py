@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from device_sim.errors import PackageError
 from device_sim.package import load_package, verify_package
 from edgetune_cli import app
+from edgetune_format.errors import PackageError
 from tests.test_faults import _one_line_exit_2, _reseal
 
 runner = CliRunner()

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from device_sim.device import Device
 from device_sim.guard import decide, min_wins, prior_shift, sign_test_p_value
-from device_sim.personal import read_personal_state
 from device_sim.personalize import DEFAULT_CANDIDATES, PersonalizeConfig
 from device_sim.profiles import DeviceProfile
 from edgetune_cli import app
+from edgetune_format.personal import read_personal_state
 from tests.devices import fast, user_data
 
 

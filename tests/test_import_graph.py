@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("edgetune", "exporters", "device_sim", "edgetune_cli")
+PACKAGES = ("edgetune", "edgetune_format", "exporters", "device_sim", "edgetune_cli")
 
 
 def imports_of(package: str) -> dict[str, set[str]]:
@@ -40,7 +40,8 @@ def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("edgetune", ("exporters", "device_sim", "edgetune_cli")),  # the core stands alone
+        ("edgetune", ("edgetune_format", "exporters", "device_sim", "edgetune_cli")),  # the core stands alone
+        ("edgetune_format", ("exporters", "device_sim", "edgetune_cli")),  # the format: both sides read it
         ("exporters", ("edgetune_cli",)),
         ("device_sim", ("edgetune_cli", "edgetune.planner", "exporters")),  # the device reads, never plans or writes
     ],
@@ -50,7 +51,7 @@ def test_no_upward_imports(package: str, forbidden: tuple[str, ...]) -> None:
 
 
 def test_nothing_imports_the_command_line() -> None:
-    outside = ("edgetune", "exporters", "device_sim", "examples", "benchmarks")
+    outside = ("edgetune", "edgetune_format", "exporters", "device_sim", "examples", "benchmarks")
     users = [
         f"{path.relative_to(ROOT)}"
         for top in outside

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from device_sim.device import Device
-from device_sim.personal import PersonalStateError
+from edgetune_format.personal import PersonalStateError
 from tests.conftest import write_csv
 from tests.devices import STATE_KINDS as KINDS
 from tests.devices import make_state, user_data
@@ -41,7 +41,7 @@ def test_onnx_top_answers_as_the_torch_top(kind, states, device_packages):
 
 
 def test_states_the_onnx_top_cannot_apply_are_refused(states, device_packages, tmp_path):
-    from device_sim.personal import read_personal_state
+    from edgetune_format.personal import read_personal_state
 
     with Device(device_packages["main"], threads=1) as device:
         state = read_personal_state(states["lora"], "np")

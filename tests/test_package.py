@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from device_sim import manifest as mf
 from device_sim.package import load_package, verify_package
 from edgetune.modeling import SequenceClassifier
 from edgetune.tokenization import TextEncoder
+from edgetune_format import manifest as mf
 from exporters.errors import ExportError, PackageError, PlanMismatchError
 from exporters.export import ExportOptions, export_package
 from tests.conftest import LABELS, synthetic_rows

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from device_sim.device import Device
-from device_sim.personal import PersonalStateError, read_personal_state
 from device_sim.personalize import work_dir
 from device_sim.profiles import DeviceProfile, ProfileError
 from edgetune.data import DataError
 from edgetune.train import TrainError
+from edgetune_format.personal import PersonalStateError, read_personal_state
 from tests.conftest import Crash, crash_at, kill_at_marker, write_csv
 from tests.devices import fast, user_data
 
@@ -244,7 +244,7 @@ def _flip_byte(path) -> None:
 
 
 def _edit(path, edit, reseal: bool = False) -> None:
-    from device_sim.manifest import seal
+    from edgetune_format.manifest import seal
 
     m = json.loads((path / "personal.json").read_text())
     edit(m)

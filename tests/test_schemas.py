@@ -1,4 +1,4 @@
-"""The JSON Schemas shipped in device_sim/schemas/: every manifest.json, top.json and personal.json the project
+"""The JSON Schemas shipped in edgetune_format/schemas/: every manifest.json, top.json and personal.json the project
 writes fits them (checked with a plain draft 2020-12 validator, not only edgetune's), docs/package-format.md's
 field tables list exactly their fields, and version-1 packages (0-based block lists) are still read."""
 
@@ -12,10 +12,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from device_sim import manifest as mf
-from device_sim import schema
 from device_sim.device import Device
 from device_sim.package import PackageError, load_package
+from edgetune_format import manifest as mf
+from edgetune_format import schema
 from exporters.export import ExportOptions, export_package
 from tests.devices import STATE_KINDS as KINDS
 from tests.devices import fast, make_state, user_data
@@ -28,7 +28,7 @@ FILES = {"manifest": "manifest.schema.json", "top": "top.schema.json", "personal
 
 
 def _standard(document: str) -> jsonschema.Draft202012Validator:
-    spec = json.loads((ROOT / "device_sim" / "schemas" / FILES[document]).read_text())
+    spec = json.loads((ROOT / "edgetune_format" / "schemas" / FILES[document]).read_text())
     jsonschema.Draft202012Validator.check_schema(spec)
     return jsonschema.Draft202012Validator(spec)
 
@@ -49,7 +49,7 @@ def test_the_schemas_are_valid_draft_2020_12_and_ship_as_package_data(document):
     jsonschema.Draft202012Validator.check_schema(spec)
     assert schema.schema_path(document).name == FILES[document]
     pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is not in Python 3.10)
-    assert re.search(r'^device_sim = \[.*"schemas/\*\.schema\.json"', pyproject, re.M)
+    assert re.search(r'^edgetune_format = \[.*"schemas/\*\.schema\.json"', pyproject, re.M)
     assert re.search(r'^    "jsonschema>=', pyproject, re.M)
 
 

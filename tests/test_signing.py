@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from device_sim import manifest as mf
 from device_sim.device import Device
-from device_sim.errors import PackageError
 from device_sim.package import load_package, verify_package, write_tar
-from device_sim.trust import TrustError, generate_key, load_signing_key, signature_document, trusting
 from edgetune_cli import app
+from edgetune_format import manifest as mf
+from edgetune_format.errors import PackageError
+from edgetune_format.trust import TrustError, generate_key, load_signing_key, signature_document, trusting
 from tests.conformance.reader import Reader
 from tests.conftest import synthetic_rows, write_csv
 from tests.devices import fast, user_data
@@ -226,7 +226,7 @@ def test_export_sign_writes_a_signature_the_device_accepts(tiny_model_dir, keys,
 
 
 def test_a_personal_state_from_another_device_is_refused(device_packages, tmp_path, monkeypatch):
-    from device_sim.trust import generate_device_key
+    from edgetune_format.trust import generate_device_key
 
     mine, theirs = generate_device_key(tmp_path / "mine.key"), generate_device_key(tmp_path / "theirs.key")
     monkeypatch.setenv("EDGETUNE_DEVICE_KEY", str(theirs))

@@ -8,10 +8,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from device_sim.device import Device
-from device_sim.personal import read_personal_state
 from device_sim.swap import SwapConfig, SwapError, head_backward_flops, swap
 from edgetune.data import DataError, TextDataset
 from edgetune.fala import FalaHead, PersonalMatrix, compose
+from edgetune_format.personal import read_personal_state
 from tests.devices import export_derived_package, export_probe_package, fast, user_data
 
 

@@ -16,59 +16,51 @@ torch.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from device_sim.backends import register
+from device_sim.backends.base import BackendError, Candidate
 from device_sim.backends.build import trainer_binary
-from device_sim.backends.job import (
-    BackendError,
-    Candidate,
-    Prepared,
-    begin,
-    epoch_order,
-    param_settings,
-    prepare,
-    run_candidates,
-    schedule,
-)
+from device_sim.backends.program import ProgramBackend, ProgramRun, epoch_order, param_settings, schedule
 from device_sim.settings import PersonalizeConfig
 
-if TYPE_CHECKING:
-    from device_sim.package import DevicePackage
-    from device_sim.profiles import DeviceProfile
-    from device_sim.selection import PersonalizeResult
-    from edgetune.data import TextDataset
-
-BACKEND = "executorch-cpp"
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the torch backend uses them
 EPS = 1e-8
 
 
-def write_job(work: Path, program_file: Path, job: Prepared, cand: Candidate, threads: int | None) -> Path:
+def write_job(
+    work: Path,
+    program: dict[str, Any],
+    program_file: Path,
+    features: dict[str, Any],
+    y: dict[str, np.ndarray],
+    hidden: int,
+    cand: Candidate,
+    threads: int | None,
+) -> Path:
     """The trainer's inputs in ``work``: label and order files and ``job.txt`` (features are already there);
-    the candidate's own files (``job.txt``, its delta and log) in ``work/<name>/``."""
-    settings = cand.settings
+    the candidate's own files (``job.txt``, its delta and log) in ``work/<name>/``. ``features`` and ``y``: each
+    split's (features, mask) and labels."""
+    settings: PersonalizeConfig = cand.config
     own = work / cand.name
     own.mkdir(exist_ok=True)
-    y_train = job.y[job.train_idx].astype(np.int64)
+    y_train = y["train"].astype(np.int64)
     n = len(y_train)
-    job.train[1].tofile(work / "train.mask")
+    train_mask = features["train"][1]
+    train_mask.tofile(work / "train.mask")
     y_train.tofile(work / "train.labels")
     np.concatenate([epoch_order(n, settings.seed, e) for e in range(settings.epochs)]).astype(np.int64).tofile(
         work / "order.i64"
     )
     warmup, total = schedule(n, settings)
-    seq = job.train[1].shape[1]
     lines = {
         "program": str(program_file),
-        "seq": seq,
-        "hidden": job.hidden_size,
+        "seq": train_mask.shape[1],
+        "hidden": hidden,
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
         "warmup_steps": warmup,
@@ -84,17 +76,17 @@ def write_job(work: Path, program_file: Path, job: Prepared, cand: Candidate, th
         "train_features": work / "train.f32",
         "train_mask": work / "train.mask",
         "train_labels": work / "train.labels",
-        "val_n": 0 if job.val is None else len(job.val_idx),
+        "val_n": 0 if features["val"] is None else len(y["val"]),
         "order": work / "order.i64",
         "out": own / "delta.safetensors",
         "log": own / "train.log",
     }
-    if job.val is not None:
-        job.val[1].tofile(work / "val.mask")
-        job.y[job.val_idx].astype(np.int64).tofile(work / "val.labels")
+    if features["val"] is not None:
+        features["val"][1].tofile(work / "val.mask")
+        y["val"].astype(np.int64).tofile(work / "val.labels")
         lines.update(val_features=work / "val.f32", val_mask=work / "val.mask", val_labels=work / "val.labels")
     text = "".join(f"{k} {v}\n" for k, v in lines.items())
-    for name, lr, decay, shape in param_settings(job.program, settings, cand.head_only):
+    for name, lr, decay, shape in param_settings(program, settings, cand.head_only):
         text += f"param {name} {lr!r} {decay!r} {' '.join(str(d) for d in shape)}\n"
     (own / "job.txt").write_text(text)
     return own / "job.txt"
@@ -123,59 +115,36 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], list[float], int | None,
     return history, losses, best_epoch, stopped
 
 
-def personalize(
-    package: DevicePackage,
-    data: str | Path | TextDataset,
-    out: str | Path,
-    config: PersonalizeConfig | None = None,
-    profile: DeviceProfile | None = None,
-    threads: int | None = None,
-    callbacks: Sequence[Callable[[int, float], None]] = (),
-) -> PersonalizeResult:
-    """Personalize ``package`` on ``data`` with the C++ trainer; the personal state goes to ``out``."""
-    start = time.perf_counter()
-    out, settings, threads = begin(out, config, profile, threads)
-    binary = trainer_binary()  # built on first use; fails before any work when it cannot be
-    work = out.parent / f".{out.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        job, candidates, skipped = prepare(package, data, settings, profile, threads, BACKEND, work=work)
-        program_file = package.file(job.program["train"]["file"])
+@register
+class ExecuTorchCpp(ProgramBackend):
+    """See the module docstring."""
 
-        def train(cand: Candidate) -> tuple:
-            return _run_trainer(binary, work, program_file, job, cand, threads, callbacks)
+    name = "executorch-cpp"
+    cache = "mmap"  # the trainer reads the features from files in the work directory
 
-        result = run_candidates(package, out, job, candidates, skipped, train, settings, profile, threads, BACKEND)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result.seconds["total"] = time.perf_counter() - start
-    return result
+    def check(self) -> None:
+        self.binary = trainer_binary()  # built on first use; fails before any work when it cannot be
+        super().check()
 
+    def run_program(self, candidate: Candidate, work: Path) -> ProgramRun:
+        """One candidate's run in the C++ trainer (a fresh process: the package's weights, the candidate's rates)."""
+        from safetensors.numpy import load_file
 
-def _run_trainer(
-    binary: Path,
-    work: Path,
-    program_file: Path,
-    job: Prepared,
-    cand: Candidate,
-    threads: int | None,
-    callbacks: Sequence[Callable[[int, float], None]],
-) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int | None, bool, list[float]]:
-    """One candidate's run in the C++ trainer (a fresh process: the package's weights, the candidate's rates)."""
-    from safetensors.numpy import load_file
-
-    job_file = write_job(work, program_file, job, cand, threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
-    run = subprocess.run([str(binary), str(job_file)], capture_output=True, text=True, env=env)
-    if run.returncode != 0:
-        raise BackendError(f"C++ trainer failed (exit {run.returncode}): {run.stderr.strip()[-2000:]}")
-    history, losses, best_epoch, stopped = read_log(job_file.parent / "train.log")
-    tensors = load_file(str(job_file.parent / "delta.safetensors"))
-    names = [p["name"] for p in job.program["train"]["parameters"]]
-    if sorted(tensors) != sorted(names):
-        raise BackendError("the C++ trainer wrote other tensors than top_train.pte trains")
-    for step, loss in enumerate(losses):
-        for callback in callbacks:
-            callback(step, loss)
-    return tensors, history, best_epoch, stopped, losses
+        program_file = self.package.file(self.program["train"]["file"])
+        job_file = write_job(
+            work, self.program, program_file, self.split_features, self.y, self.package.hidden_size, candidate,
+            self.threads,
+        )  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads or 1)}
+        run = subprocess.run([str(self.binary), str(job_file)], capture_output=True, text=True, env=env)
+        if run.returncode != 0:
+            raise BackendError(f"C++ trainer failed (exit {run.returncode}): {run.stderr.strip()[-2000:]}")
+        history, losses, best_epoch, stopped = read_log(job_file.parent / "train.log")
+        tensors = load_file(str(job_file.parent / "delta.safetensors"))
+        names = [p["name"] for p in self.program["train"]["parameters"]]
+        if sorted(tensors) != sorted(names):
+            raise BackendError("the C++ trainer wrote other tensors than top_train.pte trains")
+        for step, loss in enumerate(losses):
+            for callback in self.callbacks:
+                callback(step, loss)
+        return ProgramRun(tensors, history, best_epoch, stopped, losses)

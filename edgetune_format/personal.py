@@ -32,21 +32,33 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from device_sim import schema
-from device_sim.errors import one_line
-from device_sim.manifest import SealedDocument, read_sealed, seal
-from device_sim.trust import PERSONAL_MAC, check_personal_mac, device_key, personal_mac
 from edgetune.errors import EdgetuneError
 from edgetune.io import atomic_directory, atomic_write_bytes, atomic_write_json, sha256_file
+from edgetune_format import schema
+from edgetune_format.errors import one_line
+from edgetune_format.manifest import SealedDocument, read_sealed, seal
+from edgetune_format.trust import PERSONAL_MAC, check_personal_mac, device_key, personal_mac
 
 if TYPE_CHECKING:
     import torch
 
-    from device_sim.package import DevicePackage
+
+class DevicePackage(Protocol):
+    """What a personal state reads of the package it belongs to (a loaded ``device_sim.package.DevicePackage``)."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def cut(self) -> int: ...
+
+    @property
+    def num_layers(self) -> int: ...
+
 
 FORMAT = "edgetune-personal-state"
 SCHEMA_VERSION = 1

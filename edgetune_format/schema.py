@@ -5,7 +5,7 @@ A document is checked in three steps, before any field of it is used:
 1. size and nesting depth of the raw bytes (a deeply nested document cannot
    exhaust the parser's recursion, :data:`MAX_DEPTH` levels at most);
 2. JSON parsing;
-3. the document's JSON Schema (draft 2020-12), shipped in ``device_sim/schemas/``
+3. the document's JSON Schema (draft 2020-12), shipped in ``edgetune_format/schemas/``
    (``manifest.schema.json``, ``top.schema.json``, ``personal.schema.json``):
    the type of every field a reader uses, and the keys that must be present at
    every level (``backbone.hash``, ``plan.arch``...). The same files are the
@@ -96,7 +96,7 @@ def schema_path(document: str) -> Any:
     """The shipped schema file of ``document`` (``manifest``, ``top`` or ``personal``) as an importlib resource."""
     if document not in DOCUMENTS:
         raise ValueError(f"no schema for {document!r}; one of {DOCUMENTS}")
-    return resources.files("device_sim").joinpath("schemas", f"{document}.schema.json")
+    return resources.files("edgetune_format").joinpath("schemas", f"{document}.schema.json")
 
 
 def load_schema(document: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The device runtime's error: a package (or a personal state) that cannot be read as it is.
+"""The package format's error: a package (or a personal state) that cannot be read or written as it is.
 
 It carries a message naming the file or the value at fault, so the command
 line prints it as one line instead of a traceback. The exporter's errors

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_sim.errors import PackageError
+from edgetune_format.errors import PackageError
 
 SIGNATURE = "manifest.sig"
 SIGNATURE_FORMAT = "edgetune-package-signature"

@@ -9,7 +9,7 @@ manifest is detected like an edited file. The seal detects corruption and
 accidental edits; it is not a signature (anyone who can write the file can
 re-seal it), so authenticity is the transport's job.
 
-The structure is the JSON Schema ``device_sim/schemas/manifest.schema.json``
+The structure is the JSON Schema ``edgetune_format/schemas/manifest.schema.json``
 (the field tables of docs/package-format.md list the same fields).
 
 Block numbers count from 1 in every file of a version-2 package (block l is
@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_sim import schema
-from device_sim.errors import PackageError
 from edgetune.io import sha256_file
+from edgetune_format import schema
+from edgetune_format.errors import PackageError
 
 FORMAT = "edgetune-device-package"
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: 0-based skip lists and top.json "layers" (converted on read)
 MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"  # the Ed25519 signature of manifest.json's bytes (device_sim.trust); never listed in it
+SIGNATURE = "manifest.sig"  # the Ed25519 signature of manifest.json's bytes (edgetune_format.trust); never listed in it
 # The most a package may declare in all (a 1B-parameter decoder's fp32 trunk is ~4 GB): an archive or a manifest
 # that claims more is refused before a byte of it is written or read. EDGETUNE_MAX_PACKAGE_BYTES overrides it.
 MAX_PACKAGE_BYTES = int(os.environ.get("EDGETUNE_MAX_PACKAGE_BYTES", 8 << 30))
@@ -104,7 +104,7 @@ class SealedDocument:
     format: str  # the value of its "format" entry
     versions: tuple[int, ...]  # the schema versions this reader reads
     required: tuple[str, ...]  # entries checked before the seal (the rest is the JSON Schema's job)
-    schema: str  # device_sim/schemas/<schema>.schema.json
+    schema: str  # edgetune_format/schemas/<schema>.schema.json
     what: str  # "an edgetune device package manifest", ...
     redo: str  # what the user does about a version this reader cannot read
     remedy: str = ""  # what the user does about a damaged one (edited, corrupt)
