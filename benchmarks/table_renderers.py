@@ -42,7 +42,7 @@ def planner_study(res: Result) -> str:
         role = "calibration" if task in calibration else "held out"
         if "analysis" not in entry:
             picks = ["/".join(str(e["cut"]) for e in entry["plans"].get(label, [])) for label in PLANNER_LABELS]
-            lines.append(_row([f"{task} ({role})", "oracle running", "", stable, *picks]))
+            lines.append(_row([f"{task} ({role})", "no oracle yet", "", stable, *picks]))
             continue
         a = entry["analysis"]
         per_cut = {int(c): v for c, v in a["per_cut"].items()}
