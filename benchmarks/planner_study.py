@@ -140,26 +140,36 @@ def _mode_share(cuts: list[int]) -> float | None:
 
 
 # -- analysis -----------------------------------------------------------------------------------------------------
+def oracle_draws(table: dict[int, dict[str, Any]]) -> np.ndarray:
+    """Every cut's accuracy on BOOTSTRAP paired resamples of the seeds and test examples: ``(draws, cuts)``."""
+    correct = np.stack([table[c]["correct"] for c in sorted(table)])  # (cuts, seeds, examples)
+    return _bootstrap_accuracy(correct, BOOTSTRAP, seed=0)
+
+
+def pick_draws(draws: np.ndarray, best: int, cheapest: int, chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap draws of the points below the best cut and of the regret against the cheapest cut within the
+    tolerance, for the cuts ``chosen`` (one per seed, averaged over seeds)."""
+    picked = draws[:, chosen].mean(axis=1)
+    return draws[:, best] - picked, draws[:, cheapest] - picked
+
+
 def analyse(
-    table: dict[int, dict[str, Any]], plans: dict[str, Any], seeds: list[int], tolerance: float
+    table: dict[int, dict[str, Any]], plans: dict[str, Any], tolerance: float, draws: np.ndarray
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Oracle summary, and per planner: accuracy, cost, points below the best cut and regret, each with its
-    bootstrap interval (paired: every cut is scored on the same seeds and test examples). Also returns each
-    planner's bootstrap draws of points below the best and of regret, for the group means."""
+    bootstrap interval (paired on ``draws``, :func:`oracle_draws`: every cut is scored on the same seeds and test
+    examples). Also returns each planner's bootstrap draws of points below the best and of regret, for the group
+    means."""
     cuts = sorted(table)
     best = max(cuts, key=lambda c: table[c]["accuracy"])
     cheapest = max(c for c in cuts if table[c]["accuracy"] >= table[best]["accuracy"] - tolerance)
-    correct = np.stack([table[c]["correct"] for c in cuts])  # (cuts, seeds, examples)
     picks = {label: [e["cut"] for e in plans[label]] for label in (*PLANNERS, CROSS_TASK, VALIDATION) if label in plans}
-    draws = _bootstrap_accuracy(correct, BOOTSTRAP, seed=0)  # (draws, cuts)
     out: dict[str, Any] = {"best_cut": best, "best_accuracy": table[best]["accuracy"], "oracle_cheapest_cut": cheapest,
                            "per_cut": {c: {k: v for k, v in table[c].items() if k != "correct"} | {
                                "backward_frac": plans["backward_frac"][c]} for c in cuts}, "picks": {}}  # fmt: skip
     draws_by_planner: dict[str, dict[str, np.ndarray]] = {}
     for label, chosen in picks.items():
-        pick_draws = draws[:, chosen].mean(axis=1)  # each seed's pick, averaged over seeds (seed order as run)
-        below = draws[:, best] - pick_draws
-        regret = draws[:, cheapest] - pick_draws
+        below, regret = pick_draws(draws, best, cheapest, chosen)
         draws_by_planner[label] = {"below": below, "regret": regret}
         out["picks"][label] = {
             "cuts": chosen,
@@ -343,10 +353,10 @@ def frontier(tasks: dict[str, Any], names: list[str], accuracy_draws: dict[str, 
         for t in names:
             a, draws = analyses[t], accuracy_draws[t]
             per_cut = per_cuts[t]
-            picked, accuracy = draws[:, cuts[t]].mean(axis=1), np.mean([per_cut[c]["accuracy"] for c in cuts[t]])
-            below.append((draws[:, a["best_cut"]] - picked, a["best_accuracy"] - accuracy))
-            cheapest = a["oracle_cheapest_cut"]
-            regret.append((draws[:, cheapest] - picked, per_cut[cheapest]["accuracy"] - accuracy))
+            accuracy, cheapest = np.mean([per_cut[c]["accuracy"] for c in cuts[t]]), a["oracle_cheapest_cut"]
+            below_draws, regret_draws = pick_draws(draws, a["best_cut"], cheapest, cuts[t])
+            below.append((below_draws, a["best_accuracy"] - accuracy))
+            regret.append((regret_draws, per_cut[cheapest]["accuracy"] - accuracy))
             frac.append(np.mean([per_cut[c]["backward_frac"] for c in cuts[t]]))
         points.append({
             "rule": rule, "setting": setting, "cuts": cuts, "backward_frac": float(np.mean(frac)),
@@ -361,11 +371,12 @@ def analyse_all(results: dict[str, Any], tables: dict[str, Any], args) -> dict[s
     or more such tasks, SALF with its loss law fitted on the other tasks (:func:`cross_task_picks`) joins the
     planners as CROSS_TASK before the analysis is final."""
     tasks, draws = results["tasks"], {}
+    accuracy = {task: oracle_draws(table) for task, table in tables.items()}  # shared by both passes below
     for task in tables:
         tasks[task]["plans"].pop(CROSS_TASK, None)  # derived from the other tasks' analyses: computed afresh
     for final in (False, True):
         for task, table in tables.items():
-            tasks[task]["analysis"], draws[task] = analyse(table, tasks[task]["plans"], args.seeds, args.tolerance)
+            tasks[task]["analysis"], draws[task] = analyse(table, tasks[task]["plans"], args.tolerance, accuracy[task])
         if final or len(tables) < 3:
             break
         for task, picked in cross_task_picks(tasks, list(tables), args.tolerance).items():
