@@ -10,7 +10,7 @@ Backbone A (old): all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384). Backbone B (new
 1. Per corpus: a stratified server split (25%, at most ``--server-max`` texts); A and B each get their own SALF
    plan on it and a package (plain model cut at the plan's cut, logistic-probe head fitted on the server split).
    Texts are cut to ``--max-length`` tokens. Packages are cached in ``--work`` between runs.
-2. Users (:func:`device_sim.simulation.users.natural_users`), ``--users-per-kind`` of each of ``--kinds``:
+2. Users (:func:`edgetune_fleet.users.natural_users`), ``--users-per-kind`` of each of ``--kinds``:
    ``swap`` (a Dirichlet(0.5) label mix and two labels filed the other way round: a personal preference) and
    ``prior`` (natural: one label makes up 50-85% of their texts, the corpus's own labels); ``--train-examples``
    + ``--test-examples`` texts each. **Reported users**: BBC news (``--corpus``), user seed 0.
@@ -29,7 +29,7 @@ Backbone A (old): all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384). Backbone B (new
    signed-rank and paired t-test over the users (p-values reported whatever they are).
 
 Compute sharing (the machine has 2 shared cores): each package's trunk output of a text is computed once per
-user and served from memory afterwards (:class:`device_sim.simulation.memo.MemoTrunk`, exact). Wall times are
+user and served from memory afterwards (:class:`edgetune_fleet.memo.MemoTrunk`, exact). Wall times are
 then: every method except ``none`` = its own job + the new trunk over all the user's training texts (measured
 once per user: FaLA, head-only and re-training all need the new backbone's features of every text); FaLA's old
 trunk pass over its k texts is its own (the old package's memory is cleared before the swaps). Accuracy runs use
@@ -93,7 +93,7 @@ def build_packages(corpus_name: str, new: str, work: Path, args: argparse.Namesp
     if new == "mpnet":
         models["b"] = mpnet_path()
     else:
-        from device_sim.simulation.derived import derive_backbone
+        from edgetune_fleet.derived import derive_backbone
 
         derived = work / "minilm-minus-top"
         models["b"] = derived if (derived / "config.json").exists() else derive_backbone(minilm_path(), derived)
@@ -115,7 +115,7 @@ def build_packages(corpus_name: str, new: str, work: Path, args: argparse.Namesp
 
 
 def make_users(pool: Any, kinds: list[str], per_kind: int, total: int, test: int, seed: int) -> list[Any]:
-    from device_sim.simulation.users import UserConfig, natural_users
+    from edgetune_fleet.users import UserConfig, natural_users
 
     config = UserConfig(num_users=per_kind, examples_per_user=total, test_fraction=test / total, seed=seed)
     return [u for kind in kinds for u in natural_users(pool, kind, config)]
@@ -127,8 +127,8 @@ def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.
     training texts, the old personal head (everything FaLA's settings act on, computed once)."""
     from device_sim.device import Device
     from device_sim.personalize import PersonalizeConfig
-    from device_sim.simulation.memo import MemoTrunk
     from edgetune.data import LabelMap
+    from edgetune_fleet.memo import MemoTrunk
 
     rows = []
     with Device(setup["packages"]["a"], threads=args.threads) as old, Device(setup["packages"]["b"],
@@ -200,9 +200,9 @@ def run_users(setup: dict[str, Any], users: list[Any], settings: dict[str, Any],
               work: Path) -> list[dict]:  # fmt: skip
     from device_sim.device import Device
     from device_sim.personalize import PersonalizeConfig
-    from device_sim.simulation.fleet import FleetConfig, simulate_user
-    from device_sim.simulation.memo import MemoTrunk
     from device_sim.swap import SwapConfig
+    from edgetune_fleet.fleet import FleetConfig, simulate_user
+    from edgetune_fleet.memo import MemoTrunk
 
     config = FleetConfig(
         fraction=settings["fraction"],
@@ -434,8 +434,8 @@ def main() -> None:
 
     import torch
 
-    from device_sim.simulation.fleet import plot_fleet, summarize
     from edgetune.io import atomic_write_json
+    from edgetune_fleet.fleet import plot_fleet, summarize
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ exported without dropout, so "the same training" means no dropout on every backe
    compared on training transformer blocks); the package is the plain model cut at the plan's cut,
    head = logistic probe on that split, exported with ``--targets onnx,executorch`` (``top_train.pte``, ``top.pte``,
    ``top_fn.onnx``).
-2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`device_sim.simulation.users`, seed 0), 200
+2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`edgetune_fleet.users`, seed 0), 200
    training + 60 held-out texts each.
 3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``) one personalization job in a fresh process
    with ``--threads`` threads: the one configured job (``PersonalizeConfig.plain``: no candidate selection, no
@@ -170,10 +170,10 @@ def no_dropout_model(src: Path, dest: Path) -> Path:
 
 
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
+    from edgetune_fleet.users import UserConfig, simulate_users
     from exporters.export import ExportOptions, export_package
 
     server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)

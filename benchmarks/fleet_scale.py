@@ -6,7 +6,7 @@ Setting (tiny but real): all-MiniLM-L6-v2 (package A, SALF plan on a 25% server 
 and A without its top block (package B, its own plan and probe head), 64 tokens; ``--users`` non-IID users of
 ``--train-examples`` + ``--test-examples`` BBC texts from the other 75% (Dirichlet 0.5, half with a label swap).
 Per user (one Ray task, 1 CPU, 1 thread): personalize A with the device's plain defaults, then move to B by
-``none``, ``fala`` and ``retrain`` (:func:`device_sim.simulation.fleet.simulate_user`), each user's accuracy
+``none``, ``fala`` and ``retrain`` (:func:`edgetune_fleet.fleet.simulate_user`), each user's accuracy
 evaluated on its held-out texts.
 
 Timed part (under ``--lock``, an exclusive ``flock``, so another benchmark does not run alongside): ``--rounds``
@@ -44,10 +44,10 @@ TARGET_SPEEDUP = 1.7
 def build_packages(work: Path, max_length: int) -> dict[str, Any]:
     """Plan and export package A (MiniLM) and B (A without its top block) on the server split; the rest is the
     users' pool."""
-    from device_sim.simulation.derived import derive_backbone
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
+    from edgetune_fleet.derived import derive_backbone
     from exporters.export import ExportOptions, export_package
 
     server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)
@@ -67,7 +67,7 @@ def one_run(old: Path, new: Path, users: list, warm: list, workers: int, methods
     the warm workers, timed from submission to the last row."""
     import ray
 
-    from device_sim.simulation.fleet import FleetConfig, simulate_fleet
+    from edgetune_fleet.fleet import FleetConfig, simulate_fleet
 
     load_before = load_average()
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
@@ -186,7 +186,7 @@ def parse_args():
 
 def make_users(pool, args) -> tuple[list, list]:
     """The fleet's users, and two small warm-up users (their own ids) that start each worker before the timing."""
-    from device_sim.simulation.users import UserConfig, simulate_users
+    from edgetune_fleet.users import UserConfig, simulate_users
 
     total = args.train_examples + args.test_examples
     users = simulate_users(
@@ -233,7 +233,7 @@ def throughput(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def result_record(args, setup: dict, runs: list, methods: tuple[str, ...], load_start: list, start: float) -> dict:
     """The JSON record: setting, per-run measurements (without the per-user rows), throughput, cost, projection."""
-    from device_sim.simulation.fleet import fleet_rows
+    from edgetune_fleet.fleet import fleet_rows
 
     tp = throughput(runs)
     speedup = tp["speedup"]

@@ -12,7 +12,7 @@ Model all-MiniLM-L6-v2, data BBC news (2225 articles, 5 topics), 128 tokens.
    model cut at the plan's cut, its head a logistic probe fitted on the server split (no server fine-tuning).
 2. Users: the other 75% is the pool. ``--users`` non-IID users (Dirichlet alpha 0.5 label mix, half of them with
    a personal swap of two labels applied to their train and test data) of 200 training + 60 held-out examples
-   (:mod:`device_sim.simulation.users`, seed 0).
+   (:mod:`edgetune_fleet.users`, seed 0).
 3. Per user, accuracy on the user's own held-out examples of
    (a) the global package, no personalization;
    (b) device personalization (``Device.personalize``) with the plan's cut and tuner (full), and, for the
@@ -233,11 +233,11 @@ def backward_flops(package: Path, model: Path, texts: list[str], labels: np.ndar
 # -- setup --------------------------------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Plan and export the global package on the server split; simulate the users and write their files."""
-    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
     from edgetune.planner.plan import Plan
+    from edgetune_fleet.users import UserConfig, simulate_users
     from exporters.export import ExportOptions, export_package
 
     server, pool = stratified_split(bbc_news(), test_size=1 - args.server_fraction, seed=0)

@@ -13,7 +13,7 @@ device profile (phone-high: its time budget bounds which candidate configuration
    settings (candidate configurations, learning rates, the guard's alpha) are meant to be chosen with ``--tune``
    on users drawn from the tuning pool (user seed 100), never on the report pool (seed 0) that the numbers come
    from. The settings in this release are prior choices: the ``--tune`` run was not completed (docs/results.md).
-3. Users (:func:`device_sim.simulation.users.natural_users`), ``--users-per-kind`` of each kind, ``--train-examples``
+3. Users (:func:`edgetune_fleet.users.natural_users`), ``--users-per-kind`` of each kind, ``--train-examples``
    training + ``--test-examples`` held-out texts each: ``prior`` (one label makes up 50-85% of their texts,
    labels the corpus's own), ``domain`` (all texts from one topic cluster of the pool: TF-IDF + k-means,
    ``--clusters`` clusters; labels the corpus's own), ``dirichlet`` (Dirichlet(0.5) label mix), ``swap``
@@ -149,11 +149,11 @@ def run_subprocess(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
 # -- set-up -------------------------------------------------------------------------------------------------------
 def prepare_corpus(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Plan and export the corpus's package on its server split; draw the users of the chosen pool."""
-    from device_sim.simulation.users import UserConfig, natural_users, topic_clusters
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import minilm_path
     from edgetune.planner.plan import Plan
+    from edgetune_fleet.users import UserConfig, natural_users, topic_clusters
     from exporters.export import ExportOptions, export_package
 
     max_length = CORPORA[name][1]

@@ -4,7 +4,7 @@
 
 Model all-MiniLM-L6-v2, data BBC news. A stratified 25% of the corpus is the server's: a top-1 plan (the last
 block and the head are trained), the package exported with its ONNX top (``top.onnx``, the top's tensors as graph
-inputs). One simulated user (:mod:`device_sim.simulation.users`, seed 0) personalizes it with the ``full`` and
+inputs). One simulated user (:mod:`edgetune_fleet.users`, seed 0) personalizes it with the ``full`` and
 the ``lora`` tuner (one configured job each, torch backend). Then, each in a fresh process with ``--threads``
 threads, ``edgetune predict --data <the user's held-out texts>`` runs with ``--runtime onnx`` (torch is made
 unimportable in that process, as on a device without it) and with ``--runtime torch``, for the package alone and
@@ -37,10 +37,10 @@ WITH_TORCH = "from edgetune_cli import app; app()"
 def setup(work: Path, threads: int) -> dict[str, Any]:
     from device_sim.device import Device
     from device_sim.settings import PersonalizeConfig
-    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
+    from edgetune_fleet.users import UserConfig, simulate_users
     from exporters.export import ExportOptions, export_package
 
     server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)

@@ -24,7 +24,7 @@ convention. Removed heads are real FLOPs (the projections shrink);
 unstructured sparsity is a theoretical non-zero count (dense kernels still run
 every weight).
 
-Personalization: --users simulated users (``device_sim.simulation.users``: Dirichlet(0.5)
+Personalization: --users simulated users (``edgetune_fleet.users``: Dirichlet(0.5)
 label mixes, half of them with a personal label swap; 200 documents each from
 the test split, 30% held out per user). The global model is the full-tuning
 server model of the first seed; each user trains its top on its own data
@@ -216,7 +216,7 @@ def prune_variants(bench: Bench, trainer: Any) -> list[dict[str, Any]]:
 
 def run_users(bench: Bench, global_trainer: Any, seeds: list[int]) -> dict[str, Any]:
     """Every simulated user personalizes the global model with each tuner and is scored on its own held-out data."""
-    from device_sim.simulation.users import UserConfig, simulate_users
+    from edgetune_fleet.users import UserConfig, simulate_users
 
     users = simulate_users(bench.test_ds, UserConfig(num_users=bench.args.users, examples_per_user=200, seed=0))
     global_backbone = global_trainer.classifier.backbone

@@ -55,7 +55,7 @@ def candidate_config(package: DevicePackage, config: PersonalizeConfig, spec: di
 
 def resolve_candidates(package: DevicePackage, config: PersonalizeConfig) -> list[Candidate]:
     """Every candidate the job's settings ask for, in order (their cuts not yet checked against the package)."""
-    plan_tuner = package.manifest["plan"].get("tuner", "full")
+    plan_tuner = package.plan.tuner
     if not config.select:
         cut = package.cut if config.cut is None else config.cut
         tuner = config.tuner or plan_tuner
@@ -99,7 +99,7 @@ def estimate_job(
     gflops: float | None = None,
 ) -> tuple[ArchSummary, CostConfig, CutCost]:
     """The cost model's price of training above ``cut``: the plan's architecture, the user's data, the tuner."""
-    arch = ArchSummary.from_dict(package.manifest["plan"]["arch"])
+    arch = package.plan.arch
     cost = CostConfig(
         seq_len=width,
         batch_size=config.batch_size,

@@ -279,10 +279,9 @@ class Device:
         as for :meth:`predictor`."""
         from edgetune.metrics import classification_metrics
 
-        plan = self.package.manifest["plan"]
         if not isinstance(data, TextDataset):
-            text_column = text_column or plan.get("text_column", "text")
-            data = load_dataset(data, text_column, label_column or plan.get("label_column", "label"))
+            plan = self.package.plan
+            data = load_dataset(data, text_column or plan.text_column, label_column or plan.label_column)
         y = data.encoded_labels(LabelMap(tuple(self.labels)))
         logits = self.predictor(personal, precision, backend).logits(data.texts, batch_size, progress)
         return classification_metrics(y, logits.argmax(axis=1), self.labels)

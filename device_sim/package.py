@@ -19,6 +19,7 @@ when asked for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import stat
@@ -42,6 +43,7 @@ from device_sim.runtime import (
     torch_top_fn,
 )
 from edgetune.io import honour_umask, naming, private_tempdir
+from edgetune.package_plan import PackagePlan
 from edgetune_format import manifest as mf
 from edgetune_format import schema
 from edgetune_format.errors import PackageError, one_line
@@ -558,6 +560,11 @@ class DevicePackage:
     @property
     def cut(self) -> int:
         return int(self.manifest["cut"])
+
+    @functools.cached_property
+    def plan(self) -> PackagePlan:
+        """The plan the package was exported from, typed (its columns, tuner, architecture for the cost model)."""
+        return PackagePlan.from_manifest(self.manifest)
 
     @property
     def num_layers(self) -> int:

@@ -75,12 +75,11 @@ from edgetune_format.personal import check_writable, identity_digest, package_id
 
 def read_user_data(package: DevicePackage, data: str | Path | TextDataset, config: PersonalizeConfig) -> TextDataset:
     """The user's labelled texts; a label the package does not know is a DataError naming its row."""
-    plan = package.manifest["plan"]
     if isinstance(data, TextDataset):
         dataset = data
     else:
-        text_column = config.text_column or plan.get("text_column", "text")
-        label_column = config.label_column or plan.get("label_column", "label")
+        text_column = config.text_column or package.plan.text_column
+        label_column = config.label_column or package.plan.label_column
         dataset = load_dataset(data, text_column, label_column)
     if len(dataset) == 0:
         raise DataError(f"{dataset.source}: no examples")

@@ -3,19 +3,16 @@
 :class:`PersonalizeConfig` is what ``edgetune personalize`` builds from its
 flags and what :meth:`device_sim.device.Device.personalize` takes, whichever
 backend trains (torch, executorch, executorch-cpp); the torch backend turns
-it into the trainer's :class:`~edgetune.train.TrainConfig` (imported only
-then), the ExecuTorch backends read its fields directly.
+it into the training loop's :class:`~edgetune.training_config.TrainConfig`,
+the ExecuTorch backends read its fields directly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgetune.training_config import CACHE_PLACES, TrainingConfig  # noqa: F401 (CACHE_PLACES re-exported)
-
-if TYPE_CHECKING:
-    from edgetune.train import TrainConfig
+from edgetune.training_config import CACHE_PLACES, TrainConfig, TrainingConfig  # noqa: F401 (CACHE_PLACES re-exported)
 
 # The configurations the device chooses between (besides the global top itself), cheapest first: ties on the
 # inner validation split go to the cheaper one. "cut": "plan" (the package's cut, or ``config.cut``) or "head"
@@ -123,8 +120,6 @@ class PersonalizeConfig(TrainingConfig):
 
     def train_config(self, validating: bool) -> TrainConfig:
         """The torch trainer's settings for this job (cached mode on the CPU; no patience without validation)."""
-        from edgetune.train import TrainConfig
-
         shared = self.shared_settings()
         shared.update(
             val_fraction=self.val_fraction if validating else 0.0,

@@ -33,11 +33,11 @@ from device_sim.device import Device
 from device_sim.package import PackageError
 from device_sim.personalize import PersonalizeConfig, read_user_data
 from device_sim.runtime import torch_threads
-from edgetune.costs import ArchSummary, CostConfig, estimate_cut
+from edgetune.costs import CostConfig, estimate_cut
 from edgetune.data import LabelMap, TextDataset
 from edgetune.errors import EdgetuneError
 from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
-from edgetune.train import TrainError
+from edgetune.training_config import TrainError
 from edgetune_format.personal import (
     PersonalState,
     PersonalStateError,
@@ -166,7 +166,7 @@ def curated_examples(features: np.ndarray, labels: np.ndarray, config: SwapConfi
 
 def full_retrain_flops(device: Device, width: int, num_examples: int, epochs: int) -> float:
     """Backward FLOPs of re-training every block and the head of ``device``'s backbone (cost model)."""
-    arch = ArchSummary.from_dict(device.package.manifest["plan"]["arch"])
+    arch = device.package.plan.arch
     cost = CostConfig(seq_len=width, batch_size=16, num_examples=num_examples, epochs=epochs, cached=False)
     return estimate_cut(arch, cost, 0).backward_flops * num_examples * epochs
 

@@ -1,4 +1,5 @@
-"""Hooks into the training loop: what a method adds to :class:`edgetune.train.TopTrainer` without a loop of its own.
+"""Hooks into the training loop: what a method adds to :class:`~edgetune.top_trainer.TopTrainer` without a loop
+of its own.
 
 The loop (optimizer, warm-up and decay, clipping, device placement, checkpoints and resume, data parallel) is
 written once. A method that trains differently plugs in here, the way callbacks plug into the Hugging Face

@@ -379,7 +379,7 @@ def predict_command(
     ):
         predictor = device.predictor(personal, precision, check_runtime(runtime))
         if data is not None:
-            column = text_column or device.package.manifest["plan"].get("text_column", "text")
+            column = text_column or device.package.plan.text_column
             predict_file(predictor, data, column, out, fmt, logits, batch_size)
         elif text:
             for t, p in zip(text, predictor.predict(text, batch_size)):

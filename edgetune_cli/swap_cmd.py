@@ -78,8 +78,8 @@ def derive_backbone_command(
     """A second backbone for trying a swap in seconds: --model without its top --drop-top blocks, saved with its
     tokenizer as a plain Hugging Face directory that plan and export take like any model. Its features (a lower
     block's output) live in another space than the original's, as after a vendor's update: a simulated swap."""
-    from device_sim.simulation.derived import derive_backbone
     from edgetune_cli import console
+    from edgetune_fleet.derived import derive_backbone
 
     if not (model / "config.json").is_file():
         raise typer.BadParameter(f"{model}: not a model directory (no config.json)", param_hint="--model")
@@ -270,7 +270,7 @@ def check_fleet_outputs(out: Path, data: Path) -> None:
 
 def check_fleet_backend(backend: str, workers: int | None, ray_address: str | None) -> None:
     """Refuse an unknown backend, or Ray's options without Ray."""
-    from device_sim.simulation.fleet import BACKENDS
+    from edgetune_fleet.fleet import BACKENDS
 
     if backend not in BACKENDS:
         raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
@@ -284,7 +284,7 @@ def fleet_user_config(
     users: int, examples_per_user: int, alpha: float, test_fraction: float, preference_fraction: float, seed: int
 ) -> Any:
     """How the simulated users are drawn (a usage error where UserConfig refuses the flags)."""
-    from device_sim.simulation.users import UserConfig
+    from edgetune_fleet.users import UserConfig
 
     try:
         return UserConfig(
@@ -303,7 +303,7 @@ def fleet_config(
     ctx: typer.Context, methods: list[str] | None, fraction: float, random_draws: int, threads: int | None
 ) -> Any:
     """What each simulated user runs (a usage error where FleetConfig refuses the flags)."""
-    from device_sim.simulation.fleet import FLEET_METHODS, FleetConfig
+    from edgetune_fleet.fleet import FLEET_METHODS, FleetConfig
 
     try:
         return FleetConfig(
@@ -320,9 +320,9 @@ def fleet_config(
 def draw_users(old: Path, data: Path, user_config: Any) -> Any:
     """The simulated users, drawn from --data read with the old package's text and label columns."""
     from device_sim.device import Device
-    from device_sim.simulation.users import simulate_users
     from edgetune.data import DataError, load_dataset
     from edgetune.package_plan import PackagePlan
+    from edgetune_fleet.users import simulate_users
 
     with Device(old) as device:
         plan = PackagePlan.from_manifest(device.package.manifest)
@@ -347,8 +347,8 @@ def run_fleet(
 ) -> dict[str, Any]:
     """Every user through every method, with a progress bar; a fleet failure is one red line (exit 2), as every
     user error (see edgetune_cli.handle_errors)."""
-    from device_sim.simulation.fleet import FleetError, simulate_fleet
     from edgetune.progress import progress_bar
+    from edgetune_fleet.fleet import FleetError, simulate_fleet
 
     try:
         with progress_bar("users", len(fleet), enabled=not quiet) as advance:
@@ -367,9 +367,9 @@ def run_fleet(
 
 def report_fleet(results: dict[str, Any], out: Path) -> None:
     """Write simulate.json and simulate.png, and print the per-method summary."""
-    from device_sim.simulation.fleet import plot_fleet
     from edgetune.io import atomic_write_json
     from edgetune_cli import console
+    from edgetune_fleet.fleet import plot_fleet
 
     atomic_write_json(out / "simulate.json", results)
     plot_fleet(results, out / "simulate.png")

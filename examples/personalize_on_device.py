@@ -48,10 +48,10 @@ def main() -> None:
     from device_sim.device import Device
     from device_sim.personalize import PersonalizeConfig
     from device_sim.profiles import ProfileError
-    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news
     from edgetune.formatting import accuracy as percent
+    from edgetune_fleet.users import UserConfig, simulate_users
 
     package = args.package or build_package(args.out / "package", args.threads)
     _, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)

@@ -145,9 +145,9 @@ def personalize_users(users: list, pkg: Path, out: Path, threads: int, console) 
 
 def export_new_backbone(server, out: Path, threads: int, console) -> tuple[Any, Path]:
     """Step 3a, the vendor: derive the simulated new backbone, plan it and export its package."""
-    from device_sim.simulation.derived import derive_backbone
     from edgetune.api import plan
     from edgetune.datasets import minilm_path
+    from edgetune_fleet.derived import derive_backbone
     from exporters.export import ExportOptions, export_package
 
     t = time.perf_counter()
@@ -232,8 +232,8 @@ def main() -> None:
 
     from rich.console import Console
 
-    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.io import atomic_write_json
+    from edgetune_fleet.users import UserConfig, simulate_users
 
     console = Console(width=130)
     start = time.perf_counter()

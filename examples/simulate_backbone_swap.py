@@ -30,14 +30,14 @@ def main() -> None:
     from rich.console import Console
 
     torch.set_num_threads(args.threads)
-    from device_sim.simulation.derived import derive_backbone
-    from device_sim.simulation.fleet import FleetConfig, plot_fleet, simulate_fleet
-    from device_sim.simulation.users import UserConfig, simulate_users
     from edgetune.api import plan
     from edgetune.data import stratified_split
     from edgetune.datasets import bbc_news, minilm_path
     from edgetune.io import atomic_write_json
     from edgetune.tables import fleet_summary
+    from edgetune_fleet.derived import derive_backbone
+    from edgetune_fleet.fleet import FleetConfig, plot_fleet, simulate_fleet
+    from edgetune_fleet.users import UserConfig, simulate_users
     from exporters.export import ExportOptions, export_package
 
     server, pool = stratified_split(bbc_news(), test_size=0.75, seed=0)

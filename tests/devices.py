@@ -17,7 +17,7 @@ SWAP = {"alpha": "beta", "beta": "alpha"}  # this user files fruit under sport a
 def export_derived_package(model_dir: Path, root: Path) -> tuple[Path, Path]:
     """A simulated new backbone: ``model_dir`` without its top block (``root/derived``) and its probe-headed
     package training one block (``root/new``); returns (package, derived model)."""
-    from device_sim.simulation.derived import derive_backbone
+    from edgetune_fleet.derived import derive_backbone
 
     derived = derive_backbone(model_dir, root / "derived", drop_top=1)
     options = ExportOptions(threads=1, top_onnx=False)

@@ -128,7 +128,7 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 FORBIDDEN = {  # what each backend's personalize + predict must not load
-    "torch": ("transformers", "accelerate", "scipy", "sklearn", "edgetune.planner", "peft"),
+    "torch": ("transformers", "accelerate", "scipy", "sklearn", "edgetune.planner", "edgetune.train", "peft"),
     "executorch": ("transformers", "accelerate", "scipy", "sklearn", "edgetune.planner", "edgetune.train", "peft"),
     "executorch-cpp": (
         "torch", "transformers", "accelerate", "scipy", "sklearn", "edgetune.planner", "edgetune.train", "peft",

@@ -8,12 +8,12 @@ import warnings
 import pytest
 from typer.testing import CliRunner
 
-from device_sim.simulation.derived import derive_backbone
-from device_sim.simulation.fleet import FleetConfig, simulate_fleet
-from device_sim.simulation.users import UserConfig, simulate_users
 from edgetune.backbones import Backbone
 from edgetune.data import TextDataset
 from edgetune_cli import app
+from edgetune_fleet.derived import derive_backbone
+from edgetune_fleet.fleet import FleetConfig, simulate_fleet
+from edgetune_fleet.users import UserConfig, simulate_users
 from tests.conftest import strict_json, synthetic_rows, write_csv
 from tests.devices import export_derived_package, export_probe_package, fast
 

@@ -14,11 +14,11 @@ import pytest
 import ray  # the scale extra; the dev extra installs it, so CI runs these tests
 from typer.testing import CliRunner
 
-from device_sim.simulation.fleet import FleetConfig, FleetError, fleet_rows, simulate_fleet
-from device_sim.simulation.ray_backend import materialize, package_files
-from device_sim.simulation.users import UserConfig, simulate_users
 from edgetune.data import TextDataset
 from edgetune_cli import app
+from edgetune_fleet.fleet import FleetConfig, FleetError, fleet_rows, simulate_fleet
+from edgetune_fleet.ray_backend import materialize, package_files
+from edgetune_fleet.users import UserConfig, simulate_users
 from tests.conftest import synthetic_rows, write_csv
 from tests.devices import fast
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("edgetune", "edgetune_format", "exporters", "device_sim", "edgetune_cli")
+PACKAGES = ("edgetune", "edgetune_format", "exporters", "device_sim", "edgetune_fleet", "edgetune_cli")
 
 
 def imports_of(package: str) -> dict[str, set[str]]:
@@ -40,10 +40,13 @@ def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("edgetune", ("edgetune_format", "exporters", "device_sim", "edgetune_cli")),  # the core stands alone
-        ("edgetune_format", ("exporters", "device_sim", "edgetune_cli")),  # the format: both sides read it
-        ("exporters", ("edgetune_cli",)),
-        ("device_sim", ("edgetune_cli", "edgetune.planner", "exporters")),  # the device reads, never plans or writes
+        ("edgetune", ("edgetune_format", "exporters", "device_sim", "edgetune_fleet", "edgetune_cli")),  # the core
+        ("edgetune_format", ("exporters", "device_sim", "edgetune_fleet", "edgetune_cli")),  # both sides read it
+        ("exporters", ("edgetune_cli", "edgetune_fleet")),
+        # the device reads, never plans or writes, and trains with the shared loop (edgetune.top_trainer), not the
+        # server's trainer
+        ("device_sim", ("edgetune_cli", "edgetune.planner", "exporters", "edgetune.train", "edgetune_fleet")),
+        ("edgetune_fleet", ("edgetune_cli", "edgetune.planner")),  # the simulator drives the device, never plans
     ],
 )
 def test_no_upward_imports(package: str, forbidden: tuple[str, ...]) -> None:
@@ -51,7 +54,7 @@ def test_no_upward_imports(package: str, forbidden: tuple[str, ...]) -> None:
 
 
 def test_nothing_imports_the_command_line() -> None:
-    outside = ("edgetune", "edgetune_format", "exporters", "device_sim", "examples", "benchmarks")
+    outside = ("edgetune", "edgetune_format", "exporters", "device_sim", "edgetune_fleet", "examples", "benchmarks")
     users = [
         f"{path.relative_to(ROOT)}"
         for top in outside

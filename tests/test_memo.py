@@ -3,7 +3,7 @@
 import numpy as np
 
 from device_sim.device import Device
-from device_sim.simulation.memo import MemoTrunk
+from edgetune_fleet.memo import MemoTrunk
 from tests.devices import fast, user_data
 
 

@@ -44,3 +44,13 @@ def test_reading_a_plan_loads_neither_torch_nor_the_planner() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_a_loaded_package_reads_its_plan_typed(device_packages) -> None:
+    """The device reads the plan through one typed object, the same the manifest's plan gives."""
+    from device_sim.package import load_package
+
+    with load_package(device_packages["main"]) as package:
+        assert package.plan == PackagePlan.from_manifest(package.manifest)
+        assert package.plan.text_column == package.manifest["plan"].get("text_column", "text")
+        assert package.plan.arch.num_layers == package.num_layers

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from device_sim.simulation.users import UserConfig, simulate_users
 from edgetune.data import TextDataset
+from edgetune_fleet.users import UserConfig, simulate_users
 from tests.conftest import synthetic_rows
 
 
@@ -67,7 +67,7 @@ def test_bad_configs(pool):
 
 
 def test_prior_users_differ_only_in_their_label_prior(pool):
-    from device_sim.simulation.users import natural_users
+    from edgetune_fleet.users import natural_users
 
     cfg = UserConfig(num_users=6, examples_per_user=40, seed=5)
     users = natural_users(pool, "prior", cfg, majority=(0.6, 0.8))
@@ -83,7 +83,7 @@ def test_prior_users_differ_only_in_their_label_prior(pool):
 
 
 def test_domain_users_take_their_texts_from_one_group(pool):
-    from device_sim.simulation.users import natural_users, topic_clusters
+    from edgetune_fleet.users import natural_users, topic_clusters
 
     groups = topic_clusters(pool.texts, 3, seed=0)
     assert set(groups.tolist()) == {0, 1, 2}
@@ -106,7 +106,7 @@ def test_domain_users_take_their_texts_from_one_group(pool):
 
 
 def test_swap_and_dirichlet_kinds(pool):
-    from device_sim.simulation.users import natural_users
+    from edgetune_fleet.users import natural_users
 
     cfg = UserConfig(num_users=4, examples_per_user=30, seed=2)
     assert all(u.preference and u.kind == "swap" for u in natural_users(pool, "swap", cfg))

@@ -1,7 +1,7 @@
 """Training backends of the device, by name: who trains the top on the cached trunk features.
 
 * ``torch`` — the package's top as a plain-torch module (:mod:`edgetune.native`,
-  no transformers) trained by :class:`edgetune.train.TopTrainer` in one
+  no transformers) trained by :class:`edgetune.top_trainer.TopTrainer` in one
   process (no accelerate) (:mod:`device_sim.backends.torch_backend`); every
   tuner, every cut, resumable.
 * ``executorch`` — the package's ``top_train.pte`` (export target

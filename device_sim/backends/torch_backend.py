@@ -5,7 +5,7 @@ cut than the package's, the frozen top blocks below it in torch) into a
 :class:`~edgetune.features.FeatureCache`, in memory or memory-mapped in the
 work directory. Each candidate trains on the cache at its own cut (the cache
 lifted through the frozen blocks in between, once per cut) with
-:class:`~edgetune.train.TopTrainer` (AdamW, warm-up, early stopping on the inner
+:class:`~edgetune.top_trainer.TopTrainer` (AdamW, warm-up, early stopping on the inner
 validation split, the best epoch kept, atomic checkpoints that an interrupted
 job resumes from); every tuner, every cut.
 """
@@ -29,22 +29,24 @@ from edgetune.costs import TunerCost
 from edgetune.data import LabelMap
 from edgetune.features import FeatureCache, data_digest
 from edgetune.modeling import TopModel
-from edgetune.train import TopTrainer, TrainError, seed_all
+from edgetune.top_trainer import TopTrainer, seed_all
+from edgetune.training_config import TrainError
 from edgetune.tuners import Tuner, get_tuner
 
 if TYPE_CHECKING:
     from device_sim.personalize import Job
+    from edgetune.package_plan import PackagePlan
 
 Caches = dict[str, FeatureCache | None]
 
 
-def resolve_tuner(plan: dict[str, Any], config: PersonalizeConfig) -> Tuner:
+def resolve_tuner(plan: PackagePlan, config: PersonalizeConfig) -> Tuner:
     """The plan's tuner (with its parameters), unless the job names another one or other parameters."""
-    name = config.tuner or plan.get("tuner", "full")
+    name = config.tuner or plan.tuner
     if config.tuner_params is not None:
         params = config.tuner_params
     else:
-        params = plan.get("tuner_params", {}) if name == plan.get("tuner", "full") else {}
+        params = dict(plan.tuner_params) if name == plan.tuner else {}
     try:
         return get_tuner(name, **params)
     except ValueError as err:
@@ -108,7 +110,7 @@ class TorchBackend(Backend):
         return torch_threads(self.threads)
 
     def tuner(self, candidate: Candidate) -> Tuner:
-        return resolve_tuner(self.package.manifest["plan"], candidate.config)
+        return resolve_tuner(self.package.plan, candidate.config)
 
     def price_basis(self, candidate: Candidate) -> tuple[int, TunerCost]:
         if candidate.kind != "train":

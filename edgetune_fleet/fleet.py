@@ -1,6 +1,6 @@
 """Backbone replacement across a fleet of simulated users, before doing it for real.
 
-Every user (:mod:`device_sim.simulation.users`) personalizes the old package on their training texts; then the
+Every user (:mod:`edgetune_fleet.users`) personalizes the old package on their training texts; then the
 fleet moves to the new package and each user's state is carried over by every method asked for (:mod:`device_sim.swap`):
 
 * ``none``         the new package's global head, no adaptation;
@@ -15,7 +15,7 @@ time; per user, what the simulation cost (``cost``: trunk passes, training, swap
 backward FLOPs), the input of a fleet-size projection (``benchmarks/fleet_scale.py``).
 
 Users are independent, so a fleet runs one after another in this process (``backend="local"``) or as one Ray
-task per user (``backend="ray"``, :mod:`device_sim.simulation.ray_backend`). A user's result depends on its data,
+task per user (``backend="ray"``, :mod:`edgetune_fleet.ray_backend`). A user's result depends on its data,
 the packages, the settings and the thread count, never on the order or the process that ran it, so both
 backends give the same rows (timings aside: :func:`without_timings`). With ``out``, every finished user is
 appended to ``out/simulate.jsonl`` (the run log) and ``out/simulate.json`` is rewritten atomically as users
@@ -39,10 +39,10 @@ import numpy as np
 
 from device_sim.device import Device
 from device_sim.personalize import PersonalizeConfig
-from device_sim.simulation.users import SimulatedUser
 from device_sim.swap import SwapConfig, swap
 from edgetune import strict_json
 from edgetune.errors import EdgetuneError
+from edgetune_fleet.users import SimulatedUser
 
 FLEET_METHODS = ("none", "fala", "fala-random", "head-only", "retrain")
 BACKENDS = ("local", "ray")
@@ -145,7 +145,7 @@ def simulate_user(
     """One user's row: personalize on ``old``, then swap to ``new`` by every method of ``config``.
 
     ``before_swaps`` is called between the old package's work (personalize, evaluate) and the swaps (e.g. to
-    clear a :class:`~device_sim.simulation.memo.MemoTrunk`, so the swaps pay for their own trunk passes).
+    clear a :class:`~edgetune_fleet.memo.MemoTrunk`, so the swaps pay for their own trunk passes).
     ``cost`` splits the user's wall time (and backward FLOPs) into the device's work, trunk passes (the old
     package's over the training texts, the new one's once for every method), training (personalization:
     tokenizing, candidates, guard, writing) and the swaps (each method's job, less the shared trunk pass), and
@@ -397,7 +397,7 @@ def _check_request(backend: str, workers: int | None, users: list[SimulatedUser]
     if len({u.user_id for u in users}) != len(users):
         raise ValueError("user ids must be unique")
     if backend == "ray":
-        from device_sim.simulation.ray_backend import require_ray
+        from edgetune_fleet.ray_backend import require_ray
 
         require_ray()  # before any work: a missing extra is a one-line error
 
@@ -449,7 +449,7 @@ def simulate_fleet(
 
     ``backend``: ``local`` (one after another, in this process) or ``ray`` (one task per user on ``workers``
     CPUs of a local Ray instance, or on the cluster at ``ray_address``; see
-    :mod:`device_sim.simulation.ray_backend` for ``share``). ``out``: a directory for the run log and
+    :mod:`edgetune_fleet.ray_backend` for ``share``). ``out``: a directory for the run log and
     ``simulate.json``, written as users finish; users already in the log are not run again. ``on_user`` is
     called with every finished row (resumed ones first)."""
     config = config or FleetConfig()
@@ -484,7 +484,7 @@ def simulate_fleet(
                     for user in todo:
                         finished(simulate_user(old, new, user, Path(tmp), config))
             elif todo:
-                from device_sim.simulation.ray_backend import run_on_ray
+                from edgetune_fleet.ray_backend import run_on_ray
 
                 run.update(run_on_ray(old_package, new_package, todo, config, finished,
                                       workers=workers, address=ray_address, share=share))  # fmt: skip

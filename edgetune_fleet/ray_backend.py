@@ -1,6 +1,6 @@
 """Fleet simulation on Ray: one task per user, on this machine or on an existing cluster.
 
-:func:`run_on_ray` submits :func:`device_sim.simulation.fleet.simulate_user` for every user as a Ray task
+:func:`run_on_ray` submits :func:`edgetune_fleet.fleet.simulate_user` for every user as a Ray task
 (``threads`` CPUs each, retried if its worker dies) and hands each row back as soon as it finishes, with at most
 twice as many tasks in flight as there are worker slots, so results stream and a fleet of thousands does not
 sit in Ray's queue all at once. Without an address it starts a local Ray instance of ``workers x threads``
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device_sim.simulation.fleet import FleetConfig, FleetError, simulate_user
-from device_sim.simulation.users import SimulatedUser
+from edgetune_fleet.fleet import FleetConfig, FleetError, simulate_user
+from edgetune_fleet.users import SimulatedUser
 
 INSTALL_HINT = "pip install 'edgetune[scale]' (or: pip install 'ray>=2.40')"
 SHARES = ("auto", "path", "object-store")
