@@ -19,9 +19,9 @@ from edgetune_cli.common import (
 from edgetune_cli.config_options import ConfigOptions
 from edgetune_cli.tuner_opts import TUNER_PARAM_HELP, tuner_options
 
-if TYPE_CHECKING:  # the planner loads torch: only when planning
-    from edgetune.plan_config import PlanConfig
-    from edgetune.planner.plan import Plan
+if TYPE_CHECKING:
+    from edgetune.plan_config import PlanConfig  # imported by PLAN_SETTINGS when the command runs or shows its help
+    from edgetune.planner.plan import Plan  # the planner loads torch: only when planning
 
 PLANNER_CHOICES = PLANNER_NAMES  # the registry's names, read without loading the planners (torch)
 
