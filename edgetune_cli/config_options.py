@@ -1,9 +1,9 @@
 """Command-line options generated from a config dataclass: its fields are the one declaration of each setting.
 
 A field's option takes its flag from the field's name (``head_lr`` -> ``--head-lr``), its type from the annotation
-(int, float, str or bool, each optionally ``| None``), its default from the dataclass and its help from the field's
-``metadata["help"]``; ``metadata["choices"]`` (the tuple ``__post_init__`` checks against) makes it a choice. A
-re-stated field without metadata of its own (a subclass that only changes a default) keeps its base's.
+(int, float, str, bool or Path, each optionally ``| None``), its default from the dataclass and its help from the
+field's ``metadata["help"]``; ``metadata["choices"]`` (the tuple ``__post_init__`` checks against) makes it a choice.
+A re-stated field without metadata of its own (a subclass that only changes a default) keeps its base's.
 
 A command lists the fields it exposes in a :class:`ConfigOptions` and declares only its other options by hand::
 
@@ -26,13 +26,14 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import typer.main
 from typer.core import TyperCommand
 
-SCALARS = (int, float, str, bool)
+SCALARS = (int, float, str, bool, Path)
 
 
 def one_of(choices: Sequence[str]) -> Any:
@@ -63,13 +64,15 @@ def field_default(cls: type, name: str) -> Any:
 
 
 def scalar_type(annotation: Any) -> type:
-    """int, float, str or bool, from ``X`` or ``X | None``; any other annotation has no option."""
+    """int, float, str, bool or Path, from ``X`` or ``X | None``; any other annotation has no option."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         annotation = rest[0] if len(rest) == 1 else annotation
     if annotation not in SCALARS:
-        raise TypeError(f"{annotation!r} has no command-line option (int, float, str or bool, or one of them | None)")
+        raise TypeError(
+            f"{annotation!r} has no command-line option (int, float, str, bool or Path, or one of them | None)"
+        )
     return annotation
 
 
@@ -79,7 +82,8 @@ class ConfigOptions:
 
     config: str  # "module:Class"
     fields: Sequence[str]
-    # field -> the command's flag where it predates the field's name ("--old-name", or "--x/--no-x" for a bool)
+    # field -> the command's flag where it differs from the field's name: "--old-name"; for a bool "--x/--no-x", or
+    # "--x" alone for a switch that has no "--no-x" (a bool without an entry gets "--name/--no-name")
     flags: Mapping[str, str] = field(default_factory=dict)
     # field -> the command's own default where it deliberately differs from the dataclass's (say why beside it)
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -104,7 +108,7 @@ class ConfigOptions:
                 raise TypeError(f"{cls.__name__}.{name} has no metadata['help'] to show as its option's help")
             choices = field_info(cls, name, "choices")
             flag = self.flags.get(name, f"--{name.replace('_', '-')}")
-            if scalar_type(hints[name]) is bool and "/" not in flag:
+            if scalar_type(hints[name]) is bool and name not in self.flags:
                 flag = f"{flag}/--no-{flag.removeprefix('--')}"
             option = typer.Option(
                 flag,

@@ -10,6 +10,35 @@ import typer
 
 from edgetune.formatting import accuracy, device_trains, human
 from edgetune_cli.common import TrustOption, trusting
+from edgetune_cli.config_options import ConfigOptions
+
+# The ExportOptions fields `export` takes as options (flag, type, default and help from the fields themselves).
+EXPORT_SETTINGS = ConfigOptions(
+    "exporters.export:ExportOptions",
+    fields=(
+        "int8",
+        "optimize",
+        "top_onnx",
+        "executorch_max_batch",
+        "tar",
+        "val_fraction",
+        "text_column",
+        "label_column",
+        "opset",
+        "atol",
+        "threads",
+        "batch_size",
+        "seed",
+        "skip_budget",
+        "sign",
+        "release",
+        "release_version",
+    ),
+    flags={"int8": "--int8", "tar": "--tar"},  # switches: no --no-int8, --no-tar
+    # The command numbers a named release from 1; the options leave a package without a release unnumbered.
+    defaults={"release_version": 1},
+    panel="Export settings",
+)
 
 # The options of `export` whose declarations take more than a line.
 ModelCheckpointOption = Annotated[
@@ -24,31 +53,7 @@ PackageOutOption = Annotated[
     Path,
     typer.Option("--out", help="Package directory to write (replaced atomically if it is already a package)."),
 ]
-Int8TrunkOption = Annotated[
-    bool,
-    typer.Option(
-        "--int8",
-        help="Also ship an int8 trunk (onnxruntime dynamic quantization of MatMul and embedding Gather); "
-        "its size and accuracy change on validation data go into the manifest.",
-    ),
-]
-OptimizeOption = Annotated[
-    str,
-    typer.Option(
-        "--optimize",
-        help="Trunk graph: none (as exported) or fused (onnxruntime's transformer fusions: Attention, "
-        "SkipLayerNorm, BiasGelu; BERT-like encoders; other families are recorded as not fused). With "
-        "--int8 the int8 trunk is quantized from the fused graph.",
-    ),
-]
-TopOnnxOption = Annotated[
-    bool,
-    typer.Option(
-        "--top-onnx/--no-top-onnx",
-        help="Ship the top layers + head as ONNX too (top.onnx, tensors as inputs): devices predict with "
-        "onnxruntime alone, with or without a personal state.",
-    ),
-]
+# ExportOptions.targets, by hand: repeated or comma-separated, onnx always included
 TargetsOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -57,13 +62,8 @@ TargetsOption = Annotated[
         help="What the package carries: onnx (always: trunk.onnx + top safetensors) and executorch "
         "(top_train.pte: the top's joint forward + backward for on-device training; top.pte: inference). "
         "Repeat or comma-separate: --targets onnx,executorch.",
+        rich_help_panel=EXPORT_SETTINGS.panel,
     ),
-]
-ExecutorchMaxBatchOption = Annotated[
-    int, typer.Option(help="executorch: the largest batch the programs accept (memory is planned for it).")
-]
-TarOption = Annotated[
-    bool, typer.Option("--tar", help="Write one .tar file (--out gets a .tar suffix) instead of a directory.")
 ]
 ExportDataOption = Annotated[
     Path | None,
@@ -77,26 +77,19 @@ ValDataOption = Annotated[
     Path | None,
     typer.Option("--val-data", help="Labelled validation CSV/JSONL (instead of holding out part of --data)."),
 ]
-ValFractionOption = Annotated[
-    float, typer.Option(help="Part of --data held out for validation when a head probe is fitted.")
-]
-AtolOption = Annotated[
-    float, typer.Option(help="Max abs difference allowed between the ONNX and torch outputs (fp32).")
-]
+# ExportOptions.int8_config (an exporters.quantize.Int8Config), by hand
 PerChannelOption = Annotated[
-    bool, typer.Option(help="int8: one scale per weight column (more accurate than one per tensor).")
+    bool,
+    typer.Option(
+        help="int8: one scale per weight column (more accurate than one per tensor).",
+        rich_help_panel=EXPORT_SETTINGS.panel,
+    ),
 ]
 ReduceRangeOption = Annotated[
-    bool, typer.Option(help="int8: 7-bit weights, for x86 CPUs without VNNI (avoids u8s8 saturation).")
-]
-CheckThreadsOption = Annotated[
-    int | None, typer.Option(help="onnxruntime threads for the checks (default: onnxruntime's choice).")
-]
-SkipBudgetOption = Annotated[
-    float | None,
+    bool,
     typer.Option(
-        help="HadSkip: keep this fraction of blocks (0-1]; the blocks the gates of a model trained with "
-        "`edgetune skip` rank lowest are left out of the trunk and the top, and the manifest records them.",
+        help="int8: 7-bit weights, for x86 CPUs without VNNI (avoids u8s8 saturation).",
+        rich_help_panel=EXPORT_SETTINGS.panel,
     ),
 ]
 
@@ -104,69 +97,33 @@ SkipBudgetOption = Annotated[
 def register(app: typer.Typer) -> None:
     from edgetune_cli import handle_errors
 
-    app.command("export")(handle_errors(export_command))
+    app.command("export", cls=EXPORT_SETTINGS.command_class())(handle_errors(export_command))
     app.command("inspect")(handle_errors(inspect_command))
 
 
 def export_command(
+    ctx: typer.Context,
     model: ModelCheckpointOption,
     plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgetune plan` for this very model.")],
     out: PackageOutOption,
-    int8: Int8TrunkOption = False,
-    optimize: OptimizeOption = "none",
-    top_onnx: TopOnnxOption = True,
     targets: TargetsOption = None,
-    executorch_max_batch: ExecutorchMaxBatchOption = 16,
-    tar: TarOption = False,
     data: ExportDataOption = None,
     val_data: ValDataOption = None,
-    val_fraction: ValFractionOption = 0.2,
-    text_column: Annotated[str | None, typer.Option(help="Text column (default: the plan's).")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column (default: the plan's).")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18 runs on onnxruntime >= 1.14).")] = 18,
-    atol: AtolOption = 1e-4,
     per_channel: PerChannelOption = True,
     reduce_range: ReduceRangeOption = False,
-    threads: CheckThreadsOption = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size for probe features and validation.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of the validation split and the probe.")] = 0,
-    skip_budget: SkipBudgetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or step lines.")] = False,
-    sign: Annotated[
-        Path | None, typer.Option("--sign", help="Sign the package with this private key (edgetune keygen).")
-    ] = None,
-    release: Annotated[
-        str | None, typer.Option("--release", help="Release name (needed with --sign): rollback is refused per name.")
-    ] = None,
-    release_version: Annotated[
-        int, typer.Option("--release-version", help="Release counter; a device refuses one lower than it has run.")
-    ] = 1,
 ) -> None:
     """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
     (safetensors), tokenizer and a manifest with every file's sha256."""
-    from exporters.export import ExportOptions, export_package
+    from exporters.export import export_package
     from exporters.quantize import Int8Config
 
-    options = ExportOptions(  # checks every setting: an ExportSettingError is shown under its flag
-        optimize=optimize,
+    release = EXPORT_SETTINGS.values(ctx)["release"]
+    options = EXPORT_SETTINGS.build(  # checks every setting: a refusal is shown under its flag
+        ctx,
         targets=export_targets(targets),
-        executorch_max_batch=executorch_max_batch,
-        int8=int8,
         int8_config=Int8Config(per_channel=per_channel, reduce_range=reduce_range),
-        top_onnx=top_onnx,
-        tar=tar,
-        opset=opset,
-        atol=atol,
-        threads=threads,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        seed=seed,
-        text_column=text_column,
-        label_column=label_column,
-        skip_budget=skip_budget,
-        sign=sign,
-        release=release,
-        release_version=release_version if release else None,
+        **({} if release else {"release_version": None}),  # a release's version; none without a release
     )
     result = export_package(model, plan, out, data, val_data, options, log=step_log(quiet), progress=not quiet)
     report_export(result)

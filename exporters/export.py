@@ -78,30 +78,97 @@ DYNAMO = "torch.onnx.export(dynamo=True)"
 class ExportOptions:
     """Everything ``edgetune export`` can be told; the defaults are what a device wants."""
 
-    int8: bool = False
-    optimize: str = "none"  # none | fused: onnxruntime's transformer fusions in trunk.onnx (exporters.fused)
-    int8_config: Int8Config = field(default_factory=Int8Config)
-    top_onnx: bool = True  # top.onnx: the top with its tensors as inputs (torch-free prediction, any state)
-    tar: bool = False
-    opset: int = DEFAULT_OPSET
-    atol: float = DEFAULT_ATOL
-    threads: int | None = None
-    batch_size: int = 32
-    val_fraction: float = 0.2
-    probe_c: float = 1.0
-    seed: int = 0
+    # Each field's ``help`` is also the text of its command-line option (edgetune_cli.config_options builds the
+    # options of `edgetune export` from these fields).
+    int8: bool = field(
+        default=False,
+        metadata={
+            "help": "Also ship an int8 trunk (onnxruntime dynamic quantization of MatMul and embedding Gather); "
+            "its size and accuracy change on validation data go into the manifest."
+        },
+    )
+    # none | fused (OPTIMIZE_LEVELS): onnxruntime's transformer fusions in trunk.onnx (exporters.fused); no "choices":
+    # a refused value reaches the command line through __post_init__'s ExportSettingError like every other setting
+    optimize: str = field(
+        default="none",
+        metadata={
+            "help": "Trunk graph: none (as exported) or fused (onnxruntime's transformer fusions: Attention, "
+            "SkipLayerNorm, BiasGelu; BERT-like encoders; other families are recorded as not fused). With "
+            "--int8 the int8 trunk is quantized from the fused graph."
+        },
+    )
+    int8_config: Int8Config = field(
+        default_factory=Int8Config, metadata={"help": "How the int8 trunk is quantized (per channel, reduced range)."}
+    )
+    top_onnx: bool = field(
+        default=True,
+        metadata={
+            "help": "Ship the top layers + head as ONNX too (top.onnx, tensors as inputs): devices predict with "
+            "onnxruntime alone, with or without a personal state."
+        },
+    )
+    tar: bool = field(
+        default=False,
+        metadata={"help": "Write one .tar file (--out gets a .tar suffix) instead of a directory."},
+    )
+    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset (18 runs on onnxruntime >= 1.14)."})
+    atol: float = field(
+        default=DEFAULT_ATOL, metadata={"help": "Max abs difference allowed between the ONNX and torch outputs (fp32)."}
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "onnxruntime threads for the checks (default: onnxruntime's choice)."}
+    )
+    batch_size: int = field(default=32, metadata={"help": "Batch size for probe features and validation."})
+    val_fraction: float = field(
+        default=0.2, metadata={"help": "Part of --data held out for validation when a head probe is fitted."}
+    )
+    probe_c: float = field(default=1.0, metadata={"help": "Inverse regularization strength of the head probe."})
+    seed: int = field(default=0, metadata={"help": "Seed of the validation split and the probe."})
     # None: the trunk's weights in a side file (trunk.onnx.data) that onnxruntime maps instead of copying (a
     # MiniLM predict process: 91 MB instead of 162 MB after loading the trunk); the top's inline below 2 GiB.
-    external_data: bool | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    skip_budget: float | None = None  # HadSkip: keep this fraction of blocks (needs gate statistics)
-    targets: tuple[str, ...] = ("onnx",)  # onnx (always) + executorch (top_train.pte, top.pte)
-    executorch_max_batch: int = 16  # largest batch the ExecuTorch programs accept (memory is planned for it)
-    executorch_atol: float = 1e-5  # ExecuTorch vs torch: loss, logits, gradients
-    sign: Path | None = None  # an Ed25519 private key (edgetune keygen): write manifest.sig (edgetune_format.trust)
-    release: str | None = None  # release.name: the package lineage a device's rollback record is kept for
-    release_version: int | None = None  # release.version: a device refuses a lower one than it has accepted
+    external_data: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Graph weights in side files (true) or inside the graphs (false); default: the trunk's in "
+            "trunk.onnx.data, the top's inline below 2 GiB."
+        },
+    )
+    text_column: str | None = field(default=None, metadata={"help": "Text column (default: the plan's)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: the plan's)."})
+    skip_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "HadSkip: keep this fraction of blocks (0-1]; the blocks the gates of a model trained with "
+            "`edgetune skip` rank lowest are left out of the trunk and the top, and the manifest records them."
+        },
+    )
+    targets: tuple[str, ...] = field(
+        default=("onnx",),
+        metadata={
+            "help": "What the package carries: onnx (always: trunk.onnx + top safetensors) and executorch "
+            "(top_train.pte: the top's joint forward + backward for on-device training; top.pte: inference)."
+        },
+    )
+    executorch_max_batch: int = field(
+        default=16,
+        metadata={"help": "executorch: the largest batch the programs accept (memory is planned for it)."},
+    )
+    executorch_atol: float = field(
+        default=1e-5,
+        metadata={"help": "executorch: max abs difference allowed against torch (loss, logits, gradients)."},
+    )
+    # an Ed25519 private key (edgetune keygen): write manifest.sig (edgetune_format.trust)
+    sign: Path | None = field(
+        default=None, metadata={"help": "Sign the package with this private key (edgetune keygen)."}
+    )
+    # release.name: the package lineage a device's rollback record is kept for
+    release: str | None = field(
+        default=None, metadata={"help": "Release name (needed with --sign): rollback is refused per name."}
+    )
+    # release.version: a device refuses a lower one than it has accepted
+    release_version: int | None = field(
+        default=None, metadata={"help": "Release counter; a device refuses one lower than it has run."}
+    )
 
     def __post_init__(self) -> None:
         """The one check of every option (an :class:`ExportSettingError` names the field; the command line shows

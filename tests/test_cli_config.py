@@ -1,5 +1,6 @@
-"""The options of `train`, `personalize`, `swap`, `simulate` and `skip` are generated from their config dataclasses
-(edgetune_cli.config_options): each has its field's help and default, and its value reaches the config."""
+"""The options of `train`, `personalize`, `swap`, `simulate`, `skip`, `plan` and `export` are generated from their
+config dataclasses (edgetune_cli.config_options): each has its field's help and default, and its value reaches the
+config."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from edgetune.errors import EdgetuneError
 from edgetune_cli import app
 from edgetune_cli.config_options import ConfigOptions, field_info
 from edgetune_cli.device_cmd import PERSONALIZE_SETTINGS
+from edgetune_cli.export_cmd import EXPORT_SETTINGS
+from edgetune_cli.plan_cmd import PLAN_SETTINGS
 from edgetune_cli.skip_cmd import SKIP_SETTINGS
 from edgetune_cli.swap_cmd import FLEET_SETTINGS, RETRAIN_SETTINGS
 from edgetune_cli.train_cmd import TRAIN_SETTINGS
@@ -26,6 +29,8 @@ COMMANDS = [
     ("swap", RETRAIN_SETTINGS),
     ("simulate", FLEET_SETTINGS),
     ("skip", SKIP_SETTINGS),
+    ("plan", PLAN_SETTINGS),
+    ("export", EXPORT_SETTINGS),
 ]
 
 
@@ -58,6 +63,8 @@ def test_every_exposed_field_has_its_help_and_its_default(command_name: str, set
         "edgetune.training_config:TrainConfig",
         "edgetune.training_config:HadSkipConfig",
         "device_sim.settings:PersonalizeConfig",
+        "edgetune.plan_config:PlanConfig",
+        "exporters.export:ExportOptions",
     ],
 )
 def test_every_config_field_has_a_help_text(cls_path: str) -> None:
@@ -67,7 +74,14 @@ def test_every_config_field_has_a_help_text(cls_path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("command_name", "flag"), [("train", "--mode"), ("train", "--cache"), ("personalize", "--cache")]
+    ("command_name", "flag"),
+    [
+        ("train", "--mode"),
+        ("train", "--cache"),
+        ("personalize", "--cache"),
+        ("plan", "--planner"),
+        ("plan", "--policy"),
+    ],
 )
 def test_a_value_outside_the_choices_is_a_usage_error(command_name: str, flag: str) -> None:
     result = runner.invoke(app, [command_name, flag, "turbo"])

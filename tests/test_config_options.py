@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -77,3 +78,32 @@ def test_a_field_without_help_or_of_another_type_has_no_option() -> None:
         ConfigOptions(f"{__name__}:Tiny", fields=("silent",)).click_params()
     with pytest.raises(TypeError, match="no command-line option"):
         ConfigOptions("device_sim.settings:PersonalizeConfig", fields=("candidates",)).click_params()
+
+
+@dataclass
+class Packed:
+    key: Path | None = field(default=None, metadata={"help": "A key file."})
+    fast: bool = field(default=False, metadata={"help": "Go fast."})
+    loud: bool = field(default=False, metadata={"help": "Speak."})
+
+
+PACKED = ConfigOptions(f"{__name__}:Packed", fields=("key", "fast", "loud"), flags={"fast": "--fast"})
+
+
+def test_a_path_field_and_a_switch() -> None:
+    """A Path field is a path option; a bool given one flag is a switch without a --no- form, the others get both."""
+    packed = typer.Typer(add_completion=False)
+
+    @packed.command("run", cls=PACKED.command_class())
+    def run(ctx: typer.Context) -> None:
+        typer.echo(repr(PACKED.build(ctx)))
+
+    @packed.command("other")
+    def other() -> None: ...
+
+    result = runner.invoke(packed, ["run", "--key", "k.pem", "--fast", "--loud"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == repr(Packed(key=Path("k.pem"), fast=True, loud=True))
+    assert runner.invoke(packed, ["run", "--no-loud"]).exit_code == 0
+    result = runner.invoke(packed, ["run", "--no-fast"])
+    assert result.exit_code == 2 and "No such option" in result.output

@@ -65,13 +65,13 @@ from scipy.optimize import least_squares, minimize_scalar
 
 from edgetune.backbones import Backbone
 from edgetune.data import LabelMap, order_invariant_sample
+from edgetune.plan_config import POLICIES
 from edgetune.planner.base import CutScores, Planner, PlanningInputs, allowed_cuts_mask, best_cut
 from edgetune.planner.evidence import LayerEvidence, bootstrap_indices, layer_evidence
 from edgetune.planner.plan import PlanError
 from edgetune.tokenization import TextEncoder
 from edgetune.traces import collect_traces
 
-POLICIES = ("cheapest", "argmax-gain")
 # Chosen on the calibration tasks of benchmarks/planner_study.py (tweets, TREC): the cheapest pick with zero regret
 # against the oracle on every stored run; docs/methods.md says why not the least-squares fit of `--fit`.
 LOSS_SCALE = 0.05
