@@ -20,6 +20,7 @@ POLICIES = ("cheapest", "argmax-gain")
 """SALF's choice of a cut (:class:`edgetune.planner.salf.SALFConfig` reads them from here)."""
 
 MAX_LENGTH_RANGE = (2, 1 << 16)
+MIN_SAMPLE_SIZE = 4  # SALF fits its probes by leave-one-out: fewer examples leave nothing to compare
 
 
 @dataclass
@@ -80,8 +81,9 @@ class PlanConfig:
         check_setting("max_backward_frac", self.max_backward_frac, 0, 1, low_open=True)
         check_setting("tolerance", self.tolerance, 0)
         check_setting("max_length", self.max_length, *MAX_LENGTH_RANGE)
-        for name in ("batch_size", "epochs", "sample_size", "k"):
+        for name in ("batch_size", "epochs", "k"):
             check_setting(name, getattr(self, name), 1)
+        check_setting("sample_size", self.sample_size, MIN_SAMPLE_SIZE)
         check_setting("min_trainable_layers", self.min_trainable_layers, 0)
         for name in ("max_train_memory_mb", "max_device_seconds", "device_gflops"):
             check_setting(name, getattr(self, name), 0, low_open=True)

@@ -14,7 +14,7 @@ from edgetune_cli.config_options import ConfigOptions
 
 # The ExportOptions fields `export` takes as options (flag, type, default and help from the fields themselves).
 EXPORT_SETTINGS = ConfigOptions(
-    "exporters.export:ExportOptions",
+    "exporters.options:ExportOptions",
     fields=(
         "int8",
         "optimize",
@@ -116,7 +116,7 @@ def export_command(
     """Write a verified device package: ONNX trunk (embeddings + blocks 1..cut), top layers + head
     (safetensors), tokenizer and a manifest with every file's sha256."""
     from exporters.export import export_package
-    from exporters.quantize import Int8Config
+    from exporters.options import Int8Config
 
     release = EXPORT_SETTINGS.values(ctx)["release"]
     options = EXPORT_SETTINGS.build(  # checks every setting: a refusal is shown under its flag

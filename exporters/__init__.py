@@ -14,9 +14,9 @@ from typing import Any
 
 _LAZY = {
     "export_package": "exporters.export",
-    "ExportOptions": "exporters.export",
+    "ExportOptions": "exporters.options",
     "ExportResult": "exporters.export",
-    "Int8Config": "exporters.quantize",
+    "Int8Config": "exporters.options",
     "export_trunk": "exporters.onnx_trunk",
     "verify_trunk": "exporters.onnx_trunk",
     "load_package": "device_sim.package",

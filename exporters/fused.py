@@ -47,8 +47,8 @@ from exporters.onnx_trunk import (
     publish,
     written_opset,
 )
+from exporters.options import OPTIMIZE_LEVELS  # noqa: F401 (re-exported)
 
-OPTIMIZE_LEVELS = ("none", "fused")
 OPTIMIZER = "onnxruntime.transformers.optimizer.optimize_model"
 EXPORTER = "torch.onnx.export(dynamo=False)"
 ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "QAttention")

@@ -41,9 +41,8 @@ from edgetune.io import fsync_dir
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.tokenization import TextEncoder
 from exporters.errors import ExportError, ParityError
+from exporters.options import DEFAULT_ATOL, DEFAULT_OPSET, MIN_OPSET, check_opset  # noqa: F401 (re-exported)
 
-DEFAULT_OPSET = 18
-DEFAULT_ATOL = 1e-4
 # Protobuf cannot hold more than 2 GiB: larger graphs keep their weights in a side file.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -136,18 +135,6 @@ def _module_bytes(modules: Sequence[nn.Module]) -> int:
                 seen.add(id(t))
                 total += t.numel() * t.element_size()
     return total
-
-
-MIN_OPSET = 14  # the trunk's attention and layer norm need opset 14+ (onnxruntime >= 1.14 runs up to 18+)
-
-
-def check_opset(opset: int) -> None:
-    """An opset torch.onnx can target and this onnx knows; anything else is an :class:`ExportError` up front."""
-    import onnx
-
-    latest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= latest:
-        raise ExportError(f"opset {opset!r} is outside {MIN_OPSET}..{latest} (the opsets this exporter can write)")
 
 
 def written_opset(path: Path) -> int:

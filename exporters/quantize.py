@@ -25,31 +25,11 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from exporters.errors import ExportError
 from exporters.onnx_trunk import publish
-
-INT8_OP_TYPES = ("MatMul", "Gather")
-
-
-@dataclass
-class Int8Config:
-    """How the trunk is quantized (recorded in the manifest)."""
-
-    op_types: tuple[str, ...] = INT8_OP_TYPES
-    per_channel: bool = True
-    reduce_range: bool = False
-    weight_type: str = "QInt8"
-    method: str = "onnxruntime.quantization.quantize_dynamic"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["op_types"] = list(self.op_types)
-        return d
+from exporters.options import INT8_OP_TYPES, Int8Config  # noqa: F401 (re-exported)
 
 
 class _DropPreprocessHint(logging.Filter):

@@ -92,7 +92,7 @@ def test_the_planner_reads_only_its_own_settings(planned, flags: list[str], plan
         (["--max-length", "1"], "Invalid value for --max-length: must be >= 2 and <= 65536, got 1"),
         (["--max-backward-frac", "2"], "Invalid value for --max-backward-frac: must be > 0 and <= 1, got 2"),
         (["--tolerance", "-1"], "Invalid value for --tolerance: must be >= 0, got -1"),
-        (["--sample-size", "0"], "Invalid value for --sample-size: must be >= 1, got 0"),
+        (["--sample-size", "3"], "Invalid value for --sample-size: must be >= 4, got 3"),  # SALF's leave-one-out
         (["--k", "0"], "Invalid value for --k: must be >= 1, got 0"),
         (["--min-trainable-layers", "-1"], "Invalid value for --min-trainable-layers: must be >= 0, got -1"),
         (["--max-train-memory-mb", "0"], "Invalid value for --max-train-memory-mb: must be > 0, got 0"),
@@ -124,7 +124,7 @@ def exported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[list[str]
 
 def test_export_flags_reach_the_export_options(exported) -> None:
     from exporters.export import ExportOptions
-    from exporters.quantize import Int8Config
+    from exporters.options import Int8Config
 
     args, seen = exported
     flags = [
@@ -185,14 +185,16 @@ def test_export_switches_have_no_negative_form(exported, flag: str) -> None:
     assert result.exit_code == 2 and "No such option" in result.output
 
 
-def test_plan_help_loads_no_torch() -> None:
-    """The options of `plan` come from the torch-free PlanConfig: its help needs no planner."""
+@pytest.mark.parametrize("command", ["plan", "export"])
+def test_help_loads_no_torch(command: str) -> None:
+    """The options of `plan` and `export` come from the torch-free PlanConfig and ExportOptions
+    (exporters.options): their help needs neither the planner nor the export machinery."""
     import subprocess
     import sys
 
     code = (
         "import sys; from typer.testing import CliRunner; from edgetune_cli import app; "
-        "r = CliRunner().invoke(app, ['plan', '--help']); print(r.exit_code, 'torch' in sys.modules)"
+        f"r = CliRunner().invoke(app, [{command!r}, '--help']); print(r.exit_code, 'torch' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)

@@ -65,7 +65,7 @@ from scipy.optimize import least_squares, minimize_scalar
 
 from edgetune.backbones import Backbone
 from edgetune.data import LabelMap, order_invariant_sample
-from edgetune.plan_config import POLICIES
+from edgetune.plan_config import MIN_SAMPLE_SIZE, POLICIES
 from edgetune.planner.base import CutScores, Planner, PlanningInputs, allowed_cuts_mask, best_cut
 from edgetune.planner.evidence import LayerEvidence, bootstrap_indices, layer_evidence
 from edgetune.planner.plan import PlanError
@@ -114,8 +114,8 @@ class SALFConfig:
             )
         if self.basis not in ("auto", "readout", "probe"):
             raise ValueError(f"basis must be auto, readout or probe, got {self.basis!r}")
-        if self.sample_size < 4:
-            raise ValueError(f"sample_size must be >= 4, got {self.sample_size}")
+        if self.sample_size < MIN_SAMPLE_SIZE:
+            raise ValueError(f"sample_size must be >= {MIN_SAMPLE_SIZE}, got {self.sample_size}")
         if self.max_sample_size < self.sample_size:
             raise ValueError(f"max_sample_size ({self.max_sample_size}) must be >= sample_size ({self.sample_size})")
         if self.folds < 1 or self.repeats < 1:
