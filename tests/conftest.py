@@ -26,7 +26,7 @@ TOPIC_WORDS = {
 }
 FILLER = ["the", "a", "of", "and", "today", "said", "new", "big", "report", "after", "city", "year"]
 VOCAB = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(FILLER) | set(LABELS))
-FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "gpt2", "llama", "qwen2", "mistral")
+FAMILIES = ("bert", "roberta", "distilbert", "electra", "mpnet", "gpt2", "llama", "qwen2", "mistral")
 
 
 class Crash(RuntimeError):
@@ -175,6 +175,17 @@ def tiny_config(family: str, layers: int = 3, hidden: int = 32):
             pad_token_id=0,
             **common,
         )
+    if family == "electra":  # embeddings narrower than the blocks: the projection between them is exercised
+        return tf.ElectraConfig(
+            embedding_size=hidden // 2,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            **common,
+        )
     if family == "gpt2":
         return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=2, n_positions=64, **common)
     cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family]
@@ -195,7 +206,9 @@ def build_model(family: str, layers: int = 3, hidden: int = 32, seed: int = 0):
     torch.manual_seed(seed)
     config = tiny_config(family, layers, hidden)
     auto = AutoModelForCausalLM if family in ("gpt2", "llama", "qwen2", "mistral") else AutoModel
-    attn = "eager" if family == "mpnet" else "sdpa"  # transformers has no SDPA attention for MPNet
+    from edgetune.families import family_for
+
+    attn = family_for(family).attn_implementation  # "eager" where transformers has no SDPA attention
     return auto.from_config(config, attn_implementation=attn).eval()
 
 

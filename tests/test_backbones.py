@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from edgetune.backbones import SUPPORTED_MODEL_TYPES, Backbone, UnsupportedModelError
+from edgetune.families import family_for
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.tokenization import TextEncoder
 from tests.conftest import FAMILIES, build_model
@@ -30,8 +31,10 @@ def test_adapter_finds_the_pieces(family):
     assert len(b.block_param_counts()) == 3 and b.embedding_param_count() > 0
 
 
-# transformers has no SDPA attention for MPNet: its eager attention only
-ATTENTIONS = [(f, a) for f in FAMILIES for a in ("sdpa", "eager") if not (f == "mpnet" and a == "sdpa")]
+# transformers has no SDPA attention for some families (MPNet, ELECTRA): their eager attention only
+ATTENTIONS = [
+    (f, a) for f in FAMILIES for a in ("sdpa", "eager") if a == "eager" or family_for(f).attn_implementation == a
+]
 
 
 @pytest.mark.parametrize(("family", "attn"), ATTENTIONS)

@@ -65,7 +65,7 @@ def test_reader_reproduces_predict_on_bert(kind, bert_states, device_packages):
     assert np.abs(got - want).max() < TOLERANCE
 
 
-@pytest.mark.parametrize("family", ["roberta", "distilbert", "mpnet", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra", "mpnet", "qwen2", "mistral"])
 def test_reader_reproduces_predict_on_the_other_families(family, tiny_model_dir, tmp_path):
     """RoBERTa (BERT's block), DistilBERT (its own block names), MPNet (the relative position bias table
     ``rotary.weight`` fed to the top like any other tensor), Qwen2 (biased q/k/v projections) and Mistral, alone

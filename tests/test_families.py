@@ -173,3 +173,24 @@ def test_unregister_forgets_the_family(alias_family):
     assert ALIAS not in FAMILIES
     with pytest.raises(UnsupportedModelError):
         family_for(ALIAS)
+
+
+def test_electra_from_export_to_a_personalized_prediction(tiny_model_dir, tmp_path):
+    """The family added as one module (edgetune/families/electra.py): a tiny ELECTRA whose embeddings are
+    narrower than its blocks is exported (trunk verified against torch, projection included), personalized on
+    the device by training its top block, and predicts with the personal state in onnxruntime and torch alike."""
+    import numpy as np
+
+    from device_sim.device import Device
+    from tests.devices import export_probe_package, fast, user_data
+
+    model = tiny_model_dir("electra")
+    assert Backbone.from_pretrained(model).family.name == "electra"
+    package = export_probe_package(model, tmp_path / "pkg", top_onnx=True)
+    with Device(package, threads=1) as device:
+        result = device.personalize(user_data(60, seed=3), tmp_path / "p", fast(epochs=3))
+        assert result.kept == "personal" and result.train_cut == 1  # blocks 2-3 trained
+        texts = user_data(8, seed=9).texts
+        onnx_logits = device.predictor(tmp_path / "p", backend="onnx").logits(texts)
+        torch_logits = device.predictor(tmp_path / "p", backend="torch").logits(texts)
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)

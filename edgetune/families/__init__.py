@@ -11,6 +11,7 @@ from __future__ import annotations
 from edgetune.families.base import Family, UnsupportedModelError
 from edgetune.families.bert import BERT, ROBERTA
 from edgetune.families.distilbert import DISTILBERT
+from edgetune.families.electra import ELECTRA
 from edgetune.families.gpt2 import GPT2
 from edgetune.families.llama import LLAMA
 from edgetune.families.mpnet import MPNET
@@ -58,7 +59,7 @@ def family_for(model_type: str) -> Family:
         ) from None
 
 
-_BUILT_IN = (BERT, ROBERTA, DISTILBERT, MPNET, GPT2, LLAMA)
+_BUILT_IN = (BERT, ROBERTA, DISTILBERT, ELECTRA, MPNET, GPT2, LLAMA)
 for _family in _BUILT_IN:
     register(_family)
 

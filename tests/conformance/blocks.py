@@ -118,7 +118,7 @@ def top_logits(spec: dict, weights: dict[str, np.ndarray], hidden: np.ndarray, m
 
 
 def _block(t, cfg, p: _Tensors, x, m, number: int, weights) -> np.ndarray:
-    if t in ("bert", "roberta", "mpnet"):
+    if t in ("bert", "roberta", "electra", "mpnet"):
         d, h = cfg["hidden_size"], cfg["num_attention_heads"]
         eps, act = cfg.get("layer_norm_eps", 1e-12), cfg.get("hidden_act", "gelu")
         names = ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o")
