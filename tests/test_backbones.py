@@ -90,10 +90,11 @@ def test_top_rebuilds_from_spec_without_the_trunk(family, tmp_path):
 
 
 def test_unsupported_architecture_lists_supported():
-    from transformers import ElectraConfig, ElectraModel
+    from transformers import AlbertConfig, AlbertModel
 
-    model = ElectraModel(
-        ElectraConfig(
+    # ALBERT shares one block's weights across its layers: no family (a cut would split a shared block)
+    model = AlbertModel(
+        AlbertConfig(
             vocab_size=50,
             hidden_size=16,
             num_hidden_layers=1,
@@ -105,7 +106,7 @@ def test_unsupported_architecture_lists_supported():
     with pytest.raises(UnsupportedModelError) as err:
         Backbone(model)
     msg = str(err.value)
-    assert "electra" in msg
+    assert "albert" in msg
     for t in SUPPORTED_MODEL_TYPES:
         assert t in msg
 
