@@ -132,7 +132,10 @@ class ExportOptions:
     )
     executorch_atol: float = field(
         default=1e-5,
-        metadata={"help": "executorch: max abs difference allowed against torch (loss, logits, gradients)."},
+        metadata={
+            "help": "executorch: max difference allowed against torch (loss, logits; gradients relative to the "
+            "largest gradient of their batch)."
+        },
     )
     # an Ed25519 private key (edgetune keygen): write manifest.sig (edgetune_format.trust)
     sign: Path | None = field(

@@ -58,3 +58,17 @@ def test_verification_fails_loudly_when_the_program_differs_from_torch(executorc
             top.head.bias.add_(1e-3)  # the torch top no longer is what was exported
         with pytest.raises(ParityError, match="differs from the torch top"):
             verify_programs(top, train, infer, names, [batch])
+
+
+def test_gradients_are_judged_at_the_scale_of_their_backward_pass():
+    """A LayerNorm bias whose gradient is small, behind gradients of size 5: a float32 rounding difference of
+    2e-5 is noise at that scale (what failed exports of real tweets), a difference of 1e-2 is not."""
+    from exporters.executorch import gradient_differences
+
+    expected = {"dense.weight": np.full((4, 4), 5.0, np.float32), "norm.bias": np.full(4, 0.01, np.float32)}
+    rounding = {**expected, "norm.bias": expected["norm.bias"] + np.float32(2e-5)}
+    assert max(gradient_differences(rounding, expected).values()) == pytest.approx(4e-6, rel=1e-3)
+    wrong = {**expected, "norm.bias": expected["norm.bias"] + np.float32(1e-2)}
+    assert gradient_differences(wrong, expected)["norm.bias"] == pytest.approx(2e-3, rel=1e-3)
+    small = {"norm.bias": np.full(4, 0.01, np.float32)}  # gradients below 1: absolute differences
+    assert gradient_differences({"norm.bias": small["norm.bias"] + np.float32(2e-5)}, small)["norm.bias"] > 1e-5
