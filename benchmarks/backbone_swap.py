@@ -417,6 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--shard", default=None, help="i/n: run the i-th of n slices of the users, write their rows")
     ap.add_argument("--assemble", type=int, default=None, help="n: join the rows of n shards into the results")
+    ap.add_argument("--fresh", action="store_true", help="--shard: drop the shard's earlier rows (default: resume)")
     ap.add_argument("--table", type=Path, default=None, help="print the results.md table of a results JSON and stop")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgetune-backbone-swap"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -600,10 +601,16 @@ def main() -> None:
     if args.shard is not None:  # one of n processes, each a slice of the users; --assemble n joins them
         i, n = (int(x) for x in args.shard.split("/"))
         args.rows_file = args.work / f"{stem}-rows-{i}of{n}.jsonl"
-        args.rows_file.unlink(missing_ok=True)
-        for corpus in args.corpus:
-            mine = [u for u in users[i::n] if u.corpus == corpus]
-            run_users(setups[corpus], mine, settings, args, args.work / f"{stem}-report-{i}")
+        if args.fresh:
+            args.rows_file.unlink(missing_ok=True)
+        done = set()
+        if args.rows_file.exists():  # resume: the users whose rows this shard already wrote are not run again
+            done = {json.loads(line)["user"] for line in args.rows_file.read_text().splitlines() if line.strip()}
+        mine = [u for u in users[i::n] if u.user_id not in done]
+        by_corpus_users = [[u for u in mine if u.corpus == c] for c in args.corpus]
+        order = [u for group in itertools.zip_longest(*by_corpus_users) for u in group if u is not None]
+        for user in order:  # the corpora in turn, so a shard cut short still covers each of them
+            run_users(setups[user.corpus], [user], settings, args, args.work / f"{stem}-report-{i}")
         return
     if args.assemble is not None:
         rows = assembled_rows(args.work, args.assemble, users, stem)
