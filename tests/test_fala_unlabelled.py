@@ -102,3 +102,23 @@ def test_a_distilled_swap_counts_the_distilled_texts(pair, tmp_path):
     assert distilled.backward_flops == pytest.approx(plain.backward_flops * (6 + 60) / 6)
     with Device(pair["new"], threads=1) as device:  # the state reads back through the new package
         assert device.evaluate(pair["data"], tmp_path / "b")["accuracy"] >= 0.0
+
+
+def test_the_swap_command_takes_the_levers(pair, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgetune_cli import app
+    from tests.conftest import write_csv
+
+    data = pair["data"]
+    user = write_csv(tmp_path / "user.csv", list(zip(data.texts, data.labels)))
+    swap_args = ["swap", "--old", str(pair["old"]), "--new", str(pair["new"]), "--personal", str(pair["personal"]),
+                 "--data", str(user), "--tune-epochs", "2"]  # fmt: skip
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, [*swap_args, "--out", str(out), "--map-on", "curated", "--distill", "1",
+                                      "--cluster-on", "both"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    training = read_personal_state(out).manifest["training"]
+    assert (training["map_on"], training["cluster_on"], training["distill"]) == ("curated", "both", 1.0)
+    result = CliRunner().invoke(app, [*swap_args, "--out", str(tmp_path / "bad"), "--map-on", "labels"])
+    assert result.exit_code != 0 and "map_on" in result.output and not (tmp_path / "bad").exists()
