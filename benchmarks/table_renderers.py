@@ -180,35 +180,72 @@ def personalize_users(res: Result) -> str:
 
 # --- backbone_swap.json ----------------------------------------------------------------------------------------
 
-SWAP_METHODS = {
-    "none": "none (MPNet's global head)",
-    "fala": "**FaLA** (clustered)",
-    "fala-random": "FaLA, random selection (3 draws)",
-    "head-only": "head-only on the curated examples",
-    "retrain": "re-training MPNet's planned top, all texts",
-}
+SHORT_BACKBONES = {"minilm": "MiniLM", "mpnet": "MPNet", "derived": "MiniLM minus its top block"}
+
+
+def _swap_methods(new: str) -> dict[str, str]:
+    return {
+        "none": f"none ({new}'s global head)",
+        "fala": "**FaLA** (clustered)",
+        "fala-random": "FaLA, random selection (3 draws)",
+        "head-only": "head-only on the curated examples",
+        "retrain": f"re-training {new}'s planned top, all texts",
+    }
+
+
+def _swap_groups(summary: Result) -> list[tuple[str, Result]]:
+    """The table's per-group columns: per corpus and kind when the run has several corpora, else per kind."""
+    if len(summary.get("by_corpus", {})) > 1:
+        return list(summary["by_corpus_and_kind"].items())
+    return [(k, summary["by_kind"][k]) for k in sorted(summary["by_kind"])]
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
 
 
 def backbone_swap(res: Result) -> str:
-    """Accuracy per method after the swap (overall and per kind of user), labels used, backward FLOPs, time."""
+    """Accuracy per method after the swap (overall and per corpus and kind of user), labels used, backward FLOPs,
+    time; then per corpus and overall: FaLA over re-training, the ceiling (the old personal model over
+    re-training) and clustered minus random selection with its paired 95% intervals."""
     summary = res["summary"]
+    old, new = (SHORT_BACKBONES[b] for b in res.get("direction", ("minilm", "mpnet")))
     full = fmean(u["after"]["retrain"]["full_retrain_backward_flops"] for u in res["users"])
-    kinds = sorted(summary["by_kind"])
-    lines = _head(["method", "accuracy (mean ± sd)", *kinds, "examples used", "backward FLOPs / user",
-                   "vs full MPNet re-training", "wall time / user"])  # fmt: skip
-    before = [f"{summary['by_kind'][k]['before_personal']:.3f}" for k in kinds]
-    lines.append(_row(["before the swap (MiniLM + personal state)", f"{summary['before_personal']['mean']:.3f}",
+    groups = _swap_groups(summary)
+    lines = _head(["method", "accuracy (mean ± sd)", *(g for g, _ in groups), "examples labelled",
+                   "backward FLOPs / user", f"vs full {new} re-training", "wall time / user"])  # fmt: skip
+    before = [f"{g['before_personal']:.3f}" for _, g in groups]
+    lines.append(_row([f"before the swap ({old} + personal state)", f"{summary['before_personal']['mean']:.3f}",
                        *before, "", "", "", ""]))  # fmt: skip
-    for method, label in SWAP_METHODS.items():
+    for method, label in _swap_methods(new).items():
         if method not in summary["methods"]:
             continue
         e = summary["methods"][method]
         flops = e["backward_flops"]["mean"]
         factor = "" if method == "none" else (f"{full / flops:,.0f}x less" if flops > 0 else "no backward")
         lines.append(_row([label, f"{e['accuracy']['mean']:.3f} ± {e['accuracy']['std']:.3f}",
-                           *(f"{summary['by_kind'][k][method]:.3f}" for k in kinds),
+                           *(f"{g[method]:.3f}" for _, g in groups),
                            f"{e['examples_used']['mean']:.1f}", f"{flops:.3g}", factor,
                            f"{e['seconds']['mean']:.1f} s"]))  # fmt: skip
+    if "by_corpus" not in summary:
+        return "\n".join(lines)
+    lines += ["", *_head(["users", "n", "FaLA / re-training", "ceiling: before the swap / re-training",
+                          "clustered - random (points)", "95% interval (t)", "95% interval (bootstrap)",
+                          "better / worse / tied", "Wilcoxon p"])]  # fmt: skip
+    entries = list(summary["by_corpus"].items())
+    methods = summary["methods"]
+    overall = {"n": summary["cluster_vs_random_paired"]["n_users"], "fala": methods["fala"]["accuracy"]["mean"],
+               "retrain": methods["retrain"]["accuracy"]["mean"],
+               "before_personal": summary["before_personal"]["mean"],
+               "cluster_vs_random_paired": summary["cluster_vs_random_paired"]}  # fmt: skip
+    for name, e in [*entries, ("**all**", overall)] if len(entries) > 1 else [("**all**", overall)]:
+        t = e.get("cluster_vs_random_paired", {})
+        lines.append(_row([name, str(e["n"]), f"{100 * e['fala'] / e['retrain']:.1f}%",
+                           f"{100 * e['before_personal'] / e['retrain']:.1f}%",
+                           f"{100 * t.get('mean_difference', 0.0):+.2f}", _interval(t.get("ci95_t")),
+                           _interval(t.get("ci95_bootstrap")),
+                           f"{t.get('users_better', 0)} / {t.get('users_worse', 0)} / {t.get('users_tied', 0)}",
+                           f"{t['wilcoxon_p']:.2g}" if "wilcoxon_p" in t else ""]))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -323,6 +360,7 @@ RENDERERS = {
     "tuners": tuners,
     "personalize_users": personalize_users,
     "backbone_swap": backbone_swap,
+    "backbone_swap_mpnet_to_minilm": backbone_swap,
     "device_runtime": device_runtime,
     "fleet_scale": fleet_scale,
     "hadskip": hadskip,

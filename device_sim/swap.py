@@ -3,11 +3,12 @@
 The vendor ships a package with a new backbone; the user's personal state was trained on the old one. Three
 ways to get a personal state for the new package (``SwapConfig.method``):
 
-* ``fala`` (docs/methods.md, :mod:`edgetune.fala`): embed the user's texts with the new package, pick k
-  curated examples by correlation clustering (one medoid per cluster, per label), embed those k with the old
-  package + old personal state, fit the personal matrix W: new -> old by ridge regression, put the old personal
-  head after it, and optionally tune W + head on the k examples (pooled features, computed once). Written as a
-  personal state of kind ``fala``.
+* ``fala`` (docs/methods.md, :mod:`edgetune.fala`): embed the user's texts with the new package and with the
+  old package + old personal state (by default all of them: the map needs no labels; ``map_on="curated"``: the
+  k curated ones only), pick k curated examples by correlation clustering (one medoid per cluster, per label),
+  fit the personal matrix W: new -> old by ridge regression, put the old personal head after it, and optionally
+  tune W + head on the k labelled examples (pooled features, computed once; ``distill`` > 0 also keeps the
+  predictions on all the texts near the old personal model's). Written as a personal state of kind ``fala``.
 * ``retrain``: personalize the new package from scratch on all the user's data (the top layers, as
   :mod:`device_sim.personalize` does).
 * ``head-only``: personalize only the new package's head, on the same k curated examples as FaLA.
@@ -36,7 +37,15 @@ from device_sim.runtime import torch_threads
 from edgetune.costs import CostConfig, estimate_cut
 from edgetune.data import LabelMap, TextDataset
 from edgetune.errors import EdgetuneError
-from edgetune.fala import FalaHead, PersonalMatrix, SelectionConfig, compose, random_examples, select_examples
+from edgetune.fala import (
+    FalaHead,
+    PersonalMatrix,
+    SelectionConfig,
+    compose,
+    joint_features,
+    random_examples,
+    select_examples,
+)
 from edgetune.training_config import TrainError
 from edgetune_format.personal import (
     PersonalState,
@@ -49,6 +58,8 @@ from edgetune_format.personal import (
 SWAP_METHODS = ("fala", "retrain", "head-only")
 SELECTIONS = ("cluster", "random")
 FALA_FORMS = ("plain", "residual")
+MAP_ON = ("all", "curated")  # the texts W is fitted on: all the user's (unlabelled) texts, or the k curated ones
+CLUSTER_ON = ("new", "old", "both")  # the features the correlation clustering reads
 
 
 class SwapError(EdgetuneError):
@@ -63,6 +74,9 @@ class SwapConfig:
     k: int | None = None
     fraction: float = 0.1
     selection: str = "cluster"  # cluster (correlation-clustering medoids) | random (the baseline)
+    cluster_on: str = "new"  # new | old (the old personal model's features) | both
+    map_on: str = "all"  # all: W fitted on every text of the user (no labels needed) | curated: the k examples
+    distill: float = 0.0  # weight of the loss that keeps the predictions on all texts near the old personal model's
     per_label: bool = True  # split k over the labels in proportion to their counts
     silhouette: bool = False  # choose k by the silhouette score (with per_label=False)
     ridge_alpha: float = 1.0
@@ -83,6 +97,12 @@ class SwapConfig:
             raise ValueError(f"form must be one of {', '.join(FALA_FORMS)}, got {self.form!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.map_on not in MAP_ON:
+            raise ValueError(f"map_on must be one of {', '.join(MAP_ON)}, got {self.map_on!r}")
+        if self.cluster_on not in CLUSTER_ON:
+            raise ValueError(f"cluster_on must be one of {', '.join(CLUSTER_ON)}, got {self.cluster_on!r}")
+        if self.distill < 0:
+            raise ValueError(f"distill must be >= 0, got {self.distill}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if not 0.0 < self.fraction <= 1.0:
@@ -135,20 +155,37 @@ def head_backward_flops(d_new: int, d_old: int, num_labels: int, residual: bool 
 
 
 def tune_fala_head(
-    head: FalaHead, features: np.ndarray, labels: np.ndarray, epochs: int, lr: float, seed: int = 0
+    head: FalaHead,
+    features: np.ndarray,
+    labels: np.ndarray,
+    epochs: int,
+    lr: float,
+    seed: int = 0,
+    unlabelled: np.ndarray | None = None,
+    teacher: np.ndarray | None = None,
+    distill: float = 0.0,
 ) -> list[float]:
-    """Full-batch AdamW on cross-entropy, starting from the ridge fit; returns the loss per step."""
+    """Full-batch AdamW on cross-entropy, starting from the ridge fit; returns the loss per step. With
+    ``distill`` > 0: plus ``distill`` x the KL divergence from the ``teacher`` logits (the old personal model's)
+    to the head's predictions on the ``unlabelled`` features (all the user's texts)."""
     if epochs == 0 or len(features) == 0:
         return []
     torch.manual_seed(seed)
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.long)
+    distilling = distill > 0 and unlabelled is not None and teacher is not None and len(unlabelled) > 0
+    if distilling:
+        u = torch.as_tensor(unlabelled, dtype=torch.float32)
+        target = torch.log_softmax(torch.as_tensor(teacher, dtype=torch.float32), dim=1)
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     losses = []
     head.train()
     for _ in range(epochs):
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(head(x), y)
+        if distilling:
+            log_p = torch.log_softmax(head(u), dim=1)
+            loss = loss + distill * nn.functional.kl_div(log_p, target, log_target=True, reduction="batchmean")
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
@@ -156,11 +193,19 @@ def tune_fala_head(
     return losses
 
 
-def curated_examples(features: np.ndarray, labels: np.ndarray, config: SwapConfig) -> list[int]:
-    """The k examples FaLA (and head-only) learn from: clustered medoids, or the random baseline."""
+def curated_examples(
+    features: np.ndarray, labels: np.ndarray, config: SwapConfig, old_features: np.ndarray | None = None
+) -> list[int]:
+    """The k examples FaLA (and head-only) learn from: clustered medoids (over the new features, the old personal
+    ones or both, ``config.cluster_on``; ``old_features`` of every text when it is not ``new``), or the random
+    baseline."""
     if config.selection == "random":
         k = config.selection_config().resolve_k(len(features))
         return random_examples(len(features), k, labels, seed=config.seed, per_label=config.per_label)
+    if config.cluster_on != "new":
+        if old_features is None or len(old_features) != len(features):
+            raise ValueError(f"cluster_on={config.cluster_on!r} needs the old features of every text")
+        features = old_features if config.cluster_on == "old" else joint_features(features, old_features)
     return select_examples(features, labels, config.selection_config())
 
 
@@ -227,7 +272,7 @@ def swap(
             if config.method == "fala":
                 result = _fala(old_device, new_device, state, dataset, out, config, new_features, full)
             else:
-                result = _personalize(new_device, dataset, out, config, new_features, full)
+                result = _personalize(new_device, dataset, out, config, new_features, full, old_device, state)
         new_device.top(out)  # read the new state back through the new package before reporting success
     except BaseException as err:
         if not existed and out.exists():
@@ -256,21 +301,44 @@ def _fala(
     if new_features is None:  # forward only, every example: clustering needs them all
         new_features = new.features(dataset.texts)
     t1 = time.perf_counter()
-    selected = curated_examples(new_features, y, config)
+    all_old = config.map_on == "all" or config.cluster_on != "new" or config.distill > 0
+    old_all = old.features(dataset.texts, state) if all_old else None  # forward only, every example
+    t_old = time.perf_counter()
+    selected = curated_examples(new_features, y, config, old_all)
     t2 = time.perf_counter()
-    old_features = old.features([dataset.texts[i] for i in selected], state)  # forward only, k examples
-    matrix = PersonalMatrix.fit(new_features[selected], old_features, config.ridge_alpha)
+    if old_all is None:  # forward only, the k curated examples
+        old_features = old.features([dataset.texts[i] for i in selected], state)
+        matrix = PersonalMatrix.fit(new_features[selected], old_features, config.ridge_alpha)
+    elif config.map_on == "all":
+        matrix = PersonalMatrix.fit(new_features, old_all, config.ridge_alpha)
+    else:
+        matrix = PersonalMatrix.fit(new_features[selected], old_all[selected], config.ridge_alpha)
     head = _fala_head(old, new, state, matrix, config)
     with torch.inference_mode():
         ridge_train_acc = float((head(torch.as_tensor(new_features[selected])).argmax(1).numpy() == y[selected]).mean())
+        teacher = _old_head(old, state)(torch.as_tensor(old_all)).numpy() if config.distill > 0 else None
     t3 = time.perf_counter()
-    losses = tune_fala_head(head, new_features[selected], y[selected], config.tune_epochs, config.tune_lr, config.seed)
+    losses = tune_fala_head(
+        head,
+        new_features[selected],
+        y[selected],
+        config.tune_epochs,
+        config.tune_lr,
+        config.seed,
+        unlabelled=new_features if config.distill > 0 else None,
+        teacher=teacher,
+        distill=config.distill,
+    )
     t4 = time.perf_counter()
     d_new, d_old = matrix.linear.in_features, head.matrix.linear.out_features
     per_example = head_backward_flops(d_new, d_old, len(new.labels), residual=config.form == "residual")
+    per_step = len(selected) + (len(dataset) if config.distill > 0 and losses else 0)  # the distilled texts too
     training = {
         "method": "fala",
         "form": config.form,
+        "map_on": config.map_on,
+        "cluster_on": config.cluster_on,
+        "distill": config.distill,
         "curated_examples": selected,
         "num_examples": len(dataset),
         "d_new": d_new,
@@ -286,11 +354,12 @@ def _fala(
         num_examples=len(dataset),
         examples_used=len(selected),
         selected=selected,
-        backward_flops=per_example * len(selected) * len(losses),
+        backward_flops=per_example * per_step * len(losses),
         full_retrain_backward_flops=full_flops,
         seconds={
             "embed_new": t1 - t0,
-            "select": t2 - t1,
+            "embed_old": t_old - t1,
+            "select": t2 - t_old,
             "fit_matrix": t3 - t2,
             "tune": t4 - t3,
             "write": time.perf_counter() - t4,
@@ -301,15 +370,21 @@ def _fala(
             "d_new": d_new,
             "d_old": d_old,
             "form": config.form,
+            "map_on": config.map_on,
+            "map_examples": len(dataset) if config.map_on == "all" else len(selected),
         },
     )
+
+
+def _old_head(old: Device, state: PersonalState) -> Any:
+    """The old personal head as it is: a FaLA head stays one, so a second swap folds the two matrices into one."""
+    return old.top(state, merged=state.kind != "fala").head
 
 
 def _fala_head(old: Device, new: Device, state: PersonalState, matrix: PersonalMatrix, config: SwapConfig) -> Any:
     """The personal head on the new backbone before tuning: the fitted matrix in front of the old personal head
     (in the residual form, on top of the new global head, minus the old global one)."""
-    # the old personal head as it is: a FaLA head stays one, so a second swap folds the two matrices into one
-    old_head = old.top(state, merged=state.kind != "fala").head
+    old_head = _old_head(old, state)
     if config.form == "residual":  # the new global head + the user's difference from the old global head
         return compose(matrix, old_head, base=new.top().head, reference=old.top().head)
     return compose(matrix, old_head)
@@ -337,15 +412,20 @@ def _personalize(
     config: SwapConfig,
     new_features: np.ndarray | None,
     full_flops: float,
+    old: Device | None = None,
+    state: PersonalState | None = None,
 ) -> SwapResult:
-    """``retrain`` (all the data, the package's cut) or ``head-only`` (the curated examples, the head)."""
+    """``retrain`` (all the data, the package's cut) or ``head-only`` (the curated examples, the head; clustered
+    over the old personal features too when ``cluster_on`` says so, which needs ``old`` and ``state``)."""
     selected = list(range(len(dataset)))
     job = config.personalize
     t0 = time.perf_counter()
     if config.method == "head-only":
         y = dataset.encoded_labels(LabelMap(tuple(new.labels)))
         features = new.features(dataset.texts) if new_features is None else new_features
-        selected = curated_examples(features, y, config)
+        needs_old = config.selection == "cluster" and config.cluster_on != "new" and old is not None
+        old_features = old.features(dataset.texts, state) if needs_old else None
+        selected = curated_examples(features, y, config, old_features)
         job = replace(job, cut=new.package.num_layers, tuner="full", tuner_params={}, head_lr=config.head_only_lr)
     elif (job.cut if job.cut is not None else new.package.cut) >= new.package.num_layers:
         # A package that trains the head alone: a head from scratch needs the head-only rate (at the blocks'

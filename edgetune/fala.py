@@ -11,13 +11,22 @@ FaLA (Findings of EMNLP 2023); only the abstract is public. Our reading (docs/me
    By default k is split over the labels in proportion to their counts (at least
    one example per label when k allows), so a rare personal label is not lost.
    k can be fixed, a fraction of n, or chosen by the silhouette score.
-2. **Personal matrix.** On the curated examples, embedded by both backbones,
-   a closed-form ridge regression W: e_new -> e_old (with intercept; d_new may
-   differ from d_old). The user's old personal head applied to W e_new predicts
-   at once, before any training.
+2. **Personal matrix.** A closed-form ridge regression W: e_new -> e_old (with
+   intercept; d_new may differ from d_old) on texts embedded by both backbones.
+   The map needs no labels, so by default (``map_on="all"``, our extension) it is
+   fitted on *all* the user's texts, which are on the device unlabelled, during
+   the swap, while the old backbone is still there; the abstract's reading fits
+   it on the k curated examples alone (``map_on="curated"``). The user's old
+   personal head applied to W e_new predicts at once, before any training.
 3. **Tuning** (optional, done by the device code): W and the head, plus the new
    backbone's top layer if its plan says so, are fine-tuned on the curated
-   examples with cached trunk features.
+   (labelled) examples with cached trunk features; optionally (``distill`` > 0,
+   our extension) with a second loss that keeps the tuned head's predictions on
+   all the user's unlabelled texts near the old personal model's.
+
+Which features the clustering reads (``cluster_on``): the new backbone's (the
+abstract), the old personal model's, or both (each row centred and normed per
+backbone, then side by side, so the correlation is the mean of the two).
 
 **Residual form** (our extension, ``SwapConfig(form="residual")``): with k of about 10 examples, a ridge map
 from a 768-wide space to a 384-wide one is barely determined, and a user whose personal head differs little from
@@ -52,6 +61,20 @@ def correlation_distance(embeddings: np.ndarray) -> np.ndarray:
     d = 1.0 - r
     np.fill_diagonal(d, 0.0)
     return d
+
+
+def joint_features(*blocks: np.ndarray) -> np.ndarray:
+    """Feature blocks of the same rows side by side, each row centred and normed per block: the Pearson r of two
+    joined rows is the mean of their per-block r (each backbone weighs the same, whatever its width)."""
+    parts = []
+    for block in blocks:
+        x = np.asarray(block, dtype=np.float64)
+        x = x - x.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        parts.append(x / np.where(norms > 1e-12, norms, 1.0))
+    if len({len(p) for p in parts}) != 1:
+        raise ValueError("feature blocks must describe the same rows")
+    return np.concatenate(parts, axis=1)
 
 
 def medoids(distance: np.ndarray, assignment: np.ndarray) -> list[int]:

@@ -113,6 +113,15 @@ def swap_command(
     tune_lr: Annotated[float, typer.Option(help="FaLA: learning rate of the tuning steps.")] = 1e-3,
     ridge_alpha: Annotated[float, typer.Option(help="FaLA: ridge penalty of the personal matrix.")] = 1.0,
     form: FormOption = "plain",
+    map_on: Annotated[
+        str, typer.Option(help="FaLA: fit the matrix on all the user's texts (no labels needed) or the curated ones.")
+    ] = "all",
+    cluster_on: Annotated[
+        str, typer.Option(help="FaLA: the features the clustering reads: new, old (personal) or both.")
+    ] = "new",
+    distill: Annotated[
+        float, typer.Option(help="FaLA: weight of keeping the predictions on all texts near the old personal model.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the random selection and of training.")] = 0,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     eval_data: Annotated[
@@ -135,6 +144,7 @@ def swap_command(
     check_range("--fraction", fraction, 0, 1, low_open=True)
     check_range("--tune-epochs", tune_epochs, 0)
     config = swap_config(ctx, method, k, fraction, selection, silhouette, tune_epochs, tune_lr, ridge_alpha, form, seed)
+    config = swap_levers(config, map_on, cluster_on, distill)
     with trusting(trust):
         result = swap(old, new, personal, data, out, config, threads=threads)
     reduction = result.flops_reduction
@@ -197,6 +207,18 @@ def swap_config(
             seed=seed,
             personalize=RETRAIN_SETTINGS.build(ctx, seed=seed, progress=False),
         )
+    except ValueError as err:
+        raise SwapError(str(err)) from None
+
+
+def swap_levers(config: Any, map_on: str, cluster_on: str, distill: float) -> Any:
+    """``config`` with FaLA's map, clustering and distillation settings; one it refuses is a SwapError."""
+    from dataclasses import replace
+
+    from device_sim.swap import SwapError
+
+    try:
+        return replace(config, map_on=map_on, cluster_on=cluster_on, distill=distill)
     except ValueError as err:
         raise SwapError(str(err)) from None
 
