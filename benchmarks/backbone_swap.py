@@ -160,7 +160,7 @@ def make_users(pool: Any, kinds: list[str], per_kind: int, total: int, test: int
 def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.Namespace, work: Path) -> list[dict]:
     """Per validation user: the personal state on A, B's features of every text, A's personal features of the
     training texts, the old personal head (everything FaLA's settings act on, computed once; kept in ``work`` as
-    ``<user>.pt`` so a re-run of the grid computes nothing again)."""
+    ``<user>.safetensors`` so a re-run of the grid computes nothing again)."""
     import torch
 
     from device_sim.device import Device
@@ -175,9 +175,9 @@ def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.
         MemoTrunk(old.package), MemoTrunk(new.package)
         labels = LabelMap(tuple(new.labels))
         for user in users:
-            cached = work / f"{user.user_id}.pt"
+            cached = work / f"{user.user_id}.safetensors"
             if cached.exists():
-                rows.append(torch.load(cached, weights_only=False))
+                rows.append(_load_validation_row(cached))
                 continue
             personal = work / f"val-{user.user_id}"
             if not (personal / "personal.json").exists():  # written atomically: present means complete
@@ -199,13 +199,49 @@ def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.
             }
             with torch.inference_mode():
                 row["teacher"] = row["old_head"](torch.as_tensor(row["old_train"])).numpy()
-            tmp = cached.with_suffix(".tmp")
-            torch.save(row, tmp)
-            tmp.replace(cached)
+            _save_validation_row(cached, row)
             rows.append(row)
             print(f"  validation {user.user_id}: personal on A {row['personal_acc']:.3f}, "
                   f"B global {row['none_acc']:.3f}", flush=True)  # fmt: skip
     return rows
+
+
+_VALIDATION_HEADS = ("old_head", "old_global_head", "new_head")
+_VALIDATION_SCALARS = ("user", "kind", "personal_acc", "none_acc")
+
+
+def _save_validation_row(path: Path, row: dict[str, Any]) -> None:
+    """One validation user's cached row as safetensors (arrays and head tensors; the scalars in its metadata),
+    written atomically: nothing in it is unpickled when it is read back."""
+    import torch
+    from safetensors.numpy import save
+
+    from edgetune.io import atomic_write_bytes
+
+    arrays = {k: np.ascontiguousarray(v) for k, v in row.items() if k not in (*_VALIDATION_HEADS, *_VALIDATION_SCALARS)}
+    for name in _VALIDATION_HEADS:
+        if type(row[name]) is not torch.nn.Linear:  # the plain job's merged top: a linear head
+            raise TypeError(f"{name}: a linear head was expected, got {type(row[name]).__name__}")
+        for key, tensor in row[name].state_dict().items():
+            arrays[f"{name}.{key}"] = tensor.detach().cpu().numpy()
+    metadata = {"scalars": json.dumps({k: row[k] for k in _VALIDATION_SCALARS})}
+    atomic_write_bytes(path, save(arrays, metadata=metadata))
+
+
+def _load_validation_row(path: Path) -> dict[str, Any]:
+    """A row written by :func:`_save_validation_row`, its heads rebuilt as the linear layers they were."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        arrays = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+        row: dict[str, Any] = json.loads(f.metadata()["scalars"])
+    for name in _VALIDATION_HEADS:
+        weight, bias = arrays.pop(f"{name}.weight"), arrays.pop(f"{name}.bias")
+        head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        head.load_state_dict({"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)})
+        row[name] = head.eval()
+    return {**row, **arrays}
 
 
 def _fala_accuracy(r: dict, sel: list[int], s: dict[str, Any], seed: int = 0) -> float:

@@ -43,6 +43,21 @@ def _rows(n_users=2, n=30, d_new=8, d_old=6, labels=3):
     return rows
 
 
+def test_a_cached_validation_row_reads_back_without_unpickling(tmp_path):
+    """The validation cache is safetensors (no pickle): arrays, scalars and the three heads come back equal."""
+    row = {**_rows(n_users=1)[0], "personal_acc": 0.75, "none_acc": 0.5}
+    path = tmp_path / "u0.safetensors"
+    bench._save_validation_row(path, row)
+    back = bench._load_validation_row(path)
+    assert set(back) == set(row)
+    for name in ("old_head", "old_global_head", "new_head"):
+        assert type(back[name]) is torch.nn.Linear
+        assert torch.equal(back[name].weight, row[name].weight) and torch.equal(back[name].bias, row[name].bias)
+    for key in ("y_train", "y_test", "new_train", "new_test", "old_train", "teacher"):
+        assert back[key].dtype == row[key].dtype and np.array_equal(back[key], row[key])
+    assert (back["user"], back["kind"], back["personal_acc"], back["none_acc"]) == ("u0", "swap", 0.75, 0.5)
+
+
 def test_choose_settings_records_each_lever(monkeypatch):
     monkeypatch.setattr(bench, "GRID", {"form": ("plain",), "map_on": ("all", "curated"), "ridge_alpha": (1.0,),
                                         "tune_epochs": (0, 5), "tune_lr": (1e-2,), "distill": (0.0, 1.0)})  # fmt: skip
