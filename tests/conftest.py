@@ -252,6 +252,19 @@ def device_packages(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def swap_packages(tiny_model_dir, tmp_path_factory):
+    """The two packages of a backbone swap, exported once for every swap test: ``old`` (BERT, hidden 32) and
+    ``new`` (GPT-2, hidden 48), so d_old != d_new (probe heads, cut 1 of 3, no ``top.onnx``)."""
+    from tests.devices import export_probe_package
+
+    root = tmp_path_factory.mktemp("swap-packages")
+    return {
+        "old": export_probe_package(tiny_model_dir("bert"), root / "old"),
+        "new": export_probe_package(tiny_model_dir("gpt2", hidden=48), root / "new"),
+    }
+
+
+@pytest.fixture(scope="session")
 def executorch_package(tmp_path_factory):
     """A tiny BERT without dropout (so every backend trains the same way), exported with the executorch target
     as well (cut 1 of 3, probe head)."""

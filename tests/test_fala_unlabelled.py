@@ -8,15 +8,14 @@ from device_sim.device import Device
 from device_sim.swap import SwapConfig, curated_examples, swap, tune_fala_head
 from edgetune.fala import FalaHead, PersonalMatrix, compose, correlation_distance, joint_features
 from edgetune_format.personal import read_personal_state
-from tests.devices import export_probe_package, fast, user_data
+from tests.devices import fast, user_data
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_model_dir, tmp_path_factory):
-    """Old package (BERT, hidden 32) with a personal state; new package (GPT-2, hidden 48)."""
+def pair(swap_packages, tmp_path_factory):
+    """The swap packages (conftest.swap_packages) and a personal state on the old one."""
     root = tmp_path_factory.mktemp("swap-unlabelled")
-    old = export_probe_package(tiny_model_dir("bert"), root / "old")
-    new = export_probe_package(tiny_model_dir("gpt2", hidden=48), root / "new")
+    old, new = swap_packages["old"], swap_packages["new"]
     data = user_data(60, seed=3)
     with Device(old, threads=1) as device:
         device.personalize(data, root / "personal", fast())

@@ -16,12 +16,10 @@ from tests.devices import export_derived_package, export_probe_package, fast, us
 
 
 @pytest.fixture(scope="module")
-def fleet(tiny_model_dir, tmp_path_factory):
-    """An old package (BERT, hidden 32) with a user's personal state, and a new package of another backbone
-    (GPT-2, hidden 48): d_old != d_new."""
+def fleet(swap_packages, tmp_path_factory):
+    """The swap packages (conftest.swap_packages: d_old != d_new) and a user's personal state on the old one."""
     root = tmp_path_factory.mktemp("swap")
-    old = export_probe_package(tiny_model_dir("bert"), root / "old")
-    new = export_probe_package(tiny_model_dir("gpt2", hidden=48), root / "new")
+    old, new = swap_packages["old"], swap_packages["new"]
     data = user_data(120, seed=3)
     with Device(old, threads=1) as device:
         device.personalize(data, root / "personal", fast())
