@@ -75,7 +75,8 @@ def main() -> None:
     from edgetune.modeling import SequenceClassifier
     from exporters.fused import FUSED_INT8_OP_TYPES, _torchscript_export, export_trunk_fused
     from exporters.onnx_trunk import TrunkModule, _sample_inputs
-    from exporters.quantize import INT8_OP_TYPES, Int8Config, quantize_trunk
+    from exporters.options import INT8_OP_TYPES, Int8Config
+    from exporters.quantize import quantize_trunk
 
     torch.set_num_threads(args.threads)
     backbone, encoder = load_model(minilm_path(), 128)

@@ -13,7 +13,7 @@ and the same dropout masks (the trunk draws no random numbers in eval mode), so
 they differ only by float rounding in the trunk. The loop runs through HF
 Accelerate where there is something to distribute or place (``accelerate
 launch`` runs the same code on several GPUs, DDP/FSDP; a GPU; mixed
-precision); a single CPU process runs it through :class:`SingleProcess`, the
+precision); a single CPU process runs it through :class:`~edgetune.top_trainer.SingleProcess`, the
 few calls of Accelerate's interface the loop makes, so a device job never
 imports accelerate.
 Checkpoints (:mod:`edgetune.checkpoint`) are atomic; a run that finds a
@@ -58,16 +58,13 @@ from edgetune.data import LabelMap, TextDataset
 from edgetune.features import FeatureCache, data_digest
 from edgetune.modeling import SequenceClassifier
 from edgetune.tokenization import TextEncoder
-from edgetune.top_trainer import (  # noqa: F401 (the loop's names, re-exported: the trainer's public interface)
-    SingleProcess,
-    TopFit,
+from edgetune.top_trainer import (  # noqa: F401 (TopTrainer, is_main_process: re-exported, used by callers)
     TopTrainer,
     all_gather_rows,
     all_processes,
     broadcast_from_main,
     is_main_process,
     make_accelerator,
-    param_groups,
     seed_all,
     world_and_rank,
 )

@@ -59,7 +59,7 @@ from exporters.onnx_trunk import (
     verify_top_onnx,
     verify_trunk,
 )
-from exporters.options import TARGETS, ExportOptions, Int8Config  # noqa: F401 (re-exported: export's interface)
+from exporters.options import ExportOptions
 from exporters.quantize import quantize_trunk, size_of
 
 TRUNK_FILE = "trunk.onnx"

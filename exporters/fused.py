@@ -47,7 +47,6 @@ from exporters.onnx_trunk import (
     publish,
     written_opset,
 )
-from exporters.options import OPTIMIZE_LEVELS  # noqa: F401 (re-exported)
 
 OPTIMIZER = "onnxruntime.transformers.optimizer.optimize_model"
 EXPORTER = "torch.onnx.export(dynamo=False)"

@@ -41,7 +41,7 @@ from edgetune.io import fsync_dir
 from edgetune.modeling import SequenceClassifier, TopModel
 from edgetune.tokenization import TextEncoder
 from exporters.errors import ExportError, ParityError
-from exporters.options import DEFAULT_ATOL, DEFAULT_OPSET, MIN_OPSET, check_opset  # noqa: F401 (re-exported)
+from exporters.options import DEFAULT_ATOL, DEFAULT_OPSET
 
 # Protobuf cannot hold more than 2 GiB: larger graphs keep their weights in a side file.
 EXTERNAL_DATA_BYTES = 1_800_000_000

@@ -37,7 +37,8 @@ import numpy as np
 from edgetune.io import atomic_directory, check_output_dir, output_lock, private_tempdir, recover, sha256_file
 from edgetune_format.personal import PersonalStateError
 from exporters.errors import ExportError, ParityError
-from exporters.onnx_trunk import DEFAULT_ATOL, EXTERNAL_DATA_BYTES, top_tensor_names
+from exporters.onnx_trunk import EXTERNAL_DATA_BYTES, top_tensor_names
+from exporters.options import DEFAULT_ATOL
 
 if TYPE_CHECKING:
     import onnx

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from exporters.errors import ExportError
 from exporters.onnx_trunk import publish
-from exporters.options import INT8_OP_TYPES, Int8Config  # noqa: F401 (re-exported)
+from exporters.options import Int8Config
 
 
 class _DropPreprocessHint(logging.Filter):
