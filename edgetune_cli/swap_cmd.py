@@ -143,8 +143,10 @@ def swap_command(
     at_least_one(k=k)  # --epochs: PersonalizeConfig checks it when swap_config builds it
     check_range("--fraction", fraction, 0, 1, low_open=True)
     check_range("--tune-epochs", tune_epochs, 0)
-    config = swap_config(ctx, method, k, fraction, selection, silhouette, tune_epochs, tune_lr, ridge_alpha, form, seed)
-    config = swap_levers(config, map_on, cluster_on, distill)
+    config = swap_config(
+        ctx, method, k, fraction, selection, silhouette, tune_epochs, tune_lr, ridge_alpha, form, seed,
+        map_on=map_on, cluster_on=cluster_on, distill=distill,
+    )  # fmt: skip
     with trusting(trust):
         result = swap(old, new, personal, data, out, config, threads=threads)
     reduction = result.flops_reduction
@@ -188,8 +190,10 @@ def swap_config(
     ridge_alpha: float,
     form: str,
     seed: int,
+    **fala: Any,
 ) -> Any:
-    """The SwapConfig of the flags; one it refuses is a SwapError (the one red line of every swap failure)."""
+    """The SwapConfig of the flags (``fala``: its map, clustering and distillation settings); one it refuses is a
+    SwapError (the one red line of every swap failure)."""
     from device_sim.swap import SwapConfig, SwapError
 
     try:
@@ -206,19 +210,8 @@ def swap_config(
             form=form,
             seed=seed,
             personalize=RETRAIN_SETTINGS.build(ctx, seed=seed, progress=False),
+            **fala,
         )
-    except ValueError as err:
-        raise SwapError(str(err)) from None
-
-
-def swap_levers(config: Any, map_on: str, cluster_on: str, distill: float) -> Any:
-    """``config`` with FaLA's map, clustering and distillation settings; one it refuses is a SwapError."""
-    from dataclasses import replace
-
-    from device_sim.swap import SwapError
-
-    try:
-        return replace(config, map_on=map_on, cluster_on=cluster_on, distill=distill)
     except ValueError as err:
         raise SwapError(str(err)) from None
 
