@@ -156,6 +156,23 @@ def make_users(pool: Any, kinds: list[str], per_kind: int, total: int, test: int
     return users
 
 
+PERSONALIZE_JOBS = {
+    "select": "PersonalizeConfig(guard_fraction=0): the device's selecting job, no guard",
+    "plain": "PersonalizeConfig.plain(): the package's cut as configured, no guard",
+}
+
+
+def personalize_job(args: argparse.Namespace) -> Any:
+    """The device job that personalizes A (and re-trains B): the selecting job by default. The guard is off so
+    that every user has a personal model for the swap to carry (a user the guard keeps on the global model has
+    nothing to carry, and FaLA would be measured on the global head)."""
+    from device_sim.personalize import PersonalizeConfig
+
+    if args.personalize == "plain":
+        return PersonalizeConfig.plain(progress=False)
+    return PersonalizeConfig(progress=False, guard_fraction=0.0)
+
+
 # -- 1. FaLA's settings on the validation users ------------------------------------------------------------------
 def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.Namespace, work: Path) -> list[dict]:
     """Per validation user: the personal state on A, B's features of every text, A's personal features of the
@@ -164,7 +181,6 @@ def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.
     import torch
 
     from device_sim.device import Device
-    from device_sim.personalize import PersonalizeConfig
     from edgetune.data import LabelMap
     from edgetune_fleet.memo import MemoTrunk
 
@@ -181,7 +197,7 @@ def validation_features(setup: dict[str, Any], users: list[Any], args: argparse.
                 continue
             personal = work / f"val-{user.user_id}"
             if not (personal / "personal.json").exists():  # written atomically: present means complete
-                old.personalize(user.train, personal, PersonalizeConfig.plain(progress=False))
+                old.personalize(user.train, personal, personalize_job(args))
             state = old.load_personal(personal)
             row = {
                 "user": user.user_id,
@@ -312,7 +328,6 @@ def choose_settings(rows: list[dict], seed: int = 0, draws: int = 3) -> dict[str
 def run_users(setup: dict[str, Any], users: list[Any], settings: dict[str, Any], args: argparse.Namespace,
               work: Path) -> list[dict]:  # fmt: skip
     from device_sim.device import Device
-    from device_sim.personalize import PersonalizeConfig
     from device_sim.swap import SwapConfig
     from edgetune_fleet.fleet import FleetConfig, simulate_user
     from edgetune_fleet.memo import MemoTrunk
@@ -320,7 +335,7 @@ def run_users(setup: dict[str, Any], users: list[Any], settings: dict[str, Any],
     config = FleetConfig(
         fraction=settings["fraction"],
         random_draws=args.draws,
-        personalize=PersonalizeConfig.plain(progress=False),
+        personalize=personalize_job(args),
         fala=SwapConfig(
             form=settings["form"],
             ridge_alpha=settings["ridge_alpha"],
@@ -434,6 +449,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--train-examples", type=int, default=120)
     ap.add_argument("--test-examples", type=int, default=40)
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--personalize", choices=("select", "plain"), default="select",
+                    help="the device job that personalizes A and re-trains B: select (the device's default job: "
+                    "candidates chosen on an inner split; no guard, so every user has a personal model to carry) "
+                    "or plain (the package's cut as configured)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--server-max", type=int, default=500)
@@ -476,7 +495,7 @@ def validate(args: argparse.Namespace, total: int) -> dict[str, Any]:
         val_setup,
         val_users,
         args,
-        args.work / f"val-{args.old}-to-{args.new}-{args.train_examples}-{args.test_examples}",
+        args.work / f"val-{args.old}-to-{args.new}-{args.train_examples}-{args.test_examples}-{args.personalize}",
     )
     validation = choose_settings(rows, draws=args.draws)
     validation.update(
@@ -574,8 +593,9 @@ def results_record(args, setups, plans, validation, validation_seconds, users, r
         "config": {
             "fraction": settings["fraction"],
             "random_draws": args.draws,
-            "personalize": "PersonalizeConfig.plain() (device defaults, package cut, no guard)",
-            "retrain_and_head_only": "device defaults (not tuned)",
+            "personalize": PERSONALIZE_JOBS[args.personalize],
+            "retrain": f"the same job on B ({args.personalize})",
+            "head_only": "the head alone on the curated examples, trained as configured (no selection)",
         },  # fmt: skip
         "users": rows,
         "summary": summary,
@@ -643,9 +663,9 @@ def main() -> None:
         if args.rows_file.exists():  # resume: the users whose rows this shard already wrote are not run again
             done = {json.loads(line)["user"] for line in args.rows_file.read_text().splitlines() if line.strip()}
         mine = [u for u in users[i::n] if u.user_id not in done]
-        by_corpus_users = [[u for u in mine if u.corpus == c] for c in args.corpus]
-        order = [u for group in itertools.zip_longest(*by_corpus_users) for u in group if u is not None]
-        for user in order:  # the corpora in turn, so a shard cut short still covers each of them
+        groups = [[u for u in mine if (u.corpus, u.kind) == (c, k)] for k in args.kinds for c in args.corpus]
+        order = [u for group in itertools.zip_longest(*groups) for u in group if u is not None]
+        for user in order:  # corpora and kinds in turn, so a shard cut short still covers each of them
             run_users(setups[user.corpus], [user], settings, args, args.work / f"{stem}-report-{i}")
         return
     if args.assemble is not None:

@@ -426,7 +426,10 @@ def _personalize(
         needs_old = config.selection == "cluster" and config.cluster_on != "new" and old is not None
         old_features = old.features(dataset.texts, state) if needs_old else None
         selected = curated_examples(features, y, config, old_features)
-        job = replace(job, cut=new.package.num_layers, tuner="full", tuner_params={}, head_lr=config.head_only_lr)
+        # the head as configured: k curated examples are too few for an inner split to choose between candidates
+        job = replace(
+            job, select=False, cut=new.package.num_layers, tuner="full", tuner_params={}, head_lr=config.head_only_lr
+        )
     elif (job.cut if job.cut is not None else new.package.cut) >= new.package.num_layers:
         # A package that trains the head alone: a head from scratch needs the head-only rate (at the blocks'
         # head rate it barely moves in a few epochs).

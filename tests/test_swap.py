@@ -83,6 +83,18 @@ def test_retrain_and_head_only(fleet, tmp_path):
     assert _accuracy(fleet["new"], tmp_path / "r", fleet["test"]) > 0.6
 
 
+def test_head_only_trains_the_head_as_configured_under_a_selecting_job(fleet, tmp_path):
+    """k curated examples are too few to choose between candidates: head-only trains the head alone even when
+    the swap's job selects (as re-training does: the device's default job)."""
+    job = fast(select=True, guard_fraction=0.0)
+    swap(
+        fleet["old"], fleet["new"], fleet["personal"], fleet["data"], tmp_path / "h",
+        SwapConfig(method="head-only", fraction=0.2, personalize=job), threads=1,
+    )  # fmt: skip
+    state = read_personal_state(tmp_path / "h")
+    assert state.train_cut == 3 and [c["name"] for c in state.manifest["selection"]["candidates"]] == ["configured"]
+
+
 def test_k_larger_than_the_data_uses_every_example(fleet, tmp_path):
     small = fleet["data"].subset(range(9))
     result = swap(fleet["old"], fleet["new"], fleet["personal"], small, tmp_path / "p", SwapConfig(k=50), threads=1)
