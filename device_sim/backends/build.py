@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edgetune.errors import EdgetuneError
@@ -49,34 +50,65 @@ def _cmake() -> str:
     return found
 
 
-def source_key() -> str:
-    """Identifies what the binary is built from: the sources and the ExecuTorch version."""
+def source_key(source_dir: Path = SOURCE_DIR, with_executorch: bool = True) -> str:
+    """Identifies what a binary is built from: the sources under ``source_dir`` (and the ExecuTorch version)."""
     from importlib.metadata import version
 
-    h = hashlib.sha256(version("executorch").encode())
-    for name in ("CMakeLists.txt", "trainer.cpp"):
-        h.update((SOURCE_DIR / name).read_bytes())
+    h = hashlib.sha256(version("executorch").encode() if with_executorch else b"")
+    for path in sorted(p for p in source_dir.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES):
+        h.update(str(path.relative_to(source_dir)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def build_trainer(build_dir: str | Path, quiet: bool = True) -> Path:
-    """Configure and build the trainer in ``build_dir``; returns the binary. Raises :class:`BuildError`."""
+SOURCE_SUFFIXES = {".txt", ".cpp", ".hpp", ".h", ".c", ".inc", ".cmake"}
+
+
+def cmake_build(source_dir: Path, build_dir: str | Path, artifact: str, what: str, cmake_args: list[str],
+                quiet: bool = True) -> Path:  # fmt: skip
+    """Configure and build ``source_dir`` in ``build_dir``; returns ``build_dir/artifact``. Raises BuildError."""
     build_dir = Path(build_dir)
-    prefix = executorch_prefix()
     cmake = _cmake()
     commands = [
-        [cmake, "-S", str(SOURCE_DIR), "-B", str(build_dir), f"-DCMAKE_PREFIX_PATH={prefix}"],
+        [cmake, "-S", str(source_dir), "-B", str(build_dir), *cmake_args],
         [cmake, "--build", str(build_dir), "-j2"],
     ]
     for command in commands:
         run = subprocess.run(command, capture_output=quiet, text=True)
         if run.returncode != 0:
             tail = (run.stderr or run.stdout or "")[-2000:] if quiet else ""
-            raise BuildError(f"building the C++ trainer failed: {' '.join(command)}\n{tail}")
-    binary = build_dir / BINARY
-    if not binary.is_file():
-        raise BuildError(f"{binary}: the build finished without the trainer binary")
-    return binary
+            raise BuildError(f"building {what} failed: {' '.join(command)}\n{tail}")
+    built = build_dir / artifact
+    if not built.is_file():
+        raise BuildError(f"{built}: the build finished without {what}")
+    return built
+
+
+def cached_build(name: str, key: str, artifact: str, build: Callable[[Path], Path]) -> Path:
+    """``artifact`` of the build ``name``-``key`` in the cache directory (``$EDGETUNE_CACHE``, default
+    ``~/.cache/edgetune``), built there by ``build(dir)`` on first use, atomically: a process that races
+    another one either finds the complete build or moves its own into place."""
+    cache = Path(os.environ.get("EDGETUNE_CACHE", Path.home() / ".cache" / "edgetune"))
+    build_dir = cache / f"{name}-{key}"
+    built = build_dir / artifact
+    if built.is_file():
+        return built
+    tmp = cache / f".{name}-{key}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        if not built.is_file():  # another process may have won the race; either build is the same
+            shutil.rmtree(build_dir, ignore_errors=True)
+            os.replace(tmp, build_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return built
+
+
+def build_trainer(build_dir: str | Path, quiet: bool = True) -> Path:
+    """Configure and build the trainer in ``build_dir``; returns the binary. Raises :class:`BuildError`."""
+    prefix = executorch_prefix()
+    return cmake_build(SOURCE_DIR, build_dir, BINARY, "the C++ trainer", [f"-DCMAKE_PREFIX_PATH={prefix}"], quiet)
 
 
 def trainer_binary() -> Path:
@@ -86,21 +118,7 @@ def trainer_binary() -> Path:
         if not Path(given).is_file():
             raise BuildError(f"EDGETUNE_TRAINER={given}: no such file")
         return Path(given)
-    cache = Path(os.environ.get("EDGETUNE_CACHE", Path.home() / ".cache" / "edgetune"))
-    build_dir = cache / f"trainer-{source_key()}"
-    binary = build_dir / BINARY
-    if binary.is_file():
-        return binary
-    tmp = cache / f".trainer-{source_key()}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        build_trainer(tmp)
-        if not binary.is_file():  # another process may have won the race; either build is the same
-            shutil.rmtree(build_dir, ignore_errors=True)
-            os.replace(tmp, build_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return binary
+    return cached_build("trainer", source_key(), BINARY, build_trainer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,155 @@
+"""``libedgetune_device`` from Python: the C library of ``native/`` (``include/edgetune_device.h``) through ctypes.
+
+The library is found at ``$EDGETUNE_DEVICE_LIB`` (a built ``libedgetune_device.so``), or built once with
+CMake into a cache directory keyed by its sources (``$EDGETUNE_CACHE``, default ``~/.cache/edgetune``), the
+same way as the C++ trainer (:mod:`device_sim.backends.build`). ``python -m device_sim.native [BUILD_DIR]``
+builds it and prints its path. Torch-free.
+
+What the library does so far: the WordPiece tokenizer (:class:`NativeTokenizer`), which gives the ids of the
+``tokenizers`` library on a package's ``tokenizer.json`` for the BERT, DistilBERT, ELECTRA and MPNet families.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from device_sim.backends.build import BuildError, cached_build, cmake_build, source_key
+from edgetune.errors import EdgetuneError
+
+NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
+LIBRARY = "libedgetune_device.so"
+
+# edgetune_status (include/edgetune_device.h)
+STATUS_NAMES = {
+    0: "ok",
+    1: "argument",
+    2: "io",
+    3: "format",
+    4: "unsupported",
+    5: "data",
+    6: "capacity",
+    7: "internal",
+}
+
+
+class NativeError(EdgetuneError, RuntimeError):
+    """A call into libedgetune_device failed: ``status`` is its edgetune_status name, the message its own."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = STATUS_NAMES.get(status, str(status))
+        super().__init__(f"{message} [{self.status}]")
+
+
+def build_library(build_dir: str | Path, quiet: bool = True) -> Path:
+    """Configure and build ``native/`` in ``build_dir``; returns the shared library. Raises BuildError."""
+    if not (NATIVE_DIR / "CMakeLists.txt").is_file():
+        raise BuildError(f"{NATIVE_DIR}: the library's sources are not here (a source checkout has them)")
+    return cmake_build(NATIVE_DIR, build_dir, LIBRARY, "libedgetune_device", [], quiet)
+
+
+def library_path() -> Path:
+    """The library to load: ``$EDGETUNE_DEVICE_LIB``, else the cached build of these sources (built if missing)."""
+    given = os.environ.get("EDGETUNE_DEVICE_LIB")
+    if given:
+        if not Path(given).is_file():
+            raise BuildError(f"EDGETUNE_DEVICE_LIB={given}: no such file")
+        return Path(given)
+    return cached_build("device-lib", source_key(NATIVE_DIR, with_executorch=False), LIBRARY, build_library)
+
+
+_loaded: ctypes.CDLL | None = None
+
+
+def load_library() -> ctypes.CDLL:
+    """The loaded library with its functions' signatures declared (loaded once per process)."""
+    global _loaded
+    if _loaded is None:
+        lib = ctypes.CDLL(str(library_path()))
+        lib.edgetune_last_error.restype = ctypes.c_char_p
+        lib.edgetune_version.restype = ctypes.c_char_p
+        lib.edgetune_tokenizer_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.edgetune_tokenizer_encode.argtypes = [
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t),
+        ]  # fmt: skip
+        lib.edgetune_tokenizer_close.argtypes = [ctypes.c_void_p]
+        lib.edgetune_tokenizer_close.restype = None
+        _loaded = lib
+    return _loaded
+
+
+def check(lib: ctypes.CDLL, status: int) -> None:
+    if status != 0:
+        raise NativeError(status, lib.edgetune_last_error().decode("utf-8", "replace"))
+
+
+class NativeTokenizer:
+    """A package's ``tokenizer.json`` in the C library: ``encode`` gives the ids of ``tokenizers``."""
+
+    def __init__(self, tokenizer_json: str | Path) -> None:
+        self._lib = load_library()
+        handle = ctypes.c_void_p()
+        check(self._lib, self._lib.edgetune_tokenizer_open(os.fsencode(tokenizer_json), ctypes.byref(handle)))
+        self._handle = handle
+
+    def encode(self, text: str | bytes, max_length: int = 0) -> list[int]:
+        """One text's ids, special tokens included, at most ``max_length`` of them (0: no limit)."""
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        capacity = max_length if max_length > 0 else len(data) + 8
+        count = ctypes.c_size_t()
+        while True:
+            ids = (ctypes.c_int64 * capacity)()
+            status = self._lib.edgetune_tokenizer_encode(
+                self._handle, data, len(data), max_length, ids, capacity, ctypes.byref(count)
+            )
+            if status == 6 and count.value > capacity:  # EDGETUNE_ERROR_CAPACITY: the size needed is known now
+                capacity = count.value
+                continue
+            check(self._lib, status)
+            return list(ids[: count.value])
+
+    def encode_batch(self, texts: Sequence[str], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded int64 ``(input_ids, attention_mask)``, as a package's encoder gives them."""
+        rows = [self.encode(t, max_length) for t in texts]
+        width = max([len(r) for r in rows] + [1])
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.edgetune_tokenizer_close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> NativeTokenizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        path = build_library(args[0], quiet=False) if args else library_path()
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

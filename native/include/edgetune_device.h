@@ -1,0 +1,64 @@
+/* edgetune_device: the on-device side of edgetune as a C library (docs/device-runtime.md).
+ *
+ * Every function returns an edgetune_status; on failure, edgetune_last_error() gives this thread's message
+ * of the failed call. Nothing here crashes on bad input: a null pointer, an unreadable or corrupt file, text
+ * that is not UTF-8 are errors with a code and a message. Objects are opaque; each *_open pairs with a
+ * *_close (which accepts NULL). Thread safety: one object may be used by one thread at a time; the
+ * tokenizer's encode is const and may be called from several threads at once.
+ */
+#ifndef EDGETUNE_DEVICE_H
+#define EDGETUNE_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define EDGETUNE_API __declspec(dllexport)
+#else
+#define EDGETUNE_API __attribute__((visibility("default")))
+#endif
+
+typedef enum edgetune_status {
+  EDGETUNE_OK = 0,
+  EDGETUNE_ERROR_ARGUMENT = 1,    /* a null pointer or an impossible value */
+  EDGETUNE_ERROR_IO = 2,          /* a file cannot be read */
+  EDGETUNE_ERROR_FORMAT = 3,      /* a file is corrupt or not what the spec says */
+  EDGETUNE_ERROR_UNSUPPORTED = 4, /* valid, but beyond this library (e.g. a tokenizer it does not implement) */
+  EDGETUNE_ERROR_DATA = 5,        /* the caller's data cannot be used (e.g. text that is not UTF-8) */
+  EDGETUNE_ERROR_CAPACITY = 6,    /* an output buffer is too small; the size needed is reported */
+  EDGETUNE_ERROR_INTERNAL = 7     /* a bug or an exhausted resource (out of memory) */
+} edgetune_status;
+
+/* The message of this thread's last failed call ("" when none); valid until the next failing call. */
+EDGETUNE_API const char* edgetune_last_error(void);
+
+/* The library's version, "MAJOR.MINOR.PATCH". */
+EDGETUNE_API const char* edgetune_version(void);
+
+/* -- Tokenizer ------------------------------------------------------------------------------------------ */
+/* The WordPiece tokenizer of a package's tokenizer.json (families BERT, DistilBERT, ELECTRA, MPNet), giving
+ * the ids the `tokenizers` library gives, special tokens and truncation included (docs/package-format.md,
+ * "Tokenization"). Other tokenizers are EDGETUNE_ERROR_UNSUPPORTED: an app passes token ids instead. */
+typedef struct edgetune_tokenizer edgetune_tokenizer;
+
+EDGETUNE_API edgetune_status edgetune_tokenizer_open(const char* tokenizer_json_path, edgetune_tokenizer** out);
+
+/* The ids of `text` (`length` bytes of UTF-8; `text` may be NULL when `length` is 0), its own tokens cut
+ * from the end so that at most `max_length` ids remain (0: no limit). Writes `*count` ids into `ids`; when
+ * `capacity` is too small, returns EDGETUNE_ERROR_CAPACITY with `*count` set to the number needed (max_length
+ * ids always suffice). */
+EDGETUNE_API edgetune_status edgetune_tokenizer_encode(const edgetune_tokenizer* tokenizer, const char* text,
+                                                       size_t length, size_t max_length, int64_t* ids,
+                                                       size_t capacity, size_t* count);
+
+EDGETUNE_API void edgetune_tokenizer_close(edgetune_tokenizer* tokenizer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGETUNE_DEVICE_H */

@@ -1,0 +1,92 @@
+// The C API of include/edgetune_device.h: every C++ exception becomes a status and a message here, so that
+// none crosses into the caller's (C, JNI, Swift) frames.
+#include "edgetune_device.h"
+
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <sstream>
+#include <string>
+
+#include "wordpiece.hpp"
+
+struct edgetune_tokenizer {
+  std::unique_ptr<edgetune::WordPieceTokenizer> impl;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+edgetune_status fail(edgetune_status status, const std::string& message) {
+  last_error = message;
+  return status;
+}
+
+bool read_file(const char* path, std::string& out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  if (in.bad()) return false;
+  out = buffer.str();
+  return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* edgetune_last_error(void) { return last_error.c_str(); }
+
+const char* edgetune_version(void) { return EDGETUNE_DEVICE_VERSION; }
+
+edgetune_status edgetune_tokenizer_open(const char* path, edgetune_tokenizer** out) {
+  if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_open: out is NULL");
+  *out = nullptr;
+  if (path == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_open: path is NULL");
+  try {
+    std::string text;
+    if (!read_file(path, text)) return fail(EDGETUNE_ERROR_IO, std::string(path) + ": cannot be read");
+    auto tokenizer = std::make_unique<edgetune_tokenizer>();
+    tokenizer->impl = edgetune::WordPieceTokenizer::from_json(text);
+    *out = tokenizer.release();
+    return EDGETUNE_OK;
+  } catch (const edgetune::TokenizerError& err) {
+    return fail(err.unsupported ? EDGETUNE_ERROR_UNSUPPORTED : EDGETUNE_ERROR_FORMAT,
+                std::string(path) + ": " + err.what());
+  } catch (const std::bad_alloc&) {
+    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory reading the tokenizer");
+  } catch (const std::exception& err) {
+    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
+  }
+}
+
+edgetune_status edgetune_tokenizer_encode(const edgetune_tokenizer* tokenizer, const char* text, size_t length,
+                                          size_t max_length, int64_t* ids, size_t capacity, size_t* count) {
+  if (tokenizer == nullptr || tokenizer->impl == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_encode: tokenizer is NULL");
+  if (count == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_encode: count is NULL");
+  *count = 0;
+  if (text == nullptr && length > 0) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_encode: text is NULL");
+  if (ids == nullptr && capacity > 0) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_encode: ids is NULL");
+  try {
+    std::vector<int64_t> encoded = tokenizer->impl->encode(std::string_view(text ? text : "", length), max_length);
+    *count = encoded.size();
+    if (encoded.size() > capacity)
+      return fail(EDGETUNE_ERROR_CAPACITY, "edgetune_tokenizer_encode: " + std::to_string(encoded.size()) +
+                                               " ids do not fit a buffer of " + std::to_string(capacity));
+    if (!encoded.empty()) std::memcpy(ids, encoded.data(), encoded.size() * sizeof(int64_t));
+    return EDGETUNE_OK;
+  } catch (const edgetune::EncodeError& err) {
+    return fail(EDGETUNE_ERROR_DATA, err.what());
+  } catch (const std::bad_alloc&) {
+    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory encoding a text");
+  } catch (const std::exception& err) {
+    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
+  }
+}
+
+void edgetune_tokenizer_close(edgetune_tokenizer* tokenizer) { delete tokenizer; }
+
+}  // extern "C"
