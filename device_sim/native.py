@@ -5,7 +5,8 @@ CMake into a cache directory keyed by its sources (``$EDGETUNE_CACHE``, default 
 same way as the C++ trainer (:mod:`device_sim.backends.build`). ``python -m device_sim.native [BUILD_DIR]``
 builds it and prints its path. Torch-free.
 
-What the library does so far: the WordPiece tokenizer (:class:`NativeTokenizer`), which gives the ids of the
+What the library does so far: open a package, verifying it as the spec says a reader must
+(:class:`NativePackage`), and the WordPiece tokenizer (:class:`NativeTokenizer`), which gives the ids of the
 ``tokenizers`` library on a package's ``tokenizer.json`` for the BERT, DistilBERT, ELECTRA and MPNet families.
 """
 
@@ -63,6 +64,19 @@ def library_path() -> Path:
     return cached_build("device-lib", source_key(NATIVE_DIR, with_executorch=False), LIBRARY, build_library)
 
 
+class PackageInfo(ctypes.Structure):
+    """``edgetune_package_info``."""
+
+    _fields_ = [
+        ("cut", ctypes.c_int32),
+        ("num_layers", ctypes.c_int32),
+        ("num_labels", ctypes.c_int32),
+        ("max_length", ctypes.c_int32),
+        ("pad_id", ctypes.c_int64),
+        ("family", ctypes.c_char_p),
+    ]
+
+
 _loaded: ctypes.CDLL | None = None
 
 
@@ -80,6 +94,13 @@ def load_library() -> ctypes.CDLL:
         ]  # fmt: skip
         lib.edgetune_tokenizer_close.argtypes = [ctypes.c_void_p]
         lib.edgetune_tokenizer_close.restype = None
+        lib.edgetune_package_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.edgetune_package_info_get.argtypes = [ctypes.c_void_p, ctypes.POINTER(PackageInfo)]
+        lib.edgetune_package_label.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.edgetune_package_label.restype = ctypes.c_char_p
+        lib.edgetune_package_tokenizer.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.edgetune_package_close.argtypes = [ctypes.c_void_p]
+        lib.edgetune_package_close.restype = None
         _loaded = lib
     return _loaded
 
@@ -92,11 +113,12 @@ def check(lib: ctypes.CDLL, status: int) -> None:
 class NativeTokenizer:
     """A package's ``tokenizer.json`` in the C library: ``encode`` gives the ids of ``tokenizers``."""
 
-    def __init__(self, tokenizer_json: str | Path) -> None:
+    def __init__(self, tokenizer_json: str | Path | None = None, *, _handle: ctypes.c_void_p | None = None) -> None:
         self._lib = load_library()
-        handle = ctypes.c_void_p()
-        check(self._lib, self._lib.edgetune_tokenizer_open(os.fsencode(tokenizer_json), ctypes.byref(handle)))
-        self._handle = handle
+        if _handle is None:
+            _handle = ctypes.c_void_p()
+            check(self._lib, self._lib.edgetune_tokenizer_open(os.fsencode(tokenizer_json), ctypes.byref(_handle)))
+        self._handle = _handle
 
     def encode(self, text: str | bytes, max_length: int = 0) -> list[int]:
         """One text's ids, special tokens included, at most ``max_length`` of them (0: no limit)."""
@@ -131,6 +153,51 @@ class NativeTokenizer:
             self._handle = None
 
     def __enter__(self) -> NativeTokenizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class NativePackage:
+    """A package directory opened (and verified, as the spec says a reader must) by the C library."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self._lib = load_library()
+        handle = ctypes.c_void_p()
+        check(self._lib, self._lib.edgetune_package_open(os.fsencode(directory), ctypes.byref(handle)))
+        self._handle = handle
+        info = PackageInfo()
+        check(self._lib, self._lib.edgetune_package_info_get(handle, ctypes.byref(info)))
+        self.cut, self.num_layers, self.max_length, self.pad_id = (
+            info.cut,
+            info.num_layers,
+            info.max_length,
+            info.pad_id,
+        )
+        self.family = info.family.decode()
+        self.labels = [self._lib.edgetune_package_label(handle, i).decode() for i in range(info.num_labels)]
+
+    def tokenizer(self) -> NativeTokenizer:
+        """The package's tokenizer, from the bytes verified when the package was opened."""
+        handle = ctypes.c_void_p()
+        check(self._lib, self._lib.edgetune_package_tokenizer(self._handle, ctypes.byref(handle)))
+        return NativeTokenizer(_handle=handle)
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded ``(input_ids, attention_mask)`` at the package's length: a package encoder's output."""
+        with self.tokenizer() as tok:
+            return tok.encode_batch(texts, self.max_length, self.pad_id)
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.edgetune_package_close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> NativePackage:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -57,6 +57,32 @@ EDGETUNE_API edgetune_status edgetune_tokenizer_encode(const edgetune_tokenizer*
 
 EDGETUNE_API void edgetune_tokenizer_close(edgetune_tokenizer* tokenizer);
 
+/* -- Package ------------------------------------------------------------------------------------------- */
+/* A device package directory, verified on open as docs/package-format.md ("Reading a package safely") says:
+ * the manifest (at most 16 MiB and 32 levels deep, its format, schema version 1 or 2, its seal), every file
+ * it lists (a regular file, not a link, of the listed size and sha256), nothing unlisted beside them, and
+ * top.json and encoder.json agreeing with it. A problem is EDGETUNE_ERROR_FORMAT (EDGETUNE_ERROR_IO when a
+ * file cannot be read) naming the file. Signatures (manifest.sig) are not checked by this version. */
+typedef struct edgetune_package edgetune_package;
+
+typedef struct edgetune_package_info {
+  int32_t cut;          /* the trunk ends at this block */
+  int32_t num_layers;   /* blocks of the backbone */
+  int32_t num_labels;
+  int32_t max_length;   /* tokens per text, special tokens included (encoder.json) */
+  int64_t pad_id;       /* the id that fills padding positions */
+  const char* family;   /* backbone.model_type: "bert", "mpnet", ... (owned by the package) */
+} edgetune_package_info;
+
+EDGETUNE_API edgetune_status edgetune_package_open(const char* directory, edgetune_package** out);
+EDGETUNE_API edgetune_status edgetune_package_info_get(const edgetune_package* package, edgetune_package_info* info);
+/* The label at `index` (0-based, the head's row order), or NULL when out of range (owned by the package). */
+EDGETUNE_API const char* edgetune_package_label(const edgetune_package* package, size_t index);
+/* The package's tokenizer, from the tokenizer.json bytes verified on open; encode with the package's
+ * max_length (edgetune_package_info). EDGETUNE_ERROR_UNSUPPORTED for tokenizers this library lacks. */
+EDGETUNE_API edgetune_status edgetune_package_tokenizer(const edgetune_package* package, edgetune_tokenizer** out);
+EDGETUNE_API void edgetune_package_close(edgetune_package* package);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,10 +8,15 @@
 #include <sstream>
 #include <string>
 
+#include "package.hpp"
 #include "wordpiece.hpp"
 
 struct edgetune_tokenizer {
   std::unique_ptr<edgetune::WordPieceTokenizer> impl;
+};
+
+struct edgetune_package {
+  std::unique_ptr<edgetune::Package> impl;
 };
 
 namespace {
@@ -88,5 +93,68 @@ edgetune_status edgetune_tokenizer_encode(const edgetune_tokenizer* tokenizer, c
 }
 
 void edgetune_tokenizer_close(edgetune_tokenizer* tokenizer) { delete tokenizer; }
+
+edgetune_status edgetune_package_open(const char* directory, edgetune_package** out) {
+  if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_open: out is NULL");
+  *out = nullptr;
+  if (directory == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_open: directory is NULL");
+  try {
+    auto package = std::make_unique<edgetune_package>();
+    package->impl = edgetune::Package::open(directory);
+    *out = package.release();
+    return EDGETUNE_OK;
+  } catch (const edgetune::PackageError& err) {
+    using Kind = edgetune::PackageError::Kind;
+    edgetune_status status = err.kind == Kind::Io            ? EDGETUNE_ERROR_IO
+                             : err.kind == Kind::Unsupported ? EDGETUNE_ERROR_UNSUPPORTED
+                                                             : EDGETUNE_ERROR_FORMAT;
+    return fail(status, std::string(directory) + ": " + err.what());
+  } catch (const std::bad_alloc&) {
+    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory reading the package");
+  } catch (const std::exception& err) {
+    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
+  }
+}
+
+edgetune_status edgetune_package_info_get(const edgetune_package* package, edgetune_package_info* info) {
+  if (package == nullptr || package->impl == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_info_get: package is NULL");
+  if (info == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_info_get: info is NULL");
+  const edgetune::Package& p = *package->impl;
+  info->cut = p.cut();
+  info->num_layers = p.num_layers();
+  info->num_labels = static_cast<int32_t>(p.labels().size());
+  info->max_length = static_cast<int32_t>(p.max_length());
+  info->pad_id = p.pad_id();
+  info->family = p.family().c_str();
+  return EDGETUNE_OK;
+}
+
+const char* edgetune_package_label(const edgetune_package* package, size_t index) {
+  if (package == nullptr || package->impl == nullptr || index >= package->impl->labels().size()) return nullptr;
+  return package->impl->labels()[index].c_str();
+}
+
+edgetune_status edgetune_package_tokenizer(const edgetune_package* package, edgetune_tokenizer** out) {
+  if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_tokenizer: out is NULL");
+  *out = nullptr;
+  if (package == nullptr || package->impl == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_tokenizer: package is NULL");
+  const edgetune::Package& p = *package->impl;
+  std::string name = "tokenizer.json";
+  try {
+    name = p.manifest().at("tokenizer").at("tokenizer").str("tokenizer");
+    auto tokenizer = std::make_unique<edgetune_tokenizer>();
+    tokenizer->impl = edgetune::WordPieceTokenizer::from_json(p.verified_text(name));
+    *out = tokenizer.release();
+    return EDGETUNE_OK;
+  } catch (const edgetune::TokenizerError& err) {
+    return fail(err.unsupported ? EDGETUNE_ERROR_UNSUPPORTED : EDGETUNE_ERROR_FORMAT, name + ": " + err.what());
+  } catch (const std::exception& err) {
+    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
+  }
+}
+
+void edgetune_package_close(edgetune_package* package) { delete package; }
 
 }  // extern "C"

@@ -45,7 +45,7 @@ void append_utf8(std::string& out, uint32_t cp) {
 
 class JsonParser {
  public:
-  explicit JsonParser(std::string_view text) : text_(text) {}
+  JsonParser(std::string_view text, int max_depth) : text_(text), max_depth_(max_depth) {}
 
   Json document() {
     Json value = parse_value(0);
@@ -55,8 +55,8 @@ class JsonParser {
   }
 
  private:
-  static constexpr int kMaxDepth = 256;  // deeper nesting is refused rather than overflowing the stack
   std::string_view text_;
+  int max_depth_;  // deeper nesting is refused rather than overflowing the stack
   size_t pos_ = 0;
 
   [[noreturn]] void fail(const std::string& why) const {
@@ -86,7 +86,7 @@ class JsonParser {
   }
 
   Json parse_value(int depth) {
-    if (depth > kMaxDepth) fail("nested too deeply");
+    if (depth >= max_depth_ && (peek() == '{' || peek() == '[')) fail("nested too deeply");
     Json value;
     char c = peek();
     if (c == '{') {
@@ -134,7 +134,10 @@ class JsonParser {
       literal("null");
     } else {
       value.kind_ = Json::Kind::Number;
+      size_t start = pos_;
       value.number_ = parse_number();
+      std::string_view written = text_.substr(start, pos_ - start);
+      if (written.find_first_of(".eE") == std::string_view::npos) value.literal_ = std::string(written);
     }
     return value;
   }
@@ -218,7 +221,7 @@ class JsonParser {
   }
 };
 
-Json Json::parse(std::string_view text) { return JsonParser(text).document(); }
+Json Json::parse(std::string_view text, int max_depth) { return JsonParser(text, max_depth).document(); }
 
 const std::string& Json::str(const char* what) const {
   if (kind_ != Kind::String) wrong_kind(what, Kind::String, kind_);

@@ -27,6 +27,10 @@ class Json {
   bool is_string() const { return kind_ == Kind::String; }
   bool is_object() const { return kind_ == Kind::Object; }
   bool is_array() const { return kind_ == Kind::Array; }
+  // A number written without a fraction or exponent (JSON's integers: Python reads them as int, not float).
+  bool is_integer_literal() const { return kind_ == Kind::Number && !literal_.empty(); }
+  // Such a number's digits as written.
+  const std::string& literal() const { return literal_; }
 
   // Typed accessors: a value of another kind is a JsonError naming ``what``.
   const std::string& str(const char* what) const;
@@ -41,7 +45,8 @@ class Json {
   // The member ``key``; absent is a JsonError.
   const Json& at(std::string_view key) const;
 
-  static Json parse(std::string_view text);
+  // ``max_depth``: the most levels of nested arrays/objects accepted (deeper is a JsonError).
+  static Json parse(std::string_view text, int max_depth = 256);
 
  private:
   friend class JsonParser;
@@ -49,6 +54,7 @@ class Json {
   bool bool_ = false;
   double number_ = 0.0;
   std::string string_;
+  std::string literal_;
   std::vector<Json> items_;
   std::vector<std::pair<std::string, Json>> members_;
 };
