@@ -25,6 +25,8 @@ from edgetune.errors import EdgetuneError
 
 NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
 LIBRARY = "libedgetune_device.so"
+DRIVER = "edgetune-device"
+EXAMPLE_APP = NATIVE_DIR.parent / "examples" / "device_app.c"  # built beside the library in a source checkout
 
 # edgetune_status (include/edgetune_device.h)
 STATUS_NAMES = {
@@ -61,7 +63,8 @@ def library_path() -> Path:
         if not Path(given).is_file():
             raise BuildError(f"EDGETUNE_DEVICE_LIB={given}: no such file")
         return Path(given)
-    return cached_build("device-lib", source_key(NATIVE_DIR, with_executorch=False), LIBRARY, build_library)
+    key = source_key(NATIVE_DIR, with_executorch=False, extra=(EXAMPLE_APP,))
+    return cached_build("device-lib", key, LIBRARY, build_library)
 
 
 class PackageInfo(ctypes.Structure):

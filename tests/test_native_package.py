@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
-from device_sim.native import NativeError, NativePackage, build_library
+from device_sim.native import DRIVER, NativeError, NativePackage, build_library, library_path
 from device_sim.package import load_package
 from edgetune.datasets import bbc_news, minilm_path
 from edgetune_format import manifest as mf
@@ -167,3 +168,26 @@ def test_a_wordpiece_package_encodes_like_the_package_encoder(tmp_path):
     with NativePackage(pkg.path) as native:
         ids, mask = native.encode(texts)
     assert (ids == want_ids).all() and (mask == want_mask).all()
+
+
+def test_the_driver_and_the_example_app_are_c_programs_without_python(package, copy):
+    """``edgetune-device`` and ``examples/device_app.c``, built beside the library: no libpython, no libtorch;
+    inspect verifies (exit 2 on a tampered package, with the file named), encode needs a WordPiece tokenizer."""
+    build = library_path().parent
+    driver, app = build / DRIVER, build / "device_app"
+    for program in (driver, app):
+        linked = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=True).stdout
+        assert "libedgetune_device" in linked and "python" not in linked and "torch" not in linked
+    shown = subprocess.run([str(driver), "inspect", str(package)], capture_output=True, text=True)
+    assert shown.returncode == 0 and "(verified)" in shown.stdout and " ".join(LABELS) in shown.stdout
+    as_json = subprocess.run([str(driver), "inspect", str(package), "--json"], capture_output=True, text=True)
+    assert json.loads(as_json.stdout)["labels"] == list(LABELS)
+    _flip_byte(copy / "top.safetensors")
+    refused = subprocess.run([str(driver), "inspect", str(copy)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "top.safetensors: sha256 does not match" in refused.stderr
+    encode = subprocess.run([str(driver), "encode", "--package", str(package), "hi"], capture_output=True, text=True)
+    assert encode.returncode == 2 and "WordLevel is not supported" in encode.stderr
+    usage = subprocess.run([str(driver), "frobnicate"], capture_output=True, text=True)
+    assert usage.returncode == 1 and "usage:" in usage.stderr
+    ran = subprocess.run([str(app), str(package), "hello"], capture_output=True, text=True)
+    assert ran.returncode == 2 and "bert package, 3 labels" in ran.stdout and "cannot tokenize" in ran.stderr

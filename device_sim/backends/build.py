@@ -50,13 +50,15 @@ def _cmake() -> str:
     return found
 
 
-def source_key(source_dir: Path = SOURCE_DIR, with_executorch: bool = True) -> str:
-    """Identifies what a binary is built from: the sources under ``source_dir`` (and the ExecuTorch version)."""
+def source_key(source_dir: Path = SOURCE_DIR, with_executorch: bool = True, extra: tuple[Path, ...] = ()) -> str:
+    """Identifies what a binary is built from: the sources under ``source_dir`` and the ``extra`` files it
+    builds too (and the ExecuTorch version)."""
     from importlib.metadata import version
 
     h = hashlib.sha256(version("executorch").encode() if with_executorch else b"")
-    for path in sorted(p for p in source_dir.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES):
-        h.update(str(path.relative_to(source_dir)).encode())
+    sources = sorted(p for p in source_dir.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+    for path in [*sources, *(p for p in extra if p.is_file())]:
+        h.update(path.name.encode() if path in extra else str(path.relative_to(source_dir)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

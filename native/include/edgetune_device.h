@@ -81,6 +81,8 @@ EDGETUNE_API const char* edgetune_package_label(const edgetune_package* package,
 /* The package's tokenizer, from the tokenizer.json bytes verified on open; encode with the package's
  * max_length (edgetune_package_info). EDGETUNE_ERROR_UNSUPPORTED for tokenizers this library lacks. */
 EDGETUNE_API edgetune_status edgetune_package_tokenizer(const edgetune_package* package, edgetune_tokenizer** out);
+/* The verified manifest as canonical JSON (sorted keys, no whitespace; owned by the package). */
+EDGETUNE_API const char* edgetune_package_manifest_json(const edgetune_package* package);
 EDGETUNE_API void edgetune_package_close(edgetune_package* package);
 
 #ifdef __cplusplus

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "canonical.hpp"
 #include "package.hpp"
 #include "wordpiece.hpp"
 
@@ -17,6 +18,7 @@ struct edgetune_tokenizer {
 
 struct edgetune_package {
   std::unique_ptr<edgetune::Package> impl;
+  std::string manifest_json;  // made on first request
 };
 
 namespace {
@@ -153,6 +155,22 @@ edgetune_status edgetune_package_tokenizer(const edgetune_package* package, edge
   } catch (const std::exception& err) {
     return fail(EDGETUNE_ERROR_INTERNAL, err.what());
   }
+}
+
+const char* edgetune_package_manifest_json(const edgetune_package* package) {
+  if (package == nullptr || package->impl == nullptr) {
+    fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_manifest_json: package is NULL");
+    return nullptr;
+  }
+  auto* mutable_package = const_cast<edgetune_package*>(package);  // a cache: the manifest itself is unchanged
+  try {
+    if (mutable_package->manifest_json.empty())
+      mutable_package->manifest_json = edgetune::canonical_json(package->impl->manifest());
+  } catch (const std::exception& err) {
+    fail(EDGETUNE_ERROR_INTERNAL, err.what());
+    return nullptr;
+  }
+  return mutable_package->manifest_json.c_str();
 }
 
 void edgetune_package_close(edgetune_package* package) { delete package; }
