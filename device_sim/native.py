@@ -104,6 +104,19 @@ def load_library() -> ctypes.CDLL:
         lib.edgetune_package_tokenizer.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
         lib.edgetune_package_close.argtypes = [ctypes.c_void_p]
         lib.edgetune_package_close.restype = None
+        lib.edgetune_dataset_read.argtypes = [
+            ctypes.c_char_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+            ctypes.POINTER(ctypes.c_void_p),
+        ]  # fmt: skip
+        lib.edgetune_dataset_size.argtypes = [ctypes.c_void_p]
+        lib.edgetune_dataset_size.restype = ctypes.c_size_t
+        for name, restype in (("text", ctypes.c_char_p), ("label", ctypes.c_int64),
+                              ("label_name", ctypes.c_char_p), ("row", ctypes.c_int64)):  # fmt: skip
+            function = getattr(lib, f"edgetune_dataset_{name}")
+            function.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            function.restype = restype
+        lib.edgetune_dataset_close.argtypes = [ctypes.c_void_p]
+        lib.edgetune_dataset_close.restype = None
         _loaded = lib
     return _loaded
 
@@ -163,6 +176,34 @@ class NativeTokenizer:
 
     def __del__(self) -> None:
         self.close()
+
+
+def read_dataset(
+    path: str | Path,
+    package: NativePackage | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    labelled: bool = True,
+) -> tuple[list[str], list[str], list[int], list[int]]:
+    """The C library's reading of a user's data file: ``(texts, label names, label indices, rows)`` (indices
+    among ``package``'s labels; -1 without a package or labels). Refusals are :class:`NativeError`."""
+    lib = load_library()
+    handle = ctypes.c_void_p()
+    encode = lambda v: None if v is None else v.encode()  # noqa: E731
+    status = lib.edgetune_dataset_read(
+        os.fsencode(path), package._handle if package is not None else None, encode(text_column),
+        encode(label_column), int(labelled), ctypes.byref(handle),
+    )  # fmt: skip
+    check(lib, status)
+    try:
+        n = lib.edgetune_dataset_size(handle)
+        texts = [lib.edgetune_dataset_text(handle, i).decode() for i in range(n)]
+        names = [lib.edgetune_dataset_label_name(handle, i).decode() for i in range(n)]
+        indices = [lib.edgetune_dataset_label(handle, i) for i in range(n)]
+        rows = [lib.edgetune_dataset_row(handle, i) for i in range(n)]
+    finally:
+        lib.edgetune_dataset_close(handle)
+    return texts, names, indices, rows
 
 
 class NativePackage:

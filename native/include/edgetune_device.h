@@ -85,6 +85,26 @@ EDGETUNE_API edgetune_status edgetune_package_tokenizer(const edgetune_package* 
 EDGETUNE_API const char* edgetune_package_manifest_json(const edgetune_package* package);
 EDGETUNE_API void edgetune_package_close(edgetune_package* package);
 
+/* -- The user's data -------------------------------------------------------------------------------------- */
+/* Labelled texts from a .csv (with a header; quotes, doubled quotes and newlines inside quotes as Python's
+ * csv module reads them) or .jsonl file, UTF-8, read as edgetune reads them: an empty file, a missing column,
+ * an empty text or label, a label the package does not know are EDGETUNE_ERROR_DATA naming the row. */
+typedef struct edgetune_dataset edgetune_dataset;
+
+/* `text_column`/`label_column` NULL: the package's plan's columns ("text"/"label" without a package);
+ * `labelled` 0 reads texts alone (for prediction). With `package`, every label must be one of its labels. */
+EDGETUNE_API edgetune_status edgetune_dataset_read(const char* path, const edgetune_package* package,
+                                                   const char* text_column, const char* label_column,
+                                                   int labelled, edgetune_dataset** out);
+EDGETUNE_API size_t edgetune_dataset_size(const edgetune_dataset* dataset);
+/* The i-th text (UTF-8, NUL-terminated; NULL out of range), its label's index among the package's labels
+ * (-1: unlabelled or read without a package), its label's name, its row in the file. */
+EDGETUNE_API const char* edgetune_dataset_text(const edgetune_dataset* dataset, size_t index);
+EDGETUNE_API int64_t edgetune_dataset_label(const edgetune_dataset* dataset, size_t index);
+EDGETUNE_API const char* edgetune_dataset_label_name(const edgetune_dataset* dataset, size_t index);
+EDGETUNE_API int64_t edgetune_dataset_row(const edgetune_dataset* dataset, size_t index);
+EDGETUNE_API void edgetune_dataset_close(edgetune_dataset* dataset);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,11 +9,17 @@
 #include <string>
 
 #include "canonical.hpp"
+#include "dataset.hpp"
 #include "package.hpp"
 #include "wordpiece.hpp"
 
 struct edgetune_tokenizer {
   std::unique_ptr<edgetune::WordPieceTokenizer> impl;
+};
+
+struct edgetune_dataset {
+  edgetune::Dataset data;
+  std::vector<int64_t> labels;  // indices among the package's labels, or -1
 };
 
 struct edgetune_package {
@@ -174,5 +180,66 @@ const char* edgetune_package_manifest_json(const edgetune_package* package) {
 }
 
 void edgetune_package_close(edgetune_package* package) { delete package; }
+
+}  // extern "C"
+
+namespace {
+
+std::string plan_column(const edgetune_package* package, const char* key, const char* fallback) {
+  if (package == nullptr || package->impl == nullptr) return fallback;
+  const edgetune::Json* plan = package->impl->manifest().find("plan");
+  const edgetune::Json* column = plan ? plan->find(key) : nullptr;
+  return (column && column->is_string()) ? column->str(key) : fallback;
+}
+
+}  // namespace
+
+extern "C" {
+
+edgetune_status edgetune_dataset_read(const char* path, const edgetune_package* package, const char* text_column,
+                                      const char* label_column, int labelled, edgetune_dataset** out) {
+  if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_dataset_read: out is NULL");
+  *out = nullptr;
+  if (path == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_dataset_read: path is NULL");
+  try {
+    std::string text = text_column ? text_column : plan_column(package, "text_column", "text");
+    std::string label = !labelled ? "" : label_column ? label_column : plan_column(package, "label_column", "label");
+    if (labelled && label.empty()) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_dataset_read: empty label column");
+    auto dataset = std::make_unique<edgetune_dataset>();
+    dataset->data = edgetune::read_dataset(path, text, label);
+    if (labelled && package != nullptr && package->impl != nullptr)
+      dataset->labels = edgetune::encode_labels(dataset->data, package->impl->labels(), path);
+    else
+      dataset->labels.assign(dataset->data.texts.size(), -1);
+    *out = dataset.release();
+    return EDGETUNE_OK;
+  } catch (const edgetune::DataError& err) {
+    return fail(EDGETUNE_ERROR_DATA, err.what());
+  } catch (const std::bad_alloc&) {
+    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory reading the data");
+  } catch (const std::exception& err) {
+    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
+  }
+}
+
+size_t edgetune_dataset_size(const edgetune_dataset* dataset) { return dataset ? dataset->data.texts.size() : 0; }
+
+const char* edgetune_dataset_text(const edgetune_dataset* dataset, size_t index) {
+  return (dataset && index < dataset->data.texts.size()) ? dataset->data.texts[index].c_str() : nullptr;
+}
+
+int64_t edgetune_dataset_label(const edgetune_dataset* dataset, size_t index) {
+  return (dataset && index < dataset->labels.size()) ? dataset->labels[index] : -1;
+}
+
+const char* edgetune_dataset_label_name(const edgetune_dataset* dataset, size_t index) {
+  return (dataset && index < dataset->data.labels.size()) ? dataset->data.labels[index].c_str() : nullptr;
+}
+
+int64_t edgetune_dataset_row(const edgetune_dataset* dataset, size_t index) {
+  return (dataset && index < dataset->data.rows.size()) ? dataset->data.rows[index] : -1;
+}
+
+void edgetune_dataset_close(edgetune_dataset* dataset) { delete dataset; }
 
 }  // extern "C"

@@ -257,9 +257,10 @@ const std::vector<std::pair<std::string, Json>>& Json::members(const char* what)
 
 const Json* Json::find(std::string_view key) const {
   if (kind_ != Kind::Object) return nullptr;
+  const Json* found = nullptr;  // a repeated name: the last one, as Python's json module reads it
   for (const auto& [name, value] : members_)
-    if (name == key) return &value;
-  return nullptr;
+    if (name == key) found = &value;
+  return found;
 }
 
 const Json& Json::at(std::string_view key) const {
