@@ -22,9 +22,9 @@ def pair(swap_packages, tmp_path_factory):
     return {"old": old, "new": new, "personal": root / "personal", "data": data}
 
 
-def test_defaults_fit_the_map_on_all_texts_and_cluster_on_the_new_features():
+def test_defaults_fit_the_map_on_all_texts_and_draw_the_labelled_examples_at_random():
     config = SwapConfig()
-    assert config.map_on == "all" and config.selection == "cluster" and config.cluster_on == "new"
+    assert config.map_on == "all" and config.selection == "random" and config.cluster_on == "new"
     assert config.distill == 0.0
     for bad in ({"map_on": "labelled"}, {"cluster_on": "neither"}, {"distill": -1.0}):
         with pytest.raises(ValueError):
@@ -57,16 +57,17 @@ def test_clustering_over_old_or_both_features(pair, tmp_path):
     rng = np.random.default_rng(0)
     new, old = rng.normal(size=(40, 12)), rng.normal(size=(40, 6))
     labels = np.repeat([0, 1], 20)
-    picks = {on: curated_examples(new, labels, SwapConfig(fraction=0.2, cluster_on=on), old) for on in ("new", "old")}
+    clustered = {on: SwapConfig(fraction=0.2, selection="cluster", cluster_on=on) for on in ("new", "old")}
+    picks = {on: curated_examples(new, labels, config, old) for on, config in clustered.items()}
     assert all(len(p) == 8 for p in picks.values()) and picks["new"] != picks["old"]
     with pytest.raises(ValueError, match="old features"):
-        curated_examples(new, labels, SwapConfig(cluster_on="both"))
+        curated_examples(new, labels, SwapConfig(selection="cluster", cluster_on="both"))
     # joined features: the correlation of two rows is the mean of their per-backbone correlations
     joint = correlation_distance(joint_features(new, old))
     assert np.allclose(joint, (correlation_distance(new) + correlation_distance(old)) / 2, atol=1e-9)
     # and a whole swap (FaLA and head-only) runs with it
     for method in ("fala", "head-only"):
-        config = SwapConfig(method=method, fraction=0.1, cluster_on="both", tune_epochs=5)
+        config = SwapConfig(method=method, fraction=0.1, selection="cluster", cluster_on="both", tune_epochs=5)
         result = swap(pair["old"], pair["new"], pair["personal"], pair["data"], tmp_path / method, config, threads=1)
         assert result.examples_used == 6
 
