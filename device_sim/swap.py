@@ -73,8 +73,9 @@ class SwapConfig:
     method: str = "fala"
     k: int | None = None
     fraction: float = 0.1
-    # random (per label): the default, as it scored higher than the clustered medoids on the swap benchmark's
-    # users (docs/results.md, "Backbone swap"); cluster: the correlation-clustering medoids of the method's paper
+    # random (per label): the default: on the swap benchmark's 65 users it tied with the clustered medoids (-0.4
+    # points [-1.3, +0.6]) at less cost (docs/results.md, "Backbone swap"); cluster: the correlation-clustering
+    # medoids of the method's paper
     selection: str = "random"
     cluster_on: str = "new"  # new | old (the old personal model's features) | both
     map_on: str = "all"  # all: W fitted on every text of the user (no labels needed) | curated: the k examples

@@ -29,8 +29,8 @@ FLEET_SETTINGS = ConfigOptions(
 SelectionOption = Annotated[
     str,
     typer.Option(
-        help="random: examples drawn at random in proportion to each label (the default: it scored higher on the "
-        "swap benchmark's users); cluster: correlation-clustering medoids."
+        help="random: examples drawn at random in proportion to each label (the default: as accurate as the "
+        "clustering on the swap benchmark's users, and cheaper); cluster: correlation-clustering medoids."
     ),
 ]
 SilhouetteOption = Annotated[
