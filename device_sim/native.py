@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from device_sim.backends.build import BuildError, cached_build, cmake_build, source_key
+from device_sim.backends.build import BuildError, build_command, cached_build, cmake_build, source_key
 from edgetune.errors import EdgetuneError
 
 NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
@@ -252,14 +251,7 @@ class NativePackage:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        path = build_library(args[0], quiet=False) if args else library_path()
-    except BuildError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return build_command(argv, build_library, library_path)
 
 
 if __name__ == "__main__":

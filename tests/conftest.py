@@ -279,6 +279,18 @@ def executorch_package(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def native_library(tmp_path_factory):
+    """libedgetune_device (with its driver and example app), built once per session with the documented CMake
+    command (really built: never skipped) and named by $EDGETUNE_DEVICE_LIB while the session runs."""
+    from device_sim.native import build_library
+
+    path = build_library(tmp_path_factory.mktemp("native-build"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGETUNE_DEVICE_LIB", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
 def trainer_binary(tmp_path_factory):
     """The C++ trainer, built once per session with the documented CMake command (really built: never skipped)."""
     from device_sim.backends.build import build_trainer

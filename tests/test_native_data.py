@@ -11,18 +11,11 @@ import re
 
 import pytest
 
-from device_sim.native import NativeError, NativePackage, build_library, read_dataset
+from device_sim.native import NativeError, NativePackage, read_dataset
 from edgetune.data import DataError, LabelMap, load_dataset
 from edgetune.datasets import CORPORA
 
-pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _library(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGETUNE_DEVICE_LIB", str(build_library(tmp_path_factory.mktemp("native-build"))))
-        yield
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("native_library")]
 
 
 def both(path, **columns):

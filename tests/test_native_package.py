@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from device_sim.native import DRIVER, NativeError, NativePackage, build_library, library_path
+from device_sim.native import DRIVER, NativeError, NativePackage, library_path
 from device_sim.package import load_package
 from edgetune.datasets import bbc_news, minilm_path
 from edgetune_format import manifest as mf
@@ -21,14 +21,7 @@ from exporters.export import ExportOptions, export_package
 from tests.conftest import LABELS, synthetic_rows
 from tests.packages import MAX_LENGTH, dataset, make_checkpoint, make_plan
 
-pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _library(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGETUNE_DEVICE_LIB", str(build_library(tmp_path_factory.mktemp("native-build"))))
-        yield
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("native_library")]
 
 
 @pytest.fixture(scope="module")

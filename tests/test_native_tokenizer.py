@@ -11,21 +11,10 @@ import json
 
 import pytest
 
-from device_sim.native import NativeError, NativeTokenizer, build_library, load_library
+from device_sim.native import NativeError, NativeTokenizer, load_library
 from edgetune.datasets import CORPORA, minilm_path
 
-pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _library(tmp_path_factory, monkeypatch_module):
-    monkeypatch_module.setenv("EDGETUNE_DEVICE_LIB", str(build_library(tmp_path_factory.mktemp("native-build"))))
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("native_library")]
 
 
 def reference(path, max_length):

@@ -123,15 +123,21 @@ def trainer_binary() -> Path:
     return cached_build("trainer", source_key(), BINARY, build_trainer)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_command(argv: list[str] | None, build: Callable[..., Path], cached: Callable[[], Path]) -> int:
+    """``python -m ...`` of a native build: ``build(DIR)`` when a directory is given, else the cached build; prints
+    the artifact's path (exit 1 with the reason when it cannot be built)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        binary = build_trainer(args[0], quiet=False) if args else trainer_binary()
+        path = build(args[0], quiet=False) if args else cached()
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(binary)
+    print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return build_command(argv, build_trainer, trainer_binary)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "utf8.hpp"
+
 namespace edgetune {
 
 namespace {
@@ -21,24 +23,6 @@ const char* kind_name(Json::Kind kind) {
 
 [[noreturn]] void wrong_kind(const char* what, Json::Kind want, Json::Kind got) {
   throw JsonError(std::string(what) + ": expected " + kind_name(want) + ", found " + kind_name(got));
-}
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 }  // namespace

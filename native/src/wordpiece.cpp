@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "json.hpp"
+#include "utf8.hpp"
 
 namespace edgetune {
 
@@ -77,24 +78,7 @@ std::u32string decode_utf8(std::string_view s) {
 
 std::string encode_utf8(const char32_t* s, size_t n) {
   std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t cp = s[i];
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
+  for (size_t i = 0; i < n; ++i) append_utf8(out, s[i]);
   return out;
 }
 
