@@ -21,6 +21,7 @@ import numpy as np
 
 from device_sim.backends.build import BuildError, build_command, cached_build, cmake_build, source_key
 from edgetune.errors import EdgetuneError
+from edgetune.tokenization import pad_batch
 
 NATIVE_DIR = Path(__file__).resolve().parent.parent / "native"
 LIBRARY = "libedgetune_device.so"
@@ -153,14 +154,7 @@ class NativeTokenizer:
 
     def encode_batch(self, texts: Sequence[str], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 ``(input_ids, attention_mask)``, as a package's encoder gives them."""
-        rows = [self.encode(t, max_length) for t in texts]
-        width = max([len(r) for r in rows] + [1])
-        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return pad_batch([self.encode(t, max_length) for t in texts], pad_id)
 
     def close(self) -> None:
         if getattr(self, "_handle", None):
