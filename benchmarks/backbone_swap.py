@@ -22,11 +22,12 @@ downgrade to a smaller, distilled backbone); or with ``--new derived`` MiniLM wi
    the texts the map is fitted on, ridge alpha, tuning steps, learning rate, distillation; then the features
    the clustering reads), the best mean held-out accuracy, with k = 10% of the user's texts labelled; the
    random selection at the chosen settings is recorded beside it. The reported users never choose anything.
-3. Per user: personalize A (the plain device job: the package's cut, fixed settings, no guard); then move to B
-   by ``none`` (B's global head), ``fala`` (correlation-clustered curated examples, the chosen settings),
-   ``fala-random`` (the same k drawn at random, ``--draws`` draws), ``head-only`` (B's head trained on the
-   curated examples) and ``retrain`` (B's planned top re-trained on all the user's training texts; device
-   defaults). Accuracy on the user's held-out texts, examples labelled, backward FLOPs of the job (FaLA: per
+3. Per user: personalize A (``--personalize select``, the default: the device's selecting job with the guard
+   off, so that every user has a personal model to carry; ``plain``: the package's cut as configured); then
+   move to B by ``none`` (B's global head), ``fala`` (correlation-clustered curated examples, the chosen
+   settings), ``fala-random`` (the same k drawn at random, ``--draws`` draws), ``head-only`` (B's head trained
+   on the curated examples) and ``retrain`` (B's planned top re-trained on all the user's training texts by the
+   same job as A's). Accuracy on the user's held-out texts, examples labelled, backward FLOPs of the job (FaLA: per
    step; the others: the cost model) and against full re-training of B (every block + head, all the user's
    texts, the same epochs; cost model), wall time.
 4. Clustered vs random selection: per user, FaLA's accuracy minus the mean of the random draws; its mean with a
