@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sim.backends.build import BuildError, build_command, cached_build, cmake_build, source_key
+from device_sim.backends.build import BuildError, build_command, cmake_build, given_or_cached, source_key
 from edgetune.errors import EdgetuneError
 from edgetune.tokenization import pad_batch
 
@@ -58,13 +58,8 @@ def build_library(build_dir: str | Path, quiet: bool = True) -> Path:
 
 def library_path() -> Path:
     """The library to load: ``$EDGETUNE_DEVICE_LIB``, else the cached build of these sources (built if missing)."""
-    given = os.environ.get("EDGETUNE_DEVICE_LIB")
-    if given:
-        if not Path(given).is_file():
-            raise BuildError(f"EDGETUNE_DEVICE_LIB={given}: no such file")
-        return Path(given)
-    key = source_key(NATIVE_DIR, with_executorch=False, extra=(EXAMPLE_APP,))
-    return cached_build("device-lib", key, LIBRARY, build_library)
+    key = lambda: source_key(NATIVE_DIR, with_executorch=False, extra=(EXAMPLE_APP,))  # noqa: E731
+    return given_or_cached("EDGETUNE_DEVICE_LIB", "device-lib", key, LIBRARY, build_library)
 
 
 class PackageInfo(ctypes.Structure):
@@ -126,8 +121,30 @@ def check(lib: ctypes.CDLL, status: int) -> None:
         raise NativeError(status, lib.edgetune_last_error().decode("utf-8", "replace"))
 
 
-class NativeTokenizer:
+class _Handle:
+    """An object of the C library owned by Python: closed once, by ``close``, ``with`` or garbage collection."""
+
+    _close = ""  # the C function that frees it
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            getattr(self._lib, self._close)(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class NativeTokenizer(_Handle):
     """A package's ``tokenizer.json`` in the C library: ``encode`` gives the ids of ``tokenizers``."""
+
+    _close = "edgetune_tokenizer_close"
 
     def __init__(self, tokenizer_json: str | Path | None = None, *, _handle: ctypes.c_void_p | None = None) -> None:
         self._lib = load_library()
@@ -146,7 +163,7 @@ class NativeTokenizer:
             status = self._lib.edgetune_tokenizer_encode(
                 self._handle, data, len(data), max_length, ids, capacity, ctypes.byref(count)
             )
-            if status == 6 and count.value > capacity:  # EDGETUNE_ERROR_CAPACITY: the size needed is known now
+            if STATUS_NAMES.get(status) == "capacity" and count.value > capacity:  # the size needed is known now
                 capacity = count.value
                 continue
             check(self._lib, status)
@@ -155,20 +172,6 @@ class NativeTokenizer:
     def encode_batch(self, texts: Sequence[str], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 ``(input_ids, attention_mask)``, as a package's encoder gives them."""
         return pad_batch([self.encode(t, max_length) for t in texts], pad_id)
-
-    def close(self) -> None:
-        if getattr(self, "_handle", None):
-            self._lib.edgetune_tokenizer_close(self._handle)
-            self._handle = None
-
-    def __enter__(self) -> NativeTokenizer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def read_dataset(
@@ -199,8 +202,10 @@ def read_dataset(
     return texts, names, indices, rows
 
 
-class NativePackage:
+class NativePackage(_Handle):
     """A package directory opened (and verified, as the spec says a reader must) by the C library."""
+
+    _close = "edgetune_package_close"
 
     def __init__(self, directory: str | Path) -> None:
         self._lib = load_library()
@@ -228,20 +233,6 @@ class NativePackage:
         """Right-padded ``(input_ids, attention_mask)`` at the package's length: a package encoder's output."""
         with self.tokenizer() as tok:
             return tok.encode_batch(texts, self.max_length, self.pad_id)
-
-    def close(self) -> None:
-        if getattr(self, "_handle", None):
-            self._lib.edgetune_package_close(self._handle)
-            self._handle = None
-
-    def __enter__(self) -> NativePackage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,16 @@ def cached_build(name: str, key: str, artifact: str, build: Callable[[Path], Pat
     return built
 
 
+def given_or_cached(env: str, name: str, key: Callable[[], str], artifact: str, build: Callable[[Path], Path]) -> Path:
+    """The file ``$env`` names (which must exist), else :func:`cached_build` (``key`` is computed only then)."""
+    given = os.environ.get(env)
+    if given:
+        if not Path(given).is_file():
+            raise BuildError(f"{env}={given}: no such file")
+        return Path(given)
+    return cached_build(name, key(), artifact, build)
+
+
 def build_trainer(build_dir: str | Path, quiet: bool = True) -> Path:
     """Configure and build the trainer in ``build_dir``; returns the binary. Raises :class:`BuildError`."""
     prefix = executorch_prefix()
@@ -115,12 +125,7 @@ def build_trainer(build_dir: str | Path, quiet: bool = True) -> Path:
 
 def trainer_binary() -> Path:
     """The trainer to run: ``$EDGETUNE_TRAINER``, else the cached build for these sources (built if missing)."""
-    given = os.environ.get("EDGETUNE_TRAINER")
-    if given:
-        if not Path(given).is_file():
-            raise BuildError(f"EDGETUNE_TRAINER={given}: no such file")
-        return Path(given)
-    return cached_build("trainer", source_key(), BINARY, build_trainer)
+    return given_or_cached("EDGETUNE_TRAINER", "trainer", source_key, BINARY, build_trainer)
 
 
 def build_command(argv: list[str] | None, build: Callable[..., Path], cached: Callable[[], Path]) -> int:

@@ -36,6 +36,31 @@ edgetune_status fail(edgetune_status status, const std::string& message) {
   return status;
 }
 
+// Runs ``body`` (which returns a status) and turns what it throws into a status and this thread's message:
+// the one place where C++ exceptions stop. ``context`` prefixes the messages of errors about a file.
+template <class Body>
+edgetune_status guarded(const std::string& context, Body&& body) {
+  try {
+    return body();
+  } catch (const edgetune::TokenizerError& err) {
+    return fail(err.unsupported ? EDGETUNE_ERROR_UNSUPPORTED : EDGETUNE_ERROR_FORMAT, context + err.what());
+  } catch (const edgetune::PackageError& err) {
+    using Kind = edgetune::PackageError::Kind;
+    edgetune_status status = err.kind == Kind::Io            ? EDGETUNE_ERROR_IO
+                             : err.kind == Kind::Unsupported ? EDGETUNE_ERROR_UNSUPPORTED
+                                                             : EDGETUNE_ERROR_FORMAT;
+    return fail(status, context + err.what());
+  } catch (const edgetune::EncodeError& err) {
+    return fail(EDGETUNE_ERROR_DATA, err.what());
+  } catch (const edgetune::DataError& err) {
+    return fail(EDGETUNE_ERROR_DATA, err.what());
+  } catch (const std::bad_alloc&) {
+    return fail(EDGETUNE_ERROR_INTERNAL, context + "out of memory");
+  } catch (const std::exception& err) {
+    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
+  }
+}
+
 bool read_file(const char* path, std::string& out) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return false;
@@ -58,21 +83,14 @@ edgetune_status edgetune_tokenizer_open(const char* path, edgetune_tokenizer** o
   if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_open: out is NULL");
   *out = nullptr;
   if (path == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_open: path is NULL");
-  try {
+  return guarded(std::string(path) + ": ", [&] {
     std::string text;
     if (!read_file(path, text)) return fail(EDGETUNE_ERROR_IO, std::string(path) + ": cannot be read");
     auto tokenizer = std::make_unique<edgetune_tokenizer>();
     tokenizer->impl = edgetune::WordPieceTokenizer::from_json(text);
     *out = tokenizer.release();
     return EDGETUNE_OK;
-  } catch (const edgetune::TokenizerError& err) {
-    return fail(err.unsupported ? EDGETUNE_ERROR_UNSUPPORTED : EDGETUNE_ERROR_FORMAT,
-                std::string(path) + ": " + err.what());
-  } catch (const std::bad_alloc&) {
-    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory reading the tokenizer");
-  } catch (const std::exception& err) {
-    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
-  }
+  });
 }
 
 edgetune_status edgetune_tokenizer_encode(const edgetune_tokenizer* tokenizer, const char* text, size_t length,
@@ -83,7 +101,7 @@ edgetune_status edgetune_tokenizer_encode(const edgetune_tokenizer* tokenizer, c
   *count = 0;
   if (text == nullptr && length > 0) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_encode: text is NULL");
   if (ids == nullptr && capacity > 0) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_tokenizer_encode: ids is NULL");
-  try {
+  return guarded("", [&] {
     std::vector<int64_t> encoded = tokenizer->impl->encode(std::string_view(text ? text : "", length), max_length);
     *count = encoded.size();
     if (encoded.size() > capacity)
@@ -91,13 +109,7 @@ edgetune_status edgetune_tokenizer_encode(const edgetune_tokenizer* tokenizer, c
                                                " ids do not fit a buffer of " + std::to_string(capacity));
     if (!encoded.empty()) std::memcpy(ids, encoded.data(), encoded.size() * sizeof(int64_t));
     return EDGETUNE_OK;
-  } catch (const edgetune::EncodeError& err) {
-    return fail(EDGETUNE_ERROR_DATA, err.what());
-  } catch (const std::bad_alloc&) {
-    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory encoding a text");
-  } catch (const std::exception& err) {
-    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
-  }
+  });
 }
 
 void edgetune_tokenizer_close(edgetune_tokenizer* tokenizer) { delete tokenizer; }
@@ -106,22 +118,12 @@ edgetune_status edgetune_package_open(const char* directory, edgetune_package** 
   if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_open: out is NULL");
   *out = nullptr;
   if (directory == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_open: directory is NULL");
-  try {
+  return guarded(std::string(directory) + ": ", [&] {
     auto package = std::make_unique<edgetune_package>();
     package->impl = edgetune::Package::open(directory);
     *out = package.release();
     return EDGETUNE_OK;
-  } catch (const edgetune::PackageError& err) {
-    using Kind = edgetune::PackageError::Kind;
-    edgetune_status status = err.kind == Kind::Io            ? EDGETUNE_ERROR_IO
-                             : err.kind == Kind::Unsupported ? EDGETUNE_ERROR_UNSUPPORTED
-                                                             : EDGETUNE_ERROR_FORMAT;
-    return fail(status, std::string(directory) + ": " + err.what());
-  } catch (const std::bad_alloc&) {
-    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory reading the package");
-  } catch (const std::exception& err) {
-    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
-  }
+  });
 }
 
 edgetune_status edgetune_package_info_get(const edgetune_package* package, edgetune_package_info* info) {
@@ -149,18 +151,15 @@ edgetune_status edgetune_package_tokenizer(const edgetune_package* package, edge
   if (package == nullptr || package->impl == nullptr)
     return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_package_tokenizer: package is NULL");
   const edgetune::Package& p = *package->impl;
-  std::string name = "tokenizer.json";
-  try {
-    name = p.manifest().at("tokenizer").at("tokenizer").str("tokenizer");
+  const edgetune::Json* part = p.manifest().find("tokenizer");  // verified on open: present
+  const edgetune::Json* file = part ? part->find("tokenizer") : nullptr;
+  const std::string name = (file && file->is_string()) ? file->str("tokenizer") : "tokenizer.json";
+  return guarded(name + ": ", [&] {
     auto tokenizer = std::make_unique<edgetune_tokenizer>();
     tokenizer->impl = edgetune::WordPieceTokenizer::from_json(p.verified_text(name));
     *out = tokenizer.release();
     return EDGETUNE_OK;
-  } catch (const edgetune::TokenizerError& err) {
-    return fail(err.unsupported ? EDGETUNE_ERROR_UNSUPPORTED : EDGETUNE_ERROR_FORMAT, name + ": " + err.what());
-  } catch (const std::exception& err) {
-    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
-  }
+  });
 }
 
 const char* edgetune_package_manifest_json(const edgetune_package* package) {
@@ -169,14 +168,12 @@ const char* edgetune_package_manifest_json(const edgetune_package* package) {
     return nullptr;
   }
   auto* mutable_package = const_cast<edgetune_package*>(package);  // a cache: the manifest itself is unchanged
-  try {
+  edgetune_status status = guarded("", [&] {
     if (mutable_package->manifest_json.empty())
       mutable_package->manifest_json = edgetune::canonical_json(package->impl->manifest());
-  } catch (const std::exception& err) {
-    fail(EDGETUNE_ERROR_INTERNAL, err.what());
-    return nullptr;
-  }
-  return mutable_package->manifest_json.c_str();
+    return EDGETUNE_OK;
+  });
+  return status == EDGETUNE_OK ? mutable_package->manifest_json.c_str() : nullptr;
 }
 
 void edgetune_package_close(edgetune_package* package) { delete package; }
@@ -201,7 +198,7 @@ edgetune_status edgetune_dataset_read(const char* path, const edgetune_package* 
   if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_dataset_read: out is NULL");
   *out = nullptr;
   if (path == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_dataset_read: path is NULL");
-  try {
+  return guarded("", [&] {
     std::string text = text_column ? text_column : plan_column(package, "text_column", "text");
     std::string label = !labelled ? "" : label_column ? label_column : plan_column(package, "label_column", "label");
     if (labelled && label.empty()) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_dataset_read: empty label column");
@@ -213,13 +210,7 @@ edgetune_status edgetune_dataset_read(const char* path, const edgetune_package* 
       dataset->labels.assign(dataset->data.texts.size(), -1);
     *out = dataset.release();
     return EDGETUNE_OK;
-  } catch (const edgetune::DataError& err) {
-    return fail(EDGETUNE_ERROR_DATA, err.what());
-  } catch (const std::bad_alloc&) {
-    return fail(EDGETUNE_ERROR_INTERNAL, "out of memory reading the data");
-  } catch (const std::exception& err) {
-    return fail(EDGETUNE_ERROR_INTERNAL, err.what());
-  }
+  });
 }
 
 size_t edgetune_dataset_size(const edgetune_dataset* dataset) { return dataset ? dataset->data.texts.size() : 0; }
