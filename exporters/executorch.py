@@ -1,6 +1,6 @@
-"""Export target ``executorch``: the package's top as ExecuTorch programs, for on-device training.
+"""Export target ``executorch``: the package as ExecuTorch programs, for on-device training without Python.
 
-Two programs are written next to the ONNX trunk:
+Three programs are written next to the ONNX trunk:
 
 * ``top_train.pte`` — the joint forward + backward of the trained blocks +
   head: ``forward(hidden_state, attention_mask, labels) -> (loss, logits,
@@ -12,8 +12,16 @@ Two programs are written next to the ONNX trunk:
   ``torch.export.experimental._export_forward_backward`` ->
   ``executorch.exir.to_edge`` (IR validity check off: the joint graph holds
   backward ops outside the core ATen set) -> ``to_executorch()``.
-* ``top.pte`` — inference only: ``forward(hidden_state, attention_mask) ->
-  logits``.
+* ``top.pte`` — inference only: ``forward(hidden_state, attention_mask,
+  *tensors) -> logits``, the top's tensors as **inputs** (as ``top.onnx``:
+  one program serves the global top and every personal state; the device
+  feeds the package's tensors with the state applied).
+* ``trunk.pte`` — the trunk (embeddings + blocks 1..cut):
+  ``forward(input_ids, attention_mask) -> hidden_state``, lowered to the
+  XNNPACK delegate (``to_edge_transform_and_lower`` with
+  ``XnnpackPartitioner``), so a device runs the whole job on ExecuTorch alone
+  (``libedgetune_device``). It is checked against the torch trunk on the
+  verification texts, over real tokens, at the ONNX trunk's tolerance.
 
 The target also writes the package's ONNX top (``top.onnx``, the tensors as
 graph inputs, :func:`exporters.onnx_trunk.export_top_onnx`): a torch-free
@@ -57,10 +65,12 @@ from exporters.errors import ExportError, ParityError
 if TYPE_CHECKING:
     import torch
 
-    from edgetune.modeling import TopModel
+    from edgetune.modeling import SequenceClassifier, TopModel
 
 TRAIN_FILE = "top_train.pte"
 INFER_FILE = "top.pte"
+TRUNK_FILE = "trunk.pte"
+TRUNK_ATOL = 1e-4  # the ONNX trunk's tolerance (exporters.options.DEFAULT_ATOL): the same computation, re-ordered
 TRAIN_METHOD = "forward"
 GRADIENTS_INDEX = "__et_training_gradients_index_forward"
 PARAMETERS_INDEX = "__et_training_parameters_index_forward"
@@ -176,15 +186,99 @@ def export_training_program(top: TopModel, options: ExecutorchOptions) -> tuple[
 
 
 def export_inference_program(top: TopModel, options: ExecutorchOptions) -> bytes:
-    """``top.pte`` bytes: ``forward(hidden_state, attention_mask) -> logits``."""
+    """``top.pte`` bytes: ``forward(hidden_state, attention_mask, *tensors) -> logits``, the tensors in the order
+    of ``top.named_parameters()`` (the names of ``top.safetensors``)."""
     import torch
     from torch.export import export
 
     eager = eager_top(top)
+    names = names_in_order(eager)
+    if names != names_in_order(top):
+        raise ExportError("the eager top's tensors are not the top's, in order")
+
+    class TensorsAsInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.top = eager
+
+        def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, tensors: list[torch.Tensor]) -> Any:
+            return torch.func.functional_call(self.top, dict(zip(names, tensors)), (hidden, attention_mask))
+
     hidden, mask, _ = _examples(top.spec["hidden_size"], top.spec["num_labels"], options)
+    tensors = [p.detach().clone() for p in eager.parameters()]
+    shapes = {**_dynamic(options, ("hidden", "attention_mask")), "tensors": [None] * len(tensors)}
     with torch.no_grad():
-        exported = export(eager, (hidden, mask), dynamic_shapes=_dynamic(options, ("hidden", "attention_mask")))
+        exported = export(TensorsAsInputs(), (hidden, mask, tensors), dynamic_shapes=shapes, strict=False)
     return _lower(exported)
+
+
+def names_in_order(top: TopModel) -> list[str]:
+    """The names of ``top.pte``'s tensor inputs, in input order (``top.safetensors``'s names)."""
+    return [name for name, _ in top.named_parameters()]
+
+
+def export_trunk_program(classifier: SequenceClassifier, cut: int, options: ExecutorchOptions) -> bytes:
+    """``trunk.pte`` bytes: ``forward(input_ids, attention_mask) -> hidden_state``, lowered to XNNPACK."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from torch.export import export
+
+    class Trunk(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = classifier
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.classifier.trunk_forward(input_ids, attention_mask, cut)
+
+    b, s = min(4, options.max_batch), max(MIN_SEQUENCE + 1, min(8, options.max_length))
+    ids = torch.arange(1, b * s + 1, dtype=torch.int64).reshape(b, s) % 100 + 1
+    mask = torch.ones(b, s, dtype=torch.int64)
+    mask[0, s // 2 :] = 0
+    classifier.eval()
+    with torch.no_grad():
+        exported = export(
+            Trunk(), (ids, mask), dynamic_shapes=_dynamic(options, ("input_ids", "attention_mask")), strict=False
+        )
+    edge = to_edge_transform_and_lower(
+        exported, partitioner=[XnnpackPartitioner()], compile_config=EdgeCompileConfig(_check_ir_validity=False)
+    )
+    return bytes(edge.to_executorch().buffer)
+
+
+def verify_trunk_program(
+    classifier: SequenceClassifier,
+    cut: int,
+    trunk_pte: bytes,
+    batches: Sequence[tuple[np.ndarray, np.ndarray]],
+    atol: float = TRUNK_ATOL,
+) -> dict[str, Any]:
+    """Run ``trunk.pte`` in ExecuTorch's Python bindings on real ``(input_ids, attention_mask)`` batches and compare
+    with ``classifier.trunk_forward`` over real tokens; raises :class:`ParityError` above ``atol``."""
+    import torch
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
+
+    program = _load_for_executorch_from_buffer(trunk_pte)
+    worst = 0.0
+    for ids, mask in batches:
+        feeds = (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
+        with torch.no_grad():
+            want = classifier.trunk_forward(*feeds, cut).float().numpy()
+        got = program.run_method("forward", feeds)[0].numpy()
+        keep = mask.astype(bool)
+        if got.shape != want.shape:
+            worst = float("inf")
+            break
+        if keep.any():
+            worst = max(worst, _diff(got[keep], want[keep], 1.0) if np.isfinite(got[keep]).all() else float("inf"))
+    if not worst <= atol:
+        raise ParityError(
+            f"{TRUNK_FILE}: ExecuTorch trunk differs from the torch trunk by max abs diff {worst:.3g} "
+            f"(tolerance {atol:g}); the export is not usable",
+            worst,
+        )
+    return {"atol": atol, "max_abs_diff": worst, "batch_shapes": [list(i.shape) for i, _ in batches]}
 
 
 def _diff(a: Any, b: Any, scale: float | None = None) -> float:
@@ -264,8 +358,16 @@ def verify_programs(
         for name, d in gradient_differences(got, grads).items():
             if d > worst["gradients"]:
                 worst["gradients"], worst_grad = d, name
-        inferred = infer.run_method("forward", feeds[:2])[0].numpy()
+        tensors = [p.detach() for p in top.parameters()]
+        inferred = infer.run_method("forward", (*feeds[:2], *tensors))[0].numpy()
         worst["inference_logits"] = max(worst["inference_logits"], _diff(inferred, logits))
+        # other tensors than the global ones (a personal state): the program must read its inputs, not constants
+        gen = torch.Generator().manual_seed(len(worst))
+        other = [t + 0.05 * torch.randn(t.shape, generator=gen) * (t.abs().mean() + 1e-3) for t in tensors]
+        with torch.no_grad():
+            want = torch.func.functional_call(top.eval(), dict(zip(names_in_order(top), other)), feeds[:2]).numpy()
+        inferred = infer.run_method("forward", (*feeds[:2], *other))[0].numpy()
+        worst["inference_logits"] = max(worst["inference_logits"], _diff(inferred, want))
     for key, value in worst.items():
         if not value <= atol:
             what = f"gradient of {worst_grad}" if key == "gradients" else key
@@ -287,20 +389,28 @@ def write_executorch(
     top: TopModel,
     batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     options: ExecutorchOptions,
+    trunk: tuple[SequenceClassifier, int, Sequence[tuple[np.ndarray, np.ndarray]]],
 ) -> dict[str, Any]:
-    """Write ``top_train.pte`` and ``top.pte`` into ``directory``, verified on ``batches``; the manifest entry."""
+    """Write ``top_train.pte``, ``top.pte`` and ``trunk.pte`` into ``directory``, the top's verified on
+    ``batches`` (trunk output, mask, labels), the trunk's on ``trunk = (classifier, cut, id batches)``; returns
+    the manifest entry."""
     from edgetune.io import atomic_write_bytes
 
     start = time.perf_counter()
     train_pte, names = export_training_program(top, options)
     infer_pte = export_inference_program(top, options)
     parity = verify_programs(top, train_pte, infer_pte, names, batches, options.atol)
+    classifier, cut, id_batches = trunk
+    trunk_pte = export_trunk_program(classifier, cut, options)
+    trunk_parity = verify_trunk_program(classifier, cut, trunk_pte, id_batches)
     atomic_write_bytes(directory / TRAIN_FILE, train_pte)
     atomic_write_bytes(directory / INFER_FILE, infer_pte)
+    atomic_write_bytes(directory / TRUNK_FILE, trunk_pte)
     params = dict(top.named_parameters())
     io_shapes = ["batch", "sequence"]
     return {
-        "exporter": "torch.export + _export_forward_backward + executorch.exir.to_edge/to_executorch",
+        "exporter": "torch.export + _export_forward_backward + executorch.exir.to_edge/to_executorch; trunk: "
+        "to_edge_transform_and_lower with the XNNPACK partitioner",
         "attention": "eager",
         "dropout": False,
         "passes": ["addmm -> mm + add"],
@@ -323,10 +433,22 @@ def write_executorch(
         "inference": {
             "file": INFER_FILE,
             "method": "forward",
-            "inputs": ["hidden_state", "attention_mask"],
+            "inputs": ["hidden_state", "attention_mask", "tensors..."],
+            "tensor_inputs": names_in_order(top),
             "outputs": ["logits"],
         },
-        "files": [TRAIN_FILE, INFER_FILE],
+        "trunk": {
+            "file": TRUNK_FILE,
+            "method": "forward",
+            "delegate": "xnnpack",
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": io_shapes},
+                {"name": "attention_mask", "dtype": "int64", "shape": io_shapes},
+            ],
+            "outputs": [{"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]}],
+            "parity": trunk_parity,
+        },
+        "files": [TRAIN_FILE, INFER_FILE, TRUNK_FILE],
         "parity": parity,
         "seconds": time.perf_counter() - start,
     }

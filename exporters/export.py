@@ -302,19 +302,28 @@ def _write_top_onnx(
 
 
 def _write_executorch(
-    tmp: Path, top: TopModel, session: Any, encoder: TextEncoder, texts: list[str], num_labels: int, o: ExportOptions
+    tmp: Path,
+    top: TopModel,
+    session: Any,
+    encoder: TextEncoder,
+    texts: list[str],
+    trunk: tuple[SequenceClassifier, int],
+    o: ExportOptions,
 ) -> dict[str, Any]:
-    """``top_train.pte`` + ``top.pte``, verified on the ONNX trunk's output for the verification texts."""
+    """``top_train.pte`` + ``top.pte``, verified on the ONNX trunk's output for the verification texts, and
+    ``trunk.pte``, verified against the torch trunk on them."""
     from exporters.executorch import ExecutorchOptions, write_executorch
 
-    batches = []
+    num_labels = int(top.spec["num_labels"])
+    batches, id_batches = [], []
     for ids, mask in verification_batches(encoder, texts):
         for start in range(0, len(ids), o.executorch_max_batch):
             i, m = ids[start : start + o.executorch_max_batch], mask[start : start + o.executorch_max_batch]
             labels = (np.arange(len(i)) + start) % num_labels  # every label's gradient path is exercised
             batches.append((run_trunk(session, i, m), m, labels))
+            id_batches.append((i, m))
     options = ExecutorchOptions(o.executorch_max_batch, encoder.max_length, o.executorch_atol)
-    return write_executorch(tmp, top, batches, options)
+    return write_executorch(tmp, top, batches, options, (trunk[0], trunk[1], id_batches))
 
 
 def _write_int8(
@@ -508,7 +517,7 @@ def _write_top_programs(
     session: Any,
     encoder: TextEncoder,
     verify_texts: list[str],
-    num_labels: int,
+    trunk: tuple[SequenceClassifier, int],
     options: ExportOptions,
     say: Callable[[str], None],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -519,11 +528,12 @@ def _write_top_programs(
         say(f"top: {TOP_ONNX_FILE} parity max abs diff {top_onnx['parity']['max_abs_diff']:.2e}")
     executorch = None
     if "executorch" in options.targets:
-        executorch = _write_executorch(tmp, top, session, encoder, verify_texts, num_labels, options)
+        executorch = _write_executorch(tmp, top, session, encoder, verify_texts, trunk, options)
         p = executorch["parity"]["max_abs_diff"]
         say(
-            f"executorch: {executorch['train']['file']} + {executorch['inference']['file']}, parity loss "
-            f"{p['loss']:.2e}, gradients {p['gradients']:.2e}, logits {p['inference_logits']:.2e} "
+            f"executorch: {' + '.join(executorch['files'])}, parity loss "
+            f"{p['loss']:.2e}, gradients {p['gradients']:.2e}, logits {p['inference_logits']:.2e}, trunk "
+            f"{executorch['trunk']['parity']['max_abs_diff']:.2e} "
             f"(tolerance {options.executorch_atol:g}) in {executorch['seconds']:.1f}s"
         )
     return top_onnx, executorch
@@ -623,7 +633,7 @@ def export_package(
             encoder.save(tmp)
             session = ort_session(trunk.path, options.threads)
             top_onnx, executorch = _write_top_programs(
-                tmp, top, session, encoder, verify_texts, len(plan.labels), options, say
+                tmp, top, session, encoder, verify_texts, (classifier, plan.cut), options, say
             )
             validation, baseline = _validate(session, top, encoder, val, plan.labels, options, progress, say)
             trunk_int8 = None
