@@ -6,8 +6,10 @@ same way as the C++ trainer (:mod:`device_sim.backends.build`). ``python -m devi
 builds it and prints its path. Torch-free.
 
 What the library does so far: open a package, verifying it as the spec says a reader must
-(:class:`NativePackage`), and the WordPiece tokenizer (:class:`NativeTokenizer`), which gives the ids of the
-``tokenizers`` library on a package's ``tokenizer.json`` for the BERT, DistilBERT, ELECTRA and MPNet families.
+(:class:`NativePackage`), the WordPiece tokenizer (:class:`NativeTokenizer`), which gives the ids of the
+``tokenizers`` library on a package's ``tokenizer.json`` for the BERT, DistilBERT, ELECTRA and MPNet families,
+the user's data (:func:`read_dataset`), and prediction with the package's ExecuTorch programs, with or without a
+personal state (:class:`NativeModel`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from device_sim.backends.build import BuildError, build_command, cmake_build, given_or_cached, source_key
+from device_sim.backends.build import (
+    BuildError,
+    build_command,
+    cmake_build,
+    executorch_prefix,
+    given_or_cached,
+    source_key,
+)
 from edgetune.errors import EdgetuneError
 from edgetune.tokenization import pad_batch
 
@@ -53,12 +62,13 @@ def build_library(build_dir: str | Path, quiet: bool = True) -> Path:
     """Configure and build ``native/`` in ``build_dir``; returns the shared library. Raises BuildError."""
     if not (NATIVE_DIR / "CMakeLists.txt").is_file():
         raise BuildError(f"{NATIVE_DIR}: the library's sources are not here (a source checkout has them)")
-    return cmake_build(NATIVE_DIR, build_dir, LIBRARY, "libedgetune_device", [], quiet)
+    args = [f"-DEXECUTORCH_PREFIX={executorch_prefix()}"]
+    return cmake_build(NATIVE_DIR, build_dir, LIBRARY, "libedgetune_device", args, quiet)
 
 
 def library_path() -> Path:
     """The library to load: ``$EDGETUNE_DEVICE_LIB``, else the cached build of these sources (built if missing)."""
-    key = lambda: source_key(NATIVE_DIR, with_executorch=False, extra=(EXAMPLE_APP,))  # noqa: E731
+    key = lambda: source_key(NATIVE_DIR, extra=(EXAMPLE_APP,))  # noqa: E731
     return given_or_cached("EDGETUNE_DEVICE_LIB", "device-lib", key, LIBRARY, build_library)
 
 
@@ -112,6 +122,19 @@ def load_library() -> ctypes.CDLL:
             function.restype = restype
         lib.edgetune_dataset_close.argtypes = [ctypes.c_void_p]
         lib.edgetune_dataset_close.restype = None
+        lib.edgetune_model_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
+        lib.edgetune_model_state_kind.argtypes = [ctypes.c_void_p]
+        lib.edgetune_model_state_kind.restype = ctypes.c_char_p
+        lib.edgetune_model_logits.argtypes = [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t,
+            ctypes.c_size_t, ctypes.POINTER(ctypes.c_float),
+        ]  # fmt: skip
+        lib.edgetune_model_predict.argtypes = [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_float),
+        ]  # fmt: skip
+        lib.edgetune_model_close.argtypes = [ctypes.c_void_p]
+        lib.edgetune_model_close.restype = None
         _loaded = lib
     return _loaded
 
@@ -233,6 +256,46 @@ class NativePackage(_Handle):
         """Right-padded ``(input_ids, attention_mask)`` at the package's length: a package encoder's output."""
         with self.tokenizer() as tok:
             return tok.encode_batch(texts, self.max_length, self.pad_id)
+
+
+class NativeModel(_Handle):
+    """The package's ExecuTorch programs in the C library (``trunk.pte`` + ``top.pte``), with the personal state
+    at ``personal`` applied (verified, and checked to belong to the package), or the global model."""
+
+    _close = "edgetune_model_close"
+
+    def __init__(self, package: NativePackage, personal: str | Path | None = None, threads: int = 0) -> None:
+        self._lib = load_library()
+        self.package = package  # the model reads it: keep it open as long
+        handle = ctypes.c_void_p()
+        where = None if personal is None else os.fsencode(personal)
+        check(self._lib, self._lib.edgetune_model_open(package._handle, where, threads, ctypes.byref(handle)))
+        self._handle = handle
+        self.state_kind = self._lib.edgetune_model_state_kind(handle).decode()
+
+    def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits ``(n, labels)`` of right-padded ``ids`` (the mask gives each row's length)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        lengths = np.ascontiguousarray(mask.sum(axis=1), dtype=np.int64)
+        out = np.zeros((len(ids), len(self.package.labels)), np.float32)
+        i64 = ctypes.POINTER(ctypes.c_int64)
+        status = self._lib.edgetune_model_logits(
+            self._handle, ids.ctypes.data_as(i64), lengths.ctypes.data_as(i64), len(ids),
+            ids.shape[1] if ids.ndim == 2 else 0, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+        )  # fmt: skip
+        check(self._lib, status)
+        return out
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Logits ``(n, labels)`` of ``texts``, tokenized by the library."""
+        data = [t.encode("utf-8") for t in texts]
+        out = np.zeros((len(data), len(self.package.labels)), np.float32)
+        status = self._lib.edgetune_model_predict(
+            self._handle, (ctypes.c_char_p * len(data))(*data), (ctypes.c_size_t * len(data))(*map(len, data)),
+            len(data), out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+        )  # fmt: skip
+        check(self._lib, status)
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:

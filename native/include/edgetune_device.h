@@ -105,6 +105,29 @@ EDGETUNE_API const char* edgetune_dataset_label_name(const edgetune_dataset* dat
 EDGETUNE_API int64_t edgetune_dataset_row(const edgetune_dataset* dataset, size_t index);
 EDGETUNE_API void edgetune_dataset_close(edgetune_dataset* dataset);
 
+/* -- The model: predict with or without a personal state ------------------------------------------------ */
+/* The package's trunk.pte and top.pte (export target executorch) on ExecuTorch's runtime, with the top's
+ * tensors from top.safetensors and, when `personal_directory` is not NULL, a personal state applied to them.
+ * The state is verified as the spec says (its seal, delta.safetensors' size and sha256, the tensors listed) and
+ * must belong to the package (EDGETUNE_ERROR_DATA naming what differs). Kinds applied: kept_global, top_delta
+ * of tuners full and lora, fala; others are EDGETUNE_ERROR_UNSUPPORTED, as is a package without the programs
+ * or a library built without ExecuTorch. The package must stay open while the model is. */
+typedef struct edgetune_model edgetune_model;
+
+/* `threads`: ExecuTorch's thread pool size (0: the runtime's default); the pool is shared by the process. */
+EDGETUNE_API edgetune_status edgetune_model_open(const edgetune_package* package, const char* personal_directory,
+                                                 int threads, edgetune_model** out);
+/* What the model predicts with: "global", "kept_global", "top_delta" or "fala" (owned by the model). */
+EDGETUNE_API const char* edgetune_model_state_kind(const edgetune_model* model);
+/* Logits of `rows` texts given as token ids (`rows` x `width`, row-major, each row's first `lengths[i]` ids
+ * used, 1 <= lengths[i] <= the package's max_length), written to `logits` (`rows` x num_labels). */
+EDGETUNE_API edgetune_status edgetune_model_logits(edgetune_model* model, const int64_t* ids, const int64_t* lengths,
+                                                   size_t rows, size_t width, float* logits);
+/* Logits of `count` UTF-8 texts (`texts[i]` of `lengths[i]` bytes), tokenized with the package's tokenizer. */
+EDGETUNE_API edgetune_status edgetune_model_predict(edgetune_model* model, const char* const* texts,
+                                                    const size_t* lengths, size_t count, float* logits);
+EDGETUNE_API void edgetune_model_close(edgetune_model* model);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,7 +11,12 @@
 #include "canonical.hpp"
 #include "dataset.hpp"
 #include "package.hpp"
+#include "personal.hpp"
+#include "safetensors.hpp"
 #include "wordpiece.hpp"
+#ifdef EDGETUNE_WITH_EXECUTORCH
+#include "model.hpp"
+#endif
 
 struct edgetune_tokenizer {
   std::unique_ptr<edgetune::WordPieceTokenizer> impl;
@@ -25,6 +30,14 @@ struct edgetune_dataset {
 struct edgetune_package {
   std::unique_ptr<edgetune::Package> impl;
   std::string manifest_json;  // made on first request
+};
+
+struct edgetune_model {
+#ifdef EDGETUNE_WITH_EXECUTORCH
+  std::unique_ptr<edgetune::Model> impl;
+#endif
+  const edgetune_package* package = nullptr;
+  std::unique_ptr<edgetune::WordPieceTokenizer> tokenizer;  // made on the first edgetune_model_predict
 };
 
 namespace {
@@ -50,6 +63,23 @@ edgetune_status guarded(const std::string& context, Body&& body) {
                              : err.kind == Kind::Unsupported ? EDGETUNE_ERROR_UNSUPPORTED
                                                              : EDGETUNE_ERROR_FORMAT;
     return fail(status, context + err.what());
+  } catch (const edgetune::PersonalStateError& err) {
+    using Kind = edgetune::PersonalStateError::Kind;
+    edgetune_status status = err.kind == Kind::Io            ? EDGETUNE_ERROR_IO
+                             : err.kind == Kind::Unsupported ? EDGETUNE_ERROR_UNSUPPORTED
+                             : err.kind == Kind::Mismatch    ? EDGETUNE_ERROR_DATA
+                                                             : EDGETUNE_ERROR_FORMAT;
+    return fail(status, err.what());
+  } catch (const edgetune::SafetensorsError& err) {
+    return fail(EDGETUNE_ERROR_FORMAT, context + err.what());
+#ifdef EDGETUNE_WITH_EXECUTORCH
+  } catch (const edgetune::ModelError& err) {
+    using Kind = edgetune::ModelError::Kind;
+    edgetune_status status = err.kind == Kind::Unsupported ? EDGETUNE_ERROR_UNSUPPORTED
+                             : err.kind == Kind::Argument  ? EDGETUNE_ERROR_ARGUMENT
+                                                           : EDGETUNE_ERROR_INTERNAL;
+    return fail(status, context + err.what());
+#endif
   } catch (const edgetune::EncodeError& err) {
     return fail(EDGETUNE_ERROR_DATA, err.what());
   } catch (const edgetune::DataError& err) {
@@ -232,5 +262,87 @@ int64_t edgetune_dataset_row(const edgetune_dataset* dataset, size_t index) {
 }
 
 void edgetune_dataset_close(edgetune_dataset* dataset) { delete dataset; }
+
+}  // extern "C"
+
+extern "C" {
+
+edgetune_status edgetune_model_open(const edgetune_package* package, const char* personal_directory, int threads,
+                                    edgetune_model** out) {
+  if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_open: out is NULL");
+  *out = nullptr;
+  if (package == nullptr || package->impl == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_open: package is NULL");
+  if (threads < 0) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_open: threads is negative");
+#ifdef EDGETUNE_WITH_EXECUTORCH
+  return guarded("", [&] {
+    std::unique_ptr<edgetune::PersonalState> state;
+    if (personal_directory != nullptr) state = edgetune::read_personal_state(personal_directory, *package->impl);
+    auto model = std::make_unique<edgetune_model>();
+    model->package = package;
+    model->impl = std::make_unique<edgetune::Model>(*package->impl, std::move(state), threads);
+    *out = model.release();
+    return EDGETUNE_OK;
+  });
+#else
+  (void)personal_directory;
+  return fail(EDGETUNE_ERROR_UNSUPPORTED, "edgetune_model_open: this library was built without ExecuTorch "
+                                          "(-DEDGETUNE_WITH_EXECUTORCH=OFF)");
+#endif
+}
+
+const char* edgetune_model_state_kind(const edgetune_model* model) {
+#ifdef EDGETUNE_WITH_EXECUTORCH
+  if (model != nullptr && model->impl != nullptr) return model->impl->state_kind().c_str();
+#else
+  (void)model;
+#endif
+  return nullptr;
+}
+
+edgetune_status edgetune_model_logits(edgetune_model* model, const int64_t* ids, const int64_t* lengths, size_t rows,
+                                      size_t width, float* logits) {
+#ifdef EDGETUNE_WITH_EXECUTORCH
+  if (model == nullptr || model->impl == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_logits: model is NULL");
+  if (rows > 0 && (ids == nullptr || lengths == nullptr || logits == nullptr))
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_logits: ids, lengths or logits is NULL");
+  return guarded("", [&] {
+    const auto out = model->impl->logits(ids, lengths, static_cast<int64_t>(rows), static_cast<int64_t>(width));
+    if (!out.empty()) std::memcpy(logits, out.data(), out.size() * sizeof(float));
+    return EDGETUNE_OK;
+  });
+#else
+  (void)model, (void)ids, (void)lengths, (void)rows, (void)width, (void)logits;
+  return fail(EDGETUNE_ERROR_UNSUPPORTED, "edgetune_model_logits: this library was built without ExecuTorch");
+#endif
+}
+
+edgetune_status edgetune_model_predict(edgetune_model* model, const char* const* texts, const size_t* lengths,
+                                       size_t count, float* logits) {
+  if (model == nullptr || model->package == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_predict: model is NULL");
+  if (count > 0 && (texts == nullptr || lengths == nullptr || logits == nullptr))
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_predict: texts, lengths or logits is NULL");
+  return guarded("", [&] {
+    const edgetune::Package& p = *model->package->impl;
+    if (!model->tokenizer) {
+      const std::string name = p.manifest().at("tokenizer").at("tokenizer").str("tokenizer");
+      model->tokenizer = edgetune::WordPieceTokenizer::from_json(p.verified_text(name));
+    }
+    const size_t max_length = static_cast<size_t>(p.max_length());
+    std::vector<int64_t> ids(count * max_length, p.pad_id()), row_lengths(count);
+    for (size_t i = 0; i < count; ++i) {
+      if (texts[i] == nullptr && lengths[i] > 0)
+        return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_predict: text " + std::to_string(i) + " is NULL");
+      auto encoded = model->tokenizer->encode(std::string_view(texts[i] ? texts[i] : "", lengths[i]), max_length);
+      std::copy(encoded.begin(), encoded.end(), ids.begin() + static_cast<long>(i * max_length));
+      row_lengths[i] = static_cast<int64_t>(encoded.size());
+    }
+    return edgetune_model_logits(model, ids.data(), row_lengths.data(), count, max_length, logits);
+  });
+}
+
+void edgetune_model_close(edgetune_model* model) { delete model; }
 
 }  // extern "C"

@@ -113,6 +113,16 @@ const std::string& Package::verified_text(const std::string& name) const {
   return it->second;
 }
 
+std::string Package::read_verified(const std::string& name) const {
+  const Json* files = manifest_.find("files");
+  const Json* entry = files ? files->find(name) : nullptr;
+  if (entry == nullptr) refuse(name + ": not listed in manifest.json");
+  std::string bytes;
+  check_file(root_, name, member(*entry, "size", "files.size").integer("size"),
+             member(*entry, "sha256", "files.sha256").str("sha256"), &bytes);
+  return bytes;
+}
+
 std::unique_ptr<Package> Package::open(const std::string& root) {
   struct stat info;
   if (::stat(root.c_str(), &info) != 0) refuse("no such package", Kind::Io);

@@ -39,6 +39,9 @@ class Package {
   // The verified bytes of a small JSON part (tokenizer.json, encoder.json, top.json).
   const std::string& verified_text(const std::string& name) const;
   std::string path(const std::string& name) const { return root_ + "/" + name; }
+  // A listed file's bytes, read again and checked against the manifest's size and sha256 (what is then run
+  // is what was checked, even if the file changed since the package was opened).
+  std::string read_verified(const std::string& name) const;
 
  private:
   std::string root_;

@@ -1,0 +1,167 @@
+#include "model.hpp"
+
+#include <executorch/extension/data_loader/buffer_data_loader.h>
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+
+#include <algorithm>
+#include <cstring>
+
+// libexecutorch_threadpool.so ships without its header; this is the part of its interface used here.
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+namespace edgetune {
+
+using executorch::aten::ScalarType;
+using executorch::extension::BufferDataLoader;
+using executorch::extension::from_blob;
+using executorch::extension::Module;
+using executorch::runtime::EValue;
+
+namespace {
+
+constexpr int64_t kMinSequence = 2;  // the programs' smallest sequence (torch.export specializes a size of 1)
+
+[[noreturn]] void unsupported(const std::string& message) { throw ModelError(ModelError::Kind::Unsupported, message); }
+
+const Json& entry(const Json& object, const char* key, const std::string& what) {
+  const Json* value = object.find(key);
+  if (value == nullptr || value->is_null())
+    unsupported("this package has no " + what + " (export it with --targets onnx,executorch with this edgetune)");
+  return *value;
+}
+
+}  // namespace
+
+// A verified program's bytes and the module reading them (the loader points into the bytes: they live as long).
+struct LoadedProgram {
+  std::string bytes;
+  std::unique_ptr<Module> module;
+  void load(const Package& package, const std::string& name) {
+    bytes = package.read_verified(name);
+    module = std::make_unique<Module>(std::make_unique<BufferDataLoader>(bytes.data(), bytes.size()));
+    if (module->load_method("forward") != executorch::runtime::Error::Ok)
+      throw ModelError(ModelError::Kind::Runtime, name + ": ExecuTorch cannot load its forward method");
+  }
+};
+
+struct Model::Programs {
+  LoadedProgram trunk, top;
+};
+
+void set_threads(int threads) {
+  if (threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(threads);
+}
+
+Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int threads)
+    : package_(package), programs_(std::make_unique<Programs>()) {
+  set_threads(threads);
+  const Json& m = package.manifest();
+  const Json& et = entry(m, "executorch", "ExecuTorch programs");
+  const Json& trunk = entry(et, "trunk", "ExecuTorch trunk (trunk.pte)");
+  const Json& inference = entry(et, "inference", "ExecuTorch top");
+  const Json& tensor_inputs = entry(inference, "tensor_inputs", "top.pte with its tensors as inputs");
+  for (const Json& n : tensor_inputs.items("tensor_inputs")) names_.push_back(n.str("tensor input"));
+  max_batch_ = et.at("max_batch").integer("max_batch");
+  max_length_ = package.max_length();
+  if (const Json* length = et.find("max_length"); length && !length->is_null())
+    max_length_ = std::min(max_length_, length->integer("max_length"));
+  num_labels_ = static_cast<int64_t>(package.labels().size());
+  const std::string weights_name = m.at("top").at("weights").str("weights");
+  weights_ = parse_safetensors(package.read_verified(weights_name), weights_name);
+  for (const std::string& name : names_)
+    if (!weights_.count(name) || weights_.at(name).is_index)
+      throw PackageError(PackageError::Kind::Format, weights_name + ": no float tensor " + name + " (top.pte reads it)");
+  hidden_ = weights_.at("head.weight").shape.at(1);
+  if (state) {
+    const Json spec = Json::parse(package.verified_text(m.at("top").at("spec").str("spec")));
+    apply_personal_state(weights_, spec, package.family(), *state);
+    state_kind_ = state->kind;
+  }
+  programs_->trunk.load(package, trunk.at("file").str("file"));
+  programs_->top.load(package, inference.at("file").str("file"));
+}
+
+Model::~Model() = default;
+
+std::vector<float> Model::features(const IdBatch& b) {
+  std::vector<int64_t> ids(b.ids), mask(static_cast<size_t>(b.rows * b.width), 0);
+  for (int64_t r = 0; r < b.rows; ++r)
+    for (int64_t c = 0; c < b.lengths[r]; ++c) mask[r * b.width + c] = 1;
+  auto ids_t = from_blob(ids.data(), {int(b.rows), int(b.width)}, ScalarType::Long);
+  auto mask_t = from_blob(mask.data(), {int(b.rows), int(b.width)}, ScalarType::Long);
+  auto result = programs_->trunk.module->execute("forward", {EValue(*ids_t), EValue(*mask_t)});
+  if (!result.ok())
+    throw ModelError(ModelError::Kind::Runtime, "trunk.pte: forward failed (error " +
+                                                    std::to_string(int(result.error())) + ")");
+  const auto out = result->at(0).toTensor();
+  if (out.numel() != b.rows * b.width * hidden_)
+    throw ModelError(ModelError::Kind::Runtime, "trunk.pte: output of another size than rows x width x hidden");
+  const float* p = out.const_data_ptr<float>();
+  return std::vector<float>(p, p + out.numel());
+}
+
+std::vector<float> Model::top_logits(const std::vector<float>& features, const IdBatch& b) {
+  std::vector<float> hidden(features);
+  std::vector<int64_t> mask(static_cast<size_t>(b.rows * b.width), 0);
+  for (int64_t r = 0; r < b.rows; ++r)
+    for (int64_t c = 0; c < b.lengths[r]; ++c) mask[r * b.width + c] = 1;
+  auto h = from_blob(hidden.data(), {int(b.rows), int(b.width), int(hidden_)}, ScalarType::Float);
+  auto m = from_blob(mask.data(), {int(b.rows), int(b.width)}, ScalarType::Long);
+  std::vector<executorch::extension::TensorPtr> tensors;
+  std::vector<EValue> inputs = {EValue(*h), EValue(*m)};
+  for (const std::string& name : names_) {
+    Tensor& t = weights_.at(name);
+    std::vector<executorch::aten::SizesType> sizes(t.shape.begin(), t.shape.end());
+    tensors.push_back(from_blob(t.values.data(), sizes, ScalarType::Float));
+    inputs.emplace_back(*tensors.back());
+  }
+  auto result = programs_->top.module->execute("forward", inputs);
+  if (!result.ok())
+    throw ModelError(ModelError::Kind::Runtime, "top.pte: forward failed (error " +
+                                                    std::to_string(int(result.error())) + ")");
+  const auto out = result->at(0).toTensor();
+  if (out.numel() != b.rows * num_labels_)
+    throw ModelError(ModelError::Kind::Runtime, "top.pte: logits of another size than rows x labels");
+  const float* p = out.const_data_ptr<float>();
+  return std::vector<float>(p, p + out.numel());
+}
+
+std::vector<float> Model::logits(const int64_t* ids, const int64_t* lengths, int64_t rows, int64_t width) {
+  if (rows < 0 || width < 0) throw ModelError(ModelError::Kind::Argument, "negative rows or width");
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) {
+    if (lengths[i] < 1 || lengths[i] > width || lengths[i] > max_length_)
+      throw ModelError(ModelError::Kind::Argument, "row " + std::to_string(i) + ": length " +
+                                                       std::to_string(lengths[i]) + " is not in 1.." +
+                                                       std::to_string(std::min(width, max_length_)));
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] < lengths[b]; });
+  std::vector<float> out(static_cast<size_t>(rows * num_labels_));
+  const int64_t pad = package_.pad_id();
+  for (int64_t start = 0; start < rows; start += max_batch_) {
+    IdBatch b;
+    b.rows = std::min(max_batch_, rows - start);
+    for (int64_t r = 0; r < b.rows; ++r) b.width = std::max(b.width, lengths[order[start + r]]);
+    b.width = std::max(b.width, kMinSequence);
+    b.ids.assign(static_cast<size_t>(b.rows * b.width), pad);
+    for (int64_t r = 0; r < b.rows; ++r) {
+      const int64_t i = order[start + r];
+      std::memcpy(&b.ids[r * b.width], ids + i * width, sizeof(int64_t) * lengths[i]);
+      b.lengths.push_back(lengths[i]);
+    }
+    const std::vector<float> l = top_logits(features(b), b);
+    for (int64_t r = 0; r < b.rows; ++r)
+      std::memcpy(&out[order[start + r] * num_labels_], &l[r * num_labels_], sizeof(float) * num_labels_);
+  }
+  return out;
+}
+
+}  // namespace edgetune
