@@ -122,7 +122,12 @@ def load_library() -> ctypes.CDLL:
             function.restype = restype
         lib.edgetune_dataset_close.argtypes = [ctypes.c_void_p]
         lib.edgetune_dataset_close.restype = None
-        lib.edgetune_model_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
+        lib.edgetune_model_open.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_void_p),
+        ]
         lib.edgetune_model_state_kind.argtypes = [ctypes.c_void_p]
         lib.edgetune_model_state_kind.restype = ctypes.c_char_p
         lib.edgetune_model_logits.argtypes = [

@@ -170,7 +170,7 @@ def test_the_driver_and_the_example_app_are_c_programs_without_python(package, c
     driver, app = build / DRIVER, build / "device_app"
     for program in (driver, app):
         linked = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=True).stdout
-        assert "libedgetune_device" in linked and "python" not in linked and "torch" not in linked
+        assert "libedgetune_device" in linked and "libpython" not in linked and "libtorch" not in linked
     shown = subprocess.run([str(driver), "inspect", str(package)], capture_output=True, text=True)
     assert shown.returncode == 0 and "(verified)" in shown.stdout and " ".join(LABELS) in shown.stdout
     as_json = subprocess.run([str(driver), "inspect", str(package), "--json"], capture_output=True, text=True)

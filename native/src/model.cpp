@@ -3,8 +3,10 @@
 #include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/platform/platform.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 // libexecutorch_threadpool.so ships without its header; this is the part of its interface used here.
@@ -55,13 +57,32 @@ struct Model::Programs {
   LoadedProgram trunk, top;
 };
 
+namespace {
+
+// ExecuTorch's log: its information lines (CPU probing, thread pool size) would land on an app's stderr at
+// every open; errors still do.
+void runtime_log(et_timestamp_t, et_pal_log_level_t level, const char* file, const char*, size_t line,
+                 const char* message, size_t length) {
+  if (level == kError || level == kFatal)
+    std::fprintf(stderr, "executorch: %s:%zu: %.*s\n", file ? file : "?", line, static_cast<int>(length), message);
+}
+
+void quiet_runtime_log() {
+  static const bool registered =
+      executorch::runtime::register_pal(executorch::runtime::PalImpl::create(runtime_log, __FILE__));
+  (void)registered;
+}
+
+}  // namespace
+
 void set_threads(int threads) {
+  quiet_runtime_log();
   if (threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(threads);
 }
 
 Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int threads)
     : package_(package), programs_(std::make_unique<Programs>()) {
-  set_threads(threads);
+  set_threads(threads);  // first: it also quiets the runtime's log before anything is loaded
   const Json& m = package.manifest();
   const Json& et = entry(m, "executorch", "ExecuTorch programs");
   const Json& trunk = entry(et, "trunk", "ExecuTorch trunk (trunk.pte)");

@@ -14,6 +14,14 @@ uint64_t read_le64(const char* p) {
   return n;
 }
 
+// One little-endian integer of ``width`` bytes, sign-extended unless ``is_unsigned``.
+int64_t read_integer(const char* p, size_t width, bool is_unsigned) {
+  uint64_t n = 0;
+  for (size_t i = width; i-- > 0;) n = (n << 8) | static_cast<unsigned char>(p[i]);
+  if (!is_unsigned && width < 8 && (n >> (8 * width - 1)) & 1) n |= ~uint64_t(0) << (8 * width);
+  return static_cast<int64_t>(n);
+}
+
 void append_le64(std::string& out, uint64_t n) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
 }
@@ -42,8 +50,10 @@ Tensors parse_safetensors(const std::string& bytes, const std::string& where) {
       const auto& offsets = entry.at("data_offsets").items("data_offsets");
       if (offsets.size() != 2) throw SafetensorsError(where + ": " + name + ": data_offsets is not [begin, end]");
       const int64_t begin = offsets[0].integer("data_offsets"), end = offsets[1].integer("data_offsets");
-      const size_t width = dtype == "F32" || dtype == "I32" ? 4 : dtype == "I64" ? 8 : 0;
-      if (width == 0) throw SafetensorsError(where + ": " + name + " has dtype " + dtype + " (F32, I64 or I32 read)");
+      const size_t width = dtype == "F32" || dtype == "I32" ? 4 : dtype == "I64" ? 8 : dtype == "I16" ? 2
+                           : dtype == "I8" || dtype == "U8" ? 1 : 0;
+      if (width == 0)
+        throw SafetensorsError(where + ": " + name + " has dtype " + dtype + " (F32 and integer indices are read)");
       const int64_t n = t.numel();
       if (begin < 0 || end < begin || static_cast<size_t>(end) > data_size || end - begin != n * int64_t(width))
         throw SafetensorsError(where + ": " + name + ": its byte range does not fit its shape or the file");
@@ -54,15 +64,7 @@ Tensors parse_safetensors(const std::string& bytes, const std::string& where) {
       } else {
         t.is_index = true;
         t.index.resize(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) {
-          if (width == 8) {
-            std::memcpy(&t.index[i], p + 8 * i, 8);
-          } else {
-            int32_t v;
-            std::memcpy(&v, p + 4 * i, 4);
-            t.index[i] = v;
-          }
-        }
+        for (int64_t i = 0; i < n; ++i) t.index[i] = read_integer(p + width * i, width, dtype == "U8");
       }
       out.emplace(name, std::move(t));
     }

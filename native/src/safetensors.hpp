@@ -1,7 +1,7 @@
 // safetensors (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length, a JSON header
 // naming each tensor's dtype, shape and byte range, then the data. The library reads the top's and a personal
-// state's tensors with it and writes personal states; float32 values, and integer index tensors widened to
-// int64.
+// state's tensors with it and writes personal states; float32 values, and integer index tensors (I64, I32,
+// I16, I8, U8) widened to int64.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +19,7 @@ struct SafetensorsError : std::runtime_error {
 struct Tensor {
   std::vector<int64_t> shape;
   std::vector<float> values;   // F32 tensors
-  std::vector<int64_t> index;  // I64/I32 tensors (positions), widened
+  std::vector<int64_t> index;  // integer tensors (positions), widened
   bool is_index = false;
   int64_t numel() const {
     int64_t n = 1;
@@ -31,7 +31,7 @@ struct Tensor {
 using Tensors = std::map<std::string, Tensor>;
 
 // The tensors of a safetensors file's bytes; ``where`` names the file in errors (a bad header, a range outside
-// the data, a dtype other than F32, I64 or I32).
+// the data, a dtype other than F32 or an integer type).
 Tensors parse_safetensors(const std::string& bytes, const std::string& where);
 
 // A safetensors file's bytes holding ``tensors`` (F32, or I64 for index tensors), names in sorted order.

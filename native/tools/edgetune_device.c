@@ -5,12 +5,20 @@
  *   edgetune-device encode --package PACKAGE [TEXT ...]
  *                                                 token ids of each TEXT (or of each line of stdin), one JSON
  *                                                 array per line, at the package's max_length
+ *   edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)
+ *                           [--format label|jsonl] [--logits] [--threads N] [--batch-size N] [--text-column C]
+ *                                                 label texts, as `edgetune predict` does
+ *   edgetune-device evaluate --package PACKAGE [--personal STATE] --data FILE [--out JSON] [--threads N]
+ *                            [--text-column C] [--label-column C] [--quiet]
+ *                                                 accuracy, macro-F1 and each label's F1, as `edgetune evaluate`
  *
  * Exit codes, as edgetune's: 0 done, 1 usage, 2 refused (bad package or data).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "edgetune_device.h"
 
@@ -21,8 +29,19 @@ static int usage(FILE* out) {
           "\n"
           "inspect  verify a device package (manifest seal, every file's size and sha256, nothing unlisted)\n"
           "         and summarize it; --json prints the verified manifest. Exit 2 when it is refused.\n"
+          "       edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)\n"
+          "                               [--format label|jsonl] [--logits] [--threads N] [--batch-size N]\n"
+          "                               [--text-column C]\n"
+          "       edgetune-device evaluate --package PACKAGE [--personal STATE] --data FILE [--out JSON] [--threads N]\n"
+          "                                [--text-column C] [--label-column C] [--quiet]\n"
+          "\n"
           "encode   the token ids of each text as the package's tokenizer gives them (special tokens and\n"
-          "         truncation at the package's max_length included), one JSON array per line.\n");
+          "         truncation at the package's max_length included), one JSON array per line.\n"
+          "predict  label texts with the package's ExecuTorch programs (trunk.pte, top.pte), and a personal\n"
+          "         state when --personal names one: one label per line, or JSON lines with the confidence and\n"
+          "         every label's score (--format jsonl; --logits adds the raw logits); --out writes a\n"
+          "         text,label,confidence CSV instead (atomically).\n"
+          "evaluate accuracy, macro-F1 and each label's F1 on labelled data; --out also writes them as JSON.\n");
   return out == stderr ? 1 : 0;
 }
 
@@ -113,6 +132,340 @@ static int encode(int argc, char** argv) {
   return status;
 }
 
+/* -- predict and evaluate ------------------------------------------------------------------------------ */
+
+typedef struct {
+  const char* package;
+  const char* personal;
+  const char* data;
+  const char* out;
+  const char* text_column;
+  const char* label_column;
+  const char* format;
+  int logits, quiet, threads, batch_size;
+  int first_text, text_count;  /* --text values, collected in argv order */
+  const char** texts;
+} options;
+
+/* Flags of predict/evaluate; returns 0, or the exit code of a usage error. */
+static int parse_options(int argc, char** argv, options* o) {
+  memset(o, 0, sizeof(*o));
+  o->format = "label";
+  o->batch_size = 32;
+  o->texts = calloc((size_t)argc + 1, sizeof(char*));
+  for (int i = 0; i < argc; ++i) {
+    const char* flag = argv[i];
+    const char* value = i + 1 < argc ? argv[i + 1] : NULL;
+    if (strcmp(flag, "--help") == 0) return usage(stdout) - 100;  /* marks "printed help" */
+    if (strcmp(flag, "--logits") == 0) { o->logits = 1; continue; }
+    if (strcmp(flag, "--quiet") == 0 || strcmp(flag, "-q") == 0) { o->quiet = 1; continue; }
+    if (!value) { fprintf(stderr, "error: %s needs a value\n", flag); return 1; }
+    ++i;
+    if (strcmp(flag, "--package") == 0) o->package = value;
+    else if (strcmp(flag, "--personal") == 0) o->personal = value;
+    else if (strcmp(flag, "--data") == 0) o->data = value;
+    else if (strcmp(flag, "--out") == 0) o->out = value;
+    else if (strcmp(flag, "--text-column") == 0) o->text_column = value;
+    else if (strcmp(flag, "--label-column") == 0) o->label_column = value;
+    else if (strcmp(flag, "--format") == 0) o->format = value;
+    else if (strcmp(flag, "--text") == 0) o->texts[o->text_count++] = value;
+    else if (strcmp(flag, "--threads") == 0 || strcmp(flag, "--batch-size") == 0) {
+      char* end = NULL;
+      long n = strtol(value, &end, 10);
+      if (*value == '\0' || *end != '\0' || n < 1 || n > 4096) {
+        fprintf(stderr, "error: %s must be a whole number from 1 to 4096, got '%s'\n", flag, value);
+        return 1;
+      }
+      if (flag[2] == 't') o->threads = (int)n; else o->batch_size = (int)n;
+    } else {
+      fprintf(stderr, "error: unknown option '%s'\n", flag);
+      return 1;
+    }
+  }
+  if (!o->package) { fprintf(stderr, "error: --package is required\n"); return 1; }
+  if (strcmp(o->format, "label") != 0 && strcmp(o->format, "jsonl") != 0) {
+    fprintf(stderr, "error: --format: choose one of label, jsonl\n");
+    return 1;
+  }
+  if (o->logits && strcmp(o->format, "jsonl") != 0) {
+    fprintf(stderr, "error: --logits adds a field to --format jsonl\n");
+    return 1;
+  }
+  return 0;
+}
+
+/* A JSON string (UTF-8 kept as is, as Python's json.dumps with ensure_ascii=False writes it). */
+static void json_string(FILE* f, const char* s) {
+  fputc('"', f);
+  for (const unsigned char* p = (const unsigned char*)s; *p; ++p) {
+    switch (*p) {
+      case '"': fputs("\\\"", f); break;
+      case '\\': fputs("\\\\", f); break;
+      case '\n': fputs("\\n", f); break;
+      case '\r': fputs("\\r", f); break;
+      case '\t': fputs("\\t", f); break;
+      case '\b': fputs("\\b", f); break;
+      case '\f': fputs("\\f", f); break;
+      default:
+        if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+  }
+  fputc('"', f);
+}
+
+/* A CSV field as Python's csv.writer writes it (quoted when it holds a comma, a quote or a line break). */
+static void csv_field(FILE* f, const char* s) {
+  if (strpbrk(s, ",\"\r\n") == NULL) {
+    fputs(s, f);
+    return;
+  }
+  fputc('"', f);
+  for (const char* p = s; *p; ++p) {
+    if (*p == '"') fputc('"', f);
+    fputc(*p, f);
+  }
+  fputc('"', f);
+}
+
+/* Softmax of one row of logits into `scores`; returns the index of the largest. */
+static int softmax(const float* logits, int n, double* scores) {
+  int best = 0;
+  for (int i = 1; i < n; ++i)
+    if (logits[i] > logits[best]) best = i;
+  double total = 0;
+  for (int i = 0; i < n; ++i) total += scores[i] = exp((double)logits[i] - (double)logits[best]);
+  for (int i = 0; i < n; ++i) scores[i] /= total;
+  return best;
+}
+
+typedef struct {
+  edgetune_package* package;
+  edgetune_model* model;
+  edgetune_dataset* dataset;
+  int num_labels;
+} session;
+
+static void session_close(session* s) {
+  edgetune_dataset_close(s->dataset);
+  edgetune_model_close(s->model);
+  edgetune_package_close(s->package);
+}
+
+static int session_open(const options* o, int labelled, session* s) {
+  memset(s, 0, sizeof(*s));
+  if (edgetune_package_open(o->package, &s->package) != EDGETUNE_OK) return refused(NULL);
+  edgetune_package_info info;
+  edgetune_package_info_get(s->package, &info);
+  s->num_labels = info.num_labels;
+  if (o->data && edgetune_dataset_read(o->data, s->package, o->text_column, o->label_column, labelled,
+                                       &s->dataset) != EDGETUNE_OK)
+    return refused(NULL);
+  if (edgetune_model_open(s->package, o->personal, o->threads, &s->model) != EDGETUNE_OK) return refused(NULL);
+  return 0;
+}
+
+/* Logits of `count` texts, `batch` at a time (rows x num_labels, allocated). */
+static float* logits_of(const session* s, const char** texts, size_t count, int batch) {
+  float* logits = malloc(sizeof(float) * (count ? count : 1) * (size_t)s->num_labels);
+  size_t* lengths = malloc(sizeof(size_t) * (count ? count : 1));
+  for (size_t i = 0; i < count; ++i) lengths[i] = strlen(texts[i]);
+  for (size_t start = 0; start < count; start += (size_t)batch) {
+    size_t n = count - start < (size_t)batch ? count - start : (size_t)batch;
+    if (edgetune_model_predict(s->model, texts + start, lengths + start, n,
+                               logits + start * (size_t)s->num_labels) != EDGETUNE_OK) {
+      free(logits);
+      logits = NULL;
+      break;
+    }
+  }
+  free(lengths);
+  return logits;
+}
+
+/* A file written whole or not at all: a temporary file beside it, renamed over it when complete. */
+static FILE* open_atomic(const char* path, char* tmp, size_t size) {
+  snprintf(tmp, size, "%s.tmp-%ld", path, (long)getpid());
+  return fopen(tmp, "w");
+}
+
+static int close_atomic(FILE* f, const char* tmp, const char* path) {
+  int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp, path) != 0) {
+    remove(tmp);
+    fprintf(stderr, "error: %s: cannot be written\n", path);
+    return 2;
+  }
+  return 0;
+}
+
+static int predict(int argc, char** argv) {
+  options o;
+  int status = parse_options(argc, argv, &o);
+  if (status != 0) {
+    free(o.texts);
+    return status < 0 ? 0 : status;
+  }
+  if (o.data && o.text_count) {
+    fprintf(stderr, "error: give either --data or --text\n");
+    free(o.texts);
+    return 1;
+  }
+  if (!o.data && !o.text_count) {
+    fprintf(stderr, "error: give --data FILE or --text TEXT\n");
+    free(o.texts);
+    return 1;
+  }
+  if (o.out && !o.data) {
+    fprintf(stderr, "error: --out writes the predictions of --data\n");
+    free(o.texts);
+    return 1;
+  }
+  session s;
+  status = session_open(&o, 0, &s);
+  const char** texts = o.texts;
+  size_t count = (size_t)o.text_count;
+  if (status == 0 && s.dataset) {
+    count = edgetune_dataset_size(s.dataset);
+    texts = calloc(count + 1, sizeof(char*));
+    for (size_t i = 0; i < count; ++i) texts[i] = edgetune_dataset_text(s.dataset, i);
+  }
+  float* logits = status == 0 ? logits_of(&s, texts, count, o.batch_size) : NULL;
+  if (status == 0 && !logits) status = refused(NULL);
+  if (status == 0) {
+    double* scores = malloc(sizeof(double) * (size_t)s.num_labels);
+    char tmp[4096];
+    FILE* f = o.out ? open_atomic(o.out, tmp, sizeof tmp) : stdout;
+    if (!f) {
+      fprintf(stderr, "error: %s: cannot be written\n", o.out);
+      status = 2;
+    }
+    if (f && o.out) fputs("text,label,confidence\r\n", f);
+    for (size_t i = 0; f && i < count; ++i) {
+      const float* row = logits + i * (size_t)s.num_labels;
+      int best = softmax(row, s.num_labels, scores);
+      const char* label = edgetune_package_label(s.package, (size_t)best);
+      if (o.out) {
+        csv_field(f, texts[i]);
+        fputc(',', f);
+        csv_field(f, label);
+        fprintf(f, ",%.6f\r\n", scores[best]);
+      } else if (strcmp(o.format, "label") == 0) {
+        printf("%s\n", label);
+      } else {
+        fputs("{\"text\": ", f);
+        json_string(f, texts[i]);
+        fputs(", \"label\": ", f);
+        json_string(f, label);
+        fprintf(f, ", \"confidence\": %.6f, \"scores\": {", scores[best]);
+        for (int c = 0; c < s.num_labels; ++c) {
+          fputs(c ? ", " : "", f);
+          json_string(f, edgetune_package_label(s.package, (size_t)c));
+          fprintf(f, ": %.6f", scores[c]);
+        }
+        fputc('}', f);
+        if (o.logits) {
+          fputs(", \"logits\": [", f);
+          for (int c = 0; c < s.num_labels; ++c) fprintf(f, c ? ", %.9g" : "%.9g", row[c]);
+          fputc(']', f);
+        }
+        fputs("}\n", f);
+      }
+    }
+    if (f && o.out) {
+      status = close_atomic(f, tmp, o.out);
+      if (status == 0) fprintf(stderr, "wrote %zu predictions to %s\n", count, o.out);
+    }
+    free(scores);
+  }
+  free(logits);
+  if (texts != o.texts) free(texts);
+  free(o.texts);
+  session_close(&s);
+  return status;
+}
+
+static int evaluate(int argc, char** argv) {
+  options o;
+  int status = parse_options(argc, argv, &o);
+  free(o.texts);
+  if (status != 0) return status < 0 ? 0 : status;
+  if (!o.data) {
+    fprintf(stderr, "error: --data is required (labelled texts)\n");
+    return 1;
+  }
+  session s;
+  status = session_open(&o, 1, &s);
+  size_t count = status == 0 ? edgetune_dataset_size(s.dataset) : 0;
+  const char** texts = calloc(count + 1, sizeof(char*));
+  for (size_t i = 0; i < count; ++i) texts[i] = edgetune_dataset_text(s.dataset, i);
+  float* logits = status == 0 ? logits_of(&s, texts, count, 64) : NULL;
+  if (status == 0 && !logits) status = refused(NULL);
+  if (status == 0) {
+    /* confusion counts per label: F1 over the labels present in truth or predictions (scikit-learn's choice) */
+    int n = s.num_labels;
+    long* tp = calloc((size_t)n, sizeof(long));
+    long* fp = calloc((size_t)n, sizeof(long));
+    long* fn = calloc((size_t)n, sizeof(long));
+    double* scores = malloc(sizeof(double) * (size_t)n);
+    long right = 0;
+    for (size_t i = 0; i < count; ++i) {
+      int pred = softmax(logits + i * (size_t)n, n, scores);
+      int truth = (int)edgetune_dataset_label(s.dataset, i);
+      if (pred == truth) ++tp[truth], ++right;
+      else ++fp[pred], ++fn[truth];
+    }
+    double f1_sum = 0;
+    int present = 0;
+    for (int c = 0; c < n; ++c)
+      if (tp[c] + fp[c] + fn[c]) f1_sum += 2.0 * tp[c] / (2.0 * tp[c] + fp[c] + fn[c]), ++present;
+    double accuracy = count ? (double)right / (double)count : 0.0, macro = present ? f1_sum / present : 0.0;
+    char tmp[4096];
+    FILE* f = o.out ? open_atomic(o.out, tmp, sizeof tmp) : NULL;
+    if (o.out && !f) {
+      fprintf(stderr, "error: %s: cannot be written\n", o.out);
+      status = 2;
+    }
+    if (f) {
+      fputs("{\n  \"package\": ", f);
+      json_string(f, o.package);
+      fputs(",\n  \"personal\": ", f);
+      if (o.personal) json_string(f, o.personal); else fputs("null", f);
+      fputs(",\n  \"data\": ", f);
+      json_string(f, o.data);
+      fprintf(f, ",\n  \"accuracy\": %.17g,\n  \"macro_f1\": %.17g,\n  \"num_examples\": %zu,\n  \"per_label_f1\": {",
+              accuracy, macro, count);
+      int first = 1;
+      for (int c = 0; c < n; ++c) {
+        if (!(tp[c] + fp[c] + fn[c])) continue;
+        fputs(first ? "\n    " : ",\n    ", f);
+        json_string(f, edgetune_package_label(s.package, (size_t)c));
+        fprintf(f, ": %.17g", 2.0 * tp[c] / (2.0 * tp[c] + fp[c] + fn[c]));
+        first = 0;
+      }
+      fputs("\n  }\n}\n", f);
+      status = close_atomic(f, tmp, o.out);
+    }
+    if (status == 0) {
+      if (!o.quiet) {
+        printf("%s%s%s on %s (%zu examples, %s)\n", o.package, o.personal ? " + " : "", o.personal ? o.personal : "",
+               o.data, count, edgetune_model_state_kind(s.model));
+        for (int c = 0; c < n; ++c)
+          if (tp[c] + fp[c] + fn[c])
+            printf("  F1 %-24s %.1f%%\n", edgetune_package_label(s.package, (size_t)c),
+                   100.0 * 2.0 * tp[c] / (2.0 * tp[c] + fp[c] + fn[c]));
+      }
+      printf("accuracy %.1f%%, macro-F1 %.1f%% on %zu examples\n", 100 * accuracy, 100 * macro, count);
+    }
+    free(tp), free(fp), free(fn), free(scores);
+  }
+  free(logits);
+  free(texts);
+  session_close(&s);
+  return status;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) return usage(stderr);
   if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) return usage(stdout);
@@ -122,6 +475,8 @@ int main(int argc, char** argv) {
   }
   if (strcmp(argv[1], "inspect") == 0) return inspect(argc - 2, argv + 2);
   if (strcmp(argv[1], "encode") == 0) return encode(argc - 2, argv + 2);
+  if (strcmp(argv[1], "predict") == 0) return predict(argc - 2, argv + 2);
+  if (strcmp(argv[1], "evaluate") == 0) return evaluate(argc - 2, argv + 2);
   fprintf(stderr, "error: unknown command '%s'\n", argv[1]);
   return usage(stderr);
 }
