@@ -85,6 +85,47 @@ class PackageInfo(ctypes.Structure):
     ]
 
 
+class PersonalizeSettings(ctypes.Structure):
+    """``edgetune_personalize_settings`` (the C library's defaults are PersonalizeConfig's)."""
+
+    _fields_ = [
+        ("epochs", ctypes.c_int32),
+        ("batch_size", ctypes.c_int32),
+        ("lr", ctypes.c_double),
+        ("head_lr", ctypes.c_double),
+        ("weight_decay", ctypes.c_double),
+        ("warmup_ratio", ctypes.c_double),
+        ("max_grad_norm", ctypes.c_double),
+        ("patience", ctypes.c_int32),
+        ("seed", ctypes.c_uint64),
+        ("val_fraction", ctypes.c_double),
+        ("guard_fraction", ctypes.c_double),
+        ("guard_alpha", ctypes.c_double),
+        ("head_only", ctypes.c_int32),
+        ("threads", ctypes.c_int32),
+    ]
+
+
+class PersonalizeResult(ctypes.Structure):
+    """``edgetune_personalize_result``."""
+
+    _fields_ = [
+        ("kept_personal", ctypes.c_int32),
+        ("num_train", ctypes.c_int32),
+        ("num_val", ctypes.c_int32),
+        ("num_guard", ctypes.c_int32),
+        ("epochs_run", ctypes.c_int32),
+        ("best_epoch", ctypes.c_int32),
+        ("best_val_accuracy", ctypes.c_double),
+        ("global_val_accuracy", ctypes.c_double),
+        ("guard_personal_accuracy", ctypes.c_double),
+        ("guard_global_accuracy", ctypes.c_double),
+        ("guard_p_value", ctypes.c_double),
+        ("guard_wins", ctypes.c_int32),
+        ("guard_losses", ctypes.c_int32),
+    ]
+
+
 _loaded: ctypes.CDLL | None = None
 
 
@@ -140,6 +181,12 @@ def load_library() -> ctypes.CDLL:
         ]  # fmt: skip
         lib.edgetune_model_close.argtypes = [ctypes.c_void_p]
         lib.edgetune_model_close.restype = None
+        lib.edgetune_personalize_defaults.argtypes = [ctypes.POINTER(PersonalizeSettings)]
+        lib.edgetune_personalize_defaults.restype = None
+        lib.edgetune_personalize.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(PersonalizeSettings), ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.POINTER(PersonalizeResult),
+        ]  # fmt: skip
         _loaded = lib
     return _loaded
 
@@ -301,6 +348,39 @@ class NativeModel(_Handle):
         )  # fmt: skip
         check(self._lib, status)
         return out
+
+
+def personalize(
+    package: NativePackage,
+    data: str | Path,
+    out: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    **settings: float | int | bool,
+) -> dict[str, float | int]:
+    """The C library's personalization job on ``data`` (read by the library, labels checked against the
+    package), writing the personal state at ``out``; ``settings``: fields of ``edgetune_personalize_settings``
+    (the others keep the library's defaults). Returns ``edgetune_personalize_result`` as a dict."""
+    lib = load_library()
+    config = PersonalizeSettings()
+    lib.edgetune_personalize_defaults(ctypes.byref(config))
+    for name, value in settings.items():
+        if name not in dict(PersonalizeSettings._fields_):
+            raise TypeError(f"unknown personalize setting {name!r}")
+        setattr(config, name, value)
+    handle = ctypes.c_void_p()
+    encode = lambda v: None if v is None else v.encode()  # noqa: E731
+    check(lib, lib.edgetune_dataset_read(os.fsencode(data), package._handle, encode(text_column),
+                                         encode(label_column), 1, ctypes.byref(handle)))  # fmt: skip
+    result = PersonalizeResult()
+    try:
+        status = lib.edgetune_personalize(
+            package._handle, handle, os.fsencode(out), ctypes.byref(config), None, None, ctypes.byref(result)
+        )
+    finally:
+        lib.edgetune_dataset_close(handle)
+    check(lib, status)
+    return {name: getattr(result, name) for name, _ in PersonalizeResult._fields_}
 
 
 def main(argv: list[str] | None = None) -> int:

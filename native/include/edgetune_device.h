@@ -128,6 +128,54 @@ EDGETUNE_API edgetune_status edgetune_model_predict(edgetune_model* model, const
                                                     const size_t* lengths, size_t count, float* logits);
 EDGETUNE_API void edgetune_model_close(edgetune_model* model);
 
+/* -- Personalization ------------------------------------------------------------------------------------ */
+/* The device's personalization job for one configuration (docs/device-runtime.md): the guard and validation
+ * splits (drawn as edgetune's Python device draws them), the trunk once over the texts, the top trained on the
+ * cached features with top_train.pte (AdamW, warm-up and linear decay, clipping, the best epoch on the validation
+ * split, early stopping), the do-no-harm guard (the personal top is kept only when a one-sided exact McNemar
+ * test on the guard split says it is better at guard_alpha), and the personal state written atomically at
+ * `out_directory` in the spec's format (kind top_delta, tuner full; or kept_global). `out_directory` may be
+ * absent, empty or another personal state; anything else is refused. */
+typedef struct edgetune_personalize_settings {
+  int32_t epochs;          /* 8 */
+  int32_t batch_size;      /* 16 */
+  double lr;               /* 1e-4: the blocks */
+  double head_lr;          /* 3e-3: the head and the final norm */
+  double weight_decay;     /* 0.01 (not on biases and norms) */
+  double warmup_ratio;     /* 0.06 */
+  double max_grad_norm;    /* 1.0 (0: no clipping) */
+  int32_t patience;        /* 3 epochs without improvement (-1: none) */
+  uint64_t seed;           /* 0 */
+  double val_fraction;     /* 0.15 */
+  double guard_fraction;   /* 0.2 (0: no guard) */
+  double guard_alpha;      /* 0.05 */
+  int32_t head_only;       /* 0: the top above the package's cut; 1: the head and final norm alone */
+  int32_t threads;         /* 0: the runtime's choice */
+} edgetune_personalize_settings;
+
+typedef struct edgetune_personalize_result {
+  int32_t kept_personal;          /* 1: the state holds the trained top; 0: kept_global */
+  int32_t num_train, num_val, num_guard;
+  int32_t epochs_run, best_epoch; /* best_epoch 0: no validation (the last epoch is kept) */
+  double best_val_accuracy;       /* -1 without validation */
+  double global_val_accuracy;     /* the package's top on the validation split, -1 without one */
+  double guard_personal_accuracy, guard_global_accuracy, guard_p_value; /* -1, -1, 1 without a guard */
+  int32_t guard_wins, guard_losses;
+} edgetune_personalize_result;
+
+/* Called while the job runs: `stage` "trunk" or "train", `done` of `total` (texts or optimizer steps). */
+typedef void (*edgetune_progress_fn)(void* user, const char* stage, int64_t done, int64_t total);
+
+/* The settings above, written into `settings`. */
+EDGETUNE_API void edgetune_personalize_defaults(edgetune_personalize_settings* settings);
+/* `dataset`: labelled, read with `package` (edgetune_dataset_read). `settings` NULL: the defaults. `progress`
+ * and `result` may be NULL. */
+EDGETUNE_API edgetune_status edgetune_personalize(const edgetune_package* package, const edgetune_dataset* dataset,
+                                                  const char* out_directory,
+                                                  const edgetune_personalize_settings* settings,
+                                                  edgetune_progress_fn progress, void* user,
+                                                  edgetune_personalize_result* result);
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,6 +15,7 @@
 #include "safetensors.hpp"
 #include "wordpiece.hpp"
 #ifdef EDGETUNE_WITH_EXECUTORCH
+#include "job.hpp"
 #include "model.hpp"
 #endif
 
@@ -25,6 +26,7 @@ struct edgetune_tokenizer {
 struct edgetune_dataset {
   edgetune::Dataset data;
   std::vector<int64_t> labels;  // indices among the package's labels, or -1
+  std::string path;             // the file it was read from (recorded as the personalization's data)
 };
 
 struct edgetune_package {
@@ -234,6 +236,7 @@ edgetune_status edgetune_dataset_read(const char* path, const edgetune_package* 
     if (labelled && label.empty()) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_dataset_read: empty label column");
     auto dataset = std::make_unique<edgetune_dataset>();
     dataset->data = edgetune::read_dataset(path, text, label);
+    dataset->path = path;
     if (labelled && package != nullptr && package->impl != nullptr)
       dataset->labels = edgetune::encode_labels(dataset->data, package->impl->labels(), path);
     else
@@ -344,5 +347,99 @@ edgetune_status edgetune_model_predict(edgetune_model* model, const char* const*
 }
 
 void edgetune_model_close(edgetune_model* model) { delete model; }
+
+}  // extern "C"
+
+extern "C" {
+
+void edgetune_personalize_defaults(edgetune_personalize_settings* s) {
+  if (s == nullptr) return;
+  *s = edgetune_personalize_settings{};
+  s->epochs = 8;
+  s->batch_size = 16;
+  s->lr = 1e-4;
+  s->head_lr = 3e-3;
+  s->weight_decay = 0.01;
+  s->warmup_ratio = 0.06;
+  s->max_grad_norm = 1.0;
+  s->patience = 3;
+  s->seed = 0;
+  s->val_fraction = 0.15;
+  s->guard_fraction = 0.2;
+  s->guard_alpha = 0.05;
+}
+
+edgetune_status edgetune_personalize(const edgetune_package* package, const edgetune_dataset* dataset,
+                                     const char* out_directory, const edgetune_personalize_settings* settings,
+                                     edgetune_progress_fn progress, void* user, edgetune_personalize_result* result) {
+  if (package == nullptr || package->impl == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: package is NULL");
+  if (dataset == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: dataset is NULL");
+  if (out_directory == nullptr || *out_directory == '\0')
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: out_directory is NULL or empty");
+  edgetune_personalize_settings s;
+  edgetune_personalize_defaults(&s);
+  if (settings != nullptr) s = *settings;
+  std::string bad;
+  if (s.epochs < 1) bad = "epochs must be at least 1";
+  else if (s.batch_size < 1) bad = "batch_size must be at least 1";
+  else if (!(s.lr >= 0) || !(s.head_lr >= 0) || !(s.weight_decay >= 0) || !(s.max_grad_norm >= 0))
+    bad = "lr, head_lr, weight_decay and max_grad_norm must be >= 0";
+  else if (!(s.warmup_ratio >= 0 && s.warmup_ratio <= 1)) bad = "warmup_ratio must be in [0, 1]";
+  else if (!(s.val_fraction >= 0 && s.val_fraction < 1)) bad = "val_fraction must be in [0, 1)";
+  else if (!(s.guard_fraction >= 0 && s.guard_fraction < 1)) bad = "guard_fraction must be in [0, 1)";
+  else if (!(s.guard_alpha > 0 && s.guard_alpha < 1)) bad = "guard_alpha must be in (0, 1)";
+  else if (s.threads < 0) bad = "threads must be >= 0";
+  if (!bad.empty()) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: " + bad);
+  for (int64_t label : dataset->labels)
+    if (label < 0)
+      return fail(EDGETUNE_ERROR_DATA, "edgetune_personalize: the dataset has no labels of this package (read it "
+                                       "labelled, with the package)");
+#ifdef EDGETUNE_WITH_EXECUTORCH
+  return guarded("", [&] {
+    edgetune::PersonalizeSettings job;
+    job.epochs = s.epochs;
+    job.batch_size = s.batch_size;
+    job.lr = s.lr;
+    job.head_lr = s.head_lr;
+    job.weight_decay = s.weight_decay;
+    job.warmup_ratio = s.warmup_ratio;
+    job.max_grad_norm = s.max_grad_norm;
+    job.patience = s.patience;
+    job.seed = s.seed;
+    job.val_fraction = s.val_fraction;
+    job.guard_fraction = s.guard_fraction;
+    job.guard_alpha = s.guard_alpha;
+    job.head_only = s.head_only != 0;
+    job.threads = s.threads;
+    auto report = [&](const char* stage, int64_t done, int64_t total) {
+      if (progress) progress(user, stage, done, total);
+    };
+    const auto outcome = edgetune::personalize(*package->impl, dataset->data.texts, dataset->labels,
+                                               dataset->path, out_directory, job, report);
+    if (result != nullptr) {
+      const auto& g = outcome.guard;
+      *result = edgetune_personalize_result{};
+      result->kept_personal = outcome.kind == "top_delta";
+      result->num_train = static_cast<int32_t>(outcome.num_train);
+      result->num_val = static_cast<int32_t>(outcome.num_val);
+      result->num_guard = static_cast<int32_t>(g.num_examples);
+      result->epochs_run = static_cast<int32_t>(outcome.training.history.size());
+      result->best_epoch = static_cast<int32_t>(std::max<int64_t>(0, outcome.training.best_epoch));
+      result->best_val_accuracy = outcome.best_val_accuracy;
+      result->global_val_accuracy = outcome.global_val_accuracy;
+      result->guard_personal_accuracy = g.num_examples ? g.personal_accuracy : -1;
+      result->guard_global_accuracy = g.num_examples ? g.global_accuracy : -1;
+      result->guard_p_value = g.p_value;
+      result->guard_wins = static_cast<int32_t>(g.wins);
+      result->guard_losses = static_cast<int32_t>(g.losses);
+    }
+    return EDGETUNE_OK;
+  });
+#else
+  (void)progress, (void)user, (void)result;
+  return fail(EDGETUNE_ERROR_UNSUPPORTED, "edgetune_personalize: this library was built without ExecuTorch");
+#endif
+}
 
 }  // extern "C"

@@ -1,5 +1,7 @@
 #include "model.hpp"
 
+#include "train.hpp"
+
 #include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -128,7 +130,7 @@ std::vector<float> Model::features(const IdBatch& b) {
   return std::vector<float>(p, p + out.numel());
 }
 
-std::vector<float> Model::top_logits(const std::vector<float>& features, const IdBatch& b) {
+std::vector<float> Model::top_logits(const std::vector<float>& features, const IdBatch& b, const Tensors* replacing) {
   std::vector<float> hidden(features);
   std::vector<int64_t> mask(static_cast<size_t>(b.rows * b.width), 0);
   for (int64_t r = 0; r < b.rows; ++r)
@@ -138,7 +140,11 @@ std::vector<float> Model::top_logits(const std::vector<float>& features, const I
   std::vector<executorch::extension::TensorPtr> tensors;
   std::vector<EValue> inputs = {EValue(*h), EValue(*m)};
   for (const std::string& name : names_) {
-    Tensor& t = weights_.at(name);
+    auto other = replacing ? replacing->find(name) : Tensors::const_iterator();
+    // from_blob takes a mutable pointer; the program only reads its inputs
+    Tensor& t = (replacing && other != replacing->end()) ? const_cast<Tensor&>(other->second) : weights_.at(name);
+    if (t.values.size() != weights_.at(name).values.size())
+      throw ModelError(ModelError::Kind::Runtime, name + ": a candidate tensor of another size than the top's");
     std::vector<executorch::aten::SizesType> sizes(t.shape.begin(), t.shape.end());
     tensors.push_back(from_blob(t.values.data(), sizes, ScalarType::Float));
     inputs.emplace_back(*tensors.back());
@@ -181,6 +187,24 @@ std::vector<float> Model::logits(const int64_t* ids, const int64_t* lengths, int
     const std::vector<float> l = top_logits(features(b), b);
     for (int64_t r = 0; r < b.rows; ++r)
       std::memcpy(&out[order[start + r] * num_labels_], &l[r * num_labels_], sizeof(float) * num_labels_);
+  }
+  return out;
+}
+
+std::vector<float> Model::logits_of_features(const Features& f, const Tensors* replacing) {
+  const int64_t rows = f.rows();
+  std::vector<float> out(static_cast<size_t>(rows * num_labels_));
+  std::vector<int64_t> idx(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) idx[i] = i;
+  std::vector<float> hidden;
+  std::vector<int64_t> mask;
+  for (int64_t start = 0; start < rows; start += max_batch_) {
+    IdBatch b;
+    b.rows = std::min(max_batch_, rows - start);
+    f.gather(&idx[start], b.rows, kMinSequence, hidden, mask, b.width);
+    for (int64_t r = 0; r < b.rows; ++r) b.lengths.push_back(f.lengths[start + r]);
+    const std::vector<float> l = top_logits(hidden, b, replacing);
+    std::memcpy(&out[start * num_labels_], l.data(), sizeof(float) * l.size());
   }
   return out;
 }

@@ -14,6 +14,8 @@
 
 namespace edgetune {
 
+struct Features;  // train.hpp
+
 struct ModelError : std::runtime_error {
   enum class Kind { Unsupported, Runtime, Argument };
   ModelError(Kind kind_, const std::string& message) : std::runtime_error(message), kind(kind_) {}
@@ -41,9 +43,13 @@ class Model {
   // The trunk's output (rows x width x hidden, padding positions as the program leaves them).
   std::vector<float> features(const IdBatch& batch);
   // Logits (rows x num_labels) of the top on trunk features.
-  std::vector<float> top_logits(const std::vector<float>& features, const IdBatch& batch);
+  std::vector<float> top_logits(const std::vector<float>& features, const IdBatch& batch,
+                                const Tensors* replacing = nullptr);
   // Logits of any number of rows: batches of at most max_batch rows, each trimmed to its longest row.
   std::vector<float> logits(const int64_t* ids, const int64_t* lengths, int64_t rows, int64_t width);
+  // Logits (rows x num_labels) of cached trunk ``features`` (of any number of rows), with the tensors of
+  // ``replacing`` in place of the model's (a candidate top), or the model's own when null.
+  std::vector<float> logits_of_features(const Features& features, const Tensors* replacing = nullptr);
 
  private:
   struct Programs;

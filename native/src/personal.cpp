@@ -77,6 +77,7 @@ Json package_identity(const Package& package) {
   for (const Json& l : m.at("labels").items("labels")) labels += (labels.size() > 1 ? "," : "") + canonical_json(l);
   labels += "]";
   const std::string text = "{\"backbone_hash\":" + canonical_json(m.at("backbone").at("hash")) +
+                           ",\"backbone_id\":" + canonical_json(m.at("backbone").at("id")) +
                            ",\"cut\":" + std::to_string(package.cut()) + ",\"files\":" + files +
                            ",\"labels\":" + labels + ",\"num_layers\":" + std::to_string(package.num_layers()) + "}";
   return Json::parse(text);

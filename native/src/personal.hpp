@@ -28,7 +28,7 @@ struct PersonalState {
   Tensors tensors;
 };
 
-// The identity of ``package`` that a state must carry (canonical JSON of the spec's "package" object).
+// The identity of ``package`` that a state carries (the spec's "package" object; backbone_id only for messages).
 Json package_identity(const Package& package);
 
 // Reads and verifies the state at ``directory`` and checks that it belongs to ``package``.

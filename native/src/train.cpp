@@ -1,0 +1,220 @@
+#include "train.hpp"
+
+#include <executorch/extension/data_loader/buffer_data_loader.h>
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "model.hpp"
+#include "split.hpp"
+
+namespace edgetune {
+
+using executorch::aten::ScalarType;
+using executorch::extension::BufferDataLoader;
+using executorch::extension::from_blob;
+using executorch::extension::Module;
+using executorch::runtime::EValue;
+
+namespace {
+
+constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8;  // torch.optim.AdamW's defaults
+constexpr int64_t kMinWidth = 2;                              // the program's smallest sequence
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+[[noreturn]] void runtime_error(const std::string& message) { throw ModelError(ModelError::Kind::Runtime, message); }
+
+struct Param {
+  std::string name;
+  std::vector<int64_t> shape;
+  float lr = 0, weight_decay = 0;
+  std::vector<float> m, v, best;
+  float* live = nullptr;  // the program's weights (its parameter outputs alias them)
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+bool is_head(const std::string& name) { return name.rfind("head.", 0) == 0 || name.rfind("norm.", 0) == 0; }
+
+int64_t method_int(Module& module, const std::string& name) {
+  auto result = module.execute(name);
+  if (!result.ok() || result->empty()) runtime_error("top_train.pte: no method " + name);
+  return result->at(0).toInt();
+}
+
+}  // namespace
+
+void Features::add(const float* row, int64_t length, int64_t label) {
+  offsets.push_back(static_cast<int64_t>(data.size()));
+  lengths.push_back(length);
+  labels.push_back(label);
+  data.insert(data.end(), row, row + length * hidden);
+}
+
+void Features::gather(const int64_t* idx, int64_t count, int64_t min_width, std::vector<float>& hidden_out,
+                      std::vector<int64_t>& mask_out, int64_t& width) const {
+  width = min_width;
+  for (int64_t r = 0; r < count; ++r) width = std::max(width, lengths[idx[r]]);
+  hidden_out.assign(static_cast<size_t>(count * width * hidden), 0.0f);
+  mask_out.assign(static_cast<size_t>(count * width), 0);
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t i = idx[r];
+    std::memcpy(&hidden_out[r * width * hidden], &data[offsets[i]], sizeof(float) * lengths[i] * hidden);
+    for (int64_t c = 0; c < lengths[i]; ++c) mask_out[r * width + c] = 1;
+  }
+}
+
+std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred) {
+  std::set<int64_t> present(truth.begin(), truth.end());
+  present.insert(pred.begin(), pred.end());
+  int64_t right = 0;
+  for (size_t i = 0; i < truth.size(); ++i) right += truth[i] == pred[i];
+  double f1_sum = 0;
+  for (int64_t c : present) {
+    int64_t tp = 0, wrong = 0;
+    for (size_t i = 0; i < truth.size(); ++i) {
+      tp += truth[i] == c && pred[i] == c;
+      wrong += (truth[i] != c && pred[i] == c) + (truth[i] == c && pred[i] != c);
+    }
+    f1_sum += (tp + wrong) ? 2.0 * tp / (2.0 * tp + wrong) : 0.0;
+  }
+  return {truth.empty() ? 0.0 : double(right) / double(truth.size()), present.empty() ? 0.0 : f1_sum / present.size()};
+}
+
+TrainResult train_top(const Package& package, const Features& train, const Features& val,
+                      const TrainSettings& s, const std::function<void(int64_t, int64_t, double)>& on_step) {
+  if (train.rows() == 0) throw ModelError(ModelError::Kind::Argument, "no training example");
+  const Json& program = package.manifest().at("executorch").at("train");
+  const std::string bytes = package.read_verified(program.at("file").str("file"));
+  Module module(std::make_unique<BufferDataLoader>(bytes.data(), bytes.size()));
+  const int64_t grad_start = method_int(module, "__et_training_gradients_index_forward");
+  const int64_t param_start = method_int(module, "__et_training_parameters_index_forward");
+  std::vector<Param> params;
+  for (const Json& p : program.at("parameters").items("parameters")) {
+    Param param;
+    param.name = p.at("name").str("name");
+    for (const Json& d : p.at("shape").items("shape")) param.shape.push_back(d.integer("shape"));
+    param.lr = static_cast<float>(is_head(param.name) ? s.head_lr : (s.head_only ? 0.0 : s.lr));
+    param.weight_decay = static_cast<float>(param.shape.size() >= 2 ? s.weight_decay : 0.0);
+    param.m.assign(static_cast<size_t>(param.numel()), 0.0f);
+    param.v.assign(static_cast<size_t>(param.numel()), 0.0f);
+    params.push_back(std::move(param));
+  }
+  if (param_start - grad_start != static_cast<int64_t>(params.size()))
+    runtime_error("top_train.pte trains " + std::to_string(param_start - grad_start) + " tensors, the manifest lists " +
+                  std::to_string(params.size()));
+  const int64_t n = train.rows(), hidden = train.hidden;
+  const int64_t steps_per_epoch = (n + s.batch_size - 1) / s.batch_size;
+  const int64_t total = steps_per_epoch * s.epochs, warmup = static_cast<int64_t>(s.warmup_ratio * double(total));
+
+  std::vector<float> h;
+  std::vector<int64_t> mask;
+  int64_t width = 0;
+  auto run = [&](const Features& f, const int64_t* idx, int64_t rows) {
+    f.gather(idx, rows, kMinWidth, h, mask, width);
+    std::vector<int64_t> labels(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) labels[r] = f.labels[idx[r]];
+    auto ht = from_blob(h.data(), {int(rows), int(width), int(hidden)}, ScalarType::Float);
+    auto mt = from_blob(mask.data(), {int(rows), int(width)}, ScalarType::Long);
+    auto yt = from_blob(labels.data(), {int(rows)}, ScalarType::Long);
+    auto result = module.execute("forward", {EValue(*ht), EValue(*mt), EValue(*yt)});
+    if (!result.ok()) runtime_error("top_train.pte: forward failed (error " + std::to_string(int(result.error())) + ")");
+    return std::move(*result);
+  };
+
+  TrainResult out;
+  int64_t step = 0, without_improvement = 0;
+  double best_metric = -1;
+  for (int64_t epoch = 0; epoch < s.epochs && !out.stopped_early; ++epoch) {
+    const double t0 = now();
+    const Indices order = epoch_order(n, s.seed, static_cast<uint64_t>(epoch));
+    EpochRecord record;
+    record.epoch = epoch + 1;
+    for (int64_t start = 0; start < n; start += s.batch_size) {
+      const int64_t rows = std::min(s.batch_size, n - start);
+      auto outputs = run(train, &order[start], rows);
+      const float loss = outputs[0].toTensor().const_data_ptr<float>()[0];
+      double norm2 = 0;
+      std::vector<const float*> grads(params.size());
+      for (size_t i = 0; i < params.size(); ++i) {
+        auto g = outputs[grad_start + i].toTensor();
+        auto w = outputs[param_start + i].toTensor();
+        if (g.numel() != params[i].numel() || w.numel() != g.numel())
+          runtime_error("top_train.pte: " + params[i].name + " has another shape than the manifest says");
+        grads[i] = g.const_data_ptr<float>();
+        params[i].live = w.mutable_data_ptr<float>();
+        for (int64_t k = 0; k < g.numel(); ++k) norm2 += double(grads[i][k]) * grads[i][k];
+      }
+      float clip = 1.0f;
+      if (s.max_grad_norm > 0)
+        clip = std::min(1.0f, static_cast<float>(s.max_grad_norm) / (static_cast<float>(std::sqrt(norm2)) + 1e-6f));
+      const double factor = step < warmup ? double(step) / std::max<int64_t>(1, warmup)
+                                          : std::max(0.0, double(total - step) / std::max<int64_t>(1, total - warmup));
+      const double bc1 = 1.0 - std::pow(kBeta1, step + 1), bc2_sqrt = std::sqrt(1.0 - std::pow(kBeta2, step + 1));
+      for (size_t i = 0; i < params.size(); ++i) {
+        Param& p = params[i];
+        const float lr = static_cast<float>(p.lr * factor);
+        const float decay = 1.0f - lr * p.weight_decay;
+        const float step_size = static_cast<float>(lr / bc1);
+        for (size_t k = 0; k < p.m.size(); ++k) {
+          const float gk = grads[i][k] * clip;
+          p.live[k] *= decay;
+          p.m[k] += (gk - p.m[k]) * static_cast<float>(1.0 - kBeta1);
+          p.v[k] = p.v[k] * static_cast<float>(kBeta2) + static_cast<float>(1.0 - kBeta2) * gk * gk;
+          const float denom = std::sqrt(p.v[k]) / static_cast<float>(bc2_sqrt) + static_cast<float>(kEps);
+          p.live[k] -= step_size * p.m[k] / denom;
+        }
+      }
+      out.step_losses.push_back(loss);
+      record.loss += loss;
+      ++record.steps;
+      ++step;
+      if (on_step) on_step(step, total, loss);
+    }
+    record.loss /= std::max<int64_t>(1, record.steps);
+    record.seconds = now() - t0;
+    if (val.rows() > 0) {
+      std::vector<int64_t> pred, idx(static_cast<size_t>(val.rows()));
+      for (int64_t i = 0; i < val.rows(); ++i) idx[i] = i;
+      for (int64_t start = 0; start < val.rows(); start += s.batch_size) {
+        const int64_t rows = std::min(s.batch_size, val.rows() - start);
+        auto outputs = run(val, &idx[start], rows);
+        auto logits = outputs[1].toTensor();
+        const int64_t classes = logits.size(1);
+        const float* l = logits.const_data_ptr<float>();
+        for (int64_t r = 0; r < rows; ++r)
+          pred.push_back(std::max_element(l + r * classes, l + (r + 1) * classes) - (l + r * classes));
+      }
+      std::tie(record.val_accuracy, record.val_macro_f1) = accuracy_and_macro_f1(val.labels, pred);
+      const double value = s.metric == "macro_f1" ? record.val_macro_f1 : record.val_accuracy;
+      if (out.best_epoch < 0 || value > best_metric) {
+        best_metric = value;
+        out.best_epoch = epoch + 1;
+        without_improvement = 0;
+        for (Param& p : params) p.best.assign(p.live, p.live + p.numel());
+      } else if (++without_improvement >= s.patience && s.patience >= 0) {
+        out.stopped_early = true;
+      }
+    }
+    out.history.push_back(record);
+  }
+  for (Param& p : params) {
+    Tensor t;
+    t.shape = p.shape;
+    t.values = out.best_epoch > 0 ? p.best : std::vector<float>(p.live, p.live + p.numel());
+    out.tensors.emplace(p.name, std::move(t));
+  }
+  return out;
+}
+
+}  // namespace edgetune
