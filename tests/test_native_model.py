@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from device_sim.device import Device
 from device_sim.native import DRIVER, NativeError, NativeModel, NativePackage, library_path, load_library
-from edgetune.datasets import minilm_path
 from edgetune_cli import app
 from exporters.export import ExportOptions, export_package
 from tests.conftest import synthetic_rows, write_csv
@@ -31,20 +30,8 @@ TEXTS = [t for t, _ in synthetic_rows(40, seed=9)] + ["", 'naïve café, "quoted
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    """A tiny BERT with MiniLM's real WordPiece tokenizer, exported with the executorch target."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    root = tmp_path_factory.mktemp("native-model")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)  # fmt: skip
-    BertModel(config).save_pretrained(root / "model")
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(root / "model")
-    checkpoint = make_checkpoint(root / "model", root / "ckpt")
-    options = ExportOptions(threads=1, targets=("onnx", "executorch"))
-    plan = make_plan(root / "model", k=2)
-    return export_package(checkpoint, plan, root / "pkg", data=dataset(90, seed=5), options=options).path
+def package(wordpiece_executorch_package):
+    return wordpiece_executorch_package
 
 
 @pytest.fixture(scope="module")

@@ -208,7 +208,15 @@ std::vector<int64_t> argmax_rows(const std::vector<float>& logits, int64_t class
 double sign_test_p_value(int64_t wins, int64_t losses) {
   const int64_t n = wins + losses;
   if (n == 0) return 1.0;
-  double tail = 0;  // sum_k C(n, k) / 2^n for k >= wins, in logs (exact enough for any n a device sees)
+  if (n <= 125) {  // exact: the binomial coefficients fit 128 bits, and the sum is rounded once, as Python does
+    unsigned __int128 coefficient = 1, tail = 0;  // C(n, k) for k = 0..n
+    for (int64_t k = 0; k <= n; ++k) {
+      if (k >= wins) tail += coefficient;
+      coefficient = coefficient * static_cast<unsigned>(n - k) / static_cast<unsigned>(k + 1);
+    }
+    return std::min(1.0, std::ldexp(static_cast<double>(tail), -static_cast<int>(n)));
+  }
+  double tail = 0;  // larger splits: the terms in logs (relative error ~1e-12)
   for (int64_t k = wins; k <= n; ++k)
     tail += std::exp(std::lgamma(n + 1.0) - std::lgamma(k + 1.0) - std::lgamma(n - k + 1.0) - n * std::log(2.0));
   return std::min(1.0, tail);
@@ -374,16 +382,18 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   w.key("backend").value("libedgetune_device").key("step_losses").open('[');
   for (double loss : trained.step_losses) w.number(loss);
   w.close(']').close('}');
-  w.key("guard").open('{').key("enabled").value(g.enabled).key("keep_personal").value(g.keep_personal);
-  w.key("num_examples").value(g.num_examples);
-  w.key("personal_accuracy").number(g.num_examples ? g.personal_accuracy : NAN);
-  w.key("global_accuracy").number(g.num_examples ? g.global_accuracy : NAN);
-  w.key("wins").value(g.wins).key("losses").value(g.losses).key("p_value").number(g.p_value);
-  w.key("alpha").number(s.guard_alpha).key("min_wins_without_losses").value(min_wins(s.guard_alpha));
-  w.key("test").value("exact one-sided McNemar (binomial sign test on the discordant pairs)");
+  w.key("guard").open('{');  // the decision's fields only when the test ran (device_sim.selection.guard_record)
+  if (g.num_examples > 0) {
+    w.key("keep_personal").value(g.keep_personal).key("num_examples").value(g.num_examples);
+    w.key("personal_accuracy").number(g.personal_accuracy).key("global_accuracy").number(g.global_accuracy);
+    w.key("wins").value(g.wins).key("losses").value(g.losses).key("p_value").number(g.p_value);
+    w.key("alpha").number(s.guard_alpha).key("min_wins_without_losses").value(min_wins(s.guard_alpha));
+    w.key("test").value("exact one-sided McNemar (binomial sign test on the discordant pairs)");
+  }
   w.key("kept").value(g.keep_personal ? "personal" : "global").key("reason");
   if (g.reason.empty()) w.null(); else w.value(g.reason);
-  w.key("candidate").value("configured").close('}');
+  w.key("candidate").value("configured").key("seconds").number(guarded_at - trained_at);
+  w.key("enabled").value(g.enabled).close('}');
   w.key("selection").open('{').key("global_val_accuracy");
   if (result.global_val_accuracy >= 0) w.number(result.global_val_accuracy); else w.null();
   w.key("candidates").open('[').open('{').key("name").value("configured").key("train_cut").value(train_cut);

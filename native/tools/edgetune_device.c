@@ -5,6 +5,10 @@
  *   edgetune-device encode --package PACKAGE [TEXT ...]
  *                                                 token ids of each TEXT (or of each line of stdin), one JSON
  *                                                 array per line, at the package's max_length
+ *   edgetune-device personalize --package PACKAGE --data FILE --out STATE [--epochs N] [--lr X] [--head-lr X]
+ *                               [--head-only] [--guard-fraction X] [--seed N] ... (see --help)
+ *                                                 the device's personalization job, as `edgetune personalize
+ *                                                 --no-select` does it
  *   edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)
  *                           [--format label|jsonl] [--logits] [--threads N] [--batch-size N] [--text-column C]
  *                                                 label texts, as `edgetune predict` does
@@ -29,6 +33,11 @@ static int usage(FILE* out) {
           "\n"
           "inspect  verify a device package (manifest seal, every file's size and sha256, nothing unlisted)\n"
           "         and summarize it; --json prints the verified manifest. Exit 2 when it is refused.\n"
+          "       edgetune-device personalize --package PACKAGE --data FILE --out STATE [--epochs N] [--batch-size N]\n"
+          "                               [--lr X] [--head-lr X] [--weight-decay X] [--warmup-ratio X]\n"
+          "                               [--max-grad-norm X] [--patience N] [--seed N] [--val-fraction X]\n"
+          "                               [--guard-fraction X] [--guard-alpha X] [--head-only] [--threads N]\n"
+          "                               [--text-column C] [--label-column C] [--quiet]\n"
           "       edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)\n"
           "                               [--format label|jsonl] [--logits] [--threads N] [--batch-size N]\n"
           "                               [--text-column C]\n"
@@ -37,6 +46,10 @@ static int usage(FILE* out) {
           "\n"
           "encode   the token ids of each text as the package's tokenizer gives them (special tokens and\n"
           "         truncation at the package's max_length included), one JSON array per line.\n"
+          "personalize  train the package's top on labelled texts (trunk.pte once, top_train.pte trained; one\n"
+          "         configuration: the top above the package's cut, or --head-only) and keep it only when the\n"
+          "         do-no-harm guard says it beats the global model on a held-out split (--guard-fraction 0:\n"
+          "         no guard); writes the personal state STATE atomically.\n"
           "predict  label texts with the package's ExecuTorch programs (trunk.pte, top.pte), and a personal\n"
           "         state when --personal names one: one label per line, or JSON lines with the confidence and\n"
           "         every label's score (--format jsonl; --logits adds the raw logits); --out writes a\n"
@@ -142,16 +155,54 @@ typedef struct {
   const char* text_column;
   const char* label_column;
   const char* format;
-  int logits, quiet, threads, batch_size;
+  int logits, quiet, threads, batch_size, head_only;
+  edgetune_personalize_settings settings;  /* personalize's numbers */
   int first_text, text_count;  /* --text values, collected in argv order */
   const char** texts;
 } options;
 
-/* Flags of predict/evaluate; returns 0, or the exit code of a usage error. */
+/* personalize's numeric flags: 1 when `flag` is one of them (with `*status` 1 when its value is not a number). */
+static int number_option(const char* flag, const char* value, edgetune_personalize_settings* s, int* status) {
+  static const char* reals[] = {"--lr", "--head-lr", "--weight-decay", "--warmup-ratio", "--max-grad-norm",
+                                "--val-fraction", "--guard-fraction", "--guard-alpha"};
+  double* targets[] = {&s->lr, &s->head_lr, &s->weight_decay, &s->warmup_ratio, &s->max_grad_norm,
+                       &s->val_fraction, &s->guard_fraction, &s->guard_alpha};
+  char* end = NULL;
+  *status = 0;
+  for (size_t i = 0; i < sizeof reals / sizeof *reals; ++i) {
+    if (strcmp(flag, reals[i]) != 0) continue;
+    *targets[i] = strtod(value, &end);
+    if (*value == '\0' || *end != '\0') {
+      fprintf(stderr, "error: %s must be a number, got '%s'\n", flag, value);
+      *status = 1;
+    }
+    return 1;
+  }
+  if (strcmp(flag, "--epochs") == 0 || strcmp(flag, "--patience") == 0 || strcmp(flag, "--seed") == 0) {
+    long long n = strtoll(value, &end, 10);
+    if (*value == '\0' || *end != '\0' || n < (flag[2] == 'p' ? -1 : flag[2] == 'e' ? 1 : 0) || n > 1000000000) {
+      fprintf(stderr, "error: %s must be a whole number%s, got '%s'\n", flag,
+              flag[2] == 'p' ? " (-1: none)" : flag[2] == 'e' ? " of at least 1" : " of at least 0", value);
+      *status = 1;
+    } else if (flag[2] == 'e') {
+      s->epochs = (int32_t)n;
+    } else if (flag[2] == 'p') {
+      s->patience = (int32_t)n;
+    } else {
+      s->seed = (uint64_t)n;
+    }
+    return 1;
+  }
+  return 0;
+}
+
+/* Flags of personalize/predict/evaluate; returns 0, or the exit code of a usage error. */
 static int parse_options(int argc, char** argv, options* o) {
+  int status = 0;
   memset(o, 0, sizeof(*o));
   o->format = "label";
   o->batch_size = 32;
+  edgetune_personalize_defaults(&o->settings);
   o->texts = calloc((size_t)argc + 1, sizeof(char*));
   for (int i = 0; i < argc; ++i) {
     const char* flag = argv[i];
@@ -159,6 +210,7 @@ static int parse_options(int argc, char** argv, options* o) {
     if (strcmp(flag, "--help") == 0) return usage(stdout) - 100;  /* marks "printed help" */
     if (strcmp(flag, "--logits") == 0) { o->logits = 1; continue; }
     if (strcmp(flag, "--quiet") == 0 || strcmp(flag, "-q") == 0) { o->quiet = 1; continue; }
+    if (strcmp(flag, "--head-only") == 0) { o->settings.head_only = 1; continue; }
     if (!value) { fprintf(stderr, "error: %s needs a value\n", flag); return 1; }
     ++i;
     if (strcmp(flag, "--package") == 0) o->package = value;
@@ -169,7 +221,9 @@ static int parse_options(int argc, char** argv, options* o) {
     else if (strcmp(flag, "--label-column") == 0) o->label_column = value;
     else if (strcmp(flag, "--format") == 0) o->format = value;
     else if (strcmp(flag, "--text") == 0) o->texts[o->text_count++] = value;
-    else if (strcmp(flag, "--threads") == 0 || strcmp(flag, "--batch-size") == 0) {
+    else if (number_option(flag, value, &o->settings, &status)) {
+      if (status) return status;
+    } else if (strcmp(flag, "--threads") == 0 || strcmp(flag, "--batch-size") == 0) {
       char* end = NULL;
       long n = strtol(value, &end, 10);
       if (*value == '\0' || *end != '\0' || n < 1 || n > 4096) {
@@ -466,6 +520,55 @@ static int evaluate(int argc, char** argv) {
   return status;
 }
 
+static void show_progress(void* user, const char* stage, int64_t done, int64_t total) {
+  if (*(const int*)user) return;  /* --quiet */
+  fprintf(stderr, "\r%-5s %lld/%lld", stage, (long long)done, (long long)total);
+  if (done == total) fputc('\n', stderr);
+}
+
+static int personalize(int argc, char** argv) {
+  options o;
+  int status = parse_options(argc, argv, &o);
+  free(o.texts);
+  if (status != 0) return status < 0 ? 0 : status;
+  if (!o.data || !o.out) {
+    fprintf(stderr, "error: --data (labelled texts) and --out (the personal state) are required\n");
+    return 1;
+  }
+  o.settings.threads = o.threads;
+  if (o.batch_size != 32) o.settings.batch_size = o.batch_size;  /* --batch-size given: training batches */
+  edgetune_package* package = NULL;
+  edgetune_dataset* dataset = NULL;
+  if (edgetune_package_open(o.package, &package) != EDGETUNE_OK) return refused(NULL);
+  if (edgetune_dataset_read(o.data, package, o.text_column, o.label_column, 1, &dataset) != EDGETUNE_OK) {
+    edgetune_package_close(package);
+    return refused(NULL);
+  }
+  edgetune_personalize_result r;
+  if (edgetune_personalize(package, dataset, o.out, &o.settings, show_progress, &o.quiet, &r) != EDGETUNE_OK) {
+    status = refused(NULL);
+  } else {
+    printf("trained %s with full on %d examples (%d validation, %d held out for the guard), %d epochs",
+           o.settings.head_only ? "the head" : "the top above the package's cut", r.num_train, r.num_val,
+           r.num_guard, r.epochs_run);
+    if (r.best_epoch > 0) printf("; validation accuracy %.1f%% (best epoch %d)", 100 * r.best_val_accuracy, r.best_epoch);
+    printf("\n");
+    if (r.num_guard > 0)
+      printf("guard: on %d held-out examples: personal %.1f%%, global %.1f%% (%d wins, %d losses, one-sided p = "
+             "%.3g, alpha %g)\n",
+             r.num_guard, 100 * r.guard_personal_accuracy, 100 * r.guard_global_accuracy, r.guard_wins,
+             r.guard_losses, r.guard_p_value, o.settings.guard_alpha);
+    if (r.kept_personal)
+      printf("kept the personal model; wrote %s\n", o.out);
+    else
+      printf("KEPT THE GLOBAL MODEL: personalization would not reliably help this user; wrote a kept-global "
+             "state to %s\n", o.out);
+  }
+  edgetune_dataset_close(dataset);
+  edgetune_package_close(package);
+  return status;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) return usage(stderr);
   if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) return usage(stdout);
@@ -475,6 +578,7 @@ int main(int argc, char** argv) {
   }
   if (strcmp(argv[1], "inspect") == 0) return inspect(argc - 2, argv + 2);
   if (strcmp(argv[1], "encode") == 0) return encode(argc - 2, argv + 2);
+  if (strcmp(argv[1], "personalize") == 0) return personalize(argc - 2, argv + 2);
   if (strcmp(argv[1], "predict") == 0) return predict(argc - 2, argv + 2);
   if (strcmp(argv[1], "evaluate") == 0) return evaluate(argc - 2, argv + 2);
   fprintf(stderr, "error: unknown command '%s'\n", argv[1]);

@@ -1,0 +1,169 @@
+"""libedgetune_device personalizes as the Python device does: numpy's draws bit for bit (the guard and validation
+splits and every epoch's order), the same training steps as the executorch-cpp backend (step losses, validation
+accuracy, best epoch), the same guard decision, and a personal state in the spec's format that Python reads,
+applies and predicts with as the library does. Bad settings, unlabelled data and an output that is not a
+personal state are refused before anything is written; a failed job leaves the previous state as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from device_sim.backends.program import epoch_order
+from device_sim.device import Device
+from device_sim.native import DRIVER, NativeError, NativeModel, NativePackage, library_path, personalize
+from device_sim.settings import PersonalizeConfig
+from device_sim.split import guard_split, validation_split
+from edgetune_format.personal import read_personal_state
+from tests.conftest import write_csv
+from tests.devices import user_data
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("native_library")]
+
+LEARNS = {"epochs": 6, "lr": 3e-3, "head_lr": 0.1}  # the tiny model learns the swapped labels in a few epochs
+
+
+@pytest.fixture(scope="module")
+def package(wordpiece_executorch_package):
+    return wordpiece_executorch_package
+
+
+def _user_csv(root, n):
+    data = user_data(n, seed=4)
+    return write_csv(root / f"user{n}.csv", list(zip(data.texts, data.labels)))
+
+
+@pytest.fixture(scope="module")
+def user_csv(tmp_path_factory):
+    return _user_csv(tmp_path_factory.mktemp("user"), 80)
+
+
+@pytest.fixture(scope="module")
+def learning_csv(tmp_path_factory):
+    """Enough of the user's data that the guard keeps what the tiny model learns (p ~ 5e-4 on 32 guard texts)."""
+    return _user_csv(tmp_path_factory.mktemp("user"), 160)
+
+
+def test_the_splits_and_epoch_orders_are_numpys_draws():
+    """The library's draws (split_check, built beside the library) equal device_sim.split and numpy's
+    permutations on 600 random cases: label counts, fractions, large seeds, unstratifiable labels."""
+    rng = np.random.default_rng(0)
+    lines, want = [], []
+    for case in range(600):
+        n, k = int(rng.integers(1, 120)), int(rng.integers(1, 6))
+        labels = rng.integers(0, k, n)
+        seed = int(rng.integers(0, 2**40)) if case % 5 == 0 else int(rng.integers(0, 100))
+        fraction = float(rng.choice([0.05, 0.1, 0.15, 0.2, 0.25, 0.5]))
+        kind = ("validation", "guard", "order")[case % 3]
+        lines.append(f"{kind} {seed} {case % 7 if kind == 'order' else fraction} {' '.join(map(str, labels))}")
+        if kind == "validation":
+            held = validation_split(labels, fraction, seed)[1]
+        elif kind == "guard":
+            held = guard_split(labels, fraction, seed)[1]
+        else:
+            held = epoch_order(n, seed, case % 7)
+        want.append(" ".join(map(str, held)))
+    checker = library_path().parent / "split_check"
+    got = subprocess.run([str(checker)], input="\n".join(lines) + "\n", capture_output=True, text=True, check=True)
+    assert got.stdout.splitlines() == want
+
+
+def _python_job(package, csv, out, head_only, **settings):
+    config = PersonalizeConfig(
+        select=False, progress=False, epochs=settings.get("epochs", 8), lr=settings.get("lr", 1e-4),
+        head_lr=settings.get("head_lr", 3e-3), guard_fraction=settings.get("guard_fraction", 0.2),
+        cut=3 if head_only else None,
+    )  # fmt: skip
+    with Device(package) as device:
+        device.personalize(csv, out, config, backend="executorch-cpp")
+    return json.loads((out / "personal.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "head_only, settings",
+    [(False, LEARNS), (True, LEARNS), (False, {"epochs": 3}), (False, {**LEARNS, "guard_fraction": 0.0})],
+    ids=["top", "head-only", "kept-global", "no-guard"],
+)
+def test_the_library_trains_and_decides_as_the_python_device(package, user_csv, tmp_path, head_only, settings):
+    with NativePackage(package) as native:
+        result = personalize(native, user_csv, tmp_path / "native", head_only=head_only, threads=1, **settings)
+    mine = json.loads((tmp_path / "native" / "personal.json").read_text())
+    theirs = _python_job(package, user_csv, tmp_path / "python", head_only, **settings)
+    for key in ("num_train", "num_val", "num_guard", "best_epoch", "stopped_early"):
+        assert mine["training"][key] == theirs["training"][key], key
+    np.testing.assert_allclose(mine["training"]["step_losses"], theirs["training"]["step_losses"], atol=1e-4)
+    for got, want in zip(mine["training"]["history"], theirs["training"]["history"], strict=True):
+        assert got.get("val_accuracy") == want.get("val_accuracy")
+    assert mine["kind"] == theirs["kind"] and mine["train_cut"] == theirs["train_cut"]
+    assert sorted(mine["tensors"]) == sorted(theirs["tensors"])
+    for key in ("enabled", "kept", "reason", "keep_personal", "wins", "losses", "num_examples"):
+        assert mine["guard"].get(key) == theirs["guard"].get(key), key
+    assert bool(result["kept_personal"]) == (mine["kind"] == "top_delta")
+    assert result["num_guard"] == mine["training"]["num_guard"]
+    # Python reads and applies the library's state; both give the same logits with it
+    state = read_personal_state(tmp_path / "native")
+    texts = [t for t in user_data(30, seed=12).texts]
+    with Device(package) as device:
+        device.top(tmp_path / "native")  # the identity check passes
+        want = np.array([p.logits for p in device.predictor(tmp_path / "native").predict(texts)], np.float32)
+    with NativePackage(package) as native, NativeModel(native, tmp_path / "native", threads=1) as model:
+        got = model.predict(texts)
+    assert np.abs(got - want).max() <= 1e-4
+    if state.kind == "top_delta":
+        python_tensors = read_personal_state(tmp_path / "python").tensors
+        for name, tensor in state.tensors.items():
+            assert np.abs(tensor.numpy() - python_tensors[name].numpy()).max() <= 1e-3, name
+
+
+def test_the_job_keeps_a_learning_user_and_refuses_bad_input(package, user_csv, learning_csv, tmp_path):
+    with NativePackage(package) as native:
+        kept = personalize(native, learning_csv, tmp_path / "state", threads=1, epochs=12, lr=3e-3, head_lr=0.1)
+        assert kept["kept_personal"] == 1 and kept["guard_p_value"] < 0.05, kept
+        before = (tmp_path / "state" / "personal.json").read_bytes()
+        with pytest.raises(NativeError, match=r"guard_alpha must be in \(0, 1\).*\[argument\]"):
+            personalize(native, user_csv, tmp_path / "state", guard_alpha=1.5)
+        with pytest.raises(NativeError, match=r"epochs must be at least 1.*\[argument\]"):
+            personalize(native, user_csv, tmp_path / "state", epochs=0)
+        other = tmp_path / "notes"
+        other.mkdir()
+        (other / "keep.txt").write_text("mine")
+        with pytest.raises(NativeError, match="not a personal state; refusing to replace it"):
+            personalize(native, user_csv, other)
+        assert (other / "keep.txt").read_text() == "mine"
+        bad = write_csv(tmp_path / "bad.csv", [("some text", "alpha"), ("more", "not-a-label")])
+        with pytest.raises(NativeError, match=r"not-a-label.*\[data\]"):
+            personalize(native, bad, tmp_path / "state")
+        assert (tmp_path / "state" / "personal.json").read_bytes() == before  # the old state is untouched
+        replaced = personalize(native, user_csv, tmp_path / "state", threads=1, epochs=2, guard_fraction=0.0)
+        assert replaced["kept_personal"] == 1 and read_personal_state(tmp_path / "state").kind == "top_delta"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no temporary or old directory stays beside the state
+
+
+def test_the_driver_personalizes_and_predicts_with_its_state(package, user_csv, learning_csv, tmp_path):
+    driver = library_path().parent / DRIVER
+    out = tmp_path / "state"
+    ran = subprocess.run([str(driver), "personalize", "--package", str(package), "--data", str(learning_csv), "--out",
+                          str(out), "--epochs", "12", "--lr", "3e-3", "--head-lr", "0.1", "--threads", "1",
+                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "kept the personal model" in ran.stdout and "guard: on 32 held-out examples" in ran.stdout
+    assert read_personal_state(out).kind == "top_delta"
+    shown = subprocess.run([str(driver), "predict", "--package", str(package), "--personal", str(out), "--text",
+                            "apple juice"], capture_output=True, text=True)  # fmt: skip
+    assert shown.returncode == 0 and shown.stdout.strip() in ("alpha", "beta", "gamma")
+    for argv, message in [
+        (["--epochs", "0"], "--epochs must be a whole number of at least 1"),
+        (["--lr", "fast"], "--lr must be a number"),
+    ]:
+        bad = subprocess.run([str(driver), "personalize", "--package", str(package), "--data", str(user_csv),
+                              "--out", str(tmp_path / "x"), *argv], capture_output=True, text=True)  # fmt: skip
+        assert bad.returncode == 1 and message in bad.stderr
+    missing = subprocess.run([str(driver), "personalize", "--package", str(package)], capture_output=True, text=True)
+    assert missing.returncode == 1 and "--data (labelled texts) and --out" in missing.stderr
+    assert not (tmp_path / "x").exists()
+    shutil.rmtree(out)
