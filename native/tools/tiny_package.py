@@ -1,14 +1,17 @@
 """A tiny device package with a real WordPiece tokenizer, for checking the C library on another machine.
 
 A 2-block BERT (hidden 32, random weights, seed 0) with the bundled all-MiniLM-L6-v2 tokenizer, planned with
-the top-k planner (k=1) and exported with edgetune's exporter (verified against the source model), plus
-``texts.txt``: the first line of 40 BBC articles and a few awkward texts. Needs ``pip install -e ".[examples]"``.
+the top-k planner (k=1) and exported with edgetune's exporter with the executorch target (trunk.pte, top.pte,
+top_train.pte; verified against the source model), plus ``texts.txt``: the first line of 40 BBC articles and a few
+awkward texts, and ``user.csv`` / ``test.csv``: labelled first lines of other BBC articles (a user's data to
+personalize on, and texts to evaluate on). Needs ``pip install -e ".[examples]"``.
 
     python native/tools/tiny_package.py OUT_DIR      # writes OUT_DIR/pkg and OUT_DIR/texts.txt
 """
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -31,7 +34,8 @@ def main(out: Path) -> None:
     torch.manual_seed(0)
     model_dir = out / "model"
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
     BertModel(config).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(model_dir)
     labelled = TextDataset(news.texts[::50], news.labels[::50], source="bbc-news")
@@ -40,7 +44,12 @@ def main(out: Path) -> None:
     names = labelled.label_map().labels
     classifier = SequenceClassifier(backbone, len(names), list(names))
     classifier.save_pretrained(out / "checkpoint", encoder)
-    export_package(out / "checkpoint", the_plan, out / "pkg", options=ExportOptions(threads=1))
+    options = ExportOptions(threads=1, targets=("onnx", "executorch"))
+    export_package(out / "checkpoint", the_plan, out / "pkg", options=options)
+    for name, rows in (("user.csv", range(1, 2000, 10)), ("test.csv", range(5, 2000, 40))):
+        picked = [(news.texts[i].splitlines()[0], news.labels[i]) for i in rows if i < len(news.texts)]
+        with (out / name).open("w", newline="") as f:
+            csv.writer(f).writerows([("text", "label"), *picked])
     print(out / "pkg")
 
 
