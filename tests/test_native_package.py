@@ -18,7 +18,7 @@ from edgetune.datasets import bbc_news, minilm_path
 from edgetune_format import manifest as mf
 from exporters.errors import PackageError
 from exporters.export import ExportOptions, export_package
-from tests.conftest import LABELS, synthetic_rows
+from tests.conftest import LABELS, synthetic_rows, write_csv
 from tests.packages import MAX_LENGTH, dataset, make_checkpoint, make_plan
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("native_library")]
@@ -182,5 +182,7 @@ def test_the_driver_and_the_example_app_are_c_programs_without_python(package, c
     assert encode.returncode == 2 and "WordLevel is not supported" in encode.stderr
     usage = subprocess.run([str(driver), "frobnicate"], capture_output=True, text=True)
     assert usage.returncode == 1 and "usage:" in usage.stderr
-    ran = subprocess.run([str(app), str(package), "hello"], capture_output=True, text=True)
-    assert ran.returncode == 2 and "bert package, 3 labels" in ran.stdout and "cannot tokenize" in ran.stderr
+    user = write_csv(copy.parent / "user.csv", synthetic_rows(20, seed=3))
+    ran = subprocess.run([str(app), str(package), str(user), str(copy.parent / "state"), "hello"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert ran.returncode == 2 and "bert package, 3 labels" in ran.stdout and "cannot personalize" in ran.stderr

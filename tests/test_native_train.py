@@ -167,3 +167,9 @@ def test_the_driver_personalizes_and_predicts_with_its_state(package, user_csv, 
     assert missing.returncode == 1 and "--data (labelled texts) and --out" in missing.stderr
     assert not (tmp_path / "x").exists()
     shutil.rmtree(out)
+    app = library_path().parent / "device_app"  # examples/device_app.c: personalize, then predict with the state
+    ran = subprocess.run([str(app), str(package), str(learning_csv), str(out), "apple juice"], capture_output=True,
+                         text=True)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "personalized on 109 texts" in ran.stdout and '"apple juice" -> ' in ran.stdout
+    assert read_personal_state(out).kind in ("top_delta", "kept_global")
