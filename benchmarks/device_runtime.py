@@ -1,4 +1,4 @@
-"""The device runtime on three training backends: loss parity, accuracy, peak memory of the job, time.
+"""The device runtime on four trainers: loss parity, accuracy, peak memory of the job, time.
 
     flock /work/bench.lock python benchmarks/device_runtime.py [--threads 2] [--users 3] [--out benchmarks/results]
 
@@ -11,10 +11,12 @@ exported without dropout, so "the same training" means no dropout on every backe
    ``top_fn.onnx``).
 2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`edgetune_fleet.users`, seed 0), 200
    training + 60 held-out texts each.
-3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``) one personalization job in a fresh process
-   with ``--threads`` threads: the one configured job (``PersonalizeConfig.plain``: no candidate selection, no
-   guard, so every backend runs the same training; device defaults otherwise: 8 epochs, early stopping on a 15%
-   validation split; the trunk runs
+3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``, and ``native``: the C library's job run by
+   its driver, ``edgetune-device personalize --guard-fraction 0``, a C program without Python) one personalization
+   job in a fresh process with ``--threads`` threads: the one configured job (``PersonalizeConfig.plain``: no
+   candidate selection, no guard, so every backend runs the same training; device defaults otherwise: 8 epochs,
+   early stopping on a 15% validation split; ``native`` runs its trunk (``trunk.pte``, XNNPACK) 8 texts per call,
+   the others run the ONNX trunk
    ``--cache-batch-size`` 4 texts per call on every backend: onnxruntime's activations set the trunk pass's peak,
    229 MB at 8 vs 183 MB at 4 texts of 128 tokens, measured alone). The parent
    samples the RSS of the job's whole process tree (the Python worker and, for ``executorch-cpp``, the C++ trainer)
@@ -53,9 +55,9 @@ from harness import (  # benchmarks/harness.py: the script's directory is on sys
     write_json,
 )
 
-BACKENDS = ("torch", "executorch", "executorch-cpp")
+BACKENDS = ("torch", "executorch", "executorch-cpp", "native")
 PARITY_STEPS = 20
-TARGET_RSS_MB = {"executorch-cpp": 250.0, "torch": 500.0}
+TARGET_RSS_MB = {"executorch-cpp": 250.0, "torch": 500.0, "native": 200.0}
 
 
 # -- workers (fresh processes) ----------------------------------------------------------------------------------------
@@ -127,7 +129,25 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Comple
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), sampler.peak.get("tree", 0.0), seconds
 
 
+def run_native_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """The C library's job through its driver (no Python in the process); its record is read from the state."""
+    cmd = [spec["driver"], "personalize", "--package", spec["package"], "--data", spec["data"], "--out", spec["out"],
+           "--guard-fraction", "0", "--threads", str(spec["threads"]), "--quiet"]  # fmt: skip
+    done, peak, seconds = run_measured(cmd, {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])})
+    if done.returncode != 0:
+        raise RuntimeError(f"native job failed:\n{done.stderr[-4000:]}")
+    training = json.loads((Path(spec["out"]) / "personal.json").read_text())["training"]
+    return {
+        "import_seconds": 0.0, "job_seconds": seconds, "phases": training["seconds"], "rss_after_imports_mb": 0.0,
+        "losses": training["step_losses"], "history": training["history"], "best_epoch": training["best_epoch"],
+        "epochs_run": len(training["history"]), "torch_loaded": False, "transformers_loaded": False,
+        "heavy_modules": [], "peak_tree_rss_mb": peak, "process_seconds": seconds,
+    }  # fmt: skip
+
+
 def run_job(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    if spec["backend"] == "native":
+        return run_native_job(spec)
     spec_path, out_path = tmp / "spec.json", tmp / "out.json"
     spec_path.write_text(json.dumps(spec))
     out_path.unlink(missing_ok=True)
@@ -255,7 +275,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     s = report["summary"]
     x = np.arange(len(BACKENDS))
     rss = [s[b]["peak_tree_rss_mb_median"] for b in BACKENDS]
-    axes[1].bar(x, rss, color=["tab:blue", "tab:orange", "tab:green"])
+    axes[1].bar(x, rss, color=["tab:blue", "tab:orange", "tab:green", "tab:purple"])
     for b, target in TARGET_RSS_MB.items():
         i = BACKENDS.index(b)
         axes[1].hlines(target, i - 0.4, i + 0.4, colors="red", linestyles="--")
@@ -284,9 +304,11 @@ def main() -> None:
     load_start = load_average()
 
     from device_sim.backends.build import trainer_binary
+    from device_sim.native import DRIVER, library_path
 
     binary = trainer_binary()
     os.environ["EDGETUNE_TRAINER"] = str(binary)
+    driver = library_path().parent / DRIVER
     work = Path(tempfile.mkdtemp(prefix="device-runtime-"))
     try:
         setup = prepare(args, work)
@@ -296,7 +318,8 @@ def main() -> None:
             for backend in BACKENDS:
                 out = work / f"{user.user_id}-{backend}"
                 spec = {"backend": backend, "package": str(work / "pkg"), "data": str(train), "out": str(out),
-                        "threads": args.threads, "cache_batch_size": args.cache_batch_size}  # fmt: skip
+                        "threads": args.threads, "cache_batch_size": args.cache_batch_size,
+                        "driver": str(driver)}  # fmt: skip
                 job = run_job(spec, work)
                 job["accuracy"] = accuracy(work / "pkg", out, test, args.threads)
                 if backend != "torch":
@@ -320,6 +343,7 @@ def main() -> None:
             "executorch_export": {k: setup["executorch"][k] for k in ("parity", "seconds", "max_batch")},
             "package_file_sizes": setup["file_sizes"],
             "trainer_binary": str(binary),
+            "native_driver": str(driver),
             "import_rss_mb": imports,
             "targets": {"peak_rss_mb": TARGET_RSS_MB, "loss_parity": 1e-4, "accuracy_points": 0.5, "time_ratio": 1.5},
             "users": rows,
