@@ -248,7 +248,21 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   Indices by_length(static_cast<size_t>(n));
   std::iota(by_length.begin(), by_length.end(), 0);
   std::stable_sort(by_length.begin(), by_length.end(), [&](int64_t a, int64_t b) { return ids[a].size() < ids[b].size(); });
-  std::vector<std::vector<float>> rows(static_cast<size_t>(n));
+  // each example's features go straight into its split's store (no second copy of them at any time)
+  Features train, val, guard;
+  std::vector<std::pair<Features*, int64_t>> place(static_cast<size_t>(n));  // (split, row in it)
+  for (auto [split, idx] : {std::pair<Features*, const Indices*>{&train, &train_idx}, {&val, &val_idx},
+                            {&guard, &guard_idx}}) {
+    std::vector<int64_t> lengths, split_labels;
+    for (size_t r = 0; r < idx->size(); ++r) {
+      const int64_t i = (*idx)[r];
+      lengths.push_back(static_cast<int64_t>(ids[i].size()));
+      split_labels.push_back(labels[i]);
+      place[i] = {split, static_cast<int64_t>(r)};
+    }
+    split->hidden = model.hidden_size();
+    split->reserve(lengths, split_labels);
+  }
   for (int64_t startb = 0; startb < n; startb += s.cache_batch_size) {
     IdBatch b;
     b.rows = std::min(s.cache_batch_size, n - startb);
@@ -262,20 +276,12 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
     }
     const std::vector<float> f = model.features(b);
     for (int64_t r = 0; r < b.rows; ++r) {
-      const float* first = &f[r * b.width * model.hidden_size()];
-      rows[by_length[startb + r]].assign(first, first + b.lengths[r] * model.hidden_size());
+      const auto [split, at] = place[by_length[startb + r]];
+      std::copy_n(&f[r * b.width * model.hidden_size()], b.lengths[r] * model.hidden_size(), split->row(at));
     }
     if (progress) progress("trunk", std::min(n, startb + b.rows), n);
   }
-  auto split_features = [&](const Indices& idx) {
-    Features f;
-    f.hidden = model.hidden_size();
-    for (int64_t i : idx) f.add(rows[i].data(), static_cast<int64_t>(ids[i].size()), labels[i]);
-    return f;
-  };
-  const Features train = split_features(train_idx), val = split_features(val_idx), guard = split_features(guard_idx);
-  rows.clear();
-  rows.shrink_to_fit();
+  model.release_trunk();  // the job needs only the top from here on
   const double cached = now();
   // 4. train the configuration
   PersonalizeOutcome result;

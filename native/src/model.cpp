@@ -113,7 +113,13 @@ Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int t
 
 Model::~Model() = default;
 
+void Model::release_trunk() {
+  programs_->trunk.module.reset();
+  std::string().swap(programs_->trunk.bytes);
+}
+
 std::vector<float> Model::features(const IdBatch& b) {
+  if (!programs_->trunk.module) throw ModelError(ModelError::Kind::Runtime, "trunk.pte: released");
   std::vector<int64_t> ids(b.ids), mask(static_cast<size_t>(b.rows * b.width), 0);
   for (int64_t r = 0; r < b.rows; ++r)
     for (int64_t c = 0; c < b.lengths[r]; ++c) mask[r * b.width + c] = 1;

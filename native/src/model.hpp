@@ -42,6 +42,9 @@ class Model {
 
   // The trunk's output (rows x width x hidden, padding positions as the program leaves them).
   std::vector<float> features(const IdBatch& batch);
+  // Frees the trunk program (its bytes, packed weights and planned memory): a job that has cached the trunk's
+  // output needs only the top. features() is refused afterwards.
+  void release_trunk();
   // Logits (rows x num_labels) of the top on trunk features.
   std::vector<float> top_logits(const std::vector<float>& features, const IdBatch& batch,
                                 const Tensors* replacing = nullptr);

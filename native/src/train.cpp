@@ -61,6 +61,18 @@ void Features::add(const float* row, int64_t length, int64_t label) {
   data.insert(data.end(), row, row + length * hidden);
 }
 
+void Features::reserve(const std::vector<int64_t>& row_lengths, const std::vector<int64_t>& row_labels) {
+  lengths = row_lengths;
+  labels = row_labels;
+  offsets.clear();
+  int64_t total = 0;
+  for (int64_t length : lengths) {
+    offsets.push_back(total);
+    total += length * hidden;
+  }
+  data.assign(static_cast<size_t>(total), 0.0f);
+}
+
 void Features::gather(const int64_t* idx, int64_t count, int64_t min_width, std::vector<float>& hidden_out,
                       std::vector<int64_t>& mask_out, int64_t& width) const {
   width = min_width;

@@ -23,6 +23,9 @@ struct Features {
   std::vector<int64_t> labels;
   int64_t rows() const { return static_cast<int64_t>(lengths.size()); }
   void add(const float* row, int64_t length, int64_t label);
+  // Rows of the given lengths and labels, their values zero until written at row(i) (filled in any order).
+  void reserve(const std::vector<int64_t>& row_lengths, const std::vector<int64_t>& row_labels);
+  float* row(int64_t i) { return &data[offsets[i]]; }
   // Rows ``idx`` as a batch: right-padded to the longest (at least ``min_width``) with its attention mask.
   void gather(const int64_t* idx, int64_t count, int64_t min_width, std::vector<float>& hidden_out,
               std::vector<int64_t>& mask_out, int64_t& width) const;
