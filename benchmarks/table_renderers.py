@@ -255,6 +255,7 @@ BACKENDS = {
     "torch": "torch (plain-torch top, one process)",
     "executorch": "executorch (Python bindings)",
     "executorch-cpp": "**executorch-cpp** (C++ trainer, no torch)",
+    "native": "**native** (libedgetune_device's job, a C program; its job time is the whole process)",
 }
 
 
@@ -263,12 +264,14 @@ def device_runtime(res: Result) -> str:
     lines = _head(["backend", "loss vs torch, first 20 steps (max diff)", "held-out accuracy",
                    "peak RSS, median (max)", "job time, median", "vs torch"])  # fmt: skip
     for backend, label in BACKENDS.items():
+        if backend not in res["summary"]:  # a run before the library trained
+            continue
         s = res["summary"][backend]
         accuracy = f"{100 * s['accuracy_mean']:.2f}"
         if s.get("accuracy_diff_points_max") == 0:
             accuracy += " (same on every user)"
         rss = f"{s['peak_tree_rss_mb_median']:.0f} MB"
-        if backend == "executorch-cpp":
+        if backend in ("executorch-cpp", "native"):
             rss = f"**{rss}**"
         diff = s.get("max_loss_diff_first_20_steps")
         ratio = s.get("job_time_vs_torch_median", 1.0)
