@@ -249,6 +249,25 @@ class NativeTokenizer(_Handle):
         return pad_batch([self.encode(t, max_length) for t in texts], pad_id)
 
 
+def _open_dataset(
+    lib: ctypes.CDLL,
+    path: str | Path,
+    package: NativePackage | None,
+    text_column: str | None,
+    label_column: str | None,
+    labelled: bool,
+) -> ctypes.c_void_p:
+    """``edgetune_dataset_read``'s handle (the caller closes it); a refusal is :class:`NativeError`."""
+    handle = ctypes.c_void_p()
+    encode = lambda v: None if v is None else v.encode()  # noqa: E731
+    status = lib.edgetune_dataset_read(
+        os.fsencode(path), package._handle if package is not None else None, encode(text_column),
+        encode(label_column), int(labelled), ctypes.byref(handle),
+    )  # fmt: skip
+    check(lib, status)
+    return handle
+
+
 def read_dataset(
     path: str | Path,
     package: NativePackage | None = None,
@@ -259,13 +278,7 @@ def read_dataset(
     """The C library's reading of a user's data file: ``(texts, label names, label indices, rows)`` (indices
     among ``package``'s labels; -1 without a package or labels). Refusals are :class:`NativeError`."""
     lib = load_library()
-    handle = ctypes.c_void_p()
-    encode = lambda v: None if v is None else v.encode()  # noqa: E731
-    status = lib.edgetune_dataset_read(
-        os.fsencode(path), package._handle if package is not None else None, encode(text_column),
-        encode(label_column), int(labelled), ctypes.byref(handle),
-    )  # fmt: skip
-    check(lib, status)
+    handle = _open_dataset(lib, path, package, text_column, label_column, labelled)
     try:
         n = lib.edgetune_dataset_size(handle)
         texts = [lib.edgetune_dataset_text(handle, i).decode() for i in range(n)]
@@ -368,10 +381,7 @@ def personalize(
         if name not in dict(PersonalizeSettings._fields_):
             raise TypeError(f"unknown personalize setting {name!r}")
         setattr(config, name, value)
-    handle = ctypes.c_void_p()
-    encode = lambda v: None if v is None else v.encode()  # noqa: E731
-    check(lib, lib.edgetune_dataset_read(os.fsencode(data), package._handle, encode(text_column),
-                                         encode(label_column), 1, ctypes.byref(handle)))  # fmt: skip
+    handle = _open_dataset(lib, data, package, text_column, label_column, labelled=True)
     result = PersonalizeResult()
     try:
         status = lib.edgetune_personalize(
