@@ -11,16 +11,17 @@ exported without dropout, so "the same training" means no dropout on every backe
    ``top_fn.onnx``).
 2. Users: ``--users`` simulated non-IID users from the other 75% (:mod:`edgetune_fleet.users`, seed 0), 200
    training + 60 held-out texts each.
-3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``, and ``native``: the C library's job run by
-   its driver, ``edgetune-device personalize --guard-fraction 0``, a C program without Python) one personalization
+3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``: the C library's job called from Python, and
+   ``native``: the same job run by the library's driver, ``edgetune-device personalize --no-select --guard-fraction
+   0``, a C program without Python) one personalization
    job in a fresh process with ``--threads`` threads: the one configured job (``PersonalizeConfig.plain``: no
    candidate selection, no guard, so every backend runs the same training; device defaults otherwise: 8 epochs,
-   early stopping on a 15% validation split; ``native`` runs its trunk (``trunk.pte``, XNNPACK) 8 texts per call,
-   the others run the ONNX trunk
+   early stopping on a 15% validation split; ``executorch-cpp`` and ``native`` run the library's trunk
+   (``trunk.pte``, XNNPACK) 8 texts per call, the others run the ONNX trunk
    ``--cache-batch-size`` 4 texts per call on every backend: onnxruntime's activations set the trunk pass's peak,
    229 MB at 8 vs 183 MB at 4 texts of 128 tokens, measured alone). The parent
-   samples the RSS of the job's whole process tree (the Python worker and, for ``executorch-cpp``, the C++ trainer)
-   every 20 ms; the peak of that sum is the job's peak RSS. The worker imports only what its backend needs.
+   samples the RSS of the job's whole process tree every 20 ms; the peak of that sum is the job's peak RSS. The
+   worker imports only what its backend needs.
 4. Parity: the step losses of the first 20 steps against the torch backend's; accuracy of each personal state on
    the user's held-out texts (predicted with the torch-free ONNX top, the same for every state).
 5. Import costs, each in a fresh process: the RSS of a bare interpreter, and after ``import torch``, after the
@@ -132,7 +133,7 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Comple
 def run_native_job(spec: dict[str, Any]) -> dict[str, Any]:
     """The C library's job through its driver (no Python in the process); its record is read from the state."""
     cmd = [spec["driver"], "personalize", "--package", spec["package"], "--data", spec["data"], "--out", spec["out"],
-           "--guard-fraction", "0", "--threads", str(spec["threads"]), "--quiet"]  # fmt: skip
+           "--no-select", "--guard-fraction", "0", "--threads", str(spec["threads"]), "--quiet"]  # fmt: skip
     done, peak, seconds = run_measured(cmd, {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])})
     if done.returncode != 0:
         raise RuntimeError(f"native job failed:\n{done.stderr[-4000:]}")
@@ -303,11 +304,8 @@ def main() -> None:
     hold_lock(args.lock)
     load_start = load_average()
 
-    from device_sim.backends.build import trainer_binary
     from device_sim.native import DRIVER, library_path
 
-    binary = trainer_binary()
-    os.environ["EDGETUNE_TRAINER"] = str(binary)
     driver = library_path().parent / DRIVER
     work = Path(tempfile.mkdtemp(prefix="device-runtime-"))
     try:
@@ -342,7 +340,6 @@ def main() -> None:
             "setup_seconds": setup["seconds"],
             "executorch_export": {k: setup["executorch"][k] for k in ("parity", "seconds", "max_batch")},
             "package_file_sizes": setup["file_sizes"],
-            "trainer_binary": str(binary),
             "native_driver": str(driver),
             "import_rss_mb": imports,
             "targets": {"peak_rss_mb": TARGET_RSS_MB, "loss_parity": 1e-4, "accuracy_points": 0.5, "time_ratio": 1.5},

@@ -254,7 +254,7 @@ def backbone_swap(res: Result) -> str:
 BACKENDS = {
     "torch": "torch (plain-torch top, one process)",
     "executorch": "executorch (Python bindings)",
-    "executorch-cpp": "**executorch-cpp** (C++ trainer, no torch)",
+    "executorch-cpp": "**executorch-cpp** (libedgetune_device's job called from Python, no torch)",
     "native": "**native** (libedgetune_device's job, a C program; its job time is the whole process)",
 }
 

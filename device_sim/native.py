@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,31 @@ class PersonalizeSettings(ctypes.Structure):
         ("guard_alpha", ctypes.c_double),
         ("head_only", ctypes.c_int32),
         ("threads", ctypes.c_int32),
+        ("select", ctypes.c_int32),
+        ("candidates", ctypes.c_void_p),
+        ("num_candidates", ctypes.c_size_t),
+        ("skipped", ctypes.c_void_p),
+        ("num_skipped", ctypes.c_size_t),
     ]
+
+
+class CandidateSpec(ctypes.Structure):
+    """``edgetune_candidate``."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("prior", ctypes.c_int32),
+        ("head_only", ctypes.c_int32),
+        ("lr", ctypes.c_double),
+        ("head_lr", ctypes.c_double),
+        ("estimated_seconds", ctypes.c_double),
+    ]
+
+
+class SkippedCandidate(ctypes.Structure):
+    """``edgetune_skipped_candidate``."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("reason", ctypes.c_char_p)]
 
 
 class PersonalizeResult(ctypes.Structure):
@@ -114,6 +138,9 @@ class PersonalizeResult(ctypes.Structure):
         ("num_train", ctypes.c_int32),
         ("num_val", ctypes.c_int32),
         ("num_guard", ctypes.c_int32),
+        ("num_candidates", ctypes.c_int32),
+        ("chosen", ctypes.c_int32),
+        ("chosen_name", ctypes.c_char * 64),
         ("epochs_run", ctypes.c_int32),
         ("best_epoch", ctypes.c_int32),
         ("best_val_accuracy", ctypes.c_double),
@@ -125,6 +152,11 @@ class PersonalizeResult(ctypes.Structure):
         ("guard_losses", ctypes.c_int32),
     ]
 
+
+# edgetune_progress_fn: (user, stage, candidate, done, total, loss)
+ProgressFn = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_double
+)
 
 _loaded: ctypes.CDLL | None = None
 
@@ -186,6 +218,11 @@ def load_library() -> ctypes.CDLL:
         lib.edgetune_personalize.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(PersonalizeSettings), ctypes.c_void_p,
             ctypes.c_void_p, ctypes.POINTER(PersonalizeResult),
+        ]  # fmt: skip
+        lib.edgetune_personalize_texts.argtypes = [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t, ctypes.c_char_p, ctypes.c_char_p,
+            ctypes.POINTER(PersonalizeSettings), ProgressFn, ctypes.c_void_p, ctypes.POINTER(PersonalizeResult),
         ]  # fmt: skip
         _loaded = lib
     return _loaded
@@ -363,34 +400,111 @@ class NativeModel(_Handle):
         return out
 
 
+class _JobSettings:
+    """``edgetune_personalize_settings`` with the candidate and skipped arrays it points to kept alive."""
+
+    def __init__(
+        self,
+        lib: ctypes.CDLL,
+        candidates: Sequence[dict] | None,
+        skipped: Sequence[dict] | None,
+        settings: dict[str, float | int | bool],
+    ) -> None:
+        self.struct = PersonalizeSettings()
+        lib.edgetune_personalize_defaults(ctypes.byref(self.struct))
+        for name, value in settings.items():
+            if name not in dict(PersonalizeSettings._fields_) or name in ("candidates", "skipped"):
+                raise TypeError(f"unknown personalize setting {name!r}")
+            setattr(self.struct, name, value)
+        self._candidates = (CandidateSpec * len(candidates or ()))(
+            *(
+                CandidateSpec(
+                    c["name"].encode(),
+                    int(c.get("prior", False)),
+                    int(c.get("head_only", False)),
+                    float(c.get("lr", 0.0)),
+                    float(c.get("head_lr", 0.0)),
+                    float(c.get("estimated_seconds", -1.0)),
+                )  # fmt: skip
+                for c in candidates or ()
+            )
+        )
+        self._skipped = (SkippedCandidate * len(skipped or ()))(
+            *(SkippedCandidate(k["name"].encode(), k["reason"].encode()) for k in skipped or ())
+        )
+        if candidates:
+            self.struct.candidates = ctypes.cast(self._candidates, ctypes.c_void_p)
+            self.struct.num_candidates = len(candidates)
+        if skipped:
+            self.struct.skipped = ctypes.cast(self._skipped, ctypes.c_void_p)
+            self.struct.num_skipped = len(skipped)
+
+
+def _result(result: PersonalizeResult) -> dict[str, float | int | str]:
+    out: dict[str, float | int | str] = {name: getattr(result, name) for name, _ in PersonalizeResult._fields_}
+    out["chosen_name"] = result.chosen_name.decode()
+    return out
+
+
 def personalize(
     package: NativePackage,
     data: str | Path,
     out: str | Path,
     text_column: str | None = None,
     label_column: str | None = None,
+    candidates: Sequence[dict] | None = None,
+    skipped: Sequence[dict] | None = None,
     **settings: float | int | bool,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | str]:
     """The C library's personalization job on ``data`` (read by the library, labels checked against the
     package), writing the personal state at ``out``; ``settings``: fields of ``edgetune_personalize_settings``
-    (the others keep the library's defaults). Returns ``edgetune_personalize_result`` as a dict."""
+    (the others keep the library's defaults); ``candidates``/``skipped``: ``edgetune_candidate`` and
+    ``edgetune_skipped_candidate`` fields as dicts (None: the library's defaults). Returns
+    ``edgetune_personalize_result`` as a dict."""
     lib = load_library()
-    config = PersonalizeSettings()
-    lib.edgetune_personalize_defaults(ctypes.byref(config))
-    for name, value in settings.items():
-        if name not in dict(PersonalizeSettings._fields_):
-            raise TypeError(f"unknown personalize setting {name!r}")
-        setattr(config, name, value)
+    job = _JobSettings(lib, candidates, skipped, settings)
     handle = _open_dataset(lib, data, package, text_column, label_column, labelled=True)
     result = PersonalizeResult()
     try:
         status = lib.edgetune_personalize(
-            package._handle, handle, os.fsencode(out), ctypes.byref(config), None, None, ctypes.byref(result)
+            package._handle, handle, os.fsencode(out), ctypes.byref(job.struct), None, None, ctypes.byref(result)
         )
     finally:
         lib.edgetune_dataset_close(handle)
     check(lib, status)
-    return {name: getattr(result, name) for name, _ in PersonalizeResult._fields_}
+    return _result(result)
+
+
+def personalize_texts(
+    package: NativePackage,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    out: str | Path,
+    data_name: str = "",
+    candidates: Sequence[dict] | None = None,
+    skipped: Sequence[dict] | None = None,
+    progress: Callable[[str, str, int, int, float], None] | None = None,
+    **settings: float | int | bool,
+) -> dict[str, float | int | str]:
+    """:func:`personalize` on texts and their labels' indices among the package's labels
+    (``edgetune_personalize_texts``); ``progress(stage, candidate, done, total, loss)`` while it runs."""
+    lib = load_library()
+    job = _JobSettings(lib, candidates, skipped, settings)
+    data = [t.encode("utf-8") for t in texts]
+    n = len(data)
+    callback = ProgressFn(
+        (lambda _u, stage, cand, done, total, loss: progress(stage.decode(), cand.decode(), done, total, loss))
+        if progress is not None
+        else (lambda *_: None)
+    )
+    result = PersonalizeResult()
+    status = lib.edgetune_personalize_texts(
+        package._handle, (ctypes.c_char_p * n)(*data), (ctypes.c_size_t * n)(*map(len, data)),
+        (ctypes.c_int64 * n)(*map(int, labels)), n, data_name.encode(), os.fsencode(out), ctypes.byref(job.struct),
+        callback, None, ctypes.byref(result),
+    )  # fmt: skip
+    check(lib, status)
+    return _result(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 The job, in the order it runs (everything that can be wrong with the input is
 found before anything is computed or written); the training backend
 (``torch``, ``executorch``, ``executorch-cpp``: :mod:`device_sim.backends`)
-supplies steps 3 and 4 and the logits of step 5, the job does the rest:
+supplies steps 3 and 4 and the logits of step 5, the job does the rest (``executorch-cpp``, the C
+library, runs steps 3-6 itself from the prepared job: :class:`~device_sim.backends.base.WholeJobBackend`):
 
 1. read the user's data (labels must be the package's), tokenize it with the
    package's tokenizer, hold out a stratified *guard split* (``guard_fraction``,
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from device_sim.backends import get_backend
-from device_sim.backends.base import Backend, Candidate, StaleWorkError
+from device_sim.backends.base import Backend, Candidate, StaleWorkError, WholeJobBackend
 from device_sim.candidates import price_candidates, resolve_candidates, trainable
 from device_sim.guard import prior_shift
 from device_sim.package import DevicePackage
@@ -211,6 +212,8 @@ def run_job(
     profile, package = backend.profile, backend.package
     with backend.running():
         job = prepare(backend, data, config, profile)
+        if isinstance(backend, WholeJobBackend):
+            return backend.run_whole(job, out, config, start)
         prepared = time.perf_counter()
         work = work_dir(out)
         resumed = open_work(work, job_identity(job, config) if backend.resumes else None)

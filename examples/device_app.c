@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
       edgetune_personalize(package, data, argv[3], &settings, NULL, NULL, &result) != EDGETUNE_OK) {
     status = fail("cannot personalize");
   } else {
-    printf("personalized on %d texts: %s\n", result.num_train,
+    printf("personalized on %d texts (chose %s): %s\n", result.num_train, result.chosen_name,
            result.kept_personal ? "kept the personal model" : "kept the global model (the guard said so)");
     edgetune_model* model = NULL;
     float logits[256];

@@ -312,20 +312,12 @@ def native_library(tmp_path_factory):
         yield path
 
 
-@pytest.fixture(scope="session")
-def trainer_binary(tmp_path_factory):
-    """The C++ trainer, built once per session with the documented CMake command (really built: never skipped)."""
-    from device_sim.backends.build import build_trainer
-
-    return build_trainer(tmp_path_factory.mktemp("trainer-build"))
-
-
 # -- test tiers ------------------------------------------------------------------------------------------------
 # `python -m pytest -m "not slow"` is the quick tier (a couple of minutes on 2 cores); the full suite runs them all.
 # Slow = end to end through real exports of several families, subprocesses, kills, Ray, the C++ build, or a
 # whole training run: a module listed here is slow as a whole; otherwise the tests named (every parameter).
 SLOW_MODULES = {
-    "test_backends",  # ExecuTorch export + C++ trainer build
+    "test_backends",  # ExecuTorch export + the C library's build
     "test_cli_device",  # packages + personalization through the command line
     "test_cli_export",
     "test_cli_skip_merge",

@@ -1,5 +1,5 @@
-"""Training backends: torch, executorch (Python bindings) and executorch-cpp (the C++ trainer) train alike,
-write the same personal state, and the ExecuTorch paths stay light (checked in a fresh process)."""
+"""Training backends: torch, executorch (Python bindings) and executorch-cpp (the whole job in libedgetune_device)
+train alike, write the same personal state, and the ExecuTorch paths stay light (checked in a fresh process)."""
 
 import json
 import os
@@ -19,15 +19,19 @@ from tests.devices import fast, user_data
 BACKENDS = ("torch", "executorch", "executorch-cpp")
 
 
-@pytest.fixture(autouse=True)
-def _built_trainer(trainer_binary, monkeypatch):
-    monkeypatch.setenv("EDGETUNE_TRAINER", str(trainer_binary))
+pytestmark = pytest.mark.usefixtures("native_library")
 
 
 @pytest.fixture(scope="module")
-def trained(executorch_package, trainer_binary, tmp_path_factory):
+def executorch_package(wordpiece_executorch_package):
+    """The package every backend trains here: a tiny BERT with a WordPiece tokenizer (which the library
+    implements), exported with the executorch target."""
+    return wordpiece_executorch_package
+
+
+@pytest.fixture(scope="module")
+def trained(executorch_package, native_library, tmp_path_factory):
     """Each backend personalizes the same user on the same package; their step losses and states."""
-    os.environ["EDGETUNE_TRAINER"] = str(trainer_binary)
     root = tmp_path_factory.mktemp("backends")
     runs = {}
     with Device(executorch_package, threads=1) as device:
@@ -59,7 +63,8 @@ def test_every_backend_writes_the_same_personal_state_format(trained, executorch
     for backend in ("executorch", "executorch-cpp"):
         m = manifests[backend]
         assert m["tensors"] == manifests["torch"]["tensors"] and m["package"] == manifests["torch"]["package"]
-        assert m["tuner"] == manifests["torch"]["tuner"] and m["training"]["backend"] == backend
+        written_by = "libedgetune_device" if backend == "executorch-cpp" else backend  # the library writes the state
+        assert m["tuner"] == manifests["torch"]["tuner"] and m["training"]["backend"] == written_by
     texts = user_data(30, seed=9).texts
     with Device(executorch_package, threads=1) as device:
         base = device.predict_logits(texts, root / "torch")
@@ -92,14 +97,16 @@ def test_executorch_backends_select_and_guard_like_the_torch_backend(backend, ex
         manifest = result.manifest
         names = [c["name"] for c in manifest["selection"]["candidates"]]
         assert names == ["prior", "head", "head-fast", "block"]
-        assert manifest["selection"]["skipped"] == [{"name": "lora", "reason": "tuner 'lora' needs --trainer torch"}]
+        assert [k["name"] for k in manifest["selection"]["skipped"]] == ["lora"]
         assert manifest["guard"]["enabled"] and manifest["guard"]["candidate"] == manifest["selection"]["chosen"]
         assert result.num_guard == 18 and result.num_train + result.num_val + result.num_guard == 90
-        assert manifest["training"]["backend"] == backend
+        assert manifest["training"]["backend"] == {"executorch-cpp": "libedgetune_device"}.get(backend, backend)
         head = next(c for c in result.candidates if c.name == "head")
-        assert head.train_cut == 3 and sorted(head.tensors) == ["head.bias", "head.weight"]
         block = next(c for c in result.candidates if c.name == "block")
-        assert any(k.startswith("blocks.") for k in block.tensors)
+        assert head.train_cut == 3 and block.train_cut == 1 and len(head.history) == len(block.history) == 3
+        if backend == "executorch":  # Python holds every candidate's tensors; the library keeps the chosen one's
+            assert sorted(head.tensors) == ["head.bias", "head.weight"]
+            assert any(k.startswith("blocks.") for k in block.tensors)
         texts = user_data(20, seed=8).texts
         torch_top = device.predict_logits(texts, tmp_path / "p")
         onnx_top = device.predict_logits(texts, tmp_path / "p", backend="onnx")
@@ -138,9 +145,9 @@ FORBIDDEN = {  # what each backend's personalize + predict must not load
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_device_path_imports(backend, executorch_package, trainer_binary, tmp_path):
+def test_device_path_imports(backend, executorch_package, tmp_path):
     """A fresh process: a personalize and a predict on ``backend`` load none of the heavy server modules."""
-    env = {**os.environ, "EDGETUNE_TRAINER": str(trainer_binary), "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
     data = user_data(60, seed=3)
     csv = write_csv(tmp_path / "user.csv", list(zip(data.texts, data.labels)))
     run = subprocess.run(
@@ -166,7 +173,7 @@ def test_cli_personalize_and_predict_on_executorch_cpp(executorch_package, tmp_p
     args = ["personalize", "--package", str(executorch_package), "--data", str(csv), "--out", str(out)]
     result = runner.invoke(app, [*args, "--trainer", "executorch-cpp", "--epochs", "2", "--threads", "1", "-q"])
     assert result.exit_code == 0, result.output
-    assert "trainer executorch-cpp" in result.output
+    assert "trainer libedgetune_device" in result.output
     predict = ["predict", "--package", str(executorch_package), "--personal", str(out), "--runtime", "onnx"]
     result = runner.invoke(app, [*predict, "--text", "apple juice today"])
     assert result.exit_code == 0, result.output

@@ -1,7 +1,8 @@
 """libedgetune_device personalizes as the Python device does: numpy's draws bit for bit (the guard and validation
-splits and every epoch's order), the same training steps as the executorch-cpp backend (step losses, validation
-accuracy, best epoch), the same guard decision, and a personal state in the spec's format that Python reads,
-applies and predicts with as the library does. Bad settings, unlabelled data and an output that is not a
+splits and every epoch's order), the same training steps as the executorch backend (ExecuTorch's Python runtime
+on the same program: step losses, validation accuracy, best epoch), the same candidate choice and guard
+decision, and a personal state in the spec's format that Python reads, applies and predicts with as the library
+does. Bad settings, unlabelled data and an output that is not a
 personal state are refused before anything is written; a failed job leaves the previous state as it was."""
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import pytest
 
 from device_sim.backends.program import epoch_order
 from device_sim.device import Device
-from device_sim.native import DRIVER, NativeError, NativeModel, NativePackage, library_path, personalize
+from device_sim.native import (
+    DRIVER,
+    NativeError,
+    NativeModel,
+    NativePackage,
+    library_path,
+    personalize,
+    personalize_texts,
+)
 from device_sim.settings import PersonalizeConfig
 from device_sim.split import guard_split, validation_split
 from edgetune_format.personal import read_personal_state
@@ -72,27 +81,44 @@ def test_the_splits_and_epoch_orders_are_numpys_draws():
     assert got.stdout.splitlines() == want
 
 
-def _python_job(package, csv, out, head_only, **settings):
+def _python_job(package, csv, out, head_only, select=False, **settings):
     config = PersonalizeConfig(
-        select=False, progress=False, epochs=settings.get("epochs", 8), lr=settings.get("lr", 1e-4),
+        select=select, progress=False, epochs=settings.get("epochs", 8), lr=settings.get("lr", 1e-4),
         head_lr=settings.get("head_lr", 3e-3), guard_fraction=settings.get("guard_fraction", 0.2),
         cut=3 if head_only else None,
     )  # fmt: skip
     with Device(package) as device:
-        device.personalize(csv, out, config, backend="executorch-cpp")
+        device.personalize(csv, out, config, backend="executorch")
     return json.loads((out / "personal.json").read_text())
 
 
 @pytest.mark.parametrize(
-    "head_only, settings",
-    [(False, LEARNS), (True, LEARNS), (False, {"epochs": 3}), (False, {**LEARNS, "guard_fraction": 0.0})],
-    ids=["top", "head-only", "kept-global", "no-guard"],
+    "head_only, select, settings",
+    [
+        (False, False, LEARNS),
+        (True, False, LEARNS),
+        (False, False, {"epochs": 3}),
+        (False, False, {**LEARNS, "guard_fraction": 0.0}),
+        (False, True, {"epochs": 3}),
+    ],
+    ids=["top", "head-only", "kept-global", "no-guard", "select"],
 )
-def test_the_library_trains_and_decides_as_the_python_device(package, user_csv, tmp_path, head_only, settings):
+def test_the_library_trains_and_decides_as_the_python_device(package, user_csv, tmp_path, head_only, select, settings):
     with NativePackage(package) as native:
-        result = personalize(native, user_csv, tmp_path / "native", head_only=head_only, threads=1, **settings)
+        result = personalize(
+            native, user_csv, tmp_path / "native", head_only=head_only, select=int(select), threads=1, **settings
+        )
     mine = json.loads((tmp_path / "native" / "personal.json").read_text())
-    theirs = _python_job(package, user_csv, tmp_path / "python", head_only, **settings)
+    theirs = _python_job(package, user_csv, tmp_path / "python", head_only, select, **settings)
+    assert [c["name"] for c in mine["selection"]["candidates"]] == [
+        c["name"] for c in theirs["selection"]["candidates"]
+    ]
+    for got, want in zip(mine["selection"]["candidates"], theirs["selection"]["candidates"], strict=True):
+        assert (got["val_accuracy"], got["best_epoch"], got["train_cut"]) == (
+            want["val_accuracy"], want["best_epoch"], want["train_cut"]
+        ), got["name"]  # fmt: skip
+    assert mine["selection"]["chosen"] == theirs["selection"]["chosen"] == result["chosen_name"]
+    assert [k["name"] for k in mine["selection"]["skipped"]] == [k["name"] for k in theirs["selection"]["skipped"]]
     for key in ("num_train", "num_val", "num_guard", "best_epoch", "stopped_early"):
         assert mine["training"][key] == theirs["training"][key], key
     np.testing.assert_allclose(mine["training"]["step_losses"], theirs["training"]["step_losses"], atol=1e-4)
@@ -121,7 +147,9 @@ def test_the_library_trains_and_decides_as_the_python_device(package, user_csv, 
 
 def test_the_job_keeps_a_learning_user_and_refuses_bad_input(package, user_csv, learning_csv, tmp_path):
     with NativePackage(package) as native:
-        kept = personalize(native, learning_csv, tmp_path / "state", threads=1, epochs=12, lr=3e-3, head_lr=0.1)
+        kept = personalize(
+            native, learning_csv, tmp_path / "state", threads=1, select=0, epochs=12, lr=3e-3, head_lr=0.1
+        )
         assert kept["kept_personal"] == 1 and kept["guard_p_value"] < 0.05, kept
         before = (tmp_path / "state" / "personal.json").read_bytes()
         with pytest.raises(NativeError, match=r"guard_alpha must be in \(0, 1\).*\[argument\]"):
@@ -144,15 +172,61 @@ def test_the_job_keeps_a_learning_user_and_refuses_bad_input(package, user_csv, 
     assert leftovers == []  # no temporary or old directory stays beside the state
 
 
+def test_an_apps_own_candidates_texts_and_progress_and_bad_ones(package, tmp_path):
+    """edgetune_personalize_texts with the app's candidates: tried in order, priced and skipped as given, the
+    progress of every step reported; bad candidates or labels are refused before anything is written."""
+    data = user_data(60, seed=4)
+    steps = []
+    with NativePackage(package) as native:
+        labels = [native.labels.index(label) for label in data.labels]
+        candidates = [{"name": "prior", "prior": True}, {"name": "fast", "head_only": True, "head_lr": 0.1,
+                                                         "estimated_seconds": 1.5}]  # fmt: skip
+        skipped = [{"name": "big", "reason": "over the time budget (~90 s)"}]
+        result = personalize_texts(
+            native, data.texts, labels, tmp_path / "s", data_name="on-device", candidates=candidates,
+            skipped=skipped, progress=lambda *step: steps.append(step), threads=1, epochs=2, guard_fraction=0.0,
+        )  # fmt: skip
+        state = json.loads((tmp_path / "s" / "personal.json").read_text())
+        rows = state["selection"]["candidates"]
+        assert [r["name"] for r in rows] == ["prior", "fast"] and result["num_candidates"] == 2
+        assert rows[0]["estimated_device_seconds"] is None and rows[1]["estimated_device_seconds"] == 1.5
+        assert state["selection"]["skipped"] == skipped and state["training"]["data"] == "on-device"
+        assert result["chosen_name"] == state["selection"]["chosen"] == rows[result["chosen"]]["name"]
+        trunk = [s for s in steps if s[0] == "trunk"]
+        train = [s for s in steps if s[0] == "train"]
+        assert trunk[-1][2:4] == (60, 60)
+        assert {s[1] for s in train} == {"fast"} and len(train) == 2 * -(-result["num_train"] // 16)
+        assert [s[2] for s in train] == list(range(1, len(train) + 1)) and all(np.isfinite(s[4]) for s in train)
+        for bad, message in [
+            ({"candidates": candidates * 2}, r"unique.*\[argument\]"),
+            ({"candidates": [{"name": ""}]}, r"has no name.*\[argument\]"),
+            ({"candidates": [{"name": "x", "lr": -1.0}]}, r"lr and head_lr must be >= 0"),
+        ]:
+            with pytest.raises(NativeError, match=message):
+                personalize_texts(native, data.texts, labels, tmp_path / "bad", **bad)
+        with pytest.raises(NativeError, match=r"label index 7; the package has 3 labels.*\[data\]"):
+            personalize_texts(native, data.texts[:2], [0, 7], tmp_path / "bad")
+        with pytest.raises(NativeError, match=r"no examples.*\[data\]"):
+            personalize_texts(native, [], [], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_driver_personalizes_and_predicts_with_its_state(package, user_csv, learning_csv, tmp_path):
     driver = library_path().parent / DRIVER
     out = tmp_path / "state"
     ran = subprocess.run([str(driver), "personalize", "--package", str(package), "--data", str(learning_csv), "--out",
-                          str(out), "--epochs", "12", "--lr", "3e-3", "--head-lr", "0.1", "--threads", "1",
-                          "--quiet"], capture_output=True, text=True)  # fmt: skip
+                          str(out), "--epochs", "12", "--no-select", "--lr", "3e-3", "--head-lr", "0.1", "--threads",
+                          "1", "--quiet"], capture_output=True, text=True)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert "kept the personal model" in ran.stdout and "guard: on 32 held-out examples" in ran.stdout
     assert read_personal_state(out).kind == "top_delta"
+    chose = subprocess.run([str(driver), "personalize", "--package", str(package), "--data", str(learning_csv),
+                            "--out", str(tmp_path / "selected"), "--epochs", "3", "--threads", "1", "--quiet"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert chose.returncode == 0, chose.stderr
+    selection = json.loads((tmp_path / "selected" / "personal.json").read_text())["selection"]
+    assert f"chose {selection['chosen']} among 4 candidates" in chose.stdout
+    assert [k["name"] for k in selection["skipped"]] == ["lora"]
     shown = subprocess.run([str(driver), "predict", "--package", str(package), "--personal", str(out), "--text",
                             "apple juice"], capture_output=True, text=True)  # fmt: skip
     assert shown.returncode == 0 and shown.stdout.strip() in ("alpha", "beta", "gamma")

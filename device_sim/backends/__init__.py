@@ -7,9 +7,10 @@
 * ``executorch`` — the package's ``top_train.pte`` (export target
   ``executorch``) run by ExecuTorch's Python bindings; AdamW (torch's) writes
   into the runtime's live weights (:mod:`device_sim.backends.executorch_py`).
-* ``executorch-cpp`` — the same program run by a small C++ trainer on
-  ExecuTorch's C++ runtime (``device_sim/cpp``); the Python side runs the ONNX
-  trunk and never imports torch (:mod:`device_sim.backends.executorch_cpp`).
+* ``executorch-cpp`` — the whole job (trunk, candidates, choice, guard, the
+  state's write) in ``libedgetune_device``, the C library an app embeds
+  (``native/``); this process only prepares the job and never imports torch
+  (:mod:`device_sim.backends.executorch_cpp`).
 
 Every backend runs inside the one personalization job (:mod:`device_sim.personalize`):
 the same settings, splits, candidates, pricing, selection, guard and personal

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from device_sim.package import DevicePackage
     from device_sim.personalize import Job
     from device_sim.profiles import DeviceProfile
-    from device_sim.selection import Trained
+    from device_sim.selection import PersonalizeResult, Trained
     from device_sim.settings import PersonalizeConfig
 
 
@@ -128,3 +128,26 @@ class Backend(ABC):
     def record(self, chosen: Trained) -> dict[str, Any]:
         """What this backend adds to the state's ``training`` record."""
         return {}
+
+
+class WholeJobBackend(Backend):
+    """A backend that runs steps 3-6 of the job itself, given the checked and priced job (steps 1-2): the trunk,
+    every candidate, the choice, the guard and the state's atomic write. The C library (``executorch-cpp``) is
+    one: the whole device job in one implementation, which this process only prepares and reads back. The
+    per-step methods of :class:`Backend` are never called on it."""
+
+    @abstractmethod
+    def run_whole(self, job: Job, out: Path, config: PersonalizeConfig, started: float) -> PersonalizeResult:
+        """Run ``job`` and write its personal state at ``out`` (``started``: when the job began, for its timings)."""
+
+    def features(self, job: Job, work: Path) -> dict[str, float]:
+        raise TypeError(f"backend {self.name} runs the whole job (run_whole), not its steps")
+
+    def train(self, candidate: Candidate, job: Job, work: Path) -> Trained:
+        raise TypeError(f"backend {self.name} runs the whole job (run_whole), not its steps")
+
+    def logits(self, split: str, trained: Trained | None = None) -> np.ndarray:
+        raise TypeError(f"backend {self.name} runs the whole job (run_whole), not its steps")
+
+    def prior_tensors(self, shift: np.ndarray) -> dict[str, Any]:
+        raise TypeError(f"backend {self.name} runs the whole job (run_whole), not its steps")

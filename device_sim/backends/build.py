@@ -1,17 +1,13 @@
-"""Build (once) and find the C++ trainer of the ``executorch-cpp`` backend.
+"""Building native code once and finding it again: the CMake steps, and a cache keyed by the sources.
 
-The trainer (``device_sim/cpp``: ``trainer.cpp`` + ``CMakeLists.txt``) is
-built against the ExecuTorch runtime that the installed ``executorch`` wheel
-ships (its ``include/`` and ``lib/``), with the documented command::
-
-    cmake -S device_sim/cpp -B BUILD -DCMAKE_PREFIX_PATH=<executorch package dir> && cmake --build BUILD -j2
-
-``python -m device_sim.backends.build [BUILD_DIR]`` runs it and prints the
-binary. Without a build directory, :func:`trainer_binary` uses
-``$EDGETUNE_TRAINER`` (a built binary) or a cache directory keyed by the
-sources and the ExecuTorch version (``$EDGETUNE_CACHE``, default
-``~/.cache/edgetune``), building there on first use: a changed source or
-another ExecuTorch gets a fresh build. Nothing here imports torch.
+``libedgetune_device`` (``native/``, :mod:`device_sim.native`) is built against
+the ExecuTorch runtime that the installed ``executorch`` wheel ships (its
+``include/`` and ``lib/``) with the documented CMake command
+(:func:`cmake_build`). Without a build directory of its own, a caller finds it
+in a cache directory keyed by the sources and the ExecuTorch version
+(``$EDGETUNE_CACHE``, default ``~/.cache/edgetune``; :func:`given_or_cached`),
+built there on first use: a changed source or another ExecuTorch gets a fresh
+build. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -27,19 +23,16 @@ from pathlib import Path
 
 from edgetune.errors import EdgetuneError
 
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "cpp"
-BINARY = "edgetune-trainer"
-
 
 class BuildError(EdgetuneError, RuntimeError):
-    """The C++ trainer cannot be built (no cmake or compiler, no executorch wheel) or found."""
+    """Native code cannot be built (no cmake or compiler, no executorch wheel) or found."""
 
 
 def executorch_prefix() -> Path:
     """The installed executorch package directory (holds ``include/``, ``lib/`` and its CMake config)."""
     spec = importlib.util.find_spec("executorch")
     if spec is None or not spec.submodule_search_locations:
-        raise BuildError("the executorch package is not installed (pip install executorch); the C++ trainer needs it")
+        raise BuildError("the executorch package is not installed (pip install executorch); the C library needs it")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -50,7 +43,7 @@ def _cmake() -> str:
     return found
 
 
-def source_key(source_dir: Path = SOURCE_DIR, with_executorch: bool = True, extra: tuple[Path, ...] = ()) -> str:
+def source_key(source_dir: Path, with_executorch: bool = True, extra: tuple[Path, ...] = ()) -> str:
     """Identifies what a binary is built from: the sources under ``source_dir`` and the ``extra`` files it
     builds too (and the ExecuTorch version)."""
     from importlib.metadata import version
@@ -117,17 +110,6 @@ def given_or_cached(env: str, name: str, key: Callable[[], str], artifact: str, 
     return cached_build(name, key(), artifact, build)
 
 
-def build_trainer(build_dir: str | Path, quiet: bool = True) -> Path:
-    """Configure and build the trainer in ``build_dir``; returns the binary. Raises :class:`BuildError`."""
-    prefix = executorch_prefix()
-    return cmake_build(SOURCE_DIR, build_dir, BINARY, "the C++ trainer", [f"-DCMAKE_PREFIX_PATH={prefix}"], quiet)
-
-
-def trainer_binary() -> Path:
-    """The trainer to run: ``$EDGETUNE_TRAINER``, else the cached build for these sources (built if missing)."""
-    return given_or_cached("EDGETUNE_TRAINER", "trainer", source_key, BINARY, build_trainer)
-
-
 def build_command(argv: list[str] | None, build: Callable[..., Path], cached: Callable[[], Path]) -> int:
     """``python -m ...`` of a native build: ``build(DIR)`` when a directory is given, else the cached build; prints
     the artifact's path (exit 1 with the reason when it cannot be built)."""
@@ -139,11 +121,3 @@ def build_command(argv: list[str] | None, build: Callable[..., Path], cached: Ca
         return 1
     print(path)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return build_command(argv, build_trainer, trainer_binary)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

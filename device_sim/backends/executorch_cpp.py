@@ -1,150 +1,177 @@
-"""Backend ``executorch-cpp``: ``top_train.pte`` trained by the C++ trainer (``device_sim/cpp``), torch-free.
+"""Backend ``executorch-cpp``: the whole device job in ``libedgetune_device`` (the C library of ``native/``).
 
-This process tokenizes, runs the ONNX trunk once and writes the features as
-raw files into a work directory next to the output (``.<out>.partial/``):
-``train.f32`` / ``val.f32`` (n x S x d float32 rows, padding zeroed; the trainer reads a batch's rows
-when it needs them), ``*.mask``
-(uint8), ``*.labels`` (int64), ``order.i64`` (every epoch's permutation, the
-torch backend's), and ``job.txt`` (one ``key value`` per line; ``param NAME
-LR WEIGHT_DECAY DIMS...`` per trained tensor, in program order). The trainer
-(ExecuTorch's C++ runtime, no libtorch) trains and writes ``delta.safetensors``
-(the best epoch's tensors) and ``train.log`` (``step``, ``epoch`` and ``done``
-lines), which this module turns into the personal state. Nothing here imports
-torch.
+This process does what the job does before any work (:func:`device_sim.personalize.prepare`): it reads and
+checks the user's data, resolves the candidate configurations, keeps those ``top_train.pte`` can train and
+prices them against the device profile (dropping what does not fit). The library then runs the rest, the
+same code an app runs without Python: it tokenizes, draws the guard and validation splits (numpy's draws),
+runs ``trunk.pte`` once, computes or trains every candidate on the cached features, chooses one, applies the
+do-no-harm guard and writes the personal state atomically. What the job returns is read back from that state
+(:func:`result_from_state`). There is one implementation of the native job, not a Python orchestration around a
+trainer. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
+import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from device_sim.backends import register
-from device_sim.backends.base import BackendError, Candidate
-from device_sim.backends.build import trainer_binary
-from device_sim.backends.program import ProgramBackend, ProgramRun, epoch_order, param_settings, schedule
+from device_sim.backends.base import BackendError, Candidate, WholeJobBackend
+from device_sim.backends.program import ProgramRules
+from device_sim.guard import GuardDecision
+from device_sim.selection import PersonalizeResult, Trained
 from device_sim.settings import PersonalizeConfig
 
-BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the torch backend uses them
-EPS = 1e-8
+if TYPE_CHECKING:
+    from device_sim.personalize import Job
+
+GUARD_FIELDS = tuple(GuardDecision.__dataclass_fields__)
 
 
-def write_job(
-    work: Path,
-    program: dict[str, Any],
-    program_file: Path,
-    features: dict[str, Any],
-    y: dict[str, np.ndarray],
-    hidden: int,
-    cand: Candidate,
-    threads: int | None,
-) -> Path:
-    """The trainer's inputs in ``work``: label and order files and ``job.txt`` (features are already there);
-    the candidate's own files (``job.txt``, its delta and log) in ``work/<name>/``. ``features`` and ``y``: each
-    split's (features, mask) and labels."""
-    settings: PersonalizeConfig = cand.config
-    own = work / cand.name
-    own.mkdir(exist_ok=True)
-    y_train = y["train"].astype(np.int64)
-    n = len(y_train)
-    train_mask = features["train"][1]
-    train_mask.tofile(work / "train.mask")
-    y_train.tofile(work / "train.labels")
-    np.concatenate([epoch_order(n, settings.seed, e) for e in range(settings.epochs)]).astype(np.int64).tofile(
-        work / "order.i64"
-    )
-    warmup, total = schedule(n, settings)
-    lines = {
-        "program": str(program_file),
-        "seq": train_mask.shape[1],
-        "hidden": hidden,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "warmup_steps": warmup,
-        "total_steps": total,
-        "max_grad_norm": settings.max_grad_norm or 0.0,
-        "beta1": BETAS[0],
-        "beta2": BETAS[1],
-        "eps": EPS,
-        "patience": -1 if settings.patience is None else settings.patience,
-        "metric": settings.metric,
+def library_settings(config: PersonalizeConfig, job: Job, threads: int | None) -> dict[str, Any]:
+    """``edgetune_personalize_settings`` of the job (as keyword arguments of :func:`device_sim.native.personalize`)."""
+    settings: dict[str, Any] = {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "weight_decay": config.weight_decay,
+        "warmup_ratio": config.warmup_ratio,
+        "max_grad_norm": config.max_grad_norm or 0.0,
+        "patience": -1 if config.patience is None else config.patience,
+        "seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "guard_fraction": config.guard_fraction,
+        "guard_alpha": config.guard_alpha,
         "threads": threads or 0,
-        "train_n": n,
-        "train_features": work / "train.f32",
-        "train_mask": work / "train.mask",
-        "train_labels": work / "train.labels",
-        "val_n": 0 if features["val"] is None else len(y["val"]),
-        "order": work / "order.i64",
-        "out": own / "delta.safetensors",
-        "log": own / "train.log",
+        "select": int(config.select),
     }
-    if features["val"] is not None:
-        features["val"][1].tofile(work / "val.mask")
-        y["val"].astype(np.int64).tofile(work / "val.labels")
-        lines.update(val_features=work / "val.f32", val_mask=work / "val.mask", val_labels=work / "val.labels")
-    text = "".join(f"{k} {v}\n" for k, v in lines.items())
-    for name, lr, decay, shape in param_settings(program, settings, cand.head_only):
-        text += f"param {name} {lr!r} {decay!r} {' '.join(str(d) for d in shape)}\n"
-    (own / "job.txt").write_text(text)
-    return own / "job.txt"
+    if not config.select:  # the one configured candidate's cut and rates
+        cand = job.candidates[0]
+        settings.update(head_only=int(cand.head_only), **_rates(cand.config))
+    else:
+        settings.update(_rates(config))
+    return settings
 
 
-def read_log(path: Path) -> tuple[list[dict[str, Any]], list[float], int | None, bool]:
-    """``(history, step losses, best epoch, stopped early)`` from the trainer's log."""
-    history: list[dict[str, Any]] = []
-    losses: list[float] = []
-    best_epoch, stopped, done = None, False, False
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if parts[0] == "step":
-            losses.append(float(parts[3]))
-        elif parts[0] == "epoch":
-            row: dict[str, Any] = {"epoch": int(parts[1]), "loss": float(parts[2])}
-            row.update(seconds=float(parts[4]), steps=int(parts[3]), resumed=False)
-            if len(parts) >= 7:
-                row.update(val_accuracy=float(parts[5]), val_macro_f1=float(parts[6]))
-            history.append(row)
-        elif parts[0] == "done":
-            best_epoch = int(parts[1]) if int(parts[1]) > 0 else None
-            stopped, done = parts[2] == "1", True
-    if not done:
-        raise BackendError(f"{path}: the trainer did not finish")
-    return history, losses, best_epoch, stopped
+def _rates(config: PersonalizeConfig) -> dict[str, float]:
+    lr = float(config.lr or 0.0)
+    return {"lr": lr, "head_lr": float(config.head_lr if config.head_lr is not None else lr)}
+
+
+def library_candidate(cand: Candidate) -> dict[str, Any]:
+    """An ``edgetune_candidate`` (as a dict) for a resolved, priced candidate."""
+    return {
+        "name": cand.name,
+        "prior": cand.kind == "prior",
+        "head_only": cand.head_only,
+        **_rates(cand.config),
+        "estimated_seconds": cand.estimate.device_seconds if cand.estimate is not None else -1.0,
+    }
+
+
+def result_from_state(
+    out: Path, job: Job, losses: dict[str, list[float]], seconds: dict[str, float], resumed: bool = False
+) -> PersonalizeResult:
+    """What the job did, read from the personal state the library wrote at ``out``: every candidate's scores
+    (the selection), the chosen one's history and losses, the guard's decision. ``losses``: each candidate's
+    step losses, as the library reported them. Tensors: the kept top's; a top the guard refused is not kept by
+    the library, so its :class:`Trained` holds none."""
+    manifest = json.loads((out / "personal.json").read_text())
+    training, selection, guard_entry = manifest["training"], manifest["selection"], manifest["guard"]
+    kept = manifest["kind"] != "kept_global"
+    kinds = {c.name: c for c in job.candidates}
+    tensors: dict[str, Any] = {}
+    if kept:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(out / manifest["weights"]))
+    trained = []
+    for row in selection["candidates"]:
+        chosen = row["name"] == selection["chosen"]
+        tuner: dict[str, Any] = {"name": row["tuner"], "params": {}}
+        cand = kinds.get(row["name"])
+        if cand is not None and cand.kind == "prior":
+            tuner["prior_shift"] = manifest["tuner"].get("prior_shift", []) if chosen and kept else []
+        history = training["history"] if chosen else [{"epoch": e + 1} for e in range(row["epochs_run"])]
+        trained.append(
+            Trained(
+                name=row["name"],
+                tensors=tensors if chosen else {},
+                train_cut=row["train_cut"],
+                tuner=tuner,
+                history=history,
+                best_epoch=row["best_epoch"],
+                stopped_early=chosen and training["stopped_early"],
+                trainable_params=int(sum(int(np.prod(t.shape)) for t in tensors.values())) if chosen else 0,
+                val_accuracy=row["val_accuracy"],
+                estimate=cand.estimate if cand is not None else None,
+                seconds=row["seconds"],
+                losses=losses.get(row["name"], []),
+            )  # fmt: skip
+        )
+    chosen = next(t for t in trained if t.name == selection["chosen"])
+    guard = GuardDecision(**{k: guard_entry[k] for k in GUARD_FIELDS}) if "keep_personal" in guard_entry else None
+    return PersonalizeResult(
+        path=out, manifest=manifest, history=chosen.history, best_epoch=chosen.best_epoch,
+        stopped_early=chosen.stopped_early, trainable_params=chosen.trainable_params if kept else 0,
+        num_train=training["num_train"], num_val=training["num_val"], train_cut=manifest["train_cut"],
+        tuner=manifest["tuner"], estimate=job.estimate, cache="memory", resumed=resumed, seconds=seconds,
+        kept="personal" if kept else "global", guard=guard, num_guard=training["num_guard"], selection=selection,
+        candidate=chosen, candidates=trained, losses=chosen.losses,
+    )  # fmt: skip
 
 
 @register
-class ExecuTorchCpp(ProgramBackend):
+class ExecuTorchCpp(ProgramRules, WholeJobBackend):
     """See the module docstring."""
 
     name = "executorch-cpp"
-    cache = "mmap"  # the trainer reads the features from files in the work directory
+    cache = "memory"  # the library keeps each split's features in its own memory, once
 
     def check(self) -> None:
-        self.binary = trainer_binary()  # built on first use; fails before any work when it cannot be
         super().check()
+        from device_sim.native import load_library
 
-    def run_program(self, candidate: Candidate, work: Path) -> ProgramRun:
-        """One candidate's run in the C++ trainer (a fresh process: the package's weights, the candidate's rates)."""
-        from safetensors.numpy import load_file
+        if self.config.metric != "accuracy":
+            raise BackendError(
+                f"--trainer {self.name} keeps the epoch of the best validation accuracy (--metric accuracy)"
+            )
+        if self.config.precision != "fp32":
+            raise BackendError(f"--trainer {self.name} runs the fp32 trunk.pte (--precision fp32)")
+        if "trunk" not in self.program:
+            raise BackendError(
+                f"{self.package.path}: no trunk.pte (exported by an earlier release); re-export with "
+                f"`edgetune export ... --targets onnx,executorch` to train with --trainer {self.name}"
+            )
+        load_library()  # built on first use; fails before any work when it cannot be
 
-        program_file = self.package.file(self.program["train"]["file"])
-        job_file = write_job(
-            work, self.program, program_file, self.split_features, self.y, self.package.hidden_size, candidate,
-            self.threads,
-        )  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads or 1)}
-        run = subprocess.run([str(self.binary), str(job_file)], capture_output=True, text=True, env=env)
-        if run.returncode != 0:
-            raise BackendError(f"C++ trainer failed (exit {run.returncode}): {run.stderr.strip()[-2000:]}")
-        history, losses, best_epoch, stopped = read_log(job_file.parent / "train.log")
-        tensors = load_file(str(job_file.parent / "delta.safetensors"))
-        names = [p["name"] for p in self.program["train"]["parameters"]]
-        if sorted(tensors) != sorted(names):
-            raise BackendError("the C++ trainer wrote other tensors than top_train.pte trains")
-        for step, loss in enumerate(losses):
-            for callback in self.callbacks:
-                callback(step, loss)
-        return ProgramRun(tensors, history, best_epoch, stopped, losses)
+    def run_whole(self, job: Job, out: Path, config: PersonalizeConfig, started: float) -> PersonalizeResult:
+        from device_sim import native
+
+        prepared = time.perf_counter()
+        losses: dict[str, list[float]] = {}
+
+        def progress(stage: str, candidate: str, done: int, total: int, loss: float) -> None:
+            if stage == "train":
+                losses.setdefault(candidate, []).append(loss)
+                for callback in self.callbacks:
+                    callback(done - 1, loss)
+
+        try:
+            with native.NativePackage(self.package.path) as package:
+                result = native.personalize_texts(
+                    package, job.dataset.texts, job.y, out, data_name=str(job.dataset.source),
+                    candidates=[library_candidate(c) for c in job.candidates] if config.select else None,
+                    skipped=job.skipped, progress=progress, **library_settings(config, job, self.threads),
+                )  # fmt: skip
+        except native.NativeError as err:
+            raise BackendError(f"libedgetune_device: {err}") from err
+        if (result["num_train"], result["num_val"]) != (len(job.train_idx), len(job.val_idx)):
+            raise BackendError("libedgetune_device drew other splits than this job's (a library of another version?)")
+        state = json.loads((out / "personal.json").read_text())["training"]["seconds"]
+        seconds = {"prepare": prepared - started, **{k: state[k] for k in ("trunk", "train", "guard")}}
+        seconds["total"] = time.perf_counter() - started
+        return result_from_state(out, job, losses, seconds)

@@ -167,14 +167,12 @@ class OnnxLogits:
         return out
 
 
-class ProgramBackend(Backend):
-    """A backend that trains ``top_train.pte``; subclasses run one candidate (:meth:`run_program`)."""
+class ProgramRules(Backend):
+    """What a backend that runs the package's ``top_train.pte`` can and cannot train, and at what price: the
+    exported top (tuner ``full``, above the package's cut) or its head alone; the whole top's cost for every
+    candidate."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.program: dict[str, Any] = {}  # the manifest's executorch entry, once checked
-        self.split_features: dict[str, Features | None] = {}
-        self.y: dict[str, np.ndarray] = {}  # the labels of each split
+    program: dict[str, Any]  # the manifest's executorch entry, once checked
 
     def check(self) -> None:
         entry = self.package.manifest.get("executorch")
@@ -216,6 +214,17 @@ class ProgramBackend(Backend):
 
     def price_basis(self, candidate: Candidate) -> tuple[int, TunerCost]:
         return self.package.cut, TunerCost()  # every candidate, the prior's logits included, runs the whole top
+
+
+class ProgramBackend(ProgramRules):
+    """A backend that trains ``top_train.pte`` in the job's steps; subclasses run one candidate
+    (:meth:`run_program`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.program: dict[str, Any] = {}  # the manifest's executorch entry, once checked
+        self.split_features: dict[str, Features | None] = {}
+        self.y: dict[str, np.ndarray] = {}  # the labels of each split
 
     def features(self, job: Job, work: Path) -> dict[str, float]:
         seconds = {}

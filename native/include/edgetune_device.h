@@ -129,18 +129,33 @@ EDGETUNE_API edgetune_status edgetune_model_predict(edgetune_model* model, const
 EDGETUNE_API void edgetune_model_close(edgetune_model* model);
 
 /* -- Personalization ------------------------------------------------------------------------------------ */
-/* The device's personalization job for one configuration (docs/device-runtime.md): the guard and validation
- * splits (drawn as edgetune's Python device draws them), the trunk once over the texts, the top trained on the
- * cached features with top_train.pte (AdamW, warm-up and linear decay, clipping, the best epoch on the validation
- * split, early stopping), the do-no-harm guard (the personal top is kept only when a one-sided exact McNemar
- * test on the guard split says it is better at guard_alpha), and the personal state written atomically at
+/* The device's personalization job (docs/device-runtime.md), as edgetune's Python device runs it: the guard and
+ * validation splits (drawn as the Python device draws them), the trunk once over the texts, every candidate
+ * configuration on the cached features (the prior candidate: the global head's bias fitted to the user's label
+ * prior; the others: top_train.pte trained with AdamW, warm-up and linear decay, clipping, the best epoch on the
+ * validation split, early stopping), the candidate with the best validation accuracy chosen (ties: the first
+ * listed) and kept only when it beats the global top there and passes the do-no-harm guard (a one-sided exact
+ * McNemar test on the guard split at guard_alpha), and the personal state written atomically at
  * `out_directory` in the spec's format (kind top_delta, tuner full; or kept_global). `out_directory` may be
  * absent, empty or another personal state; anything else is refused. */
+typedef struct edgetune_candidate {
+  const char* name;         /* unique among the job's candidates */
+  int32_t prior;            /* 1: the global head with its bias fitted to the label prior (nothing trained) */
+  int32_t head_only;        /* 1: the head and final norm alone; 0: the top above the package's cut */
+  double lr, head_lr;       /* the blocks', and the head's and final norm's */
+  double estimated_seconds; /* the caller's price of it, recorded in the state (-1: none) */
+} edgetune_candidate;
+
+typedef struct edgetune_skipped_candidate {
+  const char* name;   /* a candidate the caller dropped (over a device budget, say) */
+  const char* reason; /* recorded in the state's selection */
+} edgetune_skipped_candidate;
+
 typedef struct edgetune_personalize_settings {
   int32_t epochs;          /* 8 */
   int32_t batch_size;      /* 16 */
-  double lr;               /* 1e-4: the blocks */
-  double head_lr;          /* 3e-3: the head and the final norm */
+  double lr;               /* 1e-4: the blocks (the configured job's; candidates carry their own) */
+  double head_lr;          /* 3e-3: the head and the final norm (the same) */
   double weight_decay;     /* 0.01 (not on biases and norms) */
   double warmup_ratio;     /* 0.06 */
   double max_grad_norm;    /* 1.0 (0: no clipping) */
@@ -149,22 +164,34 @@ typedef struct edgetune_personalize_settings {
   double val_fraction;     /* 0.15 */
   double guard_fraction;   /* 0.2 (0: no guard) */
   double guard_alpha;      /* 0.05 */
-  int32_t head_only;       /* 0: the top above the package's cut; 1: the head and final norm alone */
+  int32_t head_only;       /* without selection: 0 the top above the package's cut; 1 the head and final norm */
   int32_t threads;         /* 0: the runtime's choice */
+  int32_t select;          /* 1: choose among the candidates; 0: train the one configuration (lr, head_lr,
+                              head_only), named "configured", with no validation-split requirement */
+  const edgetune_candidate* candidates; /* with select: NULL (0) the defaults, "prior", "head" (head_lr 0.03),
+                                           "head-fast" (head_lr 0.1) and "block" (lr 1e-4, head_lr 3e-3) */
+  size_t num_candidates;
+  const edgetune_skipped_candidate* skipped; /* recorded; NULL with the default candidates: "lora" (not in
+                                                top_train.pte) */
+  size_t num_skipped;
 } edgetune_personalize_settings;
 
 typedef struct edgetune_personalize_result {
-  int32_t kept_personal;          /* 1: the state holds the trained top; 0: kept_global */
+  int32_t kept_personal;          /* 1: the state holds the chosen top; 0: kept_global */
   int32_t num_train, num_val, num_guard;
-  int32_t epochs_run, best_epoch; /* best_epoch 0: no validation (the last epoch is kept) */
-  double best_val_accuracy;       /* -1 without validation */
+  int32_t num_candidates, chosen; /* the candidates tried, and the chosen one's index among them */
+  char chosen_name[64];           /* its name (cut to 63 bytes) */
+  int32_t epochs_run, best_epoch; /* the chosen candidate's; best_epoch 0: none (no validation, or the prior) */
+  double best_val_accuracy;       /* the chosen candidate's validation accuracy; -1 without validation */
   double global_val_accuracy;     /* the package's top on the validation split, -1 without one */
   double guard_personal_accuracy, guard_global_accuracy, guard_p_value; /* -1, -1, 1 without a guard */
   int32_t guard_wins, guard_losses;
 } edgetune_personalize_result;
 
-/* Called while the job runs: `stage` "trunk" or "train", `done` of `total` (texts or optimizer steps). */
-typedef void (*edgetune_progress_fn)(void* user, const char* stage, int64_t done, int64_t total);
+/* Called while the job runs: `stage` "trunk" (`done` of `total` texts; `candidate` "") or "train" (optimizer
+ * steps of the candidate named `candidate`, `loss` the step's loss). */
+typedef void (*edgetune_progress_fn)(void* user, const char* stage, const char* candidate, int64_t done,
+                                     int64_t total, double loss);
 
 /* The settings above, written into `settings`. */
 EDGETUNE_API void edgetune_personalize_defaults(edgetune_personalize_settings* settings);
@@ -175,6 +202,14 @@ EDGETUNE_API edgetune_status edgetune_personalize(const edgetune_package* packag
                                                   const edgetune_personalize_settings* settings,
                                                   edgetune_progress_fn progress, void* user,
                                                   edgetune_personalize_result* result);
+/* The same job on `count` UTF-8 texts (`texts[i]` of `lengths[i]` bytes) and their labels' indices among the
+ * package's labels (edgetune_package_label); `data_name` (may be NULL) is recorded as the data's name. */
+EDGETUNE_API edgetune_status edgetune_personalize_texts(const edgetune_package* package, const char* const* texts,
+                                                        const size_t* lengths, const int64_t* labels, size_t count,
+                                                        const char* data_name, const char* out_directory,
+                                                        const edgetune_personalize_settings* settings,
+                                                        edgetune_progress_fn progress, void* user,
+                                                        edgetune_personalize_result* result);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,8 @@
 // none crosses into the caller's (C, JNI, Swift) frames.
 #include "edgetune_device.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <new>
@@ -367,79 +369,177 @@ void edgetune_personalize_defaults(edgetune_personalize_settings* s) {
   s->val_fraction = 0.15;
   s->guard_fraction = 0.2;
   s->guard_alpha = 0.05;
+  s->select = 1;
 }
+
+}  // extern "C"
+
+namespace {
+
+// The settings' problem in words ("" when none).
+std::string settings_problem(const edgetune_personalize_settings& s) {
+  if (s.epochs < 1) return "epochs must be at least 1";
+  if (s.batch_size < 1) return "batch_size must be at least 1";
+  if (!(s.lr >= 0) || !(s.head_lr >= 0) || !(s.weight_decay >= 0) || !(s.max_grad_norm >= 0))
+    return "lr, head_lr, weight_decay and max_grad_norm must be >= 0";
+  if (!(s.warmup_ratio >= 0 && s.warmup_ratio <= 1)) return "warmup_ratio must be in [0, 1]";
+  if (!(s.val_fraction >= 0 && s.val_fraction < 1)) return "val_fraction must be in [0, 1)";
+  if (!(s.guard_fraction >= 0 && s.guard_fraction < 1)) return "guard_fraction must be in [0, 1)";
+  if (!(s.guard_alpha > 0 && s.guard_alpha < 1)) return "guard_alpha must be in (0, 1)";
+  if (s.threads < 0) return "threads must be >= 0";
+  if (s.num_candidates > 0 && s.candidates == nullptr) return "candidates is NULL with num_candidates > 0";
+  if (s.num_skipped > 0 && s.skipped == nullptr) return "skipped is NULL with num_skipped > 0";
+  std::vector<std::string> names;
+  for (size_t i = 0; i < s.num_candidates; ++i) {
+    const edgetune_candidate& c = s.candidates[i];
+    if (c.name == nullptr || *c.name == '\0') return "candidate " + std::to_string(i) + " has no name";
+    if (std::find(names.begin(), names.end(), c.name) != names.end())
+      return std::string("candidate names must be unique: '") + c.name + "' is given twice";
+    names.push_back(c.name);
+    if (!(c.lr >= 0) || !(c.head_lr >= 0)) return std::string("candidate '") + c.name + "': lr and head_lr must be >= 0";
+  }
+  for (size_t i = 0; i < s.num_skipped; ++i)
+    if (s.skipped[i].name == nullptr || s.skipped[i].reason == nullptr) return "a skipped candidate's name or reason is NULL";
+  return "";
+}
+
+#ifdef EDGETUNE_WITH_EXECUTORCH
+edgetune::PersonalizeSettings job_settings(const edgetune_personalize_settings& s) {
+  edgetune::PersonalizeSettings job;
+  job.epochs = s.epochs;
+  job.batch_size = s.batch_size;
+  job.lr = s.lr;
+  job.head_lr = s.head_lr;
+  job.weight_decay = s.weight_decay;
+  job.warmup_ratio = s.warmup_ratio;
+  job.max_grad_norm = s.max_grad_norm;
+  job.patience = s.patience;
+  job.seed = s.seed;
+  job.val_fraction = s.val_fraction;
+  job.guard_fraction = s.guard_fraction;
+  job.guard_alpha = s.guard_alpha;
+  job.head_only = s.head_only != 0;
+  job.threads = s.threads;
+  job.select = s.select != 0;
+  for (size_t i = 0; i < s.num_candidates; ++i) {
+    const edgetune_candidate& c = s.candidates[i];
+    edgetune::CandidateSpec spec;
+    spec.name = c.name;
+    spec.prior = c.prior != 0;
+    spec.head_only = c.head_only != 0;
+    spec.lr = c.lr;
+    spec.head_lr = c.head_lr;
+    spec.estimated_seconds = c.estimated_seconds;
+    job.candidates.push_back(spec);
+  }
+  for (size_t i = 0; i < s.num_skipped; ++i) job.skipped.push_back({s.skipped[i].name, s.skipped[i].reason});
+  return job;
+}
+
+void fill_result(const edgetune::PersonalizeOutcome& o, edgetune_personalize_result* result) {
+  if (result == nullptr) return;
+  const auto& g = o.guard;
+  const auto& chosen = o.chosen_candidate();
+  *result = edgetune_personalize_result{};
+  result->kept_personal = o.kind == "top_delta";
+  result->num_train = static_cast<int32_t>(o.num_train);
+  result->num_val = static_cast<int32_t>(o.num_val);
+  result->num_guard = static_cast<int32_t>(g.num_examples);
+  result->num_candidates = static_cast<int32_t>(o.candidates.size());
+  result->chosen = static_cast<int32_t>(o.chosen);
+  std::snprintf(result->chosen_name, sizeof result->chosen_name, "%s", chosen.spec.name.c_str());
+  result->epochs_run = static_cast<int32_t>(chosen.training.history.size());
+  result->best_epoch = static_cast<int32_t>(std::max<int64_t>(0, chosen.training.best_epoch));
+  result->best_val_accuracy = chosen.val_accuracy;
+  result->global_val_accuracy = o.global_val_accuracy;
+  result->guard_personal_accuracy = g.num_examples ? g.personal_accuracy : -1;
+  result->guard_global_accuracy = g.num_examples ? g.global_accuracy : -1;
+  result->guard_p_value = g.p_value;
+  result->guard_wins = static_cast<int32_t>(g.wins);
+  result->guard_losses = static_cast<int32_t>(g.losses);
+}
+#endif
+
+// The job on texts and label indices already checked, with the settings checked.
+edgetune_status run_personalize(const edgetune_package* package, const std::vector<std::string>& texts,
+                                const std::vector<int64_t>& labels, const std::string& data_name, const char* out,
+                                const edgetune_personalize_settings& s, edgetune_progress_fn progress, void* user,
+                                edgetune_personalize_result* result) {
+#ifdef EDGETUNE_WITH_EXECUTORCH
+  return guarded("", [&] {
+    auto report = [&](const char* stage, const char* candidate, int64_t done, int64_t total, double loss) {
+      if (progress) progress(user, stage, candidate, done, total, loss);
+    };
+    fill_result(edgetune::personalize(*package->impl, texts, labels, data_name, out, job_settings(s), report),
+                result);
+    return EDGETUNE_OK;
+  });
+#else
+  (void)package, (void)texts, (void)labels, (void)data_name, (void)out, (void)s, (void)progress, (void)user,
+      (void)result;
+  return fail(EDGETUNE_ERROR_UNSUPPORTED, "edgetune_personalize: this library was built without ExecuTorch");
+#endif
+}
+
+// The arguments every personalization entry checks, and ``s``: the settings to run (the defaults for NULL).
+edgetune_status check_personalize(const edgetune_package* package, const char* out,
+                                  const edgetune_personalize_settings* settings, edgetune_personalize_settings& s) {
+  if (package == nullptr || package->impl == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: package is NULL");
+  if (out == nullptr || *out == '\0')
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: out_directory is NULL or empty");
+  edgetune_personalize_defaults(&s);
+  if (settings != nullptr) s = *settings;
+  const std::string bad = settings_problem(s);
+  if (!bad.empty()) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: " + bad);
+  return EDGETUNE_OK;
+}
+
+}  // namespace
+
+extern "C" {
 
 edgetune_status edgetune_personalize(const edgetune_package* package, const edgetune_dataset* dataset,
                                      const char* out_directory, const edgetune_personalize_settings* settings,
                                      edgetune_progress_fn progress, void* user, edgetune_personalize_result* result) {
-  if (package == nullptr || package->impl == nullptr)
-    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: package is NULL");
-  if (dataset == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: dataset is NULL");
-  if (out_directory == nullptr || *out_directory == '\0')
-    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: out_directory is NULL or empty");
   edgetune_personalize_settings s;
-  edgetune_personalize_defaults(&s);
-  if (settings != nullptr) s = *settings;
-  std::string bad;
-  if (s.epochs < 1) bad = "epochs must be at least 1";
-  else if (s.batch_size < 1) bad = "batch_size must be at least 1";
-  else if (!(s.lr >= 0) || !(s.head_lr >= 0) || !(s.weight_decay >= 0) || !(s.max_grad_norm >= 0))
-    bad = "lr, head_lr, weight_decay and max_grad_norm must be >= 0";
-  else if (!(s.warmup_ratio >= 0 && s.warmup_ratio <= 1)) bad = "warmup_ratio must be in [0, 1]";
-  else if (!(s.val_fraction >= 0 && s.val_fraction < 1)) bad = "val_fraction must be in [0, 1)";
-  else if (!(s.guard_fraction >= 0 && s.guard_fraction < 1)) bad = "guard_fraction must be in [0, 1)";
-  else if (!(s.guard_alpha > 0 && s.guard_alpha < 1)) bad = "guard_alpha must be in (0, 1)";
-  else if (s.threads < 0) bad = "threads must be >= 0";
-  if (!bad.empty()) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: " + bad);
+  if (edgetune_status status = check_personalize(package, out_directory, settings, s); status != EDGETUNE_OK)
+    return status;
+  if (dataset == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize: dataset is NULL");
   for (int64_t label : dataset->labels)
     if (label < 0)
       return fail(EDGETUNE_ERROR_DATA, "edgetune_personalize: the dataset has no labels of this package (read it "
                                        "labelled, with the package)");
-#ifdef EDGETUNE_WITH_EXECUTORCH
-  return guarded("", [&] {
-    edgetune::PersonalizeSettings job;
-    job.epochs = s.epochs;
-    job.batch_size = s.batch_size;
-    job.lr = s.lr;
-    job.head_lr = s.head_lr;
-    job.weight_decay = s.weight_decay;
-    job.warmup_ratio = s.warmup_ratio;
-    job.max_grad_norm = s.max_grad_norm;
-    job.patience = s.patience;
-    job.seed = s.seed;
-    job.val_fraction = s.val_fraction;
-    job.guard_fraction = s.guard_fraction;
-    job.guard_alpha = s.guard_alpha;
-    job.head_only = s.head_only != 0;
-    job.threads = s.threads;
-    auto report = [&](const char* stage, int64_t done, int64_t total) {
-      if (progress) progress(user, stage, done, total);
-    };
-    const auto outcome = edgetune::personalize(*package->impl, dataset->data.texts, dataset->labels,
-                                               dataset->path, out_directory, job, report);
-    if (result != nullptr) {
-      const auto& g = outcome.guard;
-      *result = edgetune_personalize_result{};
-      result->kept_personal = outcome.kind == "top_delta";
-      result->num_train = static_cast<int32_t>(outcome.num_train);
-      result->num_val = static_cast<int32_t>(outcome.num_val);
-      result->num_guard = static_cast<int32_t>(g.num_examples);
-      result->epochs_run = static_cast<int32_t>(outcome.training.history.size());
-      result->best_epoch = static_cast<int32_t>(std::max<int64_t>(0, outcome.training.best_epoch));
-      result->best_val_accuracy = outcome.best_val_accuracy;
-      result->global_val_accuracy = outcome.global_val_accuracy;
-      result->guard_personal_accuracy = g.num_examples ? g.personal_accuracy : -1;
-      result->guard_global_accuracy = g.num_examples ? g.global_accuracy : -1;
-      result->guard_p_value = g.p_value;
-      result->guard_wins = static_cast<int32_t>(g.wins);
-      result->guard_losses = static_cast<int32_t>(g.losses);
-    }
-    return EDGETUNE_OK;
-  });
-#else
-  (void)progress, (void)user, (void)result;
-  return fail(EDGETUNE_ERROR_UNSUPPORTED, "edgetune_personalize: this library was built without ExecuTorch");
-#endif
+  return run_personalize(package, dataset->data.texts, dataset->labels, dataset->path, out_directory, s, progress,
+                         user, result);
+}
+
+edgetune_status edgetune_personalize_texts(const edgetune_package* package, const char* const* texts,
+                                           const size_t* lengths, const int64_t* labels, size_t count,
+                                           const char* data_name, const char* out_directory,
+                                           const edgetune_personalize_settings* settings,
+                                           edgetune_progress_fn progress, void* user,
+                                           edgetune_personalize_result* result) {
+  edgetune_personalize_settings s;
+  if (edgetune_status status = check_personalize(package, out_directory, settings, s); status != EDGETUNE_OK)
+    return status;
+  if (count == 0) return fail(EDGETUNE_ERROR_DATA, "edgetune_personalize_texts: no examples");
+  if (texts == nullptr || lengths == nullptr || labels == nullptr)
+    return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize_texts: texts, lengths or labels is NULL");
+  const size_t classes = package->impl->labels().size();
+  std::vector<std::string> owned(count);
+  std::vector<int64_t> label_vec(labels, labels + count);
+  for (size_t i = 0; i < count; ++i) {
+    if (texts[i] == nullptr && lengths[i] > 0)
+      return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_personalize_texts: text " + std::to_string(i) + " is NULL");
+    if (labels[i] < 0 || static_cast<size_t>(labels[i]) >= classes)
+      return fail(EDGETUNE_ERROR_DATA, "edgetune_personalize_texts: example " + std::to_string(i) + " has label index " +
+                                           std::to_string(labels[i]) + "; the package has " + std::to_string(classes) +
+                                           " labels");
+    if (lengths[i] > 0) owned[i].assign(texts[i], lengths[i]);
+  }
+  return run_personalize(package, owned, label_vec, data_name ? data_name : "", out_directory, s, progress, user,
+                         result);
 }
 
 }  // extern "C"

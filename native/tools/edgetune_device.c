@@ -5,10 +5,10 @@
  *   edgetune-device encode --package PACKAGE [TEXT ...]
  *                                                 token ids of each TEXT (or of each line of stdin), one JSON
  *                                                 array per line, at the package's max_length
- *   edgetune-device personalize --package PACKAGE --data FILE --out STATE [--epochs N] [--lr X] [--head-lr X]
- *                               [--head-only] [--guard-fraction X] [--seed N] ... (see --help)
- *                                                 the device's personalization job, as `edgetune personalize
- *                                                 --no-select` does it
+ *   edgetune-device personalize --package PACKAGE --data FILE --out STATE [--epochs N] [--no-select]
+ *                               [--lr X] [--head-lr X] [--head-only] [--guard-fraction X] [--seed N] ... (see --help)
+ *                                                 the device's personalization job, as `edgetune personalize`
+ *                                                 does it (candidate selection, guard, atomic state)
  *   edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)
  *                           [--format label|jsonl] [--logits] [--threads N] [--batch-size N] [--text-column C]
  *                                                 label texts, as `edgetune predict` does
@@ -36,7 +36,8 @@ static int usage(FILE* out) {
           "       edgetune-device personalize --package PACKAGE --data FILE --out STATE [--epochs N] [--batch-size N]\n"
           "                               [--lr X] [--head-lr X] [--weight-decay X] [--warmup-ratio X]\n"
           "                               [--max-grad-norm X] [--patience N] [--seed N] [--val-fraction X]\n"
-          "                               [--guard-fraction X] [--guard-alpha X] [--head-only] [--threads N]\n"
+          "                               [--guard-fraction X] [--guard-alpha X] [--no-select] [--head-only]\n"
+          "                               [--threads N]\n"
           "                               [--text-column C] [--label-column C] [--quiet]\n"
           "       edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)\n"
           "                               [--format label|jsonl] [--logits] [--threads N] [--batch-size N]\n"
@@ -46,10 +47,12 @@ static int usage(FILE* out) {
           "\n"
           "encode   the token ids of each text as the package's tokenizer gives them (special tokens and\n"
           "         truncation at the package's max_length included), one JSON array per line.\n"
-          "personalize  train the package's top on labelled texts (trunk.pte once, top_train.pte trained; one\n"
-          "         configuration: the top above the package's cut, or --head-only) and keep it only when the\n"
-          "         do-no-harm guard says it beats the global model on a held-out split (--guard-fraction 0:\n"
-          "         no guard); writes the personal state STATE atomically.\n"
+          "personalize  personalize the package's top on labelled texts: trunk.pte once, then the candidates\n"
+          "         (the head's bias fitted to the label prior; the head alone at two rates; the top above the\n"
+          "         package's cut, with top_train.pte), the best on a validation split chosen and kept only when\n"
+          "         it beats the global model there and the do-no-harm guard says it is better on a held-out\n"
+          "         split (--guard-fraction 0: no guard); writes the personal state STATE atomically.\n"
+          "         --no-select trains one configuration (--lr, --head-lr; --head-only: the head alone).\n"
           "predict  label texts with the package's ExecuTorch programs (trunk.pte, top.pte), and a personal\n"
           "         state when --personal names one: one label per line, or JSON lines with the confidence and\n"
           "         every label's score (--format jsonl; --logits adds the raw logits); --out writes a\n"
@@ -155,7 +158,7 @@ typedef struct {
   const char* text_column;
   const char* label_column;
   const char* format;
-  int logits, quiet, threads, batch_size, head_only;
+  int logits, quiet, threads, batch_size;
   edgetune_personalize_settings settings;  /* personalize's numbers */
   int first_text, text_count;  /* --text values, collected in argv order */
   const char** texts;
@@ -210,7 +213,8 @@ static int parse_options(int argc, char** argv, options* o) {
     if (strcmp(flag, "--help") == 0) return usage(stdout) - 100;  /* marks "printed help" */
     if (strcmp(flag, "--logits") == 0) { o->logits = 1; continue; }
     if (strcmp(flag, "--quiet") == 0 || strcmp(flag, "-q") == 0) { o->quiet = 1; continue; }
-    if (strcmp(flag, "--head-only") == 0) { o->settings.head_only = 1; continue; }
+    if (strcmp(flag, "--head-only") == 0) { o->settings.head_only = 1; o->settings.select = 0; continue; }
+    if (strcmp(flag, "--no-select") == 0) { o->settings.select = 0; continue; }
     if (!value) { fprintf(stderr, "error: %s needs a value\n", flag); return 1; }
     ++i;
     if (strcmp(flag, "--package") == 0) o->package = value;
@@ -520,9 +524,13 @@ static int evaluate(int argc, char** argv) {
   return status;
 }
 
-static void show_progress(void* user, const char* stage, int64_t done, int64_t total) {
+static void show_progress(void* user, const char* stage, const char* candidate, int64_t done, int64_t total,
+                          double loss) {
   if (*(const int*)user) return;  /* --quiet */
-  fprintf(stderr, "\r%-5s %lld/%lld", stage, (long long)done, (long long)total);
+  if (*candidate)
+    fprintf(stderr, "\r%s %-10s %lld/%lld loss %.4f", stage, candidate, (long long)done, (long long)total, loss);
+  else
+    fprintf(stderr, "\r%-5s %lld/%lld", stage, (long long)done, (long long)total);
   if (done == total) fputc('\n', stderr);
 }
 
@@ -548,10 +556,14 @@ static int personalize(int argc, char** argv) {
   if (edgetune_personalize(package, dataset, o.out, &o.settings, show_progress, &o.quiet, &r) != EDGETUNE_OK) {
     status = refused(NULL);
   } else {
-    printf("trained %s with full on %d examples (%d validation, %d held out for the guard), %d epochs",
-           o.settings.head_only ? "the head" : "the top above the package's cut", r.num_train, r.num_val,
+    if (r.num_candidates > 1)
+      printf("chose %s among %d candidates", r.chosen_name, r.num_candidates);
+    else
+      printf("trained %s", o.settings.head_only ? "the head" : "the top above the package's cut");
+    printf(" on %d examples (%d validation, %d held out for the guard), %d epochs", r.num_train, r.num_val,
            r.num_guard, r.epochs_run);
-    if (r.best_epoch > 0) printf("; validation accuracy %.1f%% (best epoch %d)", 100 * r.best_val_accuracy, r.best_epoch);
+    if (r.best_val_accuracy >= 0) printf("; validation accuracy %.1f%%", 100 * r.best_val_accuracy);
+    if (r.global_val_accuracy >= 0) printf(" (global %.1f%%)", 100 * r.global_val_accuracy);
     printf("\n");
     if (r.num_guard > 0)
       printf("guard: on %d held-out examples: personal %.1f%%, global %.1f%% (%d wins, %d losses, one-sided p = "
