@@ -260,7 +260,7 @@ def personalize(
     ``config.select``, its candidates trimmed to fit) and sets the thread count unless ``threads`` is given.
     ``backend``: who trains (:func:`device_sim.backends.backend_names`). ``callbacks`` run after every optimizer
     step: with a :class:`~edgetune.callbacks.StepEvent` (``torch``), or with ``(step, loss)`` (the ExecuTorch
-    backends; ``executorch-cpp`` calls them after training, its steps run in another process).
+    backends; ``executorch-cpp``: from the library's progress callback, as its steps run).
     """
     config = config or PersonalizeConfig()
     threads = threads if threads is not None else (profile.threads if profile is not None else None)
