@@ -150,6 +150,7 @@ class PersonalizeResult(ctypes.Structure):
         ("guard_p_value", ctypes.c_double),
         ("guard_wins", ctypes.c_int32),
         ("guard_losses", ctypes.c_int32),
+        ("resumed", ctypes.c_int32),
     ]
 
 

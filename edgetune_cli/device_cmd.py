@@ -199,7 +199,8 @@ TrainerOption = Annotated[
         "--trainer",
         help="Who trains the top: torch (every tuner, resumable), executorch (the package's top_train.pte in "
         "ExecuTorch's Python runtime) or executorch-cpp (the whole job in libedgetune_device, the C library an "
-        "app embeds; this process never imports torch). The executorch trainers need a package exported with --target executorch.",
+        "app embeds; this process never imports torch). The executorch trainers need a package exported with "
+        "--target executorch.",
     ),
 ]
 

@@ -27,6 +27,7 @@ from device_sim.native import (
 )
 from device_sim.settings import PersonalizeConfig
 from device_sim.split import guard_split, validation_split
+from edgetune.io import output_lock
 from edgetune_format.personal import read_personal_state
 from tests.conftest import write_csv
 from tests.devices import user_data
@@ -247,3 +248,56 @@ def test_the_driver_personalizes_and_predicts_with_its_state(package, user_csv, 
     assert ran.returncode == 0, ran.stderr
     assert "personalized on 109 texts" in ran.stdout and '"apple juice" -> ' in ran.stdout
     assert read_personal_state(out).kind in ("top_delta", "kept_global")
+
+
+def _driver_job(package, data, out, *flags):
+    driver = library_path().parent / DRIVER
+    return [str(driver), "personalize", "--package", str(package), "--data", str(data), "--out", str(out),
+            "--epochs", "5", "--threads", "1", "--quiet", *flags]  # fmt: skip
+
+
+def test_a_job_killed_mid_training_resumes_where_it_stopped(package, learning_csv, tmp_path):
+    """kill -9 while a candidate trains: the next run of the same job goes on from the finished candidates and the
+    last epoch, and writes what an uninterrupted run writes; a job of other settings starts over."""
+    import signal
+    import time
+
+    whole = subprocess.run(_driver_job(package, learning_csv, tmp_path / "whole"), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    out, work = tmp_path / "state", tmp_path / ".state.partial"
+    job = subprocess.Popen(_driver_job(package, learning_csv, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (work / "candidate-3.epoch").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)  # the last candidate ("block") has finished an epoch: three records before it
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    assert not out.exists() and (work / "candidate-1").is_file() and (work / "candidate-3.epoch").is_file()
+    again = subprocess.run(_driver_job(package, learning_csv, out), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resumed an interrupted run" in again.stdout and not work.exists()
+    mine, theirs = (json.loads((d / "personal.json").read_text()) for d in (out, tmp_path / "whole"))
+    assert mine["training"]["resumed"] and not theirs["training"]["resumed"]
+    for key in ("kind", "tensors", "train_cut"):
+        assert mine[key] == theirs[key], key
+    for got, want in zip(mine["selection"]["candidates"], theirs["selection"]["candidates"], strict=True):
+        assert (got["name"], got["val_accuracy"], got["best_epoch"], got["epochs_run"]) == (
+            want["name"], want["val_accuracy"], want["best_epoch"], want["epochs_run"]
+        )  # fmt: skip
+    assert mine["training"]["step_losses"] == theirs["training"]["step_losses"]
+    assert mine["guard"]["wins"] == theirs["guard"]["wins"] and mine["guard"]["losses"] == theirs["guard"]["losses"]
+    if mine["kind"] == "top_delta":
+        got, want = read_personal_state(out).tensors, read_personal_state(tmp_path / "whole").tensors
+        assert all(np.array_equal(got[k].numpy(), want[k].numpy()) for k in got)
+    # killed again, then run with other settings: the records of the first job are not used
+    job = subprocess.Popen(_driver_job(package, learning_csv, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not (work / "candidate-1").exists() and job.poll() is None:
+        time.sleep(0.002)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    with output_lock(out):  # a job holds the output (edgetune's lock protocol): the driver does not start
+        held = subprocess.run(_driver_job(package, learning_csv, out), capture_output=True, text=True)
+    assert held.returncode == 2 and "another job is writing this output" in held.stderr
+    other = subprocess.run(_driver_job(package, learning_csv, out, "--seed", "1"), capture_output=True, text=True)
+    assert other.returncode == 0 and "resumed" not in other.stdout
+    assert not json.loads((out / "personal.json").read_text())["training"]["resumed"]

@@ -7,7 +7,8 @@ same code an app runs without Python: it tokenizes, draws the guard and validati
 runs ``trunk.pte`` once, computes or trains every candidate on the cached features, chooses one, applies the
 do-no-harm guard and writes the personal state atomically. What the job returns is read back from that state
 (:func:`result_from_state`). There is one implementation of the native job, not a Python orchestration around a
-trainer. Nothing here imports torch.
+trainer. A killed job run again resumes in the library (its work directory, ``.<out>.partial/``, is the
+Python device's). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class ExecuTorchCpp(ProgramRules, WholeJobBackend):
 
     name = "executorch-cpp"
     cache = "memory"  # the library keeps each split's features in its own memory, once
+    resumes = True  # the library goes on from the work directory an interrupted run of the same job left
 
     def check(self) -> None:
         super().check()
@@ -174,4 +176,4 @@ class ExecuTorchCpp(ProgramRules, WholeJobBackend):
         state = json.loads((out / "personal.json").read_text())["training"]["seconds"]
         seconds = {"prepare": prepared - started, **{k: state[k] for k in ("trunk", "train", "guard")}}
         seconds["total"] = time.perf_counter() - started
-        return result_from_state(out, job, losses, seconds)
+        return result_from_state(out, job, losses, seconds, bool(result["resumed"]))

@@ -186,6 +186,7 @@ typedef struct edgetune_personalize_result {
   double global_val_accuracy;     /* the package's top on the validation split, -1 without one */
   double guard_personal_accuracy, guard_global_accuracy, guard_p_value; /* -1, -1, 1 without a guard */
   int32_t guard_wins, guard_losses;
+  int32_t resumed;                /* 1: an interrupted run of the same job was continued (see below) */
 } edgetune_personalize_result;
 
 /* Called while the job runs: `stage` "trunk" (`done` of `total` texts; `candidate` "") or "train" (optimizer
@@ -202,6 +203,12 @@ EDGETUNE_API edgetune_status edgetune_personalize(const edgetune_package* packag
                                                   const edgetune_personalize_settings* settings,
                                                   edgetune_progress_fn progress, void* user,
                                                   edgetune_personalize_result* result);
+/* Resuming: while the job runs, `.<out>.partial/` beside `out_directory` keeps every finished candidate and the
+ * last epoch of the one in training (each record written atomically). A job that is killed and run again with
+ * the same package, texts, labels, settings and candidates goes on from there and gives the result an
+ * uninterrupted run gives (the trunk runs again); any other job discards those records. The directory is
+ * removed once the state is written. One job per output at a time: the caller keeps a second one away (the
+ * driver locks `.<out>.lock`). */
 /* The same job on `count` UTF-8 texts (`texts[i]` of `lengths[i]` bytes) and their labels' indices among the
  * package's labels (edgetune_package_label); `data_name` (may be NULL) is recorded as the data's name. */
 EDGETUNE_API edgetune_status edgetune_personalize_texts(const edgetune_package* package, const char* const* texts,

@@ -457,6 +457,7 @@ void fill_result(const edgetune::PersonalizeOutcome& o, edgetune_personalize_res
   result->guard_p_value = g.p_value;
   result->guard_wins = static_cast<int32_t>(g.wins);
   result->guard_losses = static_cast<int32_t>(g.losses);
+  result->resumed = o.resumed;
 }
 #endif
 

@@ -14,10 +14,13 @@
 #include <numeric>
 
 #include "canonical.hpp"
+#include "json_writer.hpp"
 #include "model.hpp"
 #include "personal.hpp"
 #include "sha256.hpp"
+#include "resume.hpp"
 #include "split.hpp"
+#include "work.hpp"
 #include "wordpiece.hpp"
 
 namespace edgetune {
@@ -28,104 +31,6 @@ double now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 
 [[noreturn]] void write_error(const std::string& message) {
   throw PersonalStateError(PersonalStateError::Kind::Io, message);
-}
-
-// JSON text built in order (the seal is computed over its canonical form, so only the values matter).
-class JsonWriter {
- public:
-  JsonWriter& key(const std::string& k) {
-    comma();
-    string(k);
-    text_ += ":";
-    fresh_ = true;
-    return *this;
-  }
-  JsonWriter& open(char bracket) {
-    comma();
-    text_ += bracket;
-    fresh_ = true;
-    return *this;
-  }
-  JsonWriter& close(char bracket) {
-    text_ += bracket;
-    fresh_ = false;
-    return *this;
-  }
-  JsonWriter& value(const std::string& s) { return comma(), string(s), done(); }
-  JsonWriter& value(const char* s) { return value(std::string(s)); }
-  JsonWriter& value(int64_t n) { return comma(), text_ += std::to_string(n), done(); }
-  JsonWriter& value(int n) { return value(static_cast<int64_t>(n)); }
-  JsonWriter& value(bool b) { return comma(), text_ += b ? "true" : "false", done(); }
-  JsonWriter& number(double x) {  // NaN and infinities are not JSON: null
-    comma();
-    if (!std::isfinite(x)) {
-      text_ += "null";
-    } else {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "%.17g", x);
-      text_ += buf;
-      if (std::string(buf).find_first_of(".eEn") == std::string::npos) text_ += ".0";  // stays a float
-    }
-    return done();
-  }
-  JsonWriter& null() { return comma(), text_ += "null", done(); }
-  JsonWriter& raw(const std::string& json) { return comma(), text_ += json, done(); }
-  const std::string& text() const { return text_; }
-
- private:
-  void comma() {
-    if (!fresh_ && !text_.empty()) text_ += ",";
-    fresh_ = false;
-  }
-  JsonWriter& done() {
-    fresh_ = false;
-    return *this;
-  }
-  void string(const std::string& s) {
-    text_ += '"';
-    for (unsigned char c : s) {
-      if (c == '"' || c == '\\') {
-        text_ += '\\';
-        text_ += static_cast<char>(c);
-      } else if (c < 0x20) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", c);
-        text_ += buf;
-      } else {
-        text_ += static_cast<char>(c);
-      }
-    }
-    text_ += '"';
-  }
-  std::string text_;
-  bool fresh_ = true;
-};
-
-void write_file(const std::string& path, const std::string& bytes) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) write_error(path + ": cannot be written");
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) {
-      ::close(fd);
-      write_error(path + ": write failed");
-    }
-    done += static_cast<size_t>(n);
-  }
-  const bool ok = ::fsync(fd) == 0;
-  if (::close(fd) != 0 || !ok) write_error(path + ": write failed");
-}
-
-void remove_tree(const std::string& path) {
-  if (DIR* dir = ::opendir(path.c_str())) {
-    while (dirent* e = ::readdir(dir)) {
-      std::string name = e->d_name;
-      if (name != "." && name != "..") ::unlink((path + "/" + name).c_str());
-    }
-    ::closedir(dir);
-  }
-  ::rmdir(path.c_str());
 }
 
 // ``out`` may be absent, an empty directory or a personal state: anything else is refused (a mistyped path never
@@ -144,29 +49,14 @@ void check_writable(const std::string& out) {
   if (!empty) write_error(out + ": a directory that is not a personal state; refusing to replace it");
 }
 
-std::string parent_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-}
-
-std::string base_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
 // The state's files in a directory beside ``out``, then renamed into place (the old state moved aside first and
 // removed after): a crash leaves the old state or the new one, never a mix.
 void publish_state(const std::string& out, const std::string& delta, const std::string& manifest_text) {
-  std::string trimmed = out;
-  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
-  const std::string parent = parent_of(trimmed), name = base_of(trimmed);
-  // the names edgetune's Python writers use (edgetune.io), so that either side sweeps what a killed writer left
-  char pid[16];
-  std::snprintf(pid, sizeof pid, "t%08ld", static_cast<long>(::getpid()));
-  const std::string tmp = parent + "/." + name + "." + pid + ".tmp";
+  const std::string target = trimmed(out), parent = parent_of(target), name = base_of(target);
+  const std::string tmp = temporary_beside(target);
   const std::string old = parent + "/." + name + ".old-" + std::to_string(::getpid());
   remove_tree(tmp);
-  if (::mkdir(tmp.c_str(), 0755) != 0) write_error(trimmed + ": cannot create a directory beside it");
+  if (::mkdir(tmp.c_str(), 0755) != 0) write_error(target + ": cannot create a directory beside it");
   try {
     write_file(tmp + "/delta.safetensors", delta);
     write_file(tmp + "/personal.json", manifest_text);
@@ -175,15 +65,15 @@ void publish_state(const std::string& out, const std::string& delta, const std::
     throw;
   }
   struct stat info;
-  const bool had_old = ::lstat(trimmed.c_str(), &info) == 0;
-  if (had_old && ::rename(trimmed.c_str(), old.c_str()) != 0) {
+  const bool had_old = ::lstat(target.c_str(), &info) == 0;
+  if (had_old && ::rename(target.c_str(), old.c_str()) != 0) {
     remove_tree(tmp);
-    write_error(trimmed + ": cannot be replaced");
+    write_error(target + ": cannot be replaced");
   }
-  if (::rename(tmp.c_str(), trimmed.c_str()) != 0) {
-    if (had_old) ::rename(old.c_str(), trimmed.c_str());
+  if (::rename(tmp.c_str(), target.c_str()) != 0) {
+    if (had_old) ::rename(old.c_str(), target.c_str());
     remove_tree(tmp);
-    write_error(trimmed + ": cannot be written");
+    write_error(target + ": cannot be written");
   }
   if (had_old) remove_tree(old);
   if (int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY); fd >= 0) {
@@ -451,6 +341,7 @@ std::string state_json(const Package& package, const PersonalizeOutcome& o, cons
     w.null();
   }
   w.key("trainable_params").value(keep ? num_params : int64_t{0});
+  w.key("resumed").value(o.resumed);
   w.key("seconds").open('{').key("prepare").number(t.prepare).key("trunk").number(t.trunk);
   w.key("train").number(t.train).key("guard").number(t.guard).close('}');
   w.key("backend").value("libedgetune_device").key("step_losses").open('[');
@@ -532,6 +423,8 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   auto tokenizer = WordPieceTokenizer::from_json(package.verified_text(tokenizer_name));
   std::vector<std::vector<int64_t>> ids(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) ids[i] = tokenizer->encode(texts[i], static_cast<size_t>(package.max_length()));
+  // an interrupted run of this very job left its finished candidates and its last epoch here (resume.hpp)
+  const WorkDir work(out, job_identity(package, texts, labels, s, specs));
   Timings t;
   t.prepare = now() - start;
   const double prepared = now();
@@ -576,6 +469,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   t.trunk = cached - prepared;
   // 4. every candidate, then the one with the best inner validation accuracy (ties: the first listed)
   PersonalizeOutcome result;
+  result.resumed = work.resumed();
   result.num_train = train.rows();
   result.num_val = val.rows();
   std::vector<float> global_val_logits;
@@ -584,11 +478,18 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
     result.global_val_accuracy =
         accuracy_and_macro_f1(val.labels, argmax_rows(global_val_logits, model.num_labels())).first;
   }
-  for (const CandidateSpec& spec : specs) {
+  for (size_t index = 0; index < specs.size(); ++index) {
+    const CandidateSpec& spec = specs[index];
+    const std::string done_name = "candidate-" + std::to_string(index), epoch_name = done_name + ".epoch";
     const double t0 = now();
     CandidateOutcome c;
     c.spec = spec;
     c.train_cut = spec.prior || spec.head_only ? package.num_layers() : package.cut();
+    std::string bytes;
+    if (!spec.prior && work.get(done_name, bytes) && decode_candidate(bytes, c)) {  // finished before the kill
+      result.candidates.push_back(std::move(c));
+      continue;
+    }
     if (spec.prior) {
       c.prior_shift = prior_shift(model.logits_of_features(train), train.labels, model.num_labels());
       if (val.rows() > 0) {
@@ -609,9 +510,15 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
       ts.lr = spec.lr;
       ts.head_lr = spec.head_lr;
       ts.head_only = spec.head_only;
-      c.training = train_top(package, train, val, ts, [&](int64_t step, int64_t total, double loss) {
-        if (progress) progress("train", spec.name.c_str(), step, total, loss);
-      });
+      TrainCheckpoint last;
+      const bool resuming = work.get(epoch_name, bytes) && decode_checkpoint(bytes, last);
+      c.training = train_top(
+          package, train, val, ts,
+          [&](int64_t step, int64_t total, double loss) {
+            if (progress) progress("train", spec.name.c_str(), step, total, loss);
+          },
+          resuming ? &last : nullptr,
+          [&](const TrainCheckpoint& epoch) { work.put(epoch_name, encode_checkpoint(epoch)); });
       Tensors& trained = c.training.tensors;
       if (spec.head_only)
         for (auto it = trained.begin(); it != trained.end();)
@@ -620,6 +527,10 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
         if (e.epoch == c.training.best_epoch) c.val_accuracy = e.val_accuracy;
     }
     c.seconds = now() - t0;
+    if (!spec.prior) {
+      work.put(done_name, encode_candidate(c));
+      work.remove(epoch_name);
+    }
     result.candidates.push_back(std::move(c));
   }
   for (size_t i = 1; i < result.candidates.size(); ++i)
@@ -645,6 +556,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   text.pop_back();
   text += ",\"integrity\":{\"algorithm\":\"sha256\",\"manifest_sha256\":\"" + seal + "\"}}\n";
   publish_state(out, delta, text);
+  work.remove_all();  // the state is written: nothing in it is needed again
   return result;
 }
 

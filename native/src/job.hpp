@@ -72,6 +72,7 @@ struct PersonalizeOutcome {
   double global_val_accuracy = -1;
   std::string kind;    // top_delta or kept_global
   std::string reason;  // why the chosen top was not kept (empty when it was)
+  bool resumed = false;  // an interrupted run of the same job was continued
   const CandidateOutcome& chosen_candidate() const { return candidates.at(chosen); }
 };
 

@@ -104,7 +104,8 @@ std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& trut
 }
 
 TrainResult train_top(const Package& package, const Features& train, const Features& val,
-                      const TrainSettings& s, const std::function<void(int64_t, int64_t, double)>& on_step) {
+                      const TrainSettings& s, const std::function<void(int64_t, int64_t, double)>& on_step,
+                      const TrainCheckpoint* resume, const std::function<void(const TrainCheckpoint&)>& on_epoch) {
   if (train.rows() == 0) throw ModelError(ModelError::Kind::Argument, "no training example");
   const Json& program = package.manifest().at("executorch").at("train");
   const std::string bytes = package.read_verified(program.at("file").str("file"));
@@ -145,9 +146,65 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
   };
 
   TrainResult out;
-  int64_t step = 0, without_improvement = 0;
+  int64_t step = 0, without_improvement = 0, first_epoch = 0;
   double best_metric = -1;
-  for (int64_t epoch = 0; epoch < s.epochs && !out.stopped_early; ++epoch) {
+  auto bind = [&](std::vector<EValue>& outputs) {  // the program's live weights, as its outputs alias them
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto w = outputs[param_start + i].toTensor();
+      if (w.numel() != params[i].numel())
+        runtime_error("top_train.pte: " + params[i].name + " has another shape than the manifest says");
+      params[i].live = w.mutable_data_ptr<float>();
+    }
+  };
+  if (resume != nullptr) {
+    // one forward to reach the weights, which are then overwritten: the next step computes with the restored ones
+    const Indices first = epoch_order(n, s.seed, 0);
+    auto outputs = run(train, first.data(), std::min(s.batch_size, n));
+    bind(outputs);
+    auto restore = [&](const Tensors& from, const Param& p, float* to, const char* what) {
+      auto it = from.find(p.name);
+      if (it == from.end() || it->second.numel() != p.numel())
+        throw ModelError(ModelError::Kind::Argument, std::string("checkpoint: no ") + what + " of " + p.name);
+      std::copy(it->second.values.begin(), it->second.values.end(), to);
+    };
+    for (Param& p : params) {
+      restore(resume->live, p, p.live, "weights");
+      restore(resume->m, p, p.m.data(), "first moment");
+      restore(resume->v, p, p.v.data(), "second moment");
+      if (resume->so_far.best_epoch > 0) {
+        p.best.resize(p.m.size());
+        restore(resume->best, p, p.best.data(), "best weights");
+      }
+    }
+    first_epoch = resume->epochs_done;
+    step = resume->step;
+    without_improvement = resume->without_improvement;
+    best_metric = resume->best_metric;
+    out = resume->so_far;
+    out.tensors.clear();
+  }
+  auto checkpoint = [&](int64_t epochs_done) {
+    TrainCheckpoint c;
+    c.epochs_done = epochs_done;
+    c.step = step;
+    c.without_improvement = without_improvement;
+    c.best_metric = best_metric;
+    c.so_far = out;
+    for (const Param& p : params) {
+      auto put = [&](Tensors& into, const float* values) {
+        Tensor t;
+        t.shape = p.shape;
+        t.values.assign(values, values + p.numel());
+        into.emplace(p.name, std::move(t));
+      };
+      put(c.live, p.live);
+      put(c.m, p.m.data());
+      put(c.v, p.v.data());
+      if (!p.best.empty()) put(c.best, p.best.data());
+    }
+    on_epoch(c);
+  };
+  for (int64_t epoch = first_epoch; epoch < s.epochs && !out.stopped_early; ++epoch) {
     const double t0 = now();
     const Indices order = epoch_order(n, s.seed, static_cast<uint64_t>(epoch));
     EpochRecord record;
@@ -158,13 +215,12 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
       const float loss = outputs[0].toTensor().const_data_ptr<float>()[0];
       double norm2 = 0;
       std::vector<const float*> grads(params.size());
+      bind(outputs);
       for (size_t i = 0; i < params.size(); ++i) {
         auto g = outputs[grad_start + i].toTensor();
-        auto w = outputs[param_start + i].toTensor();
-        if (g.numel() != params[i].numel() || w.numel() != g.numel())
-          runtime_error("top_train.pte: " + params[i].name + " has another shape than the manifest says");
+        if (g.numel() != params[i].numel())
+          runtime_error("top_train.pte: the gradient of " + params[i].name + " has another shape than the manifest says");
         grads[i] = g.const_data_ptr<float>();
-        params[i].live = w.mutable_data_ptr<float>();
         for (int64_t k = 0; k < g.numel(); ++k) norm2 += double(grads[i][k]) * grads[i][k];
       }
       float clip = 1.0f;
@@ -219,6 +275,7 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
       }
     }
     out.history.push_back(record);
+    if (on_epoch) checkpoint(epoch + 1);
   }
   for (Param& p : params) {
     Tensor t;

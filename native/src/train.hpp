@@ -52,13 +52,25 @@ struct TrainResult {
   bool stopped_early = false;
 };
 
+// Where a training run stands after an epoch: enough to go on exactly as if it had never stopped (the epoch
+// orders are numpy's per-epoch draws and the program has no dropout, so the rest of the run is determined).
+struct TrainCheckpoint {
+  int64_t epochs_done = 0, step = 0, without_improvement = 0;
+  double best_metric = -1;
+  TrainResult so_far;        // history, step losses, best epoch, stopped early (its tensors unused)
+  Tensors live, m, v, best;  // per trained tensor: the weights, AdamW's moments, the best epoch's weights
+};
+
 // Accuracy and macro-F1 over the labels present in truth or predictions (edgetune.metrics).
 std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred);
 
 // Trains the package's top_train.pte on ``train`` (validating on ``val`` when it has rows). ``on_step(step, total,
-// loss)`` after every optimizer step (may be empty).
+// loss)`` after every optimizer step, ``on_epoch`` with the run's checkpoint after every epoch (either may be
+// empty); ``resume``: go on from such a checkpoint instead of the package's weights.
 TrainResult train_top(const Package& package, const Features& train, const Features& val,
                       const TrainSettings& settings,
-                      const std::function<void(int64_t, int64_t, double)>& on_step = nullptr);
+                      const std::function<void(int64_t, int64_t, double)>& on_step = nullptr,
+                      const TrainCheckpoint* resume = nullptr,
+                      const std::function<void(const TrainCheckpoint&)>& on_epoch = nullptr);
 
 }  // namespace edgetune

@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "edgetune_device.h"
@@ -534,6 +536,39 @@ static void show_progress(void* user, const char* stage, const char* candidate, 
   if (done == total) fputc('\n', stderr);
 }
 
+/* `.<name>.lock` beside the output, as edgetune's Python writers name it: the lock file descriptor, or -1 with
+ * the message printed when another job holds it (one job per output; the lock dies with its process). */
+static char lock_name[4096];
+
+static int lock_output(const char* out) {
+  size_t n = strlen(out);
+  while (n > 1 && out[n - 1] == '/') --n;
+  size_t slash = n;
+  while (slash > 0 && out[slash - 1] != '/') --slash;
+  snprintf(lock_name, sizeof lock_name, "%.*s.%.*s.lock", (int)slash, out, (int)(n - slash), out + slash);
+  int fd = open(lock_name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    fprintf(stderr, "error: %s: cannot create the output's lock file\n", lock_name);
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    fprintf(stderr, "error: %.*s: another job is writing this output (%s is locked)\n", (int)n, out, lock_name);
+    close(fd);
+    return -1;
+  }
+  char pid[32];  /* the holder, as edgetune's Python writers record it */
+  int length = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)length, 0) != length) { /* the lock holds without it */ }
+  return fd;
+}
+
+static void unlock_output(const char* out, int fd) {
+  (void)out;
+  if (fd < 0) return;
+  unlink(lock_name);
+  close(fd);
+}
+
 static int personalize(int argc, char** argv) {
   options o;
   int status = parse_options(argc, argv, &o);
@@ -553,9 +588,13 @@ static int personalize(int argc, char** argv) {
     return refused(NULL);
   }
   edgetune_personalize_result r;
-  if (edgetune_personalize(package, dataset, o.out, &o.settings, show_progress, &o.quiet, &r) != EDGETUNE_OK) {
+  int lock = lock_output(o.out);
+  if (lock < 0) {
+    status = 2;
+  } else if (edgetune_personalize(package, dataset, o.out, &o.settings, show_progress, &o.quiet, &r) != EDGETUNE_OK) {
     status = refused(NULL);
   } else {
+    if (r.resumed) printf("resumed an interrupted run of this job\n");
     if (r.num_candidates > 1)
       printf("chose %s among %d candidates", r.chosen_name, r.num_candidates);
     else
@@ -576,6 +615,7 @@ static int personalize(int argc, char** argv) {
       printf("KEPT THE GLOBAL MODEL: personalization would not reliably help this user; wrote a kept-global "
              "state to %s\n", o.out);
   }
+  unlock_output(o.out, lock);
   edgetune_dataset_close(dataset);
   edgetune_package_close(package);
   return status;
