@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,6 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One personalization job: the backend's own imports, then ``Device.personalize`` as the CLI runs it."""
     t0 = time.perf_counter()
     from device_sim.device import Device
-    from device_sim.settings import PersonalizeConfig
 
     if spec["backend"] == "torch":
         import torch
@@ -82,7 +82,7 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks = [lambda step, loss: losses.append(float(loss))]
     with Device(spec["package"], threads=spec["threads"]) as device:
         # the one configured job on every backend (no candidate selection, no guard): the same training to compare
-        settings = PersonalizeConfig.plain(progress=False, cache_batch_size=spec["cache_batch_size"])
+        settings = replace(plain_settings(), cache_batch_size=spec["cache_batch_size"])
         result = device.personalize(spec["data"], spec["out"], settings, callbacks, spec["backend"])
     done = time.perf_counter()
     return {
@@ -234,6 +234,100 @@ def accuracy(package: Path, personal: Path, test: Path, threads: int) -> float:
     return float((logits.argmax(axis=1) == y).mean())
 
 
+# -- FLOPs against the machine's GEMM limit ---------------------------------------------------------------------
+GEMM_SCRIPT = """
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+best = {}
+for m, k, n in ((1600, 384, 1536), (1600, 1536, 384), (1600, 384, 384)):
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(7):
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        rates.append(20 * m * k * n / (time.perf_counter() - t) / 1e9)
+    best[f"{m}x{k}x{n}"] = max(rates)
+print(json.dumps(best))
+"""
+
+
+def gemm_limit(threads: int) -> dict[str, float]:
+    """Sustained fp32 GEMM GFLOP/s on this machine with ``threads`` threads (torch's CPU BLAS), at the shapes of a
+    MiniLM block's matrix products for a batch of 16 texts of 100 tokens; best of 7 runs each, in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", GEMM_SCRIPT, str(threads)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"GEMM measurement failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def job_flops(package: Path, train: Path, epochs_run: int, batch_size: int = 16) -> dict[str, float]:
+    """The FLOPs one configured job computes (cost model, :mod:`edgetune.costs`, at each batch's real width): the
+    trunk once over every text, then per epoch run the top's forward and backward over the training split's
+    batches (the job's epoch orders) and its forward over the validation split."""
+    from device_sim.backends.program import epoch_order
+    from device_sim.package import load_package
+    from device_sim.split import guard_split, validation_split
+    from edgetune.costs import CostConfig, estimate_cut
+    from edgetune.data import LabelMap, load_dataset
+
+    config = plain_settings()
+    with load_package(package) as pkg:
+        data = load_dataset(train)
+        y = data.encoded_labels(LabelMap(tuple(pkg.labels)))
+        _, mask = pkg.encode(data.texts)
+        arch, cut = pkg.plan.arch, pkg.cut
+    lengths = mask.sum(axis=1)
+    rest, _ = guard_split(y, config.guard_fraction, config.seed)
+    inner_train, inner_val = validation_split(y[rest], config.val_fraction, config.seed)
+    train_len, val_len = lengths[rest[inner_train]], lengths[rest[inner_val]]
+
+    def per_example(width: int) -> tuple[float, float, float]:  # (trunk forward, top forward, top backward)
+        cost = estimate_cut(arch, CostConfig(seq_len=int(width), batch_size=batch_size, cached=True), cut)
+        top_forward = cost.train_step_flops - cost.backward_flops
+        return cost.forward_flops - top_forward, top_forward, cost.backward_flops
+
+    trunk = float(sum(per_example(w)[0] for w in lengths))
+    train_flops = 0.0
+    for epoch in range(epochs_run):
+        order = epoch_order(len(train_len), config.seed, epoch)
+        for start in range(0, len(order), batch_size):
+            rows = train_len[order[start : start + batch_size]]
+            _, fwd, bwd = per_example(max(int(rows.max()), 2))
+            train_flops += len(rows) * (fwd + bwd)
+        for start in range(0, len(val_len), batch_size):
+            rows = val_len[start : start + batch_size]
+            train_flops += len(rows) * per_example(max(int(rows.max()), 2))[1]
+    return {"trunk": trunk, "train": train_flops}
+
+
+def plain_settings() -> Any:
+    """The configured job every backend runs here (no selection, no guard)."""
+    from device_sim.settings import PersonalizeConfig
+
+    return PersonalizeConfig.plain(progress=False)
+
+
+def throughput(rows: list[dict[str, Any]], gemm: dict[str, float]) -> dict[str, Any]:
+    """Per backend: the GFLOP/s its trunk pass and its training reached (median over users), and their share of
+    the machine's GEMM limit (the best of the measured shapes)."""
+    limit = max(gemm.values())
+    out: dict[str, Any] = {"gemm_gflops": gemm, "gemm_limit_gflops": limit}
+    for backend in BACKENDS:
+        rates = {"trunk": [], "train": []}
+        for row in rows:
+            phases = row[backend]["phases"]
+            for phase in rates:
+                if phases.get(phase):
+                    rates[phase].append(row["flops"][phase] / phases[phase] / 1e9)
+        out[backend] = {f"{phase}_gflops_median": float(np.median(v)) if v else None for phase, v in rates.items()} | {
+            f"{phase}_share_of_gemm_limit": float(np.median(v)) / limit if v else None for phase, v in rates.items()
+        }
+    return out
+
+
 # -- report ----------------------------------------------------------------------------------------------------
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
@@ -328,8 +422,10 @@ def main() -> None:
                 shutil.rmtree(out)
                 peak, secs = job["peak_tree_rss_mb"], job["job_seconds"]
                 print(f"{user.user_id} {backend}: peak {peak:.0f} MB, job {secs:.1f}s, accuracy {job['accuracy']:.3f}")
+            row["flops"] = job_flops(work / "pkg", train, row["torch"]["epochs_run"])
             rows.append(row)
         imports = import_costs()
+        gemm = gemm_limit(args.threads)
         report = {
             "benchmark": "device_runtime",
             "machine": machine_record(
@@ -345,6 +441,7 @@ def main() -> None:
             "targets": {"peak_rss_mb": TARGET_RSS_MB, "loss_parity": 1e-4, "accuracy_points": 0.5, "time_ratio": 1.5},
             "users": rows,
             "summary": summarize(rows),
+            "throughput": throughput(rows, gemm),
         }
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "device_runtime.json", report)

@@ -261,8 +261,10 @@ BACKENDS = {
 
 def device_runtime(res: Result) -> str:
     """The same configured job on each training backend: loss parity, accuracy, peak RSS, job time."""
+    flops = res.get("throughput")  # GFLOP/s of the trunk and of training, against the machine's GEMM limit
+    rate_column = [f"GFLOP/s trunk / training (GEMM limit {flops['gemm_limit_gflops']:.0f})"] if flops else []
     lines = _head(["backend", "loss vs torch, first 20 steps (max diff)", "held-out accuracy",
-                   "peak RSS, median (max)", "job time, median", "vs torch"])  # fmt: skip
+                   "peak RSS, median (max)", "job time, median", "vs torch", *rate_column])  # fmt: skip
     for backend, label in BACKENDS.items():
         if backend not in res["summary"]:  # a run before the library trained
             continue
@@ -275,9 +277,14 @@ def device_runtime(res: Result) -> str:
             rss = f"**{rss}**"
         diff = s.get("max_loss_diff_first_20_steps")
         ratio = s.get("job_time_vs_torch_median", 1.0)
+        rate = []
+        if flops:
+            t = flops[backend]
+            rate = [f"{t['trunk_gflops_median']:.1f} / {t['train_gflops_median']:.1f} "
+                    f"({100 * t['train_share_of_gemm_limit']:.0f}% of the limit)"]  # fmt: skip
         lines.append(_row([label, "" if diff is None else f"{diff:.1e}", accuracy,
                            f"{rss} ({s['peak_tree_rss_mb_max']:.0f})", f"{s['job_seconds_median']:.1f} s",
-                           "1x" if backend == "torch" else f"{ratio:.2f}x"]))  # fmt: skip
+                           "1x" if backend == "torch" else f"{ratio:.2f}x", *rate]))  # fmt: skip
     return "\n".join(lines)
 
 
