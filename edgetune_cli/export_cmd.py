@@ -271,6 +271,14 @@ def _print_summary(m: dict[str, Any]) -> None:
                 f"{p['loss']:.2e}, gradients {p['gradients']:.2e}",
             )
         )
+        if e.get("trunk_int8"):
+            q8 = e["trunk_int8"]
+            error = q8["parity"]["relative_error"]
+            line = f"{q8['file']} {q8['size_ratio']:.2f}x trunk.pte size, relative error {error:.2e}"
+            if q8.get("accuracy"):
+                a = q8["accuracy"]
+                line += f", accuracy {accuracy(a['fp32'])} -> {accuracy(a['int8'])} ({a['delta_points']:+.2f} points)"
+            rows.append(("int8 program", line))
     if m.get("top_onnx"):
         rows.append(("top onnx", f"{m['top_onnx']['file']}, parity {m['top_onnx']['parity']['max_abs_diff']:.2e}"))
     for key, value in rows:

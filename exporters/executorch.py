@@ -1,6 +1,6 @@
 """Export target ``executorch``: the package as ExecuTorch programs, for on-device training without Python.
 
-Three programs are written next to the ONNX trunk:
+Three programs (four with ``--int8``) are written next to the ONNX trunk:
 
 * ``top_train.pte`` — the joint forward + backward of the trained blocks +
   head: ``forward(hidden_state, attention_mask, labels) -> (loss, logits,
@@ -22,6 +22,15 @@ Three programs are written next to the ONNX trunk:
   ``XnnpackPartitioner``), so a device runs the whole job on ExecuTorch alone
   (``libedgetune_device``). It is checked against the torch trunk on the
   verification texts, over real tokens, at the ONNX trunk's tolerance.
+* ``trunk.int8.pte`` (with ``--int8``) — the same trunk, int8: quantized with
+  PT2E (``prepare_pt2e``/``convert_pt2e``, ExecuTorch's ``XNNPACKQuantizer``:
+  every Linear, GPT-2's ``Conv1D`` included, dynamic int8, weights per output
+  channel, activations at run time) and the token embedding table int8 per
+  row (weight only, dequantized by a gather of its scales), then lowered to
+  XNNPACK like ``trunk.pte``. It
+  is checked against the fp32 torch trunk on the same batches by the
+  relative error of the hidden states (:data:`TRUNK_INT8_RTOL`), and its
+  predictions' agreement with the fp32 package is measured on validation data.
 
 The target also writes the package's ONNX top (``top.onnx``, the tensors as
 graph inputs, :func:`exporters.onnx_trunk.export_top_onnx`): a torch-free
@@ -51,9 +60,10 @@ naming the tensor.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +81,16 @@ TRAIN_FILE = "top_train.pte"
 INFER_FILE = "top.pte"
 TRUNK_FILE = "trunk.pte"
 TRUNK_ATOL = 1e-4  # the ONNX trunk's tolerance (exporters.options.DEFAULT_ATOL): the same computation, re-ordered
+TRUNK_INT8_FILE = "trunk.int8.pte"
+# trunk.int8.pte is judged by the relative error of its hidden states, ||int8 - fp32|| / ||fp32|| over the real
+# tokens of a batch (the worst batch counts), not by an absolute difference: int8 rounds every weight to 1/127 of
+# its channel's largest one and every Linear input to 1/127 of the largest value of its row, about 1% of error
+# per matrix product, which the blocks compound (all-MiniLM-L6-v2 cut at 4: 3.6%, worst token 7.3%, max abs
+# diff 0.46 on values up to 10.5; an fp32 tolerance of 1e-4 would refuse every int8 trunk). 10% leaves about 3x
+# that margin for deeper cuts and other models while a trunk of other weights (another model, a wrong seed, a
+# stale program), whose hidden states are unrelated to the reference, is off by ~100% (sqrt(2) for independent
+# states of equal scale).
+TRUNK_INT8_RTOL = 0.1
 TRAIN_METHOD = "forward"
 GRADIENTS_INDEX = "__et_training_gradients_index_forward"
 PARAMETERS_INDEX = "__et_training_parameters_index_forward"
@@ -217,12 +237,8 @@ def names_in_order(top: TopModel) -> list[str]:
     return [name for name, _ in top.named_parameters()]
 
 
-def export_trunk_program(classifier: SequenceClassifier, cut: int, options: ExecutorchOptions) -> bytes:
-    """``trunk.pte`` bytes: ``forward(input_ids, attention_mask) -> hidden_state``, lowered to XNNPACK."""
+def _trunk_module(classifier: SequenceClassifier, cut: int) -> torch.nn.Module:
     import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
-    from torch.export import export
 
     class Trunk(torch.nn.Module):
         def __init__(self) -> None:
@@ -232,19 +248,171 @@ def export_trunk_program(classifier: SequenceClassifier, cut: int, options: Exec
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             return self.classifier.trunk_forward(input_ids, attention_mask, cut)
 
+    return Trunk()
+
+
+def _trunk_examples(options: ExecutorchOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     b, s = min(4, options.max_batch), max(MIN_SEQUENCE + 1, min(8, options.max_length))
     ids = torch.arange(1, b * s + 1, dtype=torch.int64).reshape(b, s) % 100 + 1
     mask = torch.ones(b, s, dtype=torch.int64)
     mask[0, s // 2 :] = 0
+    return ids, mask
+
+
+def _lower_to_xnnpack(exported: Any) -> Any:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    return to_edge_transform_and_lower(
+        exported, partitioner=[XnnpackPartitioner()], compile_config=EdgeCompileConfig(_check_ir_validity=False)
+    )
+
+
+def export_trunk_program(classifier: SequenceClassifier, cut: int, options: ExecutorchOptions) -> bytes:
+    """``trunk.pte`` bytes: ``forward(input_ids, attention_mask) -> hidden_state``, lowered to XNNPACK."""
+    import torch
+    from torch.export import export
+
+    examples = _trunk_examples(options)
     classifier.eval()
     with torch.no_grad():
         exported = export(
-            Trunk(), (ids, mask), dynamic_shapes=_dynamic(options, ("input_ids", "attention_mask")), strict=False
+            _trunk_module(classifier, cut),
+            examples,
+            dynamic_shapes=_dynamic(options, ("input_ids", "attention_mask")),
+            strict=False,
         )
-    edge = to_edge_transform_and_lower(
-        exported, partitioner=[XnnpackPartitioner()], compile_config=EdgeCompileConfig(_check_ir_validity=False)
+    return bytes(_lower_to_xnnpack(exported).to_executorch().buffer)
+
+
+def _int8_embedding(embedding: torch.nn.Embedding) -> torch.nn.Module:
+    """``embedding`` with its table int8, one symmetric scale per row (weight only): ``table[ids] * scale[ids]``.
+
+    Both lookups are plain ``aten.embedding`` (the scales a ``(rows, 1)`` table, so no reshape: XNNPACK, which
+    would take an ``unsqueeze``, reshapes one dynamic dimension at most); they run on the runtime's portable
+    kernels, which every ExecuTorch build has, where ``quantized_decomposed::embedding_byte`` would need the
+    quantized kernel library."""
+    import torch
+
+    class Int8Embedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            weight = embedding.weight.detach().float()
+            scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
+            self.register_buffer("table", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+            self.register_buffer("scale", scale[:, None].contiguous())
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            f = torch.nn.functional
+            return f.embedding(input_ids, self.table).to(torch.float32) * f.embedding(input_ids, self.scale)
+
+    return Int8Embedding()
+
+
+def _as_linear(conv1d: torch.nn.Module) -> torch.nn.Linear:
+    """GPT-2's ``Conv1D`` (``x @ weight + bias``, weight stored (in, out)) as the ``nn.Linear`` it is: the quantizer
+    annotates ``linear`` alone."""
+    import torch
+
+    weight = conv1d.weight.detach()
+    linear = torch.nn.Linear(weight.shape[0], weight.shape[1], bias=conv1d.bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight.t())
+        if conv1d.bias is not None:
+            linear.bias.copy_(conv1d.bias.detach())
+    return linear.eval()
+
+
+@contextlib.contextmanager
+def _int8_ready(classifier: SequenceClassifier) -> Iterator[bool]:
+    """The classifier as the quantizer needs it, while the block runs (its own modules put back after): the token
+    embedding table int8 (a table that is not a plain ``nn.Embedding`` stays fp32) and ``Conv1D`` projections
+    as ``nn.Linear``. Yields whether the embedding table is int8."""
+    import torch
+
+    model = classifier.backbone.model
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+    original = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    plain = type(original) is torch.nn.Embedding and original.max_norm is None
+    try:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                weight = getattr(child, "weight", None)
+                if type(child).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                    setattr(parent, name, _as_linear(child))
+                    swapped.append((parent, name, child))
+        if plain:
+            model.set_input_embeddings(_int8_embedding(original))
+        yield plain
+    finally:
+        if plain:
+            model.set_input_embeddings(original)
+        for parent, name, child in reversed(swapped):
+            setattr(parent, name, child)
+
+
+def _outside_delegates(edge: Any) -> list[str]:
+    """The operators an edge program runs on the runtime's kernels (not in an XNNPACK delegate)."""
+    graph = edge.exported_program().graph_module.graph
+    return sorted({str(n.target) for n in graph.nodes if n.op == "call_function"})
+
+
+def export_trunk_int8_program(
+    classifier: SequenceClassifier, cut: int, options: ExecutorchOptions
+) -> tuple[bytes, dict[str, Any]]:
+    """``trunk.int8.pte`` bytes (the interface of ``trunk.pte``) and how it was quantized.
+
+    PT2E: the trunk is exported, its Linear layers annotated by ``XNNPACKQuantizer`` (dynamic int8, weights
+    symmetric per output channel), observed once on example ids, converted and exported again, then lowered to
+    XNNPACK, which runs each quantized Linear as one integer kernel. The token embedding table is int8 per row.
+    Linear layers that read the same input (q, k, v) get one dynamic quantization chain each
+    (``DuplicateDynamicQuantChainPass``, as ExecuTorch's own Llama export does): with a shared one the XNNPACK
+    partitioner of executorch 1.5 can group nodes into partitions that depend on each other ("Invalid partition,
+    found dependency cycles", Llama's blocks).
+    Refused (:class:`ExportError`) when no Linear was quantized, or when a quantized operator is left outside the
+    delegate: the device library links the XNNPACK delegate and the optimized kernels, not the quantized ones.
+    """
+    import torch
+    from executorch.backends.transforms.duplicate_dynamic_quant_chain import DuplicateDynamicQuantChainPass
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
     )
-    return bytes(edge.to_executorch().buffer)
+    from torch.export import export
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    examples = _trunk_examples(options)
+    shapes = _dynamic(options, ("input_ids", "attention_mask"))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    classifier.eval()
+    with torch.no_grad(), _int8_ready(classifier) as int8_embeddings:
+        graph = export(_trunk_module(classifier, cut), examples, dynamic_shapes=shapes, strict=False).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        prepared(*examples)  # the weights' observers see them once (activations are quantized at run time)
+        converted = convert_pt2e(prepared)
+        DuplicateDynamicQuantChainPass()(converted)  # one dynamic quant chain per Linear (see the docstring)
+        linears = [n for n in converted.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+        quantized = sum(1 for n in linears if "dequantize" in str(getattr(n.args[1], "target", "")))
+        exported = export(converted, examples, dynamic_shapes=shapes, strict=False)
+    if not quantized:
+        raise ExportError(f"{TRUNK_INT8_FILE}: the quantizer found no Linear layer to quantize in the trunk")
+    edge = _lower_to_xnnpack(exported)
+    left = [op for op in _outside_delegates(edge) if "quantiz" in op or "choose_qparams" in op]
+    if left:
+        raise ExportError(
+            f"{TRUNK_INT8_FILE}: quantized operators outside the XNNPACK delegate ({', '.join(left)}); the device "
+            "library has no kernels for them"
+        )
+    record = {
+        "method": "pt2e (torchao prepare_pt2e/convert_pt2e) with ExecuTorch's XNNPACKQuantizer",
+        "linear": "int8 dynamic: weights symmetric per output channel, activations quantized at run time",
+        "quantized_linears": quantized,
+        "linears": len(linears),
+        "embeddings": "int8 per row, weight only" if int8_embeddings else "fp32",
+    }
+    return bytes(edge.to_executorch().buffer), record
 
 
 def verify_trunk_program(
@@ -279,6 +447,90 @@ def verify_trunk_program(
             worst,
         )
     return {"atol": atol, "max_abs_diff": worst, "batch_shapes": [list(i.shape) for i, _ in batches]}
+
+
+def _load_program(name: str, pte: bytes) -> Any:
+    """ExecuTorch's Python runtime over ``pte`` (the caller keeps the bytes alive: the program reads them)."""
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
+
+    try:
+        return _load_for_executorch_from_buffer(pte)
+    except Exception as err:  # noqa: BLE001 (the bindings raise RuntimeError or ValueError on a bad program)
+        message = f"{name}: ExecuTorch cannot load the program ({err}); the export is not usable"
+        raise ParityError(message, float("inf")) from None
+
+
+def verify_trunk_int8_program(
+    classifier: SequenceClassifier,
+    cut: int,
+    trunk_pte: bytes,
+    batches: Sequence[tuple[np.ndarray, np.ndarray]],
+    rtol: float = TRUNK_INT8_RTOL,
+) -> dict[str, Any]:
+    """Run ``trunk.int8.pte`` in ExecuTorch's Python bindings on real ``(input_ids, attention_mask)`` batches and
+    compare with the fp32 ``classifier.trunk_forward`` over real tokens: the relative error
+    ``||int8 - fp32|| / ||fp32||`` of each batch's hidden states (see :data:`TRUNK_INT8_RTOL`); raises
+    :class:`ParityError` when the worst batch is above ``rtol``, or when the program cannot be loaded or run."""
+    import torch
+
+    program = _load_program(TRUNK_INT8_FILE, trunk_pte)
+    worst, worst_abs, worst_token = 0.0, 0.0, 0.0
+    for ids, mask in batches:
+        feeds = (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
+        with torch.no_grad():
+            want = classifier.trunk_forward(*feeds, cut).float().numpy()
+        try:
+            got = program.run_method("forward", feeds)[0].numpy()
+        except Exception as err:  # noqa: BLE001 (the bindings raise RuntimeError on a failed method)
+            raise ParityError(f"{TRUNK_INT8_FILE}: the program fails on a batch of shape {list(ids.shape)} ({err})",
+                              float("inf")) from None  # fmt: skip
+        keep = mask.astype(bool)
+        if got.shape != want.shape or not np.isfinite(got[keep]).all():
+            worst = worst_abs = worst_token = float("inf")
+            break
+        if not keep.any():
+            continue
+        reference = want[keep].astype(np.float64)
+        error = got[keep].astype(np.float64) - reference
+        norms = np.linalg.norm(reference, axis=-1)
+        worst = max(worst, float(np.linalg.norm(error) / max(float(np.linalg.norm(reference)), 1e-12)))
+        worst_abs = max(worst_abs, float(np.abs(error).max()))
+        worst_token = max(worst_token, float((np.linalg.norm(error, axis=-1) / np.maximum(norms, 1e-12)).max()))
+    if not worst <= rtol:
+        raise ParityError(
+            f"{TRUNK_INT8_FILE}: the int8 ExecuTorch trunk differs from the fp32 torch trunk by a relative error "
+            f"of {worst:.3g} (tolerance {rtol:g}); the export is not usable",
+            worst,
+        )
+    return {
+        "metric": "relative error ||int8 - fp32|| / ||fp32|| of the hidden states over real tokens, worst batch",
+        "rtol": rtol,
+        "relative_error": worst,
+        "max_abs_diff": worst_abs,
+        "max_token_relative_error": worst_token,
+        "batch_shapes": [list(i.shape) for i, _ in batches],
+    }
+
+
+def trunk_program_fn(
+    trunk_pte: bytes, pad_id: int, name: str = TRUNK_INT8_FILE
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``(ids, mask) -> hidden_state`` through a trunk program (a batch narrower than the programs' shortest
+    sequence is padded to it); the closure keeps ``trunk_pte`` alive."""
+    import torch
+
+    program = _load_program(name, trunk_pte)
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        width = ids.shape[1]
+        if width < MIN_SEQUENCE:
+            ids = np.pad(ids, ((0, 0), (0, MIN_SEQUENCE - width)), constant_values=pad_id)
+            mask = np.pad(mask, ((0, 0), (0, MIN_SEQUENCE - width)))
+        feeds = (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
+        _ = trunk_pte  # the program reads these bytes
+        return program.run_method("forward", feeds)[0].numpy()[:, :width]
+
+    return run
 
 
 def _diff(a: Any, b: Any, scale: float | None = None) -> float:
@@ -390,10 +642,11 @@ def write_executorch(
     batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     options: ExecutorchOptions,
     trunk: tuple[SequenceClassifier, int, Sequence[tuple[np.ndarray, np.ndarray]]],
+    int8: bool = False,
 ) -> dict[str, Any]:
-    """Write ``top_train.pte``, ``top.pte`` and ``trunk.pte`` into ``directory``, the top's verified on
-    ``batches`` (trunk output, mask, labels), the trunk's on ``trunk = (classifier, cut, id batches)``; returns
-    the manifest entry."""
+    """Write ``top_train.pte``, ``top.pte`` and ``trunk.pte`` (and with ``int8`` ``trunk.int8.pte``) into
+    ``directory``, the top's verified on ``batches`` (trunk output, mask, labels), the trunks' on ``trunk =
+    (classifier, cut, id batches)``; returns the manifest entry."""
     from edgetune.io import atomic_write_bytes
 
     start = time.perf_counter()
@@ -403,14 +656,40 @@ def write_executorch(
     classifier, cut, id_batches = trunk
     trunk_pte = export_trunk_program(classifier, cut, options)
     trunk_parity = verify_trunk_program(classifier, cut, trunk_pte, id_batches)
+    int8_pte, quantization = export_trunk_int8_program(classifier, cut, options) if int8 else (b"", {})
+    int8_parity = verify_trunk_int8_program(classifier, cut, int8_pte, id_batches) if int8 else {}
     atomic_write_bytes(directory / TRAIN_FILE, train_pte)
     atomic_write_bytes(directory / INFER_FILE, infer_pte)
     atomic_write_bytes(directory / TRUNK_FILE, trunk_pte)
+    if int8:
+        atomic_write_bytes(directory / TRUNK_INT8_FILE, int8_pte)
     params = dict(top.named_parameters())
     io_shapes = ["batch", "sequence"]
+    trunk_io = {
+        "inputs": [
+            {"name": "input_ids", "dtype": "int64", "shape": io_shapes},
+            {"name": "attention_mask", "dtype": "int64", "shape": io_shapes},
+        ],
+        "outputs": [{"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]}],
+    }
+    trunk_int8 = None
+    if int8:
+        trunk_int8 = {
+            "file": TRUNK_INT8_FILE,
+            "method": "forward",
+            "delegate": "xnnpack",
+            **trunk_io,
+            "precision": "int8",
+            "quantization": quantization,
+            "parity": int8_parity,
+            "size": len(int8_pte),
+            "size_ratio": len(int8_pte) / len(trunk_pte),
+            "accuracy": None,  # filled by the exporter when it has labelled validation data
+        }
     return {
         "exporter": "torch.export + _export_forward_backward + executorch.exir.to_edge/to_executorch; trunk: "
-        "to_edge_transform_and_lower with the XNNPACK partitioner",
+        "to_edge_transform_and_lower with the XNNPACK partitioner"
+        + ("; int8 trunk: PT2E with the XNNPACKQuantizer" if int8 else ""),
         "attention": "eager",
         "dropout": False,
         "passes": ["addmm -> mm + add"],
@@ -437,18 +716,9 @@ def write_executorch(
             "tensor_inputs": names_in_order(top),
             "outputs": ["logits"],
         },
-        "trunk": {
-            "file": TRUNK_FILE,
-            "method": "forward",
-            "delegate": "xnnpack",
-            "inputs": [
-                {"name": "input_ids", "dtype": "int64", "shape": io_shapes},
-                {"name": "attention_mask", "dtype": "int64", "shape": io_shapes},
-            ],
-            "outputs": [{"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]}],
-            "parity": trunk_parity,
-        },
-        "files": [TRAIN_FILE, INFER_FILE, TRUNK_FILE],
+        "trunk": {"file": TRUNK_FILE, "method": "forward", "delegate": "xnnpack", **trunk_io, "parity": trunk_parity},
+        "trunk_int8": trunk_int8,
+        "files": [TRAIN_FILE, INFER_FILE, TRUNK_FILE, *([TRUNK_INT8_FILE] if int8 else [])],
         "parity": parity,
         "seconds": time.perf_counter() - start,
     }

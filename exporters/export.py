@@ -311,7 +311,7 @@ def _write_executorch(
     o: ExportOptions,
 ) -> dict[str, Any]:
     """``top_train.pte`` + ``top.pte``, verified on the ONNX trunk's output for the verification texts, and
-    ``trunk.pte``, verified against the torch trunk on them."""
+    ``trunk.pte`` (with ``--int8`` ``trunk.int8.pte`` too), verified against the torch trunk on them."""
     from exporters.executorch import ExecutorchOptions, write_executorch
 
     num_labels = int(top.spec["num_labels"])
@@ -323,7 +323,7 @@ def _write_executorch(
             batches.append((run_trunk(session, i, m), m, labels))
             id_batches.append((i, m))
     options = ExecutorchOptions(o.executorch_max_batch, encoder.max_length, o.executorch_atol)
-    return write_executorch(tmp, top, batches, options, (trunk[0], trunk[1], id_batches))
+    return write_executorch(tmp, top, batches, options, (trunk[0], trunk[1], id_batches), int8=o.int8)
 
 
 def _write_int8(
@@ -536,7 +536,44 @@ def _write_top_programs(
             f"{executorch['trunk']['parity']['max_abs_diff']:.2e} "
             f"(tolerance {options.executorch_atol:g}) in {executorch['seconds']:.1f}s"
         )
+        if executorch.get("trunk_int8"):
+            q = executorch["trunk_int8"]
+            say(
+                f"executorch: {q['file']} {q['size'] / 1e6:.1f} MB ({q['size_ratio']:.2f}x trunk.pte), "
+                f"relative error {q['parity']['relative_error']:.2e} (tolerance {q['parity']['rtol']:g})"
+            )
     return top_onnx, executorch
+
+
+def _measure_int8_program(
+    tmp: Path,
+    entry: dict[str, Any],
+    top: TopModel,
+    encoder: TextEncoder,
+    val: TextDataset,
+    baseline: tuple[float, np.ndarray],
+    labels: Sequence[str],
+    options: ExportOptions,
+    progress: bool,
+) -> dict[str, Any]:
+    """``trunk.int8.pte``'s accuracy on ``val`` and its predictions' agreement with the fp32 package (the ONNX
+    trunk, which ``trunk.pte`` matches within 1e-4), as ``trunk_int8.accuracy`` records the ONNX int8 trunk's."""
+    from exporters.executorch import trunk_program_fn
+
+    pte = (tmp / entry["file"]).read_bytes()
+    fn = torch_top_fn(top, trunk_program_fn(pte, encoder.pad_id, entry["file"]))
+    batch = min(options.batch_size, options.executorch_max_batch)
+    logits = map_batches(encoder, val.texts, fn, batch, progress, "validation (int8 .pte)")
+    acc = accuracy(logits, val.encoded_labels(LabelMap(tuple(labels))))
+    fp32_acc, fp32_logits = baseline
+    return {
+        "data": val.source,
+        "num_examples": len(val),
+        "fp32": fp32_acc,
+        "int8": acc,
+        "delta_points": 100 * (acc - fp32_acc),
+        "agreement": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
+    }
 
 
 def _validate(
@@ -636,6 +673,14 @@ def export_package(
                 tmp, top, session, encoder, verify_texts, (classifier, plan.cut), options, say
             )
             validation, baseline = _validate(session, top, encoder, val, plan.labels, options, progress, say)
+            if executorch and executorch.get("trunk_int8") and val is not None and baseline is not None:
+                q = executorch["trunk_int8"]
+                q["accuracy"] = _measure_int8_program(
+                    tmp, q, top, encoder, val, baseline, plan.labels, options, progress
+                )
+                a = q["accuracy"]
+                say(f"executorch: {q['file']} accuracy {percent(a['fp32'])} -> {percent(a['int8'])} "
+                    f"({a['delta_points']:+.2f} points), agreement {a['agreement']:.3f}")  # fmt: skip
             trunk_int8 = None
             if options.int8:
                 trunk_int8 = _write_int8_trunk(

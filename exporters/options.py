@@ -60,8 +60,9 @@ class ExportOptions:
     int8: bool = field(
         default=False,
         metadata={
-            "help": "Also ship an int8 trunk (onnxruntime dynamic quantization of MatMul and embedding Gather); "
-            "its size and accuracy change on validation data go into the manifest."
+            "help": "Also ship an int8 trunk (onnxruntime dynamic quantization of MatMul and embedding Gather), and "
+            "with --targets executorch trunk.int8.pte (PT2E int8 for XNNPACK); their size and accuracy change on "
+            "validation data go into the manifest."
         },
     )
     # none | fused (OPTIMIZE_LEVELS): onnxruntime's transformer fusions in trunk.onnx (exporters.fused); no "choices":

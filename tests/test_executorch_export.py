@@ -1,4 +1,5 @@
-"""Export target executorch: top_train.pte, top.pte and trunk.pte in the manifest, verified against torch."""
+"""Export target executorch: top_train.pte, top.pte and trunk.pte (with --int8 trunk.int8.pte too) in the manifest,
+verified against torch."""
 
 import json
 import shutil
@@ -9,7 +10,14 @@ import torch
 
 from device_sim.package import load_package, verify_package
 from exporters.errors import ParityError
-from exporters.executorch import export_trunk_program, verify_programs, verify_trunk_program
+from exporters.executorch import (
+    TRUNK_INT8_RTOL,
+    export_trunk_int8_program,
+    export_trunk_program,
+    verify_programs,
+    verify_trunk_int8_program,
+    verify_trunk_program,
+)
 
 
 def names_in(package):
@@ -21,6 +29,7 @@ def test_manifest_lists_the_programs_with_hashes_and_parity(executorch_package):
     manifest = json.loads((executorch_package / "manifest.json").read_text())
     entry = manifest["executorch"]
     assert entry["files"] == ["top_train.pte", "top.pte", "trunk.pte"]
+    assert entry["trunk_int8"] is None and not (executorch_package / "trunk.int8.pte").exists()  # no --int8
     assert sorted(entry["inference"]["tensor_inputs"]) == sorted(names_in(executorch_package))
     assert entry["trunk"]["delegate"] == "xnnpack" and entry["trunk"]["parity"]["max_abs_diff"] <= 1e-4
     top_onnx = manifest["top_onnx"]  # the target always ships the ONNX top: the backends score with it
@@ -128,3 +137,127 @@ def test_a_trunk_program_of_another_model_fails_verification(executorch_package,
     assert verify_trunk_program(other, 1, pte, [batch])["max_abs_diff"] <= 1e-4
     with pytest.raises(ParityError, match="trunk.pte: ExecuTorch trunk differs"):
         verify_trunk_program(mine, 1, pte, [batch])
+
+
+# -- trunk.int8.pte (--int8 with the executorch target) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_package(tmp_path_factory):
+    """The executorch package's tiny BERT (no dropout, cut 1 of 3, probe head), exported with --int8 as well."""
+    from exporters.export import ExportOptions, export_package
+    from tests.conftest import build_model, build_tokenizer
+    from tests.packages import dataset, make_plan
+
+    root = tmp_path_factory.mktemp("et-int8")
+    model = build_model("bert", seed=2)
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    model.save_pretrained(root / "model")
+    build_tokenizer("bert").save_pretrained(root / "model")
+    options = ExportOptions(threads=1, targets=("onnx", "executorch"), int8=True)
+    plan = make_plan(root / "model", k=2)
+    return export_package(root / "model", plan, root / "pkg", data=dataset(90, seed=5), options=options).path
+
+
+def _relative_error(got, want, mask):
+    keep = mask.astype(bool)
+    return float(np.linalg.norm(got[keep] - want[keep]) / np.linalg.norm(want[keep]))
+
+
+def test_the_int8_trunk_program_is_written_listed_verified_and_measured(int8_package):
+    import jsonschema
+
+    from edgetune_format import schema
+
+    manifest = json.loads((int8_package / "manifest.json").read_text())
+    entry = manifest["executorch"]
+    assert entry["files"] == ["top_train.pte", "top.pte", "trunk.pte", "trunk.int8.pte"]
+    q = entry["trunk_int8"]
+    assert q["file"] == "trunk.int8.pte" and q["precision"] == "int8" and q["delegate"] == "xnnpack"
+    assert q["method"] == "forward" and (q["inputs"], q["outputs"]) == (
+        entry["trunk"]["inputs"],
+        entry["trunk"]["outputs"],
+    )
+    assert q["quantization"]["quantized_linears"] == q["quantization"]["linears"] == 6  # q, k, v, out, up, down
+    assert q["quantization"]["embeddings"] == "int8 per row, weight only"
+    parity = q["parity"]
+    assert parity["rtol"] == TRUNK_INT8_RTOL and 0 < parity["relative_error"] <= TRUNK_INT8_RTOL
+    assert 0 < parity["max_abs_diff"] and parity["relative_error"] <= parity["max_token_relative_error"]
+    size = (int8_package / "trunk.int8.pte").stat().st_size
+    assert manifest["files"]["trunk.int8.pte"]["size"] == q["size"] == size
+    assert len(manifest["files"]["trunk.int8.pte"]["sha256"]) == 64
+    assert size < (int8_package / "trunk.pte").stat().st_size and q["size_ratio"] < 1
+    accuracy = q["accuracy"]  # on the exporter's validation split, against the fp32 package
+    assert accuracy["num_examples"] == manifest["validation"]["num_examples"] > 0
+    assert accuracy["fp32"] == manifest["validation"]["accuracy"] and accuracy["agreement"] >= 0.9
+    assert abs(accuracy["delta_points"]) <= 100 * (1 - accuracy["agreement"]) + 1e-9
+    assert manifest["trunk_int8"]["file"] == "trunk.int8.onnx"  # the ONNX int8 trunk as before
+    assert verify_package(int8_package).problems == []
+    jsonschema.Draft202012Validator(schema.load_schema("manifest")).validate(manifest)
+    schema.validate(manifest, "manifest")
+
+
+def test_the_int8_trunk_program_is_close_to_fp32_at_any_batch_and_length(int8_package):
+    """trunk.int8.pte against the package's fp32 trunk (ONNX) on batches of other shapes than the export's: within
+    the int8 tolerance, and not the fp32 program (its weights really are int8)."""
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
+
+    buffer = (int8_package / "trunk.int8.pte").read_bytes()  # the program reads it: keep it alive
+    program = _load_for_executorch_from_buffer(buffer)
+    with load_package(int8_package) as pkg:
+        for texts in (["one"], ["apple juice today and tomorrow", "ok", "the goal of the match"] * 3):
+            ids, mask = pkg.encode(texts)
+            want = pkg.run_trunk(ids, mask)
+            got = program.run_method("forward", (torch.from_numpy(ids), torch.from_numpy(mask)))[0].numpy()
+            assert got.shape == want.shape
+            assert 1e-5 < _relative_error(got, want, mask) <= TRUNK_INT8_RTOL
+
+
+def test_an_int8_trunk_program_of_other_weights_fails_verification(int8_package, tiny_model_dir, tmp_path):
+    """Another model's int8 trunk, or the right one after its torch weights changed, is refused; a tampered file
+    in the package is refused by its sha256."""
+    from edgetune.api import load_model
+    from edgetune.modeling import SequenceClassifier
+    from exporters.executorch import ExecutorchOptions
+
+    def classifier(seed):
+        backbone, encoder = load_model(tiny_model_dir("bert", seed=seed), 16)
+        return SequenceClassifier(backbone, 2, ["a", "b"]).eval(), encoder
+
+    mine, encoder = classifier(0)
+    other, _ = classifier(1)
+    pte, record = export_trunk_int8_program(other, 1, ExecutorchOptions(max_batch=4, max_length=16))
+    assert record["quantized_linears"] > 0
+    batch = encoder(["apple juice today", "ok", "the goal of the match said the team"])
+    assert verify_trunk_int8_program(other, 1, pte, [batch])["relative_error"] <= TRUNK_INT8_RTOL
+    with pytest.raises(ParityError, match="trunk.int8.pte: the int8 ExecuTorch trunk differs"):
+        verify_trunk_int8_program(mine, 1, pte, [batch])
+    with torch.no_grad():  # the program no longer is the torch trunk it was made from
+        other.backbone.blocks[0].output.LayerNorm.weight.mul_(1.5)  # hidden states 50% off
+    with pytest.raises(ParityError, match="relative error"):
+        verify_trunk_int8_program(other, 1, pte, [batch])
+
+    copy = shutil.copytree(int8_package, tmp_path / "pkg")
+    raw = bytearray((copy / "trunk.int8.pte").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (copy / "trunk.int8.pte").write_bytes(bytes(raw))
+    problems = verify_package(copy).problems
+    assert any("trunk.int8.pte: sha256 does not match" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_trunks_are_quantized_whole_and_left_as_they_were(family, tiny_model_dir):
+    """GPT-2's Conv1D projections are quantized as the Linear layers they are; Llama's q, k, v (one input) lower
+    without a partition cycle; the classifier's own modules are back afterwards."""
+    from edgetune.api import load_model
+    from edgetune.modeling import SequenceClassifier
+    from exporters.executorch import ExecutorchOptions
+
+    backbone, encoder = load_model(tiny_model_dir(family), 16)
+    classifier = SequenceClassifier(backbone, 2, ["a", "b"]).eval()
+    before = {name: type(m) for name, m in backbone.model.named_modules()}
+    pte, record = export_trunk_int8_program(classifier, 1, ExecutorchOptions(max_batch=4, max_length=16))
+    assert record["quantized_linears"] == record["linears"] >= 4 and record["embeddings"] == "int8 per row, weight only"
+    assert {name: type(m) for name, m in backbone.model.named_modules()} == before
+    batch = encoder(["apple juice today", "ok", "the goal of the match said the team"])
+    assert verify_trunk_int8_program(classifier, 1, pte, [batch])["relative_error"] <= TRUNK_INT8_RTOL

@@ -41,6 +41,19 @@ const Json& entry(const Json& object, const char* key, const std::string& what) 
   return *value;
 }
 
+// The trunk program's entry: ``executorch.trunk`` (trunk.pte) or another one named by the caller
+// (``trunk_int8``: trunk.int8.pte); refused with what would make one.
+const Json& trunk_program(const Json& executorch, const std::string& name) {
+  const Json* value = executorch.find(name);
+  if (value != nullptr && !value->is_null()) return *value;
+  if (name == "trunk") return entry(executorch, "trunk", "ExecuTorch trunk (trunk.pte)");
+  if (name == "trunk_int8")
+    unsupported("this package has no int8 trunk program (trunk.int8.pte); re-export it with --int8 --targets "
+                "onnx,executorch");
+  unsupported("this package has no ExecuTorch trunk program '" + name + "' (executorch." + name +
+              " in its manifest)");
+}
+
 }  // namespace
 
 // A verified program's bytes and the module reading them (the loader points into the bytes: they live as long).
@@ -82,12 +95,14 @@ void set_threads(int threads) {
   if (threads > 0) executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(threads);
 }
 
-Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int threads)
+Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int threads,
+             const std::string& trunk_entry)
     : package_(package), programs_(std::make_unique<Programs>()) {
   set_threads(threads);  // first: it also quiets the runtime's log before anything is loaded
   const Json& m = package.manifest();
   const Json& et = entry(m, "executorch", "ExecuTorch programs");
-  const Json& trunk = entry(et, "trunk", "ExecuTorch trunk (trunk.pte)");
+  const Json& trunk = trunk_program(et, trunk_entry);
+  trunk_file_ = trunk.at("file").str("file");
   const Json& inference = entry(et, "inference", "ExecuTorch top");
   const Json& tensor_inputs = entry(inference, "tensor_inputs", "top.pte with its tensors as inputs");
   for (const Json& n : tensor_inputs.items("tensor_inputs")) names_.push_back(n.str("tensor input"));
@@ -107,7 +122,7 @@ Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int t
     apply_personal_state(weights_, spec, package.family(), *state);
     state_kind_ = state->kind;
   }
-  programs_->trunk.load(package, trunk.at("file").str("file"));
+  programs_->trunk.load(package, trunk_file_);
   programs_->top.load(package, inference.at("file").str("file"));
 }
 
@@ -119,7 +134,7 @@ void Model::release_trunk() {
 }
 
 std::vector<float> Model::features(const IdBatch& b) {
-  if (!programs_->trunk.module) throw ModelError(ModelError::Kind::Runtime, "trunk.pte: released");
+  if (!programs_->trunk.module) throw ModelError(ModelError::Kind::Runtime, trunk_file_ + ": released");
   std::vector<int64_t> ids(b.ids), mask(static_cast<size_t>(b.rows * b.width), 0);
   for (int64_t r = 0; r < b.rows; ++r)
     for (int64_t c = 0; c < b.lengths[r]; ++c) mask[r * b.width + c] = 1;
@@ -127,11 +142,11 @@ std::vector<float> Model::features(const IdBatch& b) {
   auto mask_t = from_blob(mask.data(), {int(b.rows), int(b.width)}, ScalarType::Long);
   auto result = programs_->trunk.module->execute("forward", {EValue(*ids_t), EValue(*mask_t)});
   if (!result.ok())
-    throw ModelError(ModelError::Kind::Runtime, "trunk.pte: forward failed (error " +
-                                                    std::to_string(int(result.error())) + ")");
+    throw ModelError(ModelError::Kind::Runtime,
+                     trunk_file_ + ": forward failed (error " + std::to_string(int(result.error())) + ")");
   const auto out = result->at(0).toTensor();
   if (out.numel() != b.rows * b.width * hidden_)
-    throw ModelError(ModelError::Kind::Runtime, "trunk.pte: output of another size than rows x width x hidden");
+    throw ModelError(ModelError::Kind::Runtime, trunk_file_ + ": output of another size than rows x width x hidden");
   const float* p = out.const_data_ptr<float>();
   return std::vector<float>(p, p + out.numel());
 }

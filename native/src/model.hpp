@@ -1,6 +1,8 @@
 // The package's model on ExecuTorch: trunk.pte (the trunk, XNNPACK) and top.pte (the top, its tensors as
 // inputs) run on the top's tensors from top.safetensors with a personal state applied. Both programs' bytes
 // are read once and checked against the manifest before they are loaded, so what runs is what was verified.
+// The trunk program may instead be another entry of the manifest's `executorch` object with the same
+// interface: "trunk_int8" is trunk.int8.pte (int8 Linear layers and embedding table, --int8 at export).
 #pragma once
 
 #include <cstdint>
@@ -32,13 +34,18 @@ struct IdBatch {
 class Model {
  public:
   // ``package`` must outlive the model; ``state`` may be null (the global model); ``threads`` 0: the runtime's.
-  Model(const Package& package, std::unique_ptr<PersonalState> state, int threads);
+  // ``trunk_entry``: the trunk program, the manifest's ``executorch.<trunk_entry>.file`` ("trunk": trunk.pte,
+  // fp32; "trunk_int8": trunk.int8.pte). A package without that entry is refused (ModelError Unsupported).
+  Model(const Package& package, std::unique_ptr<PersonalState> state, int threads,
+        const std::string& trunk_entry = "trunk");
   ~Model();
 
   int64_t num_labels() const { return num_labels_; }
   int64_t hidden_size() const { return hidden_; }
   int64_t max_batch() const { return max_batch_; }
   const std::string& state_kind() const { return state_kind_; }
+  // The trunk program's file name (trunk.pte, trunk.int8.pte).
+  const std::string& trunk_file() const { return trunk_file_; }
 
   // The trunk's output (rows x width x hidden, padding positions as the program leaves them).
   std::vector<float> features(const IdBatch& batch);
@@ -62,6 +69,7 @@ class Model {
   Tensors weights_;                 // the top's tensors, the state applied
   int64_t num_labels_ = 0, hidden_ = 0, max_batch_ = 1, max_length_ = 0;
   std::string state_kind_ = "global";
+  std::string trunk_file_;
 };
 
 // Threads of ExecuTorch's pool (XNNPACK and the optimized kernels): 0 leaves the runtime's choice.
