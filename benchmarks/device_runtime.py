@@ -13,7 +13,8 @@ exported without dropout, so "the same training" means no dropout on every backe
    training + 60 held-out texts each.
 3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``: the C library's job called from Python, and
    ``native``: the same job run by the library's driver, ``edgetune-device personalize --no-select --guard-fraction
-   0``, a C program without Python) one personalization
+   0``, a C program without Python; ``native-int8``: the same with ``--precision int8``, the int8 trunk
+   ``trunk.int8.pte``, whose features differ, so its losses are not expected to match) one personalization
    job in a fresh process with ``--threads`` threads: the one configured job (``PersonalizeConfig.plain``: no
    candidate selection, no guard, so every backend runs the same training; device defaults otherwise: 8 epochs,
    early stopping on a 15% validation split; ``executorch-cpp`` and ``native`` run the library's trunk
@@ -57,9 +58,9 @@ from harness import (  # benchmarks/harness.py: the script's directory is on sys
     write_json,
 )
 
-BACKENDS = ("torch", "executorch", "executorch-cpp", "native")
+BACKENDS = ("torch", "executorch", "executorch-cpp", "native", "native-int8")
 PARITY_STEPS = 20
-TARGET_RSS_MB = {"executorch-cpp": 250.0, "torch": 500.0, "native": 200.0}
+TARGET_RSS_MB = {"executorch-cpp": 250.0, "torch": 500.0, "native": 200.0, "native-int8": 150.0}
 
 
 # -- workers (fresh processes) ----------------------------------------------------------------------------------------
@@ -134,6 +135,8 @@ def run_native_job(spec: dict[str, Any]) -> dict[str, Any]:
     """The C library's job through its driver (no Python in the process); its record is read from the state."""
     cmd = [spec["driver"], "personalize", "--package", spec["package"], "--data", spec["data"], "--out", spec["out"],
            "--no-select", "--guard-fraction", "0", "--threads", str(spec["threads"]), "--quiet"]  # fmt: skip
+    if spec["backend"] == "native-int8":
+        cmd += ["--precision", "int8"]
     done, peak, seconds = run_measured(cmd, {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])})
     if done.returncode != 0:
         raise RuntimeError(f"native job failed:\n{done.stderr[-4000:]}")
@@ -147,7 +150,7 @@ def run_native_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    if spec["backend"] == "native":
+    if spec["backend"].startswith("native"):
         return run_native_job(spec)
     spec_path, out_path = tmp / "spec.json", tmp / "out.json"
     spec_path.write_text(json.dumps(spec))
@@ -208,7 +211,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     seconds["plan"] = time.perf_counter() - start
     start = time.perf_counter()
-    options = ExportOptions(threads=args.threads, targets=("onnx", "executorch"))
+    options = ExportOptions(threads=args.threads, targets=("onnx", "executorch"), int8=True)
     result = export_package(model, planned, work / "pkg", data=server, options=options)
     seconds["export"] = time.perf_counter() - start
     users = simulate_users(pool, UserConfig(num_users=args.users, examples_per_user=260, test_fraction=60 / 260))
@@ -223,14 +226,21 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "file_sizes": sizes}  # fmt: skip
 
 
-def accuracy(package: Path, personal: Path, test: Path, threads: int) -> float:
+def accuracy(package: Path, personal: Path, test: Path, threads: int, int8_trunk: bool = False) -> float:
+    """The state's accuracy on the user's held-out texts: with the torch-free ONNX top on the fp32 ONNX trunk, or
+    (``int8_trunk``) in the library on the trunk it was trained on, trunk.int8.pte."""
     from device_sim.device import Device
+    from device_sim.native import NativeModel, NativePackage
     from edgetune.data import LabelMap, load_dataset
 
     data = load_dataset(test)
     with Device(package, threads=threads) as device:
-        logits = device.predict_logits(data.texts, personal, backend="onnx")
         y = data.encoded_labels(LabelMap(tuple(device.labels)))
+        if not int8_trunk:
+            logits = device.predict_logits(data.texts, personal, backend="onnx")
+    if int8_trunk:
+        with NativePackage(package) as native, NativeModel(native, personal, threads, int8_trunk=True) as model:
+            logits = model.predict(data.texts)
     return float((logits.argmax(axis=1) == y).mean())
 
 
@@ -362,7 +372,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     row = report["users"][0]
-    for backend, style in zip(BACKENDS, ("-", "--", ":")):
+    for backend, style in zip(BACKENDS, ("-", "--", ":", "-.", (0, (1, 1)))):
         losses = row[backend]["losses"][:PARITY_STEPS]
         axes[0].plot(range(1, len(losses) + 1), losses, style, label=backend, lw=2)
     axes[0].set(title=f"loss, first {PARITY_STEPS} steps ({row['user']})", xlabel="step", ylabel="loss")
@@ -370,7 +380,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     s = report["summary"]
     x = np.arange(len(BACKENDS))
     rss = [s[b]["peak_tree_rss_mb_median"] for b in BACKENDS]
-    axes[1].bar(x, rss, color=["tab:blue", "tab:orange", "tab:green", "tab:purple"])
+    axes[1].bar(x, rss, color=["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
     for b, target in TARGET_RSS_MB.items():
         i = BACKENDS.index(b)
         axes[1].hlines(target, i - 0.4, i + 0.4, colors="red", linestyles="--")
@@ -413,7 +423,7 @@ def main() -> None:
                         "threads": args.threads, "cache_batch_size": args.cache_batch_size,
                         "driver": str(driver)}  # fmt: skip
                 job = run_job(spec, work)
-                job["accuracy"] = accuracy(work / "pkg", out, test, args.threads)
+                job["accuracy"] = accuracy(work / "pkg", out, test, args.threads, backend == "native-int8")
                 if backend != "torch":
                     ref = np.array(row["torch"]["losses"][:PARITY_STEPS])
                     got = np.array(job["losses"][:PARITY_STEPS])

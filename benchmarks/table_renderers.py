@@ -256,6 +256,7 @@ BACKENDS = {
     "executorch": "executorch (Python bindings)",
     "executorch-cpp": "**executorch-cpp** (libedgetune_device's job called from Python, no torch)",
     "native": "**native** (libedgetune_device's job, a C program; its job time is the whole process)",
+    "native-int8": "**native-int8** (the same with the int8 trunk, trunk.int8.pte: other features)",
 }
 
 
@@ -273,7 +274,7 @@ def device_runtime(res: Result) -> str:
         if s.get("accuracy_diff_points_max") == 0:
             accuracy += " (same on every user)"
         rss = f"{s['peak_tree_rss_mb_median']:.0f} MB"
-        if backend in ("executorch-cpp", "native"):
+        if backend in ("executorch-cpp", "native", "native-int8"):
             rss = f"**{rss}**"
         diff = s.get("max_loss_diff_first_20_steps")
         ratio = s.get("job_time_vs_torch_median", 1.0)

@@ -108,6 +108,7 @@ class PersonalizeSettings(ctypes.Structure):
         ("num_candidates", ctypes.c_size_t),
         ("skipped", ctypes.c_void_p),
         ("num_skipped", ctypes.c_size_t),
+        ("int8_trunk", ctypes.c_int32),
     ]
 
 
@@ -199,6 +200,7 @@ def load_library() -> ctypes.CDLL:
         lib.edgetune_model_open.argtypes = [
             ctypes.c_void_p,
             ctypes.c_char_p,
+            ctypes.c_int,
             ctypes.c_int,
             ctypes.POINTER(ctypes.c_void_p),
         ]
@@ -367,12 +369,15 @@ class NativeModel(_Handle):
 
     _close = "edgetune_model_close"
 
-    def __init__(self, package: NativePackage, personal: str | Path | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, package: NativePackage, personal: str | Path | None = None, threads: int = 0, int8_trunk: bool = False
+    ) -> None:
         self._lib = load_library()
         self.package = package  # the model reads it: keep it open as long
         handle = ctypes.c_void_p()
         where = None if personal is None else os.fsencode(personal)
-        check(self._lib, self._lib.edgetune_model_open(package._handle, where, threads, ctypes.byref(handle)))
+        status = self._lib.edgetune_model_open(package._handle, where, threads, int(int8_trunk), ctypes.byref(handle))
+        check(self._lib, status)
         self._handle = handle
         self.state_kind = self._lib.edgetune_model_state_kind(handle).decode()
 

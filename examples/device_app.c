@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     float logits[256];
     size_t length = strlen(argv[4]);
     const char* text = argv[4];
-    if (info.num_labels > 256 || edgetune_model_open(package, argv[3], 0, &model) != EDGETUNE_OK ||
+    if (info.num_labels > 256 || edgetune_model_open(package, argv[3], 0, 0, &model) != EDGETUNE_OK ||
         edgetune_model_predict(model, &text, &length, 1, logits) != EDGETUNE_OK) {
       status = fail("cannot predict");
     } else {

@@ -278,26 +278,35 @@ def executorch_package(tmp_path_factory):
     return export_executorch_package(root / "model", root / "pkg")
 
 
-@pytest.fixture(scope="session")
-def wordpiece_executorch_package(tmp_path_factory):
-    """A tiny BERT (3 blocks, hidden 32, no dropout) with MiniLM's real WordPiece tokenizer, exported with the
-    executorch target (cut 1, probe head): what libedgetune_device tokenizes, predicts with and trains."""
+def _wordpiece_package(root, int8: bool):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from edgetune.datasets import minilm_path
     from exporters.export import ExportOptions, export_package
     from tests.packages import dataset, make_checkpoint, make_plan
 
-    root = tmp_path_factory.mktemp("wordpiece-et")
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)  # fmt: skip
     BertModel(config).save_pretrained(root / "model")
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(root / "model")
     checkpoint = make_checkpoint(root / "model", root / "ckpt")
-    options = ExportOptions(threads=1, targets=("onnx", "executorch"))
+    options = ExportOptions(threads=1, targets=("onnx", "executorch"), int8=int8)
     plan = make_plan(root / "model", k=2)
     return export_package(checkpoint, plan, root / "pkg", data=dataset(90, seed=5), options=options).path
+
+
+@pytest.fixture(scope="session")
+def wordpiece_executorch_package(tmp_path_factory):
+    """A tiny BERT (3 blocks, hidden 32, no dropout) with MiniLM's real WordPiece tokenizer, exported with the
+    executorch target (cut 1, probe head): what libedgetune_device tokenizes, predicts with and trains."""
+    return _wordpiece_package(tmp_path_factory.mktemp("wordpiece-et"), int8=False)
+
+
+@pytest.fixture(scope="session")
+def wordpiece_int8_package(tmp_path_factory):
+    """The same tiny BERT exported with --int8 as well: trunk.int8.pte beside trunk.pte."""
+    return _wordpiece_package(tmp_path_factory.mktemp("wordpiece-int8"), int8=True)
 
 
 @pytest.fixture(scope="session")

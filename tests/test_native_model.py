@@ -107,11 +107,11 @@ def test_a_state_of_another_package_or_a_tampered_one_is_refused(package, states
 def test_bad_arguments_are_errors_not_crashes(package):
     lib = load_library()
     handle = ctypes.c_void_p()
-    assert lib.edgetune_model_open(None, None, 0, ctypes.byref(handle)) == 1  # argument
+    assert lib.edgetune_model_open(None, None, 0, 0, ctypes.byref(handle)) == 1  # argument
     assert "package is NULL" in lib.edgetune_last_error().decode()
     with NativePackage(package) as native:
-        assert lib.edgetune_model_open(native._handle, None, -1, ctypes.byref(handle)) == 1
-        assert lib.edgetune_model_open(native._handle, None, 0, None) == 1
+        assert lib.edgetune_model_open(native._handle, None, -1, 0, ctypes.byref(handle)) == 1
+        assert lib.edgetune_model_open(native._handle, None, 0, 0, None) == 1
         with NativeModel(native) as model:
             ids, mask = native.encode(["one text", "two"])
             with pytest.raises(NativeError, match=r"length 0 is not in.*\[argument\]"):

@@ -14,6 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from device_sim.backends import BackendError
 from device_sim.backends.program import epoch_order
 from device_sim.device import Device
 from device_sim.native import (
@@ -301,3 +302,32 @@ def test_a_job_killed_mid_training_resumes_where_it_stopped(package, learning_cs
     other = subprocess.run(_driver_job(package, learning_csv, out, "--seed", "1"), capture_output=True, text=True)
     assert other.returncode == 0 and "resumed" not in other.stdout
     assert not json.loads((out / "personal.json").read_text())["training"]["resumed"]
+
+
+def test_the_int8_trunk_personalizes_and_predicts(wordpiece_int8_package, package, user_csv, tmp_path):
+    """trunk.int8.pte in the library: its logits near the fp32 trunk's, a job on its features (the driver's
+    --precision int8, and the Python device's executorch-cpp backend with precision int8), and a clear refusal on
+    a package exported without --int8."""
+    texts = user_data(30, seed=12).texts
+    with NativePackage(wordpiece_int8_package) as native:
+        with NativeModel(native, threads=1) as fp32, NativeModel(native, threads=1, int8_trunk=True) as int8:
+            want, got = fp32.predict(texts), int8.predict(texts)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.1
+        result = personalize(native, user_csv, tmp_path / "state", threads=1, epochs=2, int8_trunk=1)
+    state = json.loads((tmp_path / "state" / "personal.json").read_text())
+    assert state["training"]["config"]["precision"] == "int8" and result["num_train"] == state["training"]["num_train"]
+    driver = library_path().parent / DRIVER
+    shown = subprocess.run([str(driver), "predict", "--package", str(wordpiece_int8_package), "--personal",
+                            str(tmp_path / "state"), "--precision", "int8", "--text", "apple juice"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert shown.returncode == 0 and shown.stdout.strip() in ("alpha", "beta", "gamma"), shown.stderr
+    config = PersonalizeConfig(epochs=2, precision="int8", progress=False)
+    with Device(wordpiece_int8_package) as device:
+        done = device.personalize(user_csv, tmp_path / "python", config, backend="executorch-cpp")
+    assert done.manifest["training"]["config"]["precision"] == "int8"
+    refused = subprocess.run([str(driver), "predict", "--package", str(package), "--precision", "int8", "--text",
+                              "apple juice"], capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and "no int8 trunk program" in refused.stderr and "--int8" in refused.stderr
+    with Device(package) as device, pytest.raises(BackendError, match="no int8 trunk program"):
+        device.personalize(user_csv, tmp_path / "none", config, backend="executorch-cpp")
+    assert not (tmp_path / "none").exists()

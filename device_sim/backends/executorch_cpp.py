@@ -48,6 +48,7 @@ def library_settings(config: PersonalizeConfig, job: Job, threads: int | None) -
         "guard_alpha": config.guard_alpha,
         "threads": threads or 0,
         "select": int(config.select),
+        "int8_trunk": int(config.precision == "int8"),
     }
     if not config.select:  # the one configured candidate's cut and rates
         cand = job.candidates[0]
@@ -141,8 +142,12 @@ class ExecuTorchCpp(ProgramRules, WholeJobBackend):
             raise BackendError(
                 f"--trainer {self.name} keeps the epoch of the best validation accuracy (--metric accuracy)"
             )
-        if self.config.precision != "fp32":
-            raise BackendError(f"--trainer {self.name} runs the fp32 trunk.pte (--precision fp32)")
+        trunk = "trunk_int8" if self.config.precision == "int8" else "trunk"
+        if trunk == "trunk_int8" and "trunk_int8" not in self.program:
+            raise BackendError(
+                f"{self.package.path}: no int8 trunk program (trunk.int8.pte); re-export with `edgetune export ... "
+                f"--int8 --targets onnx,executorch` or use --precision fp32"
+            )
         if "trunk" not in self.program:
             raise BackendError(
                 f"{self.package.path}: no trunk.pte (exported by an earlier release); re-export with "

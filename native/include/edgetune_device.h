@@ -114,9 +114,11 @@ EDGETUNE_API void edgetune_dataset_close(edgetune_dataset* dataset);
  * or a library built without ExecuTorch. The package must stay open while the model is. */
 typedef struct edgetune_model edgetune_model;
 
-/* `threads`: ExecuTorch's thread pool size (0: the runtime's default); the pool is shared by the process. */
+/* `threads`: ExecuTorch's thread pool size (0: the runtime's default); the pool is shared by the process.
+ * `int8_trunk` 1: the trunk runs as trunk.int8.pte (a package exported with --int8 and the executorch target;
+ * EDGETUNE_ERROR_UNSUPPORTED without it), 0: trunk.pte (fp32). */
 EDGETUNE_API edgetune_status edgetune_model_open(const edgetune_package* package, const char* personal_directory,
-                                                 int threads, edgetune_model** out);
+                                                 int threads, int int8_trunk, edgetune_model** out);
 /* What the model predicts with: "global", "kept_global", "top_delta" or "fala" (owned by the model). */
 EDGETUNE_API const char* edgetune_model_state_kind(const edgetune_model* model);
 /* Logits of `rows` texts given as token ids (`rows` x `width`, row-major, each row's first `lengths[i]` ids
@@ -174,6 +176,7 @@ typedef struct edgetune_personalize_settings {
   const edgetune_skipped_candidate* skipped; /* recorded; NULL with the default candidates: "lora" (not in
                                                 top_train.pte) */
   size_t num_skipped;
+  int32_t int8_trunk;      /* 0: the features of trunk.pte; 1: of trunk.int8.pte (see edgetune_model_open) */
 } edgetune_personalize_settings;
 
 typedef struct edgetune_personalize_result {

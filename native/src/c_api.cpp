@@ -273,7 +273,7 @@ void edgetune_dataset_close(edgetune_dataset* dataset) { delete dataset; }
 extern "C" {
 
 edgetune_status edgetune_model_open(const edgetune_package* package, const char* personal_directory, int threads,
-                                    edgetune_model** out) {
+                                    int int8_trunk, edgetune_model** out) {
   if (out == nullptr) return fail(EDGETUNE_ERROR_ARGUMENT, "edgetune_model_open: out is NULL");
   *out = nullptr;
   if (package == nullptr || package->impl == nullptr)
@@ -285,12 +285,13 @@ edgetune_status edgetune_model_open(const edgetune_package* package, const char*
     if (personal_directory != nullptr) state = edgetune::read_personal_state(personal_directory, *package->impl);
     auto model = std::make_unique<edgetune_model>();
     model->package = package;
-    model->impl = std::make_unique<edgetune::Model>(*package->impl, std::move(state), threads);
+    model->impl = std::make_unique<edgetune::Model>(*package->impl, std::move(state), threads,
+                                                    int8_trunk ? "trunk_int8" : "trunk");
     *out = model.release();
     return EDGETUNE_OK;
   });
 #else
-  (void)personal_directory;
+  (void)personal_directory, (void)int8_trunk;
   return fail(EDGETUNE_ERROR_UNSUPPORTED, "edgetune_model_open: this library was built without ExecuTorch "
                                           "(-DEDGETUNE_WITH_EXECUTORCH=OFF)");
 #endif
@@ -421,6 +422,7 @@ edgetune::PersonalizeSettings job_settings(const edgetune_personalize_settings& 
   job.head_only = s.head_only != 0;
   job.threads = s.threads;
   job.select = s.select != 0;
+  job.int8_trunk = s.int8_trunk != 0;
   for (size_t i = 0; i < s.num_candidates; ++i) {
     const edgetune_candidate& c = s.candidates[i];
     edgetune::CandidateSpec spec;

@@ -303,6 +303,7 @@ std::string state_json(const Package& package, const PersonalizeOutcome& o, cons
   w.key("patience");
   if (s.patience < 0) w.null(); else w.value(s.patience);
   w.key("metric").value(s.metric).key("cache_batch_size").value(s.cache_batch_size);
+  w.key("precision").value(s.int8_trunk ? "int8" : "fp32");
   w.key("cut").value(s.head_only ? package.num_layers() : package.cut()).key("tuner").value("full");
   w.key("select").value(s.select);
   if (s.select) {
@@ -418,7 +419,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   for (int64_t i : inner_train) train_idx.push_back(rest[i]);
   for (int64_t i : inner_val) val_idx.push_back(rest[i]);
   // 3. tokens, then the trunk once over every text (in length order, a few texts per call)
-  Model model(package, nullptr, s.threads);
+  Model model(package, nullptr, s.threads, s.int8_trunk ? "trunk_int8" : "trunk");
   const std::string tokenizer_name = package.manifest().at("tokenizer").at("tokenizer").str("tokenizer");
   auto tokenizer = WordPieceTokenizer::from_json(package.verified_text(tokenizer_name));
   std::vector<std::vector<int64_t>> ids(static_cast<size_t>(n));

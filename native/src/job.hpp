@@ -44,6 +44,7 @@ struct PersonalizeSettings : TrainSettings {
   // chosen one kept only if it beats the global top on the validation split; without, the one configuration
   // that lr, head_lr and head_only give (named "configured").
   bool select = true;
+  bool int8_trunk = false;  // the features of trunk.int8.pte instead of trunk.pte
   std::vector<CandidateSpec> candidates;
   std::vector<SkippedCandidate> skipped;  // recorded in the selection (those the caller dropped, and why)
 };

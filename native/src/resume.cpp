@@ -91,7 +91,7 @@ std::string job_identity(const Package& package, const std::vector<std::string>&
   w.key("lr").number(s.lr).key("head_lr").number(s.head_lr).key("weight_decay").number(s.weight_decay);
   w.key("warmup_ratio").number(s.warmup_ratio).key("max_grad_norm").number(s.max_grad_norm);
   w.key("seed").value(static_cast<int64_t>(s.seed)).key("metric").value(s.metric);
-  w.key("head_only").value(s.head_only).key("select").value(s.select);
+  w.key("head_only").value(s.head_only).key("select").value(s.select).key("int8_trunk").value(s.int8_trunk);
   w.key("val_fraction").number(s.val_fraction).key("guard_fraction").number(s.guard_fraction);
   w.key("guard_alpha").number(s.guard_alpha).key("cache_batch_size").value(s.cache_batch_size);
   w.key("candidates").open('[');

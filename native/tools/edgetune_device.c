@@ -39,11 +39,11 @@ static int usage(FILE* out) {
           "                               [--lr X] [--head-lr X] [--weight-decay X] [--warmup-ratio X]\n"
           "                               [--max-grad-norm X] [--patience N] [--seed N] [--val-fraction X]\n"
           "                               [--guard-fraction X] [--guard-alpha X] [--no-select] [--head-only]\n"
-          "                               [--threads N]\n"
+          "                               [--threads N] [--precision fp32|int8]\n"
           "                               [--text-column C] [--label-column C] [--quiet]\n"
           "       edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)\n"
           "                               [--format label|jsonl] [--logits] [--threads N] [--batch-size N]\n"
-          "                               [--text-column C]\n"
+          "                               [--text-column C] [--precision fp32|int8]\n"
           "       edgetune-device evaluate --package PACKAGE [--personal STATE] --data FILE [--out JSON] [--threads N]\n"
           "                                [--text-column C] [--label-column C] [--quiet]\n"
           "\n"
@@ -59,7 +59,9 @@ static int usage(FILE* out) {
           "         state when --personal names one: one label per line, or JSON lines with the confidence and\n"
           "         every label's score (--format jsonl; --logits adds the raw logits); --out writes a\n"
           "         text,label,confidence CSV instead (atomically).\n"
-          "evaluate accuracy, macro-F1 and each label's F1 on labelled data; --out also writes them as JSON.\n");
+          "evaluate accuracy, macro-F1 and each label's F1 on labelled data; --out also writes them as JSON.\n"
+          "--precision int8 runs the trunk as trunk.int8.pte (a package exported with --int8) instead of\n"
+          "         trunk.pte.\n");
   return out == stderr ? 1 : 0;
 }
 
@@ -226,6 +228,13 @@ static int parse_options(int argc, char** argv, options* o) {
     else if (strcmp(flag, "--text-column") == 0) o->text_column = value;
     else if (strcmp(flag, "--label-column") == 0) o->label_column = value;
     else if (strcmp(flag, "--format") == 0) o->format = value;
+    else if (strcmp(flag, "--precision") == 0) {
+      if (strcmp(value, "fp32") != 0 && strcmp(value, "int8") != 0) {
+        fprintf(stderr, "error: --precision: choose one of fp32, int8\n");
+        return 1;
+      }
+      o->settings.int8_trunk = strcmp(value, "int8") == 0;
+    }
     else if (strcmp(flag, "--text") == 0) o->texts[o->text_count++] = value;
     else if (number_option(flag, value, &o->settings, &status)) {
       if (status) return status;
@@ -321,7 +330,8 @@ static int session_open(const options* o, int labelled, session* s) {
   if (o->data && edgetune_dataset_read(o->data, s->package, o->text_column, o->label_column, labelled,
                                        &s->dataset) != EDGETUNE_OK)
     return refused(NULL);
-  if (edgetune_model_open(s->package, o->personal, o->threads, &s->model) != EDGETUNE_OK) return refused(NULL);
+  if (edgetune_model_open(s->package, o->personal, o->threads, o->settings.int8_trunk, &s->model) != EDGETUNE_OK)
+    return refused(NULL);
   return 0;
 }
 
