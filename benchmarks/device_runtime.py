@@ -145,6 +145,7 @@ def run_native_job(spec: dict[str, Any]) -> dict[str, Any]:
         "import_seconds": 0.0, "job_seconds": seconds, "phases": training["seconds"], "rss_after_imports_mb": 0.0,
         "losses": training["step_losses"], "history": training["history"], "best_epoch": training["best_epoch"],
         "epochs_run": len(training["history"]), "torch_loaded": False, "transformers_loaded": False,
+        "program_planned_mb": training.get("program_planned_bytes", 0) / 2**20,
         "heavy_modules": [], "peak_tree_rss_mb": peak, "process_seconds": seconds,
     }  # fmt: skip
 

@@ -345,6 +345,9 @@ std::string state_json(const Package& package, const PersonalizeOutcome& o, cons
   w.key("resumed").value(o.resumed);
   w.key("seconds").open('{').key("prepare").number(t.prepare).key("trunk").number(t.trunk);
   w.key("train").number(t.train).key("guard").number(t.guard).close('}');
+  int64_t planned = 0;
+  for (const CandidateOutcome& c : o.candidates) planned = std::max(planned, c.training.planned_bytes);
+  w.key("program_planned_bytes").value(planned);  // top_train.pte's memory plan, allocated for its largest batch
   w.key("backend").value("libedgetune_device").key("step_losses").open('[');
   for (double loss : trained.step_losses) w.number(loss);
   w.close(']').close('}');
@@ -519,7 +522,9 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
             if (progress) progress("train", spec.name.c_str(), step, total, loss);
           },
           resuming ? &last : nullptr,
-          [&](const TrainCheckpoint& epoch) { work.put(epoch_name, encode_checkpoint(epoch)); });
+          [&](const CheckpointState& state, const std::vector<TensorRef>& tensors) {
+            write_checkpoint(work, epoch_name, state, tensors);
+          });
       Tensors& trained = c.training.tensors;
       if (spec.head_only)
         for (auto it = trained.begin(); it != trained.end();)
@@ -529,7 +534,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
     }
     c.seconds = now() - t0;
     if (!spec.prior) {
-      work.put(done_name, encode_candidate(c));
+      write_candidate(work, done_name, c);
       work.remove(epoch_name);
     }
     result.candidates.push_back(std::move(c));

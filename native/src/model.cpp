@@ -3,9 +3,12 @@
 #include "train.hpp"
 
 #include <executorch/extension/data_loader/buffer_data_loader.h>
+#include <executorch/extension/data_loader/file_data_loader.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/platform/platform.h>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -24,6 +27,7 @@ namespace edgetune {
 
 using executorch::aten::ScalarType;
 using executorch::extension::BufferDataLoader;
+using executorch::extension::FileDataLoader;
 using executorch::extension::from_blob;
 using executorch::extension::Module;
 using executorch::runtime::EValue;
@@ -56,13 +60,32 @@ const Json& trunk_program(const Json& executorch, const std::string& name) {
 
 }  // namespace
 
-// A verified program's bytes and the module reading them (the loader points into the bytes: they live as long).
+// A verified program and the module running it. A small program is read once into ``bytes`` (the loader points
+// into them: they live as long). A large one (the trunk) is read from the descriptor of the file that was
+// checked, segment by segment, so its delegate's weights are freed once XNNPACK has packed its own copy instead
+// of staying in memory beside it.
 struct LoadedProgram {
   std::string bytes;
   std::unique_ptr<Module> module;
   void load(const Package& package, const std::string& name) {
     bytes = package.read_verified(name);
     module = std::make_unique<Module>(std::make_unique<BufferDataLoader>(bytes.data(), bytes.size()));
+    load_forward(name);
+  }
+  void load_from_file(const Package& package, const std::string& name) {
+    const int fd = package.open_verified(name);
+    // the checked file itself, even if the name now points elsewhere (Linux and Android have /proc)
+    const std::string by_descriptor = "/proc/self/fd/" + std::to_string(fd);
+    const bool proc = ::access(by_descriptor.c_str(), R_OK) == 0;
+    auto loader = FileDataLoader::from((proc ? by_descriptor : package.path(name)).c_str());
+    ::close(fd);  // the loader holds a descriptor of its own
+    if (!loader.ok()) throw ModelError(ModelError::Kind::Runtime, name + ": ExecuTorch cannot open it");
+    module = std::make_unique<Module>(std::make_unique<FileDataLoader>(std::move(loader.get())));
+    load_forward(name);
+  }
+
+ private:
+  void load_forward(const std::string& name) {
     if (module->load_method("forward") != executorch::runtime::Error::Ok)
       throw ModelError(ModelError::Kind::Runtime, name + ": ExecuTorch cannot load its forward method");
   }
@@ -122,7 +145,7 @@ Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int t
     apply_personal_state(weights_, spec, package.family(), *state);
     state_kind_ = state->kind;
   }
-  programs_->trunk.load(package, trunk_file_);
+  programs_->trunk.load_from_file(package, trunk_file_);
   programs_->top.load(package, inference.at("file").str("file"));
 }
 

@@ -36,8 +36,9 @@ bool plain_name(const std::string& name) {
 
 // One listed file, opened without following links, checked for kind, size and sha256 on the bytes read;
 // ``keep`` receives them when asked (the small JSON parts).
+// Checks the file and, when ``keep_open`` is given, hands its descriptor over (rewound) instead of closing it.
 void check_file(const std::string& root, const std::string& name, int64_t size, const std::string& sha256,
-                std::string* keep) {
+                std::string* keep, int* keep_open = nullptr) {
   std::string path = root + "/" + name;
   int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
@@ -72,6 +73,11 @@ void check_file(const std::string& root, const std::string& name, int64_t size, 
   }
   if (total != size) refuse(name + ": changed while it was read");
   if (hash.hex() != sha256) refuse(name + ": sha256 does not match the manifest (tampered or corrupt)");
+  if (keep_open != nullptr) {
+    if (::lseek(fd, 0, SEEK_SET) != 0) refuse(name + ": unreadable (" + std::strerror(errno) + ")", Kind::Io);
+    *keep_open = ::dup(fd);
+    if (*keep_open < 0) refuse(name + ": unreadable (" + std::strerror(errno) + ")", Kind::Io);
+  }
 }
 
 std::string read_manifest(const std::string& root) {
@@ -121,6 +127,16 @@ std::string Package::read_verified(const std::string& name) const {
   check_file(root_, name, member(*entry, "size", "files.size").integer("size"),
              member(*entry, "sha256", "files.sha256").str("sha256"), &bytes);
   return bytes;
+}
+
+int Package::open_verified(const std::string& name) const {
+  const Json* files = manifest_.find("files");
+  const Json* entry = files ? files->find(name) : nullptr;
+  if (entry == nullptr) refuse(name + ": not listed in manifest.json");
+  int fd = -1;
+  check_file(root_, name, member(*entry, "size", "files.size").integer("size"),
+             member(*entry, "sha256", "files.sha256").str("sha256"), nullptr, &fd);
+  return fd;
 }
 
 std::unique_ptr<Package> Package::open(const std::string& root) {

@@ -42,6 +42,10 @@ class Package {
   // A listed file's bytes, read again and checked against the manifest's size and sha256 (what is then run
   // is what was checked, even if the file changed since the package was opened).
   std::string read_verified(const std::string& name) const;
+  // A listed file opened and checked the same way without keeping its bytes: the open descriptor (the caller
+  // closes it), positioned at the start, of the very file that was checked (a large program is then read from
+  // it piece by piece).
+  int open_verified(const std::string& name) const;
 
  private:
   std::string root_;

@@ -13,11 +13,16 @@ namespace {
 
 constexpr char kMagic[] = "edgetune-work-record-1\n";
 
-std::string record(const std::string& header, const Tensors& tensors) {
-  std::string out = kMagic;
+void write_record(const WorkDir& work, const std::string& name, const std::string& header,
+                  const std::vector<TensorRef>& tensors) {
+  std::string head = kMagic;
   const uint64_t length = header.size();
-  for (int i = 0; i < 8; ++i) out += static_cast<char>((length >> (8 * i)) & 0xff);
-  return out + header + serialize_safetensors(tensors);
+  for (int i = 0; i < 8; ++i) head += static_cast<char>((length >> (8 * i)) & 0xff);
+  head += header;
+  work.put_streamed(name, [&](const WorkDir::Sink& sink) {
+    sink(head.data(), head.size());
+    write_safetensors(tensors, sink);
+  });
 }
 
 bool unrecord(const std::string& bytes, Json& header, Tensors& tensors) {
@@ -70,9 +75,6 @@ void take(const Tensors& from, const std::string& group, Tensors& into) {
     if (name.compare(0, prefix.size(), prefix) == 0) into[name.substr(prefix.size())] = t;
 }
 
-void give(const Tensors& from, const std::string& group, Tensors& into) {
-  for (const auto& [name, t] : from) into[group + "/" + name] = t;
-}
 
 }  // namespace
 
@@ -103,18 +105,14 @@ std::string job_identity(const Package& package, const std::vector<std::string>&
   return Sha256::of(w.text());
 }
 
-std::string encode_checkpoint(const TrainCheckpoint& c) {
+void write_checkpoint(const WorkDir& work, const std::string& name, const CheckpointState& c,
+                      const std::vector<TensorRef>& tensors) {
   JsonWriter w;
   w.open('{').key("epochs_done").value(c.epochs_done).key("step").value(c.step);
   w.key("without_improvement").value(c.without_improvement).key("best_metric").number(c.best_metric);
   write_training(w, c.so_far);
   w.close('}');
-  Tensors all;
-  give(c.live, "live", all);
-  give(c.m, "m", all);
-  give(c.v, "v", all);
-  give(c.best, "best", all);
-  return record(w.text(), all);
+  write_record(work, name, w.text(), tensors);
 }
 
 bool decode_checkpoint(const std::string& bytes, TrainCheckpoint& c) {
@@ -138,7 +136,7 @@ bool decode_checkpoint(const std::string& bytes, TrainCheckpoint& c) {
   return true;
 }
 
-std::string encode_candidate(const CandidateOutcome& o) {
+void write_candidate(const WorkDir& work, const std::string& name, const CandidateOutcome& o) {
   JsonWriter w;
   w.open('{').key("val_accuracy").number(o.val_accuracy).key("seconds").number(o.seconds);
   w.key("prior_shift").open('[');
@@ -146,7 +144,9 @@ std::string encode_candidate(const CandidateOutcome& o) {
   w.close(']');
   write_training(w, o.training);
   w.close('}');
-  return record(w.text(), o.training.tensors);
+  std::vector<TensorRef> tensors;
+  for (const auto& [tensor_name, t] : o.training.tensors) tensors.push_back({tensor_name, t.shape, t.values.data()});
+  write_record(work, name, w.text(), tensors);
 }
 
 bool decode_candidate(const std::string& bytes, CandidateOutcome& o) {

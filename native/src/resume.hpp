@@ -10,6 +10,7 @@
 #include "job.hpp"
 #include "package.hpp"
 #include "train.hpp"
+#include "work.hpp"
 
 namespace edgetune {
 
@@ -17,10 +18,12 @@ std::string job_identity(const Package& package, const std::vector<std::string>&
                          const std::vector<int64_t>& labels, const PersonalizeSettings& settings,
                          const std::vector<CandidateSpec>& candidates);
 
-std::string encode_checkpoint(const TrainCheckpoint& checkpoint);
+// The records are written straight from the tensors in place (no copy of them is made).
+void write_checkpoint(const WorkDir& work, const std::string& name, const CheckpointState& state,
+                      const std::vector<TensorRef>& tensors);
 bool decode_checkpoint(const std::string& bytes, TrainCheckpoint& checkpoint);
 
-std::string encode_candidate(const CandidateOutcome& outcome);
+void write_candidate(const WorkDir& work, const std::string& name, const CandidateOutcome& outcome);
 // Fills the outcome's scores, training record and tensors (its spec and cut are the caller's).
 bool decode_candidate(const std::string& bytes, CandidateOutcome& outcome);
 

@@ -74,6 +74,24 @@ Tensors parse_safetensors(const std::string& bytes, const std::string& where) {
   return out;
 }
 
+std::string safetensors_header(const std::vector<TensorRef>& tensors) {
+  std::string header = "{";
+  size_t offset = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorRef& t = tensors[i];
+    const size_t bytes = static_cast<size_t>(t.numel()) * 4;
+    header += (i ? ",\"" : "\"") + t.name + "\":{\"dtype\":\"F32\",\"shape\":[";
+    for (size_t d = 0; d < t.shape.size(); ++d) header += (d ? "," : "") + std::to_string(t.shape[d]);
+    header += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + bytes) + "]}";
+    offset += bytes;
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';
+  std::string out;
+  append_le64(out, header.size());
+  return out + header;
+}
+
 std::string serialize_safetensors(const Tensors& tensors) {
   std::string header = "{";
   size_t offset = 0;

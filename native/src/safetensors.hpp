@@ -37,4 +37,31 @@ Tensors parse_safetensors(const std::string& bytes, const std::string& where);
 // A safetensors file's bytes holding ``tensors`` (F32, or I64 for index tensors), names in sorted order.
 std::string serialize_safetensors(const Tensors& tensors);
 
+// A float32 tensor held elsewhere (written without a copy).
+struct TensorRef {
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data = nullptr;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+// The same format for F32 tensors held elsewhere, handed to ``sink`` piece by piece (header, then each tensor's
+// data in the order given): a large file written without assembling it in memory.
+template <class Sink>
+void write_safetensors(const std::vector<TensorRef>& tensors, Sink&& sink);
+
+// The header part (8-byte length and JSON) of such a file.
+std::string safetensors_header(const std::vector<TensorRef>& tensors);
+
+template <class Sink>
+void write_safetensors(const std::vector<TensorRef>& tensors, Sink&& sink) {
+  const std::string header = safetensors_header(tensors);
+  sink(header.data(), header.size());
+  for (const TensorRef& t : tensors) sink(t.data, static_cast<size_t>(t.numel()) * 4);
+}
+
 }  // namespace edgetune

@@ -105,7 +105,7 @@ std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& trut
 
 TrainResult train_top(const Package& package, const Features& train, const Features& val,
                       const TrainSettings& s, const std::function<void(int64_t, int64_t, double)>& on_step,
-                      const TrainCheckpoint* resume, const std::function<void(const TrainCheckpoint&)>& on_epoch) {
+                      const TrainCheckpoint* resume, const EpochHook& on_epoch) {
   if (train.rows() == 0) throw ModelError(ModelError::Kind::Argument, "no training example");
   const Json& program = package.manifest().at("executorch").at("train");
   const std::string bytes = package.read_verified(program.at("file").str("file"));
@@ -146,6 +146,10 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
   };
 
   TrainResult out;
+  int64_t planned_bytes = 0;
+  if (auto meta = module.method_meta("forward"); meta.ok())
+    for (size_t i = 0; i < meta->num_memory_planned_buffers(); ++i)
+      if (auto size = meta->memory_planned_buffer_size(i); size.ok()) planned_bytes += *size;
   int64_t step = 0, without_improvement = 0, first_epoch = 0;
   double best_metric = -1;
   auto bind = [&](std::vector<EValue>& outputs) {  // the program's live weights, as its outputs alias them
@@ -182,27 +186,23 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
     best_metric = resume->best_metric;
     out = resume->so_far;
     out.tensors.clear();
+    out.planned_bytes = planned_bytes;
   }
   auto checkpoint = [&](int64_t epochs_done) {
-    TrainCheckpoint c;
+    CheckpointState c;
     c.epochs_done = epochs_done;
     c.step = step;
     c.without_improvement = without_improvement;
     c.best_metric = best_metric;
     c.so_far = out;
+    std::vector<TensorRef> tensors;
     for (const Param& p : params) {
-      auto put = [&](Tensors& into, const float* values) {
-        Tensor t;
-        t.shape = p.shape;
-        t.values.assign(values, values + p.numel());
-        into.emplace(p.name, std::move(t));
-      };
-      put(c.live, p.live);
-      put(c.m, p.m.data());
-      put(c.v, p.v.data());
-      if (!p.best.empty()) put(c.best, p.best.data());
+      tensors.push_back({"live/" + p.name, p.shape, p.live});
+      tensors.push_back({"m/" + p.name, p.shape, p.m.data()});
+      tensors.push_back({"v/" + p.name, p.shape, p.v.data()});
+      if (!p.best.empty()) tensors.push_back({"best/" + p.name, p.shape, p.best.data()});
     }
-    on_epoch(c);
+    on_epoch(c, tensors);
   };
   for (int64_t epoch = first_epoch; epoch < s.epochs && !out.stopped_early; ++epoch) {
     const double t0 = now();
@@ -277,6 +277,7 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
     out.history.push_back(record);
     if (on_epoch) checkpoint(epoch + 1);
   }
+  out.planned_bytes = planned_bytes;
   for (Param& p : params) {
     Tensor t;
     t.shape = p.shape;

@@ -50,16 +50,25 @@ struct TrainResult {
   std::vector<double> step_losses;
   int64_t best_epoch = -1;  // -1: no validation
   bool stopped_early = false;
+  int64_t planned_bytes = 0;  // the memory top_train.pte's plan sets aside for its largest batch
 };
 
 // Where a training run stands after an epoch: enough to go on exactly as if it had never stopped (the epoch
 // orders are numpy's per-epoch draws and the program has no dropout, so the rest of the run is determined).
-struct TrainCheckpoint {
+struct CheckpointState {
   int64_t epochs_done = 0, step = 0, without_improvement = 0;
   double best_metric = -1;
-  TrainResult so_far;        // history, step losses, best epoch, stopped early (its tensors unused)
-  Tensors live, m, v, best;  // per trained tensor: the weights, AdamW's moments, the best epoch's weights
+  TrainResult so_far;  // history, step losses, best epoch, stopped early (its tensors unused)
 };
+
+// A checkpoint read back: per trained tensor, the weights, AdamW's moments and the best epoch's weights.
+struct TrainCheckpoint : CheckpointState {
+  Tensors live, m, v, best;
+};
+
+// Called after every epoch with the run's state and its tensors in place ("live/NAME", "m/NAME", "v/NAME",
+// "best/NAME"), valid during the call: written out without a copy.
+using EpochHook = std::function<void(const CheckpointState&, const std::vector<TensorRef>&)>;
 
 // Accuracy and macro-F1 over the labels present in truth or predictions (edgetune.metrics).
 std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred);
@@ -70,7 +79,6 @@ std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& trut
 TrainResult train_top(const Package& package, const Features& train, const Features& val,
                       const TrainSettings& settings,
                       const std::function<void(int64_t, int64_t, double)>& on_step = nullptr,
-                      const TrainCheckpoint* resume = nullptr,
-                      const std::function<void(const TrainCheckpoint&)>& on_epoch = nullptr);
+                      const TrainCheckpoint* resume = nullptr, const EpochHook& on_epoch = nullptr);
 
 }  // namespace edgetune

@@ -28,20 +28,34 @@ void sync_directory(const std::string& path) {
 
 }  // namespace
 
-void write_file(const std::string& path, const std::string& bytes) {
+namespace {
+
+// ``path`` created or truncated, filled by ``fill`` through a sink, synced and closed.
+void write_pieces(const std::string& path, const std::function<void(const WorkDir::Sink&)>& fill) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) write_error(path + ": cannot be written");
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) {
-      ::close(fd);
-      write_error(path + ": write failed");
-    }
-    done += static_cast<size_t>(n);
+  try {
+    fill([&](const void* data, size_t size) {
+      const char* p = static_cast<const char*>(data);
+      while (size > 0) {
+        ssize_t n = ::write(fd, p, size);
+        if (n <= 0) write_error(path + ": write failed");
+        p += n;
+        size -= static_cast<size_t>(n);
+      }
+    });
+  } catch (...) {
+    ::close(fd);
+    throw;
   }
   const bool ok = ::fsync(fd) == 0;
   if (::close(fd) != 0 || !ok) write_error(path + ": write failed");
+}
+
+}  // namespace
+
+void write_file(const std::string& path, const std::string& bytes) {
+  write_pieces(path, [&](const WorkDir::Sink& sink) { sink(bytes.data(), bytes.size()); });
 }
 
 void remove_tree(const std::string& path) {
@@ -91,8 +105,17 @@ WorkDir::WorkDir(const std::string& out, const std::string& identity) {
 }
 
 void WorkDir::put(const std::string& name, const std::string& bytes) const {
+  put_streamed(name, [&](const Sink& sink) { sink(bytes.data(), bytes.size()); });
+}
+
+void WorkDir::put_streamed(const std::string& name, const std::function<void(const Sink&)>& fill) const {
   const std::string path = path_ + "/" + name, tmp = temporary_beside(path);
-  write_file(tmp, bytes);
+  try {
+    write_pieces(tmp, fill);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     ::unlink(tmp.c_str());
     write_error(path + ": cannot be written");

@@ -6,6 +6,8 @@
 // record or the new one.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <string>
 
 namespace edgetune {
@@ -29,6 +31,10 @@ class WorkDir {
   bool resumed() const { return resumed_; }
   // A record's bytes, atomically; ``get`` returns false when there is none.
   void put(const std::string& name, const std::string& bytes) const;
+  // A record written piece by piece (``fill`` hands each piece to the sink it is given), as atomically: a
+  // large record is never assembled in memory.
+  using Sink = std::function<void(const void* data, size_t size)>;
+  void put_streamed(const std::string& name, const std::function<void(const Sink&)>& fill) const;
   bool get(const std::string& name, std::string& bytes) const;
   void remove(const std::string& name) const;
   // The whole directory, once the job's state is written.
