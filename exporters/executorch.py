@@ -424,17 +424,8 @@ def verify_trunk_program(
 ) -> dict[str, Any]:
     """Run ``trunk.pte`` in ExecuTorch's Python bindings on real ``(input_ids, attention_mask)`` batches and compare
     with ``classifier.trunk_forward`` over real tokens; raises :class:`ParityError` above ``atol``."""
-    import torch
-    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
-
-    program = _load_for_executorch_from_buffer(trunk_pte)
     worst = 0.0
-    for ids, mask in batches:
-        feeds = (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
-        with torch.no_grad():
-            want = classifier.trunk_forward(*feeds, cut).float().numpy()
-        got = program.run_method("forward", feeds)[0].numpy()
-        keep = mask.astype(bool)
+    for got, want, keep in _trunk_outputs(TRUNK_FILE, trunk_pte, classifier, cut, batches):
         if got.shape != want.shape:
             worst = float("inf")
             break
@@ -460,6 +451,30 @@ def _load_program(name: str, pte: bytes) -> Any:
         raise ParityError(message, float("inf")) from None
 
 
+def _trunk_outputs(
+    name: str,
+    trunk_pte: bytes,
+    classifier: SequenceClassifier,
+    cut: int,
+    batches: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(program output, torch trunk output, real-token mask)`` per batch: a trunk program run in ExecuTorch's
+    Python bindings beside ``classifier.trunk_forward``; a program that cannot be loaded or run is a ParityError."""
+    import torch
+
+    program = _load_program(name, trunk_pte)
+    for ids, mask in batches:
+        feeds = (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
+        with torch.no_grad():
+            want = classifier.trunk_forward(*feeds, cut).float().numpy()
+        try:
+            got = program.run_method("forward", feeds)[0].numpy()
+        except Exception as err:  # noqa: BLE001 (the bindings raise RuntimeError on a failed method)
+            raise ParityError(f"{name}: the program fails on a batch of shape {list(ids.shape)} ({err})",
+                              float("inf")) from None  # fmt: skip
+        yield got, want, mask.astype(bool)
+
+
 def verify_trunk_int8_program(
     classifier: SequenceClassifier,
     cut: int,
@@ -471,20 +486,8 @@ def verify_trunk_int8_program(
     compare with the fp32 ``classifier.trunk_forward`` over real tokens: the relative error
     ``||int8 - fp32|| / ||fp32||`` of each batch's hidden states (see :data:`TRUNK_INT8_RTOL`); raises
     :class:`ParityError` when the worst batch is above ``rtol``, or when the program cannot be loaded or run."""
-    import torch
-
-    program = _load_program(TRUNK_INT8_FILE, trunk_pte)
     worst, worst_abs, worst_token = 0.0, 0.0, 0.0
-    for ids, mask in batches:
-        feeds = (torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
-        with torch.no_grad():
-            want = classifier.trunk_forward(*feeds, cut).float().numpy()
-        try:
-            got = program.run_method("forward", feeds)[0].numpy()
-        except Exception as err:  # noqa: BLE001 (the bindings raise RuntimeError on a failed method)
-            raise ParityError(f"{TRUNK_INT8_FILE}: the program fails on a batch of shape {list(ids.shape)} ({err})",
-                              float("inf")) from None  # fmt: skip
-        keep = mask.astype(bool)
+    for got, want, keep in _trunk_outputs(TRUNK_INT8_FILE, trunk_pte, classifier, cut, batches):
         if got.shape != want.shape or not np.isfinite(got[keep]).all():
             worst = worst_abs = worst_token = float("inf")
             break

@@ -364,16 +364,24 @@ def _write_int8(
     if val is not None and baseline is not None:
         session = ort_session(tmp / TRUNK_INT8_FILE, options.threads)
         acc, logits = _package_accuracy(session, top, encoder, val, labels, options, progress)
-        fp32_acc, fp32_logits = baseline
-        entry["accuracy"] = {
-            "data": val.source,
-            "num_examples": len(val),
-            "fp32": fp32_acc,
-            "int8": acc,
-            "delta_points": 100 * (acc - fp32_acc),
-            "agreement": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
-        }
+        entry["accuracy"] = int8_accuracy_record(val, acc, logits, baseline)
     return entry
+
+
+def int8_accuracy_record(
+    val: TextDataset, acc: float, logits: np.ndarray, baseline: tuple[float, np.ndarray]
+) -> dict[str, Any]:
+    """An int8 trunk's ``accuracy`` record: its accuracy on ``val`` against the fp32 package's (``baseline``: its
+    accuracy and logits) and how often the two give the same label."""
+    fp32_acc, fp32_logits = baseline
+    return {
+        "data": val.source,
+        "num_examples": len(val),
+        "fp32": fp32_acc,
+        "int8": acc,
+        "delta_points": 100 * (acc - fp32_acc),
+        "agreement": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
+    }
 
 
 @dataclass
@@ -564,16 +572,7 @@ def _measure_int8_program(
     fn = torch_top_fn(top, trunk_program_fn(pte, encoder.pad_id, entry["file"]))
     batch = min(options.batch_size, options.executorch_max_batch)
     logits = map_batches(encoder, val.texts, fn, batch, progress, "validation (int8 .pte)")
-    acc = accuracy(logits, val.encoded_labels(LabelMap(tuple(labels))))
-    fp32_acc, fp32_logits = baseline
-    return {
-        "data": val.source,
-        "num_examples": len(val),
-        "fp32": fp32_acc,
-        "int8": acc,
-        "delta_points": 100 * (acc - fp32_acc),
-        "agreement": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
-    }
+    return int8_accuracy_record(val, accuracy(logits, val.encoded_labels(LabelMap(tuple(labels)))), logits, baseline)
 
 
 def _validate(
