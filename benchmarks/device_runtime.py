@@ -375,7 +375,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     row = report["users"][0]
     for backend, style in zip(BACKENDS, ("-", "--", ":", "-.", (0, (1, 1)))):
         losses = row[backend]["losses"][:PARITY_STEPS]
-        axes[0].plot(range(1, len(losses) + 1), losses, style, label=backend, lw=2)
+        axes[0].plot(range(1, len(losses) + 1), losses, linestyle=style, label=backend, lw=2)
     axes[0].set(title=f"loss, first {PARITY_STEPS} steps ({row['user']})", xlabel="step", ylabel="loss")
     axes[0].legend()
     s = report["summary"]

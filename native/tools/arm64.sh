@@ -7,8 +7,9 @@
 #
 # Needs Debian's g++-aarch64-linux-gnu and qemu-user-static, cmake, and the repo's Python environment
 # (it exports the tiny package). The jobs: open and verify the package (inspect --json: the whole verified
-# manifest), tokenize every line of texts.txt (encode), personalize on user.csv with the guard (its verdict and
-# scores), personalize without it (a trained state), then predict test.csv with that state and evaluate it.
+# manifest), tokenize every line of texts.txt (encode), personalize on user.csv as the device does (the candidates,
+# the choice, the guard's verdict and scores), personalize one configuration without the guard (a trained state),
+# then predict test.csv with that state and evaluate it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${1:-build/arm64-check}
@@ -40,14 +41,14 @@ echo "x86-64:  $(file -b "$WORK/x86-64/edgetune-device" | cut -d, -f1-2)"
 echo "aarch64: $(file -b "$WORK/aarch64/edgetune-device" | cut -d, -f1-2)"
 run_x86() { "$WORK/x86-64/edgetune-device" "$@"; }
 run_arm() { "$QEMU" -L /usr/aarch64-linux-gnu "$WORK/aarch64/edgetune-device" "$@"; }
-TRAIN=(--epochs 4 --lr 3e-3 --head-lr 0.1 --threads 1 --quiet)
+TRAIN=(--epochs 4 --threads 1 --quiet)
 for arch in x86 arm; do
   "run_$arch" inspect "$WORK/tiny/pkg" --json > "$WORK/$arch.inspect.json"
   "run_$arch" encode --package "$WORK/tiny/pkg" < "$WORK/tiny/texts.txt" > "$WORK/$arch.encode.jsonl"
   "run_$arch" personalize --package "$WORK/tiny/pkg" --data "$WORK/tiny/user.csv" --out "$WORK/$arch.guarded" \
     "${TRAIN[@]}" | sed "s|$WORK/$arch|STATE|" > "$WORK/$arch.guarded.txt"
   "run_$arch" personalize --package "$WORK/tiny/pkg" --data "$WORK/tiny/user.csv" --out "$WORK/$arch.state" \
-    "${TRAIN[@]}" --guard-fraction 0 > /dev/null
+    "${TRAIN[@]}" --no-select --lr 3e-3 --head-lr 0.1 --guard-fraction 0 > /dev/null
   "run_$arch" predict --package "$WORK/tiny/pkg" --personal "$WORK/$arch.state" --data "$WORK/tiny/test.csv" \
     --format jsonl --logits > "$WORK/$arch.predict.jsonl"
   "run_$arch" evaluate --package "$WORK/tiny/pkg" --personal "$WORK/$arch.state" --data "$WORK/tiny/test.csv" \
