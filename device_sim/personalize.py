@@ -28,10 +28,10 @@ library, runs steps 3-6 itself from the prepared job: :class:`~device_sim.backen
 One job per output: :func:`personalize` holds the output's lock for the whole
 job. Work in progress lives next to the output, in ``.<out>.partial/``
 (:func:`work_dir`: the job's identity, checkpoints, memory-mapped features).
-On a backend that resumes (torch), an interrupted job run again with the same
-package, data and settings resumes from its last checkpoint, exactly (the
-batches and dropout masks of an uninterrupted run); a job with other inputs
-discards it. The previous personal state at ``out`` is replaced only by a
+On a backend that resumes (torch; executorch-cpp, whose library keeps its own
+records there), an interrupted job run again with the same package, data and
+settings resumes from its last checkpoint, exactly (the batches and dropout
+masks of an uninterrupted run); a job with other inputs discards it. The previous personal state at ``out`` is replaced only by a
 complete new one. Torch-free: the torch backend imports torch.
 """
 
