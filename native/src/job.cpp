@@ -228,11 +228,10 @@ GuardVerdict run_guard(Model& model, const Features& guard, const Tensors& chose
   return g;
 }
 
-// Each candidate's tensors as a personal state holds them (the prior: the global head with its bias shifted).
-Tensors candidate_tensors(const Package& package, const CandidateOutcome& c) {
+// Each candidate's tensors as a personal state holds them (the prior: the global head with its bias shifted;
+// ``top``: the package's top tensors, as the job's model already holds them).
+Tensors candidate_tensors(const Tensors& top, const CandidateOutcome& c) {
   if (!c.spec.prior) return c.training.tensors;
-  const std::string weights_name = package.manifest().at("top").at("weights").str("weights");
-  Tensors top = parse_safetensors(package.read_verified(weights_name), weights_name);
   Tensors out;
   out["head.weight"] = top.at("head.weight");
   Tensor bias = top.at("head.bias");
@@ -542,7 +541,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   for (size_t i = 1; i < result.candidates.size(); ++i)
     if (result.candidates[i].val_accuracy > result.candidates[result.chosen].val_accuracy) result.chosen = i;
   const CandidateOutcome& chosen = result.chosen_candidate();
-  const Tensors chosen_tensors = candidate_tensors(package, chosen);
+  const Tensors chosen_tensors = candidate_tensors(model.weights(), chosen);
   const double trained_at = now();
   t.train = trained_at - cached;
   // 5. the verdict: beat the global top on the validation split (with selection), then the guard

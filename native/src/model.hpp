@@ -46,6 +46,8 @@ class Model {
   const std::string& state_kind() const { return state_kind_; }
   // The trunk program's file name (trunk.pte, trunk.int8.pte).
   const std::string& trunk_file() const { return trunk_file_; }
+  // The top's tensors the model predicts with (the package's, with the personal state applied).
+  const Tensors& weights() const { return weights_; }
 
   // The trunk's output (rows x width x hidden, padding positions as the program leaves them).
   std::vector<float> features(const IdBatch& batch);
