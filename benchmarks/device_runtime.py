@@ -1,4 +1,4 @@
-"""The device runtime on four trainers: loss parity, accuracy, peak memory of the job, time.
+"""The device runtime on its trainers: loss parity, accuracy, peak memory of the job, time.
 
     flock /work/bench.lock python benchmarks/device_runtime.py [--threads 2] [--users 3] [--out benchmarks/results]
 
@@ -14,7 +14,9 @@ exported without dropout, so "the same training" means no dropout on every backe
 3. Per user and backend (``torch``, ``executorch``, ``executorch-cpp``: the C library's job called from Python, and
    ``native``: the same job run by the library's driver, ``edgetune-device personalize --no-select --guard-fraction
    0``, a C program without Python; ``native-int8``: the same with ``--precision int8``, the int8 trunk
-   ``trunk.int8.pte``, whose features differ, so its losses are not expected to match) one personalization
+   ``trunk.int8.pte``, whose features differ, so its losses are not expected to match; ``torch-lora`` and
+   ``native-lora``: the device's LoRA candidate, :data:`LORA_JOB`, on the torch backend and in the library's
+   driver with ``--tuner lora``, compared with each other) one personalization
    job in a fresh process with ``--threads`` threads: the one configured job (``PersonalizeConfig.plain``: no
    candidate selection, no guard, so every backend runs the same training; device defaults otherwise: 8 epochs,
    early stopping on a 15% validation split; ``executorch-cpp`` and ``native`` run the library's trunk
@@ -58,7 +60,11 @@ from harness import (  # benchmarks/harness.py: the script's directory is on sys
     write_json,
 )
 
-BACKENDS = ("torch", "executorch", "executorch-cpp", "native", "native-int8")
+BACKENDS = ("torch", "executorch", "executorch-cpp", "native", "native-int8", "torch-lora", "native-lora")
+# The LoRA jobs: the device's LoRA candidate (rank 8, alpha 16, its learning rates) as the one configured job, LoRA
+# dropout off as every program runs; the torch backend draws the adapters' starting values per job and the
+# library starts from those the exporter drew, so their losses differ from step 1 and are not compared.
+LORA_JOB = {"tuner": "lora", "tuner_params": {"r": 8, "dropout": 0.0}, "lr": 1e-3, "head_lr": 0.03}
 PARITY_STEPS = 20
 TARGET_RSS_MB = {"executorch-cpp": 250.0, "torch": 500.0, "native": 200.0, "native-int8": 150.0}
 
@@ -69,7 +75,7 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     from device_sim.device import Device
 
-    if spec["backend"] == "torch":
+    if spec["backend"].startswith("torch"):
         import torch
 
         torch.set_num_threads(spec["threads"])
@@ -77,14 +83,17 @@ def job_worker(spec: dict[str, Any]) -> dict[str, Any]:
     imported = time.perf_counter()
     rss_imports = rss_mb()
     losses: list[float] = []
-    if spec["backend"] == "torch":
+    if spec["backend"].startswith("torch"):
         callbacks = [lambda event: losses.append(float(event.loss))]
     else:
         callbacks = [lambda step, loss: losses.append(float(loss))]
     with Device(spec["package"], threads=spec["threads"]) as device:
         # the one configured job on every backend (no candidate selection, no guard): the same training to compare
         settings = replace(plain_settings(), cache_batch_size=spec["cache_batch_size"])
-        result = device.personalize(spec["data"], spec["out"], settings, callbacks, spec["backend"])
+        if spec["backend"].endswith("-lora"):
+            settings = replace(settings, **LORA_JOB)
+        backend = spec["backend"].removesuffix("-lora")
+        result = device.personalize(spec["data"], spec["out"], settings, callbacks, backend)
     done = time.perf_counter()
     return {
         "import_seconds": imported - t0,
@@ -137,6 +146,8 @@ def run_native_job(spec: dict[str, Any]) -> dict[str, Any]:
            "--no-select", "--guard-fraction", "0", "--threads", str(spec["threads"]), "--quiet"]  # fmt: skip
     if spec["backend"] == "native-int8":
         cmd += ["--precision", "int8"]
+    if spec["backend"] == "native-lora":
+        cmd += ["--tuner", "lora", "--lr", str(LORA_JOB["lr"]), "--head-lr", str(LORA_JOB["head_lr"])]
     done, peak, seconds = run_measured(cmd, {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])})
     if done.returncode != 0:
         raise RuntimeError(f"native job failed:\n{done.stderr[-4000:]}")
@@ -326,7 +337,7 @@ def throughput(rows: list[dict[str, Any]], gemm: dict[str, float]) -> dict[str, 
     the machine's GEMM limit (the best of the measured shapes)."""
     limit = max(gemm.values())
     out: dict[str, Any] = {"gemm_gflops": gemm, "gemm_limit_gflops": limit}
-    for backend in BACKENDS:
+    for backend in [b for b in BACKENDS if not b.endswith("-lora")]:  # the FLOPs are the full top's training
         rates = {"trunk": [], "train": []}
         for row in rows:
             phases = row[backend]["phases"]
@@ -340,9 +351,15 @@ def throughput(rows: list[dict[str, Any]], gemm: dict[str, float]) -> dict[str, 
 
 
 # -- report ----------------------------------------------------------------------------------------------------
+def reference(backend: str) -> str:
+    """The torch job a backend's job is compared with: the LoRA one for LoRA jobs."""
+    return "torch-lora" if backend.endswith("-lora") else "torch"
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for backend in BACKENDS:
+        ref = reference(backend)
         jobs = [r[backend] for r in rows]
         s = {
             "peak_tree_rss_mb_median": float(np.median([j["peak_tree_rss_mb"] for j in jobs])),
@@ -351,15 +368,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "process_seconds_median": float(np.median([j["process_seconds"] for j in jobs])),
             "accuracy_mean": float(np.mean([j["accuracy"] for j in jobs])),
         }
-        if backend != "torch":
-            s["max_loss_diff_first_20_steps"] = float(np.max([j["loss_diff_vs_torch"] for j in jobs]))
-            s["accuracy_diff_points_max"] = float(np.max([abs(j["accuracy"] - r["torch"]["accuracy"]) * 100 for j, r in
+        if backend != ref:
+            diffs = [j["loss_diff_vs_torch"] for j in jobs]
+            s["compared_with"] = ref
+            s["max_loss_diff_first_20_steps"] = None if None in diffs else float(np.max(diffs))
+            s["accuracy_diff_points_max"] = float(np.max([abs(j["accuracy"] - r[ref]["accuracy"]) * 100 for j, r in
                                                           zip(jobs, rows)]))  # fmt: skip
             s["process_time_vs_torch_median"] = float(
-                np.median([j["process_seconds"] / r["torch"]["process_seconds"] for j, r in zip(jobs, rows)])
+                np.median([j["process_seconds"] / r[ref]["process_seconds"] for j, r in zip(jobs, rows)])
             )
             s["job_time_vs_torch_median"] = float(
-                np.median([j["job_seconds"] / r["torch"]["job_seconds"] for j, r in zip(jobs, rows)])
+                np.median([j["job_seconds"] / r[ref]["job_seconds"] for j, r in zip(jobs, rows)])
             )
         summary[backend] = s
     return summary
@@ -373,7 +392,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     row = report["users"][0]
-    for backend, style in zip(BACKENDS, ("-", "--", ":", "-.", (0, (1, 1)))):
+    for backend, style in zip(BACKENDS, ("-", "--", ":", "-.", (0, (1, 1)), (0, (5, 1)), (0, (3, 1, 1, 1)))):
         losses = row[backend]["losses"][:PARITY_STEPS]
         axes[0].plot(range(1, len(losses) + 1), losses, linestyle=style, label=backend, lw=2)
     axes[0].set(title=f"loss, first {PARITY_STEPS} steps ({row['user']})", xlabel="step", ylabel="loss")
@@ -381,7 +400,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     s = report["summary"]
     x = np.arange(len(BACKENDS))
     rss = [s[b]["peak_tree_rss_mb_median"] for b in BACKENDS]
-    axes[1].bar(x, rss, color=["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
+    axes[1].bar(
+        x, rss, color=["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:cyan", "tab:pink"]
+    )
     for b, target in TARGET_RSS_MB.items():
         i = BACKENDS.index(b)
         axes[1].hlines(target, i - 0.4, i + 0.4, colors="red", linestyles="--")
@@ -393,6 +414,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[2].bar(x - 0.2, times, 0.4, label="process (incl. imports)")
     axes[2].bar(x + 0.2, jobs, 0.4, label="job (after imports)")
     axes[2].set(xticks=x, xticklabels=BACKENDS, ylabel="s", title="time per user (median)")
+    for ax in axes[1:]:
+        ax.tick_params(axis="x", rotation=30)
     axes[2].legend()
     fig.tight_layout()
     write_figure(fig, path, dpi=110)
@@ -425,10 +448,10 @@ def main() -> None:
                         "driver": str(driver)}  # fmt: skip
                 job = run_job(spec, work)
                 job["accuracy"] = accuracy(work / "pkg", out, test, args.threads, backend == "native-int8")
-                if backend != "torch":
+                if backend != reference(backend):  # the LoRA jobs start from other adapters: not compared
                     ref = np.array(row["torch"]["losses"][:PARITY_STEPS])
                     got = np.array(job["losses"][:PARITY_STEPS])
-                    job["loss_diff_vs_torch"] = float(np.abs(ref - got).max())
+                    job["loss_diff_vs_torch"] = None if backend.endswith("-lora") else float(np.abs(ref - got).max())
                 row[backend] = job
                 shutil.rmtree(out)
                 peak, secs = job["peak_tree_rss_mb"], job["job_seconds"]

@@ -257,6 +257,8 @@ BACKENDS = {
     "executorch-cpp": "**executorch-cpp** (libedgetune_device's job called from Python, no torch)",
     "native": "**native** (libedgetune_device's job, a C program; its job time is the whole process)",
     "native-int8": "**native-int8** (the same with the int8 trunk, trunk.int8.pte: other features)",
+    "torch-lora": "torch-lora (the LoRA candidate, rank 8, on the torch backend)",
+    "native-lora": "**native-lora** (the same in libedgetune_device's driver, top_train_lora.pte; vs torch-lora)",
 }
 
 
@@ -274,18 +276,21 @@ def device_runtime(res: Result) -> str:
         if s.get("accuracy_diff_points_max") == 0:
             accuracy += " (same on every user)"
         rss = f"{s['peak_tree_rss_mb_median']:.0f} MB"
-        if backend in ("executorch-cpp", "native", "native-int8"):
+        if backend in ("executorch-cpp", "native", "native-int8", "native-lora"):
             rss = f"**{rss}**"
         diff = s.get("max_loss_diff_first_20_steps")
         ratio = s.get("job_time_vs_torch_median", 1.0)
         rate = []
-        if flops:
+        if flops and backend in flops:
             t = flops[backend]
             rate = [f"{t['trunk_gflops_median']:.1f} / {t['train_gflops_median']:.1f} "
                     f"({100 * t['train_share_of_gemm_limit']:.0f}% of the limit)"]  # fmt: skip
+        elif flops:
+            rate = ["(LoRA: not counted)"]
         lines.append(_row([label, "" if diff is None else f"{diff:.1e}", accuracy,
                            f"{rss} ({s['peak_tree_rss_mb_max']:.0f})", f"{s['job_seconds_median']:.1f} s",
-                           "1x" if backend == "torch" else f"{ratio:.2f}x", *rate]))  # fmt: skip
+                           "1x" if "compared_with" not in s and backend in ("torch", "torch-lora") else f"{ratio:.2f}x",
+                           *rate]))  # fmt: skip
     return "\n".join(lines)
 
 

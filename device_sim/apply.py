@@ -155,6 +155,18 @@ def apply_state(
     return out
 
 
+def fold_adapters(
+    weights: dict[str, np.ndarray], tensors: dict[str, np.ndarray], tuner: dict[str, Any], model_type: str
+) -> dict[str, np.ndarray]:
+    """A trained candidate's ``tensors`` (the top's numbering) with its LoRA pairs folded into copies of the top's
+    ``weights`` (``W + alpha / r * B A``): the tensors that replace the top's to run it."""
+    params = tuner["params"]
+    merged = dict(weights)
+    conv1d = family_for(model_type).conv1d_projections
+    rest = _merge_adapters(merged, tensors, float(params["alpha"]) / int(params["r"]), conv1d, "candidate")
+    return {**{k: merged[k] for k in merged if merged[k] is not weights.get(k)}, **rest}
+
+
 def fala_head(tensors: dict[str, np.ndarray], width: int, path: Any) -> tuple[np.ndarray, np.ndarray]:
     """A FaLA state's head (either form) as one linear layer on the new package's ``width`` features."""
     try:

@@ -109,6 +109,7 @@ class PersonalizeSettings(ctypes.Structure):
         ("skipped", ctypes.c_void_p),
         ("num_skipped", ctypes.c_size_t),
         ("int8_trunk", ctypes.c_int32),
+        ("tuner", ctypes.c_char_p),
     ]
 
 
@@ -122,6 +123,7 @@ class CandidateSpec(ctypes.Structure):
         ("lr", ctypes.c_double),
         ("head_lr", ctypes.c_double),
         ("estimated_seconds", ctypes.c_double),
+        ("tuner", ctypes.c_char_p),
     ]
 
 
@@ -414,14 +416,14 @@ class _JobSettings:
         lib: ctypes.CDLL,
         candidates: Sequence[dict] | None,
         skipped: Sequence[dict] | None,
-        settings: dict[str, float | int | bool],
+        settings: dict[str, float | int | bool | str],
     ) -> None:
         self.struct = PersonalizeSettings()
         lib.edgetune_personalize_defaults(ctypes.byref(self.struct))
         for name, value in settings.items():
             if name not in dict(PersonalizeSettings._fields_) or name in ("candidates", "skipped"):
                 raise TypeError(f"unknown personalize setting {name!r}")
-            setattr(self.struct, name, value)
+            setattr(self.struct, name, value.encode() if isinstance(value, str) else value)
         self._candidates = (CandidateSpec * len(candidates or ()))(
             *(
                 CandidateSpec(
@@ -431,6 +433,7 @@ class _JobSettings:
                     float(c.get("lr", 0.0)),
                     float(c.get("head_lr", 0.0)),
                     float(c.get("estimated_seconds", -1.0)),
+                    str(c.get("tuner", "full")).encode(),
                 )  # fmt: skip
                 for c in candidates or ()
             )

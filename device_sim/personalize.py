@@ -31,8 +31,8 @@ job. Work in progress lives next to the output, in ``.<out>.partial/``
 On a backend that resumes (torch; executorch-cpp, whose library keeps its own
 records there), an interrupted job run again with the same package, data and
 settings resumes from its last checkpoint, exactly (the batches and dropout
-masks of an uninterrupted run); a job with other inputs discards it. The previous personal state at ``out`` is replaced only by a
-complete new one. Torch-free: the torch backend imports torch.
+masks of an uninterrupted run); a job with other inputs discards it. The
+previous personal state at ``out`` is replaced only by a complete new one. Torch-free: the torch backend imports torch.
 """
 
 from __future__ import annotations

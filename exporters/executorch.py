@@ -1,6 +1,6 @@
 """Export target ``executorch``: the package as ExecuTorch programs, for on-device training without Python.
 
-Three programs (four with ``--int8``) are written next to the ONNX trunk:
+Four programs (five with ``--int8``) are written next to the ONNX trunk:
 
 * ``top_train.pte`` — the joint forward + backward of the trained blocks +
   head: ``forward(hidden_state, attention_mask, labels) -> (loss, logits,
@@ -12,6 +12,13 @@ Three programs (four with ``--int8``) are written next to the ONNX trunk:
   ``torch.export.experimental._export_forward_backward`` ->
   ``executorch.exir.to_edge`` (IR validity check off: the joint graph holds
   backward ops outside the core ATen set) -> ``to_executorch()``.
+* ``top_train_lora.pte`` — the same joint program for the device's LoRA
+  candidate: rank-8 adapters (alpha 16, peft's names and initialization, A
+  drawn from a fixed seed at export and baked in as the program's starting
+  weights) on the family's default targets in every block, trained with the
+  final norm and the head; the base weights are the program's constants
+  (:func:`lora_training_top`). Not written for a head-only plan or a family
+  whose projections are ``Conv1D`` (the manifest's ``train_lora`` says why).
 * ``top.pte`` — inference only: ``forward(hidden_state, attention_mask,
   *tensors) -> logits``, the top's tensors as **inputs** (as ``top.onnx``:
   one program serves the global top and every personal state; the device
@@ -91,6 +98,10 @@ TRUNK_INT8_FILE = "trunk.int8.pte"
 # stale program), whose hidden states are unrelated to the reference, is off by ~100% (sqrt(2) for independent
 # states of equal scale).
 TRUNK_INT8_RTOL = 0.1
+LORA_TRAIN_FILE = "top_train_lora.pte"
+# The device's LoRA candidate (device_sim.settings.DEFAULT_CANDIDATES: r 8, LoraConfig's alpha 16): the program
+# bakes in its adapters' starting values, drawn once at export from this seed.
+LORA_RANK, LORA_ALPHA, LORA_SEED = 8, 16.0, 0
 TRAIN_METHOD = "forward"
 GRADIENTS_INDEX = "__et_training_gradients_index_forward"
 PARAMETERS_INDEX = "__et_training_parameters_index_forward"
@@ -107,6 +118,7 @@ class ExecutorchOptions:
     max_batch: int = DEFAULT_MAX_BATCH
     max_length: int = 128
     atol: float = DEFAULT_ATOL
+    lora_rank: int = LORA_RANK  # 0: no LoRA training program
 
 
 def eager_top(top: TopModel) -> TopModel:
@@ -194,15 +206,54 @@ def _lower(exported: Any) -> bytes:
 
 def export_training_program(top: TopModel, options: ExecutorchOptions) -> tuple[bytes, list[str]]:
     """``top_train.pte`` bytes and the trained tensors' names (the top's state-dict names), in program order."""
+    return _export_joint(eager_top(top), options)
+
+
+def _export_joint(eager: TopModel, options: ExecutorchOptions) -> tuple[bytes, list[str]]:
+    """A training program of ``eager`` (a top in eval mode): the gradients of the tensors that require grad (the
+    others are the program's constants); returns its bytes and those tensors' names in program order."""
     from torch.export import export
     from torch.export.experimental import _export_forward_backward
+    from torch.export.graph_signature import OutputKind
 
-    step = _step_module(eager_top(top))
-    examples = _examples(top.spec["hidden_size"], top.spec["num_labels"], options)
+    step = _step_module(eager)
+    examples = _examples(eager.spec["hidden_size"], eager.spec["num_labels"], options)
     exported = export(step, examples, dynamic_shapes=_dynamic(options, ("hidden", "mask", "labels")), strict=False)
     joint = _export_forward_backward(exported)
-    names = [n.removeprefix("top.") for n in joint.graph_signature.parameters]
+    specs = joint.graph_signature.output_specs
+    names = [str(s.target).removeprefix("top.") for s in specs if s.kind == OutputKind.GRADIENT_TO_PARAMETER]
     return _lower(joint), names
+
+
+def lora_training_top(top: TopModel, rank: int, alpha: float) -> tuple[TopModel, dict[str, Any]]:
+    """The eager top with LoRA adapters on its family's default targets in every block (dropout off, as the
+    programs are exported), ``A`` drawn Kaiming-uniform from torch's generator seeded :data:`LORA_SEED` and ``B``
+    zero (peft's initialization); only the adapters, the final norm and the head require grad. Returns the top
+    and the tuner record ``{"name": "lora", "params": ...}`` of the state a run of it writes. Refused
+    (:class:`ExportError`) for families whose projections are ``Conv1D`` (the device library folds LoRA into
+    (out, in) matrices only) and for a top without blocks."""
+    import torch
+
+    from edgetune.families import family_for
+    from edgetune.tuners.lora import default_target_modules
+    from edgetune.tuners.lora import native as lora_native
+
+    model_type = top.config.model_type
+    if family_for(model_type).conv1d_projections:
+        raise ExportError(f"{LORA_TRAIN_FILE}: {model_type}'s Conv1D projections are not adapted on the device")
+    eager = eager_top(top)
+    if not len(eager.blocks):
+        raise ExportError(f"{LORA_TRAIN_FILE}: the top has no block to adapt (a head-only plan)")
+    targets = default_target_modules(model_type)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(LORA_SEED)
+        wrapped = lora_native.inject(eager.blocks, targets, list(range(len(eager.blocks))), rank, alpha, 0.0)
+    if not wrapped:
+        raise ExportError(f"{LORA_TRAIN_FILE}: no module of the top's blocks matches the LoRA targets {targets}")
+    for name, p in eager.named_parameters():
+        p.requires_grad_("lora_" in name or name.startswith(("head.", "norm.")))
+    params = {"r": rank, "alpha": alpha, "dropout": 0.0, "target_modules": targets, "layers": None}
+    return eager.eval(), {"name": "lora", "params": params}
 
 
 def export_inference_program(top: TopModel, options: ExecutorchOptions) -> bytes:
@@ -556,15 +607,17 @@ def gradient_differences(got: dict[str, np.ndarray], expected: dict[str, np.ndar
 
 
 def torch_loss_and_grads(
-    top: TopModel, hidden: np.ndarray, mask: np.ndarray, labels: np.ndarray
+    top: TopModel, hidden: np.ndarray, mask: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None
 ) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
-    """The torch top's loss, logits and gradients on one batch (eval mode: no dropout)."""
+    """The torch top's loss, logits and gradients on one batch (eval mode: no dropout): of the tensors ``names``
+    (default: every tensor of the top)."""
     import torch
 
     top = top.eval()
     params = {n: p for n, p in top.named_parameters()}
-    for p in params.values():
-        p.requires_grad_(True)
+    trained = set(params if names is None else names)
+    for n, p in params.items():
+        p.requires_grad_(n in trained)
         p.grad = None
     logits = top(torch.from_numpy(np.ascontiguousarray(hidden)), torch.from_numpy(mask.astype(np.int64)))
     loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels.astype(np.int64)))
@@ -573,6 +626,55 @@ def torch_loss_and_grads(
     for p in params.values():
         p.grad = None
     return float(loss.detach()), logits.detach().numpy(), grads
+
+
+def _feeds(hidden: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, ...]:
+    import torch
+
+    return (
+        torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)),
+        torch.from_numpy(mask.astype(np.int64)),
+        torch.from_numpy(labels.astype(np.int64)),
+    )
+
+
+def verify_training_program(
+    top: TopModel,
+    train_pte: bytes,
+    names: list[str],
+    batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    atol: float = DEFAULT_ATOL,
+    file: str = TRAIN_FILE,
+) -> dict[str, Any]:
+    """Run a training program in ExecuTorch's Python bindings on real ``(hidden, mask, labels)`` batches and compare
+    its loss, logits and the gradients of ``names`` with ``top``'s in torch; raises :class:`ParityError` above
+    ``atol`` or when its outputs are not ``(loss, logits, gradients, parameters)`` of ``names``."""
+    train = _load_program(file, train_pte)
+    worst = {"loss": 0.0, "logits": 0.0, "gradients": 0.0}
+    worst_grad = ""
+    grad_start = int(train.run_method(GRADIENTS_INDEX, ())[0])
+    param_start = int(train.run_method(PARAMETERS_INDEX, ())[0])
+    fqn = [str(n).removeprefix("top.") for n in train.run_method(FQN_METHOD, ())]
+    if fqn != names or param_start - grad_start != len(names) or grad_start != 2:
+        raise ParityError(f"{file}: the program's outputs are not (loss, logits, gradients, parameters): {fqn}",
+                          float("inf"))  # fmt: skip
+    for hidden, mask, labels in batches:
+        outputs = train.run_method(TRAIN_METHOD, _feeds(hidden, mask, labels))
+        loss, logits, grads = torch_loss_and_grads(top, hidden, mask, labels, names)
+        worst["loss"] = max(worst["loss"], _diff(outputs[0].numpy(), np.float32(loss)))
+        worst["logits"] = max(worst["logits"], _diff(outputs[1].numpy(), logits))
+        got = {name: out.numpy() for name, out in zip(names, outputs[grad_start:param_start])}
+        for name, d in gradient_differences(got, grads).items():
+            if d > worst["gradients"]:
+                worst["gradients"], worst_grad = d, name
+    for key, value in worst.items():
+        if not value <= atol:
+            what = f"gradient of {worst_grad}" if key == "gradients" else key
+            raise ParityError(
+                f"{file} differs from the torch top: {what} max difference {value:.3e} > atol {atol:g}", value
+            )
+    return {"atol": atol, "max_abs_diff": worst, "worst_gradient": worst_grad, "num_batches": len(batches),
+            "batch_shapes": [list(h.shape[:2]) for h, _, _ in batches]}  # fmt: skip
 
 
 def verify_programs(
@@ -586,57 +688,57 @@ def verify_programs(
     """Run both programs with ExecuTorch's Python bindings on real ``(hidden, mask, labels)`` batches and compare
     with the torch top; raises :class:`ParityError` above ``atol``. Returns the parity record."""
     import torch
-    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
 
-    train = _load_for_executorch_from_buffer(train_pte)
-    infer = _load_for_executorch_from_buffer(infer_pte)
-    worst = {"loss": 0.0, "logits": 0.0, "gradients": 0.0, "inference_logits": 0.0}
-    worst_grad = ""
-    grad_start = int(train.run_method(GRADIENTS_INDEX, ())[0])
-    param_start = int(train.run_method(PARAMETERS_INDEX, ())[0])
-    fqn = [str(n).removeprefix("top.") for n in train.run_method(FQN_METHOD, ())]
-    if fqn != names or param_start - grad_start != len(names) or grad_start != 2:
-        raise ParityError(
-            f"ExecuTorch training program's outputs are not (loss, logits, gradients, parameters): {fqn}", float("inf")
-        )
+    record = verify_training_program(top, train_pte, names, batches, atol)
+    infer = _load_program(INFER_FILE, infer_pte)
+    worst = 0.0
     for hidden, mask, labels in batches:
-        feeds = (
-            torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32)),
-            torch.from_numpy(mask.astype(np.int64)),
-            torch.from_numpy(labels.astype(np.int64)),
-        )
-        outputs = train.run_method(TRAIN_METHOD, feeds)
-        loss, logits, grads = torch_loss_and_grads(top, hidden, mask, labels)
-        worst["loss"] = max(worst["loss"], _diff(outputs[0].numpy(), np.float32(loss)))
-        worst["logits"] = max(worst["logits"], _diff(outputs[1].numpy(), logits))
-        got = {name: out.numpy() for name, out in zip(names, outputs[grad_start:param_start])}
-        for name, d in gradient_differences(got, grads).items():
-            if d > worst["gradients"]:
-                worst["gradients"], worst_grad = d, name
+        feeds = _feeds(hidden, mask, labels)[:2]
         tensors = [p.detach() for p in top.parameters()]
-        inferred = infer.run_method("forward", (*feeds[:2], *tensors))[0].numpy()
-        worst["inference_logits"] = max(worst["inference_logits"], _diff(inferred, logits))
+        with torch.no_grad():
+            logits = top.eval()(*feeds).numpy()
+        worst = max(worst, _diff(infer.run_method("forward", (*feeds, *tensors))[0].numpy(), logits))
         # other tensors than the global ones (a personal state): the program must read its inputs, not constants
-        gen = torch.Generator().manual_seed(len(worst))
+        gen = torch.Generator().manual_seed(4)
         other = [t + 0.05 * torch.randn(t.shape, generator=gen) * (t.abs().mean() + 1e-3) for t in tensors]
         with torch.no_grad():
-            want = torch.func.functional_call(top.eval(), dict(zip(names_in_order(top), other)), feeds[:2]).numpy()
-        inferred = infer.run_method("forward", (*feeds[:2], *other))[0].numpy()
-        worst["inference_logits"] = max(worst["inference_logits"], _diff(inferred, want))
-    for key, value in worst.items():
-        if not value <= atol:
-            what = f"gradient of {worst_grad}" if key == "gradients" else key
-            raise ParityError(
-                f"ExecuTorch program differs from the torch top: {what} max difference {value:.3e} > atol {atol:g}",
-                value,
-            )
-    return {
-        "atol": atol,
-        "max_abs_diff": worst,
-        "worst_gradient": worst_grad,
-        "num_batches": len(batches),
-        "batch_shapes": [list(h.shape[:2]) for h, _, _ in batches],
+            want = torch.func.functional_call(top.eval(), dict(zip(names_in_order(top), other)), feeds).numpy()
+        worst = max(worst, _diff(infer.run_method("forward", (*feeds, *other))[0].numpy(), want))
+    if not worst <= atol:
+        raise ParityError(
+            f"ExecuTorch program differs from the torch top: inference_logits max difference {worst:.3e} > "
+            f"atol {atol:g}",
+            worst,
+        )
+    record["max_abs_diff"]["inference_logits"] = worst
+    return record
+
+
+def _lora_program(
+    top: TopModel, batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], options: ExecutorchOptions
+) -> tuple[bytes, dict[str, Any]]:
+    """``top_train_lora.pte`` and its manifest entry (``b""`` and ``{"skipped": why}`` where the top cannot have
+    one), verified against the LoRA top in torch like ``top_train.pte``."""
+    if not options.lora_rank:
+        return b"", {"skipped": "not asked for (lora_rank 0)"}
+    try:
+        lora_top, tuner = lora_training_top(top, options.lora_rank, LORA_ALPHA)
+    except ExportError as err:
+        return b"", {"skipped": str(err)}
+    pte, names = _export_joint(lora_top, options)
+    parity = verify_training_program(lora_top, pte, names, batches, options.atol, LORA_TRAIN_FILE)
+    params = dict(lora_top.named_parameters())
+    entry = {
+        "file": LORA_TRAIN_FILE,
+        "method": TRAIN_METHOD,
+        "tuner": tuner,
+        "init": f"lora_A Kaiming-uniform (torch generator seeded {LORA_SEED}), lora_B zero: the program's weights",
+        "gradients_index": 2,
+        "parameters_index": 2 + len(names),
+        "parameters": [{"name": n, "shape": list(params[n].shape)} for n in names],
+        "parity": parity,
     }
+    return pte, entry
 
 
 def write_executorch(
@@ -661,7 +763,10 @@ def write_executorch(
     trunk_parity = verify_trunk_program(classifier, cut, trunk_pte, id_batches)
     int8_pte, quantization = export_trunk_int8_program(classifier, cut, options) if int8 else (b"", {})
     int8_parity = verify_trunk_int8_program(classifier, cut, int8_pte, id_batches) if int8 else {}
+    lora_pte, lora_entry = _lora_program(top, batches, options)
     atomic_write_bytes(directory / TRAIN_FILE, train_pte)
+    if lora_pte:
+        atomic_write_bytes(directory / LORA_TRAIN_FILE, lora_pte)
     atomic_write_bytes(directory / INFER_FILE, infer_pte)
     atomic_write_bytes(directory / TRUNK_FILE, trunk_pte)
     if int8:
@@ -675,6 +780,13 @@ def write_executorch(
         ],
         "outputs": [{"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]}],
     }
+    train_inputs = [
+        {"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]},
+        {"name": "attention_mask", "dtype": "int64", "shape": io_shapes},
+        {"name": "labels", "dtype": "int64", "shape": ["batch"]},
+    ]
+    train_outputs = ["loss", "logits", "gradients...", "parameters..."]
+    optional_files = [*([TRUNK_INT8_FILE] if int8 else []), *([LORA_TRAIN_FILE] if lora_pte else [])]
     trunk_int8 = None
     if int8:
         trunk_int8 = {
@@ -701,12 +813,8 @@ def write_executorch(
         "train": {
             "file": TRAIN_FILE,
             "method": TRAIN_METHOD,
-            "inputs": [
-                {"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]},
-                {"name": "attention_mask", "dtype": "int64", "shape": io_shapes},
-                {"name": "labels", "dtype": "int64", "shape": ["batch"]},
-            ],
-            "outputs": ["loss", "logits", "gradients...", "parameters..."],
+            "inputs": train_inputs,
+            "outputs": train_outputs,
             "gradients_index": 2,
             "parameters_index": 2 + len(names),
             "parameters": [{"name": n, "shape": list(params[n].shape)} for n in names],
@@ -721,7 +829,8 @@ def write_executorch(
         },
         "trunk": {"file": TRUNK_FILE, "method": "forward", "delegate": "xnnpack", **trunk_io, "parity": trunk_parity},
         "trunk_int8": trunk_int8,
-        "files": [TRAIN_FILE, INFER_FILE, TRUNK_FILE, *([TRUNK_INT8_FILE] if int8 else [])],
+        "train_lora": {**lora_entry, "inputs": train_inputs, "outputs": train_outputs} if lora_pte else lora_entry,
+        "files": [TRAIN_FILE, INFER_FILE, TRUNK_FILE, *optional_files],
         "parity": parity,
         "seconds": time.perf_counter() - start,
     }

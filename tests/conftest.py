@@ -288,7 +288,9 @@ def _wordpiece_package(root, int8: bool):
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)  # fmt: skip
-    BertModel(config).save_pretrained(root / "model")
+    with torch.random.fork_rng(devices=[]):  # the same weights in every session: tests do not hang on a draw
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(root / "model")
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(root / "model")
     checkpoint = make_checkpoint(root / "model", root / "ckpt")
     options = ExportOptions(threads=1, targets=("onnx", "executorch"), int8=int8)

@@ -81,7 +81,10 @@ def test_executorch_backends_refuse_what_the_program_cannot_train(executorch_pac
             device.personalize(user_data(40, seed=3), tmp_path / "p", fast(), backend="executorch-cpp")
     with Device(executorch_package, threads=1) as device:
         with pytest.raises(BackendError, match="needs --trainer torch"):
-            device.personalize(user_data(40, seed=3), tmp_path / "p", fast(tuner="lora"), backend="executorch")
+            device.personalize(user_data(40, seed=3), tmp_path / "p", fast(tuner="dsee"), backend="executorch")
+        with pytest.raises(BackendError, match=r"other LoRA settings: r 4 \(program: 8\); it needs --trainer torch"):
+            lora4 = fast(tuner="lora", tuner_params={"r": 4})
+            device.personalize(user_data(40, seed=3), tmp_path / "p", lora4, backend="executorch")
         with pytest.raises(BackendError, match="largest batch"):
             device.personalize(user_data(40, seed=3), tmp_path / "p", fast(batch_size=64), backend="executorch")
     assert not (tmp_path / "p").exists()
@@ -96,8 +99,8 @@ def test_executorch_backends_select_and_guard_like_the_torch_backend(backend, ex
         result = device.personalize(data, tmp_path / "p", config, backend=backend)
         manifest = result.manifest
         names = [c["name"] for c in manifest["selection"]["candidates"]]
-        assert names == ["prior", "head", "head-fast", "block"]
-        assert [k["name"] for k in manifest["selection"]["skipped"]] == ["lora"]
+        assert names == ["prior", "head", "head-fast", "lora", "block"]  # top_train_lora.pte trains the LoRA one
+        assert manifest["selection"]["skipped"] == []
         assert manifest["guard"]["enabled"] and manifest["guard"]["candidate"] == manifest["selection"]["chosen"]
         assert result.num_guard == 18 and result.num_train + result.num_val + result.num_guard == 90
         assert manifest["training"]["backend"] == {"executorch-cpp": "libedgetune_device"}.get(backend, backend)

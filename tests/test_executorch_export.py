@@ -28,7 +28,7 @@ def names_in(package):
 def test_manifest_lists_the_programs_with_hashes_and_parity(executorch_package):
     manifest = json.loads((executorch_package / "manifest.json").read_text())
     entry = manifest["executorch"]
-    assert entry["files"] == ["top_train.pte", "top.pte", "trunk.pte"]
+    assert entry["files"] == ["top_train.pte", "top.pte", "trunk.pte", "top_train_lora.pte"]
     assert entry["trunk_int8"] is None and not (executorch_package / "trunk.int8.pte").exists()  # no --int8
     assert sorted(entry["inference"]["tensor_inputs"]) == sorted(names_in(executorch_package))
     assert entry["trunk"]["delegate"] == "xnnpack" and entry["trunk"]["parity"]["max_abs_diff"] <= 1e-4
@@ -44,6 +44,40 @@ def test_manifest_lists_the_programs_with_hashes_and_parity(executorch_package):
     with load_package(executorch_package) as pkg:
         assert sorted(names) == sorted(n for n, _ in pkg.top_model().named_parameters())
     assert entry["attention"] == "eager" and "executorch" in manifest["producer"]
+
+
+def test_the_lora_program_trains_the_adapters_norm_and_head_of_every_block(executorch_package):
+    """top_train_lora.pte: peft's names, rank 8 on the family's default targets of every block of the top, the
+    base weights not trained; its loss and gradients verified against the LoRA top in torch."""
+    manifest = json.loads((executorch_package / "manifest.json").read_text())
+    entry = manifest["executorch"]["train_lora"]
+    assert entry["file"] == "top_train_lora.pte" and manifest["files"]["top_train_lora.pte"]["size"] > 0
+    assert entry["tuner"]["name"] == "lora" and entry["tuner"]["params"]["r"] == 8
+    assert entry["tuner"]["params"]["alpha"] == 16.0 and entry["tuner"]["params"]["dropout"] == 0.0
+    names = [p["name"] for p in entry["parameters"]]
+    adapters = [n for n in names if ".lora_" in n]
+    with load_package(executorch_package) as pkg:
+        blocks = len(pkg.top_model().blocks)
+        targets = entry["tuner"]["params"]["target_modules"]
+    assert len(adapters) == 2 * len(targets) * blocks
+    assert {n.split(".")[1] for n in adapters} == {str(i) for i in range(blocks)}
+    assert set(names) - set(adapters) == {n for n in names if n.startswith(("head.", "norm."))}
+    shapes = {p["name"]: p["shape"] for p in entry["parameters"]}
+    assert all(shapes[n][0] == 8 for n in adapters if ".lora_A." in n)
+    assert entry["parameters_index"] - entry["gradients_index"] == len(names)
+    assert max(entry["parity"]["max_abs_diff"].values()) <= 1e-5
+
+
+def test_a_conv1d_family_gets_no_lora_program_and_the_manifest_says_why():
+    from types import SimpleNamespace
+
+    from exporters.executorch import ExecutorchOptions, _lora_program
+
+    gpt2_top = SimpleNamespace(config=SimpleNamespace(model_type="gpt2"))  # refused before the top is rebuilt
+    pte, entry = _lora_program(gpt2_top, [], ExecutorchOptions())
+    assert pte == b"" and "Conv1D" in entry["skipped"]
+    not_asked = _lora_program(gpt2_top, [], ExecutorchOptions(lora_rank=0))
+    assert not_asked == (b"", {"skipped": "not asked for (lora_rank 0)"})
 
 
 def test_a_tampered_program_is_refused(executorch_package, tmp_path):
@@ -171,7 +205,7 @@ def test_the_int8_trunk_program_is_written_listed_verified_and_measured(int8_pac
 
     manifest = json.loads((int8_package / "manifest.json").read_text())
     entry = manifest["executorch"]
-    assert entry["files"] == ["top_train.pte", "top.pte", "trunk.pte", "trunk.int8.pte"]
+    assert entry["files"] == ["top_train.pte", "top.pte", "trunk.pte", "trunk.int8.pte", "top_train_lora.pte"]
     q = entry["trunk_int8"]
     assert q["file"] == "trunk.int8.pte" and q["precision"] == "int8" and q["delegate"] == "xnnpack"
     assert q["method"] == "forward" and (q["inputs"], q["outputs"]) == (
@@ -261,3 +295,16 @@ def test_decoder_trunks_are_quantized_whole_and_left_as_they_were(family, tiny_m
     assert {name: type(m) for name, m in backbone.model.named_modules()} == before
     batch = encoder(["apple juice today", "ok", "the goal of the match said the team"])
     assert verify_trunk_int8_program(classifier, 1, pte, [batch])["relative_error"] <= TRUNK_INT8_RTOL
+
+
+def test_the_lora_program_is_the_devices_lora_candidate():
+    """The exported LoRA program, the candidate the device resolves and the tuner's defaults agree (the device
+    side states them without importing torch)."""
+    from device_sim.backends.program import LORA_DEFAULTS
+    from device_sim.settings import DEFAULT_CANDIDATES
+    from edgetune.tuners.lora import LoraConfig
+    from exporters.executorch import LORA_ALPHA, LORA_RANK
+
+    tuner = LoraConfig(**next(c for c in DEFAULT_CANDIDATES if c["name"] == "lora")["tuner_params"])
+    assert LORA_DEFAULTS == {"r": LoraConfig().r, "alpha": LoraConfig().alpha}
+    assert (tuner.r, tuner.alpha) == (LORA_RANK, LORA_ALPHA) == (LORA_DEFAULTS["r"], LORA_DEFAULTS["alpha"])

@@ -87,7 +87,7 @@ def _python_job(package, csv, out, head_only, select=False, **settings):
     config = PersonalizeConfig(
         select=select, progress=False, epochs=settings.get("epochs", 8), lr=settings.get("lr", 1e-4),
         head_lr=settings.get("head_lr", 3e-3), guard_fraction=settings.get("guard_fraction", 0.2),
-        cut=3 if head_only else None,
+        cut=3 if head_only else None, tuner=settings.get("tuner"),
     )  # fmt: skip
     with Device(package) as device:
         device.personalize(csv, out, config, backend="executorch")
@@ -102,8 +102,9 @@ def _python_job(package, csv, out, head_only, select=False, **settings):
         (False, False, {"epochs": 3}),
         (False, False, {**LEARNS, "guard_fraction": 0.0}),
         (False, True, {"epochs": 3}),
+        (False, False, {**LEARNS, "tuner": "lora"}),
     ],
-    ids=["top", "head-only", "kept-global", "no-guard", "select"],
+    ids=["top", "head-only", "kept-global", "no-guard", "select", "lora"],
 )
 def test_the_library_trains_and_decides_as_the_python_device(package, user_csv, tmp_path, head_only, select, settings):
     with NativePackage(package) as native:
@@ -168,7 +169,7 @@ def test_the_job_keeps_a_learning_user_and_refuses_bad_input(package, user_csv, 
         with pytest.raises(NativeError, match=r"not-a-label.*\[data\]"):
             personalize(native, bad, tmp_path / "state")
         assert (tmp_path / "state" / "personal.json").read_bytes() == before  # the old state is untouched
-        replaced = personalize(native, user_csv, tmp_path / "state", threads=1, epochs=2, guard_fraction=0.0)
+        replaced = personalize(native, user_csv, tmp_path / "state", threads=1, epochs=2, guard_fraction=0.0, select=0)
         assert replaced["kept_personal"] == 1 and read_personal_state(tmp_path / "state").kind == "top_delta"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no temporary or old directory stays beside the state
@@ -203,6 +204,9 @@ def test_an_apps_own_candidates_texts_and_progress_and_bad_ones(package, tmp_pat
             ({"candidates": candidates * 2}, r"unique.*\[argument\]"),
             ({"candidates": [{"name": ""}]}, r"has no name.*\[argument\]"),
             ({"candidates": [{"name": "x", "lr": -1.0}]}, r"lr and head_lr must be >= 0"),
+            ({"candidates": [{"name": "x", "tuner": "dsee"}]}, r"tuner 'dsee' \(the device trains full or lora\)"),
+            ({"candidates": [{"name": "x", "tuner": "lora", "head_only": True}]}, r"head-only candidate has no tuner"),
+            ({"select": 0, "tuner": "roselora"}, r"tuner 'roselora'.*\[argument\]"),
         ]:
             with pytest.raises(NativeError, match=message):
                 personalize_texts(native, data.texts, labels, tmp_path / "bad", **bad)
@@ -227,14 +231,26 @@ def test_the_driver_personalizes_and_predicts_with_its_state(package, user_csv, 
                            capture_output=True, text=True)  # fmt: skip
     assert chose.returncode == 0, chose.stderr
     selection = json.loads((tmp_path / "selected" / "personal.json").read_text())["selection"]
-    assert f"chose {selection['chosen']} among 4 candidates" in chose.stdout
-    assert [k["name"] for k in selection["skipped"]] == ["lora"]
+    assert f"chose {selection['chosen']} among 5 candidates" in chose.stdout
+    assert [c["name"] for c in selection["candidates"]] == ["prior", "head", "head-fast", "lora", "block"]
+    assert selection["skipped"] == []
+    lora = subprocess.run([str(driver), "personalize", "--package", str(package), "--data", str(learning_csv), "--out",
+                           str(tmp_path / "lora"), "--epochs", "12", "--tuner", "lora", "--lr", "3e-3", "--head-lr",
+                           "0.1", "--threads", "1", "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert lora.returncode == 0, lora.stderr
+    assert "trained LoRA adapters in the top above the package's cut" in lora.stdout
+    state = read_personal_state(tmp_path / "lora")
+    if state.kind == "top_delta":  # the adapters, the final norm and the head; peft's names, the program's rank
+        assert state.tuner["name"] == "lora" and state.tuner["params"]["r"] == 8
+        assert any(".lora_A.default.weight" in n for n in state.tensors)
+        assert all(".lora_" in n or n.startswith(("head.", "norm.")) for n in state.tensors)
     shown = subprocess.run([str(driver), "predict", "--package", str(package), "--personal", str(out), "--text",
                             "apple juice"], capture_output=True, text=True)  # fmt: skip
     assert shown.returncode == 0 and shown.stdout.strip() in ("alpha", "beta", "gamma")
     for argv, message in [
         (["--epochs", "0"], "--epochs must be a whole number of at least 1"),
         (["--lr", "fast"], "--lr must be a number"),
+        (["--tuner", "dsee"], "--tuner: choose one of full, lora"),
     ]:
         bad = subprocess.run([str(driver), "personalize", "--package", str(package), "--data", str(user_csv),
                               "--out", str(tmp_path / "x"), *argv], capture_output=True, text=True)  # fmt: skip

@@ -52,7 +52,7 @@ def library_settings(config: PersonalizeConfig, job: Job, threads: int | None) -
     }
     if not config.select:  # the one configured candidate's cut and rates
         cand = job.candidates[0]
-        settings.update(head_only=int(cand.head_only), **_rates(cand.config))
+        settings.update(head_only=int(cand.head_only), tuner=cand.tuner, **_rates(cand.config))
     else:
         settings.update(_rates(config))
     return settings
@@ -69,6 +69,7 @@ def library_candidate(cand: Candidate) -> dict[str, Any]:
         "name": cand.name,
         "prior": cand.kind == "prior",
         "head_only": cand.head_only,
+        "tuner": cand.tuner,
         **_rates(cand.config),
         "estimated_seconds": cand.estimate.device_seconds if cand.estimate is not None else -1.0,
     }
@@ -93,7 +94,7 @@ def result_from_state(
     trained = []
     for row in selection["candidates"]:
         chosen = row["name"] == selection["chosen"]
-        tuner: dict[str, Any] = {"name": row["tuner"], "params": {}}
+        tuner: dict[str, Any] = manifest["tuner"] if chosen and kept else {"name": row["tuner"], "params": {}}
         cand = kinds.get(row["name"])
         if cand is not None and cand.kind == "prior":
             tuner["prior_shift"] = manifest["tuner"].get("prior_shift", []) if chosen and kept else []

@@ -1,4 +1,5 @@
-"""Backend ``executorch``: the package's ``top_train.pte`` run by ExecuTorch's Python bindings.
+"""Backend ``executorch``: the package's training programs (``top_train.pte``, ``top_train_lora.pte``) run by
+ExecuTorch's Python bindings.
 
 Each step runs the program's ``forward`` (loss, logits, gradients, parameters)
 with ``clone_outputs=False``: the parameter outputs are the runtime's live
@@ -33,13 +34,14 @@ from edgetune.arrays import batch_width
 
 
 class ProgramRunner:
-    """``top_train.pte`` loaded once; :meth:`step` returns the loss and logits and leaves gradients in ``grads``."""
+    """A training program loaded once (``entry``: its manifest entry); :meth:`run` returns the loss and logits and
+    leaves gradients in ``grads``."""
 
-    def __init__(self, path: Path, program: dict[str, Any]) -> None:
+    def __init__(self, path: Path, entry: dict[str, Any]) -> None:
         from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
         self.module = _load_for_executorch(str(path))
-        self.names = [p["name"] for p in program["train"]["parameters"]]
+        self.names = [p["name"] for p in entry["parameters"]]
         self.grad_start = int(self.module.run_method("__et_training_gradients_index_forward", ())[0])
         self.param_start = int(self.module.run_method("__et_training_parameters_index_forward", ())[0])
         if self.param_start - self.grad_start != len(self.names):
@@ -81,12 +83,13 @@ class ExecuTorchPython(ProgramBackend):
         weights, early stopping on the inner validation split."""
         import torch
 
-        runner = ProgramRunner(self.package.file(self.program["train"]["file"]), self.program)
+        entry = self.training_entry(candidate)
+        runner = ProgramRunner(self.package.file(entry["file"]), entry)
         settings = candidate.config
         features, mask = self.split_features["train"]
         y_train = self.y["train"]
         n = len(y_train)
-        groups = param_settings(self.program, settings, candidate.head_only)
+        groups = param_settings(entry, settings, candidate.head_only)
         warmup, total = schedule(n, settings)
         history: list[dict[str, Any]] = []
         losses: list[float] = []

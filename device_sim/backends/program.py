@@ -1,10 +1,14 @@
 """What the ExecuTorch backends share: training the package's exported program (``top_train.pte``), torch-free.
 
-The exported program always trains the whole exported top (tuner ``full``,
-above the package's cut): a head-only candidate runs it with the blocks at
-learning rate 0, so every candidate costs the full top's training
-(:meth:`ProgramBackend.price_basis`); LoRA and other cuts need the torch
-backend and are skipped (:meth:`ProgramBackend.unsupported`). The trunk runs
+The exported program ``top_train.pte`` trains the whole exported top (tuner
+``full``, above the package's cut): a head-only candidate runs it with the
+blocks at learning rate 0, so every candidate costs the full top's training
+(:meth:`ProgramBackend.price_basis`). ``top_train_lora.pte`` (where the
+package has it) trains the LoRA candidate: rank-8 adapters (alpha 16) in
+every block above the cut, with the final norm and head, from the adapters'
+starting values the exporter drew. Other cuts, other tuners and LoRA of
+other settings need the torch backend and are skipped
+(:meth:`ProgramBackend.unsupported`). The trunk runs
 once in onnxruntime into float32 feature arrays (in memory, or raw files in
 the work directory for a trainer in another process), and tops are scored on
 them with the package's ONNX top (:class:`OnnxLogits`).
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from device_sim.apply import fold_adapters
 from device_sim.backends.base import Backend, BackendError, Candidate
 from device_sim.runtime import OnnxTop
 from device_sim.selection import Trained
@@ -114,14 +119,15 @@ def is_head(name: str) -> bool:
 
 
 def param_settings(
-    program: dict[str, Any], settings: PersonalizeConfig, head_only: bool = False
+    entry: dict[str, Any], settings: PersonalizeConfig, head_only: bool = False
 ) -> list[tuple[str, float, float, list[int]]]:
-    """``(name, lr, weight_decay, shape)`` per trained tensor in program order: the head and final norm at
-    ``head_lr``, no weight decay on biases and norm weights (the torch backend's AdamW groups); ``head_only``:
-    the blocks at learning rate 0 (AdamW leaves them exactly as they are)."""
+    """``(name, lr, weight_decay, shape)`` per tensor a training program (its manifest ``entry``) trains, in
+    program order: the head and final norm at ``head_lr``, the rest (blocks or adapters) at ``lr``, no weight
+    decay on biases and norm weights (the torch backend's AdamW groups); ``head_only``: the blocks at learning
+    rate 0 (AdamW leaves them exactly as they are)."""
     head_lr = settings.head_lr if settings.head_lr is not None else settings.lr
     out = []
-    for p in program["train"]["parameters"]:
+    for p in entry["parameters"]:
         name, shape = p["name"], list(p["shape"])
         lr = head_lr if is_head(name) else (0.0 if head_only else settings.lr)
         out.append((name, float(lr), settings.weight_decay if len(shape) >= 2 else 0.0, shape))
@@ -167,10 +173,14 @@ class OnnxLogits:
         return out
 
 
+# LoraConfig's defaults (edgetune.tuners.lora.config imports torch; a test keeps these equal to it).
+LORA_DEFAULTS = {"r": 8, "alpha": 16.0}
+
+
 class ProgramRules(Backend):
-    """What a backend that runs the package's ``top_train.pte`` can and cannot train, and at what price: the
-    exported top (tuner ``full``, above the package's cut) or its head alone; the whole top's cost for every
-    candidate."""
+    """What a backend that runs the package's training programs can and cannot train, and at what price: the
+    exported top (tuner ``full``, above the package's cut) or its head alone with ``top_train.pte``, the LoRA
+    top of ``top_train_lora.pte``; the whole top's cost for every candidate."""
 
     program: dict[str, Any]  # the manifest's executorch entry, once checked
 
@@ -192,8 +202,32 @@ class ProgramRules(Backend):
             )
         self.program = entry
 
+    def training_entry(self, candidate: Candidate) -> dict[str, Any]:
+        """The manifest entry of the program that trains ``candidate`` (``train``, or ``train_lora``)."""
+        return self.program["train_lora"] if candidate.tuner == "lora" else self.program["train"]
+
+    def lora_mismatch(self, candidate: Candidate) -> str | None:
+        """Why ``top_train_lora.pte`` cannot train the LoRA ``candidate`` (None: it can)."""
+        entry = self.program.get("train_lora") or {}
+        if "file" not in entry:
+            why = entry.get("skipped", "exported before top_train_lora.pte existed")
+            return f"the package has no LoRA training program ({why})"
+        if candidate.cut != self.package.cut:
+            return f"top_train_lora.pte adapts the blocks above cut {self.package.cut}, not above {candidate.cut}"
+        exported = entry["tuner"]["params"]
+        asked = {**LORA_DEFAULTS, **(candidate.config.tuner_params or {})}
+        differ = [f"{k} {asked[k]} (program: {exported[k]})" for k in LORA_DEFAULTS if float(asked[k]) != exported[k]]
+        if asked.get("target_modules") not in (None, exported["target_modules"]):
+            differ.append(f"target_modules {asked['target_modules']} (program: {exported['target_modules']})")
+        if asked.get("layers") is not None:
+            differ.append("layers (the program adapts every block)")
+        return f"top_train_lora.pte was exported with other LoRA settings: {', '.join(differ)}" if differ else None
+
     def unsupported(self, candidate: Candidate, configured: bool) -> str | None:
         package = self.package
+        if candidate.tuner == "lora" and not candidate.head_only:
+            why = self.lora_mismatch(candidate)
+            return None if why is None else (f"{why}; it needs --trainer torch" if configured else why)
         if configured:
             if candidate.tuner != "full":
                 return (
@@ -246,6 +280,9 @@ class ProgramBackend(ProgramRules):
         features = self.split_features[split]
         assert features is not None
         tensors = None if trained is None else {k: np.asarray(v, np.float32) for k, v in trained.tensors.items()}
+        if trained is not None and trained.tuner["name"] != "full":  # adapters run folded into the top's weights
+            model_type = self.package.manifest["backbone"]["model_type"]
+            tensors = fold_adapters(self.package.top_tensors(), tensors or {}, trained.tuner, model_type)
         out = OnnxLogits(self.package, self.threads)(*features, self.package.hidden_size, tensors)
         self.package.release_sessions()  # training runs without the ONNX top's session beside it
         return out
@@ -265,8 +302,9 @@ class ProgramBackend(ProgramRules):
         if candidate.head_only:
             tensors = {k: v for k, v in tensors.items() if is_head(k)}
         best = next((h for h in run.history if h["epoch"] == run.best_epoch), None)
+        tuner = self.training_entry(candidate).get("tuner", {"name": "full", "params": {}})
         return Trained(
-            candidate.name, tensors, candidate.cut, {"name": "full", "params": {}}, run.history, run.best_epoch,
+            candidate.name, tensors, candidate.cut, tuner, run.history, run.best_epoch,
             run.stopped_early, int(sum(int(np.prod(t.shape)) for t in tensors.values())),
             float(best["val_accuracy"]) if best is not None else None, candidate.estimate, time.perf_counter() - t0,
             run.losses,

@@ -134,11 +134,11 @@ EDGETUNE_API void edgetune_model_close(edgetune_model* model);
 /* The device's personalization job (docs/device-runtime.md), as edgetune's Python device runs it: the guard and
  * validation splits (drawn as the Python device draws them), the trunk once over the texts, every candidate
  * configuration on the cached features (the prior candidate: the global head's bias fitted to the user's label
- * prior; the others: top_train.pte trained with AdamW, warm-up and linear decay, clipping, the best epoch on the
+ * prior; the others: top_train.pte, or top_train_lora.pte for tuner lora, trained with AdamW, warm-up and linear decay, clipping, the best epoch on the
  * validation split, early stopping), the candidate with the best validation accuracy chosen (ties: the first
  * listed) and kept only when it beats the global top there and passes the do-no-harm guard (a one-sided exact
  * McNemar test on the guard split at guard_alpha), and the personal state written atomically at
- * `out_directory` in the spec's format (kind top_delta, tuner full; or kept_global). `out_directory` may be
+ * `out_directory` in the spec's format (kind top_delta, tuner full or lora; or kept_global). `out_directory` may be
  * absent, empty or another personal state; anything else is refused. */
 typedef struct edgetune_candidate {
   const char* name;         /* unique among the job's candidates */
@@ -146,6 +146,8 @@ typedef struct edgetune_candidate {
   int32_t head_only;        /* 1: the head and final norm alone; 0: the top above the package's cut */
   double lr, head_lr;       /* the blocks', and the head's and final norm's */
   double estimated_seconds; /* the caller's price of it, recorded in the state (-1: none) */
+  const char* tuner;        /* NULL or "full": the top above the package's cut; "lora": top_train_lora.pte's
+                               adapters with the final norm and head (lr the adapters'); not with head_only */
 } edgetune_candidate;
 
 typedef struct edgetune_skipped_candidate {
@@ -171,12 +173,15 @@ typedef struct edgetune_personalize_settings {
   int32_t select;          /* 1: choose among the candidates; 0: train the one configuration (lr, head_lr,
                               head_only), named "configured", with no validation-split requirement */
   const edgetune_candidate* candidates; /* with select: NULL (0) the defaults, "prior", "head" (head_lr 0.03),
-                                           "head-fast" (head_lr 0.1) and "block" (lr 1e-4, head_lr 3e-3) */
+                                           "head-fast" (head_lr 0.1), "lora" (lr 1e-3, head_lr 0.03;
+                                           where the package has top_train_lora.pte) and "block" (lr 1e-4,
+                                           head_lr 3e-3) */
   size_t num_candidates;
-  const edgetune_skipped_candidate* skipped; /* recorded; NULL with the default candidates: "lora" (not in
-                                                top_train.pte) */
+  const edgetune_skipped_candidate* skipped; /* recorded; NULL with the default candidates: "lora" when the
+                                                package has no top_train_lora.pte */
   size_t num_skipped;
   int32_t int8_trunk;      /* 0: the features of trunk.pte; 1: of trunk.int8.pte (see edgetune_model_open) */
+  const char* tuner;       /* without selection: NULL or "full", or "lora" (the configured job's tuner) */
 } edgetune_personalize_settings;
 
 typedef struct edgetune_personalize_result {

@@ -398,7 +398,11 @@ std::string settings_problem(const edgetune_personalize_settings& s) {
       return std::string("candidate names must be unique: '") + c.name + "' is given twice";
     names.push_back(c.name);
     if (!(c.lr >= 0) || !(c.head_lr >= 0)) return std::string("candidate '") + c.name + "': lr and head_lr must be >= 0";
+    if (c.tuner != nullptr && std::string(c.tuner) != "full" && std::string(c.tuner) != "lora")
+      return std::string("candidate '") + c.name + "': tuner '" + c.tuner + "' (the device trains full or lora)";
   }
+  if (s.tuner != nullptr && std::string(s.tuner) != "full" && std::string(s.tuner) != "lora")
+    return std::string("tuner '") + s.tuner + "' (the device trains full or lora)";
   for (size_t i = 0; i < s.num_skipped; ++i)
     if (s.skipped[i].name == nullptr || s.skipped[i].reason == nullptr) return "a skipped candidate's name or reason is NULL";
   return "";
@@ -423,6 +427,7 @@ edgetune::PersonalizeSettings job_settings(const edgetune_personalize_settings& 
   job.threads = s.threads;
   job.select = s.select != 0;
   job.int8_trunk = s.int8_trunk != 0;
+  if (s.tuner != nullptr) job.tuner = s.tuner;
   for (size_t i = 0; i < s.num_candidates; ++i) {
     const edgetune_candidate& c = s.candidates[i];
     edgetune::CandidateSpec spec;
@@ -432,6 +437,7 @@ edgetune::PersonalizeSettings job_settings(const edgetune_personalize_settings& 
     spec.lr = c.lr;
     spec.head_lr = c.head_lr;
     spec.estimated_seconds = c.estimated_seconds;
+    if (c.tuner != nullptr) spec.tuner = c.tuner;
     job.candidates.push_back(spec);
   }
   for (size_t i = 0; i < s.num_skipped; ++i) job.skipped.push_back({s.skipped[i].name, s.skipped[i].reason});

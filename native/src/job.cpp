@@ -116,8 +116,31 @@ double sign_test_p_value(int64_t wins, int64_t losses) {
   return std::min(1.0, tail);
 }
 
-std::vector<CandidateSpec> default_candidates() {
-  std::vector<CandidateSpec> c(4);
+namespace {
+
+bool has_lora_program(const Package& package) {
+  const Json* lora = package.manifest().at("executorch").find("train_lora");
+  return lora != nullptr && lora->find("file") != nullptr;
+}
+
+}  // namespace
+
+const Json& training_program(const Package& package, const std::string& tuner) {
+  const Json& entry = package.manifest().at("executorch");
+  if (tuner == "full") return entry.at("train");
+  if (tuner != "lora") throw ModelError(ModelError::Kind::Argument, "tuner '" + tuner + "': the device trains full or lora");
+  if (!has_lora_program(package)) {
+    const Json* lora = entry.find("train_lora");
+    const Json* why = lora ? lora->find("skipped") : nullptr;
+    throw ModelError(ModelError::Kind::Argument,
+                     "tuner 'lora': this package has no LoRA training program (" +
+                         (why ? why->str("skipped") : std::string("exported before top_train_lora.pte existed")) + ")");
+  }
+  return entry.at("train_lora");
+}
+
+std::vector<CandidateSpec> default_candidates(const Package& package) {
+  std::vector<CandidateSpec> c(3);
   c[0].name = "prior";
   c[0].prior = true;
   c[1].name = "head";
@@ -126,14 +149,30 @@ std::vector<CandidateSpec> default_candidates() {
   c[2].name = "head-fast";
   c[2].head_only = true;
   c[2].head_lr = 0.1;
-  c[3].name = "block";  // the plan's blocks (the full top above the package's cut)
-  c[3].lr = 1e-4;
-  c[3].head_lr = 3e-3;
+  if (has_lora_program(package)) {
+    CandidateSpec lora;
+    lora.name = "lora";
+    lora.tuner = "lora";
+    lora.lr = 1e-3;
+    lora.head_lr = 0.03;
+    c.push_back(lora);
+  }
+  CandidateSpec block;
+  block.name = "block";  // the plan's blocks (the full top above the package's cut)
+  block.lr = 1e-4;
+  block.head_lr = 3e-3;
+  c.push_back(block);
   return c;
 }
 
-std::vector<SkippedCandidate> default_skipped() {
-  return {{"lora", "tuner 'lora' is not in the package's training program (top_train.pte trains the full top)"}};
+std::vector<SkippedCandidate> default_skipped(const Package& package) {
+  if (has_lora_program(package)) return {};
+  try {
+    training_program(package, "lora");
+  } catch (const ModelError& err) {
+    return {{"lora", err.what()}};
+  }
+  return {};
 }
 
 std::vector<double> prior_shift(const std::vector<float>& logits, const std::vector<int64_t>& labels,
@@ -248,8 +287,12 @@ void nullable_epoch(JsonWriter& w, int64_t epoch) {
   if (epoch > 0) w.value(epoch); else w.null();
 }
 
-void write_tuner(JsonWriter& w, const CandidateOutcome* kept) {
-  w.key("tuner").open('{').key("name").value(kept ? "full" : "none").key("params").open('{').close('}');
+// The state's tuner: none (kept_global), full, or lora with the program's parameters (alpha and r fold it).
+void write_tuner(JsonWriter& w, const Package& package, const CandidateOutcome* kept) {
+  const bool lora = kept && kept->spec.tuner == "lora";
+  w.key("tuner").open('{').key("name").value(kept ? kept->spec.tuner : "none").key("params");
+  if (lora) w.raw(canonical_json(training_program(package, "lora").at("tuner").at("params")));
+  else w.open('{').close('}');
   if (kept && kept->spec.prior) {
     w.key("prior_shift").open('[');
     for (double d : kept->prior_shift) w.number(d);
@@ -281,7 +324,7 @@ std::string state_json(const Package& package, const PersonalizeOutcome& o, cons
   w.key("kind").value(o.kind).key("created_at").value(created);
   w.key("package").raw(canonical_json(package_identity(package)));
   w.key("train_cut").value(keep ? chosen.train_cut : package.cut());
-  write_tuner(w, keep ? &chosen : nullptr);
+  write_tuner(w, package, keep ? &chosen : nullptr);
   w.key("weights").value("delta.safetensors");
   w.key("tensors").open('{');
   for (const auto& [name, tensor] : tensors) {
@@ -303,7 +346,7 @@ std::string state_json(const Package& package, const PersonalizeOutcome& o, cons
   if (s.patience < 0) w.null(); else w.value(s.patience);
   w.key("metric").value(s.metric).key("cache_batch_size").value(s.cache_batch_size);
   w.key("precision").value(s.int8_trunk ? "int8" : "fp32");
-  w.key("cut").value(s.head_only ? package.num_layers() : package.cut()).key("tuner").value("full");
+  w.key("cut").value(s.head_only ? package.num_layers() : package.cut()).key("tuner").value(s.tuner);
   w.key("select").value(s.select);
   if (s.select) {
     w.key("candidates").open('[');
@@ -313,6 +356,7 @@ std::string state_json(const Package& package, const PersonalizeOutcome& o, cons
         w.key("kind").value("prior");
       } else {
         w.key("cut").value(c.spec.head_only ? "head" : "plan");
+        if (c.spec.tuner != "full") w.key("tuner").value(c.spec.tuner);
         w.key("lr").number(c.spec.lr).key("head_lr").number(c.spec.head_lr);
       }
       w.close('}');
@@ -368,7 +412,7 @@ std::string state_json(const Package& package, const PersonalizeOutcome& o, cons
   w.key("candidates").open('[');
   for (const CandidateOutcome& c : o.candidates) {
     w.open('{').key("name").value(c.spec.name).key("train_cut").value(c.train_cut);
-    w.key("tuner").value("full").key("val_accuracy");
+    w.key("tuner").value(c.spec.tuner).key("val_accuracy");
     nullable(w, c.val_accuracy);
     w.key("best_epoch");
     nullable_epoch(w, c.training.best_epoch);
@@ -403,12 +447,19 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
     configured.head_only = s.head_only;
     configured.lr = s.lr;
     configured.head_lr = s.head_lr;
+    configured.tuner = s.tuner;
     specs.push_back(configured);
   } else if (s.candidates.empty()) {
-    specs = default_candidates();
-    if (s.skipped.empty()) s.skipped = default_skipped();
+    specs = default_candidates(package);
+    if (s.skipped.empty()) s.skipped = default_skipped(package);
   } else {
     specs = s.candidates;
+  }
+  for (const CandidateSpec& spec : specs) {  // before any work: a candidate the package cannot train is refused
+    if (spec.prior) continue;
+    if (spec.head_only && spec.tuner != "full")
+      throw ModelError(ModelError::Kind::Argument, "candidate '" + spec.name + "': a head-only candidate has no tuner");
+    training_program(package, spec.tuner);
   }
   const int64_t n = static_cast<int64_t>(texts.size());
   if (n == 0) throw ModelError(ModelError::Kind::Argument, "no examples to personalize on");
@@ -516,7 +567,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
       TrainCheckpoint last;
       const bool resuming = work.get(epoch_name, bytes) && decode_checkpoint(bytes, last);
       c.training = train_top(
-          package, train, val, ts,
+          package, training_program(package, spec.tuner), train, val, ts,
           [&](int64_t step, int64_t total, double loss) {
             if (progress) progress("train", spec.name.c_str(), step, total, loss);
           },
@@ -542,13 +593,20 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
     if (result.candidates[i].val_accuracy > result.candidates[result.chosen].val_accuracy) result.chosen = i;
   const CandidateOutcome& chosen = result.chosen_candidate();
   const Tensors chosen_tensors = candidate_tensors(model.weights(), chosen);
+  Tensors folded;  // a LoRA candidate's adapters folded into the top's weights, as the guard's top runs them
+  if (chosen.spec.tuner == "lora") {
+    const Json& params = training_program(package, "lora").at("tuner").at("params");
+    folded = fold_lora(model.weights(), chosen_tensors,
+                       params.at("alpha").number("alpha") / double(params.at("r").integer("r")), "candidate lora");
+  }
   const double trained_at = now();
   t.train = trained_at - cached;
   // 5. the verdict: beat the global top on the validation split (with selection), then the guard
   const bool beats_global =
       !s.select || result.global_val_accuracy < 0 || chosen.val_accuracy > result.global_val_accuracy;
   if (!beats_global) result.reason = "no candidate beat the global model on the inner validation split";
-  result.guard = run_guard(model, guard, chosen_tensors, s.guard_alpha, s.guard_fraction > 0);
+  result.guard = run_guard(model, guard, folded.empty() ? chosen_tensors : folded, s.guard_alpha,
+                           s.guard_fraction > 0);
   if (result.reason.empty()) result.reason = result.guard.reason;
   const bool keep = beats_global && result.guard.keep_personal;
   t.guard = now() - trained_at;

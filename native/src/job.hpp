@@ -23,6 +23,7 @@ struct CandidateSpec {
   std::string name;
   bool prior = false;      // the global head's bias fitted to the user's label prior: nothing is trained
   bool head_only = false;  // the head and final norm alone (the blocks at learning rate 0)
+  std::string tuner = "full";  // full (top_train.pte) or lora (top_train_lora.pte: adapters, final norm, head)
   double lr = 1e-4, head_lr = 3e-3;
   double estimated_seconds = -1;  // the caller's price of it, recorded in the selection (-1: none)
 };
@@ -31,10 +32,15 @@ struct SkippedCandidate {
   std::string name, reason;
 };
 
-// The device's default candidates that top_train.pte can train (the full top above the package's cut, or its
-// head), and the one it cannot (LoRA), as the Python device's ExecuTorch backends choose them.
-std::vector<CandidateSpec> default_candidates();
-std::vector<SkippedCandidate> default_skipped();
+// The device's default candidates that the package's programs can train (the full top above the package's cut,
+// its head, and LoRA where the package has top_train_lora.pte), in device_sim.settings.DEFAULT_CANDIDATES's order,
+// and those it cannot (LoRA without that program), as the Python device's ExecuTorch backends choose them.
+std::vector<CandidateSpec> default_candidates(const Package& package);
+std::vector<SkippedCandidate> default_skipped(const Package& package);
+
+// The manifest entry of the program that trains ``tuner`` (executorch.train or executorch.train_lora); a tuner the
+// package has no program for is a ModelError (Argument) saying why.
+const Json& training_program(const Package& package, const std::string& tuner);
 
 struct PersonalizeSettings : TrainSettings {
   double val_fraction = 0.15, guard_fraction = 0.2, guard_alpha = 0.05;
@@ -44,6 +50,7 @@ struct PersonalizeSettings : TrainSettings {
   // chosen one kept only if it beats the global top on the validation split; without, the one configuration
   // that lr, head_lr and head_only give (named "configured").
   bool select = true;
+  std::string tuner = "full";  // the configured job's tuner (without select): full or lora
   bool int8_trunk = false;  // the features of trunk.int8.pte instead of trunk.pte
   std::vector<CandidateSpec> candidates;
   std::vector<SkippedCandidate> skipped;  // recorded in the selection (those the caller dropped, and why)

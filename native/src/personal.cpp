@@ -226,6 +226,34 @@ void apply_fala(Tensors& top, const PersonalState& state) {
 
 }  // namespace
 
+Tensors fold_lora(const Tensors& top, const Tensors& tensors, double scale, const std::string& where) {
+  static const std::regex factor(R"(^(.+)\.lora_A\.default\.weight$)");
+  Tensors rest = tensors;
+  std::vector<std::string> modules;
+  for (const auto& [name, t] : rest) {
+    std::smatch m;
+    if (std::regex_match(name, m, factor)) modules.push_back(m[1].str());
+  }
+  for (const std::string& module : modules) {
+    auto a = rest.find(module + ".lora_A.default.weight"), b = rest.find(module + ".lora_B.default.weight");
+    auto w = top.find(module + ".weight");
+    if (b == rest.end()) refuse(where, module + " has only one of its two LoRA factors");
+    if (w == top.end()) refuse(where, "adapts " + module + ", which this package's top does not have");
+    Tensor merged = w->second;
+    const int64_t out = merged.shape[0], in = merged.shape[1], r = a->second.shape[0];
+    if (a->second.shape[1] != in || b->second.shape[0] != out || b->second.shape[1] != r)
+      refuse(where, "LoRA factors of " + module + " do not fit its weight");
+    matmul_add(b->second.values.data(), a->second.values.data(), merged.values.data(), out, r, in,
+               static_cast<float>(scale));
+    rest.erase(a);
+    rest.erase(b);
+    rest[module + ".weight"] = std::move(merged);
+  }
+  for (const auto& [name, t] : rest)
+    if (name.find(".lora_B.") != std::string::npos) refuse(where, name + " has no lora_A factor");
+  return rest;
+}
+
 void apply_personal_state(Tensors& top, const Json& top_spec, const std::string& family, const PersonalState& state) {
   const std::string& where = state.path;
   if (state.kind == "kept_global") return;
@@ -245,27 +273,7 @@ void apply_personal_state(Tensors& top, const Json& top_spec, const std::string&
     if (family == "gpt2") refuse(where, "LoRA states of Conv1D families are not applied by this library", Kind::Unsupported);
     const Json& params = state.manifest.at("tuner").at("params");
     const double scale = params.at("alpha").number("alpha") / double(params.at("r").integer("r"));
-    static const std::regex factor(R"(^(.+)\.lora_A\.default\.weight$)");
-    std::vector<std::string> modules;
-    for (const auto& [name, t] : rest) {
-      std::smatch m;
-      if (std::regex_match(name, m, factor)) modules.push_back(m[1].str());
-    }
-    for (const std::string& module : modules) {
-      auto a = rest.find(module + ".lora_A.default.weight"), b = rest.find(module + ".lora_B.default.weight");
-      auto w = top.find(module + ".weight");
-      if (b == rest.end()) refuse(where, module + " has only one of its two LoRA factors");
-      if (w == top.end()) refuse(where, "adapts " + module + ", which this package's top does not have");
-      const int64_t out = w->second.shape[0], in = w->second.shape[1], r = a->second.shape[0];
-      if (a->second.shape[1] != in || b->second.shape[0] != out || b->second.shape[1] != r)
-        refuse(where, "LoRA factors of " + module + " do not fit its weight");
-      matmul_add(b->second.values.data(), a->second.values.data(), w->second.values.data(), out, r, in,
-                 static_cast<float>(scale));
-      rest.erase(a);
-      rest.erase(b);
-    }
-    for (const auto& [name, t] : rest)
-      if (name.find(".lora_B.") != std::string::npos) refuse(where, name + " has no lora_A factor");
+    rest = fold_lora(top, rest, scale, where);
   }
   for (auto& [name, t] : rest) {
     auto it = top.find(name);

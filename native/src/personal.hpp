@@ -34,6 +34,11 @@ Json package_identity(const Package& package);
 // Reads and verifies the state at ``directory`` and checks that it belongs to ``package``.
 std::unique_ptr<PersonalState> read_personal_state(const std::string& directory, const Package& package);
 
+// ``tensors`` (named as the top's) with every LoRA pair (``M.lora_A.default.weight`` (r, in),
+// ``M.lora_B.default.weight`` (out, r)) folded into a copy of ``top``'s ``M.weight``: W + scale B A in place of the
+// pair; the other tensors as they are. Faults name ``where``.
+Tensors fold_lora(const Tensors& top, const Tensors& tensors, double scale, const std::string& where);
+
 // The top's tensors (top.safetensors) with ``state`` applied: kept_global unchanged; top_delta of tuner full
 // (the state's tensors replace the package's, blocks renumbered from the trained view) or lora (W += alpha/r B A
 // per adapted projection, for families whose projections are (out, in) matrices); fala (the personal matrix and

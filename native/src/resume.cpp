@@ -94,12 +94,13 @@ std::string job_identity(const Package& package, const std::vector<std::string>&
   w.key("warmup_ratio").number(s.warmup_ratio).key("max_grad_norm").number(s.max_grad_norm);
   w.key("seed").value(static_cast<int64_t>(s.seed)).key("metric").value(s.metric);
   w.key("head_only").value(s.head_only).key("select").value(s.select).key("int8_trunk").value(s.int8_trunk);
+  w.key("tuner").value(s.tuner);
   w.key("val_fraction").number(s.val_fraction).key("guard_fraction").number(s.guard_fraction);
   w.key("guard_alpha").number(s.guard_alpha).key("cache_batch_size").value(s.cache_batch_size);
   w.key("candidates").open('[');
   for (const CandidateSpec& c : candidates) {
     w.open('{').key("name").value(c.name).key("prior").value(c.prior).key("head_only").value(c.head_only);
-    w.key("lr").number(c.lr).key("head_lr").number(c.head_lr).close('}');
+    w.key("tuner").value(c.tuner).key("lr").number(c.lr).key("head_lr").number(c.head_lr).close('}');
   }
   w.close(']').close('}');
   return Sha256::of(w.text());

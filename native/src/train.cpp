@@ -46,9 +46,9 @@ struct Param {
 
 bool is_head(const std::string& name) { return name.rfind("head.", 0) == 0 || name.rfind("norm.", 0) == 0; }
 
-int64_t method_int(Module& module, const std::string& name) {
+int64_t method_int(Module& module, const std::string& file, const std::string& name) {
   auto result = module.execute(name);
-  if (!result.ok() || result->empty()) runtime_error("top_train.pte: no method " + name);
+  if (!result.ok() || result->empty()) runtime_error(file + ": no method " + name);
   return result->at(0).toInt();
 }
 
@@ -103,15 +103,15 @@ std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& trut
   return {truth.empty() ? 0.0 : double(right) / double(truth.size()), present.empty() ? 0.0 : f1_sum / present.size()};
 }
 
-TrainResult train_top(const Package& package, const Features& train, const Features& val,
+TrainResult train_top(const Package& package, const Json& program, const Features& train, const Features& val,
                       const TrainSettings& s, const std::function<void(int64_t, int64_t, double)>& on_step,
                       const TrainCheckpoint* resume, const EpochHook& on_epoch) {
   if (train.rows() == 0) throw ModelError(ModelError::Kind::Argument, "no training example");
-  const Json& program = package.manifest().at("executorch").at("train");
-  const std::string bytes = package.read_verified(program.at("file").str("file"));
+  const std::string file = program.at("file").str("file");
+  const std::string bytes = package.read_verified(file);
   Module module(std::make_unique<BufferDataLoader>(bytes.data(), bytes.size()));
-  const int64_t grad_start = method_int(module, "__et_training_gradients_index_forward");
-  const int64_t param_start = method_int(module, "__et_training_parameters_index_forward");
+  const int64_t grad_start = method_int(module, file, "__et_training_gradients_index_forward");
+  const int64_t param_start = method_int(module, file, "__et_training_parameters_index_forward");
   std::vector<Param> params;
   for (const Json& p : program.at("parameters").items("parameters")) {
     Param param;
@@ -124,7 +124,7 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
     params.push_back(std::move(param));
   }
   if (param_start - grad_start != static_cast<int64_t>(params.size()))
-    runtime_error("top_train.pte trains " + std::to_string(param_start - grad_start) + " tensors, the manifest lists " +
+    runtime_error(file + " trains " + std::to_string(param_start - grad_start) + " tensors, the manifest lists " +
                   std::to_string(params.size()));
   const int64_t n = train.rows(), hidden = train.hidden;
   const int64_t steps_per_epoch = (n + s.batch_size - 1) / s.batch_size;
@@ -141,7 +141,7 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
     auto mt = from_blob(mask.data(), {int(rows), int(width)}, ScalarType::Long);
     auto yt = from_blob(labels.data(), {int(rows)}, ScalarType::Long);
     auto result = module.execute("forward", {EValue(*ht), EValue(*mt), EValue(*yt)});
-    if (!result.ok()) runtime_error("top_train.pte: forward failed (error " + std::to_string(int(result.error())) + ")");
+    if (!result.ok()) runtime_error(file + ": forward failed (error " + std::to_string(int(result.error())) + ")");
     return std::move(*result);
   };
 
@@ -156,7 +156,7 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
     for (size_t i = 0; i < params.size(); ++i) {
       auto w = outputs[param_start + i].toTensor();
       if (w.numel() != params[i].numel())
-        runtime_error("top_train.pte: " + params[i].name + " has another shape than the manifest says");
+        runtime_error(file + ": " + params[i].name + " has another shape than the manifest says");
       params[i].live = w.mutable_data_ptr<float>();
     }
   };
@@ -219,7 +219,7 @@ TrainResult train_top(const Package& package, const Features& train, const Featu
       for (size_t i = 0; i < params.size(); ++i) {
         auto g = outputs[grad_start + i].toTensor();
         if (g.numel() != params[i].numel())
-          runtime_error("top_train.pte: the gradient of " + params[i].name + " has another shape than the manifest says");
+          runtime_error(file + ": the gradient of " + params[i].name + " has another shape than the manifest says");
         grads[i] = g.const_data_ptr<float>();
         for (int64_t k = 0; k < g.numel(); ++k) norm2 += double(grads[i][k]) * grads[i][k];
       }

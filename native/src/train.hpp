@@ -73,10 +73,11 @@ using EpochHook = std::function<void(const CheckpointState&, const std::vector<T
 // Accuracy and macro-F1 over the labels present in truth or predictions (edgetune.metrics).
 std::pair<double, double> accuracy_and_macro_f1(const std::vector<int64_t>& truth, const std::vector<int64_t>& pred);
 
-// Trains the package's top_train.pte on ``train`` (validating on ``val`` when it has rows). ``on_step(step, total,
+// Trains the package's training program ``program`` (the manifest's executorch.train or executorch.train_lora
+// entry: its file, starting from the weights the program holds) on ``train`` (validating on ``val`` when it has rows). ``on_step(step, total,
 // loss)`` after every optimizer step, ``on_epoch`` with the run's checkpoint after every epoch (either may be
 // empty); ``resume``: go on from such a checkpoint instead of the package's weights.
-TrainResult train_top(const Package& package, const Features& train, const Features& val,
+TrainResult train_top(const Package& package, const Json& program, const Features& train, const Features& val,
                       const TrainSettings& settings,
                       const std::function<void(int64_t, int64_t, double)>& on_step = nullptr,
                       const TrainCheckpoint* resume = nullptr, const EpochHook& on_epoch = nullptr);

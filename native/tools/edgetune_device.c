@@ -39,6 +39,7 @@ static int usage(FILE* out) {
           "                               [--lr X] [--head-lr X] [--weight-decay X] [--warmup-ratio X]\n"
           "                               [--max-grad-norm X] [--patience N] [--seed N] [--val-fraction X]\n"
           "                               [--guard-fraction X] [--guard-alpha X] [--no-select] [--head-only]\n"
+          "                               [--tuner full|lora]\n"
           "                               [--threads N] [--precision fp32|int8]\n"
           "                               [--text-column C] [--label-column C] [--quiet]\n"
           "       edgetune-device predict --package PACKAGE [--personal STATE] (--data FILE [--out CSV] | --text TEXT ...)\n"
@@ -50,11 +51,13 @@ static int usage(FILE* out) {
           "encode   the token ids of each text as the package's tokenizer gives them (special tokens and\n"
           "         truncation at the package's max_length included), one JSON array per line.\n"
           "personalize  personalize the package's top on labelled texts: trunk.pte once, then the candidates\n"
-          "         (the head's bias fitted to the label prior; the head alone at two rates; the top above the\n"
-          "         package's cut, with top_train.pte), the best on a validation split chosen and kept only when\n"
+          "         (the head's bias fitted to the label prior; the head alone at two rates; LoRA adapters in the\n"
+          "         top's blocks, with top_train_lora.pte; the top above the package's cut, with top_train.pte),\n"
+          "         the best on a validation split chosen and kept only when\n"
           "         it beats the global model there and the do-no-harm guard says it is better on a held-out\n"
           "         split (--guard-fraction 0: no guard); writes the personal state STATE atomically.\n"
-          "         --no-select trains one configuration (--lr, --head-lr; --head-only: the head alone).\n"
+          "         --no-select trains one configuration (--lr, --head-lr; --head-only: the head alone; --tuner\n"
+          "         lora: LoRA adapters in the top's blocks, with its final norm and head).\n"
           "predict  label texts with the package's ExecuTorch programs (trunk.pte, top.pte), and a personal\n"
           "         state when --personal names one: one label per line, or JSON lines with the confidence and\n"
           "         every label's score (--format jsonl; --logits adds the raw logits); --out writes a\n"
@@ -234,6 +237,14 @@ static int parse_options(int argc, char** argv, options* o) {
         return 1;
       }
       o->settings.int8_trunk = strcmp(value, "int8") == 0;
+    }
+    else if (strcmp(flag, "--tuner") == 0) {
+      if (strcmp(value, "full") != 0 && strcmp(value, "lora") != 0) {
+        fprintf(stderr, "error: --tuner: choose one of full, lora\n");
+        return 1;
+      }
+      o->settings.tuner = value;
+      o->settings.select = 0;
     }
     else if (strcmp(flag, "--text") == 0) o->texts[o->text_count++] = value;
     else if (number_option(flag, value, &o->settings, &status)) {
@@ -608,7 +619,10 @@ static int personalize(int argc, char** argv) {
     if (r.num_candidates > 1)
       printf("chose %s among %d candidates", r.chosen_name, r.num_candidates);
     else
-      printf("trained %s", o.settings.head_only ? "the head" : "the top above the package's cut");
+      printf("trained %s", o.settings.head_only ? "the head"
+                           : o.settings.tuner && strcmp(o.settings.tuner, "lora") == 0
+                               ? "LoRA adapters in the top above the package's cut"
+                               : "the top above the package's cut");
     printf(" on %d examples (%d validation, %d held out for the guard), %d epochs", r.num_train, r.num_val,
            r.num_guard, r.epochs_run);
     if (r.best_val_accuracy >= 0) printf("; validation accuracy %.1f%%", 100 * r.best_val_accuracy);
