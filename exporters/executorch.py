@@ -727,18 +727,31 @@ def _lora_program(
         return b"", {"skipped": str(err)}
     pte, names = _export_joint(lora_top, options)
     parity = verify_training_program(lora_top, pte, names, batches, options.atol, LORA_TRAIN_FILE)
-    params = dict(lora_top.named_parameters())
     entry = {
-        "file": LORA_TRAIN_FILE,
-        "method": TRAIN_METHOD,
+        **_training_entry(LORA_TRAIN_FILE, lora_top, names),
         "tuner": tuner,
         "init": f"lora_A Kaiming-uniform (torch generator seeded {LORA_SEED}), lora_B zero: the program's weights",
-        "gradients_index": 2,
-        "parameters_index": 2 + len(names),
-        "parameters": [{"name": n, "shape": list(params[n].shape)} for n in names],
         "parity": parity,
     }
     return pte, entry
+
+
+def _training_entry(file: str, top: TopModel, names: list[str]) -> dict[str, Any]:
+    """A training program's manifest entry: its file, interface and trained tensors (``names``, of ``top``)."""
+    params = dict(top.named_parameters())
+    return {
+        "file": file,
+        "method": TRAIN_METHOD,
+        "inputs": [
+            {"name": "hidden_state", "dtype": "float32", "shape": ["batch", "sequence", top.spec["hidden_size"]]},
+            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+            {"name": "labels", "dtype": "int64", "shape": ["batch"]},
+        ],
+        "outputs": ["loss", "logits", "gradients...", "parameters..."],
+        "gradients_index": 2,
+        "parameters_index": 2 + len(names),
+        "parameters": [{"name": n, "shape": list(params[n].shape)} for n in names],
+    }
 
 
 def write_executorch(
@@ -771,7 +784,6 @@ def write_executorch(
     atomic_write_bytes(directory / TRUNK_FILE, trunk_pte)
     if int8:
         atomic_write_bytes(directory / TRUNK_INT8_FILE, int8_pte)
-    params = dict(top.named_parameters())
     io_shapes = ["batch", "sequence"]
     trunk_io = {
         "inputs": [
@@ -780,12 +792,6 @@ def write_executorch(
         ],
         "outputs": [{"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]}],
     }
-    train_inputs = [
-        {"name": "hidden_state", "dtype": "float32", "shape": [*io_shapes, top.spec["hidden_size"]]},
-        {"name": "attention_mask", "dtype": "int64", "shape": io_shapes},
-        {"name": "labels", "dtype": "int64", "shape": ["batch"]},
-    ]
-    train_outputs = ["loss", "logits", "gradients...", "parameters..."]
     optional_files = [*([TRUNK_INT8_FILE] if int8 else []), *([LORA_TRAIN_FILE] if lora_pte else [])]
     trunk_int8 = None
     if int8:
@@ -810,16 +816,7 @@ def write_executorch(
         "passes": ["addmm -> mm + add"],
         "max_batch": options.max_batch,
         "max_length": options.max_length,
-        "train": {
-            "file": TRAIN_FILE,
-            "method": TRAIN_METHOD,
-            "inputs": train_inputs,
-            "outputs": train_outputs,
-            "gradients_index": 2,
-            "parameters_index": 2 + len(names),
-            "parameters": [{"name": n, "shape": list(params[n].shape)} for n in names],
-            "loss": "cross_entropy (mean)",
-        },
+        "train": {**_training_entry(TRAIN_FILE, top, names), "loss": "cross_entropy (mean)"},
         "inference": {
             "file": INFER_FILE,
             "method": "forward",
@@ -829,7 +826,7 @@ def write_executorch(
         },
         "trunk": {"file": TRUNK_FILE, "method": "forward", "delegate": "xnnpack", **trunk_io, "parity": trunk_parity},
         "trunk_int8": trunk_int8,
-        "train_lora": {**lora_entry, "inputs": train_inputs, "outputs": train_outputs} if lora_pte else lora_entry,
+        "train_lora": lora_entry,
         "files": [TRAIN_FILE, INFER_FILE, TRUNK_FILE, *optional_files],
         "parity": parity,
         "seconds": time.perf_counter() - start,

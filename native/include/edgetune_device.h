@@ -134,12 +134,13 @@ EDGETUNE_API void edgetune_model_close(edgetune_model* model);
 /* The device's personalization job (docs/device-runtime.md), as edgetune's Python device runs it: the guard and
  * validation splits (drawn as the Python device draws them), the trunk once over the texts, every candidate
  * configuration on the cached features (the prior candidate: the global head's bias fitted to the user's label
- * prior; the others: top_train.pte, or top_train_lora.pte for tuner lora, trained with AdamW, warm-up and linear decay, clipping, the best epoch on the
- * validation split, early stopping), the candidate with the best validation accuracy chosen (ties: the first
+ * prior; the others: top_train.pte, or top_train_lora.pte for tuner lora, trained with AdamW, warm-up and
+ * linear decay, clipping, the best epoch on the validation split, early stopping), the candidate with the best
+ * validation accuracy chosen (ties: the first
  * listed) and kept only when it beats the global top there and passes the do-no-harm guard (a one-sided exact
  * McNemar test on the guard split at guard_alpha), and the personal state written atomically at
- * `out_directory` in the spec's format (kind top_delta, tuner full or lora; or kept_global). `out_directory` may be
- * absent, empty or another personal state; anything else is refused. */
+ * `out_directory` in the spec's format (kind top_delta, tuner full or lora; or kept_global). `out_directory`
+ * may be absent, empty or another personal state; anything else is refused. */
 typedef struct edgetune_candidate {
   const char* name;         /* unique among the job's candidates */
   int32_t prior;            /* 1: the global head with its bias fitted to the label prior (nothing trained) */

@@ -377,6 +377,11 @@ void edgetune_personalize_defaults(edgetune_personalize_settings* s) {
 
 namespace {
 
+// A tuner the device does not train (NULL is the default, full).
+bool unknown_tuner(const char* tuner) {
+  return tuner != nullptr && std::string(tuner) != "full" && std::string(tuner) != "lora";
+}
+
 // The settings' problem in words ("" when none).
 std::string settings_problem(const edgetune_personalize_settings& s) {
   if (s.epochs < 1) return "epochs must be at least 1";
@@ -398,11 +403,10 @@ std::string settings_problem(const edgetune_personalize_settings& s) {
       return std::string("candidate names must be unique: '") + c.name + "' is given twice";
     names.push_back(c.name);
     if (!(c.lr >= 0) || !(c.head_lr >= 0)) return std::string("candidate '") + c.name + "': lr and head_lr must be >= 0";
-    if (c.tuner != nullptr && std::string(c.tuner) != "full" && std::string(c.tuner) != "lora")
+    if (unknown_tuner(c.tuner))
       return std::string("candidate '") + c.name + "': tuner '" + c.tuner + "' (the device trains full or lora)";
   }
-  if (s.tuner != nullptr && std::string(s.tuner) != "full" && std::string(s.tuner) != "lora")
-    return std::string("tuner '") + s.tuner + "' (the device trains full or lora)";
+  if (unknown_tuner(s.tuner)) return std::string("tuner '") + s.tuner + "' (the device trains full or lora)";
   for (size_t i = 0; i < s.num_skipped; ++i)
     if (s.skipped[i].name == nullptr || s.skipped[i].reason == nullptr) return "a skipped candidate's name or reason is NULL";
   return "";

@@ -118,9 +118,13 @@ double sign_test_p_value(int64_t wins, int64_t losses) {
 
 namespace {
 
-bool has_lora_program(const Package& package) {
+// Why the package cannot train tuner lora ("" when it has top_train_lora.pte).
+std::string no_lora_program(const Package& package) {
   const Json* lora = package.manifest().at("executorch").find("train_lora");
-  return lora != nullptr && lora->find("file") != nullptr;
+  if (lora != nullptr && lora->find("file") != nullptr) return "";
+  const Json* why = lora ? lora->find("skipped") : nullptr;
+  return "tuner 'lora': this package has no LoRA training program (" +
+         (why ? why->str("skipped") : std::string("exported before top_train_lora.pte existed")) + ")";
 }
 
 }  // namespace
@@ -129,13 +133,7 @@ const Json& training_program(const Package& package, const std::string& tuner) {
   const Json& entry = package.manifest().at("executorch");
   if (tuner == "full") return entry.at("train");
   if (tuner != "lora") throw ModelError(ModelError::Kind::Argument, "tuner '" + tuner + "': the device trains full or lora");
-  if (!has_lora_program(package)) {
-    const Json* lora = entry.find("train_lora");
-    const Json* why = lora ? lora->find("skipped") : nullptr;
-    throw ModelError(ModelError::Kind::Argument,
-                     "tuner 'lora': this package has no LoRA training program (" +
-                         (why ? why->str("skipped") : std::string("exported before top_train_lora.pte existed")) + ")");
-  }
+  if (const std::string why = no_lora_program(package); !why.empty()) throw ModelError(ModelError::Kind::Argument, why);
   return entry.at("train_lora");
 }
 
@@ -149,7 +147,7 @@ std::vector<CandidateSpec> default_candidates(const Package& package) {
   c[2].name = "head-fast";
   c[2].head_only = true;
   c[2].head_lr = 0.1;
-  if (has_lora_program(package)) {
+  if (no_lora_program(package).empty()) {
     CandidateSpec lora;
     lora.name = "lora";
     lora.tuner = "lora";
@@ -166,13 +164,9 @@ std::vector<CandidateSpec> default_candidates(const Package& package) {
 }
 
 std::vector<SkippedCandidate> default_skipped(const Package& package) {
-  if (has_lora_program(package)) return {};
-  try {
-    training_program(package, "lora");
-  } catch (const ModelError& err) {
-    return {{"lora", err.what()}};
-  }
-  return {};
+  const std::string why = no_lora_program(package);
+  if (why.empty()) return {};
+  return {{"lora", why}};
 }
 
 std::vector<double> prior_shift(const std::vector<float>& logits, const std::vector<int64_t>& labels,
@@ -596,8 +590,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
   Tensors folded;  // a LoRA candidate's adapters folded into the top's weights, as the guard's top runs them
   if (chosen.spec.tuner == "lora") {
     const Json& params = training_program(package, "lora").at("tuner").at("params");
-    folded = fold_lora(model.weights(), chosen_tensors,
-                       params.at("alpha").number("alpha") / double(params.at("r").integer("r")), "candidate lora");
+    folded = fold_lora(model.weights(), chosen_tensors, lora_scale(params), "candidate lora");
   }
   const double trained_at = now();
   t.train = trained_at - cached;

@@ -226,6 +226,10 @@ void apply_fala(Tensors& top, const PersonalState& state) {
 
 }  // namespace
 
+double lora_scale(const Json& params) {
+  return params.at("alpha").number("alpha") / double(params.at("r").integer("r"));
+}
+
 Tensors fold_lora(const Tensors& top, const Tensors& tensors, double scale, const std::string& where) {
   static const std::regex factor(R"(^(.+)\.lora_A\.default\.weight$)");
   Tensors rest = tensors;
@@ -272,8 +276,7 @@ void apply_personal_state(Tensors& top, const Json& top_spec, const std::string&
   if (state.tuner == "lora") {
     if (family == "gpt2") refuse(where, "LoRA states of Conv1D families are not applied by this library", Kind::Unsupported);
     const Json& params = state.manifest.at("tuner").at("params");
-    const double scale = params.at("alpha").number("alpha") / double(params.at("r").integer("r"));
-    rest = fold_lora(top, rest, scale, where);
+    rest = fold_lora(top, rest, lora_scale(params), where);
   }
   for (auto& [name, t] : rest) {
     auto it = top.find(name);

@@ -39,6 +39,9 @@ std::unique_ptr<PersonalState> read_personal_state(const std::string& directory,
 // pair; the other tensors as they are. Faults name ``where``.
 Tensors fold_lora(const Tensors& top, const Tensors& tensors, double scale, const std::string& where);
 
+// ``alpha / r`` of a LoRA tuner's params (a state's tuner.params, or a LoRA program's): the scale fold_lora takes.
+double lora_scale(const Json& params);
+
 // The top's tensors (top.safetensors) with ``state`` applied: kept_global unchanged; top_delta of tuner full
 // (the state's tensors replace the package's, blocks renumbered from the trained view) or lora (W += alpha/r B A
 // per adapted projection, for families whose projections are (out, in) matrices); fala (the personal matrix and
