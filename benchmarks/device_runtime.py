@@ -27,7 +27,9 @@ exported without dropout, so "the same training" means no dropout on every backe
    worker imports only what its backend needs.
 4. Parity: the step losses of the first 20 steps against the torch backend's; accuracy of each personal state on
    the user's held-out texts (predicted with the torch-free ONNX top, the same for every state).
-5. Import costs, each in a fresh process: the RSS of a bare interpreter, and after ``import torch``, after the
+5. Where the training program's time goes: ``top_train.pte``'s operators profiled with ExecuTorch's ETDump on full
+   calls (:func:`op_profile`), the ``mm`` kernel's GFLOP/s next to the machine's GEMM limit.
+6. Import costs, each in a fresh process: the RSS of a bare interpreter, and after ``import torch``, after the
    device's light imports (``device_sim.device`` + onnxruntime + tokenizers), after ``transformers``' BERT classes.
 
 Results: ``device_runtime.json`` and ``device_runtime.png`` in ``--out``.
@@ -285,6 +287,66 @@ def gemm_limit(threads: int) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+OP_PROFILE_SCRIPT = """
+import collections, json, sys, numpy as np, torch
+import executorch.extension.pybindings._C as et
+from executorch.devtools import Inspector
+from executorch.exir._serialize._program import deserialize_pte_binary
+pte_path, entry, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+torch.set_num_threads(int(sys.argv[4]))
+pte = open(pte_path, "rb").read()
+program = deserialize_pte_binary(pte)
+planned = sum(getattr(program, "program", program).execution_plan[0].non_const_buffer_sizes)
+module = et._load_for_executorch_from_buffer(pte, enable_etdump=True)
+rows, width, calls = entry["max_batch"], 128, 4
+hidden = entry["inputs"][0]["shape"][2]
+rng = np.random.default_rng(0)
+feeds = (torch.from_numpy(rng.normal(size=(rows, width, hidden)).astype(np.float32)),
+         torch.ones(rows, width, dtype=torch.int64), torch.arange(rows, dtype=torch.int64) % 2)
+for _ in range(calls):
+    module.run_method("forward", feeds)
+module.write_etdump_result_to_file(out)
+ms, count = collections.Counter(), collections.Counter()
+for block in Inspector(etdump_path=out).event_blocks:
+    for event in block.events:
+        if event.perf_data is not None and event.name.startswith("native_call_"):
+            ms[event.name.removeprefix("native_call_")] += sum(event.perf_data.raw)
+            count[event.name.removeprefix("native_call_")] += len(event.perf_data.raw)
+print(json.dumps({"planned_bytes": planned, "rows": rows, "width": width, "calls": calls,
+                  "ms_per_call": {k: v / calls for k, v in ms.most_common()},
+                  "ops_per_call": {k: count[k] // calls for k in ms}}))
+"""
+
+
+def op_profile(package: Path, threads: int) -> dict[str, Any]:
+    """Where ``top_train.pte``'s time goes: each operator's milliseconds per call of a full batch of the program
+    (its ``max_batch`` rows of 128 tokens, random features), from ExecuTorch's ETDump profile in a fresh process,
+    and the ``mm`` kernel's GFLOP/s: the block's linear layers' FLOPs (6 x tokens x weights: the forward, the
+    input's and the weight's gradient) over the ``mm`` time (the head's and the attention's products left out)."""
+    manifest = json.loads((package / "manifest.json").read_text())
+    entry = manifest["executorch"]["train"]
+    entry.setdefault("max_batch", manifest["executorch"]["max_batch"])
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            [sys.executable, "-c", OP_PROFILE_SCRIPT, str(package / entry["file"]), json.dumps(entry),
+             str(Path(tmp) / "profile.etdp"), str(threads)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"op profile failed: {done.stderr[-2000:]}")
+    profile = json.loads(done.stdout.strip().splitlines()[-1])
+    weights = sum(
+        int(np.prod(p["shape"]))
+        for p in entry["parameters"]
+        if p["name"].startswith("blocks.") and len(p["shape"]) == 2
+    )
+    tokens = profile["rows"] * profile["width"]
+    total = sum(profile["ms_per_call"].values())
+    profile["share"] = {k: v / total for k, v in profile["ms_per_call"].items()}
+    profile["mm_gflops"] = 6 * tokens * weights / (profile["ms_per_call"].get("mm.out", float("nan")) / 1e3) / 1e9
+    return profile
+
+
 def job_flops(package: Path, train: Path, epochs_run: int, batch_size: int = 16) -> dict[str, float]:
     """The FLOPs one configured job computes (cost model, :mod:`edgetune.costs`, at each batch's real width): the
     trunk once over every text, then per epoch run the top's forward and backward over the training split's
@@ -460,6 +522,7 @@ def main() -> None:
             rows.append(row)
         imports = import_costs()
         gemm = gemm_limit(args.threads)
+        ops = op_profile(work / "pkg", args.threads)
         report = {
             "benchmark": "device_runtime",
             "machine": machine_record(
@@ -468,7 +531,10 @@ def main() -> None:
             "settings": {"cache_batch_size": args.cache_batch_size, "dropout": 0.0},
             "plan": {"cut": setup["plan"].cut, "num_layers": setup["plan"].num_layers},
             "setup_seconds": setup["seconds"],
-            "executorch_export": {k: setup["executorch"][k] for k in ("parity", "seconds", "max_batch")},
+            "executorch_export": {
+                **{k: setup["executorch"][k] for k in ("parity", "seconds", "max_batch")},
+                "train_max_batch": setup["executorch"]["train"].get("max_batch"),
+            },
             "package_file_sizes": setup["file_sizes"],
             "native_driver": str(driver),
             "import_rss_mb": imports,
@@ -476,6 +542,7 @@ def main() -> None:
             "users": rows,
             "summary": summarize(rows),
             "throughput": throughput(rows, gemm),
+            "training_program_ops": ops,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "device_runtime.json", report)

@@ -291,6 +291,12 @@ def device_runtime(res: Result) -> str:
                            f"{rss} ({s['peak_tree_rss_mb_max']:.0f})", f"{s['job_seconds_median']:.1f} s",
                            "1x" if "compared_with" not in s and backend in ("torch", "torch-lora") else f"{ratio:.2f}x",
                            *rate]))  # fmt: skip
+    ops = res.get("training_program_ops")  # where top_train.pte's time goes (ETDump profile)
+    if ops:
+        shares = ", ".join(f"`{k.removesuffix('.out')}` {100 * v:.0f}%" for k, v in list(ops["share"].items())[:3])
+        lines += ["", f"`top_train.pte`, one call of {ops['rows']} x {ops['width']} tokens "
+                      f"({ops['planned_bytes'] / 1e6:.0f} MB memory plan): {sum(ops['ms_per_call'].values()):.0f} ms "
+                      f"in its kernels, {shares}; `mm` at {ops['mm_gflops']:.1f} GFLOP/s."]  # fmt: skip
     return "\n".join(lines)
 
 

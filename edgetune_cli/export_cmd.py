@@ -20,6 +20,7 @@ EXPORT_SETTINGS = ConfigOptions(
         "optimize",
         "top_onnx",
         "executorch_max_batch",
+        "executorch_train_batch",
         "tar",
         "val_fraction",
         "text_column",
@@ -267,7 +268,8 @@ def _print_summary(m: dict[str, Any]) -> None:
         rows.append(
             (
                 "executorch",
-                f"{e['train']['file']} (train, batch <= {e['max_batch']}) + {e['inference']['file']}, parity loss "
+                f"{e['train']['file']} (train, {e['train'].get('max_batch', e['max_batch'])} rows per call) + "
+                f"{e['inference']['file']} (batch <= {e['max_batch']}), parity loss "
                 f"{p['loss']:.2e}, gradients {p['gradients']:.2e}",
             )
         )

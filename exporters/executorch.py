@@ -108,6 +108,10 @@ PARAMETERS_INDEX = "__et_training_parameters_index_forward"
 FQN_METHOD = "__et_training_fqn_forward"
 DEFAULT_ATOL = 1e-5
 DEFAULT_MAX_BATCH = 16
+# Rows per call of the training programs: a training batch of more rows is run in calls of at most this many and
+# their gradients summed (weighted by rows), so the program's memory plan is sized for 4 rows, not the batch: 41 MB
+# instead of 126 MB for a MiniLM block at 128 tokens, at the same step time (docs/results.md#device-runtime).
+DEFAULT_TRAIN_MAX_BATCH = 4
 MIN_SEQUENCE = 2  # torch.export specializes a dimension of size 1
 
 
@@ -119,6 +123,7 @@ class ExecutorchOptions:
     max_length: int = 128
     atol: float = DEFAULT_ATOL
     lora_rank: int = LORA_RANK  # 0: no LoRA training program
+    train_max_batch: int = DEFAULT_TRAIN_MAX_BATCH  # rows per call of the training programs (>= 2)
 
 
 def eager_top(top: TopModel) -> TopModel:
@@ -174,10 +179,10 @@ def _addmm_pass() -> Any:
     return AddmmToMmAdd()
 
 
-def _examples(hidden_size: int, num_labels: int, options: ExecutorchOptions) -> tuple[Any, ...]:
+def _examples(hidden_size: int, num_labels: int, max_batch: int, max_length: int) -> tuple[Any, ...]:
     import torch
 
-    b, s = min(4, options.max_batch), max(MIN_SEQUENCE + 1, min(8, options.max_length))
+    b, s = min(4, max_batch), max(MIN_SEQUENCE + 1, min(8, max_length))
     hidden = torch.randn(b, s, hidden_size)
     mask = torch.ones(b, s, dtype=torch.int64)
     mask[0, s // 2 :] = 0
@@ -185,11 +190,11 @@ def _examples(hidden_size: int, num_labels: int, options: ExecutorchOptions) -> 
     return hidden, mask, labels
 
 
-def _dynamic(options: ExecutorchOptions, names: Sequence[str]) -> dict[str, dict[int, Any]]:
+def _dynamic(max_batch: int, max_length: int, names: Sequence[str]) -> dict[str, dict[int, Any]]:
     from torch.export import Dim
 
-    batch = Dim("batch", min=1, max=options.max_batch)
-    seq = Dim("sequence", min=MIN_SEQUENCE, max=options.max_length)
+    batch = Dim("batch", min=1, max=max_batch)
+    seq = Dim("sequence", min=MIN_SEQUENCE, max=max_length)
     shapes: dict[str, dict[int, Any]] = {names[0]: {0: batch, 1: seq}, names[1]: {0: batch, 1: seq}}
     if len(names) > 2:
         shapes[names[2]] = {0: batch}
@@ -217,8 +222,9 @@ def _export_joint(eager: TopModel, options: ExecutorchOptions) -> tuple[bytes, l
     from torch.export.graph_signature import OutputKind
 
     step = _step_module(eager)
-    examples = _examples(eager.spec["hidden_size"], eager.spec["num_labels"], options)
-    exported = export(step, examples, dynamic_shapes=_dynamic(options, ("hidden", "mask", "labels")), strict=False)
+    shape = (options.train_max_batch, options.max_length)
+    examples = _examples(eager.spec["hidden_size"], eager.spec["num_labels"], *shape)
+    exported = export(step, examples, dynamic_shapes=_dynamic(*shape, ("hidden", "mask", "labels")), strict=False)
     joint = _export_forward_backward(exported)
     specs = joint.graph_signature.output_specs
     names = [str(s.target).removeprefix("top.") for s in specs if s.kind == OutputKind.GRADIENT_TO_PARAMETER]
@@ -275,9 +281,12 @@ def export_inference_program(top: TopModel, options: ExecutorchOptions) -> bytes
         def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, tensors: list[torch.Tensor]) -> Any:
             return torch.func.functional_call(self.top, dict(zip(names, tensors)), (hidden, attention_mask))
 
-    hidden, mask, _ = _examples(top.spec["hidden_size"], top.spec["num_labels"], options)
+    hidden, mask, _ = _examples(top.spec["hidden_size"], top.spec["num_labels"], options.max_batch, options.max_length)
     tensors = [p.detach().clone() for p in eager.parameters()]
-    shapes = {**_dynamic(options, ("hidden", "attention_mask")), "tensors": [None] * len(tensors)}
+    shapes = {
+        **_dynamic(options.max_batch, options.max_length, ("hidden", "attention_mask")),
+        "tensors": [None] * len(tensors),
+    }
     with torch.no_grad():
         exported = export(TensorsAsInputs(), (hidden, mask, tensors), dynamic_shapes=shapes, strict=False)
     return _lower(exported)
@@ -332,7 +341,7 @@ def export_trunk_program(classifier: SequenceClassifier, cut: int, options: Exec
         exported = export(
             _trunk_module(classifier, cut),
             examples,
-            dynamic_shapes=_dynamic(options, ("input_ids", "attention_mask")),
+            dynamic_shapes=_dynamic(options.max_batch, options.max_length, ("input_ids", "attention_mask")),
             strict=False,
         )
     return bytes(_lower_to_xnnpack(exported).to_executorch().buffer)
@@ -435,7 +444,7 @@ def export_trunk_int8_program(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     examples = _trunk_examples(options)
-    shapes = _dynamic(options, ("input_ids", "attention_mask"))
+    shapes = _dynamic(options.max_batch, options.max_length, ("input_ids", "attention_mask"))
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
     classifier.eval()
     with torch.no_grad(), _int8_ready(classifier) as int8_embeddings:
@@ -645,10 +654,15 @@ def verify_training_program(
     batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     atol: float = DEFAULT_ATOL,
     file: str = TRAIN_FILE,
+    max_batch: int = DEFAULT_TRAIN_MAX_BATCH,
 ) -> dict[str, Any]:
-    """Run a training program in ExecuTorch's Python bindings on real ``(hidden, mask, labels)`` batches and compare
-    its loss, logits and the gradients of ``names`` with ``top``'s in torch; raises :class:`ParityError` above
-    ``atol`` or when its outputs are not ``(loss, logits, gradients, parameters)`` of ``names``."""
+    """Run a training program in ExecuTorch's Python bindings on real ``(hidden, mask, labels)`` batches (in calls
+    of at most ``max_batch`` rows, the program's largest) and compare its loss, logits and the gradients of
+    ``names`` with ``top``'s in torch; raises :class:`ParityError` above ``atol`` or when its outputs are not
+    ``(loss, logits, gradients, parameters)`` of ``names``."""
+    batches = [
+        tuple(a[s : s + max_batch] for a in batch) for batch in batches for s in range(0, len(batch[0]), max_batch)
+    ]
     train = _load_program(file, train_pte)
     worst = {"loss": 0.0, "logits": 0.0, "gradients": 0.0}
     worst_grad = ""
@@ -684,12 +698,13 @@ def verify_programs(
     names: list[str],
     batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     atol: float = DEFAULT_ATOL,
+    train_max_batch: int = DEFAULT_TRAIN_MAX_BATCH,
 ) -> dict[str, Any]:
     """Run both programs with ExecuTorch's Python bindings on real ``(hidden, mask, labels)`` batches and compare
     with the torch top; raises :class:`ParityError` above ``atol``. Returns the parity record."""
     import torch
 
-    record = verify_training_program(top, train_pte, names, batches, atol)
+    record = verify_training_program(top, train_pte, names, batches, atol, max_batch=train_max_batch)
     infer = _load_program(INFER_FILE, infer_pte)
     worst = 0.0
     for hidden, mask, labels in batches:
@@ -726,9 +741,11 @@ def _lora_program(
     except ExportError as err:
         return b"", {"skipped": str(err)}
     pte, names = _export_joint(lora_top, options)
-    parity = verify_training_program(lora_top, pte, names, batches, options.atol, LORA_TRAIN_FILE)
+    parity = verify_training_program(
+        lora_top, pte, names, batches, options.atol, LORA_TRAIN_FILE, options.train_max_batch
+    )
     entry = {
-        **_training_entry(LORA_TRAIN_FILE, lora_top, names),
+        **_training_entry(LORA_TRAIN_FILE, lora_top, names, options.train_max_batch),
         "tuner": tuner,
         "init": f"lora_A Kaiming-uniform (torch generator seeded {LORA_SEED}), lora_B zero: the program's weights",
         "parity": parity,
@@ -736,12 +753,14 @@ def _lora_program(
     return pte, entry
 
 
-def _training_entry(file: str, top: TopModel, names: list[str]) -> dict[str, Any]:
-    """A training program's manifest entry: its file, interface and trained tensors (``names``, of ``top``)."""
+def _training_entry(file: str, top: TopModel, names: list[str], max_batch: int) -> dict[str, Any]:
+    """A training program's manifest entry: its file, interface, largest call and trained tensors (``names``, of
+    ``top``)."""
     params = dict(top.named_parameters())
     return {
         "file": file,
         "method": TRAIN_METHOD,
+        "max_batch": max_batch,
         "inputs": [
             {"name": "hidden_state", "dtype": "float32", "shape": ["batch", "sequence", top.spec["hidden_size"]]},
             {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
@@ -770,7 +789,7 @@ def write_executorch(
     start = time.perf_counter()
     train_pte, names = export_training_program(top, options)
     infer_pte = export_inference_program(top, options)
-    parity = verify_programs(top, train_pte, infer_pte, names, batches, options.atol)
+    parity = verify_programs(top, train_pte, infer_pte, names, batches, options.atol, options.train_max_batch)
     classifier, cut, id_batches = trunk
     trunk_pte = export_trunk_program(classifier, cut, options)
     trunk_parity = verify_trunk_program(classifier, cut, trunk_pte, id_batches)
@@ -816,7 +835,7 @@ def write_executorch(
         "passes": ["addmm -> mm + add"],
         "max_batch": options.max_batch,
         "max_length": options.max_length,
-        "train": {**_training_entry(TRAIN_FILE, top, names), "loss": "cross_entropy (mean)"},
+        "train": {**_training_entry(TRAIN_FILE, top, names, options.train_max_batch), "loss": "cross_entropy (mean)"},
         "inference": {
             "file": INFER_FILE,
             "method": "forward",

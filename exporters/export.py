@@ -322,7 +322,9 @@ def _write_executorch(
             labels = (np.arange(len(i)) + start) % num_labels  # every label's gradient path is exercised
             batches.append((run_trunk(session, i, m), m, labels))
             id_batches.append((i, m))
-    options = ExecutorchOptions(o.executorch_max_batch, encoder.max_length, o.executorch_atol)
+    options = ExecutorchOptions(
+        o.executorch_max_batch, encoder.max_length, o.executorch_atol, train_max_batch=o.executorch_train_batch
+    )
     return write_executorch(tmp, top, batches, options, (trunk[0], trunk[1], id_batches), int8=o.int8)
 
 

@@ -131,6 +131,13 @@ class ExportOptions:
         default=16,
         metadata={"help": "executorch: the largest batch the programs accept (memory is planned for it)."},
     )
+    executorch_train_batch: int = field(
+        default=4,
+        metadata={
+            "help": "executorch: rows per call of the training programs (memory is planned for it); a training "
+            "batch of more rows runs in several calls whose gradients are summed, the same step as one call."
+        },
+    )
     executorch_atol: float = field(
         default=1e-5,
         metadata={
@@ -162,6 +169,8 @@ class ExportOptions:
             raise ExportSettingError("optimize", f"must be one of {', '.join(OPTIMIZE_LEVELS)}, got {self.optimize!r}")
         for name in ("batch_size", "executorch_max_batch"):
             check_setting(name, getattr(self, name), 1, error=ExportSettingError)
+        # torch.export fixes a dimension whose largest size is 1: a program of single rows cannot be exported
+        check_setting("executorch_train_batch", self.executorch_train_batch, 2, error=ExportSettingError)
         check_setting("threads", self.threads, 1, 256, error=ExportSettingError)
         check_setting("val_fraction", self.val_fraction, 0, 1, high_open=True, error=ExportSettingError)
         check_setting("skip_budget", self.skip_budget, 0, 1, low_open=True, error=ExportSettingError)

@@ -308,3 +308,34 @@ def test_the_lora_program_is_the_devices_lora_candidate():
     tuner = LoraConfig(**next(c for c in DEFAULT_CANDIDATES if c["name"] == "lora")["tuner_params"])
     assert LORA_DEFAULTS == {"r": LoraConfig().r, "alpha": LoraConfig().alpha}
     assert (tuner.r, tuner.alpha) == (LORA_RANK, LORA_ALPHA) == (LORA_DEFAULTS["r"], LORA_DEFAULTS["alpha"])
+
+
+def test_a_batch_larger_than_the_programs_call_gives_the_batchs_gradients(executorch_package):
+    """The training programs take at most ``max_batch`` rows per call (their memory plan is sized for it): a
+    training batch of more rows, run in calls of different widths whose gradients are summed weighted by rows,
+    gives the loss and gradients of the whole batch in one torch pass."""
+    from device_sim.backends.executorch_py import ProgramRunner
+    from exporters.executorch import DEFAULT_TRAIN_MAX_BATCH, gradient_differences, torch_loss_and_grads
+
+    manifest = json.loads((executorch_package / "manifest.json").read_text())
+    entry = manifest["executorch"]["train"]
+    assert entry["max_batch"] == manifest["executorch"]["train_lora"]["max_batch"] == DEFAULT_TRAIN_MAX_BATCH
+    rng = np.random.default_rng(0)
+    with load_package(executorch_package) as pkg:
+        top = pkg.top_model()
+    rows, width, hidden = 11, 9, top.spec["hidden_size"]
+    features = rng.normal(size=(rows, width, hidden)).astype(np.float32)
+    lengths = rng.integers(2, width + 1, size=rows)
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    labels = rng.integers(0, top.spec["num_labels"], size=rows)
+    runner = ProgramRunner(executorch_package / entry["file"], entry, entry["max_batch"])
+    loss, logits = runner.run(features, mask, labels, np.arange(rows))
+    names = [p["name"] for p in entry["parameters"]]
+    want_loss, want_logits, want_grads = torch_loss_and_grads(top, features, mask, labels, names)
+    assert abs(loss - want_loss) < 1e-5 and np.abs(logits.numpy() - want_logits).max() < 1e-5
+    got = {name: g.numpy() for name, g in zip(names, runner.grads)}
+    assert max(gradient_differences(got, want_grads).values()) < 1e-5
+    one_call = ProgramRunner(executorch_package / entry["file"], entry, entry["max_batch"])
+    one_call.run(features, mask, labels, np.arange(3))  # a batch within one call: the program's outputs as they are
+    _, _, three = torch_loss_and_grads(top, features[:3], mask[:3], labels[:3], names)
+    assert max(gradient_differences(dict(zip(names, (g.numpy() for g in one_call.grads))), three).values()) < 1e-5

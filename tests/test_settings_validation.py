@@ -63,6 +63,7 @@ def test_train_config_checks_its_own_settings() -> None:
         ({"atol": 0.0}, "atol must be > 0, got 0"),
         ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
         ({"executorch_max_batch": 0}, "executorch_max_batch must be >= 1, got 0"),
+        ({"executorch_train_batch": 1}, "executorch_train_batch must be >= 2, got 1"),
         ({"threads": 0}, "threads must be >= 1 and <= 256, got 0"),
         ({"skip_budget": 1.5}, "skip_budget must be > 0 and <= 1, got 1.5"),
         ({"release_version": -1}, "release_version must be >= 0, got -1"),

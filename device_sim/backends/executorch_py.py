@@ -34,13 +34,14 @@ from edgetune.arrays import batch_width
 
 
 class ProgramRunner:
-    """A training program loaded once (``entry``: its manifest entry); :meth:`run` returns the loss and logits and
-    leaves gradients in ``grads``."""
+    """A training program loaded once (``entry``: its manifest entry; ``max_batch``: the rows it takes per call);
+    :meth:`run` returns the loss and logits and leaves gradients in ``grads``."""
 
-    def __init__(self, path: Path, entry: dict[str, Any]) -> None:
+    def __init__(self, path: Path, entry: dict[str, Any], max_batch: int) -> None:
         from executorch.extension.pybindings.portable_lib import _load_for_executorch
 
         self.module = _load_for_executorch(str(path))
+        self.max_batch = max_batch
         self.names = [p["name"] for p in entry["parameters"]]
         self.grad_start = int(self.module.run_method("__et_training_gradients_index_forward", ())[0])
         self.param_start = int(self.module.run_method("__et_training_parameters_index_forward", ())[0])
@@ -52,6 +53,35 @@ class ProgramRunner:
         self.grads: list[Any] = []
 
     def run(self, features: np.ndarray, mask: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[float, Any]:
+        """The mean loss, logits and gradients over the rows ``idx``: in calls of at most ``max_batch`` rows whose
+        losses and gradients are averaged weighted by their rows (the gradient of the mean loss over all rows)."""
+        import torch
+
+        if len(idx) <= self.max_batch:
+            return self._call(features, mask, labels, idx)
+        loss, logits, grads = 0.0, [], None
+        for s in range(0, len(idx), self.max_batch):
+            part = idx[s : s + self.max_batch]
+            weight = len(part) / len(idx)
+            part_loss, part_logits = self._call(features, mask, labels, part)
+            loss += weight * part_loss
+            logits.append(part_logits)
+            if grads is None:  # the program's outputs are overwritten by its next call: accumulate in copies
+                grads = [g * weight for g in self.grads]
+            else:
+                for acc, g in zip(grads, self.grads):
+                    acc.add_(g, alpha=weight)
+        self.grads = grads or []
+        return loss, torch.cat(logits)
+
+    def logits(self, features: np.ndarray, mask: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> Any:
+        """The logits of the rows ``idx`` (gradients are computed by the program but not kept)."""
+        import torch
+
+        parts = range(0, len(idx), self.max_batch)
+        return torch.cat([self._call(features, mask, labels, idx[s : s + self.max_batch])[1] for s in parts])
+
+    def _call(self, features: np.ndarray, mask: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> tuple[float, Any]:
         import torch
 
         m = mask[idx]
@@ -84,7 +114,7 @@ class ExecuTorchPython(ProgramBackend):
         import torch
 
         entry = self.training_entry(candidate)
-        runner = ProgramRunner(self.package.file(entry["file"]), entry)
+        runner = ProgramRunner(self.package.file(entry["file"]), entry, self.call_rows(entry))
         settings = candidate.config
         features, mask = self.split_features["train"]
         y_train = self.y["train"]
@@ -153,6 +183,5 @@ class ExecuTorchPython(ProgramBackend):
         preds = []
         for s in range(0, len(y_val), batch_size):
             idx = np.arange(s, min(s + batch_size, len(y_val)))
-            _, logits = runner.run(features, mask, y_val, idx)
-            preds.append(logits.numpy().argmax(axis=1))
+            preds.append(runner.logits(features, mask, y_val, idx).numpy().argmax(axis=1))
         return metrics(y_val, np.concatenate(preds))

@@ -191,16 +191,16 @@ class ProgramRules(Backend):
                 f"{self.package.path}: exported without the executorch target (no top_train.pte); re-export with "
                 f"`edgetune export ... --target executorch` to train with --trainer {self.name}"
             )
-        if self.config.batch_size > int(entry["max_batch"]):
-            raise BackendError(
-                f"batch size {self.config.batch_size} > {entry['max_batch']}, the largest batch top_train.pte was "
-                "exported for; lower --batch-size or re-export with a larger --executorch-max-batch"
-            )
         if self.config.cache_dtype != "float32":
             raise BackendError(
                 f"--trainer {self.name} reads float32 features (cache dtype {self.config.cache_dtype!r})"
             )
         self.program = entry
+
+    def call_rows(self, entry: dict[str, Any]) -> int:
+        """Rows per call of the training program ``entry`` (packages exported before it said so: the programs'
+        common largest batch); a larger training batch is run in several calls."""
+        return int(entry.get("max_batch", self.program["max_batch"]))
 
     def training_entry(self, candidate: Candidate) -> dict[str, Any]:
         """The manifest entry of the program that trains ``candidate`` (``train``, or ``train_lora``)."""

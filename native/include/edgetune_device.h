@@ -158,7 +158,7 @@ typedef struct edgetune_skipped_candidate {
 
 typedef struct edgetune_personalize_settings {
   int32_t epochs;          /* 8 */
-  int32_t batch_size;      /* 16 */
+  int32_t batch_size;      /* 16 (any size: the program runs it in calls of its manifest's max_batch rows) */
   double lr;               /* 1e-4: the blocks (the configured job's; candidates carry their own) */
   double head_lr;          /* 3e-3: the head and the final norm (the same) */
   double weight_decay;     /* 0.01 (not on biases and norms) */

@@ -36,6 +36,7 @@ struct Param {
   std::vector<int64_t> shape;
   float lr = 0, weight_decay = 0;
   std::vector<float> m, v, best;
+  std::vector<float> grad_sum;  // the batch's gradient when it takes several calls of the program
   float* live = nullptr;  // the program's weights (its parameter outputs alias them)
   int64_t numel() const {
     int64_t n = 1;
@@ -130,6 +131,13 @@ TrainResult train_top(const Package& package, const Json& program, const Feature
   const int64_t steps_per_epoch = (n + s.batch_size - 1) / s.batch_size;
   const int64_t total = steps_per_epoch * s.epochs, warmup = static_cast<int64_t>(s.warmup_ratio * double(total));
 
+  // Rows per call of the program (its memory plan is sized for them); a batch of more rows is run in several
+  // calls whose gradients are summed. Packages exported before the entry said so: the programs' common largest.
+  const Json* per_call = program.find("max_batch");
+  const int64_t call_rows = (per_call != nullptr ? *per_call : package.manifest().at("executorch").at("max_batch"))
+                                .integer("max_batch");
+  if (call_rows < 1) runtime_error(file + ": max_batch must be at least 1");
+
   std::vector<float> h;
   std::vector<int64_t> mask;
   int64_t width = 0;
@@ -163,7 +171,7 @@ TrainResult train_top(const Package& package, const Json& program, const Feature
   if (resume != nullptr) {
     // one forward to reach the weights, which are then overwritten: the next step computes with the restored ones
     const Indices first = epoch_order(n, s.seed, 0);
-    auto outputs = run(train, first.data(), std::min(s.batch_size, n));
+    auto outputs = run(train, first.data(), std::min(call_rows, n));
     bind(outputs);
     auto restore = [&](const Tensors& from, const Param& p, float* to, const char* what) {
       auto it = from.find(p.name);
@@ -211,18 +219,34 @@ TrainResult train_top(const Package& package, const Json& program, const Feature
     record.epoch = epoch + 1;
     for (int64_t start = 0; start < n; start += s.batch_size) {
       const int64_t rows = std::min(s.batch_size, n - start);
-      auto outputs = run(train, &order[start], rows);
-      const float loss = outputs[0].toTensor().const_data_ptr<float>()[0];
-      double norm2 = 0;
+      float loss = 0;
       std::vector<const float*> grads(params.size());
-      bind(outputs);
-      for (size_t i = 0; i < params.size(); ++i) {
-        auto g = outputs[grad_start + i].toTensor();
-        if (g.numel() != params[i].numel())
-          runtime_error(file + ": the gradient of " + params[i].name + " has another shape than the manifest says");
-        grads[i] = g.const_data_ptr<float>();
-        for (int64_t k = 0; k < g.numel(); ++k) norm2 += double(grads[i][k]) * grads[i][k];
+      for (int64_t part = 0; part < rows; part += call_rows) {
+        const int64_t part_rows = std::min(call_rows, rows - part);
+        auto outputs = run(train, &order[start + part], part_rows);
+        bind(outputs);
+        // the mean loss over the batch = the calls' mean losses weighted by their rows (and so their gradients)
+        const float weight = static_cast<float>(part_rows) / static_cast<float>(rows);
+        loss += weight * outputs[0].toTensor().const_data_ptr<float>()[0];
+        for (size_t i = 0; i < params.size(); ++i) {
+          auto g = outputs[grad_start + i].toTensor();
+          if (g.numel() != params[i].numel())
+            runtime_error(file + ": the gradient of " + params[i].name + " has another shape than the manifest says");
+          const float* gi = g.const_data_ptr<float>();
+          if (part_rows == rows) {  // one call: its outputs are the batch's gradients
+            grads[i] = gi;
+            continue;
+          }
+          // the program's outputs are overwritten by its next call: sum them in the parameter's own buffer
+          std::vector<float>& acc = params[i].grad_sum;
+          if (part == 0) acc.assign(static_cast<size_t>(g.numel()), 0.0f);
+          for (int64_t k = 0; k < g.numel(); ++k) acc[k] += weight * gi[k];
+          grads[i] = acc.data();
+        }
       }
+      double norm2 = 0;
+      for (size_t i = 0; i < params.size(); ++i)
+        for (int64_t k = 0; k < params[i].numel(); ++k) norm2 += double(grads[i][k]) * grads[i][k];
       float clip = 1.0f;
       if (s.max_grad_norm > 0)
         clip = std::min(1.0f, static_cast<float>(s.max_grad_norm) / (static_cast<float>(std::sqrt(norm2)) + 1e-6f));
@@ -254,8 +278,8 @@ TrainResult train_top(const Package& package, const Json& program, const Feature
     if (val.rows() > 0) {
       std::vector<int64_t> pred, idx(static_cast<size_t>(val.rows()));
       for (int64_t i = 0; i < val.rows(); ++i) idx[i] = i;
-      for (int64_t start = 0; start < val.rows(); start += s.batch_size) {
-        const int64_t rows = std::min(s.batch_size, val.rows() - start);
+      for (int64_t start = 0; start < val.rows(); start += call_rows) {
+        const int64_t rows = std::min(call_rows, val.rows() - start);
         auto outputs = run(val, &idx[start], rows);
         auto logits = outputs[1].toTensor();
         const int64_t classes = logits.size(1);
