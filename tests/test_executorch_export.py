@@ -339,3 +339,43 @@ def test_a_batch_larger_than_the_programs_call_gives_the_batchs_gradients(execut
     one_call.run(features, mask, labels, np.arange(3))  # a batch within one call: the program's outputs as they are
     _, _, three = torch_loss_and_grads(top, features[:3], mask[:3], labels[:3], names)
     assert max(gradient_differences(dict(zip(names, (g.numpy() for g in one_call.grads))), three).values()) < 1e-5
+
+
+def _kernel_calls(pte: bytes) -> list[str]:
+    """The operator of every kernel call of a program's forward method, in order."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(pte)
+    plan = getattr(program, "program", program).execution_plan[0]
+    names = [op.name for op in plan.operators]
+    calls = [i.instr_args for chain in plan.chains for i in chain.instructions]
+    return [names[c.op_index] for c in calls if hasattr(c, "op_index")]
+
+
+def test_the_linear_pass_keeps_the_programs_results_with_fewer_transposes(executorch_package):
+    """The training program's linear layers run as ``linear`` (the weight read transposed in place) and the
+    backward's transposes of transposes are gone; the export's parity (loss, logits, every gradient within
+    1e-5 of torch) held with it."""
+    from executorch.exir import EdgeCompileConfig, to_edge
+    from torch.export import export
+    from torch.export.experimental import _export_forward_backward
+
+    from exporters.executorch import ExecutorchOptions, _addmm_pass, _dynamic, _examples, _step_module, eager_top
+
+    manifest = json.loads((executorch_package / "manifest.json").read_text())
+    with load_package(executorch_package) as pkg:
+        top = eager_top(pkg.top_model())
+    passed = _kernel_calls((executorch_package / "top_train.pte").read_bytes())
+    options = ExecutorchOptions(max_length=16)
+    shape = (options.train_max_batch, options.max_length)
+    step = _step_module(top)
+    exported = export(step, _examples(top.spec["hidden_size"], top.spec["num_labels"], *shape),
+                      dynamic_shapes=_dynamic(*shape, ("hidden", "mask", "labels")), strict=False)  # fmt: skip
+    edge = to_edge(_export_forward_backward(exported), compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    plain = _kernel_calls(bytes(edge.transform([_addmm_pass()]).to_executorch().buffer))
+    linears = sum(1 for p in manifest["executorch"]["train"]["parameters"] if p["name"].endswith("dense.weight") or
+                  p["name"].endswith(("query.weight", "key.weight", "value.weight", "head.weight")))  # fmt: skip
+    assert passed.count("aten::linear") == linears and "aten::linear" not in plain
+    # every forward transpose of a weight is gone, and the backward's transposes of those transposes
+    assert passed.count("aten::permute_copy") < plain.count("aten::permute_copy") - linears
+    assert max(manifest["executorch"]["parity"]["max_abs_diff"].values()) <= 1e-5

@@ -560,6 +560,7 @@ PersonalizeOutcome personalize(const Package& package, const std::vector<std::st
       ts.head_only = spec.head_only;
       TrainCheckpoint last;
       const bool resuming = work.get(epoch_name, bytes) && decode_checkpoint(bytes, last);
+      model.release_top();  // the training program's memory plan, not both: the top is loaded again to score it
       c.training = train_top(
           package, training_program(package, spec.tuner), train, val, ts,
           [&](int64_t step, int64_t total, double loss) {

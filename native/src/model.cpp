@@ -145,8 +145,9 @@ Model::Model(const Package& package, std::unique_ptr<PersonalState> state, int t
     apply_personal_state(weights_, spec, package.family(), *state);
     state_kind_ = state->kind;
   }
+  top_file_ = inference.at("file").str("file");
   programs_->trunk.load_from_file(package, trunk_file_);
-  programs_->top.load(package, inference.at("file").str("file"));
+  programs_->top.load(package, top_file_);
 }
 
 Model::~Model() = default;
@@ -154,6 +155,11 @@ Model::~Model() = default;
 void Model::release_trunk() {
   programs_->trunk.module.reset();
   std::string().swap(programs_->trunk.bytes);
+}
+
+void Model::release_top() {
+  programs_->top.module.reset();
+  std::string().swap(programs_->top.bytes);
 }
 
 std::vector<float> Model::features(const IdBatch& b) {
@@ -193,6 +199,7 @@ std::vector<float> Model::top_logits(const std::vector<float>& features, const I
     tensors.push_back(from_blob(t.values.data(), sizes, ScalarType::Float));
     inputs.emplace_back(*tensors.back());
   }
+  if (!programs_->top.module) programs_->top.load(package_, top_file_);  // released while a candidate trained
   auto result = programs_->top.module->execute("forward", inputs);
   if (!result.ok())
     throw ModelError(ModelError::Kind::Runtime, "top.pte: forward failed (error " +

@@ -54,6 +54,9 @@ class Model {
   // Frees the trunk program (its bytes, packed weights and planned memory): a job that has cached the trunk's
   // output needs only the top. features() is refused afterwards.
   void release_trunk();
+  // Frees the top program (its memory plan is sized for max_batch rows) while a training program runs beside
+  // it; the next top_logits() loads it again from the package (verified again).
+  void release_top();
   // Logits (rows x num_labels) of the top on trunk features.
   std::vector<float> top_logits(const std::vector<float>& features, const IdBatch& batch,
                                 const Tensors* replacing = nullptr);
@@ -71,7 +74,7 @@ class Model {
   Tensors weights_;                 // the top's tensors, the state applied
   int64_t num_labels_ = 0, hidden_ = 0, max_batch_ = 1, max_length_ = 0;
   std::string state_kind_ = "global";
-  std::string trunk_file_;
+  std::string trunk_file_, top_file_;
 };
 
 // Threads of ExecuTorch's pool (XNNPACK and the optimized kernels): 0 leaves the runtime's choice.
