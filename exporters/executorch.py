@@ -110,7 +110,7 @@ DEFAULT_ATOL = 1e-5
 DEFAULT_MAX_BATCH = 16
 # Rows per call of the training programs: a training batch of more rows is run in calls of at most this many and
 # their gradients summed (weighted by rows), so the program's memory plan is sized for 4 rows, not the batch: 41 MB
-# instead of 126 MB for a MiniLM block at 128 tokens, at the same step time (docs/results.md#device-runtime).
+# instead of 126 MB for a MiniLM block at 128 tokens, at about the same step time (docs/device-runtime.md).
 DEFAULT_TRAIN_MAX_BATCH = 4
 MIN_SEQUENCE = 2  # torch.export specializes a dimension of size 1
 
