@@ -323,9 +323,11 @@ def op_profile(package: Path, threads: int) -> dict[str, Any]:
     (its ``max_batch`` rows of 128 tokens, random features), from ExecuTorch's ETDump profile in a fresh process,
     and the ``mm`` kernel's GFLOP/s: the block's linear layers' FLOPs (6 x tokens x weights: the forward, the
     input's and the weight's gradient) over the ``mm`` time (the head's and the attention's products left out)."""
+    from edgetune_format.manifest import training_call_rows
+
     manifest = json.loads((package / "manifest.json").read_text())
     entry = manifest["executorch"]["train"]
-    entry.setdefault("max_batch", manifest["executorch"]["max_batch"])
+    entry["max_batch"] = training_call_rows(manifest["executorch"], entry)
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run(
             [sys.executable, "-c", OP_PROFILE_SCRIPT, str(package / entry["file"]), json.dumps(entry),

@@ -233,6 +233,7 @@ def _print_summary(m: dict[str, Any]) -> None:
     from rich.table import Table
 
     from edgetune_cli import console
+    from edgetune_format.manifest import training_call_rows
 
     b, trunk = m["backbone"], m["trunk"]
     trainable = m.get("trainable_layers")
@@ -268,7 +269,7 @@ def _print_summary(m: dict[str, Any]) -> None:
         rows.append(
             (
                 "executorch",
-                f"{e['train']['file']} (train, {e['train'].get('max_batch', e['max_batch'])} rows per call) + "
+                f"{e['train']['file']} (train, {training_call_rows(e, e['train'])} rows per call) + "
                 f"{e['inference']['file']} (batch <= {e['max_batch']}), parity loss "
                 f"{p['loss']:.2e}, gradients {p['gradients']:.2e}",
             )

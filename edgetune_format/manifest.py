@@ -208,6 +208,12 @@ def upgrade_top_spec(spec: Any) -> Any:
     return spec
 
 
+def training_call_rows(executorch: dict[str, Any], program: dict[str, Any]) -> int:
+    """Rows per call of the training program whose entry is ``program`` (``executorch.train`` or ``train_lora``):
+    its own ``max_batch``; packages exported before it said so, the programs' common ``executorch.max_batch``."""
+    return int(program.get("max_batch", executorch["max_batch"]))
+
+
 def referenced_files(manifest: dict[str, Any]) -> list[str]:
     """Every file name a component of the manifest points to."""
     names = [manifest["tokenizer"]["tokenizer"], manifest["tokenizer"]["encoder"]]

@@ -31,6 +31,7 @@ from device_sim.backends.program import (
 )
 from device_sim.runtime import torch_threads
 from edgetune.arrays import batch_width
+from edgetune_format.manifest import training_call_rows
 
 
 class ProgramRunner:
@@ -114,7 +115,7 @@ class ExecuTorchPython(ProgramBackend):
         import torch
 
         entry = self.training_entry(candidate)
-        runner = ProgramRunner(self.package.file(entry["file"]), entry, self.call_rows(entry))
+        runner = ProgramRunner(self.package.file(entry["file"]), entry, training_call_rows(self.program, entry))
         settings = candidate.config
         features, mask = self.split_features["train"]
         y_train = self.y["train"]

@@ -197,11 +197,6 @@ class ProgramRules(Backend):
             )
         self.program = entry
 
-    def call_rows(self, entry: dict[str, Any]) -> int:
-        """Rows per call of the training program ``entry`` (packages exported before it said so: the programs'
-        common largest batch); a larger training batch is run in several calls."""
-        return int(entry.get("max_batch", self.program["max_batch"]))
-
     def training_entry(self, candidate: Candidate) -> dict[str, Any]:
         """The manifest entry of the program that trains ``candidate`` (``train``, or ``train_lora``)."""
         return self.program["train_lora"] if candidate.tuner == "lora" else self.program["train"]
